@@ -1,0 +1,311 @@
+//! What the kernel of a NAT instance must look like, decided from facts without I/O:
+//! the sysctls and natd's iptables ruleset. [`apply`] holds the thin part that reads
+//! and writes the real kernel.
+
+pub mod apply;
+
+use ipnet::Ipv4Net;
+use std::collections::BTreeMap;
+
+/// natd's chain in the `nat` table, jumped to from POSTROUTING.
+pub const NAT_CHAIN: &str = "NATD-POSTROUTING";
+/// natd's chain in the `filter` table, jumped to from FORWARD.
+pub const FILTER_CHAIN: &str = "NATD-FORWARD";
+
+/// Bytes of kernel memory one conntrack entry costs, rounded up (struct nf_conn plus
+/// its extensions and hash bucket is 300-350 bytes on a 64-bit kernel).
+const CONNTRACK_ENTRY_BYTES: u64 = 384;
+/// Share of RAM the conntrack table may take at most: 1/16 leaves a t4g.nano (512 MiB)
+/// ~87k entries and a t4g.micro ~175k, well above the kernel's default for that size.
+const CONNTRACK_RAM_SHARE: u64 = 16;
+/// Never below the kernel's usual floor, never so large that a big instance pins GiBs.
+const CONNTRACK_MIN: u64 = 65_536;
+const CONNTRACK_MAX: u64 = 4_194_304;
+
+/// What natd knows about the host when it decides the kernel's state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Facts {
+    /// The interface that carries the instance's primary ENI (found by MAC).
+    pub egress_interface: String,
+    /// All IPv4 CIDR blocks of the VPC.
+    pub vpc_cidrs: Vec<Ipv4Net>,
+    /// MemTotal in kB, from /proc/meminfo.
+    pub mem_total_kb: u64,
+}
+
+/// One sysctl natd sets.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Sysctl {
+    /// Path below /proc/sys, e.g. `net/ipv4/ip_forward`.
+    pub key: String,
+    /// Value to write; compared with what is read with whitespace folded.
+    pub value: String,
+    /// Whether forwarding depends on it. A sysctl that is not required is applied when
+    /// the kernel lets us (conntrack sizing is read-only inside a container's network
+    /// namespace) and a failure is reported once, not treated as broken NAT.
+    pub required: bool,
+}
+
+/// Conntrack entries for a machine with `mem_total_kb` of memory.
+pub fn conntrack_max_for(mem_total_kb: u64) -> u64 {
+    (mem_total_kb * 1024 / CONNTRACK_RAM_SHARE / CONNTRACK_ENTRY_BYTES)
+        .clamp(CONNTRACK_MIN, CONNTRACK_MAX)
+}
+
+/// Parses "LOW HIGH" (any whitespace) into a port range usable for masquerading.
+pub fn parse_port_range(s: &str) -> Option<(u16, u16)> {
+    let mut it = s.split_whitespace().map(str::parse::<u16>);
+    match (it.next(), it.next(), it.next()) {
+        (Some(Ok(lo)), Some(Ok(hi)), None) if lo >= 1024 && lo < hi => Some((lo, hi)),
+        _ => None,
+    }
+}
+
+/// The sysctls a NAT instance needs, in the order they are applied.
+pub fn sysctl_plan(facts: &Facts, port_range: (u16, u16), conntrack: Option<u64>) -> Vec<Sysctl> {
+    let iface = &facts.egress_interface;
+    let req = |key: String, value: String| Sysctl {
+        key,
+        value,
+        required: true,
+    };
+    vec![
+        req("net/ipv4/ip_forward".into(), "1".into()),
+        // Loose reverse-path filtering: replies to masqueraded flows and traffic from
+        // the private subnets arrive on the same interface they leave by, which strict
+        // mode (1) can drop when the routing table has more than one path.
+        req(format!("net/ipv4/conf/{iface}/rp_filter"), "2".into()),
+        // A NAT instance must not tell clients to bypass it: with all=0 and iface=0 no
+        // redirects are sent (the kernel ORs the two).
+        req("net/ipv4/conf/all/send_redirects".into(), "0".into()),
+        req(format!("net/ipv4/conf/{iface}/send_redirects"), "0".into()),
+        req(
+            "net/ipv4/ip_local_port_range".into(),
+            format!("{} {}", port_range.0, port_range.1),
+        ),
+        Sysctl {
+            key: "net/netfilter/nf_conntrack_max".into(),
+            value: conntrack
+                .unwrap_or_else(|| conntrack_max_for(facts.mem_total_kb))
+                .to_string(),
+            required: false,
+        },
+    ]
+}
+
+/// natd's rules, per table, in the exact form `iptables-save` prints them, so that the
+/// rules read back can be compared with these line by line.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Ruleset {
+    /// Rules of [`NAT_CHAIN`] (without the `-A CHAIN` prefix).
+    pub nat: Vec<String>,
+    /// Rules of [`FILTER_CHAIN`].
+    pub filter: Vec<String>,
+}
+
+/// The ruleset for `facts`: masquerade only VPC sources leaving by the egress
+/// interface, never VPC-internal destinations; forward VPC-to-outside and replies;
+/// drop everything else, so the instance is no door into the VPC.
+pub fn ruleset(facts: &Facts) -> Ruleset {
+    let o = &facts.egress_interface;
+    let mut nat = Vec::new();
+    for c in &facts.vpc_cidrs {
+        nat.push(format!("-d {c} -j RETURN"));
+    }
+    for c in &facts.vpc_cidrs {
+        nat.push(format!("-s {c} -o {o} -j MASQUERADE"));
+    }
+    let mut filter = vec![
+        "-m conntrack --ctstate INVALID -j DROP".to_string(),
+        "-m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT".to_string(),
+    ];
+    for c in &facts.vpc_cidrs {
+        filter.push(format!("-s {c} -o {o} -j ACCEPT"));
+    }
+    filter.push("-j DROP".to_string());
+    Ruleset { nat, filter }
+}
+
+/// What `iptables-save` shows of natd's chains and the jumps into them.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Observed {
+    /// Rules per natd chain; a chain that does not exist is absent.
+    pub chains: BTreeMap<String, Vec<String>>,
+    /// How many jumps into each natd chain its built-in chain has.
+    pub jumps: BTreeMap<String, usize>,
+}
+
+/// Reads natd's chains out of `iptables-save` output; everything else is ignored.
+pub fn observe(save: &str) -> Observed {
+    let mut o = Observed::default();
+    for line in save.lines() {
+        if let Some(decl) = line.strip_prefix(':') {
+            let name = decl.split_whitespace().next().unwrap_or_default();
+            if name == NAT_CHAIN || name == FILTER_CHAIN {
+                o.chains.entry(name.to_string()).or_default();
+            }
+        } else if let Some(rule) = line.strip_prefix("-A ") {
+            let Some((chain, spec)) = rule.split_once(' ') else {
+                continue;
+            };
+            if chain == NAT_CHAIN || chain == FILTER_CHAIN {
+                o.chains
+                    .entry(chain.to_string())
+                    .or_default()
+                    .push(spec.to_string());
+            } else if let Some(target) = spec.strip_prefix("-j ")
+                && (target == NAT_CHAIN || target == FILTER_CHAIN)
+            {
+                *o.jumps.entry(target.to_string()).or_default() += 1;
+            }
+        }
+    }
+    o
+}
+
+/// The `iptables-restore --noflush` input that turns `observed` into `desired`, or
+/// `None` when the kernel already matches. A declared chain is flushed and refilled
+/// whole within one table commit (atomic per table); built-in chains are only touched to
+/// add a missing jump (at the top) or remove duplicate jumps, never flushed.
+pub fn restore_input(desired: &Ruleset, observed: &Observed) -> Option<String> {
+    let tables = [
+        ("nat", "POSTROUTING", NAT_CHAIN, &desired.nat),
+        ("filter", "FORWARD", FILTER_CHAIN, &desired.filter),
+    ];
+    let mut out = String::new();
+    for (table, builtin, chain, rules) in tables {
+        let jumps = observed.jumps.get(chain).copied().unwrap_or(0);
+        let current = observed.chains.get(chain);
+        if jumps == 1 && current == Some(rules) {
+            continue;
+        }
+        out.push_str(&format!("*{table}\n:{chain} - [0:0]\n"));
+        for r in rules {
+            out.push_str(&format!("-A {chain} {r}\n"));
+        }
+        match jumps {
+            0 => out.push_str(&format!("-I {builtin} 1 -j {chain}\n")),
+            n => {
+                for _ in 1..n {
+                    out.push_str(&format!("-D {builtin} -j {chain}\n"));
+                }
+            }
+        }
+        out.push_str("COMMIT\n");
+    }
+    (!out.is_empty()).then_some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn facts() -> Facts {
+        Facts {
+            egress_interface: "ens5".into(),
+            vpc_cidrs: vec![
+                "10.20.0.0/16".parse().expect("cidr"),
+                "100.64.0.0/20".parse().expect("cidr"),
+            ],
+            mem_total_kb: 1_000_000,
+        }
+    }
+
+    fn saved(r: &Ruleset) -> String {
+        let mut s = String::from("*filter\n:INPUT ACCEPT [0:0]\n:FORWARD ACCEPT [0:0]\n");
+        s.push_str(&format!(":{FILTER_CHAIN} - [0:0]\n-A FORWARD -j {FILTER_CHAIN}\n"));
+        s.push_str("-A FORWARD -i docker0 -j ACCEPT\n");
+        for l in &r.filter {
+            s.push_str(&format!("-A {FILTER_CHAIN} {l}\n"));
+        }
+        s.push_str("COMMIT\n*nat\n:POSTROUTING ACCEPT [0:0]\n");
+        s.push_str(&format!(":{NAT_CHAIN} - [0:0]\n-A POSTROUTING -j {NAT_CHAIN}\n"));
+        for l in &r.nat {
+            s.push_str(&format!("-A {NAT_CHAIN} {l}\n"));
+        }
+        s.push_str("COMMIT\n");
+        s
+    }
+
+    #[test]
+    fn ruleset_matches_golden_file() {
+        let desired = ruleset(&facts());
+        let got = restore_input(&desired, &Observed::default()).expect("changes");
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/src/kernel/testdata/ruleset.golden");
+        if std::env::var_os("UPDATE_GOLDEN").is_some() {
+            std::fs::write(path, &got).expect("write golden");
+        }
+        let want = std::fs::read_to_string(path).expect("golden file");
+        assert_eq!(got, want, "rerun with UPDATE_GOLDEN=1 if the change is intended");
+    }
+
+    #[test]
+    fn matching_kernel_needs_no_change() {
+        let desired = ruleset(&facts());
+        let observed = observe(&saved(&desired));
+        assert_eq!(restore_input(&desired, &observed), None);
+    }
+
+    #[test]
+    fn flushed_chain_is_refilled_and_only_that_table_touched() {
+        let desired = ruleset(&facts());
+        let mut observed = observe(&saved(&desired));
+        observed.chains.insert(NAT_CHAIN.into(), vec![]);
+        let input = restore_input(&desired, &observed).expect("repair");
+        assert!(input.starts_with("*nat\n"));
+        assert!(!input.contains("*filter"));
+        assert!(!input.contains("-I POSTROUTING"), "jump still present: {input}");
+        assert_eq!(input.matches("MASQUERADE").count(), 2);
+    }
+
+    #[test]
+    fn missing_jump_is_inserted_and_duplicates_removed() {
+        let desired = ruleset(&facts());
+        let mut observed = observe(&saved(&desired));
+        observed.jumps.insert(NAT_CHAIN.into(), 0);
+        observed.jumps.insert(FILTER_CHAIN.into(), 3);
+        let input = restore_input(&desired, &observed).expect("repair");
+        assert!(input.contains("-I POSTROUTING 1 -j NATD-POSTROUTING\n"));
+        assert_eq!(input.matches("-D FORWARD -j NATD-FORWARD\n").count(), 2);
+    }
+
+    #[test]
+    fn other_software_rules_are_not_ours() {
+        let observed = observe(&saved(&ruleset(&facts())));
+        let all: Vec<&String> = observed.chains.values().flatten().collect();
+        assert!(all.iter().all(|r| !r.contains("docker0")));
+    }
+
+    #[test]
+    fn sysctl_plan_covers_forwarding_and_interface() {
+        let plan = sysctl_plan(&facts(), (1024, 65535), None);
+        let get = |k: &str| plan.iter().find(|s| s.key == k).map(|s| s.value.as_str());
+        assert_eq!(get("net/ipv4/ip_forward"), Some("1"));
+        assert_eq!(get("net/ipv4/conf/ens5/rp_filter"), Some("2"));
+        assert_eq!(get("net/ipv4/conf/all/send_redirects"), Some("0"));
+        assert_eq!(get("net/ipv4/conf/ens5/send_redirects"), Some("0"));
+        assert_eq!(get("net/ipv4/ip_local_port_range"), Some("1024 65535"));
+        assert_eq!(get("net/netfilter/nf_conntrack_max"), Some("166666"));
+        let ct = plan.iter().find(|s| s.key.ends_with("conntrack_max")).expect("ct");
+        assert!(!ct.required);
+        let fixed = sysctl_plan(&facts(), (1024, 65535), Some(500_000));
+        assert!(fixed.iter().any(|s| s.value == "500000"));
+    }
+
+    #[test]
+    fn conntrack_scales_with_memory() {
+        assert_eq!(conntrack_max_for(512 * 1024), 87_381);
+        assert_eq!(conntrack_max_for(1024 * 1024), 174_762);
+        assert_eq!(conntrack_max_for(64), CONNTRACK_MIN);
+        assert_eq!(conntrack_max_for(u64::MAX / 2048), CONNTRACK_MAX);
+    }
+
+    #[test]
+    fn port_range_parsing() {
+        assert_eq!(parse_port_range("1024 65535"), Some((1024, 65535)));
+        assert_eq!(parse_port_range("32768\t60999"), Some((32768, 60999)));
+        assert_eq!(parse_port_range("80 90"), None);
+        assert_eq!(parse_port_range("2000 1000"), None);
+        assert_eq!(parse_port_range("1 2 3"), None);
+    }
+}
