@@ -1,0 +1,255 @@
+"""moto in server mode, extended with the AWS behaviours natd depends on that moto lacks.
+
+Run as: python moto_natd.py [-H 127.0.0.1] [-p 0]   (the same arguments as moto_server)
+
+Extensions, each matching documented AWS behaviour:
+- EC2 routes whose target instance is gone or stopped, whose ENI is deleted or detached,
+  or whose NAT gateway is deleted read back with State=blackhole.
+- Auto Scaling launch lifecycle hooks fire: an instance launched into a group with an
+  autoscaling:EC2_INSTANCE_LAUNCHING hook waits in Pending:Wait until
+  CompleteLifecycleAction (CONTINUE -> InService, ABANDON -> terminated and replaced).
+  RecordLifecycleActionHeartbeat is accepted.
+- SetInstanceHealth(Unhealthy) makes the group terminate and replace the instance.
+- IAM enforcement (INITIAL_NO_AUTH_ACTION_COUNT) evaluates Resource ARNs and
+  StringEquals/StringLike conditions on ec2:ResourceTag/* and autoscaling:ResourceTag/*
+  for the mutating calls natd makes, instead of only matching Resource "*".
+"""
+
+import fnmatch
+import json
+import sys
+
+from moto.autoscaling import models as asg_models
+from moto.autoscaling import responses as asg_responses
+from moto.core.responses import EmptyResult
+from moto.ec2.models.route_tables import Route
+from moto.iam import access_control
+
+LAUNCHING = "autoscaling:EC2_INSTANCE_LAUNCHING"
+
+
+# --- EC2: blackhole routes -------------------------------------------------------------
+
+def _route_state(self):
+    backend = self.route_table.ec2_backend
+    if self.instance is not None:
+        if self.instance.state in ("terminated", "stopped", "shutting-down", "stopping"):
+            return "blackhole"
+    if self.interface is not None:
+        eni = backend.enis.get(self.interface.id)
+        if eni is None or eni.instance is None:
+            return "blackhole"
+        if eni.instance.state in ("terminated", "stopped", "shutting-down", "stopping"):
+            return "blackhole"
+    if self.nat_gateway is not None:
+        if self.nat_gateway.id not in backend.nat_gateways or self.nat_gateway.state in (
+            "deleted",
+            "deleting",
+            "failed",
+        ):
+            return "blackhole"
+    return "active"
+
+
+Route.state = property(_route_state)
+
+
+# --- Auto Scaling: lifecycle hooks and health ----------------------------------------
+
+def _launch_hooks(group):
+    return [
+        h
+        for h in group.autoscaling_backend.lifecycle_hooks.values()
+        if h.auto_scaling_group_name == group.name and h.lifecycle_transition == LAUNCHING
+    ]
+
+
+_orig_replace = asg_models.FakeAutoScalingGroup.replace_autoscaling_group_instances
+
+
+def _replace(self, count_needed, propagated_tags):
+    before = {s.instance.id for s in self.instance_states}
+    _orig_replace(self, count_needed, propagated_tags)
+    if _launch_hooks(self):
+        for state in self.instance_states:
+            if state.instance.id not in before:
+                state.lifecycle_state = "Pending:Wait"
+
+
+asg_models.FakeAutoScalingGroup.replace_autoscaling_group_instances = _replace
+
+
+def _notify_terminate(self, instance_ids):
+    # Replace every instance the group loses, Pending:Wait ones included (moto counts
+    # only InService ones).
+    for group in list(self.autoscaling_groups.values()):
+        lost = [s for s in group.instance_states if s.instance.id in instance_ids]
+        group.instance_states = [s for s in group.instance_states if s.instance.id not in instance_ids]
+        if lost:
+            missing = (group.desired_capacity or 0) - len(group.instance_states)
+            if missing > 0:
+                group.replace_autoscaling_group_instances(missing, group.get_propagated_tags())
+
+
+asg_models.AutoScalingBackend.notify_terminate_instances = _notify_terminate
+
+
+def _state_of(backend, instance_id):
+    for group in backend.autoscaling_groups.values():
+        for state in group.instance_states:
+            if state.instance.id == instance_id:
+                return group, state
+    return None, None
+
+
+def _terminate_and_replace(backend, instance_id):
+    backend.ec2_backend.terminate_instances([instance_id])
+    backend.notify_terminate_instances([instance_id])
+
+
+def _complete_lifecycle_action(self):
+    backend = self.autoscaling_backend
+    group_name = self._get_param("AutoScalingGroupName")
+    hook_name = self._get_param("LifecycleHookName")
+    instance_id = self._get_param("InstanceId")
+    result = self._get_param("LifecycleActionResult")
+    if result not in ("CONTINUE", "ABANDON"):
+        raise ValueError("LifecycleActionResult must be CONTINUE or ABANDON")
+    if f"{group_name}_{hook_name}" not in backend.lifecycle_hooks:
+        raise ValueError(f"No lifecycle hook {hook_name} on group {group_name}")
+    group, state = _state_of(backend, instance_id)
+    if state is None or group.name != group_name or state.lifecycle_state != "Pending:Wait":
+        raise ValueError(f"No active Lifecycle Action found with instance ID {instance_id}")
+    completions = getattr(backend, "natd_completions", [])
+    completions.append({"group": group_name, "hook": hook_name, "instance": instance_id, "result": result})
+    backend.natd_completions = completions
+    if result == "CONTINUE":
+        state.lifecycle_state = "InService"
+    else:
+        _terminate_and_replace(backend, instance_id)
+    return EmptyResult()
+
+
+def _heartbeat(self):
+    return EmptyResult()
+
+
+asg_responses.AutoScalingResponse.complete_lifecycle_action = _complete_lifecycle_action
+asg_responses.AutoScalingResponse.record_lifecycle_action_heartbeat = _heartbeat
+
+_orig_set_health = asg_models.AutoScalingBackend.set_instance_health
+
+
+def _set_instance_health(self, instance_id, health_status):
+    _orig_set_health(self, instance_id, health_status)
+    if health_status == "Unhealthy":
+        _terminate_and_replace(self, instance_id)
+
+
+asg_models.AutoScalingBackend.set_instance_health = _set_instance_health
+
+
+# --- IAM: resource ARNs and tag conditions --------------------------------------------
+
+def _param(data, name):
+    v = data.get(name)
+    if isinstance(v, list):
+        v = v[0] if v else None
+    return v
+
+
+def _ec2_resource(region, account, kind, rid):
+    from moto.ec2.models import ec2_backends
+
+    tags = ec2_backends[account][region].tags.get(rid, {})
+    ctx = {f"ec2:ResourceTag/{k}": v for k, v in tags.items()}
+    ctx.update({f"aws:ResourceTag/{k}": v for k, v in tags.items()})
+    return (f"arn:aws:ec2:{region}:{account}:{kind}/{rid}", ctx)
+
+
+def _asg_resource(region, account, group_name, instance_id):
+    backend = asg_models.autoscaling_backends[account][region]
+    group = backend.autoscaling_groups.get(group_name) if group_name else None
+    if group is None and instance_id:
+        group, _ = _state_of(backend, instance_id)
+    if group is None:
+        return ("*", {})
+    tags = {t["Key"]: t["Value"] for t in group.tags}
+    ctx = {f"autoscaling:ResourceTag/{k}": v for k, v in tags.items()}
+    ctx.update({f"aws:ResourceTag/{k}": v for k, v in tags.items()})
+    return (group.arn, ctx)
+
+
+def _resources(req):
+    """The resources (ARN, condition context) a request acts on, for the calls natd makes."""
+    data, region, account = req._data, req._region, req.account_id
+    action = req._action
+    if action in ("ec2:ReplaceRoute", "ec2:CreateRoute"):
+        return [_ec2_resource(region, account, "route-table", _param(data, "RouteTableId"))]
+    if action == "ec2:ModifyNetworkInterfaceAttribute":
+        return [_ec2_resource(region, account, "network-interface", _param(data, "NetworkInterfaceId"))]
+    if action == "ec2:AssociateAddress":
+        out = [_ec2_resource(region, account, "elastic-ip", _param(data, "AllocationId"))]
+        if _param(data, "NetworkInterfaceId"):
+            out.append(_ec2_resource(region, account, "network-interface", _param(data, "NetworkInterfaceId")))
+        return out
+    if action in ("autoscaling:CompleteLifecycleAction", "autoscaling:SetInstanceHealth"):
+        return [_asg_resource(region, account, _param(data, "AutoScalingGroupName"), _param(data, "InstanceId"))]
+    return [("*", {})]
+
+
+def _as_list(v):
+    return v if isinstance(v, list) else [v]
+
+
+def _matches(pattern, value):
+    return fnmatch.fnmatchcase(value, pattern)
+
+
+def _conditions_hold(conditions, ctx):
+    for op, pairs in (conditions or {}).items():
+        for key, expected in pairs.items():
+            actual = ctx.get(key)
+            if actual is None:
+                return False
+            if op == "StringEquals" and actual not in _as_list(expected):
+                return False
+            if op == "StringLike" and not any(_matches(p, actual) for p in _as_list(expected)):
+                return False
+            if op not in ("StringEquals", "StringLike"):
+                return False
+    return True
+
+
+def _check_action_permitted(self, resource):
+    if self._action == "sts:GetCallerIdentity":
+        return
+    statements = []
+    for policy in self._access_key.collect_policies():
+        doc = access_control.IAMPolicy(policy)._policy_json
+        statements.extend(_as_list(doc["Statement"]))
+    for arn, ctx in _resources(self):
+        allowed = False
+        for s in statements:
+            if "Action" in s and not any(_matches(a.lower(), self._action.lower()) for a in _as_list(s["Action"])):
+                continue
+            if "NotAction" in s and any(_matches(a.lower(), self._action.lower()) for a in _as_list(s["NotAction"])):
+                continue
+            if not any(p == "*" or _matches(p, arn) for p in _as_list(s.get("Resource", "*"))):
+                continue
+            if not _conditions_hold(s.get("Condition"), ctx):
+                continue
+            if s.get("Effect") == "Deny":
+                self._raise_access_denied()
+            allowed = True
+        if not allowed:
+            self._raise_access_denied()
+
+
+access_control.IAMRequest.check_action_permitted = _check_action_permitted
+
+
+if __name__ == "__main__":
+    from moto.server import main
+
+    main(sys.argv[1:])

@@ -1,0 +1,121 @@
+//! The AWS emulator and the IMDSv2 fixture, as child processes that die with the test.
+
+use aws_config::{BehaviorVersion, Region, SdkConfig};
+use aws_credential_types::Credentials;
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+
+/// Region every test uses.
+pub const REGION: &str = "eu-west-1";
+/// Credentials the emulator accepts while IAM is not enforced.
+pub const TEST_KEY: (&str, &str) = ("testing", "testing");
+
+/// A child process that is killed when dropped.
+#[derive(Debug)]
+pub struct Proc(pub Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts `cmd`, waits for "Running on http://127.0.0.1:PORT" on its stderr, returns
+/// the child and the port. The rest of stderr is drained in the background.
+fn spawn_server(mut cmd: Command, what: &str) -> (Proc, u16) {
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("start {what}: {e}"));
+    let stderr = child.stderr.take().unwrap();
+    let mut lines = BufReader::new(stderr).lines();
+    let mut seen = Vec::new();
+    let port = loop {
+        match lines.next() {
+            Some(Ok(line)) => {
+                if let Some(rest) = line.split("Running on http://").nth(1) {
+                    let port = rest.rsplit(':').next().unwrap().trim().parse().unwrap();
+                    break port;
+                }
+                seen.push(line);
+            }
+            _ => {
+                let _ = child.kill();
+                panic!("{what} exited before listening:\n{}", seen.join("\n"));
+            }
+        }
+    };
+    std::thread::spawn(move || for _ in lines {});
+    (Proc(child), port)
+}
+
+/// One emulator server, private to the test that started it.
+#[derive(Debug)]
+pub struct Emulator {
+    _proc: Proc,
+    /// Its port on 127.0.0.1.
+    pub port: u16,
+}
+
+impl Emulator {
+    /// Starts the emulator with IAM not enforced.
+    pub fn start() -> Self {
+        Self::start_with(None)
+    }
+
+    /// Starts the emulator; with `Some(n)`, IAM is enforced after the first `n` calls.
+    pub fn start_with(enforce_iam_after: Option<u32>) -> Self {
+        let mut cmd = Command::new(crate::python());
+        cmd.arg(crate::root().join("tests/emulator/moto_natd.py"))
+            .args(["-H", "127.0.0.1", "-p", "0"]);
+        if let Some(n) = enforce_iam_after {
+            cmd.env("INITIAL_NO_AUTH_ACTION_COUNT", n.to_string());
+        }
+        let (proc, port) = spawn_server(cmd, "moto");
+        Self { _proc: proc, port }
+    }
+
+    /// The endpoint URL.
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// SDK configuration for the emulator with the given key.
+    pub fn sdk_with(&self, key: (&str, &str)) -> SdkConfig {
+        SdkConfig::builder()
+            .behavior_version(BehaviorVersion::latest())
+            .region(Region::new(REGION))
+            .endpoint_url(self.url())
+            .http_client(natd::cloud::http_client())
+            .credentials_provider(aws_credential_types::provider::SharedCredentialsProvider::new(
+                Credentials::from_keys(key.0, key.1, None),
+            ))
+            .build()
+    }
+
+    /// SDK configuration with the default test key.
+    pub fn sdk(&self) -> SdkConfig {
+        self.sdk_with(TEST_KEY)
+    }
+
+    /// Starts an IMDSv2 fixture answering for `instance_id`, on 127.0.0.1.
+    pub fn imds(&self, instance_id: &str) -> Imds {
+        let mut cmd = Command::new(crate::python());
+        cmd.arg(crate::root().join("tests/emulator/imds.py"))
+            .args(["--endpoint", &self.url(), "--region", REGION, "--instance-id", instance_id])
+            .args(["-H", "127.0.0.1", "-p", "0"]);
+        let (proc, port) = spawn_server(cmd, "imds fixture");
+        Imds { _proc: proc, port }
+    }
+}
+
+/// An IMDSv2 fixture for one instance.
+#[derive(Debug)]
+pub struct Imds {
+    _proc: Proc,
+    /// Its port on 127.0.0.1.
+    pub port: u16,
+}
