@@ -87,7 +87,10 @@ pub struct Agent {
 
 impl Agent {
     /// Finds out who we are (IMDS, the host, EC2), retrying with bounded backoff.
-    pub async fn start(cfg: Config, on_retry: impl Fn(&str) + Send + Sync) -> Result<Self, StartError> {
+    pub async fn start(
+        cfg: Config,
+        on_retry: impl Fn(&str) + Send + Sync,
+    ) -> Result<Self, StartError> {
         let backoff = ExponentialBuilder::default()
             .with_min_delay(STARTUP_MIN_DELAY)
             .with_max_delay(STARTUP_MAX_DELAY)
@@ -120,8 +123,7 @@ impl Agent {
             .when(|e| !e.is_permanent())
             .notify(|e, d| on_retry(&format!("{e}; retrying in {d:.1?}")))
             .await?;
-        let port_range =
-            kernel::parse_port_range(&cfg.local_port_range).unwrap_or((1024, 65535));
+        let port_range = kernel::parse_port_range(&cfg.local_port_range).unwrap_or((1024, 65535));
         let plan = kernel::sysctl_plan(&facts, port_range, cfg.conntrack_max);
         let rules = kernel::ruleset(&facts);
         info!(
@@ -198,7 +200,10 @@ impl Agent {
                 }
                 if !changes.skipped.is_empty() && !self.skipped_logged {
                     self.skipped_logged = true;
-                    warn!("optional kernel settings not applied: {}", changes.skipped.join("; "));
+                    warn!(
+                        "optional kernel settings not applied: {}",
+                        changes.skipped.join("; ")
+                    );
                 }
             }
             Err(e) => {
@@ -219,7 +224,9 @@ impl Agent {
                     Ok(false) if first => info!("source/dest check disabled on {eni}"),
                     Ok(false) => warn!("source/dest check was on again on {eni}; disabled"),
                     Ok(true) => {
-                        report.problems.push(format!("source/dest check on {eni} still on after disabling it"));
+                        report.problems.push(format!(
+                            "source/dest check on {eni} still on after disabling it"
+                        ));
                         return false;
                     }
                     Err(e) => {
@@ -235,7 +242,10 @@ impl Agent {
         }
         for target in self.cfg.probe_targets.clone() {
             if let Err(e) = self.probe(&target).await {
-                report.problems.push(format!("probe {target} via {}: {e}", self.facts.egress_interface));
+                report.problems.push(format!(
+                    "probe {target} via {}: {e}",
+                    self.facts.egress_interface
+                ));
             }
         }
         report.problems.is_empty()
@@ -254,7 +264,10 @@ impl Agent {
             let sock = tokio::net::TcpSocket::new_v4().map_err(|e| e.to_string())?;
             sock.bind_device(Some(self.facts.egress_interface.as_bytes()))
                 .map_err(|e| format!("bind to {}: {e}", self.facts.egress_interface))?;
-            sock.connect(*addr).await.map(drop).map_err(|e| e.to_string())
+            sock.connect(*addr)
+                .await
+                .map(drop)
+                .map_err(|e| e.to_string())
         };
         tokio::time::timeout(timeout, attempt)
             .await
@@ -262,7 +275,11 @@ impl Agent {
     }
 
     async fn ensure_routes(&mut self, report: &mut PassReport) {
-        let tables = match self.cloud.tagged_tables(&self.id.vpc_id, &self.cfg.stack).await {
+        let tables = match self
+            .cloud
+            .tagged_tables(&self.id.vpc_id, &self.cfg.stack)
+            .await
+        {
             Ok(t) => t,
             Err(e) => return self.note_api_error(report, "routes", &e),
         };
@@ -280,16 +297,26 @@ impl Agent {
                 Decision::Ours | Decision::Yield { .. } => None,
             };
             if let Some(create) = write {
-                if let Err(e) = self.cloud.write_route(&table, &self.id.eni_id, create).await {
+                if let Err(e) = self
+                    .cloud
+                    .write_route(&table, &self.id.eni_id, create)
+                    .await
+                {
                     self.note_api_error(report, "routes", &e);
                     continue;
                 }
                 let was = match &decision {
-                    Decision::Replace { from, blackhole: true } => format!(" (was blackhole to {from})"),
+                    Decision::Replace {
+                        from,
+                        blackhole: true,
+                    } => format!(" (was blackhole to {from})"),
                     Decision::Replace { from, .. } => format!(" (was {from})"),
                     _ => " (created)".to_string(),
                 };
-                info!("route table {table}: 0.0.0.0/0 now targets {}{was}", self.id.eni_id);
+                info!(
+                    "route table {table}: 0.0.0.0/0 now targets {}{was}",
+                    self.id.eni_id
+                );
                 held.push(table.clone());
                 now.insert(table, Decision::Ours);
                 continue;
@@ -297,10 +324,15 @@ impl Agent {
             if self.decisions.get(&table) != Some(&decision) {
                 match &decision {
                     Decision::Yield { holder } => {
-                        info!("route table {table}: newer natd {holder} holds 0.0.0.0/0; standing by")
+                        info!(
+                            "route table {table}: newer natd {holder} holds 0.0.0.0/0; standing by"
+                        )
                     }
                     Decision::Ours if self.passes == 1 => {
-                        info!("route table {table}: 0.0.0.0/0 already targets {}", self.id.eni_id)
+                        info!(
+                            "route table {table}: 0.0.0.0/0 already targets {}",
+                            self.id.eni_id
+                        )
                     }
                     _ => {}
                 }
@@ -311,9 +343,16 @@ impl Agent {
             now.insert(table, decision);
         }
         for gone in self.decisions.keys().filter(|t| !now.contains_key(*t)) {
-            info!("route table {gone}: no longer tagged {}={}; left alone", crate::contract::EGRESS_TAG, self.cfg.stack);
+            info!(
+                "route table {gone}: no longer tagged {}={}; left alone",
+                crate::contract::EGRESS_TAG,
+                self.cfg.stack
+            );
         }
-        report.routes_yielded = now.values().filter(|d| matches!(d, Decision::Yield { .. })).count();
+        report.routes_yielded = now
+            .values()
+            .filter(|d| matches!(d, Decision::Yield { .. }))
+            .count();
         report.routes_held = held.len();
         if self.passes == 1 || now != self.decisions {
             info!(
@@ -394,7 +433,11 @@ impl Agent {
                 Err(e) => return self.note_api_error(report, "elastic IP", &e),
             }
         }
-        match self.cloud.associate_address(&address.allocation_id, &self.id.eni_id).await {
+        match self
+            .cloud
+            .associate_address(&address.allocation_id, &self.id.eni_id)
+            .await
+        {
             Ok(()) => info!(
                 "elastic IP {} ({}) now on {}",
                 address.public_ip, address.allocation_id, self.id.eni_id
@@ -409,7 +452,10 @@ impl Agent {
         }
         let m = self.cloud.membership(&self.id.instance_id).await?;
         match &m {
-            Some(m) => info!("member of Auto Scaling group {} ({})", m.group, m.lifecycle_state),
+            Some(m) => info!(
+                "member of Auto Scaling group {} ({})",
+                m.group, m.lifecycle_state
+            ),
             None => info!("not in an Auto Scaling group"),
         }
         self.membership = Some(m.clone());
@@ -428,9 +474,17 @@ impl Agent {
             self.launch_completed = true;
             return;
         };
-        match self.cloud.complete_launch(&m.group, &self.id.instance_id, "CONTINUE").await {
+        match self
+            .cloud
+            .complete_launch(&m.group, &self.id.instance_id, "CONTINUE")
+            .await
+        {
             Ok(hooks) => {
-                info!("lifecycle action completed (CONTINUE) for hook(s) [{}] of {}", hooks.join(", "), m.group);
+                info!(
+                    "lifecycle action completed (CONTINUE) for hook(s) [{}] of {}",
+                    hooks.join(", "),
+                    m.group
+                );
                 self.launch_completed = true;
             }
             Err(e) => self.note_api_error(report, "auto scaling", &e),
@@ -443,7 +497,11 @@ impl Agent {
         if let Ok(Some(m)) = self.membership().await
             && aws::waits_for_launch(&m.lifecycle_state)
         {
-            match self.cloud.complete_launch(&m.group, &self.id.instance_id, "ABANDON").await {
+            match self
+                .cloud
+                .complete_launch(&m.group, &self.id.instance_id, "ABANDON")
+                .await
+            {
                 Ok(_) => warn!("lifecycle action completed with ABANDON on {}", m.group),
                 Err(e) => error!("could not abandon the launch: {e}"),
             }
@@ -492,7 +550,10 @@ impl Agent {
                     Err(e) => error!("could not report Unhealthy: {e}"),
                 },
                 Ok(None) => {
-                    error!("{} failed passes and no Auto Scaling group to replace this instance", self.failures);
+                    error!(
+                        "{} failed passes and no Auto Scaling group to replace this instance",
+                        self.failures
+                    );
                     self.reported_unhealthy = true;
                 }
                 Err(e) => error!("could not look up the Auto Scaling group: {e}"),
@@ -508,7 +569,12 @@ impl Agent {
                 self.facts.egress_interface, report.routes_held, report.routes_yielded
             )
         } else {
-            format!("degraded ({}/{}): {}", self.failures, self.cfg.unhealthy_after, report.problems.join("; "))
+            format!(
+                "degraded ({}/{}): {}",
+                self.failures,
+                self.cfg.unhealthy_after,
+                report.problems.join("; ")
+            )
         }
     }
 }
@@ -516,7 +582,11 @@ impl Agent {
 fn describe_kernel_changes(c: &kapply::Changes) -> String {
     let mut parts = c.sysctls.clone();
     if c.ruleset.is_some() {
-        parts.push(format!("iptables chains {} and {}", kernel::NAT_CHAIN, kernel::FILTER_CHAIN));
+        parts.push(format!(
+            "iptables chains {} and {}",
+            kernel::NAT_CHAIN,
+            kernel::FILTER_CHAIN
+        ));
     }
     parts.join(", ")
 }

@@ -147,7 +147,10 @@ pub struct Cloud {
 }
 
 fn tag_filter(key: &str, value: &str) -> Filter {
-    Filter::builder().name(format!("tag:{key}")).values(value).build()
+    Filter::builder()
+        .name(format!("tag:{key}"))
+        .values(value)
+        .build()
 }
 
 impl Cloud {
@@ -169,7 +172,12 @@ impl Cloud {
         let mut pages = self
             .ec2
             .describe_instances()
-            .filters(Filter::builder().name("instance-id").set_values(Some(ids.to_vec())).build())
+            .filters(
+                Filter::builder()
+                    .name("instance-id")
+                    .set_values(Some(ids.to_vec()))
+                    .build(),
+            )
             .into_paginator()
             .send();
         while let Some(page) = pages.next().await {
@@ -257,7 +265,10 @@ impl Cloud {
                 source: e.into(),
             })?;
         // Absent means the default, which is on.
-        Ok(resp.source_dest_check().and_then(|v| v.value()).unwrap_or(true))
+        Ok(resp
+            .source_dest_check()
+            .and_then(|v| v.value())
+            .unwrap_or(true))
     }
 
     /// Turns source/dest check off on `eni`.
@@ -292,7 +303,9 @@ impl Cloud {
                 source: e.into(),
             })?;
             for t in page.route_tables() {
-                let Some(id) = t.route_table_id() else { continue };
+                let Some(id) = t.route_table_id() else {
+                    continue;
+                };
                 let default_route = t
                     .routes()
                     .iter()
@@ -304,12 +317,17 @@ impl Cloud {
                             Target::Instance(i.to_string())
                         } else {
                             Target::Other(
-                                [r.nat_gateway_id(), r.gateway_id(), r.vpc_peering_connection_id(), r.transit_gateway_id()]
-                                    .into_iter()
-                                    .flatten()
-                                    .next()
-                                    .unwrap_or("unknown")
-                                    .to_string(),
+                                [
+                                    r.nat_gateway_id(),
+                                    r.gateway_id(),
+                                    r.vpc_peering_connection_id(),
+                                    r.transit_gateway_id(),
+                                ]
+                                .into_iter()
+                                .flatten()
+                                .next()
+                                .unwrap_or("unknown")
+                                .to_string(),
                             )
                         };
                         Route {
@@ -361,11 +379,18 @@ impl Cloud {
 
     /// The Elastic IP to hold: `allocation_id` if given, else one tagged
     /// `natd:egress=<stack>` in the VPC's account and region.
-    pub async fn address(&self, allocation_id: Option<&str>, stack: &str) -> Result<Option<Address>, Error> {
+    pub async fn address(
+        &self,
+        allocation_id: Option<&str>,
+        stack: &str,
+    ) -> Result<Option<Address>, Error> {
         let req = self.ec2.describe_addresses();
         let (req, what) = match allocation_id {
             Some(a) => (req.allocation_ids(a), a.to_string()),
-            None => (req.filters(tag_filter(EGRESS_TAG, stack)), format!("tag {EGRESS_TAG}={stack}")),
+            None => (
+                req.filters(tag_filter(EGRESS_TAG, stack)),
+                format!("tag {EGRESS_TAG}={stack}"),
+            ),
         };
         let resp = req.send().await.map_err(|e| Error::DescribeAddresses {
             what: what.clone(),
@@ -420,7 +445,12 @@ impl Cloud {
 
     /// Completes every launch lifecycle hook of `group` for our instance with
     /// `result` (`CONTINUE` or `ABANDON`); returns the hooks completed.
-    pub async fn complete_launch(&self, group: &str, instance_id: &str, result: &str) -> Result<Vec<String>, Error> {
+    pub async fn complete_launch(
+        &self,
+        group: &str,
+        instance_id: &str,
+        result: &str,
+    ) -> Result<Vec<String>, Error> {
         let hooks = self
             .asg
             .describe_lifecycle_hooks()
@@ -437,7 +467,9 @@ impl Cloud {
             if h.lifecycle_transition() != Some(LAUNCHING_TRANSITION) {
                 continue;
             }
-            let Some(name) = h.lifecycle_hook_name() else { continue };
+            let Some(name) = h.lifecycle_hook_name() else {
+                continue;
+            };
             self.asg
                 .complete_lifecycle_action()
                 .auto_scaling_group_name(group)

@@ -67,7 +67,9 @@ pub struct ApiError {
 impl ApiError {
     /// Whether retrying cannot help (missing permissions, bad credentials).
     pub fn is_permanent(&self) -> bool {
-        self.code.as_deref().is_some_and(|c| PERMANENT_CODES.contains(&c))
+        self.code
+            .as_deref()
+            .is_some_and(|c| PERMANENT_CODES.contains(&c))
     }
 }
 

@@ -106,8 +106,13 @@ mod tests {
             for a in &actions {
                 assert!(!a.ends_with('*'), "wildcard action {a}");
             }
-            if actions.iter().any(|a| a.contains("Route") || a.contains("Lifecycle")) {
-                let cond = s["Condition"]["StringEquals"].as_object().expect("condition");
+            if actions
+                .iter()
+                .any(|a| a.contains("Route") || a.contains("Lifecycle"))
+            {
+                let cond = s["Condition"]["StringEquals"]
+                    .as_object()
+                    .expect("condition");
                 assert!(cond.values().all(|v| v == "dev1"), "{s}");
             }
         }

@@ -142,7 +142,10 @@ mod tests {
         let c = parse_cidrs("10.0.0.0/16\n100.64.0.0/20\n").expect("valid");
         assert_eq!(c.len(), 2);
         assert_eq!(c[1].to_string(), "100.64.0.0/20");
-        assert_eq!(parse_cidrs("10.0.0.5/16").expect("valid")[0].to_string(), "10.0.0.0/16");
+        assert_eq!(
+            parse_cidrs("10.0.0.5/16").expect("valid")[0].to_string(),
+            "10.0.0.0/16"
+        );
         assert_eq!(parse_cidrs(""), None);
         assert_eq!(parse_cidrs("10.0.0.0/16\nfe80::/64"), None);
     }

@@ -67,7 +67,10 @@ fn main() -> ExitCode {
         println!("{}: ok", args.config.display());
         return ExitCode::SUCCESS;
     }
-    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(r) => r,
         Err(e) => {
             error!("cannot start the runtime: {e}");
@@ -78,7 +81,10 @@ fn main() -> ExitCode {
 }
 
 async fn run(cfg: Config, once: bool) -> ExitCode {
-    let (mut term, mut int) = match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+    let (mut term, mut int) = match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
         (Ok(t), Ok(i)) => (t, i),
         _ => {
             error!("cannot install signal handlers");
@@ -153,8 +159,9 @@ fn init_logging() {
         log::set_max_level(log::LevelFilter::Info);
         return;
     }
-    let filter = tracing_subscriber::EnvFilter::try_from_env("NATD_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,aws_config=warn,aws_smithy_runtime=warn"));
+    let filter = tracing_subscriber::EnvFilter::try_from_env("NATD_LOG").unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new("info,aws_config=warn,aws_smithy_runtime=warn")
+    });
     tracing_subscriber::fmt()
         .without_time()
         .with_target(false)

@@ -126,7 +126,11 @@ pub fn outranks(holder: &Holder, me: &Me) -> bool {
 
 /// Decides every table. `holders` maps resolved targets to the instance behind them; a
 /// target missing from it is treated as gone.
-pub fn plan(me: &Me, tables: &[Table], holders: &BTreeMap<Target, Holder>) -> Vec<(String, Decision)> {
+pub fn plan(
+    me: &Me,
+    tables: &[Table],
+    holders: &BTreeMap<Target, Holder>,
+) -> Vec<(String, Decision)> {
     tables
         .iter()
         .map(|t| {
@@ -183,7 +187,11 @@ mod tests {
         let tables = vec![
             table("rtb-missing", None, false),
             table("rtb-ours", Some(eni("eni-me")), false),
-            table("rtb-ours-by-instance", Some(Target::Instance("i-0b".into())), false),
+            table(
+                "rtb-ours-by-instance",
+                Some(Target::Instance("i-0b".into())),
+                false,
+            ),
             table("rtb-blackhole", Some(eni("eni-dead")), true),
             table("rtb-natgw", Some(Target::Other("nat-123".into())), false),
             table("rtb-older", Some(eni("eni-old")), false),
@@ -206,9 +214,17 @@ mod tests {
         assert_eq!(got["rtb-ours"], Decision::Ours);
         assert_eq!(got["rtb-ours-by-instance"], Decision::Ours);
         assert_eq!(got["rtb-blackhole"], replace(eni("eni-dead"), true));
-        assert_eq!(got["rtb-natgw"], replace(Target::Other("nat-123".into()), false));
+        assert_eq!(
+            got["rtb-natgw"],
+            replace(Target::Other("nat-123".into()), false)
+        );
         assert_eq!(got["rtb-older"], replace(eni("eni-old"), false));
-        assert_eq!(got["rtb-newer"], Decision::Yield { holder: "i-0c".into() });
+        assert_eq!(
+            got["rtb-newer"],
+            Decision::Yield {
+                holder: "i-0c".into()
+            }
+        );
         assert_eq!(got["rtb-stopped"], replace(eni("eni-stopped"), false));
         assert_eq!(got["rtb-foreign"], replace(eni("eni-foreign"), false));
         assert_eq!(got["rtb-unknown"], replace(eni("eni-gone"), false));
@@ -234,10 +250,17 @@ mod tests {
         assert!(!outranks(&ha, &b));
         // a sees b's route: yields. b sees a's route: takes it back. Both stable
         // after b holds it: a yields every pass, b sees its own route.
-        let t_b = vec![table("rtb-1", Some(Target::Interface("eni-b".into())), false)];
+        let t_b = vec![table(
+            "rtb-1",
+            Some(Target::Interface("eni-b".into())),
+            false,
+        )];
         let holders: BTreeMap<Target, Holder> = [(Target::Interface("eni-b".into()), hb)].into();
         for _ in 0..3 {
-            assert!(matches!(plan(&a, &t_b, &holders)[0].1, Decision::Yield { .. }));
+            assert!(matches!(
+                plan(&a, &t_b, &holders)[0].1,
+                Decision::Yield { .. }
+            ));
             assert_eq!(plan(&b, &t_b, &BTreeMap::new())[0].1, Decision::Ours);
         }
     }

@@ -32,8 +32,8 @@ def main():
         "ec2",
         endpoint_url=args.endpoint,
         region_name=args.region,
-        aws_access_key_id="imds",
-        aws_secret_access_key="imds",
+        # From AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY: a real key once the emulator
+        # enforces IAM.
     )
     tokens = {}
 

@@ -56,6 +56,8 @@ fn spawn_server(mut cmd: Command, what: &str) -> (Proc, u16) {
 #[derive(Debug)]
 pub struct Emulator {
     _proc: Proc,
+    /// The key fixtures use to read the emulator once IAM is enforced.
+    admin: std::sync::Mutex<(String, String)>,
     /// Its port on 127.0.0.1.
     pub port: u16,
 }
@@ -75,7 +77,17 @@ impl Emulator {
             cmd.env("INITIAL_NO_AUTH_ACTION_COUNT", n.to_string());
         }
         let (proc, port) = spawn_server(cmd, "moto");
-        Self { _proc: proc, port }
+        let admin = std::sync::Mutex::new((TEST_KEY.0.to_string(), TEST_KEY.1.to_string()));
+        Self {
+            _proc: proc,
+            admin,
+            port,
+        }
+    }
+
+    /// Sets the key the IMDS fixtures use (needed once IAM is enforced).
+    pub fn set_admin_key(&self, id: &str, secret: &str) {
+        *self.admin.lock().unwrap() = (id.to_string(), secret.to_string());
     }
 
     /// The endpoint URL.
@@ -90,9 +102,11 @@ impl Emulator {
             .region(Region::new(REGION))
             .endpoint_url(self.url())
             .http_client(natd::cloud::http_client())
-            .credentials_provider(aws_credential_types::provider::SharedCredentialsProvider::new(
-                Credentials::from_keys(key.0, key.1, None),
-            ))
+            .credentials_provider(
+                aws_credential_types::provider::SharedCredentialsProvider::new(
+                    Credentials::from_keys(key.0, key.1, None),
+                ),
+            )
             .build()
     }
 
@@ -105,8 +119,18 @@ impl Emulator {
     pub fn imds(&self, instance_id: &str) -> Imds {
         let mut cmd = Command::new(crate::python());
         cmd.arg(crate::root().join("tests/emulator/imds.py"))
-            .args(["--endpoint", &self.url(), "--region", REGION, "--instance-id", instance_id])
+            .args([
+                "--endpoint",
+                &self.url(),
+                "--region",
+                REGION,
+                "--instance-id",
+                instance_id,
+            ])
             .args(["-H", "127.0.0.1", "-p", "0"]);
+        let (id, secret) = self.admin.lock().unwrap().clone();
+        cmd.env("AWS_ACCESS_KEY_ID", id)
+            .env("AWS_SECRET_ACCESS_KEY", secret);
         let (proc, port) = spawn_server(cmd, "imds fixture");
         Imds { _proc: proc, port }
     }

@@ -33,7 +33,8 @@ impl Netns {
 
     /// Runs a shell command inside the namespace; panics with its output on failure.
     pub fn sh(&self, script: &str) -> String {
-        let out = run_ok(Command::new("ip").args(["netns", "exec", &self.name, "sh", "-ec", script]));
+        let out =
+            run_ok(Command::new("ip").args(["netns", "exec", &self.name, "sh", "-ec", script]));
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
@@ -67,12 +68,15 @@ impl Netns {
     /// Makes 127.0.0.1:`port` inside the namespace reach 127.0.0.1:`port` of the test's
     /// own namespace (where the emulator and IMDS fixtures listen).
     pub fn forward_loopback(&self, port: u16) {
-        let listener = self.run(move || TcpListener::bind(("127.0.0.1", port)).expect("bind in netns"));
+        let listener =
+            self.run(move || TcpListener::bind(("127.0.0.1", port)).expect("bind in netns"));
         std::thread::spawn(move || {
             for conn in listener.incoming() {
                 let Ok(inner) = conn else { return };
                 std::thread::spawn(move || {
-                    let Ok(outer) = TcpStream::connect(("127.0.0.1", port)) else { return };
+                    let Ok(outer) = TcpStream::connect(("127.0.0.1", port)) else {
+                        return;
+                    };
                     pipe(inner, outer);
                 });
             }
@@ -82,9 +86,16 @@ impl Netns {
     /// Adds a veth pair between `self` (interface `a`, address `a_addr` as CIDR) and
     /// `other` (`b`, `b_addr`), both up.
     pub fn link(&self, a: &str, a_addr: &str, other: &Netns, b: &str, b_addr: &str) {
-        self.sh(&format!("ip link add {a} type veth peer name {b} netns {}", other.name));
-        self.sh(&format!("ip addr add {a_addr} dev {a} && ip link set {a} up"));
-        other.sh(&format!("ip addr add {b_addr} dev {b} && ip link set {b} up"));
+        self.sh(&format!(
+            "ip link add {a} type veth peer name {b} netns {}",
+            other.name
+        ));
+        self.sh(&format!(
+            "ip addr add {a_addr} dev {a} && ip link set {a} up"
+        ));
+        other.sh(&format!(
+            "ip addr add {b_addr} dev {b} && ip link set {b} up"
+        ));
     }
 }
 
@@ -93,9 +104,14 @@ impl Drop for Netns {
         // Kill what still runs inside, then delete; both are best effort so a failing
         // test still cleans up everything it can.
         let _ = Command::new("sh")
-            .args(["-c", &format!("ip netns pids {} | xargs -r kill -9", self.name)])
+            .args([
+                "-c",
+                &format!("ip netns pids {} | xargs -r kill -9", self.name),
+            ])
             .status();
-        let _ = Command::new("ip").args(["netns", "del", &self.name]).status();
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
     }
 }
 

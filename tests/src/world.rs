@@ -6,7 +6,8 @@ use crate::emulator::{Emulator, Imds, TEST_KEY};
 use crate::netns::Netns;
 use aws_sdk_autoscaling::types::{LaunchTemplateSpecification, Tag as AsgTag};
 use aws_sdk_ec2::types::{
-    Filter, NetworkInterfaceAttribute, RequestLaunchTemplateData, ResourceType, Tag, TagSpecification,
+    Filter, NetworkInterfaceAttribute, RequestLaunchTemplateData, ResourceType, Tag,
+    TagSpecification,
 };
 use natd::contract::{EGRESS_TAG, STACK_TAG};
 use std::path::PathBuf;
@@ -40,11 +41,26 @@ impl World {
     pub async fn new(sdk: &aws_config::SdkConfig) -> Self {
         let ec2 = aws_sdk_ec2::Client::new(sdk);
         let asg = aws_sdk_autoscaling::Client::new(sdk);
-        let vpc = ec2.create_vpc().cidr_block("10.20.0.0/16").send().await.unwrap();
+        let vpc = ec2
+            .create_vpc()
+            .cidr_block("10.20.0.0/16")
+            .send()
+            .await
+            .unwrap();
         let vpc = vpc.vpc().unwrap().vpc_id().unwrap().to_string();
         let igw = ec2.create_internet_gateway().send().await.unwrap();
-        let igw = igw.internet_gateway().unwrap().internet_gateway_id().unwrap().to_string();
-        ec2.attach_internet_gateway().internet_gateway_id(&igw).vpc_id(&vpc).send().await.unwrap();
+        let igw = igw
+            .internet_gateway()
+            .unwrap()
+            .internet_gateway_id()
+            .unwrap()
+            .to_string();
+        ec2.attach_internet_gateway()
+            .internet_gateway_id(&igw)
+            .vpc_id(&vpc)
+            .send()
+            .await
+            .unwrap();
         let subnet = |cidr: &'static str, az: &'static str| {
             let (ec2, vpc) = (ec2.clone(), vpc.clone());
             async move {
@@ -64,7 +80,14 @@ impl World {
             subnet("10.20.1.0/24", "eu-west-1a").await,
             subnet("10.20.2.0/24", "eu-west-1b").await,
         ];
-        Self { ec2, asg, vpc, igw, public_subnet, private_subnets }
+        Self {
+            ec2,
+            asg,
+            vpc,
+            igw,
+            public_subnet,
+            private_subnets,
+        }
     }
 
     /// A route table in the VPC, tagged `natd:egress=<stack>` when `stack` is given.
@@ -73,25 +96,48 @@ impl World {
         if let Some(s) = stack {
             req = req.tag_specifications(tags(ResourceType::RouteTable, &[(EGRESS_TAG, s)]));
         }
-        req.send().await.unwrap().route_table().unwrap().route_table_id().unwrap().to_string()
+        req.send()
+            .await
+            .unwrap()
+            .route_table()
+            .unwrap()
+            .route_table_id()
+            .unwrap()
+            .to_string()
     }
 
     /// The default route of `rtb`: (target id, state).
     pub async fn default_route(&self, rtb: &str) -> Option<(String, String)> {
-        let t = self.ec2.describe_route_tables().route_table_ids(rtb).send().await.unwrap();
+        let t = self
+            .ec2
+            .describe_route_tables()
+            .route_table_ids(rtb)
+            .send()
+            .await
+            .unwrap();
         let table = t.route_tables().first().unwrap();
         table
             .routes()
             .iter()
             .find(|r| r.destination_cidr_block() == Some("0.0.0.0/0"))
             .map(|r| {
-                let target = [r.network_interface_id(), r.instance_id(), r.nat_gateway_id(), r.gateway_id()]
-                    .into_iter()
-                    .flatten()
-                    .next()
-                    .unwrap_or_default()
-                    .to_string();
-                (target, r.state().map(|s| s.as_str().to_string()).unwrap_or_default())
+                let target = [
+                    r.network_interface_id(),
+                    r.instance_id(),
+                    r.nat_gateway_id(),
+                    r.gateway_id(),
+                ]
+                .into_iter()
+                .flatten()
+                .next()
+                .unwrap_or_default()
+                .to_string();
+                (
+                    target,
+                    r.state()
+                        .map(|s| s.as_str().to_string())
+                        .unwrap_or_default(),
+                )
             })
     }
 
@@ -129,11 +175,20 @@ impl World {
             .send()
             .await
             .unwrap();
-        let lt_id = lt.launch_template().unwrap().launch_template_id().unwrap().to_string();
+        let lt_id = lt
+            .launch_template()
+            .unwrap()
+            .launch_template_id()
+            .unwrap()
+            .to_string();
         self.asg
             .create_auto_scaling_group()
             .auto_scaling_group_name(&name)
-            .launch_template(LaunchTemplateSpecification::builder().launch_template_id(lt_id).build())
+            .launch_template(
+                LaunchTemplateSpecification::builder()
+                    .launch_template_id(lt_id)
+                    .build(),
+            )
             .min_size(0)
             .max_size(1)
             .desired_capacity(0)
@@ -176,7 +231,13 @@ impl World {
 
     /// The group's instances: (id, lifecycle state, health).
     pub async fn group_instances(&self, group: &str) -> Vec<(String, String, String)> {
-        let g = self.asg.describe_auto_scaling_groups().auto_scaling_group_names(group).send().await.unwrap();
+        let g = self
+            .asg
+            .describe_auto_scaling_groups()
+            .auto_scaling_group_names(group)
+            .send()
+            .await
+            .unwrap();
         g.auto_scaling_groups()[0]
             .instances()
             .iter()
@@ -192,10 +253,19 @@ impl World {
 
     /// The primary ENI of an instance: (ENI id, MAC).
     pub async fn eni(&self, instance: &str) -> (String, String) {
-        let r = self.ec2.describe_instances().instance_ids(instance).send().await.unwrap();
+        let r = self
+            .ec2
+            .describe_instances()
+            .instance_ids(instance)
+            .send()
+            .await
+            .unwrap();
         let i = &r.reservations()[0].instances()[0];
         let ni = &i.network_interfaces()[0];
-        (ni.network_interface_id().unwrap().to_string(), ni.mac_address().unwrap().to_lowercase())
+        (
+            ni.network_interface_id().unwrap().to_string(),
+            ni.mac_address().unwrap().to_lowercase(),
+        )
     }
 
     /// The instance's state name.
@@ -203,7 +273,12 @@ impl World {
         let r = self
             .ec2
             .describe_instances()
-            .filters(Filter::builder().name("instance-id").values(instance).build())
+            .filters(
+                Filter::builder()
+                    .name("instance-id")
+                    .values(instance)
+                    .build(),
+            )
             .send()
             .await
             .unwrap();
@@ -226,7 +301,9 @@ impl World {
             .send()
             .await
             .unwrap();
-        a.source_dest_check().and_then(|v| v.value()).unwrap_or(true)
+        a.source_dest_check()
+            .and_then(|v| v.value())
+            .unwrap_or(true)
     }
 }
 
@@ -271,8 +348,10 @@ impl NatHost {
     /// namespace, for tests without a data plane.
     pub fn dummy_egress(&mut self) {
         let up = Netns::new("up");
-        self.ns.link("ens5", "198.51.100.2/24", &up, "up0", "198.51.100.1/24");
-        self.ns.sh(&format!("ip link set ens5 address {}", self.mac));
+        self.ns
+            .link("ens5", "198.51.100.2/24", &up, "up0", "198.51.100.1/24");
+        self.ns
+            .sh(&format!("ip link set ens5 address {}", self.mac));
         self.uplink = Some(up);
     }
 
@@ -361,5 +440,10 @@ impl Drop for Natd {
 
 /// Text of a process's output, for assertion messages.
 pub fn text(o: &Output) -> String {
-    format!("status {:?}\n{}{}", o.status.code(), String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
+    format!(
+        "status {:?}\n{}{}",
+        o.status.code(),
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
 }

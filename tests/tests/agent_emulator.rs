@@ -13,24 +13,51 @@ async fn one_pass_takes_over_tagged_tables_only_and_completes_the_launch() {
     let emu = Emulator::start();
     let w = World::new(&emu.sdk()).await;
     let (group, nat) = w.nat_group("dev", true).await;
-    assert_eq!(w.group_instances(&group).await[0].1, "Pending:Wait", "hook holds the launch");
+    assert_eq!(
+        w.group_instances(&group).await[0].1,
+        "Pending:Wait",
+        "hook holds the launch"
+    );
 
     // Tagged: no default route; a blackhole left by a dead predecessor; one to the IGW.
     let empty = w.route_table(Some("dev")).await;
     let dead = w.instance("dev").await;
     let blackholed = w.route_table(Some("dev")).await;
-    w.ec2.create_route().route_table_id(&blackholed).destination_cidr_block("0.0.0.0/0")
-        .instance_id(&dead).send().await.unwrap();
-    w.ec2.terminate_instances().instance_ids(&dead).send().await.unwrap();
+    w.ec2
+        .create_route()
+        .route_table_id(&blackholed)
+        .destination_cidr_block("0.0.0.0/0")
+        .instance_id(&dead)
+        .send()
+        .await
+        .unwrap();
+    w.ec2
+        .terminate_instances()
+        .instance_ids(&dead)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(w.default_route(&blackholed).await.unwrap().1, "blackhole");
     let to_igw = w.route_table(Some("dev")).await;
-    w.ec2.create_route().route_table_id(&to_igw).destination_cidr_block("0.0.0.0/0")
-        .gateway_id(&w.igw).send().await.unwrap();
+    w.ec2
+        .create_route()
+        .route_table_id(&to_igw)
+        .destination_cidr_block("0.0.0.0/0")
+        .gateway_id(&w.igw)
+        .send()
+        .await
+        .unwrap();
     // Not ours: untagged, and tagged for another stack.
     let other = w.instance("other").await;
     let untagged = w.route_table(None).await;
-    w.ec2.create_route().route_table_id(&untagged).destination_cidr_block("0.0.0.0/0")
-        .instance_id(&other).send().await.unwrap();
+    w.ec2
+        .create_route()
+        .route_table_id(&untagged)
+        .destination_cidr_block("0.0.0.0/0")
+        .instance_id(&other)
+        .send()
+        .await
+        .unwrap();
     let other_stack = w.route_table(Some("prod")).await;
 
     let mut host = NatHost::new(&emu, &w, &nat).await;
@@ -41,12 +68,23 @@ async fn one_pass_takes_over_tagged_tables_only_and_completes_the_launch() {
     assert!(out.status.success(), "{}", text(&out));
 
     for rtb in [&empty, &blackholed, &to_igw] {
-        assert_eq!(w.default_route(rtb).await, Some((host.eni.clone(), "active".into())), "{rtb}");
+        assert_eq!(
+            w.default_route(rtb).await,
+            Some((host.eni.clone(), "active".into())),
+            "{rtb}"
+        );
     }
     assert_eq!(w.default_route(&untagged).await.unwrap().0, other);
     assert_eq!(w.default_route(&other_stack).await, None);
-    assert!(!w.source_dest_check(&host.eni).await, "source/dest check disabled");
-    assert_eq!(w.group_instances(&group).await[0].1, "InService", "lifecycle action completed");
+    assert!(
+        !w.source_dest_check(&host.eni).await,
+        "source/dest check disabled"
+    );
+    assert_eq!(
+        w.group_instances(&group).await[0].1,
+        "InService",
+        "lifecycle action completed"
+    );
     let log = text(&out);
     assert!(log.contains("was blackhole"), "{log}");
     assert!(log.contains("forwarding ready"), "{log}");
@@ -55,7 +93,11 @@ async fn one_pass_takes_over_tagged_tables_only_and_completes_the_launch() {
     let again = host.once(&cfg);
     assert!(again.status.success(), "{}", text(&again));
     assert!(!text(&again).contains("now targets"), "{}", text(&again));
-    assert!(!text(&again).contains("source/dest check disabled"), "{}", text(&again));
+    assert!(
+        !text(&again).contains("source/dest check disabled"),
+        "{}",
+        text(&again)
+    );
 }
 
 #[tokio::test]
@@ -67,12 +109,19 @@ async fn repeated_failed_passes_make_the_group_replace_the_instance() {
     let mut host = NatHost::new(&emu, &w, &nat).await;
     host.dummy_egress();
     // The data-plane probe cannot succeed: nothing is reachable through a dummy link.
-    let cfg = host.config("dev", "unhealthy_after = 2\nprobe_targets = [\"127.0.0.1:9\"]\nprobe_timeout_ms = 300");
+    let cfg = host.config(
+        "dev",
+        "unhealthy_after = 2\nprobe_targets = [\"127.0.0.1:9\"]\nprobe_timeout_ms = 300",
+    );
     let natd = host.spawn(&cfg);
-    let replacement = eventually(Duration::from_secs(30), "the group to replace the instance", || async {
-        let now = w.group_instances(&group).await;
-        now.iter().find(|i| i.0 != nat).map(|i| i.0.clone())
-    })
+    let replacement = eventually(
+        Duration::from_secs(30),
+        "the group to replace the instance",
+        || async {
+            let now = w.group_instances(&group).await;
+            now.iter().find(|i| i.0 != nat).map(|i| i.0.clone())
+        },
+    )
     .await;
     assert_eq!(w.instance_state(&nat).await, "terminated");
     assert_ne!(replacement, nat);
@@ -98,19 +147,41 @@ async fn drift_in_ec2_is_repaired_and_sigterm_leaves_routes() {
     })
     .await;
     // Someone points the route elsewhere and turns the check back on.
-    w.ec2.replace_route().route_table_id(&rtb).destination_cidr_block("0.0.0.0/0")
-        .gateway_id(&w.igw).send().await.unwrap();
-    w.ec2.modify_network_interface_attribute().network_interface_id(&eni)
-        .source_dest_check(aws_sdk_ec2::types::AttributeBooleanValue::builder().value(true).build())
-        .send().await.unwrap();
+    w.ec2
+        .replace_route()
+        .route_table_id(&rtb)
+        .destination_cidr_block("0.0.0.0/0")
+        .gateway_id(&w.igw)
+        .send()
+        .await
+        .unwrap();
+    w.ec2
+        .modify_network_interface_attribute()
+        .network_interface_id(&eni)
+        .source_dest_check(
+            aws_sdk_ec2::types::AttributeBooleanValue::builder()
+                .value(true)
+                .build(),
+        )
+        .send()
+        .await
+        .unwrap();
     eventually(Duration::from_secs(20), "drift repair", || async {
         let route_back = w.default_route(&rtb).await.map(|r| r.0) == Some(eni.clone());
         (route_back && !w.source_dest_check(&eni).await).then_some(())
     })
     .await;
-    assert!(natd.log().contains("source/dest check was on again"), "{}", natd.log());
+    assert!(
+        natd.log().contains("source/dest check was on again"),
+        "{}",
+        natd.log()
+    );
     assert_eq!(natd.terminate(), Some(0));
-    assert!(natd.log().contains("routes stay in place"), "{}", natd.log());
+    assert!(
+        natd.log().contains("routes stay in place"),
+        "{}",
+        natd.log()
+    );
     assert_eq!(w.default_route(&rtb).await.unwrap().0, eni);
 }
 
@@ -124,9 +195,13 @@ async fn a_second_natd_does_not_make_routes_flap() {
     a.dummy_egress();
     let _natd_a = a.spawn(&a.config("dev", ""));
     let eni_a = a.eni.clone();
-    eventually(Duration::from_secs(20), "first natd takes the route", || async {
-        (w.default_route(&rtb).await.map(|r| r.0) == Some(eni_a.clone())).then_some(())
-    })
+    eventually(
+        Duration::from_secs(20),
+        "first natd takes the route",
+        || async {
+            (w.default_route(&rtb).await.map(|r| r.0) == Some(eni_a.clone())).then_some(())
+        },
+    )
     .await;
     // An instance refresh: a second, newer instance of the same stack starts.
     tokio::time::sleep(Duration::from_millis(1100)).await;
@@ -141,9 +216,17 @@ async fn a_second_natd_does_not_make_routes_flap() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     targets.dedup();
-    assert_eq!(targets.last(), Some(&b.eni), "the newest natd holds the route: {targets:?}");
+    assert_eq!(
+        targets.last(),
+        Some(&b.eni),
+        "the newest natd holds the route: {targets:?}"
+    );
     assert!(targets.len() <= 2, "route flapped: {targets:?}");
-    assert!(natd_b.log().contains(&format!("was {}", a.eni)), "{}", natd_b.log());
+    assert!(
+        natd_b.log().contains(&format!("was {}", a.eni)),
+        "{}",
+        natd_b.log()
+    );
 }
 
 #[tokio::test]
@@ -151,18 +234,39 @@ async fn tagged_elastic_ip_moves_to_the_nat_instance_once_it_forwards() {
     let emu = Emulator::start();
     let w = World::new(&emu.sdk()).await;
     let nat = w.instance("dev").await;
-    let alloc = w.ec2.allocate_address().domain(aws_sdk_ec2::types::DomainType::Vpc)
-        .tag_specifications(aws_sdk_ec2::types::TagSpecification::builder()
-            .resource_type(aws_sdk_ec2::types::ResourceType::ElasticIp)
-            .tags(aws_sdk_ec2::types::Tag::builder().key(natd::contract::EGRESS_TAG).value("dev").build())
-            .build())
-        .send().await.unwrap();
+    let alloc = w
+        .ec2
+        .allocate_address()
+        .domain(aws_sdk_ec2::types::DomainType::Vpc)
+        .tag_specifications(
+            aws_sdk_ec2::types::TagSpecification::builder()
+                .resource_type(aws_sdk_ec2::types::ResourceType::ElasticIp)
+                .tags(
+                    aws_sdk_ec2::types::Tag::builder()
+                        .key(natd::contract::EGRESS_TAG)
+                        .value("dev")
+                        .build(),
+                )
+                .build(),
+        )
+        .send()
+        .await
+        .unwrap();
     let alloc_id = alloc.allocation_id().unwrap().to_string();
     let mut host = NatHost::new(&emu, &w, &nat).await;
     host.dummy_egress();
     let out = host.once(&host.config("dev", ""));
     assert!(out.status.success(), "{}", text(&out));
-    let a = w.ec2.describe_addresses().allocation_ids(&alloc_id).send().await.unwrap();
-    assert_eq!(a.addresses()[0].network_interface_id(), Some(host.eni.as_str()));
+    let a = w
+        .ec2
+        .describe_addresses()
+        .allocation_ids(&alloc_id)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        a.addresses()[0].network_interface_id(),
+        Some(host.eni.as_str())
+    );
     assert!(text(&out).contains("elastic IP"), "{}", text(&out));
 }

@@ -98,7 +98,8 @@ impl Changes {
 
 /// Memory of this machine in kB.
 pub fn mem_total_kb() -> Result<u64, Error> {
-    let text = std::fs::read_to_string("/proc/meminfo").map_err(|e| Error::Meminfo(e.to_string()))?;
+    let text =
+        std::fs::read_to_string("/proc/meminfo").map_err(|e| Error::Meminfo(e.to_string()))?;
     text.lines()
         .find_map(|l| l.strip_prefix("MemTotal:"))
         .and_then(|v| v.split_whitespace().next())
@@ -226,7 +227,8 @@ impl Kernel {
         }
         if let Some(input) = restore_input(ruleset, &observe(&self.iptables_save().await?)) {
             self.iptables_restore(&input).await?;
-            if let Some(remaining) = restore_input(ruleset, &observe(&self.iptables_save().await?)) {
+            if let Some(remaining) = restore_input(ruleset, &observe(&self.iptables_save().await?))
+            {
                 return Err(Error::RulesetDidNotStick { remaining });
             }
             changes.ruleset = Some(input);
@@ -264,9 +266,17 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let k = Kernel::new(dir.path().to_owned());
         std::fs::create_dir_all(dir.path().join("net/ipv4")).expect("mkdir");
-        std::fs::write(dir.path().join("net/ipv4/ip_local_port_range"), "1024\t65535\n").expect("w");
+        std::fs::write(
+            dir.path().join("net/ipv4/ip_local_port_range"),
+            "1024\t65535\n",
+        )
+        .expect("w");
         std::fs::write(dir.path().join("net/ipv4/ip_forward"), "0\n").expect("w");
-        let fwd = Sysctl { key: "net/ipv4/ip_forward".into(), value: "1".into(), required: true };
+        let fwd = Sysctl {
+            key: "net/ipv4/ip_forward".into(),
+            value: "1".into(),
+            required: true,
+        };
         let range = Sysctl {
             key: "net/ipv4/ip_local_port_range".into(),
             value: "1024 65535".into(),
@@ -276,8 +286,17 @@ mod tests {
         assert!(!k.ensure_sysctl(&fwd).expect("again"));
         assert!(!k.ensure_sysctl(&range).expect("tab-separated equals"));
         assert_eq!(k.read_sysctl("net/ipv4/ip_forward").expect("read"), "1");
-        let missing = Sysctl { key: "net/nope".into(), value: "1".into(), required: true };
-        assert!(k.ensure_sysctl(&missing).expect_err("missing").to_string().contains("net/nope"));
+        let missing = Sysctl {
+            key: "net/nope".into(),
+            value: "1".into(),
+            required: true,
+        };
+        assert!(
+            k.ensure_sysctl(&missing)
+                .expect_err("missing")
+                .to_string()
+                .contains("net/nope")
+        );
     }
 
     #[test]
@@ -287,7 +306,10 @@ mod tests {
             std::fs::create_dir(dir.path().join(name)).expect("mkdir");
             std::fs::write(dir.path().join(name).join("address"), format!("{mac}\n")).expect("w");
         }
-        assert_eq!(interface_with_mac(dir.path(), "0A:1B:2C:3D:4E:5F").expect("found"), "ens5");
+        assert_eq!(
+            interface_with_mac(dir.path(), "0A:1B:2C:3D:4E:5F").expect("found"),
+            "ens5"
+        );
         let e = interface_with_mac(dir.path(), "02:00:00:00:00:01").expect_err("absent");
         assert!(e.to_string().contains("02:00:00:00:00:01"));
     }

@@ -213,13 +213,17 @@ mod tests {
 
     fn saved(r: &Ruleset) -> String {
         let mut s = String::from("*filter\n:INPUT ACCEPT [0:0]\n:FORWARD ACCEPT [0:0]\n");
-        s.push_str(&format!(":{FILTER_CHAIN} - [0:0]\n-A FORWARD -j {FILTER_CHAIN}\n"));
+        s.push_str(&format!(
+            ":{FILTER_CHAIN} - [0:0]\n-A FORWARD -j {FILTER_CHAIN}\n"
+        ));
         s.push_str("-A FORWARD -i docker0 -j ACCEPT\n");
         for l in &r.filter {
             s.push_str(&format!("-A {FILTER_CHAIN} {l}\n"));
         }
         s.push_str("COMMIT\n*nat\n:POSTROUTING ACCEPT [0:0]\n");
-        s.push_str(&format!(":{NAT_CHAIN} - [0:0]\n-A POSTROUTING -j {NAT_CHAIN}\n"));
+        s.push_str(&format!(
+            ":{NAT_CHAIN} - [0:0]\n-A POSTROUTING -j {NAT_CHAIN}\n"
+        ));
         for l in &r.nat {
             s.push_str(&format!("-A {NAT_CHAIN} {l}\n"));
         }
@@ -231,12 +235,18 @@ mod tests {
     fn ruleset_matches_golden_file() {
         let desired = ruleset(&facts());
         let got = restore_input(&desired, &Observed::default()).expect("changes");
-        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/src/kernel/testdata/ruleset.golden");
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/src/kernel/testdata/ruleset.golden"
+        );
         if std::env::var_os("UPDATE_GOLDEN").is_some() {
             std::fs::write(path, &got).expect("write golden");
         }
         let want = std::fs::read_to_string(path).expect("golden file");
-        assert_eq!(got, want, "rerun with UPDATE_GOLDEN=1 if the change is intended");
+        assert_eq!(
+            got, want,
+            "rerun with UPDATE_GOLDEN=1 if the change is intended"
+        );
     }
 
     #[test]
@@ -254,7 +264,10 @@ mod tests {
         let input = restore_input(&desired, &observed).expect("repair");
         assert!(input.starts_with("*nat\n"));
         assert!(!input.contains("*filter"));
-        assert!(!input.contains("-I POSTROUTING"), "jump still present: {input}");
+        assert!(
+            !input.contains("-I POSTROUTING"),
+            "jump still present: {input}"
+        );
         assert_eq!(input.matches("MASQUERADE").count(), 2);
     }
 
@@ -286,7 +299,10 @@ mod tests {
         assert_eq!(get("net/ipv4/conf/ens5/send_redirects"), Some("0"));
         assert_eq!(get("net/ipv4/ip_local_port_range"), Some("1024 65535"));
         assert_eq!(get("net/netfilter/nf_conntrack_max"), Some("166666"));
-        let ct = plan.iter().find(|s| s.key.ends_with("conntrack_max")).expect("ct");
+        let ct = plan
+            .iter()
+            .find(|s| s.key.ends_with("conntrack_max"))
+            .expect("ct");
         assert!(!ct.required);
         let fixed = sysctl_plan(&facts(), (1024, 65535), Some(500_000));
         assert!(fixed.iter().any(|s| s.value == "500000"));

@@ -1,0 +1,130 @@
+//! natd does its whole job with exactly the policy `natd::contract::agent_policy`
+//! grants (the one natctl puts on the instance role), with the emulator enforcing IAM,
+//! and that policy denies what natd has no business doing.
+
+#![allow(clippy::unwrap_used, missing_docs)]
+
+use natd::contract::agent_policy;
+use natd_tests::emulator::{Emulator, TEST_KEY};
+use natd_tests::world::{NatHost, World, text};
+
+/// Calls made with the bootstrap key before the emulator starts enforcing IAM:
+/// CreateUser, PutUserPolicy, CreateAccessKey.
+const BOOTSTRAP_CALLS: u32 = 3;
+
+async fn user_with_policy(
+    iam: &aws_sdk_iam::Client,
+    name: &str,
+    policy: &serde_json::Value,
+) -> (String, String) {
+    iam.create_user().user_name(name).send().await.unwrap();
+    iam.put_user_policy()
+        .user_name(name)
+        .policy_name(format!("{name}-policy"))
+        .policy_document(policy.to_string())
+        .send()
+        .await
+        .unwrap();
+    let key = iam
+        .create_access_key()
+        .user_name(name)
+        .send()
+        .await
+        .unwrap();
+    let key = key.access_key().unwrap();
+    (
+        key.access_key_id().to_string(),
+        key.secret_access_key().to_string(),
+    )
+}
+
+async fn enforced() -> (Emulator, aws_config::SdkConfig) {
+    let emu = Emulator::start_with(Some(BOOTSTRAP_CALLS));
+    let bootstrap = aws_sdk_iam::Client::new(&emu.sdk_with(TEST_KEY));
+    let admin_policy = serde_json::json!({
+        "Version": "2012-10-17",
+        "Statement": [{"Effect": "Allow", "Action": "*", "Resource": "*"}]
+    });
+    let admin = user_with_policy(&bootstrap, "admin", &admin_policy).await;
+    emu.set_admin_key(&admin.0, &admin.1);
+    let sdk = emu.sdk_with((&admin.0, &admin.1));
+    // From here on every call is checked.
+    let anonymous = aws_sdk_ec2::Client::new(&emu.sdk_with(TEST_KEY));
+    assert!(
+        anonymous.describe_vpcs().send().await.is_err(),
+        "IAM is enforced"
+    );
+    (emu, sdk)
+}
+
+#[tokio::test]
+async fn natd_works_with_exactly_its_policy_and_nothing_more() {
+    let (emu, admin) = enforced().await;
+    let w = World::new(&admin).await;
+    let (group, nat) = w.nat_group("dev", true).await;
+    let tagged = w.route_table(Some("dev")).await;
+    let untagged = w.route_table(None).await;
+    let iam = aws_sdk_iam::Client::new(&admin);
+    let key = user_with_policy(&iam, "natd", &agent_policy("dev")).await;
+
+    let mut host = NatHost::new(&emu, &w, &nat).await;
+    host.dummy_egress();
+    let out = host.once_with(&host.config("dev", ""), (&key.0, &key.1));
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(w.default_route(&tagged).await.unwrap().0, host.eni);
+    assert!(!w.source_dest_check(&host.eni).await);
+    assert_eq!(w.group_instances(&group).await[0].1, "InService");
+
+    // The same key may not touch what is not natd's.
+    let as_natd = aws_sdk_ec2::Client::new(&emu.sdk_with((&key.0, &key.1)));
+    let denied = as_natd
+        .create_route()
+        .route_table_id(&untagged)
+        .destination_cidr_block("0.0.0.0/0")
+        .network_interface_id(&host.eni)
+        .send()
+        .await
+        .expect_err("untagged table");
+    assert_eq!(
+        natd::cloud::ApiError::from(denied).code.as_deref(),
+        Some("AccessDenied")
+    );
+    let denied = as_natd
+        .terminate_instances()
+        .instance_ids(&nat)
+        .send()
+        .await
+        .expect_err("terminate");
+    assert_eq!(
+        natd::cloud::ApiError::from(denied).code.as_deref(),
+        Some("AccessDenied")
+    );
+    assert_eq!(w.default_route(&untagged).await, None);
+}
+
+#[tokio::test]
+async fn access_denied_is_a_clear_permanent_failure() {
+    let (emu, admin) = enforced().await;
+    let w = World::new(&admin).await;
+    let nat = w.instance("dev").await;
+    let tagged = w.route_table(Some("dev")).await;
+    // A role made for another stack may not take this stack's routes.
+    let iam = aws_sdk_iam::Client::new(&admin);
+    let key = user_with_policy(&iam, "natd-other", &agent_policy("other")).await;
+    let mut host = NatHost::new(&emu, &w, &nat).await;
+    host.dummy_egress();
+    let out = host.once_with(&host.config("dev", ""), (&key.0, &key.1));
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    let log = text(&out);
+    assert!(log.contains("giving up"), "{log}");
+    assert!(
+        log.contains("ReplaceRoute") || log.contains("CreateRoute"),
+        "{log}"
+    );
+    assert!(log.contains(&tagged), "names the table: {log}");
+    assert!(
+        log.contains("not authorized") || log.contains("AccessDenied"),
+        "{log}"
+    );
+    assert_eq!(w.default_route(&tagged).await, None);
+}
