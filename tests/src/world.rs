@@ -367,7 +367,16 @@ impl NatHost {
     }
 
     fn natd(&self, config: &std::path::Path, key: (&str, &str)) -> std::process::Command {
-        let mut c = self.ns.command(&crate::bin("natd"));
+        self.natd_at(config, key, &crate::bin("natd"))
+    }
+
+    fn natd_at(
+        &self,
+        config: &std::path::Path,
+        key: (&str, &str),
+        bin: &std::path::Path,
+    ) -> std::process::Command {
+        let mut c = self.ns.command(bin);
         c.arg("--config")
             .arg(config)
             .env("AWS_ACCESS_KEY_ID", key.0)
@@ -392,10 +401,15 @@ impl NatHost {
 
     /// Starts natd as a daemon; its log goes to a file read by [`Natd::log`].
     pub fn spawn(&self, config: &std::path::Path) -> Natd {
+        self.spawn_with(config, &crate::bin("natd"))
+    }
+
+    /// Starts the natd binary at `bin` as a daemon.
+    pub fn spawn_with(&self, config: &std::path::Path, bin: &std::path::Path) -> Natd {
         let log = self.dir.path().join(format!("natd-{}.log", rand_suffix()));
         let file = std::fs::File::create(&log).unwrap();
         let child = self
-            .natd(config, TEST_KEY)
+            .natd_at(config, TEST_KEY, bin)
             .stdout(Stdio::null())
             .stderr(file)
             .spawn()
