@@ -406,10 +406,21 @@ impl NatHost {
 
     /// Starts the natd binary at `bin` as a daemon.
     pub fn spawn_with(&self, config: &std::path::Path, bin: &std::path::Path) -> Natd {
+        self.spawn_env(config, bin, &[])
+    }
+
+    /// Starts natd as a daemon with extra environment variables.
+    pub fn spawn_env(
+        &self,
+        config: &std::path::Path,
+        bin: &std::path::Path,
+        env: &[(&str, &str)],
+    ) -> Natd {
         let log = self.dir.path().join(format!("natd-{}.log", rand_suffix()));
         let file = std::fs::File::create(&log).unwrap();
         let child = self
             .natd_at(config, TEST_KEY, bin)
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(file)
             .spawn()

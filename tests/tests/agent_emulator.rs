@@ -270,3 +270,44 @@ async fn tagged_elastic_ip_moves_to_the_nat_instance_once_it_forwards() {
     );
     assert!(text(&out).contains("elastic IP"), "{}", text(&out));
 }
+
+#[tokio::test]
+async fn speaks_the_systemd_notify_protocol() {
+    let emu = Emulator::start();
+    let w = World::new(&emu.sdk()).await;
+    let nat = w.instance("dev").await;
+    w.route_table(Some("dev")).await;
+    let mut host = NatHost::new(&emu, &w, &nat).await;
+    host.dummy_egress();
+    let dir = tempfile::tempdir().unwrap();
+    let sock_path = dir.path().join("notify.sock");
+    let sock = std::os::unix::net::UnixDatagram::bind(&sock_path).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let _natd = host.spawn_env(
+        &host.config("dev", ""),
+        &natd_tests::bin("natd"),
+        &[
+            ("NOTIFY_SOCKET", sock_path.to_str().unwrap()),
+            ("WATCHDOG_USEC", "2000000"),
+        ],
+    );
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !(seen.iter().any(|m: &String| m == "READY=1")
+        && seen.iter().filter(|m| *m == "WATCHDOG=1").count() >= 3)
+    {
+        let n = sock
+            .recv(&mut buf)
+            .unwrap_or_else(|e| panic!("{e}; got so far: {seen:?}"));
+        seen.push(String::from_utf8_lossy(&buf[..n]).trim().to_string());
+    }
+    assert!(seen[0].starts_with("STATUS=starting"), "{seen:?}");
+    let ready = seen.iter().position(|m| m == "READY=1").unwrap();
+    assert!(
+        seen[..ready]
+            .iter()
+            .any(|m| m.starts_with("STATUS=forwarding via ens5")),
+        "status before READY: {seen:?}"
+    );
+}
