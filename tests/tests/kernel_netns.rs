@@ -1,52 +1,15 @@
 //! natd's kernel configuration on a real kernel: a "private" namespace reaches an
-//! "internet" namespace only through the "NAT instance" namespace where natd runs.
-//!
-//!   private 10.20.1.10/24 --- 10.20.1.1 [nat: natd] ens5 198.51.100.2 --- 198.51.100.1 internet
-//!
-//! The internet namespace has no route back to 10.20.0.0/16, so only masquerading can
-//! make replies arrive.
+//! "internet" namespace only through the "NAT instance" namespace where natd runs (see
+//! `natd_tests::dataplane` for the topology).
 
 #![allow(clippy::unwrap_used, missing_docs)]
 
+use natd_tests::dataplane::{DataPlane, PRIVATE, SERVER, fetch};
 use natd_tests::emulator::Emulator;
 use natd_tests::eventually;
 use natd_tests::netns::Netns;
-use natd_tests::world::{NatHost, World, text};
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use natd_tests::world::{World, text};
 use std::time::Duration;
-
-const SERVER: &str = "198.51.100.1:8080";
-const PRIVATE: &str = "10.20.1.10:2222";
-
-/// A TCP server in `ns` at `addr` that answers each connection with the peer address it
-/// sees, then closes.
-fn serve_peer_address(ns: &Netns, addr: &str) {
-    let addr: SocketAddr = addr.parse().unwrap();
-    let listener = ns.run(move || TcpListener::bind(addr).unwrap());
-    std::thread::spawn(move || {
-        for mut c in listener.incoming().flatten() {
-            let peer = c
-                .peer_addr()
-                .map(|p| p.ip().to_string())
-                .unwrap_or_default();
-            let _ = c.write_all(peer.as_bytes());
-        }
-    });
-}
-
-/// Connects from `ns` to `addr`; returns what the server said, or the error.
-fn fetch(ns: &Netns, addr: &str) -> Result<String, String> {
-    let addr: SocketAddr = addr.parse().unwrap();
-    ns.run(move || {
-        let mut s = TcpStream::connect_timeout(&addr, Duration::from_millis(800))
-            .map_err(|e| e.to_string())?;
-        s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
-        let mut out = String::new();
-        s.read_to_string(&mut out).map_err(|e| e.to_string())?;
-        Ok(out)
-    })
-}
 
 fn natd_rules(ns: &Netns) -> String {
     ns.sh("iptables-save")
@@ -57,46 +20,19 @@ fn natd_rules(ns: &Netns) -> String {
         .join("\n")
 }
 
-struct Lab {
-    _emu: Emulator,
-    host: NatHost,
-    private: Netns,
-    internet: Netns,
-}
-
-async fn lab() -> Lab {
+/// The data plane, with a route table tagged for natd in the emulator.
+async fn lab() -> (Emulator, DataPlane) {
     let emu = Emulator::start();
     let w = World::new(&emu.sdk()).await;
     let nat = w.instance("dev").await;
-    let rtb = w.route_table(Some("dev")).await;
-    let host = NatHost::new(&emu, &w, &nat).await;
-    let private = Netns::new("priv");
-    let internet = Netns::new("inet");
-    private.link("p0", "10.20.1.10/24", &host.ns, "in0", "10.20.1.1/24");
-    private.sh("ip route add default via 10.20.1.1");
-    host.ns.link(
-        "ens5",
-        "198.51.100.2/24",
-        &internet,
-        "i0",
-        "198.51.100.1/24",
-    );
-    host.ns
-        .sh(&format!("ip link set ens5 address {}", host.mac));
-    serve_peer_address(&internet, SERVER);
-    serve_peer_address(&private, PRIVATE);
-    let _ = rtb;
-    Lab {
-        _emu: emu,
-        host,
-        private,
-        internet,
-    }
+    w.route_table(Some("dev")).await;
+    let dp = DataPlane::new(&emu, &w, &nat).await;
+    (emu, dp)
 }
 
 #[tokio::test]
 async fn natd_makes_the_private_namespace_reach_the_internet_through_it() {
-    let l = lab().await;
+    let (_emu, l) = lab().await;
     // Someone else's rules, which natd must leave alone.
     l.host.ns.sh(
         "iptables -t nat -A POSTROUTING -o lo -j RETURN && iptables -A FORWARD -i lo -j ACCEPT",
@@ -145,7 +81,7 @@ async fn natd_makes_the_private_namespace_reach_the_internet_through_it() {
 
 #[tokio::test]
 async fn new_connections_from_outside_are_dropped() {
-    let l = lab().await;
+    let (_emu, l) = lab().await;
     // The internet side routes the VPC's range at the NAT (as a hostile neighbour would).
     l.internet.sh("ip route add 10.20.0.0/16 via 198.51.100.2");
     // Control: with plain forwarding and no natd, the private server is reachable.
@@ -166,7 +102,7 @@ async fn new_connections_from_outside_are_dropped() {
 
 #[tokio::test]
 async fn drift_is_repaired_on_the_next_pass() {
-    let l = lab().await;
+    let (_emu, l) = lab().await;
     let natd = l.host.spawn(&l.host.config("dev", ""));
     let good = eventually(
         Duration::from_secs(20),

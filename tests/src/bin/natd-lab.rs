@@ -1,48 +1,34 @@
 //! The local lab demo: a VPC in the AWS emulator, a NAT instance as a network
 //! namespace running the real natd, a private namespace behind it and an internet
-//! namespace with a server. Shows natd taking over, forwarding, and healing drift.
+//! namespace with a server (`natd_tests::dataplane`). Shows natd taking over,
+//! forwarding, and healing drift.
 //!
 //! Run as root: `tests/demo` (installs what it needs first). Leaves nothing behind,
 //! also when interrupted with Ctrl-C.
 
 #![allow(clippy::unwrap_used, missing_docs)]
 
+use natd_tests::dataplane::{DataPlane, SERVER, fetch};
 use natd_tests::emulator::Emulator;
-use natd_tests::netns::Netns;
-use natd_tests::world::{NatHost, World};
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use natd_tests::world::World;
+use std::io::Write;
 use std::time::{Duration, Instant};
-
-const SERVER: &str = "198.51.100.1:80";
 
 fn say(s: &str) {
     println!("{s}");
 }
 
-fn fetch(ns: &Netns) -> Result<String, String> {
-    let addr: SocketAddr = SERVER.parse().unwrap();
-    ns.run(move || {
-        let mut s = TcpStream::connect_timeout(&addr, Duration::from_millis(300))
-            .map_err(|e| e.to_string())?;
-        s.set_read_timeout(Some(Duration::from_secs(1))).unwrap();
-        let mut out = String::new();
-        s.read_to_string(&mut out).map_err(|e| e.to_string())?;
-        Ok(out)
-    })
-}
-
 async fn wait_for(
     what: &str,
     limit: Duration,
-    mut f: impl FnMut() -> bool,
+    mut done: impl FnMut() -> bool,
     context: impl Fn() -> String,
 ) -> Duration {
     let start = Instant::now();
-    print!("  waiting for {what} ");
+    print!("   waiting for {what} ");
     let _ = std::io::stdout().flush();
     let mut dots = Instant::now();
-    while !f() {
+    while !done() {
         assert!(
             start.elapsed() < limit,
             "gave up waiting for {what} after {limit:?}\n{}",
@@ -76,41 +62,15 @@ async fn story() -> Vec<(String, String)> {
     ));
 
     say("2. The network, in namespaces");
-    let host = NatHost::new(&emu, &w, &nat).await;
-    let private = Netns::new("priv");
-    let internet = Netns::new("inet");
-    private.link("p0", "10.20.1.10/24", &host.ns, "in0", "10.20.1.1/24");
-    private.sh("ip route add default via 10.20.1.1");
-    host.ns.link(
-        "ens5",
-        "198.51.100.2/24",
-        &internet,
-        "i0",
-        "198.51.100.1/24",
-    );
-    host.ns
-        .sh(&format!("ip link set ens5 address {}", host.mac));
-    let addr: SocketAddr = SERVER.parse().unwrap();
-    let listener = internet.run(move || TcpListener::bind(addr).unwrap());
-    std::thread::spawn(move || {
-        for mut c in listener.incoming().flatten() {
-            let peer = c
-                .peer_addr()
-                .map(|p| p.ip().to_string())
-                .unwrap_or_default();
-            let _ = c.write_all(format!("hello {peer}").as_bytes());
-        }
-    });
+    let dp = DataPlane::new(&emu, &w, &nat).await;
     say(
         "   private 10.20.1.10 -> [NAT instance: natd] ens5 198.51.100.2 -> internet server 198.51.100.1",
     );
-    say(&format!(
-        "   before natd, private -> internet: {}",
-        fetch(&private).err().unwrap_or_default()
-    ));
+    let before = fetch(&dp.private, SERVER).err().unwrap_or_default();
+    say(&format!("   before natd, private -> internet: {before}"));
 
     say("3. natd starts on the NAT instance");
-    let natd = host.spawn(&host.config("demo", ""));
+    let natd = dp.host.spawn(&dp.host.config("demo", ""));
     let ready = wait_for(
         "forwarding ready",
         Duration::from_secs(60),
@@ -121,6 +81,9 @@ async fn story() -> Vec<(String, String)> {
     for line in natd.log().lines() {
         say(&format!("   natd | {}", line.trim()));
     }
+    say(
+        "   (nf_conntrack_max is read-only inside a network namespace; on an instance natd sets it)",
+    );
     summary.push((
         "natd start to forwarding ready".into(),
         format!("{:.2} s", ready.as_secs_f64()),
@@ -130,53 +93,54 @@ async fn story() -> Vec<(String, String)> {
         "   route table {rtb}: 0.0.0.0/0 -> {} ({})",
         route.0, route.1
     ));
-    let state = &w.group_instances(&group).await[0].1;
+    let state = w.group_instances(&group).await[0].1.clone();
     say(&format!("   {nat} lifecycle state: {state}"));
     summary.push(("default route".into(), route.0));
-    summary.push((
-        "source/dest check".into(),
-        if w.source_dest_check(&host.eni).await {
-            "on"
-        } else {
-            "off"
-        }
-        .into(),
-    ));
-    summary.push(("lifecycle".into(), state.clone()));
+    let check = if w.source_dest_check(&dp.host.eni).await {
+        "on"
+    } else {
+        "off"
+    };
+    summary.push(("source/dest check".into(), check.into()));
+    summary.push(("lifecycle".into(), state));
 
     say("4. Traffic");
-    let reply = fetch(&private).unwrap_or_else(|e| format!("FAILED: {e}"));
+    let reply = fetch(&dp.private, SERVER).unwrap_or_else(|e| format!("FAILED: {e}"));
     say(&format!(
-        "   private -> internet: server says {reply:?} (the NAT's public address)"
+        "   private -> internet: the server sees the client as {reply} (the NAT's public address)"
     ));
-    summary.push(("egress from private".into(), reply));
+    summary.push(("egress from private, seen as".into(), reply));
 
     say("5. Someone flushes natd's NAT chain and turns forwarding off");
-    host.ns
+    dp.host
+        .ns
         .sh("iptables -t nat -F NATD-POSTROUTING && sysctl -qw net.ipv4.ip_forward=0");
     say(&format!(
         "   private -> internet: {}",
-        fetch(&private).err().unwrap_or_default()
+        fetch(&dp.private, SERVER).err().unwrap_or_default()
     ));
     let healed = wait_for(
         "natd to repair it",
         Duration::from_secs(30),
-        || fetch(&private).is_ok(),
+        || fetch(&dp.private, SERVER).is_ok(),
         || natd.log(),
     )
     .await;
+    for line in natd.log().lines().filter(|l| l.contains("drift")) {
+        say(&format!("   natd | {}", line.trim()));
+    }
     say(&format!(
-        "   private -> internet: server says {:?}",
-        fetch(&private).unwrap_or_default()
+        "   private -> internet: seen as {}",
+        fetch(&dp.private, SERVER).unwrap_or_default()
     ));
     summary.push((
         "drift repaired within".into(),
         format!("{:.2} s", healed.as_secs_f64()),
     ));
 
-    say("6. Tearing down: natd stops (routes and rules stay), namespaces and emulator go");
+    say("6. Tearing down: natd, the namespaces and the emulator go");
     drop(natd);
-    drop(host);
+    drop(dp);
     summary
 }
 

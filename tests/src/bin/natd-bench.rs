@@ -1,6 +1,7 @@
 //! natd benchmark: start-to-ready time, idle RSS and CPU, binary size.
 //!
-//! Run: `cargo bench -p natd-tests --bench natd` (as root; builds natd in release mode).
+//! Run: `cargo run -p natd-tests --bin natd-bench` (as root; builds natd in release
+//! mode; the harness itself stays a debug build, it only drives and measures).
 //! Each run starts a fresh emulator world and a NAT namespace, starts natd and times
 //! from spawn to its "forwarding ready" log line (IMDS identity, kernel, source/dest
 //! check, route takeover, lifecycle completion). Then one natd idles for a minute

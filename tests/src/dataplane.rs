@@ -1,0 +1,86 @@
+//! The three-namespace data plane shared by the kernel tests and the demo:
+//!
+//!   private 10.20.1.10/24 --- 10.20.1.1 [nat: natd] ens5 198.51.100.2 --- 198.51.100.1 internet
+//!
+//! The internet namespace has no route back to 10.20.0.0/16, so only masquerading can
+//! make replies arrive. Servers in the internet and private namespaces answer every
+//! connection with the peer address they see.
+
+use crate::emulator::Emulator;
+use crate::netns::Netns;
+use crate::world::{NatHost, World};
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::time::Duration;
+
+/// The server in the internet namespace.
+pub const SERVER: &str = "198.51.100.1:8080";
+/// A server in the private namespace (for inbound tests).
+pub const PRIVATE: &str = "10.20.1.10:2222";
+/// The NAT instance's public address, as the internet sees it.
+pub const NAT_PUBLIC: &str = "198.51.100.2";
+
+/// The NAT host and its two neighbours.
+#[derive(Debug)]
+pub struct DataPlane {
+    pub host: NatHost,
+    pub private: Netns,
+    pub internet: Netns,
+}
+
+impl DataPlane {
+    /// Wires a NAT host for `instance` between a private and an internet namespace.
+    pub async fn new(emu: &Emulator, world: &World, instance: &str) -> Self {
+        let host = NatHost::new(emu, world, instance).await;
+        let private = Netns::new("priv");
+        let internet = Netns::new("inet");
+        private.link("p0", "10.20.1.10/24", &host.ns, "in0", "10.20.1.1/24");
+        private.sh("ip route add default via 10.20.1.1");
+        host.ns.link(
+            "ens5",
+            &format!("{NAT_PUBLIC}/24"),
+            &internet,
+            "i0",
+            "198.51.100.1/24",
+        );
+        host.ns
+            .sh(&format!("ip link set ens5 address {}", host.mac));
+        serve_peer_address(&internet, SERVER);
+        serve_peer_address(&private, PRIVATE);
+        Self {
+            host,
+            private,
+            internet,
+        }
+    }
+}
+
+/// A TCP server in `ns` at `addr` that answers each connection with the peer address
+/// it sees, then closes.
+pub fn serve_peer_address(ns: &Netns, addr: &str) {
+    let addr: SocketAddr = addr.parse().expect("address");
+    let listener = ns.run(move || TcpListener::bind(addr).expect("bind"));
+    std::thread::spawn(move || {
+        for mut c in listener.incoming().flatten() {
+            let peer = c
+                .peer_addr()
+                .map(|p| p.ip().to_string())
+                .unwrap_or_default();
+            let _ = c.write_all(peer.as_bytes());
+        }
+    });
+}
+
+/// Connects from `ns` to `addr`; returns what the server said, or the error.
+pub fn fetch(ns: &Netns, addr: &str) -> Result<String, String> {
+    let addr: SocketAddr = addr.parse().expect("address");
+    ns.run(move || {
+        let mut s = TcpStream::connect_timeout(&addr, Duration::from_millis(800))
+            .map_err(|e| e.to_string())?;
+        s.set_read_timeout(Some(Duration::from_secs(2)))
+            .map_err(|e| e.to_string())?;
+        let mut out = String::new();
+        s.read_to_string(&mut out).map_err(|e| e.to_string())?;
+        Ok(out)
+    })
+}
