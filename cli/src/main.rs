@@ -1,14 +1,20 @@
 //! natctl: builds, inspects, diagnoses and removes NAT egress for VPC Lambda functions.
 //!
 //! Commands:
-//! - `natctl policy [--stack NAME]`: prints the IAM policy natd needs for a stack, the
-//!   same document natd's least-privilege test proves sufficient.
+//! - `natctl policy [--stack NAME]`: the IAM policy natd needs for a stack, the same
+//!   document natd's least-privilege test proves sufficient.
+//! - `natctl cost [--env dev|prod] [--azs N] [--gb-per-month G] [--price KEY=VALUE]`:
+//!   monthly estimate of dev and prod egress side by side, with the prices stated.
+//! - `natctl completions SHELL`, `natctl man`: generated from these definitions.
 //!
-//! Side effects: none yet (read-only commands only).
+//! `--output json` on every command. Side effects: none (read-only commands).
 //!
-//! Exit status: 0 success; 2 bad arguments.
+//! Exit status: 0 success; 2 bad arguments (clap's usage errors, bad price overrides).
 
-use clap::{Parser, Subcommand};
+mod cost;
+
+use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
+use std::io::Write;
 use std::process::ExitCode;
 
 #[derive(Debug, Parser)]
@@ -17,8 +23,26 @@ use std::process::ExitCode;
     about = "NAT egress for VPC Lambda functions: dev NAT instance or prod NAT gateways"
 )]
 struct Args {
+    /// Output format.
+    #[arg(long, global = true, value_enum, default_value_t = Output::Text)]
+    output: Output,
     #[command(subcommand)]
     command: Cmd,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Output {
+    Text,
+    Json,
+}
+
+/// The two egress designs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Env {
+    /// One self-healing NAT instance (natd) in an Auto Scaling group.
+    Dev,
+    /// One NAT gateway per AZ with AZ-local routes.
+    Prod,
 }
 
 #[derive(Debug, Subcommand)]
@@ -29,21 +53,135 @@ enum Cmd {
         #[arg(long, default_value = natd::contract::DEFAULT_STACK)]
         stack: String,
     },
+    /// Estimate the monthly cost of dev and prod egress, side by side.
+    Cost {
+        /// The environment to highlight.
+        #[arg(long, value_enum)]
+        env: Option<Env>,
+        /// Availability zones with private subnets.
+        #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=16))]
+        azs: u32,
+        /// Data sent to the internet through NAT, GB per month.
+        #[arg(long, default_value_t = 100.0)]
+        gb_per_month: f64,
+        /// Override a price, e.g. `--price instance_hour=0.0042` (t4g.nano); repeatable.
+        #[arg(long = "price", value_name = "KEY=VALUE")]
+        prices: Vec<String>,
+    },
+    /// Print a shell completion script.
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff).
+    Man,
 }
 
 fn main() -> ExitCode {
-    match Args::parse().command {
-        Cmd::Policy { stack } => {
-            match serde_json::to_string_pretty(&natd::contract::agent_policy(&stack)) {
-                Ok(s) => {
-                    println!("{s}");
-                    ExitCode::SUCCESS
-                }
-                Err(e) => {
-                    eprintln!("natctl: {e}");
-                    ExitCode::FAILURE
-                }
-            }
+    let args = Args::parse();
+    match run(args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("natctl: {e}");
+            ExitCode::from(2)
         }
     }
+}
+
+fn run(args: Args) -> Result<(), String> {
+    let mut out = std::io::stdout().lock();
+    // A closed pipe (`natctl ... | head`) is not an error worth reporting.
+    let mut emit = |s: String| {
+        let _ = writeln!(out, "{s}");
+    };
+    match args.command {
+        Cmd::Policy { stack } => emit(
+            serde_json::to_string_pretty(&natd::contract::agent_policy(&stack))
+                .map_err(|e| e.to_string())?,
+        ),
+        Cmd::Cost {
+            env,
+            azs,
+            gb_per_month,
+            prices,
+        } => {
+            if !gb_per_month.is_finite() || gb_per_month < 0.0 {
+                return Err(format!(
+                    "--gb-per-month {gb_per_month}: must be a non-negative number"
+                ));
+            }
+            let mut p = cost::Prices::default();
+            for assignment in &prices {
+                p.set(assignment)?;
+            }
+            let dev = cost::dev(&p, azs, gb_per_month);
+            let prod = cost::prod(&p, azs, gb_per_month);
+            match args.output {
+                Output::Json => emit(
+                    serde_json::to_string_pretty(&serde_json::json!({
+                        "azs": azs, "gb_per_month": gb_per_month, "prices": p,
+                        "hours_per_month": cost::HOURS_PER_MONTH, "dev": dev, "prod": prod,
+                    }))
+                    .map_err(|e| e.to_string())?,
+                ),
+                Output::Text => emit(render_cost(&dev, &prod, env, azs, gb_per_month, &p)),
+            }
+        }
+        Cmd::Completions { shell } => {
+            let mut buf = Vec::new();
+            clap_complete::generate(shell, &mut Args::command(), "natctl", &mut buf);
+            emit(String::from_utf8_lossy(&buf).into_owned());
+        }
+        Cmd::Man => {
+            let mut buf = Vec::new();
+            clap_mangen::Man::new(Args::command())
+                .render(&mut buf)
+                .map_err(|e| e.to_string())?;
+            emit(String::from_utf8_lossy(&buf).into_owned());
+        }
+    }
+    Ok(())
+}
+
+fn render_cost(
+    dev: &cost::Estimate,
+    prod: &cost::Estimate,
+    env: Option<Env>,
+    azs: u32,
+    gb: f64,
+    p: &cost::Prices,
+) -> String {
+    let mark = |e: Env| if env == Some(e) { " *" } else { "" };
+    let mut s = format!(
+        "Monthly estimate, {azs} AZ(s), {gb} GB/month through NAT (USD, {} h/month)\n\n{:<22} {:>10} {:>10}\n",
+        cost::HOURS_PER_MONTH,
+        "",
+        format!("dev{}", mark(Env::Dev)),
+        format!("prod{}", mark(Env::Prod)),
+    );
+    for (d, q) in dev.lines.iter().zip(&prod.lines) {
+        let item = if d.item == q.item {
+            d.item.clone()
+        } else {
+            format!("{} / {}", d.item, q.item)
+        };
+        s.push_str(&format!("{item:<22} {:>10.2} {:>10.2}\n", d.usd, q.usd));
+    }
+    s.push_str(&format!(
+        "{:<22} {:>10.2} {:>10.2}\n",
+        "total", dev.total_usd, prod.total_usd
+    ));
+    s.push_str(&format!(
+        "\nPrices used (override with --price KEY=VALUE): nat_gateway_hour={} nat_gateway_gb={} \
+public_ipv4_hour={} instance_hour={} ebs_gb_month={} ebs_gb={} cross_az_gb={}\n\
+Internet data transfer out is charged the same for both and not included.",
+        p.nat_gateway_hour,
+        p.nat_gateway_gb,
+        p.public_ipv4_hour,
+        p.instance_hour,
+        p.ebs_gb_month,
+        p.ebs_gb,
+        p.cross_az_gb
+    ));
+    s
 }

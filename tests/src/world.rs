@@ -358,8 +358,14 @@ impl NatHost {
     /// Writes a natd config for this host: the common part plus `extra` TOML lines.
     pub fn config(&self, stack: &str, extra: &str) -> PathBuf {
         let path = self.dir.path().join(format!("natd-{}.toml", rand_suffix()));
+        // Tests run passes every second unless `extra` says otherwise.
+        let interval = if extra.contains("interval_secs") {
+            ""
+        } else {
+            "interval_secs = 1\n"
+        };
         let text = format!(
-            "stack = \"{stack}\"\nimds_endpoint = \"http://127.0.0.1:{}\"\naws_endpoint_url = \"{}\"\ninterval_secs = 1\nstartup_attempts = 3\n{extra}\n",
+            "stack = \"{stack}\"\nimds_endpoint = \"http://127.0.0.1:{}\"\naws_endpoint_url = \"{}\"\n{interval}startup_attempts = 3\n{extra}\n",
             self.imds_port, self.emulator_url
         );
         std::fs::write(&path, text).unwrap();

@@ -16,7 +16,11 @@ use std::time::{Duration, Instant};
 
 const RUNS: usize = 10;
 
+/// The natd to measure: `NATD_BIN`, or a fresh release build.
 fn release_natd() -> PathBuf {
+    if let Some(bin) = std::env::var_os("NATD_BIN") {
+        return PathBuf::from(bin);
+    }
     let status =
         std::process::Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
             .args([

@@ -1,0 +1,213 @@
+//! Monthly cost of dev (one NAT instance) and prod (one NAT gateway per AZ) egress,
+//! from stated, overridable prices. Pure: the caller renders the result.
+
+use serde::Serialize;
+
+/// Hours in an average month (730 = 8760 / 12), as AWS's pricing pages use.
+pub const HOURS_PER_MONTH: f64 = 730.0;
+
+/// Prices in USD. Defaults are us-east-1 on-demand list prices; override them for
+/// another region or a negotiated rate.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Prices {
+    /// NAT gateway, per hour.
+    pub nat_gateway_hour: f64,
+    /// NAT gateway data processing, per GB.
+    pub nat_gateway_gb: f64,
+    /// Public IPv4 address (Elastic IP or auto-assigned), per hour.
+    pub public_ipv4_hour: f64,
+    /// NAT instance, per hour (t4g.nano 0.0042, t4g.micro 0.0084, t4g.small 0.0168).
+    pub instance_hour: f64,
+    /// The instance's root volume, gp3 per GB-month.
+    pub ebs_gb_month: f64,
+    /// Root volume size in GB (AL2023 minimal).
+    pub ebs_gb: f64,
+    /// Inter-AZ transfer, per GB in each direction: dev's single NAT instance carries
+    /// the other AZs' traffic across AZs.
+    pub cross_az_gb: f64,
+}
+
+impl Default for Prices {
+    fn default() -> Self {
+        Self {
+            nat_gateway_hour: 0.045,
+            nat_gateway_gb: 0.045,
+            public_ipv4_hour: 0.005,
+            instance_hour: 0.0084,
+            ebs_gb_month: 0.08,
+            ebs_gb: 8.0,
+            cross_az_gb: 0.01,
+        }
+    }
+}
+
+impl Prices {
+    /// Sets one price by name (the field names above); errors name the bad key or value.
+    pub fn set(&mut self, assignment: &str) -> Result<(), String> {
+        let (key, value) = assignment
+            .split_once('=')
+            .ok_or_else(|| format!("price override {assignment:?}: expected KEY=VALUE"))?;
+        let v: f64 = value
+            .parse()
+            .ok()
+            .filter(|v: &f64| v.is_finite() && *v >= 0.0)
+            .ok_or_else(|| {
+                format!("price override {key}: {value:?} is not a non-negative number")
+            })?;
+        let slot = match key {
+            "nat_gateway_hour" => &mut self.nat_gateway_hour,
+            "nat_gateway_gb" => &mut self.nat_gateway_gb,
+            "public_ipv4_hour" => &mut self.public_ipv4_hour,
+            "instance_hour" => &mut self.instance_hour,
+            "ebs_gb_month" => &mut self.ebs_gb_month,
+            "ebs_gb" => &mut self.ebs_gb,
+            "cross_az_gb" => &mut self.cross_az_gb,
+            other => {
+                return Err(format!(
+                    "unknown price {other:?}; known: nat_gateway_hour, nat_gateway_gb, public_ipv4_hour, instance_hour, ebs_gb_month, ebs_gb, cross_az_gb"
+                ));
+            }
+        };
+        *slot = v;
+        Ok(())
+    }
+}
+
+/// One line of an estimate.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Line {
+    /// What is charged.
+    pub item: String,
+    /// USD per month.
+    pub usd: f64,
+}
+
+/// A monthly estimate for one environment.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Estimate {
+    /// `dev` or `prod`.
+    pub env: &'static str,
+    /// The lines.
+    pub lines: Vec<Line>,
+    /// Their sum.
+    pub total_usd: f64,
+}
+
+fn estimate(env: &'static str, lines: Vec<Line>) -> Estimate {
+    let total_usd = lines.iter().map(|l| l.usd).sum();
+    Estimate {
+        env,
+        lines,
+        total_usd,
+    }
+}
+
+/// Dev: one NAT instance with a public address; traffic from the other AZs crosses
+/// AZs (both directions) to reach it, assuming traffic is spread evenly over `azs`.
+pub fn dev(p: &Prices, azs: u32, gb: f64) -> Estimate {
+    let other_az_share = f64::from(azs.saturating_sub(1)) / f64::from(azs.max(1));
+    estimate(
+        "dev",
+        vec![
+            Line {
+                item: "NAT instance (1)".into(),
+                usd: p.instance_hour * HOURS_PER_MONTH,
+            },
+            Line {
+                item: "root volume".into(),
+                usd: p.ebs_gb_month * p.ebs_gb,
+            },
+            Line {
+                item: "public IPv4 (1)".into(),
+                usd: p.public_ipv4_hour * HOURS_PER_MONTH,
+            },
+            Line {
+                item: "data processing".into(),
+                usd: 0.0,
+            },
+            Line {
+                item: "cross-AZ transfer".into(),
+                usd: gb * other_az_share * p.cross_az_gb * 2.0,
+            },
+        ],
+    )
+}
+
+/// Prod: one NAT gateway and one public address per AZ; AZ-local routes, so no
+/// cross-AZ transfer.
+pub fn prod(p: &Prices, azs: u32, gb: f64) -> Estimate {
+    let n = f64::from(azs);
+    estimate(
+        "prod",
+        vec![
+            Line {
+                item: format!("NAT gateways ({azs})"),
+                usd: p.nat_gateway_hour * HOURS_PER_MONTH * n,
+            },
+            Line {
+                item: "root volume".into(),
+                usd: 0.0,
+            },
+            Line {
+                item: format!("public IPv4 ({azs})"),
+                usd: p.public_ipv4_hour * HOURS_PER_MONTH * n,
+            },
+            Line {
+                item: "data processing".into(),
+                usd: p.nat_gateway_gb * gb,
+            },
+            Line {
+                item: "cross-AZ transfer".into(),
+                usd: 0.0,
+            },
+        ],
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prod_is_per_az_and_per_gb() {
+        let p = Prices::default();
+        let e = prod(&p, 2, 100.0);
+        // 2 x 0.045 x 730 + 2 x 0.005 x 730 + 100 x 0.045
+        assert!((e.total_usd - (65.7 + 7.3 + 4.5)).abs() < 1e-9, "{e:?}");
+    }
+
+    #[test]
+    fn dev_charges_cross_az_for_other_azs_only() {
+        let p = Prices::default();
+        let one = dev(&p, 1, 100.0);
+        let two = dev(&p, 2, 100.0);
+        assert!((two.total_usd - one.total_usd - 100.0 * 0.5 * 0.01 * 2.0).abs() < 1e-9);
+        // 0.0084 x 730 + 0.08 x 8 + 0.005 x 730
+        assert!(
+            (one.total_usd - (6.132 + 0.64 + 3.65)).abs() < 1e-9,
+            "{one:?}"
+        );
+    }
+
+    #[test]
+    fn overrides_are_checked() {
+        let mut p = Prices::default();
+        p.set("instance_hour=0.0042").expect("valid");
+        assert_eq!(p.instance_hour, 0.0042);
+        assert!(
+            p.set("nat_hour=1")
+                .expect_err("unknown")
+                .contains("nat_hour")
+        );
+        assert!(
+            p.set("instance_hour=-1")
+                .expect_err("negative")
+                .contains("-1")
+        );
+        assert!(
+            p.set("instance_hour")
+                .expect_err("no =")
+                .contains("KEY=VALUE")
+        );
+    }
+}
