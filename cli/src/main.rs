@@ -5,13 +5,20 @@
 //!   document natd's least-privilege test proves sufficient.
 //! - `natctl cost [--env dev|prod] [--azs N] [--gb-per-month G] [--price KEY=VALUE]`:
 //!   monthly estimate of dev and prod egress side by side, with the prices stated.
+//! - `natctl subnets --vpc VPC [--env dev|prod] [--private-subnets ..] [--public-subnets ..]`:
+//!   the VPC's public and private subnets per AZ as setup will use them, or the reason
+//!   the VPC cannot get NAT egress (unknown VPC, foreign subnet, AZ without public subnet).
 //! - `natctl completions SHELL`, `natctl man`: generated from these definitions.
 //!
-//! `--output json` on every command. Side effects: none (read-only commands).
+//! AWS access: the standard credential chain, `--region`, `--profile`, and
+//! `--endpoint-url` (or `AWS_ENDPOINT_URL`), so the same binary runs against AWS and the
+//! emulator. `--output json` on every command. Side effects: none (read-only commands).
 //!
 //! Exit status: 0 success; 2 bad arguments (clap's usage errors, bad price overrides).
 
 mod cost;
+mod discover;
+mod topology;
 
 use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
 use std::io::Write;
@@ -26,6 +33,15 @@ struct Args {
     /// Output format.
     #[arg(long, global = true, value_enum, default_value_t = Output::Text)]
     output: Output,
+    /// AWS region (default: from the environment or profile).
+    #[arg(long, global = true)]
+    region: Option<String>,
+    /// AWS profile.
+    #[arg(long, global = true)]
+    profile: Option<String>,
+    /// AWS endpoint URL for every service (also AWS_ENDPOINT_URL).
+    #[arg(long, global = true)]
+    endpoint_url: Option<String>,
     #[command(subcommand)]
     command: Cmd,
 }
@@ -68,6 +84,22 @@ enum Cmd {
         #[arg(long = "price", value_name = "KEY=VALUE")]
         prices: Vec<String>,
     },
+    /// Show a VPC's public and private subnets per AZ, as setup will use them.
+    Subnets {
+        /// The VPC.
+        #[arg(long)]
+        vpc: String,
+        /// Check for this environment (prod needs a public subnet in every AZ with
+        /// private subnets; dev needs one public subnet).
+        #[arg(long, value_enum, default_value_t = Env::Prod)]
+        env: Env,
+        /// Private subnets to use instead of discovering them.
+        #[arg(long, value_delimiter = ',')]
+        private_subnets: Option<Vec<String>>,
+        /// Public subnets to use instead of discovering them.
+        #[arg(long, value_delimiter = ',')]
+        public_subnets: Option<Vec<String>>,
+    },
     /// Print a shell completion script.
     Completions {
         /// The shell.
@@ -77,26 +109,64 @@ enum Cmd {
     Man,
 }
 
+/// Exit status for bad input (arguments, or a VPC that cannot get NAT as asked).
+const EXIT_BAD_INPUT: u8 = 2;
+/// Exit status for AWS failures.
+const EXIT_AWS: u8 = 1;
+
+/// A failed command: what to print and the exit status.
+struct Failure(String, u8);
+
+impl From<String> for Failure {
+    fn from(s: String) -> Self {
+        Failure(s, EXIT_BAD_INPUT)
+    }
+}
+
 fn main() -> ExitCode {
     let args = Args::parse();
     match run(args) {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("natctl: {e}");
-            ExitCode::from(2)
+        Err(Failure(msg, code)) => {
+            eprintln!("natctl: {msg}");
+            ExitCode::from(code)
         }
     }
 }
 
-fn run(args: Args) -> Result<(), String> {
+/// The SDK configuration: the standard chain plus the global flags. The one place
+/// natctl builds it.
+async fn sdk_config(args: &Args) -> aws_config::SdkConfig {
+    let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .http_client(natd::cloud::http_client());
+    if let Some(r) = &args.region {
+        loader = loader.region(aws_config::Region::new(r.clone()));
+    }
+    if let Some(p) = &args.profile {
+        loader = loader.profile_name(p);
+    }
+    if let Some(e) = &args.endpoint_url {
+        loader = loader.endpoint_url(e);
+    }
+    loader.load().await
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime, Failure> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Failure(format!("cannot start the runtime: {e}"), EXIT_AWS))
+}
+
+fn run(args: Args) -> Result<(), Failure> {
     let mut out = std::io::stdout().lock();
     // A closed pipe (`natctl ... | head`) is not an error worth reporting.
     let mut emit = |s: String| {
         let _ = writeln!(out, "{s}");
     };
-    match args.command {
+    match &args.command {
         Cmd::Policy { stack } => emit(
-            serde_json::to_string_pretty(&natd::contract::agent_policy(&stack))
+            serde_json::to_string_pretty(&natd::contract::agent_policy(stack))
                 .map_err(|e| e.to_string())?,
         ),
         Cmd::Cost {
@@ -105,13 +175,15 @@ fn run(args: Args) -> Result<(), String> {
             gb_per_month,
             prices,
         } => {
+            let (env, azs, gb_per_month) = (*env, *azs, *gb_per_month);
             if !gb_per_month.is_finite() || gb_per_month < 0.0 {
                 return Err(format!(
                     "--gb-per-month {gb_per_month}: must be a non-negative number"
-                ));
+                )
+                .into());
             }
             let mut p = cost::Prices::default();
-            for assignment in &prices {
+            for assignment in prices {
                 p.set(assignment)?;
             }
             let dev = cost::dev(&p, azs, gb_per_month);
@@ -127,9 +199,57 @@ fn run(args: Args) -> Result<(), String> {
                 Output::Text => emit(render_cost(&dev, &prod, env, azs, gb_per_month, &p)),
             }
         }
+        Cmd::Subnets {
+            vpc,
+            env,
+            private_subnets,
+            public_subnets,
+        } => {
+            let facts = runtime()?.block_on(async {
+                let ec2 = aws_sdk_ec2::Client::new(&sdk_config(&args).await);
+                discover::vpc(&ec2, vpc).await
+            });
+            let facts = facts.map_err(|e| match e {
+                discover::Error::NoSuchVpc(_) => Failure(e.to_string(), EXIT_BAD_INPUT),
+                discover::Error::Api { .. } => Failure(e.to_string(), EXIT_AWS),
+            })?;
+            let topo = topology::classify(
+                &facts,
+                private_subnets.as_deref(),
+                public_subnets.as_deref(),
+                *env == Env::Prod,
+            )
+            .map_err(|e| e.to_string())?;
+            match args.output {
+                Output::Json => {
+                    emit(serde_json::to_string_pretty(&topo).map_err(|e| e.to_string())?)
+                }
+                Output::Text => {
+                    let mut s = format!("{}\n", topo.vpc_id);
+                    for (az, a) in &topo.azs {
+                        s.push_str(&format!(
+                            "  {az}: public [{}] private [{}] via [{}]\n",
+                            a.public.join(", "),
+                            a.private.join(", "),
+                            a.private_tables
+                                .iter()
+                                .cloned()
+                                .collect::<Vec<_>>()
+                                .join(", ")
+                        ));
+                    }
+                    for t in &topo.shared_private_tables {
+                        s.push_str(&format!(
+                            "  {t} serves private subnets in several AZs; prod splits it per AZ\n"
+                        ));
+                    }
+                    emit(s.trim_end().to_string());
+                }
+            }
+        }
         Cmd::Completions { shell } => {
             let mut buf = Vec::new();
-            clap_complete::generate(shell, &mut Args::command(), "natctl", &mut buf);
+            clap_complete::generate(*shell, &mut Args::command(), "natctl", &mut buf);
             emit(String::from_utf8_lossy(&buf).into_owned());
         }
         Cmd::Man => {

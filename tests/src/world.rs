@@ -80,6 +80,27 @@ impl World {
             subnet("10.20.1.0/24", "eu-west-1a").await,
             subnet("10.20.2.0/24", "eu-west-1b").await,
         ];
+        // The public subnet routes to the internet gateway through its own table.
+        let public_rtb = ec2.create_route_table().vpc_id(&vpc).send().await.unwrap();
+        let public_rtb = public_rtb
+            .route_table()
+            .unwrap()
+            .route_table_id()
+            .unwrap()
+            .to_string();
+        ec2.create_route()
+            .route_table_id(&public_rtb)
+            .destination_cidr_block("0.0.0.0/0")
+            .gateway_id(&igw)
+            .send()
+            .await
+            .unwrap();
+        ec2.associate_route_table()
+            .route_table_id(&public_rtb)
+            .subnet_id(&public_subnet)
+            .send()
+            .await
+            .unwrap();
         Self {
             ec2,
             asg,

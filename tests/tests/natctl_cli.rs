@@ -80,3 +80,82 @@ fn completions_and_man_page_are_generated() {
         text(&man)
     );
 }
+
+/// natctl against the emulator, with the test key.
+fn natctl_aws(emu: &natd_tests::emulator::Emulator, args: &[&str]) -> std::process::Output {
+    Command::new(natd_tests::bin("natctl"))
+        .args([
+            "--endpoint-url",
+            &emu.url(),
+            "--region",
+            natd_tests::emulator::REGION,
+        ])
+        .args(args)
+        .env("AWS_ACCESS_KEY_ID", natd_tests::emulator::TEST_KEY.0)
+        .env("AWS_SECRET_ACCESS_KEY", natd_tests::emulator::TEST_KEY.1)
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .env_remove("AWS_PROFILE")
+        .output()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn subnets_are_classified_per_az_and_bad_vpcs_refused() {
+    let emu = natd_tests::emulator::Emulator::start();
+    let w = natd_tests::world::World::new(&emu.sdk()).await;
+    let (pub_a, priv_a, priv_b) = (
+        &w.public_subnet,
+        &w.private_subnets[0],
+        &w.private_subnets[1],
+    );
+
+    let out = natctl_aws(
+        &emu,
+        &[
+            "subnets", "--vpc", &w.vpc, "--env", "dev", "--output", "json",
+        ],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["azs"]["eu-west-1a"]["public"], serde_json::json!([pub_a]));
+    assert_eq!(
+        v["azs"]["eu-west-1a"]["private"],
+        serde_json::json!([priv_a])
+    );
+    assert_eq!(
+        v["azs"]["eu-west-1b"]["private"],
+        serde_json::json!([priv_b])
+    );
+
+    // prod needs a NAT gateway in every AZ with private subnets: b has no public subnet.
+    let out = natctl_aws(&emu, &["subnets", "--vpc", &w.vpc, "--env", "prod"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(
+        text(&out).contains("eu-west-1b") && text(&out).contains(priv_b.as_str()),
+        "{}",
+        text(&out)
+    );
+
+    for (args, needle) in [
+        (
+            vec!["subnets", "--vpc", "vpc-0123456789abcdef0"],
+            "vpc-0123456789abcdef0",
+        ),
+        (
+            vec![
+                "subnets",
+                "--vpc",
+                &w.vpc,
+                "--env",
+                "dev",
+                "--private-subnets",
+                "subnet-0ffffffffffffffff",
+            ],
+            "subnet-0ffffffffffffffff",
+        ),
+    ] {
+        let out = natctl_aws(&emu, &args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {}", text(&out));
+        assert!(text(&out).contains(needle), "{args:?}: {}", text(&out));
+    }
+}
