@@ -8,6 +8,12 @@
 //! - `natctl subnets --vpc VPC [--env dev|prod] [--private-subnets ..] [--public-subnets ..]`:
 //!   the VPC's public and private subnets per AZ as setup will use them, or the reason
 //!   the VPC cannot get NAT egress (unknown VPC, foreign subnet, AZ without public subnet).
+//! - `natctl setup --env dev --vpc VPC [--name STACK] [--ami AMI] [--dry-run]`: the dev
+//!   egress, one natd NAT instance in an Auto Scaling group: security group admitting
+//!   the private subnets, instance role with exactly natd's policy, launch template
+//!   (IMDSv2 required, hop limit 1), group with natd's launch hook, and the
+//!   `natd:egress` tag on the private route tables. Shows the plan, then applies it;
+//!   re-running prints "No changes necessary." `natctl plan` is `setup --dry-run`.
 //! - `natctl completions SHELL`, `natctl man`: generated from these definitions.
 //!
 //! AWS access: the standard credential chain, `--region`, `--profile`, and
@@ -17,6 +23,7 @@
 //! Exit status: 0 success; 2 bad arguments (clap's usage errors, bad price overrides).
 
 mod cost;
+mod dev;
 mod discover;
 mod topology;
 
@@ -61,6 +68,35 @@ enum Env {
     Prod,
 }
 
+#[derive(Debug, clap::Args)]
+struct SetupArgs {
+    /// dev: one self-healing NAT instance; prod: one NAT gateway per AZ.
+    #[arg(long, value_enum)]
+    env: Env,
+    /// The VPC.
+    #[arg(long)]
+    vpc: String,
+    /// Stack name: tags everything setup creates (natd:stack) and the route tables natd
+    /// takes over (natd:egress).
+    #[arg(long = "name", default_value = natd::contract::DEFAULT_STACK)]
+    stack: String,
+    /// Private subnets (default: discovered, those without a route to an IGW).
+    #[arg(long, value_delimiter = ',')]
+    private_subnets: Option<Vec<String>>,
+    /// Public subnets (default: discovered).
+    #[arg(long, value_delimiter = ',')]
+    public_subnets: Option<Vec<String>>,
+    /// The natd AMI (default: the newest image of this account tagged natd:ami).
+    #[arg(long)]
+    ami: Option<String>,
+    /// NAT instance type (dev).
+    #[arg(long, default_value = "t4g.micro")]
+    instance_type: String,
+    /// Show the plan only.
+    #[arg(long)]
+    dry_run: bool,
+}
+
 #[derive(Debug, Subcommand)]
 enum Cmd {
     /// Print the IAM policy the natd agent needs for a stack (JSON).
@@ -100,6 +136,10 @@ enum Cmd {
         #[arg(long, value_delimiter = ',')]
         public_subnets: Option<Vec<String>>,
     },
+    /// Build the egress for a VPC: show the plan, then apply it.
+    Setup(SetupArgs),
+    /// Show what setup would change, and change nothing.
+    Plan(SetupArgs),
     /// Print a shell completion script.
     Completions {
         /// The shell.
@@ -247,6 +287,8 @@ fn run(args: Args) -> Result<(), Failure> {
                 }
             }
         }
+        Cmd::Setup(a) => setup(&args, a, a.dry_run, &mut emit)?,
+        Cmd::Plan(a) => setup(&args, a, true, &mut emit)?,
         Cmd::Completions { shell } => {
             let mut buf = Vec::new();
             clap_complete::generate(*shell, &mut Args::command(), "natctl", &mut buf);
@@ -304,4 +346,194 @@ Internet data transfer out is charged the same for both and not included.",
         p.cross_az_gb
     ));
     s
+}
+
+fn bad_input(e: impl std::fmt::Display) -> Failure {
+    Failure(e.to_string(), EXIT_BAD_INPUT)
+}
+
+fn aws_failure(e: impl std::fmt::Display) -> Failure {
+    Failure(e.to_string(), EXIT_AWS)
+}
+
+/// setup and plan: validate everything before any change, then diff, render, apply,
+/// and read back.
+fn setup(
+    args: &Args,
+    a: &SetupArgs,
+    dry_run: bool,
+    emit: &mut impl FnMut(String),
+) -> Result<(), Failure> {
+    if a.env == Env::Prod {
+        return Err(bad_input(
+            "--env prod (NAT gateways per AZ) is not available in this version; use --env dev",
+        ));
+    }
+    if a.stack.is_empty()
+        || !a
+            .stack
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-')
+    {
+        return Err(bad_input(format!(
+            "--name {:?}: use letters, digits and '-'",
+            a.stack
+        )));
+    }
+    runtime()?.block_on(async {
+        let sdk = sdk_config(args).await;
+        let clients = dev::Clients {
+            ec2: aws_sdk_ec2::Client::new(&sdk),
+            iam: aws_sdk_iam::Client::new(&sdk),
+            asg: aws_sdk_autoscaling::Client::new(&sdk),
+        };
+        let facts = discover::vpc(&clients.ec2, &a.vpc)
+            .await
+            .map_err(|e| match e {
+                discover::Error::NoSuchVpc(_) => bad_input(e),
+                discover::Error::Api { .. } => aws_failure(e),
+            })?;
+        let topo = topology::classify(
+            &facts,
+            a.private_subnets.as_deref(),
+            a.public_subnets.as_deref(),
+            false,
+        )
+        .map_err(bad_input)?;
+        let ami = match &a.ami {
+            Some(ami) => ami.clone(),
+            None => newest_natd_ami(&clients.ec2).await?,
+        };
+        let private: Vec<&String> = topo.azs.values().flat_map(|z| &z.private).collect();
+        let spec = dev::Spec {
+            stack: a.stack.clone(),
+            vpc: a.vpc.clone(),
+            public_subnets: topo.azs.values().flat_map(|z| z.public.clone()).collect(),
+            private_cidrs: facts
+                .subnets
+                .iter()
+                .filter(|s| private.contains(&&s.id))
+                .map(|s| s.cidr.clone())
+                .collect(),
+            private_tables: topo
+                .azs
+                .values()
+                .flat_map(|z| z.private_tables.clone())
+                .collect(),
+            ami,
+            instance_type: a.instance_type.clone(),
+        };
+        let observed = dev::read(&clients, &spec).await.map_err(aws_failure)?;
+        let actions = dev::plan(&spec, &observed).map_err(bad_input)?;
+        render_plan(args.output, &spec, &actions, dry_run, emit);
+        if actions.is_empty() || dry_run {
+            return Ok(());
+        }
+        dev::apply(&clients, &spec, &observed, &actions)
+            .await
+            .map_err(aws_failure)?;
+        let after = dev::read(&clients, &spec).await.map_err(aws_failure)?;
+        let left = dev::plan(&spec, &after).map_err(bad_input)?;
+        if !left.is_empty() {
+            return Err(aws_failure(format!(
+                "after applying, these changes are still needed: {left:?}"
+            )));
+        }
+        if args.output == Output::Text {
+            emit(format!(
+                "Applied {} change(s); stack {} is in place.",
+                actions.len(),
+                spec.stack
+            ));
+        }
+        Ok(())
+    })
+}
+
+fn render_plan(
+    output: Output,
+    spec: &dev::Spec,
+    actions: &[dev::Action],
+    dry_run: bool,
+    emit: &mut impl FnMut(String),
+) {
+    match output {
+        Output::Json => emit(
+            serde_json::json!({"stack": spec.stack, "env": "dev", "spec": spec, "changes": actions, "applied": !dry_run && !actions.is_empty()})
+                .to_string(),
+        ),
+        Output::Text if actions.is_empty() => emit("No changes necessary.".to_string()),
+        Output::Text => {
+            let mut s = format!("Plan for stack {} (dev) in {}:\n", spec.stack, spec.vpc);
+            for a in actions {
+                s.push_str(&format!("  + {}\n", describe(a, spec)));
+            }
+            emit(s.trim_end().to_string());
+        }
+    }
+}
+
+fn describe(a: &dev::Action, spec: &dev::Spec) -> String {
+    let name = spec.name();
+    match a {
+        dev::Action::CreateSecurityGroup => format!("security group {name}"),
+        dev::Action::AuthorizeIngress { cidrs } => format!("admit {} on {name}", cidrs.join(", ")),
+        dev::Action::CreateRole => format!("IAM role {name} (trusted by EC2)"),
+        dev::Action::PutRolePolicy => format!("natd's policy on role {name}"),
+        dev::Action::CreateInstanceProfile => format!("instance profile {name} with role {name}"),
+        dev::Action::CreateLaunchTemplate => {
+            format!(
+                "launch template {name}: {} {}, IMDSv2 required, hop limit 1",
+                spec.ami, spec.instance_type
+            )
+        }
+        dev::Action::UpdateLaunchTemplate => format!(
+            "new default version of {name}: {} {}",
+            spec.ami, spec.instance_type
+        ),
+        dev::Action::CreateGroup => format!(
+            "Auto Scaling group {name} in {}",
+            spec.public_subnets.join(", ")
+        ),
+        dev::Action::PutLifecycleHook => format!("launch lifecycle hook {} on {name}", dev::HOOK),
+        dev::Action::ScaleToOne => format!("{name}: min = max = desired = 1"),
+        dev::Action::TagRouteTable { route_table } => {
+            format!(
+                "tag {route_table} {}={} (natd takes over its default route)",
+                natd::contract::EGRESS_TAG,
+                spec.stack
+            )
+        }
+    }
+}
+
+/// The newest AMI of this account tagged `natd:ami` (as packer/natd.pkr.hcl tags it).
+async fn newest_natd_ami(ec2: &aws_sdk_ec2::Client) -> Result<String, Failure> {
+    let images = ec2
+        .describe_images()
+        .owners("self")
+        .filters(
+            aws_sdk_ec2::types::Filter::builder()
+                .name("tag-key")
+                .values("natd:ami")
+                .build(),
+        )
+        .send()
+        .await
+        .map_err(|e| {
+            aws_failure(format!(
+                "DescribeImages: {}",
+                natd::cloud::ApiError::from(e)
+            ))
+        })?;
+    let mut found: Vec<(&str, &str)> = images
+        .images()
+        .iter()
+        .filter_map(|i| Some((i.creation_date()?, i.image_id()?)))
+        .collect();
+    found.sort();
+    found
+        .last()
+        .map(|(_, id)| id.to_string())
+        .ok_or_else(|| bad_input("no AMI tagged natd:ami in this account and region: build one (README, \"The AMI\") or pass --ami"))
 }

@@ -115,6 +115,35 @@ impl Emulator {
         self.sdk_with(TEST_KEY)
     }
 
+    /// Runs the AWS CLI from the emulator's venv (an independent client) and returns
+    /// its JSON output.
+    pub fn aws(&self, args: &[&str]) -> serde_json::Value {
+        let cli = crate::python().with_file_name("aws");
+        let (id, secret) = self.admin.lock().unwrap().clone();
+        let out = Command::new(cli)
+            .args([
+                "--endpoint-url",
+                &self.url(),
+                "--region",
+                REGION,
+                "--output",
+                "json",
+            ])
+            .args(args)
+            .env("AWS_ACCESS_KEY_ID", id)
+            .env("AWS_SECRET_ACCESS_KEY", secret)
+            .env("AWS_EC2_METADATA_DISABLED", "true")
+            .env_remove("AWS_PROFILE")
+            .output()
+            .expect("run aws");
+        assert!(
+            out.status.success(),
+            "aws {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null)
+    }
+
     /// Starts an IMDSv2 fixture answering for `instance_id`, on 127.0.0.1.
     pub fn imds(&self, instance_id: &str) -> Imds {
         let mut cmd = Command::new(crate::python());
