@@ -80,7 +80,12 @@ where
 {
     fn from(e: aws_smithy_runtime_api::client::result::SdkError<E, R>) -> Self {
         let code = e.code().map(str::to_string);
-        let message = DisplayErrorContext(&e).to_string();
+        // A service error reads best as the service said it; anything else (timeouts,
+        // connection failures) needs the whole chain.
+        let message = match (e.code(), e.message()) {
+            (Some(c), Some(m)) => format!("{c}: {m}"),
+            _ => DisplayErrorContext(&e).to_string(),
+        };
         Self { code, message }
     }
 }

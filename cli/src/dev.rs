@@ -228,6 +228,12 @@ pub async fn read(c: &Clients, spec: &Spec) -> Result<Observed, Error> {
         .describe_security_groups()
         .filters(Filter::builder().name("vpc-id").values(&spec.vpc).build())
         .filters(Filter::builder().name("group-name").values(&name).build())
+        .filters(
+            Filter::builder()
+                .name(format!("tag:{STACK_TAG}"))
+                .values(&spec.stack)
+                .build(),
+        )
         .send()
         .await
         .map_err(err("DescribeSecurityGroups", &name))?;

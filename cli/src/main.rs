@@ -14,6 +14,9 @@
 //!   (IMDSv2 required, hop limit 1), group with natd's launch hook, and the
 //!   `natd:egress` tag on the private route tables. Shows the plan, then applies it;
 //!   re-running prints "No changes necessary." `natctl plan` is `setup --dry-run`.
+//! - `natctl teardown --name STACK`: removes exactly what setup created for the stack
+//!   (by name and `natd:stack` tag), the route-table tags and natd's default routes,
+//!   in dependency order; a second run finds nothing.
 //! - `natctl completions SHELL`, `natctl man`: generated from these definitions.
 //!
 //! AWS access: the standard credential chain, `--region`, `--profile`, and
@@ -25,6 +28,7 @@
 mod cost;
 mod dev;
 mod discover;
+mod teardown;
 mod topology;
 
 use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
@@ -140,6 +144,12 @@ enum Cmd {
     Setup(SetupArgs),
     /// Show what setup would change, and change nothing.
     Plan(SetupArgs),
+    /// Remove exactly what setup created for a stack (found by name and natd:stack tag).
+    Teardown {
+        /// Stack name.
+        #[arg(long = "name", default_value = natd::contract::DEFAULT_STACK)]
+        stack: String,
+    },
     /// Print a shell completion script.
     Completions {
         /// The shell.
@@ -289,6 +299,34 @@ fn run(args: Args) -> Result<(), Failure> {
         }
         Cmd::Setup(a) => setup(&args, a, a.dry_run, &mut emit)?,
         Cmd::Plan(a) => setup(&args, a, true, &mut emit)?,
+        Cmd::Teardown { stack } => {
+            let output = args.output;
+            let removed = runtime()?.block_on(async {
+                let sdk = sdk_config(&args).await;
+                let clients = dev::Clients {
+                    ec2: aws_sdk_ec2::Client::new(&sdk),
+                    iam: aws_sdk_iam::Client::new(&sdk),
+                    asg: aws_sdk_autoscaling::Client::new(&sdk),
+                };
+                teardown::run(&clients, stack, &mut |m: &str| eprintln!("natctl: {m}")).await
+            });
+            let removed = removed.map_err(aws_failure)?;
+            match output {
+                Output::Json => {
+                    emit(serde_json::json!({"stack": stack, "removed": removed}).to_string())
+                }
+                Output::Text if removed.is_empty() => {
+                    emit(format!("Nothing to remove for stack {stack}."))
+                }
+                Output::Text => {
+                    let mut s = format!("Removed from stack {stack}:\n");
+                    for r in &removed {
+                        s.push_str(&format!("  - {} {}\n", r.kind, r.id));
+                    }
+                    emit(s.trim_end().to_string());
+                }
+            }
+        }
         Cmd::Completions { shell } => {
             let mut buf = Vec::new();
             clap_complete::generate(*shell, &mut Args::command(), "natctl", &mut buf);

@@ -10,6 +10,8 @@ Extensions, each matching documented AWS behaviour:
   CompleteLifecycleAction (CONTINUE -> InService, ABANDON -> terminated and replaced).
   RecordLifecycleActionHeartbeat is accepted.
 - SetInstanceHealth(Unhealthy) makes the group terminate and replace the instance.
+- DeleteAutoScalingGroup terminates the group's instances (moto keeps them running when
+  the group's minimum is above zero).
 - IAM enforcement (INITIAL_NO_AUTH_ACTION_COUNT) evaluates Resource ARNs and
   StringEquals/StringLike conditions on ec2:ResourceTag/* and autoscaling:ResourceTag/*
   for the mutating calls natd makes, instead of only matching Resource "*".
@@ -147,6 +149,20 @@ def _set_instance_health(self, instance_id, health_status):
 
 
 asg_models.AutoScalingBackend.set_instance_health = _set_instance_health
+
+_orig_delete_group = asg_models.AutoScalingBackend.delete_auto_scaling_group
+
+
+def _delete_group(self, group_name):
+    group = self.autoscaling_groups.get(group_name)
+    ids = [s.instance.id for s in group.instance_states] if group else []
+    _orig_delete_group(self, group_name)
+    alive = [i for i in ids if self.ec2_backend.get_instance(i).state != "terminated"]
+    if alive:
+        self.ec2_backend.terminate_instances(alive)
+
+
+asg_models.AutoScalingBackend.delete_auto_scaling_group = _delete_group
 
 
 # --- IAM: resource ARNs and tag conditions --------------------------------------------

@@ -145,14 +145,18 @@ async fn an_interrupted_setup_converges_without_duplicates() {
     let emu = Emulator::start();
     let w = World::new(&emu.sdk()).await;
     // A run that died after its first two steps left a security group and a role.
-    w.ec2
-        .create_security_group()
-        .group_name("natd-dev1")
-        .description("left over")
-        .vpc_id(&w.vpc)
-        .send()
-        .await
-        .unwrap();
+    emu.aws(&[
+        "ec2",
+        "create-security-group",
+        "--group-name",
+        "natd-dev1",
+        "--description",
+        "left over",
+        "--vpc-id",
+        &w.vpc,
+        "--tag-specifications",
+        "ResourceType=security-group,Tags=[{Key=natd:stack,Value=dev1}]",
+    ]);
     emu.aws(&[
         "iam",
         "create-role",
@@ -257,5 +261,94 @@ async fn bad_input_is_refused_before_anything_is_created() {
     assert_eq!(
         emu.aws(&["iam", "list-roles"])["Roles"],
         serde_json::json!([])
+    );
+}
+
+#[tokio::test]
+async fn teardown_leaves_the_vpc_as_it_was() {
+    let emu = Emulator::start();
+    let w = World::new(&emu.sdk()).await;
+    let snapshot = || {
+        let tables = emu.aws(&[
+            "ec2",
+            "describe-route-tables",
+            "--filters",
+            &format!("Name=vpc-id,Values={}", w.vpc),
+        ]);
+        let sgs = emu.aws(&[
+            "ec2",
+            "describe-security-groups",
+            "--filters",
+            &format!("Name=vpc-id,Values={}", w.vpc),
+        ]);
+        let lts = emu.aws(&["ec2", "describe-launch-templates"]);
+        let groups = emu.aws(&["autoscaling", "describe-auto-scaling-groups"]);
+        let roles = emu.aws(&["iam", "list-roles"]);
+        let profiles = emu.aws(&["iam", "list-instance-profiles"]);
+        serde_json::json!([tables, sgs, lts["LaunchTemplates"], groups, roles, profiles])
+    };
+    let before = snapshot();
+    let out = natctl(
+        &emu,
+        &[
+            "setup", "--env", "dev", "--vpc", &w.vpc, "--name", "dev1", "--ami", IMAGE,
+        ],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    // natd on the instance takes the route over, as it would on AWS.
+    let g = emu.aws(&[
+        "autoscaling",
+        "describe-auto-scaling-groups",
+        "--auto-scaling-group-names",
+        "natd-dev1",
+    ]);
+    let instance = g["AutoScalingGroups"][0]["Instances"][0]["InstanceId"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let (eni, _) = w.eni(&instance).await;
+    let main = emu.aws(&[
+        "ec2",
+        "describe-route-tables",
+        "--filters",
+        "Name=tag:natd:egress,Values=dev1",
+    ]);
+    let main = main["RouteTables"][0]["RouteTableId"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    w.ec2
+        .create_route()
+        .route_table_id(&main)
+        .destination_cidr_block("0.0.0.0/0")
+        .network_interface_id(&eni)
+        .send()
+        .await
+        .unwrap();
+    // Someone else's resources in the same VPC stay.
+    let other = w.route_table(Some("other")).await;
+
+    let out = natctl(&emu, &["teardown", "--name", "dev1"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        stdout(&out).contains("auto scaling group natd-dev1"),
+        "{}",
+        text(&out)
+    );
+    let after = snapshot();
+    let strip_other = |mut v: serde_json::Value| {
+        let tables = v[0]["RouteTables"].as_array_mut().unwrap();
+        tables.retain(|t| t["RouteTableId"] != other.as_str());
+        v
+    };
+    assert_eq!(strip_other(after), before, "the VPC is as before setup");
+    assert_eq!(w.instance_state(&instance).await, "terminated");
+    assert_eq!(w.default_route(&other).await, None);
+    let again = natctl(&emu, &["teardown", "--name", "dev1"]);
+    assert_eq!(
+        stdout(&again).trim(),
+        "Nothing to remove for stack dev1.",
+        "{}",
+        text(&again)
     );
 }
