@@ -179,7 +179,8 @@ pub struct Error {
     pub source: ApiError,
 }
 
-fn err<E: Into<ApiError>>(op: &'static str, target: &str) -> impl FnOnce(E) -> Error {
+/// Maps an SDK error to [`Error`] for `op` on `target`.
+pub(crate) fn err<E: Into<ApiError>>(op: &'static str, target: &str) -> impl FnOnce(E) -> Error {
     let target = target.to_string();
     move |e| Error {
         op,
@@ -211,11 +212,27 @@ fn ec2_tags(
         .build()
 }
 
-fn sdk_not_found(e: &ApiError) -> bool {
-    matches!(
-        e.code.as_deref(),
-        Some("NoSuchEntity" | "InvalidLaunchTemplateName.NotFoundException")
-    )
+/// The call's result, or `None` when the resource it names does not exist.
+pub(crate) fn found<T, E: Into<ApiError>>(
+    r: Result<T, E>,
+    op: &'static str,
+    target: &str,
+) -> Result<Option<T>, Error> {
+    match r.map_err(Into::into) {
+        Ok(v) => Ok(Some(v)),
+        Err(e)
+            if e.code
+                .as_deref()
+                .is_some_and(|c| c.contains("NotFound") || c == "NoSuchEntity") =>
+        {
+            Ok(None)
+        }
+        Err(source) => Err(Error {
+            op,
+            target: target.to_string(),
+            source,
+        }),
+    }
 }
 
 /// Reads what exists of the stack.
@@ -246,70 +263,35 @@ pub async fn read(c: &Clients, spec: &Spec) -> Result<Observed, Error> {
             .collect();
         o.security_group = Some((g.group_id().unwrap_or_default().to_string(), cidrs));
     }
-    match c.iam.get_role().role_name(&name).send().await {
-        Ok(_) => o.role = true,
-        Err(e) => {
-            let e: ApiError = e.into();
-            if !sdk_not_found(&e) {
-                return Err(Error {
-                    op: "GetRole",
-                    target: name.clone(),
-                    source: e,
-                });
-            }
-        }
-    }
+    o.role = found(
+        c.iam.get_role().role_name(&name).send().await,
+        "GetRole",
+        &name,
+    )?
+    .is_some();
     if o.role {
-        match c
+        let policy = c
             .iam
             .get_role_policy()
             .role_name(&name)
             .policy_name(&name)
             .send()
-            .await
-        {
-            Ok(p) => {
-                // IAM returns the document URL-encoded.
-                let doc = p.policy_document();
-                let decoded = urlencoding_decode(doc);
-                o.role_policy = serde_json::from_str(&decoded).ok();
-            }
-            Err(e) => {
-                let e: ApiError = e.into();
-                if !sdk_not_found(&e) {
-                    return Err(Error {
-                        op: "GetRolePolicy",
-                        target: name.clone(),
-                        source: e,
-                    });
-                }
-            }
+            .await;
+        if let Some(p) = found(policy, "GetRolePolicy", &name)? {
+            // IAM returns the document URL-encoded.
+            o.role_policy = serde_json::from_str(&urlencoding_decode(p.policy_document())).ok();
         }
     }
-    match c
+    let profile = c
         .iam
         .get_instance_profile()
         .instance_profile_name(&name)
         .send()
-        .await
-    {
-        Ok(p) => {
-            o.instance_profile = Some(
-                p.instance_profile()
-                    .is_some_and(|ip| ip.roles().iter().any(|r| r.role_name() == name)),
-            )
-        }
-        Err(e) => {
-            let e: ApiError = e.into();
-            if !sdk_not_found(&e) {
-                return Err(Error {
-                    op: "GetInstanceProfile",
-                    target: name.clone(),
-                    source: e,
-                });
-            }
-        }
-    }
+        .await;
+    o.instance_profile = found(profile, "GetInstanceProfile", &name)?.map(|p| {
+        p.instance_profile()
+            .is_some_and(|ip| ip.roles().iter().any(|r| r.role_name() == name))
+    });
     let lts = c
         .ec2
         .describe_launch_templates()

@@ -2,7 +2,7 @@
 //! found by name *and* the `natd:stack` tag (anything else is left alone), in
 //! dependency order. Idempotent: a second run finds nothing.
 
-use crate::dev::{Clients, Error};
+use crate::dev::{Clients, Error, err, found};
 use aws_sdk_ec2::types::Filter;
 use natd::cloud::ApiError;
 use natd::contract::{DEFAULT_ROUTE, EGRESS_TAG, STACK_TAG};
@@ -21,21 +21,6 @@ pub struct Removal {
     pub kind: &'static str,
     /// Its id or name.
     pub id: String,
-}
-
-fn err<E: Into<ApiError>>(op: &'static str, target: &str) -> impl FnOnce(E) -> Error {
-    let target = target.to_string();
-    move |e| Error {
-        op,
-        target,
-        source: e.into(),
-    }
-}
-
-fn not_found(e: &ApiError) -> bool {
-    e.code
-        .as_deref()
-        .is_some_and(|c| c.contains("NotFound") || c == "NoSuchEntity" || c == "ValidationError")
 }
 
 /// Removes the stack; returns what was removed (empty when nothing was left).
@@ -253,67 +238,36 @@ pub async fn run(
     }
 
     // 4. IAM: only a role carrying the stack's tag.
-    let role_tags = match c.iam.list_role_tags().role_name(&name).send().await {
-        Ok(t) => Some(t),
-        Err(e) => {
-            let e: ApiError = e.into();
-            if !not_found(&e) {
-                return Err(Error {
-                    op: "ListRoleTags",
-                    target: name.clone(),
-                    source: e,
-                });
-            }
-            None
-        }
-    };
-    let role_is_ours = role_tags.is_some_and(|t| {
+    let tags = found(
+        c.iam.list_role_tags().role_name(&name).send().await,
+        "ListRoleTags",
+        &name,
+    )?;
+    let role_is_ours = tags.is_some_and(|t| {
         t.tags()
             .iter()
             .any(|t| t.key() == STACK_TAG && t.value() == stack)
     });
     if role_is_ours {
-        match c
+        let detach = c
             .iam
             .remove_role_from_instance_profile()
             .instance_profile_name(&name)
             .role_name(&name)
             .send()
-            .await
-        {
-            Ok(_) => {}
-            Err(e) => {
-                let e: ApiError = e.into();
-                if !not_found(&e) {
-                    return Err(Error {
-                        op: "RemoveRoleFromInstanceProfile",
-                        target: name.clone(),
-                        source: e,
-                    });
-                }
-            }
-        }
-        match c
+            .await;
+        found(detach, "RemoveRoleFromInstanceProfile", &name)?;
+        let profile = c
             .iam
             .delete_instance_profile()
             .instance_profile_name(&name)
             .send()
-            .await
-        {
-            Ok(_) => removed.push(Removal {
+            .await;
+        if found(profile, "DeleteInstanceProfile", &name)?.is_some() {
+            removed.push(Removal {
                 kind: "instance profile",
                 id: name.clone(),
-            }),
-            Err(e) => {
-                let e: ApiError = e.into();
-                if !not_found(&e) {
-                    return Err(Error {
-                        op: "DeleteInstanceProfile",
-                        target: name.clone(),
-                        source: e,
-                    });
-                }
-            }
+            });
         }
         let policies = c
             .iam
