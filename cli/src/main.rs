@@ -14,6 +14,8 @@
 //!   (IMDSv2 required, hop limit 1), group with natd's launch hook, and the
 //!   `natd:egress` tag on the private route tables. Shows the plan, then applies it;
 //!   re-running prints "No changes necessary." `natctl plan` is `setup --dry-run`.
+//! - `natctl status --name STACK`: NAT instances and each tagged route table's default
+//!   route (blackholes flagged); exit status 3 when egress is broken.
 //! - `natctl teardown --name STACK`: removes exactly what setup created for the stack
 //!   (by name and `natd:stack` tag), the route-table tags and natd's default routes,
 //!   in dependency order; a second run finds nothing.
@@ -23,11 +25,13 @@
 //! `--endpoint-url` (or `AWS_ENDPOINT_URL`), so the same binary runs against AWS and the
 //! emulator. `--output json` on every command. Side effects: none (read-only commands).
 //!
-//! Exit status: 0 success; 2 bad arguments (clap's usage errors, bad price overrides).
+//! Exit status: 0 success; 1 an AWS call failed; 2 bad input (arguments, a VPC that
+//! cannot get NAT as asked), refused before any change; 3 `status` found egress broken.
 
 mod cost;
 mod dev;
 mod discover;
+mod status;
 mod teardown;
 mod topology;
 
@@ -144,6 +148,13 @@ enum Cmd {
     Setup(SetupArgs),
     /// Show what setup would change, and change nothing.
     Plan(SetupArgs),
+    /// Show a stack's egress: its NAT instances and each private route table's default
+    /// route; exit status 3 when egress is broken.
+    Status {
+        /// Stack name.
+        #[arg(long = "name", default_value = natd::contract::DEFAULT_STACK)]
+        stack: String,
+    },
     /// Remove exactly what setup created for a stack (found by name and natd:stack tag).
     Teardown {
         /// Stack name.
@@ -163,6 +174,8 @@ enum Cmd {
 const EXIT_BAD_INPUT: u8 = 2;
 /// Exit status for AWS failures.
 const EXIT_AWS: u8 = 1;
+/// Exit status of `status` when egress is broken.
+const EXIT_BROKEN: u8 = 3;
 
 /// A failed command: what to print and the exit status.
 struct Failure(String, u8);
@@ -299,6 +312,61 @@ fn run(args: Args) -> Result<(), Failure> {
         }
         Cmd::Setup(a) => setup(&args, a, a.dry_run, &mut emit)?,
         Cmd::Plan(a) => setup(&args, a, true, &mut emit)?,
+        Cmd::Status { stack } => {
+            let st = runtime()?.block_on(async {
+                let sdk = sdk_config(&args).await;
+                let clients = dev::Clients {
+                    ec2: aws_sdk_ec2::Client::new(&sdk),
+                    iam: aws_sdk_iam::Client::new(&sdk),
+                    asg: aws_sdk_autoscaling::Client::new(&sdk),
+                };
+                status::read(&clients, stack).await
+            });
+            let st = st.map_err(aws_failure)?;
+            match args.output {
+                Output::Json => emit(serde_json::to_string_pretty(&st).map_err(|e| e.to_string())?),
+                Output::Text => {
+                    let mut s = format!(
+                        "stack {}: egress {}\n",
+                        st.stack,
+                        if st.healthy { "ok" } else { "BROKEN" }
+                    );
+                    for i in &st.instances {
+                        s.push_str(&format!(
+                            "  NAT instance {} ({}): {}, {}, ENI {}\n",
+                            i.id,
+                            i.az,
+                            i.lifecycle,
+                            i.health,
+                            i.eni.as_deref().unwrap_or("none (not running)")
+                        ));
+                    }
+                    if st.instances.is_empty() {
+                        s.push_str("  no NAT instance\n");
+                    }
+                    for t in &st.route_tables {
+                        s.push_str(&format!(
+                            "  route table {}: 0.0.0.0/0 -> {} ({}){}\n",
+                            t.id,
+                            t.target.as_deref().unwrap_or("none"),
+                            t.state.as_deref().unwrap_or("no route"),
+                            if t.ok { "" } else { "  <- broken" }
+                        ));
+                    }
+                    if st.route_tables.is_empty() {
+                        s.push_str(&format!(
+                            "  no route table tagged {}={}\n",
+                            natd::contract::EGRESS_TAG,
+                            st.stack
+                        ));
+                    }
+                    emit(s.trim_end().to_string());
+                }
+            }
+            if !st.healthy {
+                return Err(Failure("egress is broken".into(), EXIT_BROKEN));
+            }
+        }
         Cmd::Teardown { stack } => {
             let output = args.output;
             let removed = runtime()?.block_on(async {

@@ -352,3 +352,69 @@ async fn teardown_leaves_the_vpc_as_it_was() {
         text(&again)
     );
 }
+
+#[tokio::test]
+async fn status_tells_working_from_broken_egress() {
+    let emu = Emulator::start();
+    let w = World::new(&emu.sdk()).await;
+    let out = natctl(
+        &emu,
+        &[
+            "setup", "--env", "dev", "--vpc", &w.vpc, "--name", "dev1", "--ami", IMAGE,
+        ],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    // No natd has taken the route yet.
+    let st = natctl(&emu, &["status", "--name", "dev1"]);
+    assert_eq!(st.status.code(), Some(3), "{}", text(&st));
+    assert!(
+        stdout(&st).contains("BROKEN") && stdout(&st).contains("no route"),
+        "{}",
+        text(&st)
+    );
+    // natd took it over.
+    let g = emu.aws(&[
+        "autoscaling",
+        "describe-auto-scaling-groups",
+        "--auto-scaling-group-names",
+        "natd-dev1",
+    ]);
+    let instance = g["AutoScalingGroups"][0]["Instances"][0]["InstanceId"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let (eni, _) = w.eni(&instance).await;
+    let table = emu.aws(&[
+        "ec2",
+        "describe-route-tables",
+        "--filters",
+        "Name=tag:natd:egress,Values=dev1",
+    ]);
+    let table = table["RouteTables"][0]["RouteTableId"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    w.ec2
+        .create_route()
+        .route_table_id(&table)
+        .destination_cidr_block("0.0.0.0/0")
+        .network_interface_id(&eni)
+        .send()
+        .await
+        .unwrap();
+    let st = natctl(&emu, &["status", "--name", "dev1", "--output", "json"]);
+    assert!(st.status.success(), "{}", text(&st));
+    let v: serde_json::Value = serde_json::from_slice(&st.stdout).unwrap();
+    assert_eq!(v["healthy"], true);
+    assert_eq!(v["route_tables"][0]["target"], eni.as_str());
+    // The instance dies: its route is a blackhole until the replacement's natd takes it.
+    w.ec2
+        .terminate_instances()
+        .instance_ids(&instance)
+        .send()
+        .await
+        .unwrap();
+    let st = natctl(&emu, &["status", "--name", "dev1"]);
+    assert_eq!(st.status.code(), Some(3), "{}", text(&st));
+    assert!(stdout(&st).contains("blackhole"), "{}", text(&st));
+}
