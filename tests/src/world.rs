@@ -345,7 +345,7 @@ pub struct NatHost {
 
 impl NatHost {
     /// A NAT host for `instance_id`; the caller gives it an egress interface with
-    /// [`NatHost::dummy_egress`] or a veth carrying [`NatHost::mac`].
+    /// [`NatHost::uplink_egress`] or a veth carrying [`NatHost::mac`].
     pub async fn new(emu: &Emulator, world: &World, instance_id: &str) -> Self {
         let (eni, mac) = world.eni(instance_id).await;
         let imds = emu.imds(instance_id);
@@ -367,7 +367,7 @@ impl NatHost {
 
     /// An egress interface `ens5` with the ENI's MAC, linked to an otherwise empty
     /// namespace, for tests without a data plane.
-    pub fn dummy_egress(&mut self) {
+    pub fn uplink_egress(&mut self) {
         let up = Netns::new("up");
         self.ns
             .link("ens5", "198.51.100.2/24", &up, "up0", "198.51.100.1/24");

@@ -1,5 +1,6 @@
 //! natd against the AWS emulator and its IMDSv2 fixture, each natd in its own network
-//! namespace with a dummy egress interface (no data plane here; see kernel_netns.rs).
+//! namespace whose egress interface leads to an empty namespace (no data plane here;
+//! see kernel_netns.rs).
 
 #![allow(clippy::unwrap_used, missing_docs)]
 
@@ -61,7 +62,7 @@ async fn one_pass_takes_over_tagged_tables_only_and_completes_the_launch() {
     let other_stack = w.route_table(Some("prod")).await;
 
     let mut host = NatHost::new(&emu, &w, &nat).await;
-    host.dummy_egress();
+    host.uplink_egress();
     assert!(w.source_dest_check(&host.eni).await);
     let cfg = host.config("dev", "");
     let out = host.once(&cfg);
@@ -107,8 +108,8 @@ async fn repeated_failed_passes_make_the_group_replace_the_instance() {
     let (group, nat) = w.nat_group("dev", false).await;
     let rtb = w.route_table(Some("dev")).await;
     let mut host = NatHost::new(&emu, &w, &nat).await;
-    host.dummy_egress();
-    // The data-plane probe cannot succeed: nothing is reachable through a dummy link.
+    host.uplink_egress();
+    // The data-plane probe cannot succeed: 127.0.0.1 is not reachable through the egress link.
     let cfg = host.config(
         "dev",
         "unhealthy_after = 2\nprobe_targets = [\"127.0.0.1:9\"]\nprobe_timeout_ms = 300",
@@ -139,7 +140,7 @@ async fn drift_in_ec2_is_repaired_and_sigterm_leaves_routes() {
     let nat = w.instance("dev").await;
     let rtb = w.route_table(Some("dev")).await;
     let mut host = NatHost::new(&emu, &w, &nat).await;
-    host.dummy_egress();
+    host.uplink_egress();
     let mut natd = host.spawn(&host.config("dev", ""));
     let eni = host.eni.clone();
     eventually(Duration::from_secs(20), "route takeover", || async {
@@ -192,7 +193,7 @@ async fn a_second_natd_does_not_make_routes_flap() {
     let first = w.instance("dev").await;
     let rtb = w.route_table(Some("dev")).await;
     let mut a = NatHost::new(&emu, &w, &first).await;
-    a.dummy_egress();
+    a.uplink_egress();
     let _natd_a = a.spawn(&a.config("dev", ""));
     let eni_a = a.eni.clone();
     eventually(
@@ -207,7 +208,7 @@ async fn a_second_natd_does_not_make_routes_flap() {
     tokio::time::sleep(Duration::from_millis(1100)).await;
     let second = w.instance("dev").await;
     let mut b = NatHost::new(&emu, &w, &second).await;
-    b.dummy_egress();
+    b.uplink_egress();
     let natd_b = b.spawn(&b.config("dev", ""));
     // Record the route's target for several passes of both agents.
     let mut targets = Vec::new();
@@ -254,7 +255,7 @@ async fn tagged_elastic_ip_moves_to_the_nat_instance_once_it_forwards() {
         .unwrap();
     let alloc_id = alloc.allocation_id().unwrap().to_string();
     let mut host = NatHost::new(&emu, &w, &nat).await;
-    host.dummy_egress();
+    host.uplink_egress();
     let out = host.once(&host.config("dev", ""));
     assert!(out.status.success(), "{}", text(&out));
     let a = w
@@ -278,7 +279,7 @@ async fn speaks_the_systemd_notify_protocol() {
     let nat = w.instance("dev").await;
     w.route_table(Some("dev")).await;
     let mut host = NatHost::new(&emu, &w, &nat).await;
-    host.dummy_egress();
+    host.uplink_egress();
     let dir = tempfile::tempdir().unwrap();
     let sock_path = dir.path().join("notify.sock");
     let sock = std::os::unix::net::UnixDatagram::bind(&sock_path).unwrap();

@@ -68,7 +68,7 @@ async fn natd_works_with_exactly_its_policy_and_nothing_more() {
     let key = user_with_policy(&iam, "natd", &agent_policy("dev")).await;
 
     let mut host = NatHost::new(&emu, &w, &nat).await;
-    host.dummy_egress();
+    host.uplink_egress();
     let out = host.once_with(&host.config("dev", ""), (&key.0, &key.1));
     assert!(out.status.success(), "{}", text(&out));
     assert_eq!(w.default_route(&tagged).await.unwrap().0, host.eni);
@@ -112,7 +112,7 @@ async fn access_denied_is_a_clear_permanent_failure() {
     let iam = aws_sdk_iam::Client::new(&admin);
     let key = user_with_policy(&iam, "natd-other", &agent_policy("other")).await;
     let mut host = NatHost::new(&emu, &w, &nat).await;
-    host.dummy_egress();
+    host.uplink_egress();
     let out = host.once_with(&host.config("dev", ""), (&key.0, &key.1));
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));
     let log = text(&out);

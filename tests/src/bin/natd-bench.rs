@@ -83,7 +83,7 @@ fn main() {
                 w.route_table(Some(&format!("b{run}"))).await;
             }
             let mut host = NatHost::new(&emu, &w, &nat).await;
-            host.dummy_egress();
+            host.uplink_egress();
             let cfg = host.config(&format!("b{run}"), "interval_secs = 5");
             let start = Instant::now();
             let d = host.spawn_with(&cfg, &natd);
