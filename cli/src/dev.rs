@@ -200,6 +200,17 @@ pub struct Clients {
     pub asg: aws_sdk_autoscaling::Client,
 }
 
+impl Clients {
+    /// Clients from one SDK configuration.
+    pub fn new(sdk: &aws_config::SdkConfig) -> Self {
+        Self {
+            ec2: aws_sdk_ec2::Client::new(sdk),
+            iam: aws_sdk_iam::Client::new(sdk),
+            asg: aws_sdk_autoscaling::Client::new(sdk),
+        }
+    }
+}
+
 fn ec2_tags(
     kind: aws_sdk_ec2::types::ResourceType,
     spec: &Spec,

@@ -314,12 +314,7 @@ fn run(args: Args) -> Result<(), Failure> {
         Cmd::Plan(a) => setup(&args, a, true, &mut emit)?,
         Cmd::Status { stack } => {
             let st = runtime()?.block_on(async {
-                let sdk = sdk_config(&args).await;
-                let clients = dev::Clients {
-                    ec2: aws_sdk_ec2::Client::new(&sdk),
-                    iam: aws_sdk_iam::Client::new(&sdk),
-                    asg: aws_sdk_autoscaling::Client::new(&sdk),
-                };
+                let clients = dev::Clients::new(&sdk_config(&args).await);
                 status::read(&clients, stack).await
             });
             let st = st.map_err(aws_failure)?;
@@ -370,12 +365,7 @@ fn run(args: Args) -> Result<(), Failure> {
         Cmd::Teardown { stack } => {
             let output = args.output;
             let removed = runtime()?.block_on(async {
-                let sdk = sdk_config(&args).await;
-                let clients = dev::Clients {
-                    ec2: aws_sdk_ec2::Client::new(&sdk),
-                    iam: aws_sdk_iam::Client::new(&sdk),
-                    asg: aws_sdk_autoscaling::Client::new(&sdk),
-                };
+                let clients = dev::Clients::new(&sdk_config(&args).await);
                 teardown::run(&clients, stack, &mut |m: &str| eprintln!("natctl: {m}")).await
             });
             let removed = removed.map_err(aws_failure)?;
@@ -487,12 +477,7 @@ fn setup(
         )));
     }
     runtime()?.block_on(async {
-        let sdk = sdk_config(args).await;
-        let clients = dev::Clients {
-            ec2: aws_sdk_ec2::Client::new(&sdk),
-            iam: aws_sdk_iam::Client::new(&sdk),
-            asg: aws_sdk_autoscaling::Client::new(&sdk),
-        };
+        let clients = dev::Clients::new(&sdk_config(args).await);
         let facts = discover::vpc(&clients.ec2, &a.vpc)
             .await
             .map_err(|e| match e {

@@ -19,6 +19,38 @@ fn natctl(emu: &Emulator, args: &[&str]) -> Output {
         .unwrap()
 }
 
+/// Does what natd on the stack's instance would do to the tagged table: points its
+/// default route at the instance's ENI. Returns (instance, ENI, table).
+async fn take_over_like_natd(emu: &Emulator, w: &World, stack: &str) -> (String, String, String) {
+    let group = format!("natd-{stack}");
+    let g = emu.aws(&[
+        "autoscaling",
+        "describe-auto-scaling-groups",
+        "--auto-scaling-group-names",
+        &group,
+    ]);
+    let instance = g["AutoScalingGroups"][0]["Instances"][0]["InstanceId"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let (eni, _) = w.eni(&instance).await;
+    let filter = format!("Name=tag:natd:egress,Values={stack}");
+    let tables = emu.aws(&["ec2", "describe-route-tables", "--filters", &filter]);
+    let table = tables["RouteTables"][0]["RouteTableId"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    w.ec2
+        .create_route()
+        .route_table_id(&table)
+        .destination_cidr_block("0.0.0.0/0")
+        .network_interface_id(&eni)
+        .send()
+        .await
+        .unwrap();
+    (instance, eni, table)
+}
+
 fn stdout(o: &Output) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
@@ -296,35 +328,7 @@ async fn teardown_leaves_the_vpc_as_it_was() {
     );
     assert!(out.status.success(), "{}", text(&out));
     // natd on the instance takes the route over, as it would on AWS.
-    let g = emu.aws(&[
-        "autoscaling",
-        "describe-auto-scaling-groups",
-        "--auto-scaling-group-names",
-        "natd-dev1",
-    ]);
-    let instance = g["AutoScalingGroups"][0]["Instances"][0]["InstanceId"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let (eni, _) = w.eni(&instance).await;
-    let main = emu.aws(&[
-        "ec2",
-        "describe-route-tables",
-        "--filters",
-        "Name=tag:natd:egress,Values=dev1",
-    ]);
-    let main = main["RouteTables"][0]["RouteTableId"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    w.ec2
-        .create_route()
-        .route_table_id(&main)
-        .destination_cidr_block("0.0.0.0/0")
-        .network_interface_id(&eni)
-        .send()
-        .await
-        .unwrap();
+    let (instance, _eni, _table) = take_over_like_natd(&emu, &w, "dev1").await;
     // Someone else's resources in the same VPC stay.
     let other = w.route_table(Some("other")).await;
 
@@ -373,35 +377,7 @@ async fn status_tells_working_from_broken_egress() {
         text(&st)
     );
     // natd took it over.
-    let g = emu.aws(&[
-        "autoscaling",
-        "describe-auto-scaling-groups",
-        "--auto-scaling-group-names",
-        "natd-dev1",
-    ]);
-    let instance = g["AutoScalingGroups"][0]["Instances"][0]["InstanceId"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let (eni, _) = w.eni(&instance).await;
-    let table = emu.aws(&[
-        "ec2",
-        "describe-route-tables",
-        "--filters",
-        "Name=tag:natd:egress,Values=dev1",
-    ]);
-    let table = table["RouteTables"][0]["RouteTableId"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    w.ec2
-        .create_route()
-        .route_table_id(&table)
-        .destination_cidr_block("0.0.0.0/0")
-        .network_interface_id(&eni)
-        .send()
-        .await
-        .unwrap();
+    let (instance, eni, _table) = take_over_like_natd(&emu, &w, "dev1").await;
     let st = natctl(&emu, &["status", "--name", "dev1", "--output", "json"]);
     assert!(st.status.success(), "{}", text(&st));
     let v: serde_json::Value = serde_json::from_slice(&st.stdout).unwrap();
