@@ -306,35 +306,19 @@ impl Cloud {
                 let Some(id) = t.route_table_id() else {
                     continue;
                 };
-                let default_route = t
-                    .routes()
-                    .iter()
-                    .find(|r| r.destination_cidr_block() == Some(DEFAULT_ROUTE))
-                    .map(|r| {
-                        let target = if let Some(e) = r.network_interface_id() {
-                            Target::Interface(e.to_string())
-                        } else if let Some(i) = r.instance_id() {
-                            Target::Instance(i.to_string())
-                        } else {
-                            Target::Other(
-                                [
-                                    r.nat_gateway_id(),
-                                    r.gateway_id(),
-                                    r.vpc_peering_connection_id(),
-                                    r.transit_gateway_id(),
-                                ]
-                                .into_iter()
-                                .flatten()
-                                .next()
-                                .unwrap_or("unknown")
-                                .to_string(),
-                            )
-                        };
-                        Route {
-                            target,
-                            blackhole: r.state().is_some_and(|s| s.as_str() == "blackhole"),
-                        }
-                    });
+                let default_route = default_route(t).map(|r| {
+                    let target = if let Some(e) = r.network_interface_id() {
+                        Target::Interface(e.to_string())
+                    } else if let Some(i) = r.instance_id() {
+                        Target::Instance(i.to_string())
+                    } else {
+                        Target::Other(route_target(r).unwrap_or("unknown").to_string())
+                    };
+                    Route {
+                        target,
+                        blackhole: r.state().is_some_and(|s| s.as_str() == "blackhole"),
+                    }
+                });
                 out.push(Table {
                     id: id.to_string(),
                     default_route,
@@ -506,6 +490,29 @@ impl Cloud {
             })?;
         Ok(())
     }
+}
+
+/// The `0.0.0.0/0` route of a route table, if it has one.
+pub fn default_route(t: &aws_sdk_ec2::types::RouteTable) -> Option<&aws_sdk_ec2::types::Route> {
+    t.routes()
+        .iter()
+        .find(|r| r.destination_cidr_block() == Some(DEFAULT_ROUTE))
+}
+
+/// What a route points at (ENI, instance, NAT gateway, gateway, peering or transit
+/// gateway), as its id.
+pub fn route_target(r: &aws_sdk_ec2::types::Route) -> Option<&str> {
+    [
+        r.network_interface_id(),
+        r.instance_id(),
+        r.nat_gateway_id(),
+        r.gateway_id(),
+        r.vpc_peering_connection_id(),
+        r.transit_gateway_id(),
+    ]
+    .into_iter()
+    .flatten()
+    .next()
 }
 
 /// Whether a lifecycle state means a launch hook waits for us.

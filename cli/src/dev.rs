@@ -246,6 +246,25 @@ pub(crate) fn found<T, E: Into<ApiError>>(
     }
 }
 
+/// The route tables tagged `natd:egress=<stack>`, in any VPC of the region.
+pub(crate) async fn egress_tables(
+    c: &Clients,
+    stack: &str,
+) -> Result<Vec<aws_sdk_ec2::types::RouteTable>, Error> {
+    let tag = aws_sdk_ec2::types::Filter::builder()
+        .name(format!("tag:{EGRESS_TAG}"))
+        .values(stack)
+        .build();
+    let r = c
+        .ec2
+        .describe_route_tables()
+        .filters(tag)
+        .send()
+        .await
+        .map_err(err("DescribeRouteTables", stack))?;
+    Ok(r.route_tables().to_vec())
+}
+
 /// Reads what exists of the stack.
 pub async fn read(c: &Clients, spec: &Spec) -> Result<Observed, Error> {
     use aws_sdk_ec2::types::Filter;
@@ -310,6 +329,13 @@ pub async fn read(c: &Clients, spec: &Spec) -> Result<Observed, Error> {
             Filter::builder()
                 .name("launch-template-name")
                 .values(&name)
+                .build(),
+        )
+        // Only a template carrying the stack's tag is ours (teardown removes only those).
+        .filters(
+            Filter::builder()
+                .name(format!("tag:{STACK_TAG}"))
+                .values(&spec.stack)
                 .build(),
         )
         .send()

@@ -58,22 +58,9 @@ pub async fn vpc(ec2: &aws_sdk_ec2::Client, vpc: &str) -> Result<Facts, Error> {
                     associations.push((s.to_string(), id.clone()));
                 }
             }
-            let default_target = t
-                .routes()
-                .iter()
-                .find(|r| r.destination_cidr_block() == Some(natd::contract::DEFAULT_ROUTE))
-                .and_then(|r| {
-                    [
-                        r.gateway_id(),
-                        r.nat_gateway_id(),
-                        r.network_interface_id(),
-                        r.instance_id(),
-                    ]
-                    .into_iter()
-                    .flatten()
-                    .next()
-                    .map(str::to_string)
-                });
+            let default_target = natd::aws::default_route(t)
+                .and_then(natd::aws::route_target)
+                .map(str::to_string);
             tables.push(Table {
                 id,
                 main,

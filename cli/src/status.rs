@@ -1,9 +1,8 @@
 //! `natctl status --name STACK`: the stack's egress as it is, and whether it works:
 //! the NAT instances of its group, and each tagged route table's default route.
 
-use crate::dev::{Clients, Error, err};
+use crate::dev::{Clients, Error, egress_tables, err};
 use aws_sdk_ec2::types::Filter;
-use natd::contract::{DEFAULT_ROUTE, EGRESS_TAG};
 use serde::Serialize;
 
 /// One NAT instance of the stack.
@@ -104,36 +103,11 @@ pub async fn read(c: &Clients, stack: &str) -> Result<Status, Error> {
             }
         }
     }
-    let tables = c
-        .ec2
-        .describe_route_tables()
-        .filters(
-            Filter::builder()
-                .name(format!("tag:{EGRESS_TAG}"))
-                .values(stack)
-                .build(),
-        )
-        .send()
-        .await
-        .map_err(err("DescribeRouteTables", stack))?;
+    let tables = egress_tables(c, stack).await?;
     let mut route_tables = Vec::new();
-    for t in tables.route_tables() {
-        let r = t
-            .routes()
-            .iter()
-            .find(|r| r.destination_cidr_block() == Some(DEFAULT_ROUTE));
-        let target = r.and_then(|r| {
-            [
-                r.network_interface_id(),
-                r.instance_id(),
-                r.nat_gateway_id(),
-                r.gateway_id(),
-            ]
-            .into_iter()
-            .flatten()
-            .next()
-            .map(str::to_string)
-        });
+    for t in &tables {
+        let r = natd::aws::default_route(t);
+        let target = r.and_then(natd::aws::route_target).map(str::to_string);
         let state = r.and_then(|r| r.state()).map(|s| s.as_str().to_string());
         let ok = state.as_deref() == Some("active")
             && target.as_ref().is_some_and(|t| {

@@ -2,7 +2,7 @@
 //! found by name *and* the `natd:stack` tag (anything else is left alone), in
 //! dependency order. Idempotent: a second run finds nothing.
 
-use crate::dev::{Clients, Error, err, found};
+use crate::dev::{Clients, Error, egress_tables, err, found};
 use aws_sdk_ec2::types::Filter;
 use natd::cloud::ApiError;
 use natd::contract::{DEFAULT_ROUTE, EGRESS_TAG, STACK_TAG};
@@ -40,18 +40,7 @@ pub async fn run(
 
     // 1. Route tables: untag first so no natd takes a route back, then drop the default
     //    routes that point at the stack's instances or are blackholes.
-    let tables = c
-        .ec2
-        .describe_route_tables()
-        .filters(
-            Filter::builder()
-                .name(format!("tag:{EGRESS_TAG}"))
-                .values(stack)
-                .build(),
-        )
-        .send()
-        .await
-        .map_err(err("DescribeRouteTables", stack))?;
+    let tables = egress_tables(c, stack).await?;
     let stack_instances = c
         .ec2
         .describe_instances()
@@ -81,7 +70,7 @@ pub async fn run(
         }
         ours.push(id);
     }
-    for t in tables.route_tables() {
+    for t in &tables {
         let id = t.route_table_id().unwrap_or_default();
         c.ec2
             .delete_tags()
@@ -94,11 +83,7 @@ pub async fn run(
             kind: "route table tag",
             id: format!("{id} {EGRESS_TAG}={stack}"),
         });
-        let default = t
-            .routes()
-            .iter()
-            .find(|r| r.destination_cidr_block() == Some(DEFAULT_ROUTE));
-        if let Some(r) = default {
+        if let Some(r) = natd::aws::default_route(t) {
             let target = r.network_interface_id().or(r.instance_id());
             let blackhole = r.state().is_some_and(|s| s.as_str() == "blackhole");
             if target.is_some_and(|t| ours.iter().any(|o| o == t))

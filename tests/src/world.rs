@@ -137,29 +137,14 @@ impl World {
             .await
             .unwrap();
         let table = t.route_tables().first().unwrap();
-        table
-            .routes()
-            .iter()
-            .find(|r| r.destination_cidr_block() == Some("0.0.0.0/0"))
-            .map(|r| {
-                let target = [
-                    r.network_interface_id(),
-                    r.instance_id(),
-                    r.nat_gateway_id(),
-                    r.gateway_id(),
-                ]
-                .into_iter()
-                .flatten()
-                .next()
-                .unwrap_or_default()
-                .to_string();
-                (
-                    target,
-                    r.state()
-                        .map(|s| s.as_str().to_string())
-                        .unwrap_or_default(),
-                )
-            })
+        natd::aws::default_route(table).map(|r| {
+            let target = natd::aws::route_target(r).unwrap_or_default().to_string();
+            let state = r
+                .state()
+                .map(|s| s.as_str().to_string())
+                .unwrap_or_default();
+            (target, state)
+        })
     }
 
     /// A plain instance in the public subnet tagged `natd:stack=<stack>`.
