@@ -31,6 +31,8 @@ pub struct Spec {
     pub ami: String,
     /// Instance type.
     pub instance_type: String,
+    /// Give the NAT instance a stable egress address (an Elastic IP natd holds).
+    pub eip: bool,
 }
 
 impl Spec {
@@ -59,6 +61,10 @@ pub struct Observed {
     pub hook: bool,
     /// `natd:egress` tag value of each private route table (None: untagged).
     pub table_tags: BTreeMap<String, Option<String>>,
+    /// The stack's Elastic IP for natd (`natd:egress=<stack>`).
+    pub address: Option<String>,
+    /// The stack's prod egress that is still there (switching from prod).
+    pub prod_left: Vec<String>,
 }
 
 /// One change setup makes.
@@ -88,10 +94,19 @@ pub enum Action {
     PutLifecycleHook,
     /// Set min = max = desired = 1.
     ScaleToOne,
+    /// Allocate the Elastic IP natd holds (`natd:egress=<stack>`).
+    AllocateAddress,
     /// Tag a private route table `natd:egress=<stack>`.
     TagRouteTable {
         /// The table.
         route_table: String,
+    },
+    /// Wait until natd holds the default route of every tagged table.
+    WaitForTakeover,
+    /// Remove the stack's prod egress (NAT gateways, their addresses).
+    RemoveProdEgress {
+        /// What is left of it.
+        parts: Vec<String>,
     },
 }
 
@@ -154,6 +169,9 @@ pub fn plan(spec: &Spec, o: &Observed) -> Result<Vec<Action>, Refusal> {
     if !o.hook {
         out.push(Action::PutLifecycleHook);
     }
+    if spec.eip && o.address.is_none() {
+        out.push(Action::AllocateAddress);
+    }
     if o.group.as_ref().is_none_or(|(desired, _)| *desired != 1) {
         out.push(Action::ScaleToOne);
     }
@@ -163,6 +181,13 @@ pub fn plan(spec: &Spec, o: &Observed) -> Result<Vec<Action>, Refusal> {
                 route_table: t.clone(),
             });
         }
+    }
+    if !o.prod_left.is_empty() {
+        // Switching from prod: the gateways go only once natd routes every table.
+        out.push(Action::WaitForTakeover);
+        out.push(Action::RemoveProdEgress {
+            parts: o.prod_left.clone(),
+        });
     }
     Ok(out)
 }
@@ -392,6 +417,24 @@ pub async fn read(c: &Clients, spec: &Spec) -> Result<Observed, Error> {
             .iter()
             .any(|h| h.lifecycle_hook_name() == Some(HOOK));
     }
+    let addresses = c
+        .ec2
+        .describe_addresses()
+        .filters(
+            Filter::builder()
+                .name(format!("tag:{EGRESS_TAG}"))
+                .values(&spec.stack)
+                .build(),
+        )
+        .send()
+        .await
+        .map_err(err("DescribeAddresses", &name))?;
+    o.address = addresses
+        .addresses()
+        .first()
+        .and_then(|a| a.allocation_id())
+        .map(str::to_string);
+    o.prod_left = crate::teardown::prod_parts(c, &spec.stack).await?;
     if !spec.private_tables.is_empty() {
         let tables = c
             .ec2
@@ -433,12 +476,69 @@ fn user_data(stack: &str) -> String {
     aws_smithy_types::base64::encode(cloud_config)
 }
 
+/// How long a switch from prod waits for natd to take the routes over.
+const TAKEOVER_WAIT: std::time::Duration = std::time::Duration::from_secs(900);
+
+/// Waits until every table tagged for the stack routes 0.0.0.0/0 to an instance or
+/// network interface (natd's), active.
+async fn wait_for_takeover(
+    c: &Clients,
+    stack: &str,
+    progress: &mut impl FnMut(&str),
+) -> Result<(), Error> {
+    let start = std::time::Instant::now();
+    let mut last = String::new();
+    loop {
+        let tables = egress_tables(c, stack).await?;
+        let waiting: Vec<String> = tables
+            .iter()
+            .filter(|t| {
+                !natd::aws::default_route(t).is_some_and(|r| {
+                    (r.instance_id().is_some() || r.network_interface_id().is_some())
+                        && r.state().is_some_and(|s| s.as_str() == "active")
+                })
+            })
+            .map(|t| t.route_table_id().unwrap_or_default().to_string())
+            .collect();
+        if waiting.is_empty() {
+            progress(&format!(
+                "natd holds the routes of {} table(s) after {} s",
+                tables.len(),
+                start.elapsed().as_secs()
+            ));
+            return Ok(());
+        }
+        let line = waiting.join(", ");
+        if line != last {
+            progress(&format!(
+                "waiting for natd to take over {line} ({} s)",
+                start.elapsed().as_secs()
+            ));
+            last = line;
+        }
+        if start.elapsed() > TAKEOVER_WAIT {
+            return Err(Error {
+                op: "wait for natd",
+                target: last,
+                source: ApiError {
+                    code: None,
+                    message: format!(
+                        "natd has not taken these routes over after {TAKEOVER_WAIT:?}; the NAT gateways stay until it has (see natctl status)"
+                    ),
+                },
+            });
+        }
+        tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    }
+}
+
 /// Carries out `actions` in order.
 pub async fn apply(
     c: &Clients,
     spec: &Spec,
     o: &Observed,
     actions: &[Action],
+    progress: &mut impl FnMut(&str),
 ) -> Result<(), Error> {
     use aws_sdk_ec2::types::{
         IpPermission, IpRange, LaunchTemplateHttpTokensState,
@@ -665,6 +765,29 @@ pub async fn apply(
                     .await
                     .map_err(err("UpdateAutoScalingGroup", &name))?;
             }
+            Action::AllocateAddress => {
+                c.ec2
+                    .allocate_address()
+                    .domain(aws_sdk_ec2::types::DomainType::Vpc)
+                    .tag_specifications(
+                        aws_sdk_ec2::types::TagSpecification::builder()
+                            .resource_type(ResourceType::ElasticIp)
+                            .tags(Tag::builder().key(STACK_TAG).value(&spec.stack).build())
+                            .tags(Tag::builder().key(EGRESS_TAG).value(&spec.stack).build())
+                            .tags(Tag::builder().key("Name").value(&name).build())
+                            .build(),
+                    )
+                    .send()
+                    .await
+                    .map_err(err("AllocateAddress", &name))?;
+            }
+            Action::WaitForTakeover => wait_for_takeover(c, &spec.stack, progress).await?,
+            Action::RemoveProdEgress { .. } => {
+                let removed = crate::teardown::remove_prod(c, &spec.stack, true, progress).await?;
+                for r in removed {
+                    progress(&format!("removed {} {}", r.kind, r.id));
+                }
+            }
             Action::TagRouteTable { route_table } => {
                 c.ec2
                     .create_tags()
@@ -692,6 +815,7 @@ mod tests {
             private_tables: ["rtb-a".to_string()].into(),
             ami: "ami-1".into(),
             instance_type: "t4g.micro".into(),
+            eip: false,
         }
     }
 
@@ -705,6 +829,8 @@ mod tests {
             group: Some((1, ["subnet-pub".to_string()].into())),
             hook: true,
             table_tags: [("rtb-a".to_string(), Some(s.stack.clone()))].into(),
+            address: None,
+            prod_left: vec![],
         }
     }
 

@@ -31,6 +31,7 @@
 mod cost;
 mod dev;
 mod discover;
+mod prod;
 mod status;
 mod teardown;
 mod topology;
@@ -100,6 +101,9 @@ struct SetupArgs {
     /// NAT instance type (dev).
     #[arg(long, default_value = "t4g.micro")]
     instance_type: String,
+    /// dev: an Elastic IP natd holds, for a stable egress address.
+    #[arg(long)]
+    eip: bool,
     /// Show the plan only.
     #[arg(long)]
     dry_run: bool,
@@ -336,22 +340,39 @@ fn run(args: Args) -> Result<(), Failure> {
                             i.eni.as_deref().unwrap_or("none (not running)")
                         ));
                     }
-                    if st.instances.is_empty() {
-                        s.push_str("  no NAT instance\n");
+                    for g in &st.gateways {
+                        s.push_str(&format!(
+                            "  NAT gateway {} ({}): {}, {}\n",
+                            g.id,
+                            g.az,
+                            g.state,
+                            g.public_ip.as_deref().unwrap_or("no address")
+                        ));
+                    }
+                    if st.instances.is_empty() && st.gateways.is_empty() {
+                        s.push_str("  no NAT instance or NAT gateway\n");
                     }
                     for t in &st.route_tables {
                         s.push_str(&format!(
-                            "  route table {}: 0.0.0.0/0 -> {} ({}){}\n",
+                            "  route table {}{}: 0.0.0.0/0 -> {} ({}){}{}\n",
                             t.id,
+                            if t.azs.is_empty() {
+                                String::new()
+                            } else {
+                                format!(" [{}]", t.azs.join(", "))
+                            },
                             t.target.as_deref().unwrap_or("none"),
                             t.state.as_deref().unwrap_or("no route"),
+                            if t.cross_az { ", crosses AZs" } else { "" },
                             if t.ok { "" } else { "  <- broken" }
                         ));
                     }
                     if st.route_tables.is_empty() {
                         s.push_str(&format!(
-                            "  no route table tagged {}={}\n",
+                            "  no route table tagged {}={} or {}={}\n",
                             natd::contract::EGRESS_TAG,
+                            st.stack,
+                            prod::ROUTES_TAG,
                             st.stack
                         ));
                     }
@@ -460,11 +481,6 @@ fn setup(
     dry_run: bool,
     emit: &mut impl FnMut(String),
 ) -> Result<(), Failure> {
-    if a.env == Env::Prod {
-        return Err(bad_input(
-            "--env prod (NAT gateways per AZ) is not available in this version; use --env dev",
-        ));
-    }
     if a.stack.is_empty()
         || !a
             .stack
@@ -475,6 +491,11 @@ fn setup(
             "--name {:?}: use letters, digits and '-'",
             a.stack
         )));
+    }
+    if a.eip && a.env == Env::Prod {
+        return Err(bad_input(
+            "--eip is for --env dev (prod NAT gateways always get one Elastic IP per AZ)",
+        ));
     }
     runtime()?.block_on(async {
         let clients = dev::Clients::new(&sdk_config(args).await);
@@ -488,78 +509,258 @@ fn setup(
             &facts,
             a.private_subnets.as_deref(),
             a.public_subnets.as_deref(),
-            false,
+            a.env == Env::Prod,
         )
         .map_err(bad_input)?;
-        let ami = match &a.ami {
-            Some(ami) => ami.clone(),
-            None => newest_natd_ami(&clients.ec2).await?,
+        let mut progress = |m: &str| eprintln!("natctl: {m}");
+        let applied = match a.env {
+            Env::Dev => {
+                setup_dev(
+                    args,
+                    a,
+                    &clients,
+                    &facts,
+                    &topo,
+                    dry_run,
+                    emit,
+                    &mut progress,
+                )
+                .await?
+            }
+            Env::Prod => {
+                setup_prod(
+                    args,
+                    a,
+                    &clients,
+                    &facts,
+                    &topo,
+                    dry_run,
+                    emit,
+                    &mut progress,
+                )
+                .await?
+            }
         };
-        let private: Vec<&String> = topo.azs.values().flat_map(|z| &z.private).collect();
-        let spec = dev::Spec {
-            stack: a.stack.clone(),
-            vpc: a.vpc.clone(),
-            public_subnets: topo.azs.values().flat_map(|z| z.public.clone()).collect(),
-            private_cidrs: facts
-                .subnets
-                .iter()
-                .filter(|s| private.contains(&&s.id))
-                .map(|s| s.cidr.clone())
-                .collect(),
-            private_tables: topo
-                .azs
-                .values()
-                .flat_map(|z| z.private_tables.clone())
-                .collect(),
-            ami,
-            instance_type: a.instance_type.clone(),
-        };
-        let observed = dev::read(&clients, &spec).await.map_err(aws_failure)?;
-        let actions = dev::plan(&spec, &observed).map_err(bad_input)?;
-        render_plan(args.output, &spec, &actions, dry_run, emit);
-        if actions.is_empty() || dry_run {
-            return Ok(());
-        }
-        dev::apply(&clients, &spec, &observed, &actions)
-            .await
-            .map_err(aws_failure)?;
-        let after = dev::read(&clients, &spec).await.map_err(aws_failure)?;
-        let left = dev::plan(&spec, &after).map_err(bad_input)?;
-        if !left.is_empty() {
-            return Err(aws_failure(format!(
-                "after applying, these changes are still needed: {left:?}"
-            )));
-        }
-        if args.output == Output::Text {
+        if args.output == Output::Text && applied > 0 {
             emit(format!(
-                "Applied {} change(s); stack {} is in place.",
-                actions.len(),
-                spec.stack
+                "Applied {applied} change(s); stack {} is in place.",
+                a.stack
             ));
         }
         Ok(())
     })
 }
 
-fn render_plan(
+#[allow(clippy::too_many_arguments)]
+async fn setup_dev(
+    args: &Args,
+    a: &SetupArgs,
+    clients: &dev::Clients,
+    facts: &topology::Facts,
+    topo: &topology::Topology,
+    dry_run: bool,
+    emit: &mut impl FnMut(String),
+    progress: &mut impl FnMut(&str),
+) -> Result<usize, Failure> {
+    let ami = match &a.ami {
+        Some(ami) => ami.clone(),
+        None => newest_natd_ami(&clients.ec2).await?,
+    };
+    let private: Vec<&String> = topo.azs.values().flat_map(|z| &z.private).collect();
+    let spec = dev::Spec {
+        stack: a.stack.clone(),
+        vpc: a.vpc.clone(),
+        public_subnets: topo.azs.values().flat_map(|z| z.public.clone()).collect(),
+        private_cidrs: facts
+            .subnets
+            .iter()
+            .filter(|s| private.contains(&&s.id))
+            .map(|s| s.cidr.clone())
+            .collect(),
+        private_tables: topo
+            .azs
+            .values()
+            .flat_map(|z| z.private_tables.clone())
+            .collect(),
+        ami,
+        instance_type: a.instance_type.clone(),
+        eip: a.eip,
+    };
+    let observed = dev::read(clients, &spec).await.map_err(aws_failure)?;
+    let actions = dev::plan(&spec, &observed).map_err(bad_input)?;
+    let lines: Vec<String> = actions.iter().map(|x| describe(x, &spec)).collect();
+    render_plan(
+        args.output,
+        &spec.stack,
+        "dev",
+        &spec.vpc,
+        &spec,
+        &actions,
+        &lines,
+        dry_run,
+        emit,
+    );
+    if actions.is_empty() || dry_run {
+        return Ok(0);
+    }
+    dev::apply(clients, &spec, &observed, &actions, progress)
+        .await
+        .map_err(aws_failure)?;
+    let after = dev::read(clients, &spec).await.map_err(aws_failure)?;
+    let left = dev::plan(&spec, &after).map_err(bad_input)?;
+    if !left.is_empty() {
+        return Err(aws_failure(format!(
+            "after applying, these changes are still needed: {left:?}"
+        )));
+    }
+    Ok(actions.len())
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn setup_prod(
+    args: &Args,
+    a: &SetupArgs,
+    clients: &dev::Clients,
+    facts: &topology::Facts,
+    topo: &topology::Topology,
+    dry_run: bool,
+    emit: &mut impl FnMut(String),
+    progress: &mut impl FnMut(&str),
+) -> Result<usize, Failure> {
+    let main = facts.tables.iter().find(|t| t.main).map(|t| t.id.clone());
+    let mut azs = std::collections::BTreeMap::new();
+    for (az, z) in &topo.azs {
+        let Some(public_subnet) = z.public.first().cloned() else {
+            continue;
+        };
+        let private = z
+            .private
+            .iter()
+            .map(|id| {
+                let table = facts
+                    .subnets
+                    .iter()
+                    .find(|s| &s.id == id)
+                    .and_then(|s| s.route_table.clone())
+                    .or_else(|| main.clone())
+                    .unwrap_or_default();
+                prod::PrivateSubnet {
+                    id: id.clone(),
+                    shared: topo.shared_private_tables.contains(&table),
+                    table,
+                }
+            })
+            .collect();
+        azs.insert(
+            az.clone(),
+            prod::AzSpec {
+                public_subnet,
+                private,
+            },
+        );
+    }
+    let spec = prod::Spec {
+        stack: a.stack.clone(),
+        vpc: a.vpc.clone(),
+        azs,
+    };
+    let observed = prod::read(clients, &spec).await.map_err(aws_failure)?;
+    let actions = prod::plan(&spec, &observed).map_err(bad_input)?;
+    let lines: Vec<String> = actions.iter().map(describe_prod).collect();
+    render_plan(
+        args.output,
+        &spec.stack,
+        "prod",
+        &spec.vpc,
+        &spec,
+        &actions,
+        &lines,
+        dry_run,
+        emit,
+    );
+    if actions.is_empty() || dry_run {
+        return Ok(0);
+    }
+    prod::apply(clients, &spec, &observed, &actions, progress)
+        .await
+        .map_err(aws_failure)?;
+    let after = prod::read(clients, &spec).await.map_err(aws_failure)?;
+    // The subnets moved, so the spec is read again from the VPC as it is now.
+    let left = prod::plan(&spec, &after).map_err(bad_input)?;
+    let left: Vec<_> = left
+        .into_iter()
+        .filter(|x| !matches!(x, prod::Action::MoveSubnet { .. }))
+        .collect();
+    if !left.is_empty() {
+        return Err(aws_failure(format!(
+            "after applying, these changes are still needed: {left:?}"
+        )));
+    }
+    Ok(actions.len())
+}
+
+#[allow(clippy::too_many_arguments)]
+fn render_plan<S: serde::Serialize, A: serde::Serialize>(
     output: Output,
-    spec: &dev::Spec,
-    actions: &[dev::Action],
+    stack: &str,
+    env: &str,
+    vpc: &str,
+    spec: &S,
+    actions: &[A],
+    lines: &[String],
     dry_run: bool,
     emit: &mut impl FnMut(String),
 ) {
     match output {
         Output::Json => emit(
-            serde_json::json!({"stack": spec.stack, "env": "dev", "spec": spec, "changes": actions, "applied": !dry_run && !actions.is_empty()})
+            serde_json::json!({"stack": stack, "env": env, "spec": spec, "changes": actions, "applied": !dry_run && !actions.is_empty()})
                 .to_string(),
         ),
         Output::Text if actions.is_empty() => emit("No changes necessary.".to_string()),
         Output::Text => {
-            let mut s = format!("Plan for stack {} (dev) in {}:\n", spec.stack, spec.vpc);
-            for a in actions {
-                s.push_str(&format!("  + {}\n", describe(a, spec)));
+            let mut s = format!("Plan for stack {stack} ({env}) in {vpc}:\n");
+            for l in lines {
+                s.push_str(&format!("  + {l}\n"));
             }
             emit(s.trim_end().to_string());
+        }
+    }
+}
+
+fn describe_prod(a: &prod::Action) -> String {
+    let table = |t: &prod::TableRef| match t {
+        prod::TableRef::Existing(id) => id.clone(),
+        prod::TableRef::Split { az, .. } => format!("the new table of {az}"),
+    };
+    match a {
+        prod::Action::AllocateAddress { az } => format!("Elastic IP for the NAT gateway of {az}"),
+        prod::Action::CreateNatGateway { az, subnet } => {
+            format!("NAT gateway for {az} in {subnet}")
+        }
+        prod::Action::WaitForGateways { azs } => {
+            format!(
+                "wait until the NAT gateway(s) of {} are available",
+                azs.join(", ")
+            )
+        }
+        prod::Action::CreateAzTable { az, from } => {
+            format!("route table for {az} (its subnets share {from} with other AZs)")
+        }
+        prod::Action::ReleaseFromNatd { route_table } => format!(
+            "untag {route_table} {} (natd lets go of it)",
+            natd::contract::EGRESS_TAG
+        ),
+        prod::Action::SetDefaultRoute { route_table, az } => {
+            format!("{}: 0.0.0.0/0 -> NAT gateway of {az}", table(route_table))
+        }
+        prod::Action::TagRoutes { route_table } => {
+            format!("tag {route_table} {}", prod::ROUTES_TAG)
+        }
+        prod::Action::MoveSubnet { subnet, az, from } => {
+            format!("move {subnet} from {from} to the new table of {az}")
+        }
+        prod::Action::RemoveDevEgress { parts } => {
+            format!("remove the dev egress: {}", parts.join(", "))
         }
     }
 }
@@ -588,12 +789,23 @@ fn describe(a: &dev::Action, spec: &dev::Spec) -> String {
         ),
         dev::Action::PutLifecycleHook => format!("launch lifecycle hook {} on {name}", dev::HOOK),
         dev::Action::ScaleToOne => format!("{name}: min = max = desired = 1"),
+        dev::Action::AllocateAddress => format!(
+            "Elastic IP tagged {}={} (natd holds it: a stable egress address)",
+            natd::contract::EGRESS_TAG,
+            spec.stack
+        ),
         dev::Action::TagRouteTable { route_table } => {
             format!(
                 "tag {route_table} {}={} (natd takes over its default route)",
                 natd::contract::EGRESS_TAG,
                 spec.stack
             )
+        }
+        dev::Action::WaitForTakeover => {
+            "wait until natd holds every tagged table's default route".to_string()
+        }
+        dev::Action::RemoveProdEgress { parts } => {
+            format!("remove the prod egress: {}", parts.join(", "))
         }
     }
 }

@@ -1,8 +1,11 @@
 //! `natctl status --name STACK`: the stack's egress as it is, and whether it works:
-//! the NAT instances of its group, and each tagged route table's default route.
+//! the NAT instances of its group (dev), its NAT gateways per AZ (prod), and the
+//! default route of each route table the stack manages.
 
 use crate::dev::{Clients, Error, egress_tables, err};
+use crate::prod::{AZ_TAG, ROUTES_TAG};
 use aws_sdk_ec2::types::Filter;
+use natd::contract::STACK_TAG;
 use serde::Serialize;
 
 /// One NAT instance of the stack.
@@ -20,16 +23,34 @@ pub struct Instance {
     pub eni: Option<String>,
 }
 
+/// One NAT gateway of the stack.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Gateway {
+    /// `nat-...`
+    pub id: String,
+    /// AZ.
+    pub az: String,
+    /// `pending`, `available`, `failed`, `deleting`.
+    pub state: String,
+    /// Its public address.
+    pub public_ip: Option<String>,
+}
+
 /// One private route table.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct RouteTable {
     /// `rtb-...`
     pub id: String,
+    /// AZs of the subnets associated with it.
+    pub azs: Vec<String>,
+    /// It routes to a gateway in another AZ than its subnets'.
+    pub cross_az: bool,
     /// Target of 0.0.0.0/0, if any.
     pub target: Option<String>,
     /// EC2's route state (`active`, `blackhole`).
     pub state: Option<String>,
-    /// Whether it reaches the internet through one of the stack's live instances.
+    /// Whether it reaches the internet through one of the stack's live instances or
+    /// available gateways.
     pub ok: bool,
 }
 
@@ -40,6 +61,8 @@ pub struct Status {
     pub stack: String,
     /// NAT instances.
     pub instances: Vec<Instance>,
+    /// NAT gateways.
+    pub gateways: Vec<Gateway>,
     /// Tagged route tables.
     pub route_tables: Vec<RouteTable>,
     /// Egress works for every table (and there is at least one).
@@ -103,20 +126,111 @@ pub async fn read(c: &Clients, stack: &str) -> Result<Status, Error> {
             }
         }
     }
-    let tables = egress_tables(c, stack).await?;
+    let r = c
+        .ec2
+        .describe_nat_gateways()
+        .filter(
+            Filter::builder()
+                .name(format!("tag:{STACK_TAG}"))
+                .values(stack)
+                .build(),
+        )
+        .send()
+        .await
+        .map_err(err("DescribeNatGateways", stack))?;
+    let gateways: Vec<Gateway> = r
+        .nat_gateways()
+        .iter()
+        .filter(|g| g.state().is_some_and(|s| s.as_str() != "deleted"))
+        .map(|g| Gateway {
+            id: g.nat_gateway_id().unwrap_or_default().to_string(),
+            az: g
+                .tags()
+                .iter()
+                .find(|t| t.key() == Some(AZ_TAG))
+                .and_then(|t| t.value())
+                .unwrap_or_default()
+                .to_string(),
+            state: g
+                .state()
+                .map(|s| s.as_str().to_string())
+                .unwrap_or_default(),
+            public_ip: g
+                .nat_gateway_addresses()
+                .first()
+                .and_then(|a| a.public_ip())
+                .map(str::to_string),
+        })
+        .collect();
+    let mut tables = egress_tables(c, stack).await?;
+    let managed = c
+        .ec2
+        .describe_route_tables()
+        .filters(
+            Filter::builder()
+                .name(format!("tag:{ROUTES_TAG}"))
+                .values(stack)
+                .build(),
+        )
+        .send()
+        .await
+        .map_err(err("DescribeRouteTables", stack))?;
+    for t in managed.route_tables() {
+        if !tables
+            .iter()
+            .any(|x| x.route_table_id() == t.route_table_id())
+        {
+            tables.push(t.clone());
+        }
+    }
+    let subnet_ids: Vec<String> = tables
+        .iter()
+        .flat_map(|t| t.associations())
+        .filter_map(|a| a.subnet_id().map(str::to_string))
+        .collect();
+    let mut subnet_az = std::collections::BTreeMap::new();
+    if !subnet_ids.is_empty() {
+        let r = c
+            .ec2
+            .describe_subnets()
+            .set_subnet_ids(Some(subnet_ids))
+            .send()
+            .await
+            .map_err(err("DescribeSubnets", stack))?;
+        for s in r.subnets() {
+            subnet_az.insert(
+                s.subnet_id().unwrap_or_default().to_string(),
+                s.availability_zone().unwrap_or_default().to_string(),
+            );
+        }
+    }
     let mut route_tables = Vec::new();
     for t in &tables {
         let r = natd::aws::default_route(t);
         let target = r.and_then(natd::aws::route_target).map(str::to_string);
         let state = r.and_then(|r| r.state()).map(|s| s.as_str().to_string());
+        let mut azs: Vec<String> = t
+            .associations()
+            .iter()
+            .filter_map(|a| subnet_az.get(a.subnet_id()?).cloned())
+            .collect();
+        azs.sort();
+        azs.dedup();
+        let gateway = target
+            .as_ref()
+            .and_then(|t| gateways.iter().find(|g| &g.id == t));
+        let cross_az = gateway.is_some_and(|g| azs.iter().any(|az| *az != g.az));
+        let via_instance = target.as_ref().is_some_and(|t| {
+            instances
+                .iter()
+                .any(|i| i.eni.as_ref() == Some(t) || (i.eni.is_some() && &i.id == t))
+        });
         let ok = state.as_deref() == Some("active")
-            && target.as_ref().is_some_and(|t| {
-                instances
-                    .iter()
-                    .any(|i| i.eni.as_ref() == Some(t) || (i.eni.is_some() && &i.id == t))
-            });
+            && (via_instance || gateway.is_some_and(|g| g.state == "available"));
         route_tables.push(RouteTable {
             id: t.route_table_id().unwrap_or_default().to_string(),
+            azs,
+            cross_az,
             target,
             state,
             ok,
@@ -127,6 +241,7 @@ pub async fn read(c: &Clients, stack: &str) -> Result<Status, Error> {
     Ok(Status {
         stack: stack.to_string(),
         instances,
+        gateways,
         route_tables,
         healthy,
     })

@@ -12,14 +12,18 @@ Extensions, each matching documented AWS behaviour:
 - SetInstanceHealth(Unhealthy) makes the group terminate and replace the instance.
 - DeleteAutoScalingGroup terminates the group's instances (moto keeps them running when
   the group's minimum is above zero).
+- Every API call is recorded by operation name; GET /natd-test/calls answers the list
+  (JSON), so tests and benchmarks can count calls and prove a run made no mutating one.
 - IAM enforcement (INITIAL_NO_AUTH_ACTION_COUNT) evaluates Resource ARNs and
   StringEquals/StringLike conditions on ec2:ResourceTag/* and autoscaling:ResourceTag/*
   for the mutating calls natd makes, instead of only matching Resource "*".
 """
 
 import fnmatch
+import io
 import json
 import sys
+import urllib.parse
 
 from moto.autoscaling import models as asg_models
 from moto.autoscaling import responses as asg_responses
@@ -263,6 +267,43 @@ def _check_action_permitted(self, resource):
 
 
 access_control.IAMRequest.check_action_permitted = _check_action_permitted
+
+
+# --- Call log ------------------------------------------------------------------------
+
+from moto.moto_server.werkzeug_app import DomainDispatcherApplication  # noqa: E402
+
+_calls = []
+_orig_dispatch = DomainDispatcherApplication.__call__
+
+
+def _operation(environ, body):
+    target = environ.get("HTTP_X_AMZ_TARGET")
+    if target:
+        return target.rsplit(".", 1)[-1]
+    for source in (body.decode("utf-8", "replace"), environ.get("QUERY_STRING", "")):
+        action = urllib.parse.parse_qs(source).get("Action")
+        if action:
+            return action[0]
+    # REST protocols (Lambda): method and path.
+    return f"{environ.get('REQUEST_METHOD')} {environ.get('PATH_INFO')}"
+
+
+def _dispatch(self, environ, start_response):
+    path = environ.get("PATH_INFO", "")
+    if path == "/natd-test/calls":
+        body = json.dumps(_calls).encode()
+        start_response("200 OK", [("Content-Type", "application/json"), ("Content-Length", str(len(body)))])
+        return [body]
+    if not path.startswith("/moto-api"):
+        length = int(environ.get("CONTENT_LENGTH") or 0)
+        body = environ["wsgi.input"].read(length) if length else b""
+        environ["wsgi.input"] = io.BytesIO(body)
+        _calls.append(_operation(environ, body))
+    return _orig_dispatch(self, environ, start_response)
+
+
+DomainDispatcherApplication.__call__ = _dispatch
 
 
 if __name__ == "__main__":

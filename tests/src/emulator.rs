@@ -10,6 +10,14 @@ pub const REGION: &str = "eu-west-1";
 /// Credentials the emulator accepts while IAM is not enforced.
 pub const TEST_KEY: (&str, &str) = ("testing", "testing");
 
+/// Whether an API operation (as in [`Emulator::calls`]) changes anything: everything
+/// but Describe*, Get*, List* and REST GETs.
+pub fn is_mutating(op: &str) -> bool {
+    !["Describe", "Get", "List", "GET "]
+        .iter()
+        .any(|p| op.starts_with(p))
+}
+
 /// A child process that is killed when dropped.
 #[derive(Debug)]
 pub struct Proc(pub Child);
@@ -142,6 +150,18 @@ impl Emulator {
             String::from_utf8_lossy(&out.stderr)
         );
         serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null)
+    }
+
+    /// Every API operation the emulator has answered so far, in order (its call log).
+    pub fn calls(&self) -> Vec<String> {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", self.port)).expect("connect");
+        s.write_all(b"GET /natd-test/calls HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
+            .expect("request");
+        let mut raw = String::new();
+        s.read_to_string(&mut raw).expect("response");
+        let body = raw.split("\r\n\r\n").nth(1).expect("body");
+        serde_json::from_str(body).expect("call log")
     }
 
     /// Starts an IMDSv2 fixture answering for `instance_id`, on 127.0.0.1.

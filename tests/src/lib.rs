@@ -7,6 +7,7 @@
 
 #![allow(clippy::unwrap_used, missing_docs)]
 
+pub mod cli;
 pub mod dataplane;
 pub mod emulator;
 pub mod netns;

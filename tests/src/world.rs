@@ -25,6 +25,8 @@ pub struct World {
     pub igw: String,
     pub public_subnet: String,
     pub private_subnets: Vec<String>,
+    /// The public subnets' route table (0.0.0.0/0 -> the internet gateway).
+    pub public_table: String,
 }
 
 fn tags(kind: ResourceType, pairs: &[(&str, &str)]) -> TagSpecification {
@@ -108,7 +110,65 @@ impl World {
             igw,
             public_subnet,
             private_subnets,
+            public_table: public_rtb,
         }
+    }
+
+    /// A second public subnet, 10.20.10.0/24 in AZ b (prod needs one per AZ).
+    pub async fn public_subnet_b(&self) -> String {
+        let s = self
+            .ec2
+            .create_subnet()
+            .vpc_id(&self.vpc)
+            .cidr_block("10.20.10.0/24")
+            .availability_zone("eu-west-1b")
+            .send()
+            .await
+            .unwrap();
+        let id = s.subnet().unwrap().subnet_id().unwrap().to_string();
+        self.ec2
+            .associate_route_table()
+            .route_table_id(&self.public_table)
+            .subnet_id(&id)
+            .send()
+            .await
+            .unwrap();
+        id
+    }
+
+    /// The route table `subnet` routes by (its association, else the main table), and
+    /// that table's default route target and state, read now.
+    pub async fn effective_route(&self, subnet: &str) -> (String, Option<(String, String)>) {
+        let t = self
+            .ec2
+            .describe_route_tables()
+            .filters(Filter::builder().name("vpc-id").values(&self.vpc).build())
+            .send()
+            .await
+            .unwrap();
+        let tables = t.route_tables();
+        let table = tables
+            .iter()
+            .find(|t| {
+                t.associations()
+                    .iter()
+                    .any(|a| a.subnet_id() == Some(subnet))
+            })
+            .or_else(|| {
+                tables
+                    .iter()
+                    .find(|t| t.associations().iter().any(|a| a.main() == Some(true)))
+            })
+            .unwrap();
+        let route = natd::aws::default_route(table).map(|r| {
+            (
+                natd::aws::route_target(r).unwrap_or_default().to_string(),
+                r.state()
+                    .map(|s| s.as_str().to_string())
+                    .unwrap_or_default(),
+            )
+        });
+        (table.route_table_id().unwrap().to_string(), route)
     }
 
     /// A route table in the VPC, tagged `natd:egress=<stack>` when `stack` is given.

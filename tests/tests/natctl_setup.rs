@@ -3,57 +3,9 @@
 
 #![allow(clippy::unwrap_used, missing_docs)]
 
-use natd_tests::emulator::{Emulator, REGION, TEST_KEY};
+use natd_tests::cli::{natctl, snapshot, stdout, take_over_like_natd};
+use natd_tests::emulator::Emulator;
 use natd_tests::world::{IMAGE, World, text};
-use std::process::{Command, Output};
-
-fn natctl(emu: &Emulator, args: &[&str]) -> Output {
-    Command::new(natd_tests::bin("natctl"))
-        .args(["--endpoint-url", &emu.url(), "--region", REGION])
-        .args(args)
-        .env("AWS_ACCESS_KEY_ID", TEST_KEY.0)
-        .env("AWS_SECRET_ACCESS_KEY", TEST_KEY.1)
-        .env("AWS_EC2_METADATA_DISABLED", "true")
-        .env_remove("AWS_PROFILE")
-        .output()
-        .unwrap()
-}
-
-/// Does what natd on the stack's instance would do to the tagged table: points its
-/// default route at the instance's ENI. Returns (instance, ENI, table).
-async fn take_over_like_natd(emu: &Emulator, w: &World, stack: &str) -> (String, String, String) {
-    let group = format!("natd-{stack}");
-    let g = emu.aws(&[
-        "autoscaling",
-        "describe-auto-scaling-groups",
-        "--auto-scaling-group-names",
-        &group,
-    ]);
-    let instance = g["AutoScalingGroups"][0]["Instances"][0]["InstanceId"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let (eni, _) = w.eni(&instance).await;
-    let filter = format!("Name=tag:natd:egress,Values={stack}");
-    let tables = emu.aws(&["ec2", "describe-route-tables", "--filters", &filter]);
-    let table = tables["RouteTables"][0]["RouteTableId"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    w.ec2
-        .create_route()
-        .route_table_id(&table)
-        .destination_cidr_block("0.0.0.0/0")
-        .network_interface_id(&eni)
-        .send()
-        .await
-        .unwrap();
-    (instance, eni, table)
-}
-
-fn stdout(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
 
 #[tokio::test]
 async fn setup_dev_builds_the_stack_and_a_rerun_changes_nothing() {
@@ -300,25 +252,7 @@ async fn bad_input_is_refused_before_anything_is_created() {
 async fn teardown_leaves_the_vpc_as_it_was() {
     let emu = Emulator::start();
     let w = World::new(&emu.sdk()).await;
-    let snapshot = || {
-        let tables = emu.aws(&[
-            "ec2",
-            "describe-route-tables",
-            "--filters",
-            &format!("Name=vpc-id,Values={}", w.vpc),
-        ]);
-        let sgs = emu.aws(&[
-            "ec2",
-            "describe-security-groups",
-            "--filters",
-            &format!("Name=vpc-id,Values={}", w.vpc),
-        ]);
-        let lts = emu.aws(&["ec2", "describe-launch-templates"]);
-        let groups = emu.aws(&["autoscaling", "describe-auto-scaling-groups"]);
-        let roles = emu.aws(&["iam", "list-roles"]);
-        let profiles = emu.aws(&["iam", "list-instance-profiles"]);
-        serde_json::json!([tables, sgs, lts["LaunchTemplates"], groups, roles, profiles])
-    };
+    let snapshot = || snapshot(&emu, &w.vpc);
     let before = snapshot();
     let out = natctl(
         &emu,
@@ -341,7 +275,7 @@ async fn teardown_leaves_the_vpc_as_it_was() {
     );
     let after = snapshot();
     let strip_other = |mut v: serde_json::Value| {
-        let tables = v[0]["RouteTables"].as_array_mut().unwrap();
+        let tables = v["route_tables"].as_array_mut().unwrap();
         tables.retain(|t| t["RouteTableId"] != other.as_str());
         v
     };

@@ -1,0 +1,45 @@
+"""Prints, as one JSON document, everything natctl setup could create or change in a
+VPC, read with botocore (the AWS CLI's client library, independent of natctl) in one
+process: the VPC's route tables, security groups and endpoints, launch templates,
+Auto Scaling groups, IAM roles and instance profiles, NAT gateways that are not
+deleted, Elastic IPs, Lambda functions' VPC configuration.
+
+Usage: snapshot.py ENDPOINT REGION VPC_ID   (credentials from the environment)
+"""
+
+import json
+import sys
+
+import botocore.session
+
+
+def main(endpoint, region, vpc):
+    session = botocore.session.get_session()
+
+    def client(name):
+        return session.create_client(name, endpoint_url=endpoint, region_name=region)
+
+    ec2, asg, iam = client("ec2"), client("autoscaling"), client("iam")
+    in_vpc = [{"Name": "vpc-id", "Values": [vpc]}]
+    gateways = [g for g in ec2.describe_nat_gateways()["NatGateways"] if g["State"] != "deleted"]
+    functions = [
+        {"FunctionName": f["FunctionName"], "Role": f.get("Role"), "VpcConfig": f.get("VpcConfig")}
+        for f in client("lambda").list_functions()["Functions"]
+    ]
+    state = {
+        "route_tables": ec2.describe_route_tables(Filters=in_vpc)["RouteTables"],
+        "security_groups": ec2.describe_security_groups(Filters=in_vpc)["SecurityGroups"],
+        "launch_templates": ec2.describe_launch_templates()["LaunchTemplates"],
+        "groups": asg.describe_auto_scaling_groups()["AutoScalingGroups"],
+        "roles": iam.list_roles()["Roles"],
+        "instance_profiles": iam.list_instance_profiles()["InstanceProfiles"],
+        "nat_gateways": gateways,
+        "addresses": ec2.describe_addresses()["Addresses"],
+        "endpoints": ec2.describe_vpc_endpoints(Filters=in_vpc)["VpcEndpoints"],
+        "functions": functions,
+    }
+    json.dump(state, sys.stdout, default=str, sort_keys=True)
+
+
+if __name__ == "__main__":
+    main(*sys.argv[1:4])
