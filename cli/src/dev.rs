@@ -223,6 +223,12 @@ pub struct Clients {
     pub iam: aws_sdk_iam::Client,
     /// Auto Scaling.
     pub asg: aws_sdk_autoscaling::Client,
+    /// Lambda.
+    pub lambda: aws_sdk_lambda::Client,
+    /// Secrets Manager.
+    pub secrets: aws_sdk_secretsmanager::Client,
+    /// RDS.
+    pub rds: aws_sdk_rds::Client,
 }
 
 impl Clients {
@@ -232,6 +238,9 @@ impl Clients {
             ec2: aws_sdk_ec2::Client::new(sdk),
             iam: aws_sdk_iam::Client::new(sdk),
             asg: aws_sdk_autoscaling::Client::new(sdk),
+            lambda: aws_sdk_lambda::Client::new(sdk),
+            secrets: aws_sdk_secretsmanager::Client::new(sdk),
+            rds: aws_sdk_rds::Client::new(sdk),
         }
     }
 }
@@ -459,7 +468,7 @@ pub async fn read(c: &Clients, spec: &Spec) -> Result<Observed, Error> {
 }
 
 /// Decodes IAM's percent-encoded policy documents.
-fn urlencoding_decode(s: &str) -> String {
+pub(crate) fn urlencoding_decode(s: &str) -> String {
     percent_encoding::percent_decode_str(s)
         .decode_utf8_lossy()
         .into_owned()

@@ -31,6 +31,8 @@
 mod cost;
 mod dev;
 mod discover;
+mod doctor;
+mod lambda;
 mod prod;
 mod status;
 mod teardown;
@@ -104,6 +106,21 @@ struct SetupArgs {
     /// dev: an Elastic IP natd holds, for a stable egress address.
     #[arg(long)]
     eip: bool,
+    /// Wire this Lambda function into the VPC: LambdaSG, its private subnets, an
+    /// execution role with the least it needs.
+    #[arg(long, value_name = "FUNCTION")]
+    lambda: Option<String>,
+    /// The Secrets Manager secret the function reads (name or ARN): an interface
+    /// endpoint with private DNS, SecretsManagerSG, GetSecretValue on it alone.
+    #[arg(long, value_name = "SECRET_ARN_OR_NAME")]
+    secret: Option<String>,
+    /// The RDS instance the function uses: DatabaseSG admitting its port from
+    /// LambdaSG, attached to it.
+    #[arg(long, value_name = "ID", conflicts_with = "db_port")]
+    db_instance: Option<String>,
+    /// The database port, when the database is not an RDS instance to name.
+    #[arg(long, value_name = "PORT", value_parser = clap::value_parser!(u16).range(1..))]
+    db_port: Option<u16>,
     /// Show the plan only.
     #[arg(long)]
     dry_run: bool,
@@ -158,6 +175,16 @@ enum Cmd {
         /// Stack name.
         #[arg(long = "name", default_value = natd::contract::DEFAULT_STACK)]
         stack: String,
+    },
+    /// Find the mistakes that keep a VPC Lambda function from its database, its secret
+    /// or the internet, in any VPC; each with its fix. Exit status 3 when any is found.
+    Doctor {
+        /// The VPC.
+        #[arg(long)]
+        vpc: String,
+        /// Look at this function (default: every function with a subnet in the VPC).
+        #[arg(long, value_name = "FUNCTION")]
+        lambda: Option<String>,
     },
     /// Remove exactly what setup created for a stack (found by name and natd:stack tag).
     Teardown {
@@ -367,6 +394,17 @@ fn run(args: Args) -> Result<(), Failure> {
                             if t.ok { "" } else { "  <- broken" }
                         ));
                     }
+                    if let Some(l) = &st.lambda {
+                        s.push_str(&format!(
+                            "  Lambda {}: execution role {}, subnets [{}], LambdaSG {}, Secrets Manager endpoint {}{}\n",
+                            l.function,
+                            if l.role_attached { "attached" } else { "NOT attached" },
+                            l.subnets.join(", "),
+                            if l.lambda_sg_attached { "attached" } else { "NOT attached" },
+                            l.endpoint.as_deref().unwrap_or("none"),
+                            if l.endpoint_private_dns { " with private DNS" } else { " WITHOUT private DNS" },
+                        ));
+                    }
                     if st.route_tables.is_empty() {
                         s.push_str(&format!(
                             "  no route table tagged {}={} or {}={}\n",
@@ -381,6 +419,44 @@ fn run(args: Args) -> Result<(), Failure> {
             }
             if !st.healthy {
                 return Err(Failure("egress is broken".into(), EXIT_BROKEN));
+            }
+        }
+        Cmd::Doctor { vpc, lambda } => {
+            let facts = runtime()?.block_on(async {
+                let clients = dev::Clients::new(&sdk_config(&args).await);
+                doctor::read(&clients, vpc, lambda.as_deref()).await
+            });
+            let facts = facts.map_err(|e| match e {
+                doctor::Invalid::Api(e) => aws_failure(e),
+                other => bad_input(other),
+            })?;
+            let findings = doctor::diagnose(&facts);
+            match args.output {
+                Output::Json => emit(
+                    serde_json::to_string_pretty(&serde_json::json!({
+                        "vpc": vpc,
+                        "functions": facts.functions.iter().map(|f| &f.name).collect::<Vec<_>>(),
+                        "findings": findings,
+                    }))
+                    .map_err(|e| e.to_string())?,
+                ),
+                Output::Text if findings.is_empty() => emit(format!(
+                    "{vpc}: no problem found ({} function(s) looked at).",
+                    facts.functions.len()
+                )),
+                Output::Text => {
+                    let mut s = format!("{vpc}: {} problem(s)\n", findings.len());
+                    for f in &findings {
+                        s.push_str(&format!("\n- {}\n  Fix: {}\n", f.problem, f.fix));
+                    }
+                    emit(s.trim_end().to_string());
+                }
+            }
+            if !findings.is_empty() {
+                return Err(Failure(
+                    format!("{} problem(s) found", findings.len()),
+                    EXIT_BROKEN,
+                ));
             }
         }
         Cmd::Teardown { stack } => {
@@ -473,6 +549,12 @@ fn aws_failure(e: impl std::fmt::Display) -> Failure {
     Failure(e.to_string(), EXIT_AWS)
 }
 
+/// The egress part of a setup plan.
+enum Egress {
+    Dev(Box<(dev::Spec, dev::Observed, Vec<dev::Action>)>),
+    Prod(Box<(prod::Spec, prod::Observed, Vec<prod::Action>)>),
+}
+
 /// setup and plan: validate everything before any change, then diff, render, apply,
 /// and read back.
 fn setup(
@@ -497,6 +579,12 @@ fn setup(
             "--eip is for --env dev (prod NAT gateways always get one Elastic IP per AZ)",
         ));
     }
+    if a.lambda.is_none() && (a.secret.is_some() || a.db_instance.is_some() || a.db_port.is_some())
+    {
+        return Err(bad_input(
+            "--secret, --db-instance and --db-port wire a function: name it with --lambda",
+        ));
+    }
     runtime()?.block_on(async {
         let clients = dev::Clients::new(&sdk_config(args).await);
         let facts = discover::vpc(&clients.ec2, &a.vpc)
@@ -512,38 +600,98 @@ fn setup(
             a.env == Env::Prod,
         )
         .map_err(bad_input)?;
-        let mut progress = |m: &str| eprintln!("natctl: {m}");
-        let applied = match a.env {
-            Env::Dev => {
-                setup_dev(
-                    args,
-                    a,
-                    &clients,
-                    &facts,
-                    &topo,
-                    dry_run,
-                    emit,
-                    &mut progress,
-                )
-                .await?
-            }
-            Env::Prod => {
-                setup_prod(
-                    args,
-                    a,
-                    &clients,
-                    &facts,
-                    &topo,
-                    dry_run,
-                    emit,
-                    &mut progress,
-                )
-                .await?
+        // Every name the user gave is checked before anything changes.
+        let lambda_spec = match &a.lambda {
+            None => None,
+            Some(function) => Some(lambda_spec(args, a, &clients, &topo, function).await?),
+        };
+        let egress = match a.env {
+            Env::Dev => plan_dev(a, &clients, &facts, &topo).await?,
+            Env::Prod => plan_prod(a, &clients, &facts, &topo).await?,
+        };
+        let wiring = match lambda_spec {
+            None => None,
+            Some(spec) => {
+                let o = lambda::read(&clients, &spec).await.map_err(aws_failure)?;
+                let actions = lambda::plan(&spec, &o);
+                Some((spec, o, actions))
             }
         };
-        if args.output == Output::Text && applied > 0 {
+        let mut lines = Vec::new();
+        let (env, spec_json, changes_json, n) = match &egress {
+            Egress::Dev(d) => {
+                let (spec, _, actions) = &**d;
+                lines.extend(actions.iter().map(|x| describe(x, spec)));
+                ("dev", json(spec)?, json(actions)?, actions.len())
+            }
+            Egress::Prod(p) => {
+                let (_, _, actions) = &**p;
+                lines.extend(actions.iter().map(describe_prod));
+                ("prod", json(&p.0)?, json(actions)?, actions.len())
+            }
+        };
+        let mut total = n;
+        let mut lambda_json = serde_json::Value::Null;
+        if let Some((spec, _, actions)) = &wiring {
+            lines.extend(actions.iter().map(|x| describe_lambda(x, spec)));
+            total += actions.len();
+            lambda_json = serde_json::json!({"spec": spec, "changes": actions});
+        }
+        match args.output {
+            Output::Json => emit(
+                serde_json::json!({"stack": a.stack, "env": env, "spec": spec_json, "changes": changes_json,
+                    "lambda": lambda_json, "applied": !dry_run && total > 0})
+                .to_string(),
+            ),
+            Output::Text if total == 0 => emit("No changes necessary.".to_string()),
+            Output::Text => {
+                let mut s = format!("Plan for stack {} ({env}) in {}:\n", a.stack, a.vpc);
+                for l in &lines {
+                    s.push_str(&format!("  + {l}\n"));
+                }
+                emit(s.trim_end().to_string());
+            }
+        }
+        if total == 0 || dry_run {
+            return Ok(());
+        }
+        let mut progress = |m: &str| eprintln!("natctl: {m}");
+        match &egress {
+            Egress::Dev(d) if !d.2.is_empty() => {
+                let (spec, o, actions) = &**d;
+                dev::apply(&clients, spec, o, actions, &mut progress)
+                    .await
+                    .map_err(aws_failure)?;
+                let after = dev::read(&clients, spec).await.map_err(aws_failure)?;
+                still_needed(&dev::plan(spec, &after).map_err(bad_input)?)?;
+            }
+            Egress::Prod(p) if !p.2.is_empty() => {
+                let (spec, o, actions) = &**p;
+                prod::apply(&clients, spec, o, actions, &mut progress)
+                    .await
+                    .map_err(aws_failure)?;
+                let after = prod::read(&clients, spec).await.map_err(aws_failure)?;
+                let left: Vec<_> = prod::plan(spec, &after)
+                    .map_err(bad_input)?
+                    .into_iter()
+                    .filter(|x| !matches!(x, prod::Action::MoveSubnet { .. }))
+                    .collect();
+                still_needed(&left)?;
+            }
+            _ => {}
+        }
+        if let Some((spec, o, actions)) = &wiring
+            && !actions.is_empty()
+        {
+            lambda::apply(&clients, spec, o, actions)
+                .await
+                .map_err(aws_failure)?;
+            let after = lambda::read(&clients, spec).await.map_err(aws_failure)?;
+            still_needed(&lambda::plan(spec, &after))?;
+        }
+        if args.output == Output::Text {
             emit(format!(
-                "Applied {applied} change(s); stack {} is in place.",
+                "Applied {total} change(s); stack {} is in place.",
                 a.stack
             ));
         }
@@ -551,17 +699,72 @@ fn setup(
     })
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn setup_dev(
+fn json<T: serde::Serialize>(v: &T) -> Result<serde_json::Value, Failure> {
+    serde_json::to_value(v).map_err(|e| aws_failure(e.to_string()))
+}
+
+fn still_needed<T: std::fmt::Debug>(left: &[T]) -> Result<(), Failure> {
+    if left.is_empty() {
+        Ok(())
+    } else {
+        Err(aws_failure(format!(
+            "after applying, these changes are still needed: {left:?}"
+        )))
+    }
+}
+
+/// The Lambda wiring's spec, after checking that the function, secret and DB instance
+/// exist.
+async fn lambda_spec(
     args: &Args,
+    a: &SetupArgs,
+    clients: &dev::Clients,
+    topo: &topology::Topology,
+    function: &str,
+) -> Result<lambda::Spec, Failure> {
+    let r = lambda::resolve(
+        clients,
+        &a.vpc,
+        function,
+        a.secret.as_deref(),
+        a.db_instance.as_deref(),
+    )
+    .await
+    .map_err(|e| match e {
+        lambda::Invalid::Api(e) => aws_failure(e),
+        other => bad_input(other),
+    })?;
+    let region = r
+        .function_arn
+        .split(':')
+        .nth(3)
+        .map(str::to_string)
+        .or_else(|| args.region.clone())
+        .unwrap_or_default();
+    Ok(lambda::Spec {
+        stack: a.stack.clone(),
+        vpc: a.vpc.clone(),
+        region,
+        function: function.to_string(),
+        function_arn: r.function_arn,
+        secret_arn: r.secret_arn,
+        db_instance: a.db_instance.clone(),
+        db_port: a.db_port.or(r.db_port),
+        subnets: topo.azs.values().flat_map(|z| z.private.clone()).collect(),
+        endpoint_subnets: topo
+            .azs
+            .values()
+            .filter_map(|z| z.private.first().cloned())
+            .collect(),
+    })
+}
+
+async fn plan_dev(
     a: &SetupArgs,
     clients: &dev::Clients,
     facts: &topology::Facts,
     topo: &topology::Topology,
-    dry_run: bool,
-    emit: &mut impl FnMut(String),
-    progress: &mut impl FnMut(&str),
-) -> Result<usize, Failure> {
+) -> Result<Egress, Failure> {
     let ami = match &a.ami {
         Some(ami) => ami.clone(),
         None => newest_natd_ami(&clients.ec2).await?,
@@ -588,45 +791,15 @@ async fn setup_dev(
     };
     let observed = dev::read(clients, &spec).await.map_err(aws_failure)?;
     let actions = dev::plan(&spec, &observed).map_err(bad_input)?;
-    let lines: Vec<String> = actions.iter().map(|x| describe(x, &spec)).collect();
-    render_plan(
-        args.output,
-        &spec.stack,
-        "dev",
-        &spec.vpc,
-        &spec,
-        &actions,
-        &lines,
-        dry_run,
-        emit,
-    );
-    if actions.is_empty() || dry_run {
-        return Ok(0);
-    }
-    dev::apply(clients, &spec, &observed, &actions, progress)
-        .await
-        .map_err(aws_failure)?;
-    let after = dev::read(clients, &spec).await.map_err(aws_failure)?;
-    let left = dev::plan(&spec, &after).map_err(bad_input)?;
-    if !left.is_empty() {
-        return Err(aws_failure(format!(
-            "after applying, these changes are still needed: {left:?}"
-        )));
-    }
-    Ok(actions.len())
+    Ok(Egress::Dev(Box::new((spec, observed, actions))))
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn setup_prod(
-    args: &Args,
+async fn plan_prod(
     a: &SetupArgs,
     clients: &dev::Clients,
     facts: &topology::Facts,
     topo: &topology::Topology,
-    dry_run: bool,
-    emit: &mut impl FnMut(String),
-    progress: &mut impl FnMut(&str),
-) -> Result<usize, Failure> {
+) -> Result<Egress, Failure> {
     let main = facts.tables.iter().find(|t| t.main).map(|t| t.id.clone());
     let mut azs = std::collections::BTreeMap::new();
     for (az, z) in &topo.azs {
@@ -666,64 +839,53 @@ async fn setup_prod(
     };
     let observed = prod::read(clients, &spec).await.map_err(aws_failure)?;
     let actions = prod::plan(&spec, &observed).map_err(bad_input)?;
-    let lines: Vec<String> = actions.iter().map(describe_prod).collect();
-    render_plan(
-        args.output,
-        &spec.stack,
-        "prod",
-        &spec.vpc,
-        &spec,
-        &actions,
-        &lines,
-        dry_run,
-        emit,
-    );
-    if actions.is_empty() || dry_run {
-        return Ok(0);
-    }
-    prod::apply(clients, &spec, &observed, &actions, progress)
-        .await
-        .map_err(aws_failure)?;
-    let after = prod::read(clients, &spec).await.map_err(aws_failure)?;
-    // The subnets moved, so the spec is read again from the VPC as it is now.
-    let left = prod::plan(&spec, &after).map_err(bad_input)?;
-    let left: Vec<_> = left
-        .into_iter()
-        .filter(|x| !matches!(x, prod::Action::MoveSubnet { .. }))
-        .collect();
-    if !left.is_empty() {
-        return Err(aws_failure(format!(
-            "after applying, these changes are still needed: {left:?}"
-        )));
-    }
-    Ok(actions.len())
+    Ok(Egress::Prod(Box::new((spec, observed, actions))))
 }
 
-#[allow(clippy::too_many_arguments)]
-fn render_plan<S: serde::Serialize, A: serde::Serialize>(
-    output: Output,
-    stack: &str,
-    env: &str,
-    vpc: &str,
-    spec: &S,
-    actions: &[A],
-    lines: &[String],
-    dry_run: bool,
-    emit: &mut impl FnMut(String),
-) {
-    match output {
-        Output::Json => emit(
-            serde_json::json!({"stack": stack, "env": env, "spec": spec, "changes": actions, "applied": !dry_run && !actions.is_empty()})
-                .to_string(),
-        ),
-        Output::Text if actions.is_empty() => emit("No changes necessary.".to_string()),
-        Output::Text => {
-            let mut s = format!("Plan for stack {stack} ({env}) in {vpc}:\n");
-            for l in lines {
-                s.push_str(&format!("  + {l}\n"));
-            }
-            emit(s.trim_end().to_string());
+fn describe_lambda(a: &lambda::Action, spec: &lambda::Spec) -> String {
+    use lambda::{Action, Group};
+    let sg = |g: Group| match g {
+        Group::Lambda => format!("LambdaSG {}", g.name(&spec.stack)),
+        Group::Database => format!("DatabaseSG {}", g.name(&spec.stack)),
+        Group::SecretsManager => format!("SecretsManagerSG {}", g.name(&spec.stack)),
+    };
+    match a {
+        Action::CreateGroup { group } => format!("security group {}", sg(*group)),
+        Action::AdmitFromLambda { group, port } => {
+            format!("{}: admit TCP {port} from LambdaSG only", sg(*group))
         }
+        Action::CreateEndpoint => format!(
+            "interface endpoint {} in {} with private DNS",
+            spec.service(),
+            spec.endpoint_subnets
+                .iter()
+                .cloned()
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+        Action::ModifyEndpoint => format!(
+            "endpoint {}: private DNS on, subnets and SecretsManagerSG as planned",
+            spec.service()
+        ),
+        Action::CreateRole => format!("execution role {} (trusted by Lambda)", spec.role()),
+        Action::PutRolePolicy => format!(
+            "policy on {}: GetSecretValue on {}, network interfaces, its log group",
+            spec.role(),
+            spec.secret_arn.as_deref().unwrap_or("no secret")
+        ),
+        Action::AttachDatabaseGroup { db_instance } => {
+            format!("add DatabaseSG to DB instance {db_instance}")
+        }
+        Action::RecordPrevious => format!(
+            "tag {} with its current role and VPC config (teardown restores them)",
+            spec.function
+        ),
+        Action::UpdateFunction => format!(
+            "{}: role {}, subnets {}, LambdaSG",
+            spec.function,
+            spec.role(),
+            spec.subnets.iter().cloned().collect::<Vec<_>>().join(", ")
+        ),
     }
 }
 

@@ -54,6 +54,23 @@ pub struct RouteTable {
     pub ok: bool,
 }
 
+/// The stack's Lambda wiring.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Wiring {
+    /// The function.
+    pub function: String,
+    /// It runs with the stack's execution role.
+    pub role_attached: bool,
+    /// Its subnets.
+    pub subnets: Vec<String>,
+    /// LambdaSG is on it.
+    pub lambda_sg_attached: bool,
+    /// The Secrets Manager endpoint and its state.
+    pub endpoint: Option<String>,
+    /// Private DNS on the endpoint.
+    pub endpoint_private_dns: bool,
+}
+
 /// The stack's egress.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Status {
@@ -65,6 +82,8 @@ pub struct Status {
     pub gateways: Vec<Gateway>,
     /// Tagged route tables.
     pub route_tables: Vec<RouteTable>,
+    /// The Lambda wiring, when the stack has one.
+    pub lambda: Option<Wiring>,
     /// Egress works for every table (and there is at least one).
     pub healthy: bool,
 }
@@ -243,6 +262,93 @@ pub async fn read(c: &Clients, stack: &str) -> Result<Status, Error> {
         instances,
         gateways,
         route_tables,
+        lambda: wiring(c, stack).await?,
         healthy,
     })
+}
+
+/// Reads the stack's Lambda wiring: the function its execution role names.
+async fn wiring(c: &Clients, stack: &str) -> Result<Option<Wiring>, Error> {
+    use crate::lambda::FUNCTION_TAG;
+    let role = format!("natd-{stack}-lambda");
+    let Some(r) = crate::dev::found(
+        c.iam.get_role().role_name(&role).send().await,
+        "GetRole",
+        &role,
+    )?
+    else {
+        return Ok(None);
+    };
+    let role_arn = r.role().map(|r| r.arn().to_string()).unwrap_or_default();
+    let tags = c
+        .iam
+        .list_role_tags()
+        .role_name(&role)
+        .send()
+        .await
+        .map_err(err("ListRoleTags", &role))?;
+    let Some(function) = tags
+        .tags()
+        .iter()
+        .find(|t| t.key() == FUNCTION_TAG)
+        .map(|t| t.value().to_string())
+    else {
+        return Ok(None);
+    };
+    let f = crate::dev::found(
+        c.lambda
+            .get_function()
+            .function_name(&function)
+            .send()
+            .await,
+        "GetFunction",
+        &function,
+    )?;
+    let conf = f.as_ref().and_then(|f| f.configuration());
+    let vpc = conf.and_then(|c| c.vpc_config());
+    let groups = c
+        .ec2
+        .describe_security_groups()
+        .filters(
+            Filter::builder()
+                .name("group-name")
+                .values(crate::lambda::Group::Lambda.name(stack))
+                .build(),
+        )
+        .send()
+        .await
+        .map_err(err("DescribeSecurityGroups", stack))?;
+    let lambda_sg = groups
+        .security_groups()
+        .first()
+        .and_then(|g| g.group_id())
+        .map(str::to_string);
+    let endpoints = c
+        .ec2
+        .describe_vpc_endpoints()
+        .filters(
+            Filter::builder()
+                .name(format!("tag:{STACK_TAG}"))
+                .values(stack)
+                .build(),
+        )
+        .send()
+        .await
+        .map_err(err("DescribeVpcEndpoints", stack))?;
+    let e = endpoints.vpc_endpoints().first();
+    Ok(Some(Wiring {
+        role_attached: conf.and_then(|c| c.role()) == Some(role_arn.as_str()),
+        subnets: vpc.map(|v| v.subnet_ids().to_vec()).unwrap_or_default(),
+        lambda_sg_attached: lambda_sg
+            .is_some_and(|id| vpc.is_some_and(|v| v.security_group_ids().contains(&id))),
+        endpoint: e.map(|e| {
+            format!(
+                "{} ({})",
+                e.vpc_endpoint_id().unwrap_or_default(),
+                e.state().map(|s| s.as_str()).unwrap_or("unknown")
+            )
+        }),
+        endpoint_private_dns: e.and_then(|e| e.private_dns_enabled()).unwrap_or(false),
+        function,
+    }))
 }

@@ -31,7 +31,8 @@ pub async fn run(
     stack: &str,
     progress: &mut impl FnMut(&str),
 ) -> Result<Vec<Removal>, Error> {
-    let mut removed = remove_dev(c, stack, progress).await?;
+    let mut removed = crate::lambda::remove(c, stack, progress).await?;
+    removed.extend(remove_dev(c, stack, progress).await?);
     removed.extend(remove_prod(c, stack, false, progress).await?);
     Ok(removed)
 }

@@ -1,8 +1,8 @@
 """Prints, as one JSON document, everything natctl setup could create or change in a
 VPC, read with botocore (the AWS CLI's client library, independent of natctl) in one
 process: the VPC's route tables, security groups and endpoints, launch templates,
-Auto Scaling groups, IAM roles and instance profiles, NAT gateways that are not
-deleted, Elastic IPs, Lambda functions' VPC configuration.
+Auto Scaling groups, IAM roles and instance profiles, NAT gateways and endpoints that
+are not deleted, Elastic IPs, Lambda functions' VPC configuration.
 
 Usage: snapshot.py ENDPOINT REGION VPC_ID   (credentials from the environment)
 """
@@ -22,9 +22,20 @@ def main(endpoint, region, vpc):
     ec2, asg, iam = client("ec2"), client("autoscaling"), client("iam")
     in_vpc = [{"Name": "vpc-id", "Values": [vpc]}]
     gateways = [g for g in ec2.describe_nat_gateways()["NatGateways"] if g["State"] != "deleted"]
+    # A function detached from its VPC reads back with empty lists, as on AWS: the
+    # same state as never having had a VPC configuration.
     functions = [
-        {"FunctionName": f["FunctionName"], "Role": f.get("Role"), "VpcConfig": f.get("VpcConfig")}
+        {
+            "FunctionName": f["FunctionName"],
+            "Role": f.get("Role"),
+            "VpcConfig": f.get("VpcConfig") if (f.get("VpcConfig") or {}).get("SubnetIds") else None,
+        }
         for f in client("lambda").list_functions()["Functions"]
+    ]
+    endpoints = [
+        e
+        for e in ec2.describe_vpc_endpoints(Filters=in_vpc)["VpcEndpoints"]
+        if e["State"].lower() not in ("deleted", "deleting")
     ]
     state = {
         "route_tables": ec2.describe_route_tables(Filters=in_vpc)["RouteTables"],
@@ -35,7 +46,7 @@ def main(endpoint, region, vpc):
         "instance_profiles": iam.list_instance_profiles()["InstanceProfiles"],
         "nat_gateways": gateways,
         "addresses": ec2.describe_addresses()["Addresses"],
-        "endpoints": ec2.describe_vpc_endpoints(Filters=in_vpc)["VpcEndpoints"],
+        "endpoints": endpoints,
         "functions": functions,
     }
     json.dump(state, sys.stdout, default=str, sort_keys=True)
