@@ -91,8 +91,11 @@ fn group(emu: &Emulator, name: &str) -> serde_json::Value {
     g["SecurityGroups"][0].clone()
 }
 
-/// The group's ingress as (protocol, from, to, [source groups], [CIDRs]).
-fn ingress(g: &serde_json::Value) -> Vec<(String, i64, i64, Vec<String>, Vec<String>)> {
+/// One ingress permission: (protocol, from, to, [source groups], [CIDRs]).
+type Permission = (String, i64, i64, Vec<String>, Vec<String>);
+
+/// The group's ingress permissions.
+fn ingress(g: &serde_json::Value) -> Vec<Permission> {
     g["IpPermissions"]
         .as_array()
         .unwrap()
