@@ -8,17 +8,33 @@ use natd_tests::cli::{natctl, snapshot, stdout};
 use natd_tests::emulator::{Emulator, is_mutating};
 use natd_tests::world::{IMAGE, World, text};
 
-/// A function (with its own role, outside any VPC), a secret, and a PostgreSQL
-/// instance in the VPC's private subnets. Returns the secret's ARN.
-fn application(emu: &Emulator, w: &World) -> String {
+/// A role Lambda can assume, with `policy` inline when given.
+fn lambda_role(emu: &Emulator, name: &str, policy: Option<&str>) {
     emu.aws(&[
         "iam",
         "create-role",
         "--role-name",
-        "app-original",
+        name,
         "--assume-role-policy-document",
         r#"{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Principal":{"Service":"lambda.amazonaws.com"},"Action":"sts:AssumeRole"}]}"#,
     ]);
+    if let Some(p) = policy {
+        emu.aws(&[
+            "iam",
+            "put-role-policy",
+            "--role-name",
+            name,
+            "--policy-name",
+            name,
+            "--policy-document",
+            p,
+        ]);
+    }
+}
+
+/// A Python function `name` running as `role`, in a VPC when `vpc_config` (the AWS
+/// CLI's shorthand) is given.
+fn function(emu: &Emulator, name: &str, role: &str, vpc_config: Option<&str>) {
     let dir = tempfile::tempdir().unwrap();
     let zip = dir.path().join("f.zip");
     let made = std::process::Command::new(natd_tests::python())
@@ -30,20 +46,33 @@ fn application(emu: &Emulator, w: &World) -> String {
         .status()
         .unwrap();
     assert!(made.success());
-    emu.aws(&[
+    let role = format!("arn:aws:iam::123456789012:role/{role}");
+    let zip = format!("fileb://{}", zip.display());
+    let mut args = vec![
         "lambda",
         "create-function",
         "--function-name",
-        "app",
+        name,
         "--runtime",
         "python3.12",
         "--handler",
         "index.handler",
         "--role",
-        "arn:aws:iam::123456789012:role/app-original",
+        &role,
         "--zip-file",
-        &format!("fileb://{}", zip.display()),
-    ]);
+        &zip,
+    ];
+    if let Some(v) = vpc_config {
+        args.extend(["--vpc-config", v]);
+    }
+    emu.aws(&args);
+}
+
+/// A function (with its own role, outside any VPC), a secret, and a PostgreSQL
+/// instance in the VPC's private subnets. Returns the secret's ARN.
+fn application(emu: &Emulator, w: &World) -> String {
+    lambda_role(emu, "app-original", None);
+    function(emu, "app", "app-original", None);
     let secret = emu.aws(&[
         "secretsmanager",
         "create-secret",
@@ -272,8 +301,7 @@ async fn lambda_wiring_is_exactly_as_stated_and_teardown_restores_the_function()
     assert_eq!(v["lambda"]["function"], "app", "{v}");
     assert_eq!(v["lambda"]["endpoint_private_dns"], true, "{v}");
 
-    // doctor finds nothing wrong with what natctl built (no NAT instance runs here, so
-    // only the wiring is judged: the route check needs natd).
+    // doctor finds nothing wrong with what natctl built.
     let d = natctl(
         &emu,
         &[
@@ -281,14 +309,8 @@ async fn lambda_wiring_is_exactly_as_stated_and_teardown_restores_the_function()
         ],
     );
     let v: serde_json::Value = serde_json::from_slice(&d.stdout).unwrap();
-    let findings: Vec<&str> = v["findings"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|f| f["check"].as_str().unwrap())
-        .filter(|c| *c != "no_egress")
-        .collect();
-    assert!(findings.is_empty(), "{v}");
+    assert_eq!(v["findings"], serde_json::json!([]), "{v}");
+    assert_eq!(d.status.code(), Some(0));
 
     // Teardown: the function has its role and VPC config back; the VPC is as before.
     let out = natctl(&emu, &["teardown", "--name", "app"]);
@@ -318,4 +340,230 @@ async fn a_missing_function_or_secret_is_refused_before_anything_is_created() {
         assert!(err.contains(named), "{args:?}: {err}");
         assert_eq!(snapshot(&emu, &w.vpc), before, "{args:?} created something");
     }
+}
+
+/// A security group in `w`'s VPC; returns its id.
+async fn security_group(w: &World, name: &str) -> String {
+    let g = w
+        .ec2
+        .create_security_group()
+        .group_name(name)
+        .description(name)
+        .vpc_id(&w.vpc)
+        .send()
+        .await
+        .unwrap();
+    g.group_id().unwrap().to_string()
+}
+
+fn findings(emu: &Emulator, args: &[&str]) -> Vec<String> {
+    let mut cmd = vec!["doctor", "--output", "json"];
+    cmd.extend(args);
+    let out = natctl(emu, &cmd);
+    let v: serde_json::Value =
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", text(&out)));
+    let found: Vec<String> = v["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| {
+            assert!(
+                !f["problem"].as_str().unwrap().is_empty()
+                    && !f["fix"].as_str().unwrap().is_empty(),
+                "{f}"
+            );
+            format!(
+                "{} {}",
+                f["check"].as_str().unwrap(),
+                f["resource"].as_str().unwrap()
+            )
+        })
+        .collect();
+    assert_eq!(
+        out.status.code(),
+        Some(if found.is_empty() { 0 } else { 3 }),
+        "{}",
+        text(&out)
+    );
+    found
+}
+
+#[tokio::test]
+async fn doctor_finds_each_mistake_in_a_vpc_built_wrong() {
+    use aws_sdk_ec2::types::{IpPermission, IpRange, VpcEndpointType};
+    let emu = Emulator::start();
+    // VPC A: egress built wrong.
+    let a = World::new(&emu.sdk()).await;
+    let ec2 = &a.ec2;
+    // One NAT gateway (AZ a) serving private subnets of AZs a and b.
+    let eip = ec2
+        .allocate_address()
+        .domain(aws_sdk_ec2::types::DomainType::Vpc)
+        .send()
+        .await
+        .unwrap();
+    let gw = ec2
+        .create_nat_gateway()
+        .subnet_id(&a.public_subnet)
+        .allocation_id(eip.allocation_id().unwrap())
+        .send()
+        .await
+        .unwrap();
+    let gw = gw
+        .nat_gateway()
+        .unwrap()
+        .nat_gateway_id()
+        .unwrap()
+        .to_string();
+    let shared = a.route_table(None).await;
+    ec2.create_route()
+        .route_table_id(&shared)
+        .destination_cidr_block("0.0.0.0/0")
+        .nat_gateway_id(&gw)
+        .send()
+        .await
+        .unwrap();
+    for s in &a.private_subnets {
+        ec2.associate_route_table()
+            .route_table_id(&shared)
+            .subnet_id(s)
+            .send()
+            .await
+            .unwrap();
+    }
+    // A table whose NAT instance is gone (blackhole), and one whose NAT instance still
+    // has source/dest check on.
+    let dead = a.instance("other").await;
+    let dead_table = a.route_table(None).await;
+    ec2.create_route()
+        .route_table_id(&dead_table)
+        .destination_cidr_block("0.0.0.0/0")
+        .instance_id(&dead)
+        .send()
+        .await
+        .unwrap();
+    ec2.terminate_instances()
+        .instance_ids(&dead)
+        .send()
+        .await
+        .unwrap();
+    let checked = a.instance("other").await;
+    let (checked_eni, _) = a.eni(&checked).await;
+    let checked_table = a.route_table(None).await;
+    ec2.create_route()
+        .route_table_id(&checked_table)
+        .destination_cidr_block("0.0.0.0/0")
+        .network_interface_id(&checked_eni)
+        .send()
+        .await
+        .unwrap();
+    // A database security group open to the world and one open to the whole VPC.
+    let db_open = security_group(&a, "orders-database").await;
+    for cidr in ["0.0.0.0/0", "10.20.0.0/16"] {
+        ec2.authorize_security_group_ingress()
+            .group_id(&db_open)
+            .ip_permissions(
+                IpPermission::builder()
+                    .ip_protocol("tcp")
+                    .from_port(5432)
+                    .to_port(5432)
+                    .ip_ranges(IpRange::builder().cidr_ip(cidr).build())
+                    .build(),
+            )
+            .send()
+            .await
+            .unwrap();
+    }
+    // An interface endpoint with private DNS off.
+    let sts = ec2
+        .create_vpc_endpoint()
+        .vpc_id(&a.vpc)
+        .vpc_endpoint_type(VpcEndpointType::Interface)
+        .service_name("com.amazonaws.eu-west-1.sts")
+        .subnet_ids(&a.private_subnets[0])
+        .private_dns_enabled(false)
+        .send()
+        .await
+        .unwrap();
+    let sts = sts
+        .vpc_endpoint()
+        .unwrap()
+        .vpc_endpoint_id()
+        .unwrap()
+        .to_string();
+    let mut found = findings(&emu, &["--vpc", &a.vpc]);
+    found.sort();
+    let mut expected = vec![
+        format!("one_nat_for_several_azs {gw}"),
+        format!("blackhole_route {dead_table}"),
+        format!("source_dest_check_on {checked_eni}"),
+        format!("database_sg_open {db_open}"),
+        format!("database_sg_open {db_open}"),
+        format!("endpoint_without_private_dns {sts}"),
+    ];
+    expected.sort();
+    assert_eq!(found, expected);
+
+    // VPC B: a VPC function with no NAT route and no endpoint, whose role allows "*".
+    let b = World::new(&emu.sdk()).await;
+    let lambda_sg = security_group(&b, "lost-lambda").await;
+    lambda_role(
+        &emu,
+        "lost-admin",
+        Some(
+            r#"{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Action":"*","Resource":"*"}]}"#,
+        ),
+    );
+    let vpc_config = format!(
+        "SubnetIds={},SecurityGroupIds={lambda_sg}",
+        b.private_subnets.join(",")
+    );
+    function(&emu, "lost", "lost-admin", Some(&vpc_config));
+    let mut found = findings(&emu, &["--vpc", &b.vpc, "--lambda", "lost"]);
+    found.sort();
+    assert_eq!(
+        found,
+        vec![
+            "no_egress lost".to_string(),
+            "wildcard_role lost-admin".to_string()
+        ]
+    );
+    // Someone adds the Secrets Manager endpoint, but its group does not admit the
+    // function's.
+    let endpoint_sg = security_group(&b, "secrets-endpoint").await;
+    let sm = b
+        .ec2
+        .create_vpc_endpoint()
+        .vpc_id(&b.vpc)
+        .vpc_endpoint_type(VpcEndpointType::Interface)
+        .service_name("com.amazonaws.eu-west-1.secretsmanager")
+        .subnet_ids(&b.private_subnets[0])
+        .security_group_ids(&endpoint_sg)
+        .private_dns_enabled(true)
+        .send()
+        .await
+        .unwrap();
+    let sm = sm
+        .vpc_endpoint()
+        .unwrap()
+        .vpc_endpoint_id()
+        .unwrap()
+        .to_string();
+    // Without --lambda, doctor finds the VPC's functions itself.
+    let mut found = findings(&emu, &["--vpc", &b.vpc]);
+    found.sort();
+    assert_eq!(
+        found,
+        vec![
+            format!("endpoint_sg_not_admitting_lambda {sm}"),
+            "wildcard_role lost-admin".to_string()
+        ]
+    );
+    // Unknown VPC or function: bad input, named.
+    let out = natctl(&emu, &["doctor", "--vpc", "vpc-0000000000000dead"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("vpc-0000000000000dead"));
+    let out = natctl(&emu, &["doctor", "--vpc", &b.vpc, "--lambda", "nope"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("nope"));
 }

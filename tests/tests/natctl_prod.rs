@@ -123,6 +123,11 @@ async fn setup_prod_builds_a_gateway_per_az_with_az_local_routes() {
     assert_eq!(v["healthy"], true, "{v}");
     assert_eq!(v["gateways"].as_array().unwrap().len(), 2, "{v}");
 
+    // doctor finds nothing wrong with a prod stack natctl built.
+    let d = natctl(&emu, &["doctor", "--vpc", &w.vpc]);
+    assert_eq!(d.status.code(), Some(0), "{}", text(&d));
+    assert!(stdout(&d).contains("no problem found"), "{}", text(&d));
+
     // Teardown puts the VPC back as it was before setup.
     let out = natctl(&emu, &["teardown", "--name", "p1"]);
     assert!(out.status.success(), "{}", text(&out));
