@@ -85,6 +85,37 @@ pub struct Agent {
     last_problems: Vec<String>,
 }
 
+/// Reports this instance Unhealthy to its Auto Scaling group so the group replaces it:
+/// what systemd runs (`natd --report-unhealthy`, from `natd-unhealthy.service`) when
+/// natd itself keeps failing and cannot report from its own loop. Returns the group,
+/// or `None` when the instance is in no group.
+pub async fn report_unhealthy(cfg: &Config) -> Result<Option<String>, StartError> {
+    let backoff = ExponentialBuilder::default()
+        .with_min_delay(STARTUP_MIN_DELAY)
+        .with_max_delay(STARTUP_MAX_DELAY)
+        .with_max_times(cfg.startup_attempts.saturating_sub(1) as usize)
+        .with_jitter();
+    let endpoint = cfg.imds_endpoint.clone();
+    let id = (|| imds::identity(endpoint.as_deref()))
+        .retry(backoff)
+        .when(|e| !matches!(e, imds::Error::Endpoint { .. }))
+        .await?;
+    let sdk = crate::cloud::sdk_config(&id.region, cfg.aws_endpoint_url.as_deref()).await;
+    let cloud = Cloud::new(&sdk);
+    let Some(m) = (|| cloud.membership(&id.instance_id))
+        .retry(backoff)
+        .when(|e| !e.is_permanent())
+        .await?
+    else {
+        return Ok(None);
+    };
+    (|| cloud.set_unhealthy(&id.instance_id))
+        .retry(backoff)
+        .when(|e| !e.is_permanent())
+        .await?;
+    Ok(Some(m.group))
+}
+
 impl Agent {
     /// Finds out who we are (IMDS, the host, EC2), retrying with bounded backoff.
     pub async fn start(

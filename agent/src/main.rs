@@ -19,6 +19,10 @@
 //! when the instance itself goes, its routes turn blackhole and the replacement's natd
 //! takes them over.
 //!
+//! `natd --report-unhealthy` tells the instance's Auto Scaling group it is Unhealthy and
+//! exits: systemd runs it (natd-unhealthy.service, `OnFailure=`) when natd keeps
+//! failing, so a broken agent gets its instance replaced instead of lingering.
+//!
 //! Exit status: 0 stopped by a signal (or `--once` healthy); 1 failure a restart may
 //! fix (IMDS or AWS unreachable); 2 failure a restart will not fix (bad config, missing
 //! permissions), so systemd's `RestartPreventExitStatus=2` stops retrying.
@@ -49,6 +53,10 @@ struct Args {
     /// Run one reconcile pass and exit (0 healthy, 1 not).
     #[arg(long)]
     once: bool,
+    /// Report this instance Unhealthy to its Auto Scaling group and exit (what
+    /// natd-unhealthy.service runs when natd.service keeps failing).
+    #[arg(long, conflicts_with_all = ["once", "check_config"])]
+    report_unhealthy: bool,
 }
 
 fn main() -> ExitCode {
@@ -57,6 +65,12 @@ fn main() -> ExitCode {
     let explicit = args.config.as_os_str() != config::DEFAULT_PATH;
     let cfg = match Config::load(&args.config, explicit) {
         Ok(c) => c,
+        // A broken configuration is one reason natd keeps failing: report anyway, with
+        // the defaults (IMDS at its usual address, AWS's own endpoints).
+        Err(e) if args.report_unhealthy => {
+            warn!("{e}; reporting with the default configuration");
+            Config::default()
+        }
         Err(e) => {
             error!("{e}");
             notify_status(&format!("configuration error: {e}"));
@@ -77,6 +91,28 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_RETRY);
         }
     };
+    if args.report_unhealthy {
+        return runtime.block_on(async {
+            match natd::agent::report_unhealthy(&cfg).await {
+                Ok(Some(group)) => {
+                    error!("natd keeps failing: reported Unhealthy to {group} for replacement");
+                    ExitCode::SUCCESS
+                }
+                Ok(None) => {
+                    error!("natd keeps failing, and this instance is in no Auto Scaling group");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    error!("could not report Unhealthy: {e}");
+                    ExitCode::from(if e.is_permanent() {
+                        EXIT_PERMANENT
+                    } else {
+                        EXIT_RETRY
+                    })
+                }
+            }
+        });
+    }
     runtime.block_on(run(cfg, args.once))
 }
 

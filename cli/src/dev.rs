@@ -440,7 +440,12 @@ pub async fn read(c: &Clients, spec: &Spec) -> Result<Observed, Error> {
         .map_err(err("DescribeAddresses", &name))?;
     o.address = addresses
         .addresses()
-        .first()
+        .iter()
+        .find(|a| {
+            a.tags()
+                .iter()
+                .any(|t| t.key() == Some(EGRESS_TAG) && t.value() == Some(spec.stack.as_str()))
+        })
         .and_then(|a| a.allocation_id())
         .map(str::to_string);
     o.prod_left = crate::teardown::prod_parts(c, &spec.stack).await?;

@@ -331,6 +331,7 @@ pub async fn gateways(c: &Clients, stack: &str) -> Result<Vec<(String, Gateway)>
         .map_err(err("DescribeNatGateways", stack))?;
     Ok(r.nat_gateways()
         .iter()
+        .filter(|g| tag_value(g.tags(), STACK_TAG) == Some(stack))
         .filter_map(|g| {
             let state = g
                 .state()
@@ -362,6 +363,9 @@ pub async fn read(c: &Clients, spec: &Spec) -> Result<Observed, Error> {
         .await
         .map_err(err("DescribeAddresses", &spec.stack))?;
     for a in addrs.addresses() {
+        if tag_value(a.tags(), STACK_TAG) != Some(spec.stack.as_str()) {
+            continue;
+        }
         if let (Some(az), Some(id)) = (tag_value(a.tags(), AZ_TAG), a.allocation_id()) {
             o.addresses.insert(az.to_string(), id.to_string());
         }

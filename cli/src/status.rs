@@ -160,6 +160,11 @@ pub async fn read(c: &Clients, stack: &str) -> Result<Status, Error> {
     let gateways: Vec<Gateway> = r
         .nat_gateways()
         .iter()
+        .filter(|g| {
+            g.tags()
+                .iter()
+                .any(|t| t.key() == Some(STACK_TAG) && t.value() == Some(stack))
+        })
         .filter(|g| g.state().is_some_and(|s| s.as_str() != "deleted"))
         .map(|g| Gateway {
             id: g.nat_gateway_id().unwrap_or_default().to_string(),

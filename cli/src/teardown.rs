@@ -379,7 +379,16 @@ async fn stack_addresses(c: &Clients, stack: &str) -> Result<Vec<Address>, Error
         .send()
         .await
         .map_err(err("DescribeAddresses", stack))?;
-    Ok(r.addresses().to_vec())
+    // Checked here too: the filter is the API's, the guarantee is ours.
+    Ok(r.addresses()
+        .iter()
+        .filter(|a| {
+            a.tags()
+                .iter()
+                .any(|t| t.key() == Some(STACK_TAG) && t.value() == Some(stack))
+        })
+        .cloned()
+        .collect())
 }
 
 async fn release_address(c: &Clients, a: &Address) -> Result<Option<Removal>, Error> {
@@ -441,8 +450,17 @@ pub async fn remove_prod(
         .send()
         .await
         .map_err(err("DescribeNatGateways", stack))?;
-    let gateway_ids: Vec<String> = all_gateways
+    // Checked here too: the filter is the API's, the guarantee is ours.
+    let all_gateways: Vec<&aws_sdk_ec2::types::NatGateway> = all_gateways
         .nat_gateways()
+        .iter()
+        .filter(|g| {
+            g.tags()
+                .iter()
+                .any(|t| t.key() == Some(STACK_TAG) && t.value() == Some(stack))
+        })
+        .collect();
+    let gateway_ids: Vec<String> = all_gateways
         .iter()
         .filter_map(|g| g.nat_gateway_id().map(str::to_string))
         .collect();
@@ -592,7 +610,6 @@ pub async fn remove_prod(
         });
     }
     let deleting: Vec<String> = all_gateways
-        .nat_gateways()
         .iter()
         .filter(|g| g.state().is_some_and(|s| s.as_str() != "deleted"))
         .filter_map(|g| g.nat_gateway_id().map(str::to_string))

@@ -12,6 +12,7 @@ Extensions, each matching documented AWS behaviour:
 - SetInstanceHealth(Unhealthy) makes the group terminate and replace the instance.
 - DeleteAutoScalingGroup terminates the group's instances (moto keeps them running when
   the group's minimum is above zero).
+- DescribeNatGateways honours tag:KEY and tag-key filters (moto ignores them).
 - Every API call is recorded by operation name; GET /natd-test/calls answers the list
   (JSON), so tests and benchmarks can count calls and prove a run made no mutating one.
 - IAM enforcement (INITIAL_NO_AUTH_ACTION_COUNT) evaluates Resource ARNs and
@@ -58,6 +59,26 @@ def _route_state(self):
 
 
 Route.state = property(_route_state)
+
+
+# --- EC2: tag filters on NAT gateways -------------------------------------------------
+
+from moto.ec2.models.nat_gateways import NatGatewayBackend  # noqa: E402
+
+_orig_describe_nat_gateways = NatGatewayBackend.describe_nat_gateways
+
+
+def _describe_nat_gateways(self, filters, nat_gateway_ids):
+    found = _orig_describe_nat_gateways(self, filters, nat_gateway_ids)
+    for name, values in (filters or {}).items():
+        if name.startswith("tag:"):
+            found = [g for g in found if g.get_filter_value(name) in values]
+        elif name == "tag-key":
+            found = [g for g in found if any(k in values for k in g.get_filter_value(name))]
+    return found
+
+
+NatGatewayBackend.describe_nat_gateways = _describe_nat_gateways
 
 
 # --- Auto Scaling: lifecycle hooks and health ----------------------------------------

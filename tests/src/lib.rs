@@ -10,6 +10,7 @@
 pub mod cli;
 pub mod dataplane;
 pub mod emulator;
+pub mod lab;
 pub mod netns;
 pub mod world;
 

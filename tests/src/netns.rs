@@ -15,6 +15,8 @@ static NEXT: AtomicU32 = AtomicU32::new(0);
 pub struct Netns {
     /// Its name under /run/netns.
     pub name: String,
+    /// Deleted on drop (false for a handle on someone else's namespace).
+    owned: bool,
 }
 
 impl Netns {
@@ -26,9 +28,17 @@ impl Netns {
             NEXT.fetch_add(1, Ordering::Relaxed)
         );
         run_ok(Command::new("ip").args(["netns", "add", &name]));
-        let ns = Self { name };
+        let ns = Self { name, owned: true };
         ns.sh("ip link set lo up");
         ns
+    }
+
+    /// A handle on an existing namespace owned elsewhere: dropping it deletes nothing.
+    pub fn named(name: &str) -> Self {
+        Self {
+            name: name.to_string(),
+            owned: false,
+        }
     }
 
     /// Runs a shell command inside the namespace; panics with its output on failure.
@@ -68,8 +78,13 @@ impl Netns {
     /// Makes 127.0.0.1:`port` inside the namespace reach 127.0.0.1:`port` of the test's
     /// own namespace (where the emulator and IMDS fixtures listen).
     pub fn forward_loopback(&self, port: u16) {
-        let listener =
-            self.run(move || TcpListener::bind(("127.0.0.1", port)).expect("bind in netns"));
+        self.forward(std::net::SocketAddr::from(([127, 0, 0, 1], port)), port);
+    }
+
+    /// Makes `listen` (an address inside the namespace) reach 127.0.0.1:`port` of the
+    /// test's own namespace.
+    pub fn forward(&self, listen: std::net::SocketAddr, port: u16) {
+        let listener = self.run(move || TcpListener::bind(listen).expect("bind in netns"));
         std::thread::spawn(move || {
             for conn in listener.incoming() {
                 let Ok(inner) = conn else { return };
@@ -101,6 +116,9 @@ impl Netns {
 
 impl Drop for Netns {
     fn drop(&mut self) {
+        if !self.owned {
+            return;
+        }
         // Kill what still runs inside, then delete; both are best effort so a failing
         // test still cleans up everything it can.
         let _ = Command::new("sh")

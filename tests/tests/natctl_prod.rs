@@ -128,10 +128,28 @@ async fn setup_prod_builds_a_gateway_per_az_with_az_local_routes() {
     assert_eq!(d.status.code(), Some(0), "{}", text(&d));
     assert!(stdout(&d).contains("no problem found"), "{}", text(&d));
 
-    // Teardown puts the VPC back as it was before setup.
+    // Another stack in another VPC.
+    let other = World::new(&emu.sdk()).await;
+    other.public_subnet_b().await;
+    let out = natctl(
+        &emu,
+        &[
+            "setup", "--env", "prod", "--vpc", &other.vpc, "--name", "p2",
+        ],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+
+    // Teardown puts the VPC back as it was before setup, and leaves the other stack.
     let out = natctl(&emu, &["teardown", "--name", "p1"]);
     assert!(out.status.success(), "{}", text(&out));
     assert!(gateways(&emu, "p1").is_empty());
+    assert_eq!(
+        gateways(&emu, "p2").len(),
+        2,
+        "the other stack keeps its gateways"
+    );
+    let out = natctl(&emu, &["teardown", "--name", "p2"]);
+    assert!(out.status.success(), "{}", text(&out));
     assert_eq!(snapshot(&emu, &w.vpc), before_setup);
     let again = natctl(&emu, &["teardown", "--name", "p1"]);
     assert_eq!(

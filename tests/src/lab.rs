@@ -1,0 +1,722 @@
+//! A VPC in a box: the emulator's VPC made real in network namespaces, closely enough
+//! that a mistake in natd or natctl shows up as broken traffic.
+//!
+//! ```text
+//!  private-a 10.20.1.10 ─┐                ┌─ NAT instance ns (natd) ─┐
+//!  private-b 10.20.2.10 ─┤ vpc (router) ──┤                          ├── internet 198.51.100.1
+//!                        │  policy routes └─ NAT gateway stand-in ───┘   (server :8080,
+//!                        │  per subnet                                    AWS API :emu)
+//! ```
+//!
+//! - **The route tables drive the packets.** A fabric thread reads the emulator's route
+//!   tables every [`TICK`] and programs, in the `vpc` router namespace, one routing
+//!   table per private subnet (selected by source address) whose default route follows
+//!   the subnet's route table: to a NAT instance's namespace, to a NAT gateway stand-in,
+//!   a kernel blackhole for a `blackhole` route, nothing when there is no route.
+//! - **Source/dest check is enforced** outside the instance, as EC2 does: while an
+//!   ENI's check is on, the router drops packets to or from that instance that are not
+//!   addressed to or sent by the instance itself.
+//! - **Instances are processes.** Each running instance tagged `natd:stack` gets a
+//!   namespace (its egress interface carries the ENI's MAC), its own IMDSv2 fixture
+//!   and natd under a small supervisor that behaves like the systemd unit (restart on
+//!   failure; after 5 failures in a row or exit status 2, `natd --report-unhealthy`).
+//!   An instance that leaves `running` loses its namespace and processes.
+//! - NAT instances and gateways reach the internet, and the AWS API (the emulator), over
+//!   their public side, as on AWS.
+
+use crate::emulator::{Emulator, Imds, TEST_KEY};
+use crate::netns::Netns;
+use crate::world::World;
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// How often the fabric follows the emulator.
+pub const TICK: Duration = Duration::from_millis(100);
+/// The internet's router and server address.
+pub const INTERNET: &str = "198.51.100.1";
+/// The server in the internet namespace.
+pub const SERVER: &str = "198.51.100.1:8080";
+/// The VPC router's address on every link.
+const ROUTER: &str = "10.20.0.1";
+
+/// Something the lab saw happen, with when.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// An instance started running and got its namespace; natd started.
+    Booted(String),
+    /// natd on the instance logged "forwarding ready".
+    Ready(String),
+    /// natd exited (code) and was restarted by the supervisor.
+    Restarted(String, Option<i32>),
+    /// The supervisor gave up on natd and ran `natd --report-unhealthy`.
+    ReportedUnhealthy(String),
+    /// The instance left `running`; its namespace is gone.
+    Gone(String),
+    /// A NAT gateway stand-in came up.
+    GatewayUp(String),
+    /// A private subnet's next hop changed (subnet, new target or "none"/"blackhole").
+    Route(String, String),
+}
+
+/// One NAT instance of the lab.
+struct Instance {
+    ns: Netns,
+    _imds: Imds,
+    link: String,
+    ip: String,
+    eni: String,
+    natd: Option<Child>,
+    log: PathBuf,
+    config: PathBuf,
+    failures: Vec<Instant>,
+    ready: bool,
+    gave_up: bool,
+}
+
+/// One NAT gateway stand-in.
+struct Gateway {
+    _ns: Netns,
+    link: String,
+    ip: String,
+}
+
+/// What the fabric thread shares with the test.
+#[derive(Default)]
+struct Shared {
+    events: Vec<(Instant, Event)>,
+    /// Instance id -> its namespace name and natd log.
+    instances: BTreeMap<String, (String, PathBuf)>,
+    /// Private subnet -> its next hop as programmed.
+    routes: BTreeMap<String, String>,
+}
+
+/// The lab: namespaces, the fabric thread, and the emulator's VPC they follow.
+pub struct Lab {
+    /// The emulator.
+    pub emu: Arc<Emulator>,
+    /// The VPC (two AZs, a public subnet in each).
+    pub world: World,
+    /// The second public subnet (AZ b).
+    pub public_b: String,
+    /// The private namespaces, one per private subnet: (subnet, namespace).
+    pub private: Vec<(String, Netns)>,
+    /// The internet namespace.
+    pub internet: Netns,
+    /// The VPC router namespace.
+    pub vpc: Netns,
+    shared: Arc<Mutex<Shared>>,
+    stop: Arc<AtomicBool>,
+    fabric: Option<std::thread::JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for Lab {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Lab").field("vpc", &self.world.vpc).finish()
+    }
+}
+
+impl Lab {
+    /// Builds the VPC in the emulator and its namespaces, and starts the fabric.
+    pub async fn new(emu: Arc<Emulator>) -> Self {
+        let world = World::new(&emu.sdk()).await;
+        let public_b = world.public_subnet_b().await;
+        let internet = Netns::new("inet");
+        internet.sh(&format!(
+            // A fixed MAC: a bridge otherwise takes its lowest port's, which changes as
+            // NATs come and go and strands the neighbours' ARP entries.
+            "ip link add br0 address 02:00:00:00:00:01 type bridge && ip addr add {INTERNET}/24 dev br0 && ip link set br0 up"
+        ));
+        crate::dataplane::serve_peer_address(&internet, SERVER);
+        let api: SocketAddr = format!("{INTERNET}:{}", emu.port).parse().unwrap();
+        internet.forward(api, emu.port);
+        let vpc = Netns::new("vpc");
+        vpc.sh(
+            "sysctl -qw net.ipv4.ip_forward=1 net.ipv4.conf.all.rp_filter=0 net.ipv4.conf.default.rp_filter=0\n\
+             ip rule add to 10.20.0.0/16 lookup main priority 900",
+        );
+        let mut private = Vec::new();
+        for (i, subnet) in world.private_subnets.iter().enumerate() {
+            let ns = Netns::new(&format!("priv{i}"));
+            let n = i + 1;
+            ns.link(
+                "eth0",
+                &format!("10.20.{n}.10/24"),
+                &vpc,
+                &format!("s{n}"),
+                &format!("10.20.{n}.1/24"),
+            );
+            ns.sh(&format!("ip route add default via 10.20.{n}.1"));
+            vpc.sh(&format!(
+                "ip rule add from 10.20.{n}.0/24 lookup {} priority 1000",
+                100 + n
+            ));
+            private.push((subnet.clone(), ns));
+        }
+        let shared = Arc::new(Mutex::new(Shared::default()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let fabric = {
+            let (emu, shared, stop) = (emu.clone(), shared.clone(), stop.clone());
+            let (vpc_name, inet_name) = (vpc.name.clone(), internet.name.clone());
+            let subnets: Vec<String> = world.private_subnets.clone();
+            let vpc_id = world.vpc.clone();
+            std::thread::spawn(move || {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .unwrap();
+                rt.block_on(
+                    Fabric::new(emu, shared, vpc_id, vpc_name, inet_name, subnets).run(stop),
+                );
+            })
+        };
+        Self {
+            emu,
+            world,
+            public_b,
+            private,
+            internet,
+            vpc,
+            shared,
+            stop,
+            fabric: Some(fabric),
+        }
+    }
+
+    /// A request from the private namespace of subnet `i` to the internet server: what
+    /// the server saw as the client address, or why it failed.
+    pub fn fetch(&self, i: usize) -> Result<String, String> {
+        crate::dataplane::fetch(&self.private[i].1, SERVER)
+    }
+
+    /// [`Lab::fetch`] off the async runtime's thread.
+    pub async fn fetch_async(&self, i: usize) -> Result<String, String> {
+        let name = self.private[i].1.name.clone();
+        tokio::task::spawn_blocking(move || crate::dataplane::fetch(&Netns::named(&name), SERVER))
+            .await
+            .unwrap()
+    }
+
+    /// Everything the lab saw so far.
+    pub fn events(&self) -> Vec<(Instant, Event)> {
+        self.shared.lock().unwrap().events.clone()
+    }
+
+    /// The running instances: id -> namespace name.
+    pub fn instances(&self) -> BTreeMap<String, String> {
+        self.shared
+            .lock()
+            .unwrap()
+            .instances
+            .iter()
+            .map(|(k, (ns, _))| (k.clone(), ns.clone()))
+            .collect()
+    }
+
+    /// natd's log on `instance`.
+    pub fn natd_log(&self, instance: &str) -> String {
+        let log = self
+            .shared
+            .lock()
+            .unwrap()
+            .instances
+            .get(instance)
+            .map(|(_, l)| l.clone());
+        log.and_then(|l| std::fs::read_to_string(l).ok())
+            .unwrap_or_default()
+    }
+
+    /// Each private subnet's next hop as the fabric programmed it.
+    pub fn routes(&self) -> BTreeMap<String, String> {
+        self.shared.lock().unwrap().routes.clone()
+    }
+
+    /// Runs a shell command in `instance`'s namespace.
+    pub fn on_instance(&self, instance: &str, script: &str) -> std::process::Output {
+        let ns = self.instances().get(instance).cloned().unwrap_or_default();
+        std::process::Command::new("ip")
+            .args(["netns", "exec", &ns, "sh", "-c", script])
+            .output()
+            .unwrap()
+    }
+
+    /// Stops the fabric and removes every instance and gateway namespace.
+    pub fn shutdown(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(t) = self.fabric.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+/// The fabric: follows the emulator, owns instance and gateway namespaces.
+struct Fabric {
+    emu: Arc<Emulator>,
+    ec2: aws_sdk_ec2::Client,
+    shared: Arc<Mutex<Shared>>,
+    vpc_id: String,
+    vpc: Netns,
+    internet: Netns,
+    subnets: Vec<String>,
+    instances: BTreeMap<String, Instance>,
+    gateways: BTreeMap<String, Gateway>,
+    programmed: BTreeMap<String, String>,
+    checks: BTreeSet<String>,
+    next_link: u32,
+    dir: tempfile::TempDir,
+}
+
+fn borrowed(name: &str) -> Netns {
+    Netns::named(name)
+}
+
+impl Fabric {
+    fn new(
+        emu: Arc<Emulator>,
+        shared: Arc<Mutex<Shared>>,
+        vpc_id: String,
+        vpc: String,
+        internet: String,
+        subnets: Vec<String>,
+    ) -> Self {
+        let ec2 = aws_sdk_ec2::Client::new(&emu.sdk());
+        Self {
+            emu,
+            ec2,
+            shared,
+            vpc_id,
+            vpc: borrowed(&vpc),
+            internet: borrowed(&internet),
+            subnets,
+            instances: BTreeMap::new(),
+            gateways: BTreeMap::new(),
+            programmed: BTreeMap::new(),
+            checks: BTreeSet::new(),
+            next_link: 0,
+            dir: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    fn event(&self, e: Event) {
+        self.shared.lock().unwrap().events.push((Instant::now(), e));
+    }
+
+    async fn run(mut self, stop: Arc<AtomicBool>) {
+        while !stop.load(Ordering::SeqCst) {
+            let started = Instant::now();
+            if let Err(e) = self.tick().await {
+                eprintln!("lab fabric: {e}");
+            }
+            self.supervise();
+            tokio::time::sleep(TICK.saturating_sub(started.elapsed())).await;
+        }
+        // Everything the lab started goes with it.
+        for (_, mut i) in std::mem::take(&mut self.instances) {
+            if let Some(mut c) = i.natd.take() {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+        }
+        self.gateways.clear();
+    }
+
+    async fn tick(&mut self) -> Result<(), String> {
+        use aws_sdk_ec2::types::Filter;
+        let vpc_id = self.vpc_id.clone();
+        let in_vpc = || Filter::builder().name("vpc-id").values(&vpc_id).build();
+        // Instances.
+        let r = self
+            .ec2
+            .describe_instances()
+            .filters(in_vpc())
+            .send()
+            .await
+            .map_err(|e| format!("DescribeInstances: {e:?}"))?;
+        let mut running = BTreeMap::new();
+        for i in r.reservations().iter().flat_map(|r| r.instances()) {
+            let stack = i
+                .tags()
+                .iter()
+                .find(|t| t.key() == Some(natd::contract::STACK_TAG))
+                .and_then(|t| t.value());
+            let state = i.state().and_then(|s| s.name()).map(|s| s.as_str());
+            if let (Some(stack), Some("running" | "pending")) = (stack, state) {
+                let eni = i.network_interfaces().first();
+                running.insert(
+                    i.instance_id().unwrap_or_default().to_string(),
+                    (
+                        stack.to_string(),
+                        eni.and_then(|n| n.network_interface_id())
+                            .unwrap_or_default()
+                            .to_string(),
+                        eni.and_then(|n| n.mac_address())
+                            .unwrap_or_default()
+                            .to_string(),
+                        i.private_ip_address().unwrap_or_default().to_string(),
+                        eni.and_then(|n| n.source_dest_check()).unwrap_or(true),
+                    ),
+                );
+            }
+        }
+        let gone: Vec<String> = self
+            .instances
+            .keys()
+            .filter(|k| !running.contains_key(*k))
+            .cloned()
+            .collect();
+        for id in gone {
+            if let Some(mut i) = self.instances.remove(&id) {
+                if let Some(mut c) = i.natd.take() {
+                    let _ = c.kill();
+                    let _ = c.wait();
+                }
+                self.vpc.sh_status(&format!("ip link del {}", i.link));
+                drop(i);
+                self.shared.lock().unwrap().instances.remove(&id);
+                self.event(Event::Gone(id));
+            }
+        }
+        for (id, (stack, eni, mac, ip, _)) in &running {
+            if !self.instances.contains_key(id) {
+                self.boot(id, stack, eni, mac, ip);
+            }
+        }
+        // Source/dest check, enforced by the router.
+        let checks: BTreeSet<String> = running
+            .iter()
+            .filter(|(id, v)| v.4 && self.instances.contains_key(*id))
+            .map(|(id, _)| id.clone())
+            .collect();
+        if checks != self.checks {
+            let mut rules = String::from("*filter\n:LAB-SDC - [0:0]\n-F LAB-SDC\n");
+            for id in &checks {
+                let i = &self.instances[id];
+                rules.push_str(&format!(
+                    "-A LAB-SDC -o {l} ! -d {ip} -j DROP\n-A LAB-SDC -i {l} ! -s {ip} -j DROP\n",
+                    l = i.link,
+                    ip = i.ip
+                ));
+            }
+            rules.push_str("COMMIT\n");
+            let out = self.vpc.sh_status(&format!(
+                "printf '%s' '{rules}' | iptables-restore --noflush && (iptables -C FORWARD -j LAB-SDC 2>/dev/null || iptables -I FORWARD -j LAB-SDC)"
+            ));
+            if out.status.success() {
+                self.checks = checks;
+            }
+        }
+        // NAT gateways.
+        let g = self
+            .ec2
+            .describe_nat_gateways()
+            .filter(in_vpc())
+            .send()
+            .await
+            .map_err(|e| format!("DescribeNatGateways: {e:?}"))?;
+        let available: BTreeMap<String, String> = g
+            .nat_gateways()
+            .iter()
+            .filter(|g| g.state().is_some_and(|s| s.as_str() == "available"))
+            .map(|g| {
+                (
+                    g.nat_gateway_id().unwrap_or_default().to_string(),
+                    g.nat_gateway_addresses()
+                        .first()
+                        .and_then(|a| a.private_ip())
+                        .unwrap_or_default()
+                        .to_string(),
+                )
+            })
+            .collect();
+        let old: Vec<String> = self
+            .gateways
+            .keys()
+            .filter(|k| !available.contains_key(*k))
+            .cloned()
+            .collect();
+        for id in old {
+            if let Some(g) = self.gateways.remove(&id) {
+                self.vpc.sh_status(&format!("ip link del {}", g.link));
+            }
+        }
+        for (id, ip) in &available {
+            if !self.gateways.contains_key(id) {
+                self.gateway(id, ip);
+            }
+        }
+        // Routes: each private subnet follows its route table.
+        let t = self
+            .ec2
+            .describe_route_tables()
+            .filters(in_vpc())
+            .send()
+            .await
+            .map_err(|e| format!("DescribeRouteTables: {e:?}"))?;
+        let tables = t.route_tables();
+        for (n, subnet) in self.subnets.clone().iter().enumerate() {
+            let table = tables
+                .iter()
+                .find(|t| {
+                    t.associations()
+                        .iter()
+                        .any(|a| a.subnet_id() == Some(subnet))
+                })
+                .or_else(|| {
+                    tables
+                        .iter()
+                        .find(|t| t.associations().iter().any(|a| a.main() == Some(true)))
+                });
+            let route = table.and_then(natd::aws::default_route);
+            let hop = match route {
+                None => "none".to_string(),
+                Some(r) if r.state().is_some_and(|s| s.as_str() == "blackhole") => {
+                    "blackhole".to_string()
+                }
+                Some(r) => {
+                    if let Some(g) = r.nat_gateway_id() {
+                        g.to_string()
+                    } else if let Some(i) = r.instance_id() {
+                        i.to_string()
+                    } else if let Some(e) = r.network_interface_id() {
+                        self.instances
+                            .iter()
+                            .find(|(_, i)| i.eni == e)
+                            .map(|(id, _)| id.clone())
+                            .unwrap_or_else(|| "blackhole".into())
+                    } else {
+                        "none".to_string()
+                    }
+                }
+            };
+            if self.programmed.get(subnet) != Some(&hop) {
+                let table_no = 101 + n;
+                let via = self
+                    .instances
+                    .get(&hop)
+                    .map(|i| (i.ip.clone(), i.link.clone()))
+                    .or_else(|| {
+                        self.gateways
+                            .get(&hop)
+                            .map(|g| (g.ip.clone(), g.link.clone()))
+                    });
+                let cmd = match (&via, hop.as_str()) {
+                    (Some((ip, link)), _) => {
+                        format!(
+                            "ip route replace default via {ip} dev {link} onlink table {table_no}"
+                        )
+                    }
+                    (None, "none") => format!("ip route flush table {table_no}"),
+                    // A target the lab does not run (yet) drops, like a blackhole.
+                    _ => format!("ip route replace blackhole default table {table_no}"),
+                };
+                if self.vpc.sh_status(&cmd).status.success() {
+                    // A target not running yet is retried next tick.
+                    if via.is_some() || hop == "none" || hop == "blackhole" {
+                        self.programmed.insert(subnet.clone(), hop.clone());
+                        self.shared
+                            .lock()
+                            .unwrap()
+                            .routes
+                            .insert(subnet.clone(), hop.clone());
+                        self.event(Event::Route(subnet.clone(), hop));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn new_link(&mut self) -> (String, u32) {
+        self.next_link += 1;
+        (format!("n{}", self.next_link), self.next_link)
+    }
+
+    /// A public interface `dev` in `ns` (with `mac` when given) on the internet's bridge,
+    /// and the default route through it.
+    fn uplink(&self, ns: &Netns, dev: &str, mac: Option<&str>, public: &str, k: u32) {
+        ns.sh(&format!(
+            "ip link add {dev} type veth peer name u{k} netns {}",
+            self.internet.name
+        ));
+        if let Some(mac) = mac {
+            ns.sh(&format!("ip link set {dev} address {mac}"));
+        }
+        ns.sh(&format!(
+            "ip addr add {public}/24 dev {dev} && ip link set {dev} up && ip route add default via {INTERNET}"
+        ));
+        self.internet.sh(&format!(
+            "ip link set u{k} master br0 && ip link set u{k} up"
+        ));
+    }
+
+    /// Gives a running instance its namespace, IMDS fixture and natd.
+    fn boot(&mut self, id: &str, stack: &str, eni: &str, mac: &str, ip: &str) {
+        let (link, k) = self.new_link();
+        let ns = Netns::new(&format!("i{k}"));
+        // Inside: the instance's private address, behind the VPC router.
+        ns.link(
+            "in0",
+            &format!("{ip}/32"),
+            &self.vpc,
+            &link,
+            &format!("{ROUTER}/32"),
+        );
+        ns.sh(&format!(
+            "ip route add {ROUTER} dev in0 && ip route add 10.20.0.0/16 via {ROUTER} dev in0 onlink"
+        ));
+        self.vpc.sh(&format!("ip route add {ip}/32 dev {link}"));
+        // Outside: the ENI's MAC and a public address on the internet's bridge.
+        let public = format!("198.51.100.{}", 10 + (k % 180));
+        self.uplink(&ns, "ens5", Some(mac), &public, k);
+        let imds = self.emu.imds(id);
+        ns.forward_loopback(imds.port);
+        let config = self.dir.path().join(format!("{id}.toml"));
+        std::fs::write(
+            &config,
+            format!(
+                "stack = \"{stack}\"\nimds_endpoint = \"http://127.0.0.1:{}\"\naws_endpoint_url = \"http://{INTERNET}:{}\"\ninterval_secs = 1\nunhealthy_after = 3\nprobe_targets = [\"{SERVER}\"]\nprobe_timeout_ms = 500\nstartup_attempts = 5\n",
+                imds.port, self.emu.port
+            ),
+        )
+        .unwrap();
+        let log = self.dir.path().join(format!("{id}.log"));
+        let mut i = Instance {
+            ns,
+            _imds: imds,
+            link,
+            ip: ip.to_string(),
+            eni: eni.to_string(),
+            natd: None,
+            log: log.clone(),
+            config,
+            failures: Vec::new(),
+            ready: false,
+            gave_up: false,
+        };
+        start_natd(&mut i);
+        self.shared
+            .lock()
+            .unwrap()
+            .instances
+            .insert(id.to_string(), (i.ns.name.clone(), log));
+        self.instances.insert(id.to_string(), i);
+        self.event(Event::Booted(id.to_string()));
+    }
+
+    /// A NAT gateway stand-in: masquerades the VPC out of its public address.
+    fn gateway(&mut self, id: &str, ip: &str) {
+        let (link, k) = self.new_link();
+        let ip = if ip.is_empty() {
+            format!("10.20.0.{}", 200 + (k % 50))
+        } else {
+            ip.to_string()
+        };
+        let ns = Netns::new(&format!("g{k}"));
+        ns.link(
+            "in0",
+            &format!("{ip}/32"),
+            &self.vpc,
+            &link,
+            &format!("{ROUTER}/32"),
+        );
+        ns.sh(&format!(
+            "ip route add {ROUTER} dev in0 && ip route add 10.20.0.0/16 via {ROUTER} dev in0 onlink"
+        ));
+        self.vpc.sh(&format!("ip route add {ip}/32 dev {link}"));
+        let public = format!("198.51.100.{}", 200 + (k % 50));
+        self.uplink(&ns, "eth1", None, &public, k);
+        ns.sh("sysctl -qw net.ipv4.ip_forward=1 && iptables -t nat -A POSTROUTING -o eth1 -j MASQUERADE");
+        self.gateways
+            .insert(id.to_string(), Gateway { _ns: ns, link, ip });
+        self.event(Event::GatewayUp(id.to_string()));
+    }
+
+    /// The supervisor, as the systemd unit: restart natd when it exits; after 5 exits
+    /// within 5 minutes, or exit status 2, run `natd --report-unhealthy` once.
+    fn supervise(&mut self) {
+        let mut events = Vec::new();
+        for (id, i) in &mut self.instances {
+            if !i.ready
+                && std::fs::read_to_string(&i.log).is_ok_and(|l| l.contains("forwarding ready"))
+            {
+                i.ready = true;
+                events.push(Event::Ready(id.clone()));
+            }
+            let Some(child) = i.natd.as_mut() else {
+                continue;
+            };
+            let Ok(Some(status)) = child.try_wait() else {
+                continue;
+            };
+            i.natd = None;
+            let now = Instant::now();
+            i.failures
+                .retain(|t| now.duration_since(*t) < Duration::from_secs(300));
+            i.failures.push(now);
+            if status.code() == Some(2) || i.failures.len() >= 5 {
+                if !i.gave_up {
+                    i.gave_up = true;
+                    let _ =
+                        i.ns.command(&crate::bin("natd"))
+                            .arg("--config")
+                            .arg(&i.config)
+                            .arg("--report-unhealthy")
+                            .envs(natd_env())
+                            .stdout(Stdio::null())
+                            .stderr(log_file(&i.log))
+                            .status();
+                    events.push(Event::ReportedUnhealthy(id.clone()));
+                }
+            } else {
+                start_natd(i);
+                events.push(Event::Restarted(id.clone(), status.code()));
+            }
+        }
+        for e in events {
+            self.event(e);
+        }
+    }
+}
+
+fn natd_env() -> [(&'static str, &'static str); 3] {
+    [
+        ("AWS_ACCESS_KEY_ID", TEST_KEY.0),
+        ("AWS_SECRET_ACCESS_KEY", TEST_KEY.1),
+        ("AWS_EC2_METADATA_DISABLED", "true"),
+    ]
+}
+
+fn log_file(path: &std::path::Path) -> std::fs::File {
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .unwrap()
+}
+
+fn start_natd(i: &mut Instance) {
+    let child =
+        i.ns.command(&crate::bin("natd"))
+            .arg("--config")
+            .arg(&i.config)
+            .envs(natd_env())
+            .env_remove("AWS_ENDPOINT_URL")
+            .env_remove("AWS_PROFILE")
+            .env_remove("JOURNAL_STREAM")
+            .env_remove("NOTIFY_SOCKET")
+            .stdout(Stdio::null())
+            .stderr(log_file(&i.log))
+            .spawn()
+            .unwrap();
+    i.natd = Some(child);
+}
