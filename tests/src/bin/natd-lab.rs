@@ -1,155 +1,259 @@
-//! The local lab demo: a VPC in the AWS emulator, a NAT instance as a network
-//! namespace running the real natd, a private namespace behind it and an internet
-//! namespace with a server (`natd_tests::dataplane`). Shows natd taking over,
-//! forwarding, and healing drift.
+//! The demo: a VPC in a box (`natd_tests::lab`). natctl builds the dev egress, natd
+//! forwards a private subnet's requests, the NAT instance is killed and replaced (the
+//! egress gap measured), the stack switches to prod NAT gateways while requests keep
+//! flowing, and teardown leaves nothing.
 //!
-//! Run as root: `tests/demo` (installs what it needs first). Leaves nothing behind,
-//! also when interrupted with Ctrl-C.
+//! Run as root: `tests/demo` (installs what it needs first). Leaves no namespace or
+//! process behind, also when interrupted (Ctrl-C or SIGTERM).
 
 #![allow(clippy::unwrap_used, missing_docs)]
 
-use natd_tests::dataplane::{DataPlane, SERVER, fetch};
 use natd_tests::emulator::Emulator;
-use natd_tests::world::World;
+use natd_tests::lab::{Event, Lab, SERVER};
+use natd_tests::world::IMAGE;
 use std::io::Write;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 fn say(s: &str) {
     println!("{s}");
 }
 
-async fn wait_for(
+/// Runs natctl against the lab's emulator (killed if the demo is interrupted) and
+/// shows its output indented.
+async fn natctl(lab: &Lab, args: &[&str]) -> bool {
+    say(&format!("   $ natctl {}", args.join(" ")));
+    let mut cmd = tokio::process::Command::from(natd_tests::cli::command(&lab.emu, args));
+    let out = cmd.kill_on_drop(true).output().await.unwrap();
+    for line in String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .chain(String::from_utf8_lossy(&out.stderr).lines())
+    {
+        say(&format!("   | {line}"));
+    }
+    out.status.success()
+}
+
+/// Waits, printing a dot every half second, until `f` returns `Some`.
+async fn wait<T>(
     what: &str,
     limit: Duration,
-    mut done: impl FnMut() -> bool,
-    context: impl Fn() -> String,
-) -> Duration {
+    mut f: impl AsyncFnMut() -> Option<T>,
+) -> (T, Duration) {
     let start = Instant::now();
     print!("   waiting for {what} ");
     let _ = std::io::stdout().flush();
     let mut dots = Instant::now();
-    while !done() {
+    loop {
+        if let Some(v) = f().await {
+            let took = start.elapsed();
+            println!(" {:.1} s", took.as_secs_f64());
+            return (v, took);
+        }
         assert!(
             start.elapsed() < limit,
-            "gave up waiting for {what} after {limit:?}\n{}",
-            context()
+            "gave up waiting for {what} after {limit:?}"
         );
         if dots.elapsed() > Duration::from_millis(500) {
             print!(".");
             let _ = std::io::stdout().flush();
             dots = Instant::now();
         }
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let took = start.elapsed();
-    println!(" {:.1} s", took.as_secs_f64());
-    took
 }
 
-async fn story() -> Vec<(String, String)> {
-    let mut summary = Vec::new();
-    say("1. The AWS side, in the emulator");
-    let emu = Emulator::start();
-    let w = World::new(&emu.sdk()).await;
-    let (group, nat) = w.nat_group("demo", true).await;
-    let rtb = w.route_table(Some("demo")).await;
+fn secs(d: Duration) -> String {
+    format!("{:.2} s", d.as_secs_f64())
+}
+
+async fn story(summary: &mut Vec<(String, String)>) {
+    say("1. A VPC in the AWS emulator, made real in network namespaces");
+    let emu = Arc::new(Emulator::start());
+    let lab = Lab::new(emu).await;
     say(&format!(
-        "   VPC {} 10.20.0.0/16, private route table {rtb} tagged natd:egress=demo",
-        w.vpc
+        "   {}: public subnets in eu-west-1a and -1b, private subnets {} (10.20.1.0/24, a) and {} (10.20.2.0/24, b)",
+        lab.world.vpc, lab.world.private_subnets[0], lab.world.private_subnets[1]
+    ));
+    say("   The lab routes each private subnet by its route table in the emulator, enforces");
+    say("   source/dest check, and runs every NAT instance the emulator launches as a namespace");
+    say(&format!(
+        "   with its own IMDSv2 and natd. The internet server is {SERVER}."
     ));
     say(&format!(
-        "   Auto Scaling group {group} launched {nat}; its launch hook holds it in Pending:Wait"
+        "   private-a -> internet before any NAT: {}",
+        lab.fetch(0).err().unwrap_or_default()
     ));
 
-    say("2. The network, in namespaces");
-    let dp = DataPlane::new(&emu, &w, &nat).await;
-    say(
-        "   private 10.20.1.10 -> [NAT instance: natd] ens5 198.51.100.2 -> internet server 198.51.100.1",
-    );
-    let before = fetch(&dp.private, SERVER).err().unwrap_or_default();
-    say(&format!("   before natd, private -> internet: {before}"));
-
-    say("3. natd starts on the NAT instance");
-    let natd = dp.host.spawn(&dp.host.config("demo", ""));
-    let ready = wait_for(
-        "forwarding ready",
-        Duration::from_secs(60),
-        || natd.log().contains("forwarding ready"),
-        || natd.log(),
+    say("\n2. natctl builds the dev egress: one self-healing NAT instance");
+    let dev = [
+        "setup",
+        "--env",
+        "dev",
+        "--vpc",
+        &lab.world.vpc,
+        "--name",
+        "demo",
+        "--ami",
+        IMAGE,
+    ];
+    assert!(natctl(&lab, &dev).await, "natctl setup --env dev failed");
+    let ((first, seen), ready) = wait(
+        "natd to take the routes",
+        Duration::from_secs(90),
+        async || {
+            let hop = lab.routes().get(&lab.world.private_subnets[0]).cloned()?;
+            let seen = lab.fetch_async(0).await.ok()?;
+            lab.fetch_async(1).await.ok()?;
+            Some((hop, seen))
+        },
     )
     .await;
-    for line in natd.log().lines() {
+    say(&format!(
+        "   private-a and private-b -> internet: OK; the server sees {seen} (NAT instance {first})"
+    ));
+    for line in lab.natd_log(&first).lines() {
         say(&format!("   natd | {}", line.trim()));
     }
-    say(
-        "   (nf_conntrack_max is read-only inside a network namespace; on an instance natd sets it)",
-    );
-    summary.push((
-        "natd start to forwarding ready".into(),
-        format!("{:.2} s", ready.as_secs_f64()),
-    ));
-    let route = w.default_route(&rtb).await.unwrap();
+    summary.push(("dev: setup to egress working".into(), secs(ready)));
+    summary.push(("dev: server sees".into(), format!("{seen} ({first})")));
+
+    say("\n3. The NAT instance dies");
+    lab.world
+        .ec2
+        .terminate_instances()
+        .instance_ids(&first)
+        .send()
+        .await
+        .unwrap();
+    let killed = Instant::now();
     say(&format!(
-        "   route table {rtb}: 0.0.0.0/0 -> {} ({})",
-        route.0, route.1
+        "   terminated {first}; probing from private-a every 100 ms"
     ));
-    let state = w.group_instances(&group).await[0].1.clone();
-    say(&format!("   {nat} lifecycle state: {state}"));
-    summary.push(("default route".into(), route.0));
-    let check = if w.source_dest_check(&dp.host.eni).await {
-        "on"
-    } else {
-        "off"
+    let (second, gap) = wait(
+        "egress to come back",
+        Duration::from_secs(120),
+        async || {
+            let hop = lab.routes().get(&lab.world.private_subnets[0]).cloned()?;
+            if hop == first || !hop.starts_with("i-") {
+                return None;
+            }
+            lab.fetch_async(0).await.ok().map(|_| hop)
+        },
+    )
+    .await;
+    for (at, e) in lab.events() {
+        if at < killed {
+            continue;
+        }
+        let what = match e {
+            Event::Gone(i) => format!("{i} terminated; its namespace is gone"),
+            Event::Booted(i) => format!("the group launched {i}; natd starts"),
+            Event::Ready(i) => format!("natd on {i}: forwarding ready"),
+            Event::Route(s, h) => format!("{s} now routes to {h}"),
+            other => format!("{other:?}"),
+        };
+        say(&format!(
+            "   +{:>6.2} s  {what}",
+            (at - killed).as_secs_f64()
+        ));
+    }
+    say(&format!(
+        "   egress is back through {second} after {}: the server sees {}",
+        secs(gap),
+        lab.fetch(0).unwrap_or_default()
+    ));
+    summary.push((
+        "failover: egress gap (kill to first reply)".into(),
+        secs(gap),
+    ));
+
+    say("\n4. Switching the stack to prod (a NAT gateway per AZ) while both subnets keep asking");
+    let stop = Arc::new(AtomicBool::new(false));
+    let prober = {
+        let names: Vec<String> = lab.private.iter().map(|(_, ns)| ns.name.clone()).collect();
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let (mut ok, mut failed) = (0, 0);
+            while !stop.load(Ordering::SeqCst) {
+                for name in &names {
+                    let ns = natd_tests::netns::Netns::named(name);
+                    match natd_tests::dataplane::fetch(&ns, SERVER) {
+                        Ok(_) => ok += 1,
+                        Err(_) => failed += 1,
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            (ok, failed)
+        })
     };
-    summary.push(("source/dest check".into(), check.into()));
-    summary.push(("lifecycle".into(), state));
-
-    say("4. Traffic");
-    let reply = fetch(&dp.private, SERVER).unwrap_or_else(|e| format!("FAILED: {e}"));
-    say(&format!(
-        "   private -> internet: the server sees the client as {reply} (the NAT's public address)"
-    ));
-    summary.push(("egress from private, seen as".into(), reply));
-
-    say("5. Someone flushes natd's NAT chain and turns forwarding off");
-    dp.host
-        .ns
-        .sh("iptables -t nat -F NATD-POSTROUTING && sysctl -qw net.ipv4.ip_forward=0");
-    say(&format!(
-        "   private -> internet: {}",
-        fetch(&dp.private, SERVER).err().unwrap_or_default()
-    ));
-    let healed = wait_for(
-        "natd to repair it",
+    let prod = [
+        "setup",
+        "--env",
+        "prod",
+        "--vpc",
+        &lab.world.vpc,
+        "--name",
+        "demo",
+    ];
+    let switched = natctl(&lab, &prod).await;
+    wait(
+        "the dev instance to go",
         Duration::from_secs(30),
-        || fetch(&dp.private, SERVER).is_ok(),
-        || natd.log(),
+        async || lab.instances().is_empty().then_some(()),
     )
     .await;
-    for line in natd.log().lines().filter(|l| l.contains("drift")) {
-        say(&format!("   natd | {}", line.trim()));
-    }
+    stop.store(true, Ordering::SeqCst);
+    let (ok, failed) = prober.join().unwrap();
+    assert!(switched, "natctl setup --env prod failed");
     say(&format!(
-        "   private -> internet: seen as {}",
-        fetch(&dp.private, SERVER).unwrap_or_default()
+        "   requests during the switch: {ok} answered, {failed} failed"
+    ));
+    say(&format!(
+        "   private-a -> internet: the server sees {}; private-b: {} (each AZ its own gateway)",
+        lab.fetch(0).unwrap_or_default(),
+        lab.fetch(1).unwrap_or_default()
     ));
     summary.push((
-        "drift repaired within".into(),
-        format!("{:.2} s", healed.as_secs_f64()),
+        "dev -> prod switch: requests answered / failed".into(),
+        format!("{ok} / {failed}"),
     ));
+    natctl(&lab, &["status", "--name", "demo"]).await;
 
-    say("6. Tearing down: natd, the namespaces and the emulator go");
-    drop(natd);
-    drop(dp);
-    summary
+    say("\n5. Teardown");
+    assert!(
+        natctl(&lab, &["teardown", "--name", "demo"]).await,
+        "teardown failed"
+    );
+    wait("the lab to follow", Duration::from_secs(10), async || {
+        lab.routes().values().all(|r| r == "none").then_some(())
+    })
+    .await;
+    say(&format!(
+        "   private-a -> internet: {}",
+        lab.fetch(0).err().unwrap_or_default()
+    ));
+    summary.push((
+        "after teardown: NAT namespaces left".into(),
+        lab.instances().len().to_string(),
+    ));
 }
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() {
-    let summary = tokio::select! {
-        s = story() => s,
+    let mut summary = Vec::new();
+    let mut term =
+        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).unwrap();
+    tokio::select! {
+        () = story(&mut summary) => {}
         _ = tokio::signal::ctrl_c() => {
             println!("\ninterrupted: cleaning up");
+            return;
+        }
+        _ = term.recv() => {
+            println!("\nterminated: cleaning up");
             return;
         }
     };
