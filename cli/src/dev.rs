@@ -670,6 +670,20 @@ pub async fn apply(
                     c.iam
                         .create_instance_profile()
                         .instance_profile_name(&name)
+                        .tags(
+                            aws_sdk_iam::types::Tag::builder()
+                                .key(STACK_TAG)
+                                .value(&spec.stack)
+                                .build()
+                                .map_err(|e| Error {
+                                    op: "CreateInstanceProfile",
+                                    target: name.clone(),
+                                    source: ApiError {
+                                        code: None,
+                                        message: e.to_string(),
+                                    },
+                                })?,
+                        )
                         .send()
                         .await
                         .map_err(err("CreateInstanceProfile", &name))?;

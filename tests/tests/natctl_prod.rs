@@ -303,3 +303,93 @@ async fn prod_refuses_an_az_without_a_public_subnet_before_creating_anything() {
     );
     assert_eq!(snapshot(&emu, &w.vpc), before);
 }
+
+#[tokio::test]
+async fn a_setup_killed_half_way_converges_without_duplicates() {
+    let emu = Emulator::start();
+    let w = World::new(&emu.sdk()).await;
+    w.public_subnet_b().await;
+    let args = ["setup", "--env", "prod", "--vpc", &w.vpc, "--name", "cut"];
+    let associations = |emu: &Emulator| {
+        emu.calls()
+            .iter()
+            .filter(|c| *c == "AssociateRouteTable")
+            .count()
+    };
+    let before = associations(&emu);
+    // Kill natctl as soon as it reports its first NAT gateway.
+    let mut run = command(&emu, &args)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(run.stderr.take().unwrap()));
+    let line = lines
+        .find(|l| l.as_ref().is_ok_and(|l| l.contains("created NAT gateway")))
+        .expect("natctl reports the gateway")
+        .unwrap();
+    run.kill().unwrap();
+    run.wait().unwrap();
+    eprintln!("killed after: {line}");
+    let moved = associations(&emu) - before;
+    assert!(
+        moved < 2,
+        "killed before it finished ({moved} subnets moved)"
+    );
+
+    let out = natctl(&emu, &args);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(gateways(&emu, "cut").len(), 2, "one per AZ, no duplicate");
+    let addresses = emu.aws(&[
+        "ec2",
+        "describe-addresses",
+        "--filters",
+        "Name=tag:natd:stack,Values=cut",
+    ]);
+    assert_eq!(addresses["Addresses"].as_array().unwrap().len(), 2);
+    let again = natctl(&emu, &args);
+    assert_eq!(
+        stdout(&again).trim(),
+        "No changes necessary.",
+        "{}",
+        text(&again)
+    );
+}
+
+#[tokio::test]
+async fn dev_with_eip_gets_an_address_natd_holds_and_teardown_releases_it() {
+    let emu = Emulator::start();
+    let w = World::new(&emu.sdk()).await;
+    let args = [
+        "setup", "--env", "dev", "--vpc", &w.vpc, "--name", "ip", "--ami", IMAGE, "--eip",
+    ];
+    let out = natctl(&emu, &args);
+    assert!(out.status.success(), "{}", text(&out));
+    let a = emu.aws(&[
+        "ec2",
+        "describe-addresses",
+        "--filters",
+        "Name=tag:natd:egress,Values=ip",
+    ]);
+    assert_eq!(a["Addresses"].as_array().unwrap().len(), 1, "{a}");
+    let again = natctl(&emu, &args);
+    assert_eq!(
+        stdout(&again).trim(),
+        "No changes necessary.",
+        "{}",
+        text(&again)
+    );
+    // --eip is a dev option: prod refuses it before doing anything.
+    let out = natctl(
+        &emu,
+        &[
+            "setup", "--env", "prod", "--vpc", &w.vpc, "--name", "ip", "--eip",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--eip"));
+    let out = natctl(&emu, &["teardown", "--name", "ip"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let a = emu.aws(&["ec2", "describe-addresses"]);
+    assert_eq!(a["Addresses"], serde_json::json!([]), "released");
+}
