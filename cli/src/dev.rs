@@ -33,6 +33,9 @@ pub struct Spec {
     pub instance_type: String,
     /// Give the NAT instance a stable egress address (an Elastic IP natd holds).
     pub eip: bool,
+    /// When switching from prod: how long the gateways stay after natd holds the
+    /// routes, so connections through them finish and route changes propagate.
+    pub drain_secs: u64,
 }
 
 impl Spec {
@@ -811,6 +814,7 @@ pub async fn apply(
             }
             Action::WaitForTakeover => wait_for_takeover(c, &spec.stack, progress).await?,
             Action::RemoveProdEgress { .. } => {
+                crate::prod::drain(spec.drain_secs, progress).await;
                 let removed = crate::teardown::remove_prod(c, &spec.stack, true, progress).await?;
                 for r in removed {
                     progress(&format!("removed {} {}", r.kind, r.id));
@@ -844,6 +848,7 @@ mod tests {
             ami: "ami-1".into(),
             instance_type: "t4g.micro".into(),
             eip: false,
+            drain_secs: 0,
         }
     }
 

@@ -121,6 +121,10 @@ struct SetupArgs {
     /// The database port, when the database is not an RDS instance to name.
     #[arg(long, value_name = "PORT", value_parser = clap::value_parser!(u16).range(1..))]
     db_port: Option<u16>,
+    /// When switching between dev and prod: seconds the old egress stays after the
+    /// routes moved (route changes propagate, open connections finish).
+    #[arg(long, value_name = "SECS", default_value_t = 30)]
+    drain_seconds: u64,
     /// Show the plan only.
     #[arg(long)]
     dry_run: bool,
@@ -788,6 +792,7 @@ async fn plan_dev(
         ami,
         instance_type: a.instance_type.clone(),
         eip: a.eip,
+        drain_secs: a.drain_seconds,
     };
     let observed = dev::read(clients, &spec).await.map_err(aws_failure)?;
     let actions = dev::plan(&spec, &observed).map_err(bad_input)?;
@@ -836,6 +841,7 @@ async fn plan_prod(
         stack: a.stack.clone(),
         vpc: a.vpc.clone(),
         azs,
+        drain_secs: a.drain_seconds,
     };
     let observed = prod::read(clients, &spec).await.map_err(aws_failure)?;
     let actions = prod::plan(&spec, &observed).map_err(bad_input)?;

@@ -56,6 +56,9 @@ pub struct Spec {
     pub vpc: String,
     /// By AZ name.
     pub azs: BTreeMap<String, AzSpec>,
+    /// When switching from dev: how long the NAT instance stays after the routes moved,
+    /// so connections through it finish and route changes propagate.
+    pub drain_secs: u64,
 }
 
 /// A NAT gateway of the stack.
@@ -509,6 +512,17 @@ pub async fn wait_available(
     }
 }
 
+/// Waits `secs` before the old egress of a switch goes: route changes reach every
+/// host within seconds on AWS, and connections already open finish meanwhile.
+pub async fn drain(secs: u64, progress: &mut impl FnMut(&str)) {
+    if secs > 0 {
+        progress(&format!(
+            "routes moved; keeping the old egress {secs} s for open connections to drain"
+        ));
+        tokio::time::sleep(Duration::from_secs(secs)).await;
+    }
+}
+
 /// Carries out `actions` in order.
 pub async fn apply(
     c: &Clients,
@@ -673,6 +687,7 @@ pub async fn apply(
                 }
             }
             Action::RemoveDevEgress { .. } => {
+                drain(spec.drain_secs, progress).await;
                 let removed = crate::teardown::remove_dev(c, &spec.stack, progress).await?;
                 for r in removed {
                     progress(&format!("removed {} {}", r.kind, r.id));
@@ -702,6 +717,7 @@ mod tests {
         Spec {
             stack: "p".into(),
             vpc: "vpc-1".into(),
+            drain_secs: 0,
             azs: [
                 (
                     "a".to_string(),

@@ -153,6 +153,8 @@ async fn dev_egress_fails_over_then_switches_to_prod_and_tears_down_to_nothing()
             &lab.world.vpc,
             "--name",
             "lab",
+            "--drain-seconds",
+            "2",
         ],
     );
     assert!(out.status.success(), "{}", text(&out));

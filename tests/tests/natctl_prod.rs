@@ -202,7 +202,17 @@ async fn switching_dev_to_prod_and_back_never_leaves_a_subnet_without_a_default_
     w.public_subnet_b().await;
     let before = snapshot(&emu, &w.vpc);
     let dev = [
-        "setup", "--env", "dev", "--vpc", &w.vpc, "--name", "sw", "--ami", IMAGE,
+        "setup",
+        "--env",
+        "dev",
+        "--vpc",
+        &w.vpc,
+        "--name",
+        "sw",
+        "--ami",
+        IMAGE,
+        "--drain-seconds",
+        "1",
     ];
     let out = natctl(&emu, &dev);
     assert!(out.status.success(), "{}", text(&out));
@@ -213,7 +223,17 @@ async fn switching_dev_to_prod_and_back_never_leaves_a_subnet_without_a_default_
     let recorder = tokio::spawn(record(w.clone(), stop.clone()));
     let mut prod = command(
         &emu,
-        &["setup", "--env", "prod", "--vpc", &w.vpc, "--name", "sw"],
+        &[
+            "setup",
+            "--env",
+            "prod",
+            "--vpc",
+            &w.vpc,
+            "--name",
+            "sw",
+            "--drain-seconds",
+            "1",
+        ],
     );
     let out = tokio::task::spawn_blocking(move || prod.output().unwrap())
         .await

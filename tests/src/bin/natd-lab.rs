@@ -189,6 +189,7 @@ async fn story(summary: &mut Vec<(String, String)>) {
             (ok, failed)
         })
     };
+    // A short drain for the demo; the default (30 s) also covers AWS route propagation.
     let prod = [
         "setup",
         "--env",
@@ -197,6 +198,8 @@ async fn story(summary: &mut Vec<(String, String)>) {
         &lab.world.vpc,
         "--name",
         "demo",
+        "--drain-seconds",
+        "3",
     ];
     let switched = natctl(&lab, &prod).await;
     wait(
