@@ -260,6 +260,13 @@ fn ec2_tags(
         .build()
 }
 
+/// The value of EC2 tag `key`, if set.
+pub(crate) fn tag_value<'a>(tags: &'a [aws_sdk_ec2::types::Tag], key: &str) -> Option<&'a str> {
+    tags.iter()
+        .find(|t| t.key() == Some(key))
+        .and_then(|t| t.value())
+}
+
 /// The call's result, or `None` when the resource it names does not exist.
 pub(crate) fn found<T, E: Into<ApiError>>(
     r: Result<T, E>,

@@ -774,19 +774,7 @@ pub async fn remove(
     use crate::teardown::Removal;
     let mut removed = Vec::new();
     let role = format!("natd-{stack}-lambda");
-    let role_tags = found(
-        c.iam.list_role_tags().role_name(&role).send().await,
-        "ListRoleTags",
-        &role,
-    )?;
-    let role_tags: BTreeMap<String, String> = role_tags
-        .map(|t| {
-            t.tags()
-                .iter()
-                .map(|t| (t.key().to_string(), t.value().to_string()))
-                .collect()
-        })
-        .unwrap_or_default();
+    let role_tags = crate::teardown::role_tags(c, &role).await?;
     let ours = role_tags.get(STACK_TAG).map(String::as_str) == Some(stack);
     // 1. The function: back to its previous role and VPC configuration.
     if let Some(function) = role_tags.get(FUNCTION_TAG).filter(|_| ours) {
@@ -925,32 +913,7 @@ pub async fn remove(
     }
     // 4. The execution role.
     if ours {
-        let policies = c
-            .iam
-            .list_role_policies()
-            .role_name(&role)
-            .send()
-            .await
-            .map_err(err("ListRolePolicies", &role))?;
-        for p in policies.policy_names() {
-            c.iam
-                .delete_role_policy()
-                .role_name(&role)
-                .policy_name(p)
-                .send()
-                .await
-                .map_err(err("DeleteRolePolicy", &role))?;
-        }
-        c.iam
-            .delete_role()
-            .role_name(&role)
-            .send()
-            .await
-            .map_err(err("DeleteRole", &role))?;
-        removed.push(Removal {
-            kind: "IAM role",
-            id: role,
-        });
+        removed.push(crate::teardown::delete_role(c, &role).await?);
     }
     Ok(removed)
 }

@@ -10,7 +10,7 @@
 //! table also names the table its subnets came from in `natd:split-from`, so teardown
 //! can put them back.
 
-use crate::dev::{Clients, Error, err};
+use crate::dev::{Clients, Error, err, tag_value};
 use natd::cloud::ApiError;
 use natd::contract::{DEFAULT_ROUTE, EGRESS_TAG, STACK_TAG};
 use serde::Serialize;
@@ -308,12 +308,6 @@ pub fn plan(spec: &Spec, o: &Observed) -> Result<Vec<Action>, Refusal> {
         });
     }
     Ok(out)
-}
-
-fn tag_value<'a>(tags: &'a [aws_sdk_ec2::types::Tag], key: &str) -> Option<&'a str> {
-    tags.iter()
-        .find(|t| t.key() == Some(key))
-        .and_then(|t| t.value())
 }
 
 fn stack_filter(stack: &str) -> aws_sdk_ec2::types::Filter {

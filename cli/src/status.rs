@@ -2,7 +2,7 @@
 //! the NAT instances of its group (dev), its NAT gateways per AZ (prod), and the
 //! default route of each route table the stack manages.
 
-use crate::dev::{Clients, Error, egress_tables, err};
+use crate::dev::{Clients, Error, egress_tables, err, tag_value};
 use crate::prod::{AZ_TAG, ROUTES_TAG};
 use aws_sdk_ec2::types::Filter;
 use natd::contract::STACK_TAG;
@@ -160,21 +160,11 @@ pub async fn read(c: &Clients, stack: &str) -> Result<Status, Error> {
     let gateways: Vec<Gateway> = r
         .nat_gateways()
         .iter()
-        .filter(|g| {
-            g.tags()
-                .iter()
-                .any(|t| t.key() == Some(STACK_TAG) && t.value() == Some(stack))
-        })
+        .filter(|g| tag_value(g.tags(), STACK_TAG) == Some(stack))
         .filter(|g| g.state().is_some_and(|s| s.as_str() != "deleted"))
         .map(|g| Gateway {
             id: g.nat_gateway_id().unwrap_or_default().to_string(),
-            az: g
-                .tags()
-                .iter()
-                .find(|t| t.key() == Some(AZ_TAG))
-                .and_then(|t| t.value())
-                .unwrap_or_default()
-                .to_string(),
+            az: tag_value(g.tags(), AZ_TAG).unwrap_or_default().to_string(),
             state: g
                 .state()
                 .map(|s| s.as_str().to_string())
@@ -285,18 +275,9 @@ async fn wiring(c: &Clients, stack: &str) -> Result<Option<Wiring>, Error> {
         return Ok(None);
     };
     let role_arn = r.role().map(|r| r.arn().to_string()).unwrap_or_default();
-    let tags = c
-        .iam
-        .list_role_tags()
-        .role_name(&role)
-        .send()
-        .await
-        .map_err(err("ListRoleTags", &role))?;
-    let Some(function) = tags
-        .tags()
-        .iter()
-        .find(|t| t.key() == FUNCTION_TAG)
-        .map(|t| t.value().to_string())
+    let Some(function) = crate::teardown::role_tags(c, &role)
+        .await?
+        .remove(FUNCTION_TAG)
     else {
         return Ok(None);
     };

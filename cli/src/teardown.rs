@@ -2,7 +2,7 @@
 //! found by name *and* the `natd:stack` tag (anything else is left alone), in
 //! dependency order. Idempotent: a second run finds nothing.
 
-use crate::dev::{Clients, Error, egress_tables, err, found};
+use crate::dev::{Clients, Error, egress_tables, err, found, tag_value};
 use crate::prod::{AZ_TAG, ROUTES_TAG, SPLIT_TAG};
 use aws_sdk_ec2::types::{Address, Filter};
 use natd::cloud::ApiError;
@@ -74,16 +74,12 @@ pub async fn dev_parts(c: &Clients, stack: &str) -> Result<Vec<String>, Error> {
             g.group_id().unwrap_or_default()
         ));
     }
-    let tags = found(
-        c.iam.list_role_tags().role_name(&name).send().await,
-        "ListRoleTags",
-        &name,
-    )?;
-    if tags.is_some_and(|t| {
-        t.tags()
-            .iter()
-            .any(|t| t.key() == STACK_TAG && t.value() == stack)
-    }) {
+    if role_tags(c, &name)
+        .await?
+        .get(STACK_TAG)
+        .map(String::as_str)
+        == Some(stack)
+    {
         parts.push(format!("IAM role and instance profile {name}"));
     }
     for t in egress_tables(c, stack).await? {
@@ -297,16 +293,11 @@ pub async fn remove_dev(
     }
 
     // 4. IAM: only a role carrying the stack's tag.
-    let tags = found(
-        c.iam.list_role_tags().role_name(&name).send().await,
-        "ListRoleTags",
-        &name,
-    )?;
-    let role_is_ours = tags.is_some_and(|t| {
-        t.tags()
-            .iter()
-            .any(|t| t.key() == STACK_TAG && t.value() == stack)
-    });
+    let role_is_ours = role_tags(c, &name)
+        .await?
+        .get(STACK_TAG)
+        .map(String::as_str)
+        == Some(stack);
     if role_is_ours {
         let detach = c
             .iam
@@ -328,32 +319,7 @@ pub async fn remove_dev(
                 id: name.clone(),
             });
         }
-        let policies = c
-            .iam
-            .list_role_policies()
-            .role_name(&name)
-            .send()
-            .await
-            .map_err(err("ListRolePolicies", &name))?;
-        for p in policies.policy_names() {
-            c.iam
-                .delete_role_policy()
-                .role_name(&name)
-                .policy_name(p)
-                .send()
-                .await
-                .map_err(err("DeleteRolePolicy", &name))?;
-        }
-        c.iam
-            .delete_role()
-            .role_name(&name)
-            .send()
-            .await
-            .map_err(err("DeleteRole", &name))?;
-        removed.push(Removal {
-            kind: "IAM role",
-            id: name.clone(),
-        });
+        removed.push(delete_role(c, &name).await?);
     }
     // 5. The stack's Elastic IP for the NAT instance (--eip), now that no instance
     //    holds it.
@@ -364,6 +330,56 @@ pub async fn remove_dev(
         removed.extend(release_address(c, &a).await?);
     }
     Ok(removed)
+}
+
+/// The tags of IAM role `role` (empty when there is no such role).
+pub(crate) async fn role_tags(
+    c: &Clients,
+    role: &str,
+) -> Result<std::collections::BTreeMap<String, String>, Error> {
+    let tags = found(
+        c.iam.list_role_tags().role_name(role).send().await,
+        "ListRoleTags",
+        role,
+    )?;
+    Ok(tags
+        .map(|t| {
+            t.tags()
+                .iter()
+                .map(|t| (t.key().to_string(), t.value().to_string()))
+                .collect()
+        })
+        .unwrap_or_default())
+}
+
+/// Deletes IAM role `role` and its inline policies.
+pub(crate) async fn delete_role(c: &Clients, role: &str) -> Result<Removal, Error> {
+    let policies = c
+        .iam
+        .list_role_policies()
+        .role_name(role)
+        .send()
+        .await
+        .map_err(err("ListRolePolicies", role))?;
+    for p in policies.policy_names() {
+        c.iam
+            .delete_role_policy()
+            .role_name(role)
+            .policy_name(p)
+            .send()
+            .await
+            .map_err(err("DeleteRolePolicy", role))?;
+    }
+    c.iam
+        .delete_role()
+        .role_name(role)
+        .send()
+        .await
+        .map_err(err("DeleteRole", role))?;
+    Ok(Removal {
+        kind: "IAM role",
+        id: role.to_string(),
+    })
 }
 
 async fn stack_addresses(c: &Clients, stack: &str) -> Result<Vec<Address>, Error> {
@@ -382,11 +398,7 @@ async fn stack_addresses(c: &Clients, stack: &str) -> Result<Vec<Address>, Error
     // Checked here too: the filter is the API's, the guarantee is ours.
     Ok(r.addresses()
         .iter()
-        .filter(|a| {
-            a.tags()
-                .iter()
-                .any(|t| t.key() == Some(STACK_TAG) && t.value() == Some(stack))
-        })
+        .filter(|a| tag_value(a.tags(), STACK_TAG) == Some(stack))
         .cloned()
         .collect())
 }
@@ -454,11 +466,7 @@ pub async fn remove_prod(
     let all_gateways: Vec<&aws_sdk_ec2::types::NatGateway> = all_gateways
         .nat_gateways()
         .iter()
-        .filter(|g| {
-            g.tags()
-                .iter()
-                .any(|t| t.key() == Some(STACK_TAG) && t.value() == Some(stack))
-        })
+        .filter(|g| tag_value(g.tags(), STACK_TAG) == Some(stack))
         .collect();
     let gateway_ids: Vec<String> = all_gateways
         .iter()
