@@ -63,6 +63,21 @@ pub enum Event {
     Route(String, String),
 }
 
+/// Requests from every private namespace to the internet server, every 100 ms, on a
+/// thread of its own, until [`Prober::stop`].
+pub struct Prober {
+    stop: Arc<AtomicBool>,
+    thread: std::thread::JoinHandle<Vec<Result<String, String>>>,
+}
+
+impl Prober {
+    /// Stops probing; every result, in order.
+    pub fn stop(self) -> Vec<Result<String, String>> {
+        self.stop.store(true, Ordering::SeqCst);
+        self.thread.join().unwrap()
+    }
+}
+
 /// One NAT instance of the lab.
 struct Instance {
     ns: Netns,
@@ -199,6 +214,24 @@ impl Lab {
         tokio::task::spawn_blocking(move || crate::dataplane::fetch(&Netns::named(&name), SERVER))
             .await
             .unwrap()
+    }
+
+    /// Starts probing egress from every private namespace.
+    pub fn probe(&self) -> Prober {
+        let names: Vec<String> = self.private.iter().map(|(_, ns)| ns.name.clone()).collect();
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let mut results = Vec::new();
+            while !flag.load(Ordering::SeqCst) {
+                for name in &names {
+                    results.push(crate::dataplane::fetch(&Netns::named(name), SERVER));
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            results
+        });
+        Prober { stop, thread }
     }
 
     /// Everything the lab saw so far.
@@ -541,6 +574,21 @@ impl Fabric {
         (format!("n{}", self.next_link), self.next_link)
     }
 
+    /// Links `ns` (interface `in0`, address `ip`) to the VPC router (interface `link`).
+    fn inside(&self, ns: &Netns, ip: &str, link: &str) {
+        ns.link(
+            "in0",
+            &format!("{ip}/32"),
+            &self.vpc,
+            link,
+            &format!("{ROUTER}/32"),
+        );
+        ns.sh(&format!(
+            "ip route add {ROUTER} dev in0 && ip route add 10.20.0.0/16 via {ROUTER} dev in0 onlink"
+        ));
+        self.vpc.sh(&format!("ip route add {ip}/32 dev {link}"));
+    }
+
     /// A public interface `dev` in `ns` (with `mac` when given) on the internet's bridge,
     /// and the default route through it.
     fn uplink(&self, ns: &Netns, dev: &str, mac: Option<&str>, public: &str, k: u32) {
@@ -564,17 +612,7 @@ impl Fabric {
         let (link, k) = self.new_link();
         let ns = Netns::new(&format!("i{k}"));
         // Inside: the instance's private address, behind the VPC router.
-        ns.link(
-            "in0",
-            &format!("{ip}/32"),
-            &self.vpc,
-            &link,
-            &format!("{ROUTER}/32"),
-        );
-        ns.sh(&format!(
-            "ip route add {ROUTER} dev in0 && ip route add 10.20.0.0/16 via {ROUTER} dev in0 onlink"
-        ));
-        self.vpc.sh(&format!("ip route add {ip}/32 dev {link}"));
+        self.inside(&ns, ip, &link);
         // Outside: the ENI's MAC and a public address on the internet's bridge.
         let public = format!("198.51.100.{}", 10 + (k % 180));
         self.uplink(&ns, "ens5", Some(mac), &public, k);
@@ -622,17 +660,7 @@ impl Fabric {
             ip.to_string()
         };
         let ns = Netns::new(&format!("g{k}"));
-        ns.link(
-            "in0",
-            &format!("{ip}/32"),
-            &self.vpc,
-            &link,
-            &format!("{ROUTER}/32"),
-        );
-        ns.sh(&format!(
-            "ip route add {ROUTER} dev in0 && ip route add 10.20.0.0/16 via {ROUTER} dev in0 onlink"
-        ));
-        self.vpc.sh(&format!("ip route add {ip}/32 dev {link}"));
+        self.inside(&ns, &ip, &link);
         let public = format!("198.51.100.{}", 200 + (k % 50));
         self.uplink(&ns, "eth1", None, &public, k);
         ns.sh("sysctl -qw net.ipv4.ip_forward=1 && iptables -t nat -A POSTROUTING -o eth1 -j MASQUERADE");

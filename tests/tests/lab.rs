@@ -10,7 +10,6 @@ use natd_tests::emulator::Emulator;
 use natd_tests::lab::{Event, Lab};
 use natd_tests::world::{IMAGE, text};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 /// Polls `f` every 100 ms until it returns `Some`, or panics after `limit`.
@@ -127,22 +126,7 @@ async fn dev_egress_fails_over_then_switches_to_prod_and_tears_down_to_nothing()
     eprintln!("egress gap after the NAT instance died: {gap:?}");
 
     // dev -> prod while both subnets keep making requests: none fails.
-    let stop = Arc::new(AtomicBool::new(false));
-    let prober = {
-        let names: Vec<String> = lab.private.iter().map(|(_, ns)| ns.name.clone()).collect();
-        let stop = stop.clone();
-        std::thread::spawn(move || {
-            let mut results = Vec::new();
-            while !stop.load(Ordering::SeqCst) {
-                for name in &names {
-                    let ns = natd_tests::netns::Netns::named(name);
-                    results.push(natd_tests::dataplane::fetch(&ns, natd_tests::lab::SERVER));
-                }
-                std::thread::sleep(Duration::from_millis(100));
-            }
-            results
-        })
-    };
+    let prober = lab.probe();
     let out = natctl(
         &lab.emu,
         &[
@@ -165,8 +149,7 @@ async fn dev_egress_fails_over_then_switches_to_prod_and_tears_down_to_nothing()
         async || lab.instances().is_empty().then_some(()),
     )
     .await;
-    stop.store(true, Ordering::SeqCst);
-    let results = prober.join().unwrap();
+    let results = prober.stop();
     let failed: Vec<&String> = results.iter().filter_map(|r| r.as_ref().err()).collect();
     assert!(results.len() >= 10, "{} probes", results.len());
     assert!(

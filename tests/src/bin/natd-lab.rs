@@ -13,7 +13,6 @@ use natd_tests::lab::{Event, Lab, SERVER};
 use natd_tests::world::IMAGE;
 use std::io::Write;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 fn say(s: &str) {
@@ -170,25 +169,7 @@ async fn story(summary: &mut Vec<(String, String)>) {
     ));
 
     say("\n4. Switching the stack to prod (a NAT gateway per AZ) while both subnets keep asking");
-    let stop = Arc::new(AtomicBool::new(false));
-    let prober = {
-        let names: Vec<String> = lab.private.iter().map(|(_, ns)| ns.name.clone()).collect();
-        let stop = stop.clone();
-        std::thread::spawn(move || {
-            let (mut ok, mut failed) = (0, 0);
-            while !stop.load(Ordering::SeqCst) {
-                for name in &names {
-                    let ns = natd_tests::netns::Netns::named(name);
-                    match natd_tests::dataplane::fetch(&ns, SERVER) {
-                        Ok(_) => ok += 1,
-                        Err(_) => failed += 1,
-                    }
-                }
-                std::thread::sleep(Duration::from_millis(100));
-            }
-            (ok, failed)
-        })
-    };
+    let prober = lab.probe();
     // A short drain for the demo; the default (30 s) also covers AWS route propagation.
     let prod = [
         "setup",
@@ -208,8 +189,9 @@ async fn story(summary: &mut Vec<(String, String)>) {
         async || lab.instances().is_empty().then_some(()),
     )
     .await;
-    stop.store(true, Ordering::SeqCst);
-    let (ok, failed) = prober.join().unwrap();
+    let results = prober.stop();
+    let failed = results.iter().filter(|r| r.is_err()).count();
+    let ok = results.len() - failed;
     assert!(switched, "natctl setup --env prod failed");
     say(&format!(
         "   requests during the switch: {ok} answered, {failed} failed"
