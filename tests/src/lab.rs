@@ -268,13 +268,28 @@ impl Lab {
         self.shared.lock().unwrap().routes.clone()
     }
 
-    /// Runs a shell command in `instance`'s namespace.
-    pub fn on_instance(&self, instance: &str, script: &str) -> std::process::Output {
+    /// The pids of natd processes in `instance`'s namespace (only that namespace's:
+    /// `pgrep` would see every natd on the host).
+    pub fn natd_pids(&self, instance: &str) -> Vec<String> {
         let ns = self.instances().get(instance).cloned().unwrap_or_default();
-        std::process::Command::new("ip")
-            .args(["netns", "exec", &ns, "sh", "-c", script])
+        let out = std::process::Command::new("ip")
+            .args(["netns", "pids", &ns])
             .output()
-            .unwrap()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout)
+            .split_whitespace()
+            .filter(|p| {
+                std::fs::read_to_string(format!("/proc/{p}/comm")).is_ok_and(|c| c.trim() == "natd")
+            })
+            .map(str::to_string)
+            .collect()
+    }
+
+    /// Kills (SIGKILL) natd on `instance`, as a crash would.
+    pub fn kill_natd(&self, instance: &str) {
+        for p in self.natd_pids(instance) {
+            let _ = std::process::Command::new("kill").args(["-9", &p]).status();
+        }
     }
 
     /// Stops the fabric and removes every instance and gateway namespace.
@@ -304,6 +319,8 @@ struct Fabric {
     instances: BTreeMap<String, Instance>,
     gateways: BTreeMap<String, Gateway>,
     programmed: BTreeMap<String, String>,
+    /// Subnets whose route targets something the lab does not run: ticks waited.
+    unknown: BTreeMap<String, u32>,
     checks: BTreeSet<String>,
     next_link: u32,
     dir: tempfile::TempDir,
@@ -334,6 +351,7 @@ impl Fabric {
             instances: BTreeMap::new(),
             gateways: BTreeMap::new(),
             programmed: BTreeMap::new(),
+            unknown: BTreeMap::new(),
             checks: BTreeSet::new(),
             next_link: 0,
             dir: tempfile::tempdir().unwrap(),
@@ -542,6 +560,17 @@ impl Fabric {
                             .get(&hop)
                             .map(|g| (g.ip.clone(), g.link.clone()))
                     });
+                // A target the lab does not run yet (it appeared between this tick's
+                // reads) keeps the current path for a few ticks, like AWS's route
+                // propagation; one that never runs drops, like a blackhole.
+                if via.is_none() && hop != "none" && hop != "blackhole" {
+                    let waited = self.unknown.entry(subnet.clone()).or_insert(0);
+                    *waited += 1;
+                    if *waited < 10 {
+                        continue;
+                    }
+                }
+                self.unknown.remove(subnet);
                 let cmd = match (&via, hop.as_str()) {
                     (Some((ip, link)), _) => {
                         format!(
@@ -549,20 +578,16 @@ impl Fabric {
                         )
                     }
                     (None, "none") => format!("ip route flush table {table_no}"),
-                    // A target the lab does not run (yet) drops, like a blackhole.
                     _ => format!("ip route replace blackhole default table {table_no}"),
                 };
                 if self.vpc.sh_status(&cmd).status.success() {
-                    // A target not running yet is retried next tick.
-                    if via.is_some() || hop == "none" || hop == "blackhole" {
-                        self.programmed.insert(subnet.clone(), hop.clone());
-                        self.shared
-                            .lock()
-                            .unwrap()
-                            .routes
-                            .insert(subnet.clone(), hop.clone());
-                        self.event(Event::Route(subnet.clone(), hop));
-                    }
+                    self.programmed.insert(subnet.clone(), hop.clone());
+                    self.shared
+                        .lock()
+                        .unwrap()
+                        .routes
+                        .insert(subnet.clone(), hop.clone());
+                    self.event(Event::Route(subnet.clone(), hop));
                 }
             }
         }

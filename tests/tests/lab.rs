@@ -215,11 +215,10 @@ async fn an_instance_whose_forwarding_or_natd_breaks_is_replaced() {
     // --report-unhealthy gets the instance replaced.
     for n in 0..5 {
         until("natd running", Duration::from_secs(10), async || {
-            let out = lab.on_instance(&second, "pgrep -x natd");
-            out.status.success().then_some(())
+            (!lab.natd_pids(&second).is_empty()).then_some(())
         })
         .await;
-        lab.on_instance(&second, "pkill -9 -x natd");
+        lab.kill_natd(&second);
         if n == 0 {
             tokio::time::sleep(Duration::from_millis(300)).await;
             assert!(lab.fetch(0).is_ok(), "egress survives natd dying");
