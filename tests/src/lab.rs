@@ -67,14 +67,27 @@ pub enum Event {
 /// thread of its own, until [`Prober::stop`].
 pub struct Prober {
     stop: Arc<AtomicBool>,
-    thread: std::thread::JoinHandle<Vec<Result<String, String>>>,
+    thread: Option<std::thread::JoinHandle<Vec<Result<String, String>>>>,
 }
 
 impl Prober {
     /// Stops probing; every result, in order.
-    pub fn stop(self) -> Vec<Result<String, String>> {
+    pub fn stop(mut self) -> Vec<Result<String, String>> {
         self.stop.store(true, Ordering::SeqCst);
-        self.thread.join().unwrap()
+        self.thread
+            .take()
+            .map(|t| t.join().unwrap())
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for Prober {
+    /// Dropped early (an interrupted demo): stops before the namespaces go.
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
     }
 }
 
@@ -231,7 +244,10 @@ impl Lab {
             }
             results
         });
-        Prober { stop, thread }
+        Prober {
+            stop,
+            thread: Some(thread),
+        }
     }
 
     /// Everything the lab saw so far.

@@ -228,6 +228,9 @@ async fn story(summary: &mut Vec<(String, String)>) {
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() {
+    // Binaries are built (or found fresh) before the story starts, so an interrupt
+    // during the story is answered at once.
+    natd_tests::bin("natctl");
     let mut summary = Vec::new();
     let mut term =
         tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).unwrap();
