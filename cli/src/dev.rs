@@ -260,6 +260,27 @@ fn ec2_tags(
         .build()
 }
 
+/// An IAM tag for the call `op` on `target`.
+pub(crate) fn iam_tag(
+    op: &'static str,
+    target: &str,
+    key: &str,
+    value: &str,
+) -> Result<aws_sdk_iam::types::Tag, Error> {
+    aws_sdk_iam::types::Tag::builder()
+        .key(key)
+        .value(value)
+        .build()
+        .map_err(|e| Error {
+            op,
+            target: target.to_string(),
+            source: ApiError {
+                code: None,
+                message: e.to_string(),
+            },
+        })
+}
+
 /// The value of EC2 tag `key`, if set.
 pub(crate) fn tag_value<'a>(tags: &'a [aws_sdk_ec2::types::Tag], key: &str) -> Option<&'a str> {
     tags.iter()
@@ -647,20 +668,7 @@ pub async fn apply(
                     .create_role()
                     .role_name(&name)
                     .assume_role_policy_document(trust.to_string())
-                    .tags(
-                        aws_sdk_iam::types::Tag::builder()
-                            .key(STACK_TAG)
-                            .value(&spec.stack)
-                            .build()
-                            .map_err(|e| Error {
-                                op: "CreateRole",
-                                target: name.clone(),
-                                source: ApiError {
-                                    code: None,
-                                    message: e.to_string(),
-                                },
-                            })?,
-                    )
+                    .tags(iam_tag("CreateRole", &name, STACK_TAG, &spec.stack)?)
                     .send()
                     .await
                     .map_err(err("CreateRole", &name))?;
@@ -680,20 +688,12 @@ pub async fn apply(
                     c.iam
                         .create_instance_profile()
                         .instance_profile_name(&name)
-                        .tags(
-                            aws_sdk_iam::types::Tag::builder()
-                                .key(STACK_TAG)
-                                .value(&spec.stack)
-                                .build()
-                                .map_err(|e| Error {
-                                    op: "CreateInstanceProfile",
-                                    target: name.clone(),
-                                    source: ApiError {
-                                        code: None,
-                                        message: e.to_string(),
-                                    },
-                                })?,
-                        )
+                        .tags(iam_tag(
+                            "CreateInstanceProfile",
+                            &name,
+                            STACK_TAG,
+                            &spec.stack,
+                        )?)
                         .send()
                         .await
                         .map_err(err("CreateInstanceProfile", &name))?;

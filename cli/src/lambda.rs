@@ -544,17 +544,6 @@ pub async fn read(c: &Clients, spec: &Spec) -> Result<Observed, Error> {
     Ok(o)
 }
 
-fn api_error(op: &'static str, target: &str, e: impl std::fmt::Display) -> Error {
-    Error {
-        op,
-        target: target.to_string(),
-        source: ApiError {
-            code: None,
-            message: e.to_string(),
-        },
-    }
-}
-
 /// Carries out `actions` in order.
 pub async fn apply(
     c: &Clients,
@@ -670,13 +659,7 @@ pub async fn apply(
                     "Version": "2012-10-17",
                     "Statement": [{"Effect": "Allow", "Principal": {"Service": "lambda.amazonaws.com"}, "Action": "sts:AssumeRole"}]
                 });
-                let tag = |k: &str, v: &str| {
-                    aws_sdk_iam::types::Tag::builder()
-                        .key(k)
-                        .value(v)
-                        .build()
-                        .map_err(|e| api_error("CreateRole", &role, e))
-                };
+                let tag = |k: &str, v: &str| crate::dev::iam_tag("CreateRole", &role, k, v);
                 let r = c
                     .iam
                     .create_role()
