@@ -134,17 +134,8 @@ impl Config {
             value,
             why,
         };
-        if self.stack.is_empty()
-            || !self
-                .stack
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
-        {
-            return Err(bad(
-                "stack",
-                format!("{:?}", self.stack),
-                "use letters, digits, '-' and '_'",
-            ));
+        if let Err(e) = crate::contract::check_stack_name(&self.stack) {
+            return Err(bad("stack", format!("{:?}", self.stack), e.why));
         }
         if self.interval_secs == 0 {
             return Err(bad("interval_secs", "0".into(), "must be at least 1"));

@@ -15,6 +15,54 @@ pub const STACK_TAG: &str = "natd:stack";
 /// Default stack name when the config names none.
 pub const DEFAULT_STACK: &str = "default";
 
+/// Longest stack name. Every name derived from a stack must fit AWS's limits; the
+/// tightest is an IAM role name (64 characters): `natd-` + stack + the longest suffix
+/// natctl derives (`-flow-logs`, 10 characters) leaves 49, and 32 leaves room for
+/// suffixes to come. Security group, launch template and Auto Scaling group names
+/// (128-255) and tag values (256) are looser.
+pub const STACK_MAX_LEN: usize = 32;
+
+/// A stack name that breaks [`check_stack_name`]'s rule.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "stack name {name:?}: {why} (the rule: 1 to {STACK_MAX_LEN} lowercase letters, digits and '-', not starting or ending with '-')"
+)]
+pub struct BadStackName {
+    /// The name given.
+    pub name: String,
+    /// What is wrong with it.
+    pub why: &'static str,
+}
+
+/// The stack-name rule both binaries apply: lowercase letters, digits and `-`, at most
+/// [`STACK_MAX_LEN`] characters, not starting or ending with `-`. Lowercase only,
+/// because IAM names are unique regardless of case: stacks `Dev` and `dev` would share
+/// one role.
+pub fn check_stack_name(name: &str) -> Result<(), BadStackName> {
+    let bad = |why| {
+        Err(BadStackName {
+            name: name.to_string(),
+            why,
+        })
+    };
+    if name.is_empty() {
+        return bad("it is empty");
+    }
+    if name.chars().count() > STACK_MAX_LEN {
+        return bad("it is too long");
+    }
+    if !name
+        .chars()
+        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+    {
+        return bad("it has a character outside the rule");
+    }
+    if name.starts_with('-') || name.ends_with('-') {
+        return bad("it starts or ends with '-'");
+    }
+    Ok(())
+}
+
 /// Destination natd owns in the tagged route tables.
 pub const DEFAULT_ROUTE: &str = "0.0.0.0/0";
 
@@ -87,6 +135,28 @@ pub fn agent_policy(stack: &str) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn stack_names_follow_one_rule() {
+        for good in ["dev", "dev1", "a", "my-app-2", &"a".repeat(STACK_MAX_LEN)] {
+            assert_eq!(check_stack_name(good), Ok(()), "{good}");
+        }
+        for bad in [
+            "",
+            "dev one",
+            "Dev",
+            "dev_1",
+            "-dev",
+            "dev-",
+            "d\u{e9}v",
+            &"a".repeat(STACK_MAX_LEN + 1),
+        ] {
+            let e = check_stack_name(bad).expect_err(bad);
+            assert!(e.to_string().contains(&format!("{bad:?}")), "{e}");
+        }
+        // The longest role natctl derives still fits IAM's 64 characters.
+        assert!("natd-".len() + STACK_MAX_LEN + "-flow-logs".len() <= 64);
+    }
 
     #[test]
     fn mutating_actions_are_scoped_by_tag_to_the_stack() {

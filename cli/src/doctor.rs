@@ -2,8 +2,10 @@
 //! found in any VPC (natctl-built or not), each told in a plain sentence with its fix.
 //! [`diagnose`] decides from [`Facts`] without I/O; [`read`] gathers them.
 
-use crate::dev::{Clients, Error, err, found};
-use crate::lambda::ENI_ACTIONS;
+use crate::aws::names::filter;
+use crate::aws::read::{self, Associations};
+use crate::aws::{Clients, Error, err, found};
+use crate::parts::lambda::ENI_ACTIONS;
 use serde::Serialize;
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -339,61 +341,58 @@ fn rules(perms: &[aws_sdk_ec2::types::IpPermission]) -> Vec<Rule> {
 /// Statements of a role's inline and attached policies.
 async fn role_statements(c: &Clients, role: &str) -> Result<Vec<serde_json::Value>, Error> {
     let mut docs = Vec::new();
-    if let Some(inline) = found(
-        c.iam.list_role_policies().role_name(role).send().await,
-        "ListRolePolicies",
-        role,
-    )? {
-        for p in inline.policy_names() {
-            let d = c
-                .iam
-                .get_role_policy()
-                .role_name(role)
-                .policy_name(p)
-                .send()
-                .await
-                .map_err(err("GetRolePolicy", role))?;
-            docs.push(crate::dev::urlencoding_decode(d.policy_document()));
-        }
+    let inline = c
+        .iam
+        .list_role_policies()
+        .role_name(role)
+        .into_paginator()
+        .items()
+        .send()
+        .collect::<Result<Vec<_>, _>>()
+        .await;
+    for p in found(inline, "ListRolePolicies", role)?.unwrap_or_default() {
+        docs.extend(read::role_policy(c, role, &p).await?);
     }
-    if let Some(attached) = found(
-        c.iam
-            .list_attached_role_policies()
-            .role_name(role)
+    let attached = c
+        .iam
+        .list_attached_role_policies()
+        .role_name(role)
+        .into_paginator()
+        .items()
+        .send()
+        .collect::<Result<Vec<_>, _>>()
+        .await;
+    for p in found(attached, "ListAttachedRolePolicies", role)?.unwrap_or_default() {
+        let arn = p.policy_arn().unwrap_or_default();
+        let pol = c
+            .iam
+            .get_policy()
+            .policy_arn(arn)
             .send()
-            .await,
-        "ListAttachedRolePolicies",
-        role,
-    )? {
-        for p in attached.attached_policies() {
-            let arn = p.policy_arn().unwrap_or_default();
-            let pol = c
-                .iam
-                .get_policy()
-                .policy_arn(arn)
-                .send()
-                .await
-                .map_err(err("GetPolicy", arn))?;
-            let version = pol
-                .policy()
-                .and_then(|p| p.default_version_id())
-                .unwrap_or("v1");
-            let v = c
-                .iam
-                .get_policy_version()
-                .policy_arn(arn)
-                .version_id(version)
-                .send()
-                .await
-                .map_err(err("GetPolicyVersion", arn))?;
-            if let Some(d) = v.policy_version().and_then(|v| v.document()) {
-                docs.push(crate::dev::urlencoding_decode(d));
-            }
+            .await
+            .map_err(err("GetPolicy", arn))?;
+        let version = pol
+            .policy()
+            .and_then(|p| p.default_version_id())
+            .unwrap_or("v1");
+        let v = c
+            .iam
+            .get_policy_version()
+            .policy_arn(arn)
+            .version_id(version)
+            .send()
+            .await
+            .map_err(err("GetPolicyVersion", arn))?;
+        if let Some(d) = v
+            .policy_version()
+            .and_then(|v| v.document())
+            .and_then(read::decode_policy)
+        {
+            docs.push(d);
         }
     }
     let mut out = Vec::new();
-    for d in docs {
-        let v: serde_json::Value = serde_json::from_str(&d).unwrap_or_default();
+    for v in docs {
         match &v["Statement"] {
             serde_json::Value::Array(xs) => out.extend(xs.iter().cloned()),
             s @ serde_json::Value::Object(_) => out.push(s.clone()),
@@ -405,8 +404,7 @@ async fn role_statements(c: &Clients, role: &str) -> Result<Vec<serde_json::Valu
 
 /// Gathers the facts of `vpc` (and of `function`, or of every function in the VPC).
 pub async fn read(c: &Clients, vpc: &str, function: Option<&str>) -> Result<Facts, Invalid> {
-    use aws_sdk_ec2::types::Filter;
-    let in_vpc = || Filter::builder().name("vpc-id").values(vpc).build();
+    let in_vpc = || vec![filter("vpc-id", &[vpc])];
     let mut f = Facts {
         vpc: vpc.to_string(),
         ..Facts::default()
@@ -414,7 +412,7 @@ pub async fn read(c: &Clients, vpc: &str, function: Option<&str>) -> Result<Fact
     let v = c
         .ec2
         .describe_vpcs()
-        .filters(in_vpc())
+        .filters(filter("vpc-id", &[vpc]))
         .send()
         .await
         .map_err(err("DescribeVpcs", vpc))?;
@@ -429,37 +427,20 @@ pub async fn read(c: &Clients, vpc: &str, function: Option<&str>) -> Result<Fact
         .collect::<BTreeSet<_>>()
         .into_iter()
         .collect();
-    let subnets = c
-        .ec2
-        .describe_subnets()
-        .filters(in_vpc())
-        .send()
-        .await
-        .map_err(err("DescribeSubnets", vpc))?;
-    for s in subnets.subnets() {
+    for s in read::subnets(c, in_vpc(), vpc).await? {
         f.subnet_az.insert(
             s.subnet_id().unwrap_or_default().to_string(),
             s.availability_zone().unwrap_or_default().to_string(),
         );
     }
-    let tables = c
-        .ec2
-        .describe_route_tables()
-        .filters(in_vpc())
-        .send()
-        .await
-        .map_err(err("DescribeRouteTables", vpc))?;
-    let mut main = None;
-    for t in tables.route_tables() {
-        let id = t.route_table_id().unwrap_or_default().to_string();
-        for a in t.associations() {
-            if a.main() == Some(true) {
-                main = Some(id.clone());
-            }
-            if let Some(s) = a.subnet_id() {
-                f.subnet_table.insert(s.to_string(), id.clone());
-            }
+    let tables = read::vpc_tables(c, vpc).await?;
+    let associations = Associations::from_tables(&tables);
+    for s in f.subnet_az.keys() {
+        if let Some(t) = associations.table_of(s) {
+            f.subnet_table.insert(s.clone(), t.to_string());
         }
+    }
+    for t in &tables {
         let d = natd::aws::default_route(t).map(|r| Default {
             target: natd::aws::route_target(r).unwrap_or_default().to_string(),
             state: r
@@ -467,23 +448,10 @@ pub async fn read(c: &Clients, vpc: &str, function: Option<&str>) -> Result<Fact
                 .map(|s| s.as_str().to_string())
                 .unwrap_or_default(),
         });
-        f.defaults.insert(id, d);
+        f.defaults
+            .insert(t.route_table_id().unwrap_or_default().to_string(), d);
     }
-    if let Some(main) = main {
-        for s in f.subnet_az.keys() {
-            f.subnet_table
-                .entry(s.clone())
-                .or_insert_with(|| main.clone());
-        }
-    }
-    let gws = c
-        .ec2
-        .describe_nat_gateways()
-        .filter(in_vpc())
-        .send()
-        .await
-        .map_err(err("DescribeNatGateways", vpc))?;
-    for g in gws.nat_gateways() {
+    for g in read::nat_gateways(c, in_vpc(), vpc).await? {
         if g.state().is_some_and(|s| s.as_str() == "deleted") {
             continue;
         }
@@ -508,35 +476,24 @@ pub async fn read(c: &Clients, vpc: &str, function: Option<&str>) -> Result<Fact
     for t in targets {
         let req = c.ec2.describe_network_interfaces();
         let req = if t.starts_with("i-") {
-            req.filters(
-                Filter::builder()
-                    .name("attachment.instance-id")
-                    .values(&t)
-                    .build(),
-            )
+            req.filters(filter("attachment.instance-id", &[&t]))
         } else {
             req.network_interface_ids(&t)
         };
-        if let Some(r) = found(req.send().await, "DescribeNetworkInterfaces", &t)? {
-            let on = r
-                .network_interfaces()
-                .iter()
-                .any(|n| n.source_dest_check() == Some(true));
+        let r = req
+            .into_paginator()
+            .items()
+            .send()
+            .collect::<Result<Vec<_>, _>>()
+            .await;
+        if let Some(enis) = found(r, "DescribeNetworkInterfaces", &t)? {
+            let on = enis.iter().any(|n| n.source_dest_check() == Some(true));
             f.source_dest_check.insert(t, on);
         }
     }
-    let eps = c
-        .ec2
-        .describe_vpc_endpoints()
-        .filters(in_vpc())
-        .send()
-        .await
-        .map_err(err("DescribeVpcEndpoints", vpc))?;
-    for e in eps.vpc_endpoints() {
+    for e in read::vpc_endpoints(c, in_vpc(), vpc).await? {
         if e.vpc_endpoint_type()
             .is_some_and(|t| t.as_str() != "Interface")
-            || e.state()
-                .is_some_and(|s| matches!(s.as_str(), "deleted" | "deleting"))
         {
             continue;
         }
@@ -550,14 +507,7 @@ pub async fn read(c: &Clients, vpc: &str, function: Option<&str>) -> Result<Fact
                 .collect(),
         ));
     }
-    let sgs = c
-        .ec2
-        .describe_security_groups()
-        .filters(in_vpc())
-        .send()
-        .await
-        .map_err(err("DescribeSecurityGroups", vpc))?;
-    for g in sgs.security_groups() {
+    for g in read::security_groups(c, in_vpc(), vpc).await? {
         f.groups.insert(
             g.group_id().unwrap_or_default().to_string(),
             (
@@ -569,10 +519,13 @@ pub async fn read(c: &Clients, vpc: &str, function: Option<&str>) -> Result<Fact
     let dbs = c
         .rds
         .describe_db_instances()
+        .into_paginator()
+        .items()
         .send()
+        .collect::<Result<Vec<_>, _>>()
         .await
         .map_err(err("DescribeDBInstances", vpc))?;
-    for d in dbs.db_instances() {
+    for d in dbs {
         if d.db_subnet_group().and_then(|g| g.vpc_id()) != Some(vpc) {
             continue;
         }
@@ -595,15 +548,15 @@ pub async fn read(c: &Clients, vpc: &str, function: Option<&str>) -> Result<Fact
             .ok_or_else(|| Invalid::NoFunction(name.to_string()))?;
             r.configuration().cloned().into_iter().collect()
         }
-        None => {
-            let mut all = Vec::new();
-            let mut pages = c.lambda.list_functions().into_paginator().send();
-            while let Some(p) = pages.next().await {
-                let p = p.map_err(err("ListFunctions", vpc))?;
-                all.extend(p.functions().iter().cloned());
-            }
-            all
-        }
+        None => c
+            .lambda
+            .list_functions()
+            .into_paginator()
+            .items()
+            .send()
+            .collect::<Result<Vec<_>, _>>()
+            .await
+            .map_err(err("ListFunctions", vpc))?,
     };
     for conf in configs {
         let subnets: Vec<String> = conf

@@ -1,12 +1,16 @@
-//! `natctl status --name STACK`: the stack's egress as it is, and whether it works:
-//! the NAT instances of its group (dev), its NAT gateways per AZ (prod), and the
-//! default route of each route table the stack manages.
+//! `natctl status --name STACK`: the stack's egress as it is, and whether it works.
+//! [`read`] gathers [`Facts`] (the NAT instances of its group, its NAT gateways, the
+//! default route of each table it manages, its Lambda wiring); [`assess`] decides,
+//! without I/O, which routes work and whether egress is healthy (exit status 3 when
+//! not).
 
-use crate::dev::{Clients, Error, egress_tables, err, tag_value};
-use crate::prod::{AZ_TAG, ROUTES_TAG};
-use aws_sdk_ec2::types::Filter;
-use natd::contract::STACK_TAG;
+use crate::aws::names::{
+    AZ_TAG, EGRESS_TAG, FUNCTION_TAG, Names, ROUTES_TAG, STACK_TAG, tag_value,
+};
+use crate::aws::read;
+use crate::aws::{Clients, Error, found};
 use serde::Serialize;
+use std::collections::BTreeMap;
 
 /// One NAT instance of the stack.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -19,7 +23,7 @@ pub struct Instance {
     pub lifecycle: String,
     /// Auto Scaling health.
     pub health: String,
-    /// Its primary ENI.
+    /// Its primary ENI, while it runs.
     pub eni: Option<String>,
 }
 
@@ -36,7 +40,20 @@ pub struct Gateway {
     pub public_ip: Option<String>,
 }
 
-/// One private route table.
+/// One route table the stack manages, as read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TableFacts {
+    /// `rtb-...`
+    pub id: String,
+    /// AZs of the subnets associated with it.
+    pub azs: Vec<String>,
+    /// Target of 0.0.0.0/0, if any.
+    pub target: Option<String>,
+    /// EC2's route state (`active`, `blackhole`).
+    pub state: Option<String>,
+}
+
+/// One route table the stack manages, assessed.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct RouteTable {
     /// `rtb-...`
@@ -71,7 +88,32 @@ pub struct Wiring {
     pub endpoint_private_dns: bool,
 }
 
-/// The stack's egress.
+/// What [`read`] found of a stack.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Facts {
+    /// Stack name.
+    pub stack: String,
+    /// NAT instances.
+    pub instances: Vec<Instance>,
+    /// NAT gateways.
+    pub gateways: Vec<Gateway>,
+    /// Managed route tables.
+    pub tables: Vec<TableFacts>,
+    /// The Lambda wiring.
+    pub lambda: Option<Wiring>,
+}
+
+impl Facts {
+    /// Whether anything of the stack exists.
+    pub fn exists(&self) -> bool {
+        !self.instances.is_empty()
+            || !self.gateways.is_empty()
+            || !self.tables.is_empty()
+            || self.lambda.is_some()
+    }
+}
+
+/// The stack's egress, assessed.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Status {
     /// Stack name.
@@ -80,7 +122,7 @@ pub struct Status {
     pub instances: Vec<Instance>,
     /// NAT gateways.
     pub gateways: Vec<Gateway>,
-    /// Tagged route tables.
+    /// Managed route tables.
     pub route_tables: Vec<RouteTable>,
     /// The Lambda wiring, when the stack has one.
     pub lambda: Option<Wiring>,
@@ -88,18 +130,62 @@ pub struct Status {
     pub healthy: bool,
 }
 
-/// Reads the stack's status.
-pub async fn read(c: &Clients, stack: &str) -> Result<Status, Error> {
-    let name = format!("natd-{stack}");
-    let groups = c
-        .asg
-        .describe_auto_scaling_groups()
-        .auto_scaling_group_names(&name)
-        .send()
-        .await
-        .map_err(err("DescribeAutoScalingGroups", &name))?;
+/// Whether a table's default route works, and whether it crosses AZs: it must be
+/// active and point at a running instance of the stack (its ENI or its id) or at an
+/// available gateway of the stack.
+pub fn route_works(t: &TableFacts, instances: &[Instance], gateways: &[Gateway]) -> (bool, bool) {
+    let gateway = t
+        .target
+        .as_ref()
+        .and_then(|x| gateways.iter().find(|g| &g.id == x));
+    let cross_az = gateway.is_some_and(|g| t.azs.iter().any(|az| *az != g.az));
+    let via_instance = t.target.as_ref().is_some_and(|x| {
+        instances
+            .iter()
+            .any(|i| i.eni.as_ref() == Some(x) || (i.eni.is_some() && &i.id == x))
+    });
+    let ok = t.state.as_deref() == Some("active")
+        && (via_instance || gateway.is_some_and(|g| g.state == "available"));
+    (ok, cross_az)
+}
+
+/// Decides the status from the facts: egress is healthy when the stack manages at least
+/// one table and every one of them works ([`route_works`]).
+pub fn assess(f: Facts) -> Status {
+    let mut route_tables: Vec<RouteTable> = f
+        .tables
+        .iter()
+        .map(|t| {
+            let (ok, cross_az) = route_works(t, &f.instances, &f.gateways);
+            RouteTable {
+                id: t.id.clone(),
+                azs: t.azs.clone(),
+                cross_az,
+                target: t.target.clone(),
+                state: t.state.clone(),
+                ok,
+            }
+        })
+        .collect();
+    route_tables.sort_by(|a, b| a.id.cmp(&b.id));
+    let healthy = !route_tables.is_empty() && route_tables.iter().all(|t| t.ok);
+    Status {
+        stack: f.stack,
+        instances: f.instances,
+        gateways: f.gateways,
+        route_tables,
+        lambda: f.lambda,
+        healthy,
+    }
+}
+
+/// Reads the stack's facts.
+pub async fn read(c: &Clients, stack: &str) -> Result<Facts, Error> {
+    let name = Names(stack).nat();
     let mut instances = Vec::new();
-    for g in groups.auto_scaling_groups() {
+    if let Some(g) = read::auto_scaling_group(c, &name).await?
+        && read::group_of_stack(&g, stack)
+    {
         for i in g.instances() {
             instances.push(Instance {
                 id: i.instance_id().unwrap_or_default().to_string(),
@@ -114,26 +200,20 @@ pub async fn read(c: &Clients, stack: &str) -> Result<Status, Error> {
         }
     }
     if !instances.is_empty() {
-        let ids: Vec<String> = instances.iter().map(|i| i.id.clone()).collect();
-        let r = c
-            .ec2
-            .describe_instances()
-            .filters(
-                Filter::builder()
-                    .name("instance-id")
-                    .set_values(Some(ids))
-                    .build(),
-            )
-            .send()
-            .await
-            .map_err(err("DescribeInstances", &name))?;
-        for i in r.reservations().iter().flat_map(|r| r.instances()) {
+        let ids: Vec<&str> = instances.iter().map(|i| i.id.as_str()).collect();
+        let found = read::instances(
+            c,
+            vec![crate::aws::names::filter("instance-id", &ids)],
+            &name,
+        )
+        .await?;
+        for i in found {
             let eni = i
                 .network_interfaces()
                 .iter()
                 .find(|n| n.attachment().and_then(|a| a.device_index()) == Some(0))
                 .and_then(|n| n.network_interface_id());
-            let live = i
+            let running = i
                 .state()
                 .and_then(|s| s.name())
                 .is_some_and(|n| n.as_str() == "running");
@@ -141,26 +221,13 @@ pub async fn read(c: &Clients, stack: &str) -> Result<Status, Error> {
                 .iter_mut()
                 .find(|m| Some(m.id.as_str()) == i.instance_id())
             {
-                mine.eni = eni.filter(|_| live).map(str::to_string);
+                mine.eni = eni.filter(|_| running).map(str::to_string);
             }
         }
     }
-    let r = c
-        .ec2
-        .describe_nat_gateways()
-        .filter(
-            Filter::builder()
-                .name(format!("tag:{STACK_TAG}"))
-                .values(stack)
-                .build(),
-        )
-        .send()
-        .await
-        .map_err(err("DescribeNatGateways", stack))?;
-    let gateways: Vec<Gateway> = r
-        .nat_gateways()
+    let gateways: Vec<Gateway> = read::stack_gateways(c, stack)
+        .await?
         .iter()
-        .filter(|g| tag_value(g.tags(), STACK_TAG) == Some(stack))
         .filter(|g| g.state().is_some_and(|s| s.as_str() != "deleted"))
         .map(|g| Gateway {
             id: g.nat_gateway_id().unwrap_or_default().to_string(),
@@ -176,112 +243,75 @@ pub async fn read(c: &Clients, stack: &str) -> Result<Status, Error> {
                 .map(str::to_string),
         })
         .collect();
-    let mut tables = egress_tables(c, stack).await?;
-    let managed = c
-        .ec2
-        .describe_route_tables()
-        .filters(
-            Filter::builder()
-                .name(format!("tag:{ROUTES_TAG}"))
-                .values(stack)
-                .build(),
-        )
-        .send()
-        .await
-        .map_err(err("DescribeRouteTables", stack))?;
-    for t in managed.route_tables() {
+    let mut tables = read::tables_tagged(c, EGRESS_TAG, stack).await?;
+    for t in read::tables_tagged(c, ROUTES_TAG, stack).await? {
         if !tables
             .iter()
             .any(|x| x.route_table_id() == t.route_table_id())
         {
-            tables.push(t.clone());
+            tables.push(t);
         }
     }
-    let subnet_ids: Vec<String> = tables
+    let subnet_ids: Vec<&str> = tables
         .iter()
         .flat_map(|t| t.associations())
-        .filter_map(|a| a.subnet_id().map(str::to_string))
+        .filter_map(|a| a.subnet_id())
         .collect();
-    let mut subnet_az = std::collections::BTreeMap::new();
+    let mut subnet_az = BTreeMap::new();
     if !subnet_ids.is_empty() {
-        let r = c
-            .ec2
-            .describe_subnets()
-            .set_subnet_ids(Some(subnet_ids))
-            .send()
-            .await
-            .map_err(err("DescribeSubnets", stack))?;
-        for s in r.subnets() {
+        for s in read::subnets(
+            c,
+            vec![crate::aws::names::filter("subnet-id", &subnet_ids)],
+            stack,
+        )
+        .await?
+        {
             subnet_az.insert(
                 s.subnet_id().unwrap_or_default().to_string(),
                 s.availability_zone().unwrap_or_default().to_string(),
             );
         }
     }
-    let mut route_tables = Vec::new();
-    for t in &tables {
-        let r = natd::aws::default_route(t);
-        let target = r.and_then(natd::aws::route_target).map(str::to_string);
-        let state = r.and_then(|r| r.state()).map(|s| s.as_str().to_string());
-        let mut azs: Vec<String> = t
-            .associations()
-            .iter()
-            .filter_map(|a| subnet_az.get(a.subnet_id()?).cloned())
-            .collect();
-        azs.sort();
-        azs.dedup();
-        let gateway = target
-            .as_ref()
-            .and_then(|t| gateways.iter().find(|g| &g.id == t));
-        let cross_az = gateway.is_some_and(|g| azs.iter().any(|az| *az != g.az));
-        let via_instance = target.as_ref().is_some_and(|t| {
-            instances
+    let tables = tables
+        .iter()
+        .map(|t| {
+            let mut azs: Vec<String> = t
+                .associations()
                 .iter()
-                .any(|i| i.eni.as_ref() == Some(t) || (i.eni.is_some() && &i.id == t))
-        });
-        let ok = state.as_deref() == Some("active")
-            && (via_instance || gateway.is_some_and(|g| g.state == "available"));
-        route_tables.push(RouteTable {
-            id: t.route_table_id().unwrap_or_default().to_string(),
-            azs,
-            cross_az,
-            target,
-            state,
-            ok,
-        });
-    }
-    route_tables.sort_by(|a, b| a.id.cmp(&b.id));
-    let healthy = !route_tables.is_empty() && route_tables.iter().all(|t| t.ok);
-    Ok(Status {
+                .filter_map(|a| subnet_az.get(a.subnet_id()?).cloned())
+                .collect();
+            azs.sort();
+            azs.dedup();
+            TableFacts {
+                id: t.route_table_id().unwrap_or_default().to_string(),
+                azs,
+                target: read::default_target(t).map(str::to_string),
+                state: read::default_state(t).map(str::to_string),
+            }
+        })
+        .collect();
+    Ok(Facts {
         stack: stack.to_string(),
         instances,
         gateways,
-        route_tables,
+        tables,
         lambda: wiring(c, stack).await?,
-        healthy,
     })
 }
 
 /// Reads the stack's Lambda wiring: the function its execution role names.
 async fn wiring(c: &Clients, stack: &str) -> Result<Option<Wiring>, Error> {
-    use crate::lambda::FUNCTION_TAG;
-    let role = format!("natd-{stack}-lambda");
-    let Some(r) = crate::dev::found(
-        c.iam.get_role().role_name(&role).send().await,
-        "GetRole",
-        &role,
-    )?
-    else {
+    let names = Names(stack);
+    let Some((role_arn, tags)) = read::role(c, &names.lambda()).await? else {
         return Ok(None);
     };
-    let role_arn = r.role().map(|r| r.arn().to_string()).unwrap_or_default();
-    let Some(function) = crate::teardown::role_tags(c, &role)
-        .await?
-        .remove(FUNCTION_TAG)
-    else {
+    if tags.get(STACK_TAG).map(String::as_str) != Some(stack) {
+        return Ok(None);
+    }
+    let Some(function) = tags.get(FUNCTION_TAG).cloned() else {
         return Ok(None);
     };
-    let f = crate::dev::found(
+    let f = found(
         c.lambda
             .get_function()
             .function_name(&function)
@@ -292,36 +322,17 @@ async fn wiring(c: &Clients, stack: &str) -> Result<Option<Wiring>, Error> {
     )?;
     let conf = f.as_ref().and_then(|f| f.configuration());
     let vpc = conf.and_then(|c| c.vpc_config());
-    let groups = c
-        .ec2
-        .describe_security_groups()
-        .filters(
-            Filter::builder()
-                .name("group-name")
-                .values(crate::lambda::Group::Lambda.name(stack))
-                .build(),
-        )
-        .send()
-        .await
-        .map_err(err("DescribeSecurityGroups", stack))?;
-    let lambda_sg = groups
-        .security_groups()
-        .first()
+    let lambda_sg = read::groups_named(c, None, &[&names.lambda()])
+        .await?
+        .iter()
+        .find(|g| crate::aws::names::of_stack(g.tags(), stack))
         .and_then(|g| g.group_id())
         .map(str::to_string);
-    let endpoints = c
-        .ec2
-        .describe_vpc_endpoints()
-        .filters(
-            Filter::builder()
-                .name(format!("tag:{STACK_TAG}"))
-                .values(stack)
-                .build(),
-        )
-        .send()
-        .await
-        .map_err(err("DescribeVpcEndpoints", stack))?;
-    let e = endpoints.vpc_endpoints().first();
+    let endpoints =
+        read::vpc_endpoints(c, vec![crate::aws::names::stack_filter(stack)], stack).await?;
+    let e = endpoints
+        .iter()
+        .find(|e| crate::aws::names::of_stack(e.tags(), stack));
     Ok(Some(Wiring {
         role_attached: conf.and_then(|c| c.role()) == Some(role_arn.as_str()),
         subnets: vpc.map(|v| v.subnet_ids().to_vec()).unwrap_or_default(),
@@ -337,4 +348,143 @@ async fn wiring(c: &Clients, stack: &str) -> Result<Option<Wiring>, Error> {
         endpoint_private_dns: e.and_then(|e| e.private_dns_enabled()).unwrap_or(false),
         function,
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn instance(eni: Option<&str>) -> Instance {
+        Instance {
+            id: "i-1".into(),
+            az: "a".into(),
+            lifecycle: "InService".into(),
+            health: "Healthy".into(),
+            eni: eni.map(Into::into),
+        }
+    }
+
+    fn gateway(id: &str, az: &str, state: &str) -> Gateway {
+        Gateway {
+            id: id.into(),
+            az: az.into(),
+            state: state.into(),
+            public_ip: None,
+        }
+    }
+
+    fn table(target: Option<&str>, state: Option<&str>) -> TableFacts {
+        TableFacts {
+            id: "rtb-1".into(),
+            azs: vec!["a".into()],
+            target: target.map(Into::into),
+            state: state.map(Into::into),
+        }
+    }
+
+    #[test]
+    fn health_rule() {
+        let running = [instance(Some("eni-1"))];
+        let stopped = [instance(None)];
+        let gws = [
+            gateway("nat-a", "a", "available"),
+            gateway("nat-p", "a", "pending"),
+            gateway("nat-b", "b", "available"),
+        ];
+        // (table, instances, gateways) -> (ok, cross_az)
+        type Case<'a> = (TableFacts, &'a [Instance], &'a [Gateway], (bool, bool));
+        let cases: &[Case] = &[
+            (
+                table(Some("eni-1"), Some("active")),
+                &running,
+                &[],
+                (true, false),
+            ),
+            (
+                table(Some("i-1"), Some("active")),
+                &running,
+                &[],
+                (true, false),
+            ),
+            (
+                table(Some("eni-1"), Some("active")),
+                &stopped,
+                &[],
+                (false, false),
+            ),
+            (
+                table(Some("eni-1"), Some("blackhole")),
+                &running,
+                &[],
+                (false, false),
+            ),
+            (
+                table(Some("eni-other"), Some("active")),
+                &running,
+                &[],
+                (false, false),
+            ),
+            (table(None, None), &running, &[], (false, false)),
+            (
+                table(Some("nat-a"), Some("active")),
+                &[],
+                &gws,
+                (true, false),
+            ),
+            (
+                table(Some("nat-p"), Some("active")),
+                &[],
+                &gws,
+                (false, false),
+            ),
+            (
+                table(Some("nat-b"), Some("active")),
+                &[],
+                &gws,
+                (true, true),
+            ),
+            (
+                table(Some("nat-a"), Some("blackhole")),
+                &[],
+                &gws,
+                (false, false),
+            ),
+            (
+                table(Some("igw-1"), Some("active")),
+                &running,
+                &gws,
+                (false, false),
+            ),
+        ];
+        for (t, i, g, want) in cases {
+            assert_eq!(route_works(t, i, g), *want, "{t:?}");
+        }
+    }
+
+    #[test]
+    fn healthy_needs_a_table_and_every_table_working() {
+        let facts = |tables: Vec<TableFacts>| Facts {
+            stack: "s".into(),
+            instances: vec![instance(Some("eni-1"))],
+            gateways: vec![],
+            tables,
+            lambda: None,
+        };
+        assert!(!assess(facts(vec![])).healthy, "no table: nothing routed");
+        assert!(assess(facts(vec![table(Some("eni-1"), Some("active"))])).healthy);
+        let mut broken = table(None, None);
+        broken.id = "rtb-2".into();
+        let s = assess(facts(vec![table(Some("eni-1"), Some("active")), broken]));
+        assert!(!s.healthy);
+        assert_eq!(
+            s.route_tables.iter().map(|t| t.ok).collect::<Vec<_>>(),
+            vec![true, false]
+        );
+        assert!(facts(vec![]).exists(), "an instance is part of the stack");
+        let nothing = Facts {
+            instances: vec![],
+            ..facts(vec![])
+        };
+        assert!(!nothing.exists(), "a stack with nothing does not exist");
+    }
 }

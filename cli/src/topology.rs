@@ -1,8 +1,11 @@
-//! Which subnets of a VPC are public and which private, per AZ, decided from facts
-//! without I/O. A subnet is public when its route table (its own association, else the
-//! VPC's main table) sends 0.0.0.0/0 to an internet gateway; every other subnet is
-//! private. Subnets the user names are checked against the VPC and used as given.
+//! Which subnets of a VPC are public and which private, per AZ. [`classify`] decides
+//! from [`Facts`] without I/O; [`read`] gathers them. A subnet is public when its route
+//! table (by the one rule of [`Associations::table_of`]) sends 0.0.0.0/0 to an internet
+//! gateway; every other subnet is private. `--public-subnets` / `--private-subnets`
+//! replace discovery for their list: the named subnets and no others.
 
+use crate::aws::read::{self, Associations};
+use crate::aws::{Clients, Error};
 use serde::Serialize;
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -15,30 +18,19 @@ pub struct Subnet {
     pub az: String,
     /// IPv4 CIDR.
     pub cidr: String,
-    /// Explicitly associated route table, if any.
-    pub route_table: Option<String>,
-}
-
-/// A route table as read from EC2.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Table {
-    /// `rtb-...`
-    pub id: String,
-    /// The VPC's main table.
-    pub main: bool,
-    /// Target of its 0.0.0.0/0 route, if any.
-    pub default_target: Option<String>,
 }
 
 /// Everything the classification needs about a VPC.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Facts {
     /// `vpc-...`
     pub vpc_id: String,
     /// Its subnets.
     pub subnets: Vec<Subnet>,
-    /// Its route tables.
-    pub tables: Vec<Table>,
+    /// Each route table's default route target (`None`: no default route).
+    pub defaults: BTreeMap<String, Option<String>>,
+    /// Which table each subnet uses.
+    pub associations: Associations,
 }
 
 /// One AZ of the VPC.
@@ -52,6 +44,19 @@ pub struct Az {
     pub private_tables: BTreeSet<String>,
 }
 
+/// A chosen subnet, with what the parts' specs need of it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SubnetInfo {
+    /// Availability zone.
+    pub az: String,
+    /// IPv4 CIDR.
+    pub cidr: String,
+    /// The table it routes by.
+    pub table: String,
+    /// Public (else private).
+    pub public: bool,
+}
+
 /// The VPC's subnets by AZ.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Topology {
@@ -62,11 +67,25 @@ pub struct Topology {
     /// Route tables used by private subnets of more than one AZ (prod splits them so
     /// each AZ routes to its own NAT gateway).
     pub shared_private_tables: BTreeSet<String>,
+    /// Every public and private subnet above.
+    pub subnets: BTreeMap<String, SubnetInfo>,
+}
+
+impl Topology {
+    /// The private subnets, all AZs.
+    pub fn private(&self) -> impl Iterator<Item = &String> {
+        self.azs.values().flat_map(|z| &z.private)
+    }
+
+    /// The public subnets, all AZs.
+    pub fn public(&self) -> impl Iterator<Item = &String> {
+        self.azs.values().flat_map(|z| &z.public)
+    }
 }
 
 /// Why a VPC cannot get NAT egress as asked.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum Error {
+pub enum Invalid {
     /// A named subnet is not in the VPC.
     #[error("subnet {subnet} is not in {vpc}")]
     ForeignSubnet {
@@ -93,30 +112,22 @@ pub enum Error {
     },
 }
 
-/// The table a subnet routes by: its own association, else the main table.
-fn effective_table<'a>(facts: &'a Facts, s: &Subnet) -> Option<&'a Table> {
-    match &s.route_table {
-        Some(id) => facts.tables.iter().find(|t| &t.id == id),
-        None => facts.tables.iter().find(|t| t.main),
-    }
-}
-
-/// Classifies the VPC's subnets. `private` and `public`, when given, override
-/// discovery for those lists. Checks that every AZ with private subnets has a public
-/// subnet only when `need_public_per_az` (prod; dev needs one public subnet anywhere).
+/// Classifies the VPC's subnets. `private` and `public`, when given, replace discovery
+/// for that list. Checks that every AZ with private subnets has a public subnet only
+/// when `need_public_per_az` (prod; dev needs one public subnet anywhere).
 pub fn classify(
     facts: &Facts,
     private: Option<&[String]>,
     public: Option<&[String]>,
     need_public_per_az: bool,
-) -> Result<Topology, Error> {
+) -> Result<Topology, Invalid> {
     for id in private
         .into_iter()
         .flatten()
         .chain(public.into_iter().flatten())
     {
         if !facts.subnets.iter().any(|s| &s.id == id) {
-            return Err(Error::ForeignSubnet {
+            return Err(Invalid::ForeignSubnet {
                 subnet: id.clone(),
                 vpc: facts.vpc_id.clone(),
             });
@@ -125,35 +136,50 @@ pub fn classify(
     if let (Some(pr), Some(pu)) = (private, public)
         && let Some(both) = pr.iter().find(|p| pu.contains(p))
     {
-        return Err(Error::BothPublicAndPrivate(both.clone()));
+        return Err(Invalid::BothPublicAndPrivate(both.clone()));
     }
+    let table_of = |s: &Subnet| facts.associations.table_of(&s.id).map(str::to_string);
     let routes_to_igw = |s: &Subnet| {
-        effective_table(facts, s)
-            .and_then(|t| t.default_target.as_deref())
+        table_of(s)
+            .and_then(|t| facts.defaults.get(&t).cloned().flatten())
             .is_some_and(|t| t.starts_with("igw-"))
     };
     let mut azs: BTreeMap<String, Az> = BTreeMap::new();
+    let mut subnets = BTreeMap::new();
     for s in &facts.subnets {
-        let is_public = match (public, private) {
-            (Some(pu), _) if pu.contains(&s.id) => true,
-            (_, Some(pr)) if pr.contains(&s.id) => false,
-            // A subnet not named while the other list was given keeps its discovered role
-            // only if it is not contradicted: named lists win.
-            (Some(_), Some(_)) => continue,
-            _ => routes_to_igw(s),
+        let is_public = match public {
+            Some(pu) => pu.contains(&s.id),
+            None => routes_to_igw(s) && !private.is_some_and(|pr| pr.contains(&s.id)),
         };
+        let is_private = match private {
+            Some(pr) => pr.contains(&s.id),
+            None => !routes_to_igw(s) && !public.is_some_and(|pu| pu.contains(&s.id)),
+        };
+        if !is_public && !is_private {
+            continue;
+        }
         let az = azs.entry(s.az.clone()).or_default();
+        let table = table_of(s).unwrap_or_default();
         if is_public {
             az.public.push(s.id.clone());
         } else {
             az.private.push(s.id.clone());
-            if let Some(t) = effective_table(facts, s) {
-                az.private_tables.insert(t.id.clone());
+            if !table.is_empty() {
+                az.private_tables.insert(table.clone());
             }
         }
+        subnets.insert(
+            s.id.clone(),
+            SubnetInfo {
+                az: s.az.clone(),
+                cidr: s.cidr.clone(),
+                table,
+                public: is_public,
+            },
+        );
     }
     if azs.values().all(|a| a.private.is_empty()) {
-        return Err(Error::NoPrivateSubnet(facts.vpc_id.clone()));
+        return Err(Invalid::NoPrivateSubnet(facts.vpc_id.clone()));
     }
     for (name, az) in &azs {
         let missing = if need_public_per_az {
@@ -162,7 +188,7 @@ pub fn classify(
             azs.values().all(|a| a.public.is_empty())
         };
         if missing {
-            return Err(Error::NoPublicSubnet {
+            return Err(Invalid::NoPublicSubnet {
                 az: name.clone(),
                 private: az.private.join(","),
             });
@@ -183,45 +209,86 @@ pub fn classify(
         vpc_id: facts.vpc_id.clone(),
         azs,
         shared_private_tables,
+        subnets,
     })
+}
+
+/// Reads the facts of `vpc`; `Ok(None)` when there is no such VPC.
+pub async fn read(c: &Clients, vpc: &str) -> Result<Option<Facts>, Error> {
+    let found = c
+        .ec2
+        .describe_vpcs()
+        .filters(crate::aws::names::filter("vpc-id", &[vpc]))
+        .send()
+        .await
+        .map_err(crate::aws::err("DescribeVpcs", vpc))?;
+    if found.vpcs().is_empty() {
+        return Ok(None);
+    }
+    let tables = read::vpc_tables(c, vpc).await?;
+    let defaults = tables
+        .iter()
+        .map(|t| {
+            (
+                t.route_table_id().unwrap_or_default().to_string(),
+                read::default_target(t).map(str::to_string),
+            )
+        })
+        .collect();
+    let mut subnets: Vec<Subnet> =
+        read::subnets(c, vec![crate::aws::names::filter("vpc-id", &[vpc])], vpc)
+            .await?
+            .iter()
+            .map(|s| Subnet {
+                id: s.subnet_id().unwrap_or_default().to_string(),
+                az: s.availability_zone().unwrap_or_default().to_string(),
+                cidr: s.cidr_block().unwrap_or_default().to_string(),
+            })
+            .collect();
+    subnets.sort_by(|a, b| a.id.cmp(&b.id));
+    Ok(Some(Facts {
+        vpc_id: vpc.to_string(),
+        subnets,
+        defaults,
+        associations: Associations::from_tables(&tables),
+    }))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn subnet(id: &str, az: &str, rt: Option<&str>) -> Subnet {
-        Subnet {
+    fn facts() -> Facts {
+        let subnet = |id: &str, az: &str| Subnet {
             id: id.into(),
             az: az.into(),
             cidr: "10.0.0.0/24".into(),
-            route_table: rt.map(Into::into),
-        }
-    }
-
-    fn table(id: &str, main: bool, target: Option<&str>) -> Table {
-        Table {
-            id: id.into(),
-            main,
-            default_target: target.map(Into::into),
-        }
-    }
-
-    fn facts() -> Facts {
+        };
+        let assoc = |s: &str, t: &str| (s.to_string(), (t.to_string(), format!("a-{s}")));
         Facts {
             vpc_id: "vpc-1".into(),
             subnets: vec![
-                subnet("subnet-pub-a", "a", Some("rtb-pub")),
-                subnet("subnet-pub-b", "b", Some("rtb-pub")),
-                subnet("subnet-priv-a", "a", None),
-                subnet("subnet-priv-b", "b", None),
-                subnet("subnet-priv-a2", "a", Some("rtb-priv-a")),
+                subnet("subnet-pub-a", "a"),
+                subnet("subnet-pub-b", "b"),
+                subnet("subnet-priv-a", "a"),
+                subnet("subnet-priv-b", "b"),
+                subnet("subnet-priv-a2", "a"),
             ],
-            tables: vec![
-                table("rtb-main", true, None),
-                table("rtb-pub", false, Some("igw-1")),
-                table("rtb-priv-a", false, Some("nat-0abc")),
-            ],
+            defaults: [
+                ("rtb-main".to_string(), None),
+                ("rtb-pub".to_string(), Some("igw-1".to_string())),
+                ("rtb-priv-a".to_string(), Some("nat-0abc".to_string())),
+            ]
+            .into(),
+            associations: Associations {
+                explicit: [
+                    assoc("subnet-pub-a", "rtb-pub"),
+                    assoc("subnet-pub-b", "rtb-pub"),
+                    assoc("subnet-priv-a2", "rtb-priv-a"),
+                ]
+                .into(),
+                main: Some("rtb-main".into()),
+            },
         }
     }
 
@@ -240,6 +307,7 @@ mod tests {
             ["rtb-main".to_string()].into(),
             "main table spans a and b"
         );
+        assert_eq!(t.subnets["subnet-priv-a"].table, "rtb-main");
     }
 
     #[test]
@@ -249,7 +317,7 @@ mod tests {
         let e = classify(&f, None, None, true).expect_err("prod needs one per AZ");
         assert_eq!(
             e,
-            Error::NoPublicSubnet {
+            Invalid::NoPublicSubnet {
                 az: "b".into(),
                 private: "subnet-priv-b".into()
             }
@@ -262,7 +330,7 @@ mod tests {
     }
 
     #[test]
-    fn named_subnets_are_checked_and_win() {
+    fn named_subnets_are_checked_and_replace_discovery() {
         let f = facts();
         let foreign = ["subnet-elsewhere".to_string()];
         let e = classify(&f, Some(&foreign), None, false).expect_err("foreign");
@@ -270,23 +338,37 @@ mod tests {
         let both = ["subnet-priv-a".to_string()];
         assert_eq!(
             classify(&f, Some(&both), Some(&both), false).expect_err("both"),
-            Error::BothPublicAndPrivate("subnet-priv-a".into())
+            Invalid::BothPublicAndPrivate("subnet-priv-a".into())
         );
         let pr = ["subnet-priv-b".to_string()];
         let pu = ["subnet-pub-a".to_string()];
         let t = classify(&f, Some(&pr), Some(&pu), false).expect("named");
-        let privs: Vec<&String> = t.azs.values().flat_map(|a| &a.private).collect();
+        let privs: Vec<&String> = t.private().collect();
         assert_eq!(privs, vec!["subnet-priv-b"]);
+        // One list named: it replaces discovery for that list only; the other is
+        // discovered as before.
+        let t = classify(&f, Some(&pr), None, false).expect("private named");
+        assert_eq!(t.private().collect::<Vec<_>>(), vec!["subnet-priv-b"]);
+        assert_eq!(
+            t.public().collect::<Vec<_>>(),
+            vec!["subnet-pub-a", "subnet-pub-b"]
+        );
+        let t = classify(&f, None, Some(&pu), false).expect("public named");
+        assert_eq!(t.public().collect::<Vec<_>>(), vec!["subnet-pub-a"]);
+        assert!(
+            !t.private().any(|s| s == "subnet-pub-b"),
+            "a discovered public subnet does not turn private"
+        );
     }
 
     #[test]
     fn all_public_vpc_needs_no_nat() {
         let mut f = facts();
-        f.tables[0].default_target = Some("igw-1".into());
-        f.tables[2].default_target = Some("igw-1".into());
+        f.defaults.insert("rtb-main".into(), Some("igw-1".into()));
+        f.defaults.insert("rtb-priv-a".into(), Some("igw-1".into()));
         assert_eq!(
             classify(&f, None, None, false).expect_err("none"),
-            Error::NoPrivateSubnet("vpc-1".into())
+            Invalid::NoPrivateSubnet("vpc-1".into())
         );
     }
 }

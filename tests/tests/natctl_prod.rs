@@ -266,7 +266,15 @@ async fn switching_dev_to_prod_and_back_never_leaves_a_subnet_without_a_default_
         .unwrap();
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
     loop {
-        assert!(std::time::Instant::now() < deadline, "no instance and tags");
+        if std::time::Instant::now() > deadline {
+            let _ = back.kill();
+            let out = back.wait_with_output().unwrap();
+            panic!("no instance and tags after 60 s: {}", text(&out));
+        }
+        if back.try_wait().unwrap().is_some() {
+            let out = back.wait_with_output().unwrap();
+            panic!("natctl ended before natd took over: {}", text(&out));
+        }
         let g = emu.aws(&["autoscaling", "describe-auto-scaling-groups"]);
         let tagged = emu.aws(&[
             "ec2",

@@ -148,6 +148,8 @@ async fn an_interrupted_setup_converges_without_duplicates() {
         "natd-dev1",
         "--assume-role-policy-document",
         "{}",
+        "--tags",
+        "Key=natd:stack,Value=dev1",
     ]);
     let out = natctl(
         &emu,

@@ -9,22 +9,23 @@
 //!   network-interface calls a VPC function needs, and writing its own log group;
 //! - the function's role and VPC configuration (its private subnets, LambdaSG).
 //!
-//! The function's previous role and VPC configuration are kept in its tags
-//! (`natd:previous-role`, `natd:previous-vpc`) so teardown can put them back.
-//! [`plan`] is pure; [`read`], [`apply`] and [`remove`] talk to AWS.
+//! Owns: [`resolve`] (the names the user gave), [`Spec`], [`Observed`], [`Action`], the
+//! pure [`plan`], [`read`], [`apply`]; what it leaves behind: [`Existing`], the pure
+//! [`plan_remove`] and [`remove`]. The function's previous role and VPC configuration
+//! are kept in its tags (`natd:previous-role`, `natd:previous-vpc[-N]`) so teardown can
+//! put them back. One function per stack.
 
-use crate::dev::{Clients, Error, err, found};
-use natd::cloud::ApiError;
-use natd::contract::STACK_TAG;
+use super::Progress;
+use crate::aws::names::{
+    FUNCTION_TAG, Names, PREVIOUS_ROLE_TAG, PREVIOUS_VPC_TAG, STACK_TAG, ec2_tags, iam_tag,
+    joined_tag, of_stack, split_tag, split_tag_keys,
+};
+use crate::aws::read;
+use crate::aws::{ApiFailure, Clients, Error, err, found};
+use crate::topology::Topology;
 use serde::Serialize;
 use std::collections::{BTreeMap, BTreeSet};
 
-/// Function tag: the role it had before the stack.
-pub const PREVIOUS_ROLE_TAG: &str = "natd:previous-role";
-/// Function tag: its VPC configuration before the stack, `subnets|groups` or `none`.
-pub const PREVIOUS_VPC_TAG: &str = "natd:previous-vpc";
-/// Role tag: the function the execution role was made for.
-pub const FUNCTION_TAG: &str = "natd:function";
 /// EC2 calls a VPC function's execution role needs for its network interfaces. AWS
 /// does not scope them to resources (its AWSLambdaVPCAccessExecutionRole grants them
 /// on `*`), so these are the only actions `doctor` accepts on `*`.
@@ -49,12 +50,17 @@ pub enum Group {
 }
 
 impl Group {
+    /// All three, in the order they are removed (SecretsManagerSG and DatabaseSG refer
+    /// to LambdaSG).
+    pub const ALL: [Group; 3] = [Group::SecretsManager, Group::Database, Group::Lambda];
+
     /// Its name for stack `stack`.
     pub fn name(self, stack: &str) -> String {
+        let n = Names(stack);
         match self {
-            Group::Lambda => format!("natd-{stack}-lambda"),
-            Group::Database => format!("natd-{stack}-database"),
-            Group::SecretsManager => format!("natd-{stack}-secretsmanager"),
+            Group::Lambda => n.lambda(),
+            Group::Database => n.database(),
+            Group::SecretsManager => n.secrets_manager(),
         }
     }
 }
@@ -85,9 +91,30 @@ pub struct Spec {
 }
 
 impl Spec {
+    /// The spec for `topo`: the function runs in every private subnet, the endpoint in
+    /// the first private subnet of each AZ.
+    pub fn new(stack: &str, topo: &Topology, region: &str, function: &str, r: Resolved) -> Self {
+        Spec {
+            stack: stack.to_string(),
+            vpc: topo.vpc_id.clone(),
+            region: region.to_string(),
+            function: function.to_string(),
+            function_arn: r.function_arn,
+            secret_arn: r.secret_arn,
+            db_instance: r.db_instance,
+            db_port: r.db_port,
+            subnets: topo.private().cloned().collect(),
+            endpoint_subnets: topo
+                .azs
+                .values()
+                .filter_map(|z| z.private.first().cloned())
+                .collect(),
+        }
+    }
+
     /// The execution role's name.
     pub fn role(&self) -> String {
-        format!("natd-{}-lambda", self.stack)
+        Names(&self.stack).lambda()
     }
 
     /// The endpoint's service name.
@@ -165,6 +192,10 @@ pub struct Observed {
     pub function: FunctionObs,
     /// The DB instance's security groups.
     pub db_groups: BTreeSet<String>,
+    /// The function the stack's execution role was made for, when it exists.
+    pub wired: Option<String>,
+    /// Same-named resources without the stack's tag: (kind, name or id).
+    pub foreign: Vec<(&'static str, String)>,
 }
 
 /// One change.
@@ -202,8 +233,53 @@ pub enum Action {
     UpdateFunction,
 }
 
+/// Why setup refuses to wire the function.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    /// The stack already wires another function. One function per stack: its
+    /// execution role is made for that function (its log group), and teardown puts
+    /// that function's previous configuration back.
+    #[error(
+        "stack {stack} already wires Lambda function {wired}; a stack wires one function: tear it down first (natctl teardown --name {stack}) or give {asked} its own stack with another --name"
+    )]
+    OtherFunction {
+        /// The stack.
+        stack: String,
+        /// The function it wires.
+        wired: String,
+        /// The function asked for.
+        asked: String,
+    },
+    /// A resource with the stack's name exists and is not the stack's.
+    #[error(
+        "{kind} {name} exists without the tag {STACK_TAG}={stack}: it is not this stack's; rename or remove it, or choose another --name"
+    )]
+    Foreign {
+        /// Its kind.
+        kind: &'static str,
+        /// Its name or id.
+        name: String,
+        /// The stack.
+        stack: String,
+    },
+}
+
 /// The changes that turn `o` into `spec`.
-pub fn plan(spec: &Spec, o: &Observed) -> Vec<Action> {
+pub fn plan(spec: &Spec, o: &Observed) -> Result<Vec<Action>, Refusal> {
+    if let Some((kind, name)) = o.foreign.first() {
+        return Err(Refusal::Foreign {
+            kind,
+            name: name.clone(),
+            stack: spec.stack.clone(),
+        });
+    }
+    if let Some(wired) = o.wired.as_ref().filter(|w| **w != spec.function) {
+        return Err(Refusal::OtherFunction {
+            stack: spec.stack.clone(),
+            wired: wired.clone(),
+            asked: spec.function.clone(),
+        });
+    }
     let mut out = Vec::new();
     let mut wanted = vec![Group::Lambda];
     if spec.db_port.is_some() {
@@ -279,7 +355,7 @@ pub fn plan(spec: &Spec, o: &Observed) -> Vec<Action> {
     if !role_ok || !vpc_ok {
         out.push(Action::UpdateFunction);
     }
-    out
+    Ok(out)
 }
 
 /// Bad input found while resolving the names the user gave.
@@ -309,13 +385,16 @@ pub enum Invalid {
     Api(#[from] Error),
 }
 
-/// What the user named, resolved: (function ARN, secret ARN, DB port, DB VPC).
+/// What the user named, resolved.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Resolved {
     /// The function's ARN.
     pub function_arn: String,
     /// The secret's ARN.
     pub secret_arn: Option<String>,
-    /// The DB instance's port.
+    /// The DB instance, when one is named.
+    pub db_instance: Option<String>,
+    /// The database port: the DB instance's, or the one given.
     pub db_port: Option<u16>,
 }
 
@@ -326,6 +405,7 @@ pub async fn resolve(
     function: &str,
     secret: Option<&str>,
     db_instance: Option<&str>,
+    db_port: Option<u16>,
 ) -> Result<Resolved, Invalid> {
     let f = found(
         c.lambda.get_function().function_name(function).send().await,
@@ -350,7 +430,7 @@ pub async fn resolve(
             Some(d.arn().unwrap_or_default().to_string())
         }
     };
-    let db_port = match db_instance {
+    let port = match db_instance {
         None => None,
         Some(db) => {
             let r = c
@@ -359,14 +439,14 @@ pub async fn resolve(
                 .db_instance_identifier(db)
                 .send()
                 .await
-                .map_err(ApiError::from);
+                .map_err(ApiFailure::from);
             let r = match r {
                 Ok(r) => r,
                 Err(e) if e.code.as_deref() == Some("DBInstanceNotFound") => {
                     return Err(Invalid::NoDbInstance(db.to_string()));
                 }
                 Err(source) => {
-                    return Err(Invalid::Api(Error {
+                    return Err(Invalid::Api(Error::Call {
                         op: "DescribeDBInstances",
                         target: db.to_string(),
                         source,
@@ -393,30 +473,32 @@ pub async fn resolve(
     Ok(Resolved {
         function_arn,
         secret_arn,
-        db_port,
+        db_instance: db_instance.map(str::to_string),
+        db_port: db_port.or(port),
     })
 }
 
-async fn stack_groups(c: &Clients, stack: &str) -> Result<BTreeMap<Group, SgObs>, Error> {
-    use aws_sdk_ec2::types::Filter;
-    let r = c
-        .ec2
-        .describe_security_groups()
-        .filters(
-            Filter::builder()
-                .name(format!("tag:{STACK_TAG}"))
-                .values(stack)
-                .build(),
-        )
-        .send()
-        .await
-        .map_err(err("DescribeSecurityGroups", stack))?;
+/// The stack's security groups by kind, and same-named ones of others.
+async fn stack_groups(
+    c: &Clients,
+    stack: &str,
+) -> Result<(BTreeMap<Group, SgObs>, Vec<(&'static str, String)>), Error> {
+    let names: Vec<String> = Group::ALL.iter().map(|g| g.name(stack)).collect();
+    let refs: Vec<&str> = names.iter().map(String::as_str).collect();
     let mut out = BTreeMap::new();
-    for g in r.security_groups() {
-        let kind = [Group::Lambda, Group::Database, Group::SecretsManager]
+    let mut foreign = Vec::new();
+    for g in read::groups_named(c, None, &refs).await? {
+        let Some(kind) = Group::ALL
             .into_iter()
-            .find(|k| g.group_name() == Some(k.name(stack).as_str()));
-        let Some(kind) = kind else { continue };
+            .find(|k| g.group_name() == Some(k.name(stack).as_str()))
+        else {
+            continue;
+        };
+        let id = g.group_id().unwrap_or_default().to_string();
+        if !of_stack(g.tags(), stack) {
+            foreign.push(("security group", format!("{} ({id})", kind.name(stack))));
+            continue;
+        }
         let ingress = g
             .ip_permissions()
             .iter()
@@ -430,48 +512,58 @@ async fn stack_groups(c: &Clients, stack: &str) -> Result<BTreeMap<Group, SgObs>
                 })
             })
             .collect();
-        out.insert(
-            kind,
-            SgObs {
-                id: g.group_id().unwrap_or_default().to_string(),
-                ingress,
-            },
-        );
+        out.insert(kind, SgObs { id, ingress });
     }
-    Ok(out)
+    Ok((out, foreign))
 }
 
 async fn stack_endpoints(
     c: &Clients,
     stack: &str,
 ) -> Result<Vec<aws_sdk_ec2::types::VpcEndpoint>, Error> {
-    use aws_sdk_ec2::types::Filter;
-    let r = c
-        .ec2
-        .describe_vpc_endpoints()
-        .filters(
-            Filter::builder()
-                .name(format!("tag:{STACK_TAG}"))
-                .values(stack)
-                .build(),
-        )
-        .send()
-        .await
-        .map_err(err("DescribeVpcEndpoints", stack))?;
-    Ok(r.vpc_endpoints()
-        .iter()
-        .filter(|e| {
-            e.state()
-                .is_none_or(|s| !matches!(s.as_str(), "deleted" | "deleting"))
-        })
-        .cloned()
-        .collect())
+    let mut e = read::vpc_endpoints(c, vec![crate::aws::names::stack_filter(stack)], stack).await?;
+    e.retain(|e| of_stack(e.tags(), stack));
+    Ok(e)
+}
+
+/// The function's configuration and tags.
+async fn function(c: &Clients, name: &str) -> Result<Option<(FunctionObs, String)>, Error> {
+    let Some(f) = found(
+        c.lambda.get_function().function_name(name).send().await,
+        "GetFunction",
+        name,
+    )?
+    else {
+        return Ok(None);
+    };
+    let conf = f.configuration();
+    let vpc = conf.and_then(|c| c.vpc_config());
+    Ok(Some((
+        FunctionObs {
+            role: conf.and_then(|c| c.role()).unwrap_or_default().to_string(),
+            subnets: vpc
+                .map(|v| v.subnet_ids().iter().cloned().collect())
+                .unwrap_or_default(),
+            groups: vpc
+                .map(|v| v.security_group_ids().iter().cloned().collect())
+                .unwrap_or_default(),
+            tags: f
+                .tags()
+                .map(|t| t.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
+                .unwrap_or_default(),
+        },
+        conf.and_then(|c| c.function_arn())
+            .unwrap_or_default()
+            .to_string(),
+    )))
 }
 
 /// Reads what exists.
 pub async fn read(c: &Clients, spec: &Spec) -> Result<Observed, Error> {
+    let (groups, foreign) = stack_groups(c, &spec.stack).await?;
     let mut o = Observed {
-        groups: stack_groups(c, &spec.stack).await?,
+        groups,
+        foreign,
         ..Observed::default()
     };
     if let Some(e) = stack_endpoints(c, &spec.stack).await?.first() {
@@ -486,62 +578,77 @@ pub async fn read(c: &Clients, spec: &Spec) -> Result<Observed, Error> {
         ));
     }
     let role = spec.role();
-    if let Some(r) = found(
-        c.iam.get_role().role_name(&role).send().await,
-        "GetRole",
-        &role,
-    )? {
-        o.role = r.role().map(|r| r.arn().to_string());
-        let p = c
-            .iam
-            .get_role_policy()
-            .role_name(&role)
-            .policy_name(&role)
-            .send()
-            .await;
-        if let Some(p) = found(p, "GetRolePolicy", &role)? {
-            o.role_policy =
-                serde_json::from_str(&crate::dev::urlencoding_decode(p.policy_document())).ok();
+    if let Some((arn, tags)) = read::role(c, &role).await? {
+        if tags.get(STACK_TAG) == Some(&spec.stack) {
+            o.role = Some(arn);
+            o.role_policy = read::role_policy(c, &role, &role).await?;
+            o.wired = tags.get(FUNCTION_TAG).cloned();
+        } else {
+            o.foreign.push(("IAM role", role.clone()));
         }
     }
-    let f = c
-        .lambda
-        .get_function()
-        .function_name(&spec.function)
-        .send()
-        .await
-        .map_err(err("GetFunction", &spec.function))?;
-    let conf = f.configuration();
-    let vpc = conf.and_then(|c| c.vpc_config());
-    o.function = FunctionObs {
-        role: conf.and_then(|c| c.role()).unwrap_or_default().to_string(),
-        subnets: vpc
-            .map(|v| v.subnet_ids().iter().cloned().collect())
-            .unwrap_or_default(),
-        groups: vpc
-            .map(|v| v.security_group_ids().iter().cloned().collect())
-            .unwrap_or_default(),
-        tags: f
-            .tags()
-            .map(|t| t.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
-            .unwrap_or_default(),
-    };
+    o.function = function(c, &spec.function)
+        .await?
+        .map(|(f, _)| f)
+        .ok_or_else(|| Error::Missing {
+            what: "Lambda function",
+            target: spec.function.clone(),
+        })?;
     if let Some(db) = &spec.db_instance {
-        let r = c
-            .rds
-            .describe_db_instances()
-            .db_instance_identifier(db)
-            .send()
-            .await
-            .map_err(err("DescribeDBInstances", db))?;
-        o.db_groups = r
-            .db_instances()
-            .iter()
-            .flat_map(|i| i.vpc_security_groups())
-            .filter_map(|g| g.vpc_security_group_id().map(str::to_string))
+        o.db_groups = db_groups(c, Some(db))
+            .await?
+            .into_iter()
+            .flat_map(|(_, g)| g)
             .collect();
     }
     Ok(o)
+}
+
+/// DB instances (`db`, or all) with their security groups.
+async fn db_groups(c: &Clients, db: Option<&str>) -> Result<Vec<(String, Vec<String>)>, Error> {
+    let instances = c
+        .rds
+        .describe_db_instances()
+        .set_db_instance_identifier(db.map(str::to_string))
+        .into_paginator()
+        .items()
+        .send()
+        .collect::<Result<Vec<_>, _>>()
+        .await
+        .map_err(err("DescribeDBInstances", db.unwrap_or("all")))?;
+    Ok(instances
+        .iter()
+        .map(|i| {
+            (
+                i.db_instance_identifier().unwrap_or_default().to_string(),
+                i.vpc_security_groups()
+                    .iter()
+                    .filter_map(|g| g.vpc_security_group_id().map(str::to_string))
+                    .collect(),
+            )
+        })
+        .collect())
+}
+
+/// `subnets|groups` of a function's VPC configuration, or `none`.
+fn vpc_record(f: &FunctionObs) -> String {
+    if f.subnets.is_empty() {
+        return "none".to_string();
+    }
+    let join = |s: &BTreeSet<String>| s.iter().cloned().collect::<Vec<_>>().join(",");
+    format!("{}|{}", join(&f.subnets), join(&f.groups))
+}
+
+/// The subnets and groups of a [`vpc_record`].
+fn parse_vpc_record(s: &str) -> (Vec<String>, Vec<String>) {
+    let (subnets, groups) = s.split_once('|').unwrap_or(("", ""));
+    let split = |s: &str| -> Vec<String> {
+        s.split(',')
+            .filter(|x| !x.is_empty())
+            .map(str::to_string)
+            .collect()
+    };
+    (split(subnets), split(groups))
 }
 
 /// Carries out `actions` in order.
@@ -550,20 +657,12 @@ pub async fn apply(
     spec: &Spec,
     o: &Observed,
     actions: &[Action],
+    _progress: Progress<'_>,
 ) -> Result<(), Error> {
-    use aws_sdk_ec2::types::{
-        IpPermission, ResourceType, Tag, TagSpecification, UserIdGroupPair, VpcEndpointType,
-    };
+    use aws_sdk_ec2::types::{IpPermission, ResourceType, UserIdGroupPair, VpcEndpointType};
     let mut groups: BTreeMap<Group, String> =
         o.groups.iter().map(|(k, g)| (*k, g.id.clone())).collect();
     let mut role_arn = o.role.clone();
-    let tags = |kind: ResourceType, name: &str| {
-        TagSpecification::builder()
-            .resource_type(kind)
-            .tags(Tag::builder().key(STACK_TAG).value(&spec.stack).build())
-            .tags(Tag::builder().key("Name").value(name).build())
-            .build()
-    };
     for a in actions {
         match a {
             Action::CreateGroup { group } => {
@@ -581,7 +680,12 @@ pub async fn apply(
                     .group_name(&name)
                     .description(format!("natd stack {}: {what}", spec.stack))
                     .vpc_id(&spec.vpc)
-                    .tag_specifications(tags(ResourceType::SecurityGroup, &name))
+                    .tag_specifications(ec2_tags(
+                        ResourceType::SecurityGroup,
+                        &spec.stack,
+                        &name,
+                        &[],
+                    ))
                     .send()
                     .await
                     .map_err(err("CreateSecurityGroup", &name))?;
@@ -615,7 +719,6 @@ pub async fn apply(
                     .get(&Group::SecretsManager)
                     .cloned()
                     .unwrap_or_default();
-                let name = format!("natd-{}-secretsmanager", spec.stack);
                 c.ec2
                     .create_vpc_endpoint()
                     .vpc_id(&spec.vpc)
@@ -624,7 +727,12 @@ pub async fn apply(
                     .set_subnet_ids(Some(spec.endpoint_subnets.iter().cloned().collect()))
                     .security_group_ids(sg)
                     .private_dns_enabled(true)
-                    .tag_specifications(tags(ResourceType::VpcEndpoint, &name))
+                    .tag_specifications(ec2_tags(
+                        ResourceType::VpcEndpoint,
+                        &spec.stack,
+                        &Names(&spec.stack).secrets_manager(),
+                        &[],
+                    ))
                     .send()
                     .await
                     .map_err(err("CreateVpcEndpoint", &spec.service()))?;
@@ -659,7 +767,7 @@ pub async fn apply(
                     "Version": "2012-10-17",
                     "Statement": [{"Effect": "Allow", "Principal": {"Service": "lambda.amazonaws.com"}, "Action": "sts:AssumeRole"}]
                 });
-                let tag = |k: &str, v: &str| crate::dev::iam_tag("CreateRole", &role, k, v);
+                let tag = |k: &str, v: &str| iam_tag("CreateRole", &role, k, v);
                 let r = c
                     .iam
                     .create_role()
@@ -696,32 +804,16 @@ pub async fn apply(
                     .map_err(err("ModifyDBInstance", db_instance))?;
             }
             Action::RecordPrevious => {
-                let previous_vpc = if o.function.subnets.is_empty() {
-                    "none".to_string()
-                } else {
-                    format!(
-                        "{}|{}",
-                        o.function
-                            .subnets
-                            .iter()
-                            .cloned()
-                            .collect::<Vec<_>>()
-                            .join(","),
-                        o.function
-                            .groups
-                            .iter()
-                            .cloned()
-                            .collect::<Vec<_>>()
-                            .join(",")
-                    )
-                };
-                c.lambda
+                let mut req = c
+                    .lambda
                     .tag_resource()
                     .resource(&spec.function_arn)
                     .tags(STACK_TAG, &spec.stack)
-                    .tags(PREVIOUS_ROLE_TAG, &o.function.role)
-                    .tags(PREVIOUS_VPC_TAG, previous_vpc)
-                    .send()
+                    .tags(PREVIOUS_ROLE_TAG, &o.function.role);
+                for (k, v) in split_tag(PREVIOUS_VPC_TAG, &vpc_record(&o.function)) {
+                    req = req.tags(k, v);
+                }
+                req.send()
                     .await
                     .map_err(err("TagResource", &spec.function))?;
             }
@@ -746,159 +838,231 @@ pub async fn apply(
     Ok(())
 }
 
-/// Removes the stack's Lambda wiring: puts the function's previous role and VPC
-/// configuration back, takes DatabaseSG off the DB instances, deletes the endpoint,
-/// the security groups and the execution role.
-pub async fn remove(
-    c: &Clients,
-    stack: &str,
-    progress: &mut impl FnMut(&str),
-) -> Result<Vec<crate::teardown::Removal>, Error> {
-    use crate::teardown::Removal;
-    let mut removed = Vec::new();
-    let role = format!("natd-{stack}-lambda");
-    let role_tags = crate::teardown::role_tags(c, &role).await?;
+/// The function the stack wires, as it will be restored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Wired {
+    /// Its name.
+    pub function: String,
+    /// Its ARN.
+    pub arn: String,
+    /// Its role before the stack.
+    pub previous_role: String,
+    /// Its subnets before the stack.
+    pub previous_subnets: Vec<String>,
+    /// Its security groups before the stack.
+    pub previous_groups: Vec<String>,
+    /// The tags the stack put on it.
+    pub tag_keys: Vec<String>,
+}
+
+/// What exists of the part, for its removal.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Existing {
+    /// The function, when the stack's role names it and it carries its previous
+    /// configuration.
+    pub function: Option<Wired>,
+    /// DB instances carrying DatabaseSG: (instance, its groups without DatabaseSG).
+    pub databases: Vec<(String, Vec<String>)>,
+    /// The stack's Secrets Manager endpoints.
+    pub endpoints: Vec<String>,
+    /// The stack's security groups.
+    pub groups: BTreeMap<Group, String>,
+    /// The execution role (with the stack's tag).
+    pub role: Option<String>,
+}
+
+/// One removal.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "action", rename_all = "snake_case")]
+pub enum Removal {
+    /// Put the function's previous role and VPC configuration back, and remove the
+    /// stack's tags from it.
+    RestoreFunction {
+        /// The function.
+        function: Wired,
+    },
+    /// Take DatabaseSG off a DB instance.
+    DetachDatabaseGroup {
+        /// The instance.
+        db_instance: String,
+        /// The groups it keeps.
+        keep: Vec<String>,
+    },
+    /// Delete the Secrets Manager endpoint.
+    DeleteEndpoint {
+        /// `vpce-...`
+        id: String,
+    },
+    /// Delete one of the stack's security groups.
+    DeleteSecurityGroup {
+        /// Which.
+        group: Group,
+        /// `sg-...`
+        id: String,
+    },
+    /// Delete the execution role.
+    DeleteRole {
+        /// Its name.
+        name: String,
+    },
+}
+
+/// Reads what exists of the stack's part.
+pub async fn read_existing(c: &Clients, stack: &str) -> Result<Existing, Error> {
+    let mut e = Existing::default();
+    let role = Names(stack).lambda();
+    let role_tags = read::role(c, &role)
+        .await?
+        .map(|(_, t)| t)
+        .unwrap_or_default();
     let ours = role_tags.get(STACK_TAG).map(String::as_str) == Some(stack);
-    // 1. The function: back to its previous role and VPC configuration.
-    if let Some(function) = role_tags.get(FUNCTION_TAG).filter(|_| ours) {
-        let f = found(
-            c.lambda.get_function().function_name(function).send().await,
-            "GetFunction",
-            function,
-        )?;
-        let tags: BTreeMap<String, String> = f
-            .as_ref()
-            .and_then(|f| f.tags())
-            .map(|t| t.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
-            .unwrap_or_default();
-        if let (Some(f), Some(previous_role)) = (&f, tags.get(PREVIOUS_ROLE_TAG)) {
-            let arn = f
-                .configuration()
-                .and_then(|c| c.function_arn())
-                .unwrap_or_default()
-                .to_string();
-            let previous = tags
-                .get(PREVIOUS_VPC_TAG)
-                .map(String::as_str)
-                .unwrap_or("none");
-            let (subnets, groups) = previous.split_once('|').unwrap_or(("", ""));
-            let split = |s: &str| -> Vec<String> {
-                s.split(',')
-                    .filter(|x| !x.is_empty())
-                    .map(str::to_string)
-                    .collect()
-            };
-            c.lambda
-                .update_function_configuration()
-                .function_name(function)
-                .role(previous_role)
-                .vpc_config(
-                    aws_sdk_lambda::types::VpcConfig::builder()
-                        .set_subnet_ids(Some(split(subnets)))
-                        .set_security_group_ids(Some(split(groups)))
-                        .build(),
-                )
-                .send()
-                .await
-                .map_err(err("UpdateFunctionConfiguration", function))?;
-            c.lambda
-                .untag_resource()
-                .resource(&arn)
-                .tag_keys(STACK_TAG)
-                .tag_keys(PREVIOUS_ROLE_TAG)
-                .tag_keys(PREVIOUS_VPC_TAG)
-                .send()
-                .await
-                .map_err(err("UntagResource", function))?;
-            removed.push(Removal {
-                kind: "function configuration restored",
-                id: function.clone(),
+    if ours {
+        e.role = Some(role);
+        if let Some(name) = role_tags.get(FUNCTION_TAG)
+            && let Some((f, arn)) = function(c, name).await?
+            && let Some(previous_role) = f.tags.get(PREVIOUS_ROLE_TAG)
+        {
+            let record = joined_tag(&f.tags, PREVIOUS_VPC_TAG).unwrap_or_else(|| "none".into());
+            let (previous_subnets, previous_groups) = parse_vpc_record(&record);
+            let mut tag_keys = split_tag_keys(&f.tags, PREVIOUS_VPC_TAG);
+            tag_keys.push(PREVIOUS_ROLE_TAG.to_string());
+            if f.tags.contains_key(STACK_TAG) {
+                tag_keys.push(STACK_TAG.to_string());
+            }
+            tag_keys.sort();
+            e.function = Some(Wired {
+                function: name.clone(),
+                arn,
+                previous_role: previous_role.clone(),
+                previous_subnets,
+                previous_groups,
+                tag_keys,
             });
         }
     }
-    // 2. DatabaseSG off every DB instance that carries it.
-    let groups = stack_groups(c, stack).await?;
-    if let Some(db_sg) = groups.get(&Group::Database) {
-        let dbs = c
-            .rds
-            .describe_db_instances()
-            .send()
-            .await
-            .map_err(err("DescribeDBInstances", stack))?;
-        for i in dbs.db_instances() {
-            let ids: Vec<String> = i
-                .vpc_security_groups()
-                .iter()
-                .filter_map(|g| g.vpc_security_group_id().map(str::to_string))
-                .collect();
-            if ids.contains(&db_sg.id) {
-                let id = i.db_instance_identifier().unwrap_or_default();
+    let (groups, _) = stack_groups(c, stack).await?;
+    e.groups = groups.into_iter().map(|(k, g)| (k, g.id)).collect();
+    if let Some(db_sg) = e.groups.get(&Group::Database) {
+        for (db, ids) in db_groups(c, None).await? {
+            if ids.contains(db_sg) {
+                e.databases
+                    .push((db, ids.into_iter().filter(|g| g != db_sg).collect()));
+            }
+        }
+    }
+    e.endpoints = stack_endpoints(c, stack)
+        .await?
+        .iter()
+        .filter_map(|e| e.vpc_endpoint_id().map(str::to_string))
+        .collect();
+    Ok(e)
+}
+
+/// The removals that take `e` away, in dependency order: the function first (it holds
+/// LambdaSG and the role), DatabaseSG off the databases, the endpoint, the groups
+/// (those referring to LambdaSG first), the role.
+pub fn plan_remove(e: &Existing) -> Vec<Removal> {
+    let mut out = Vec::new();
+    if let Some(f) = &e.function {
+        out.push(Removal::RestoreFunction {
+            function: f.clone(),
+        });
+    }
+    for (db, keep) in &e.databases {
+        out.push(Removal::DetachDatabaseGroup {
+            db_instance: db.clone(),
+            keep: keep.clone(),
+        });
+    }
+    for id in &e.endpoints {
+        out.push(Removal::DeleteEndpoint { id: id.clone() });
+    }
+    for g in Group::ALL {
+        if let Some(id) = e.groups.get(&g) {
+            out.push(Removal::DeleteSecurityGroup {
+                group: g,
+                id: id.clone(),
+            });
+        }
+    }
+    if let Some(name) = &e.role {
+        out.push(Removal::DeleteRole { name: name.clone() });
+    }
+    out
+}
+
+/// Carries out `removals` in order.
+pub async fn remove(
+    c: &Clients,
+    removals: &[Removal],
+    progress: Progress<'_>,
+) -> Result<(), Error> {
+    for r in removals {
+        match r {
+            Removal::RestoreFunction { function: f } => {
+                c.lambda
+                    .update_function_configuration()
+                    .function_name(&f.function)
+                    .role(&f.previous_role)
+                    .vpc_config(
+                        aws_sdk_lambda::types::VpcConfig::builder()
+                            .set_subnet_ids(Some(f.previous_subnets.clone()))
+                            .set_security_group_ids(Some(f.previous_groups.clone()))
+                            .build(),
+                    )
+                    .send()
+                    .await
+                    .map_err(err("UpdateFunctionConfiguration", &f.function))?;
+                c.lambda
+                    .untag_resource()
+                    .resource(&f.arn)
+                    .set_tag_keys(Some(f.tag_keys.clone()))
+                    .send()
+                    .await
+                    .map_err(err("UntagResource", &f.function))?;
+            }
+            Removal::DetachDatabaseGroup { db_instance, keep } => {
                 c.rds
                     .modify_db_instance()
-                    .db_instance_identifier(id)
-                    .set_vpc_security_group_ids(Some(
-                        ids.into_iter().filter(|g| *g != db_sg.id).collect(),
-                    ))
+                    .db_instance_identifier(db_instance)
+                    .set_vpc_security_group_ids(Some(keep.clone()))
                     .apply_immediately(true)
                     .send()
                     .await
-                    .map_err(err("ModifyDBInstance", id))?;
-                removed.push(Removal {
-                    kind: "DB instance security group detached",
-                    id: id.to_string(),
-                });
+                    .map_err(err("ModifyDBInstance", db_instance))?;
             }
-        }
-    }
-    // 3. The endpoint, then the groups (SecretsManagerSG and DatabaseSG refer to
-    //    LambdaSG, so they go first).
-    for e in stack_endpoints(c, stack).await? {
-        let id = e.vpc_endpoint_id().unwrap_or_default();
-        c.ec2
-            .delete_vpc_endpoints()
-            .vpc_endpoint_ids(id)
-            .send()
-            .await
-            .map_err(err("DeleteVpcEndpoints", id))?;
-        removed.push(Removal {
-            kind: "VPC endpoint",
-            id: id.to_string(),
-        });
-    }
-    for kind in [Group::SecretsManager, Group::Database, Group::Lambda] {
-        if let Some(g) = groups.get(&kind) {
-            let r = c.ec2.delete_security_group().group_id(&g.id).send().await;
-            match r.map_err(ApiError::from) {
-                Ok(_) => removed.push(Removal {
-                    kind: "security group",
-                    id: format!("{} ({})", g.id, kind.name(stack)),
-                }),
-                Err(e) if e.code.as_deref() == Some("DependencyViolation") => {
-                    progress(&format!(
-                        "{} is still in use (Lambda releases a function's network interfaces up to 20 minutes after its VPC configuration changes); run teardown again later",
-                        g.id
-                    ));
-                    return Err(Error {
-                        op: "DeleteSecurityGroup",
-                        target: g.id.clone(),
-                        source: e,
-                    });
-                }
-                Err(source) => {
-                    return Err(Error {
-                        op: "DeleteSecurityGroup",
-                        target: g.id.clone(),
-                        source,
-                    });
+            Removal::DeleteEndpoint { id } => {
+                let r = c
+                    .ec2
+                    .delete_vpc_endpoints()
+                    .vpc_endpoint_ids(id)
+                    .send()
+                    .await;
+                found(r, "DeleteVpcEndpoints", id)?;
+            }
+            Removal::DeleteSecurityGroup { id, .. } => {
+                let r = c.ec2.delete_security_group().group_id(id).send().await;
+                match r.map_err(ApiFailure::from) {
+                    Ok(_) => {}
+                    Err(e) if e.code.as_deref().is_some_and(|c| c.contains("NotFound")) => {}
+                    Err(e) => {
+                        if e.is("DependencyViolation") {
+                            progress(&format!(
+                                "{id} is still in use (Lambda releases a function's network interfaces up to 20 minutes after its VPC configuration changes); run teardown again later"
+                            ));
+                        }
+                        return Err(Error::Call {
+                            op: "DeleteSecurityGroup",
+                            target: id.clone(),
+                            source: e,
+                        });
+                    }
                 }
             }
+            Removal::DeleteRole { name } => read::delete_role(c, name).await?,
         }
     }
-    // 4. The execution role.
-    if ours {
-        removed.push(crate::teardown::delete_role(c, &role).await?);
-    }
-    Ok(removed)
+    Ok(())
 }
 
 #[cfg(test)]
@@ -965,6 +1129,8 @@ mod tests {
                 tags: [(PREVIOUS_ROLE_TAG.to_string(), "arn:old".to_string())].into(),
             },
             db_groups: ["sg-d".to_string(), "sg-default".to_string()].into(),
+            wired: Some("f".into()),
+            foreign: vec![],
         }
     }
 
@@ -992,7 +1158,7 @@ mod tests {
     #[test]
     fn fresh_function_gets_everything_and_a_built_one_nothing() {
         let s = spec();
-        let p = plan(&s, &Observed::default());
+        let p = plan(&s, &Observed::default()).expect("plan");
         for a in [
             Action::CreateGroup {
                 group: Group::Lambda,
@@ -1022,7 +1188,7 @@ mod tests {
         ] {
             assert!(p.contains(&a), "{a:?} missing from {p:?}");
         }
-        assert_eq!(plan(&s, &built(&s)), vec![]);
+        assert_eq!(plan(&s, &built(&s)).expect("plan"), vec![]);
     }
 
     #[test]
@@ -1032,8 +1198,78 @@ mod tests {
         o.endpoint.as_mut().expect("endpoint").1 = false;
         o.function.groups = ["sg-other".to_string()].into();
         assert_eq!(
-            plan(&s, &o),
+            plan(&s, &o).expect("plan"),
             vec![Action::ModifyEndpoint, Action::UpdateFunction]
         );
+    }
+
+    #[test]
+    fn a_second_function_and_a_foreign_role_are_refused() {
+        let s = spec();
+        let mut o = built(&s);
+        o.wired = Some("g".into());
+        let e = plan(&s, &o).expect_err("another function");
+        assert!(
+            e.to_string().contains("already wires Lambda function g"),
+            "{e}"
+        );
+        let mut o = Observed::default();
+        o.foreign.push(("IAM role", "natd-s-lambda".into()));
+        assert!(plan(&s, &o).is_err());
+    }
+
+    #[test]
+    fn previous_configuration_survives_the_tag_limit() {
+        let f = FunctionObs {
+            role: "arn:old".into(),
+            subnets: (0..16).map(|i| format!("subnet-{i:017x}")).collect(),
+            groups: (0..5).map(|i| format!("sg-{i:017x}")).collect(),
+            tags: BTreeMap::new(),
+        };
+        let record = vpc_record(&f);
+        assert!(record.len() > crate::aws::names::TAG_VALUE_MAX);
+        let tags: BTreeMap<String, String> =
+            split_tag(PREVIOUS_VPC_TAG, &record).into_iter().collect();
+        let (subnets, groups) =
+            parse_vpc_record(&joined_tag(&tags, PREVIOUS_VPC_TAG).expect("tag"));
+        assert_eq!(subnets, f.subnets.iter().cloned().collect::<Vec<_>>());
+        assert_eq!(groups, f.groups.iter().cloned().collect::<Vec<_>>());
+        assert_eq!(parse_vpc_record("none"), (vec![], vec![]));
+    }
+
+    #[test]
+    fn removal_restores_the_function_before_its_groups_and_role() {
+        let e = Existing {
+            function: Some(Wired {
+                function: "f".into(),
+                arn: "arn:f".into(),
+                previous_role: "arn:old".into(),
+                previous_subnets: vec![],
+                previous_groups: vec![],
+                tag_keys: vec![STACK_TAG.into()],
+            }),
+            databases: vec![("db1".into(), vec!["sg-default".into()])],
+            endpoints: vec!["vpce-1".into()],
+            groups: [
+                (Group::Lambda, "sg-l".to_string()),
+                (Group::Database, "sg-d".to_string()),
+            ]
+            .into(),
+            role: Some("natd-s-lambda".into()),
+        };
+        let r = plan_remove(&e);
+        assert!(matches!(r.first(), Some(Removal::RestoreFunction { .. })));
+        let pos = |x: &Removal| r.iter().position(|y| y == x).expect("present");
+        assert!(
+            pos(&Removal::DeleteSecurityGroup {
+                group: Group::Database,
+                id: "sg-d".into()
+            }) < pos(&Removal::DeleteSecurityGroup {
+                group: Group::Lambda,
+                id: "sg-l".into()
+            })
+        );
+        assert!(matches!(r.last(), Some(Removal::DeleteRole { .. })));
+        assert_eq!(plan_remove(&Existing::default()), vec![]);
     }
 }

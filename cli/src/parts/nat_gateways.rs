@@ -1,31 +1,36 @@
-//! `natctl setup --env prod`: one Elastic IP and NAT gateway per AZ, in that AZ's
-//! public subnet, and every private subnet routing 0.0.0.0/0 to the gateway of its own
-//! AZ. A route table shared by private subnets of several AZs is split: a new table per
-//! AZ gets its default route first, then the AZ's subnets move to it, so no subnet is
-//! ever without a default route. [`plan`] decides from what exists (pure); [`read`] and
-//! [`apply`] are the EC2 adapters.
+//! The prod egress: one Elastic IP and NAT gateway per AZ, in that AZ's public subnet,
+//! and every private subnet routing 0.0.0.0/0 to the gateway of its own AZ. A route
+//! table shared by private subnets of several AZs is split: a new table per AZ gets its
+//! default route first, then the AZ's subnets move to it, so no subnet is ever without
+//! a default route.
+//!
+//! Owns: [`Spec`] (from the topology), [`Observed`], [`Action`], the pure [`plan`],
+//! [`read`], [`apply`]; what it leaves behind: [`Existing`], the pure [`plan_remove`]
+//! and [`remove`].
 //!
 //! Tags: gateways, addresses and split tables carry `natd:stack` and `natd:az`; every
 //! table whose default route the stack manages carries `natd:routes=<stack>`; a split
 //! table also names the table its subnets came from in `natd:split-from`, so teardown
 //! can put them back.
 
-use crate::dev::{Clients, Error, err, tag_value};
-use natd::cloud::ApiError;
-use natd::contract::{DEFAULT_ROUTE, EGRESS_TAG, STACK_TAG};
+use super::Progress;
+use crate::aws::names::{
+    AZ_TAG, EGRESS_TAG, Names, ROUTES_TAG, SPLIT_TAG, ec2_tag, ec2_tags, of_stack, tag_filter,
+    tag_value,
+};
+use crate::aws::read::{self, Associations};
+use crate::aws::wait::{self, Poll};
+use crate::aws::{Clients, Error, err, found};
+use crate::topology::Topology;
+use natd::contract::DEFAULT_ROUTE;
 use serde::Serialize;
 use std::collections::{BTreeMap, BTreeSet};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-/// Tag on every route table whose default route a prod stack manages.
-pub const ROUTES_TAG: &str = "natd:routes";
-/// Tag naming the AZ of a gateway, its address, or a split table.
-pub const AZ_TAG: &str = "natd:az";
-/// Tag on a split table naming the table its subnets used before.
-pub const SPLIT_TAG: &str = "natd:split-from";
 /// How long setup waits for NAT gateways to become available (AWS: 1-5 minutes).
 const GATEWAY_WAIT: Duration = Duration::from_secs(900);
-const POLL: Duration = Duration::from_secs(2);
+/// How long teardown waits for NAT gateways to be deleted (AWS: about a minute).
+const DELETE_WAIT: Duration = Duration::from_secs(600);
 
 /// A private subnet and the table it routes by today.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -56,9 +61,47 @@ pub struct Spec {
     pub vpc: String,
     /// By AZ name.
     pub azs: BTreeMap<String, AzSpec>,
-    /// When switching from dev: how long the NAT instance stays after the routes moved,
-    /// so connections through it finish and route changes propagate.
-    pub drain_secs: u64,
+}
+
+impl Spec {
+    /// The spec for `topo`: a gateway in each AZ's first public subnet, for that AZ's
+    /// private subnets (an AZ without public subnet has been refused by the topology).
+    pub fn new(stack: &str, topo: &Topology) -> Self {
+        let mut azs = BTreeMap::new();
+        for (az, z) in &topo.azs {
+            let Some(public_subnet) = z.public.first().cloned() else {
+                continue;
+            };
+            let private = z
+                .private
+                .iter()
+                .map(|id| {
+                    let table = topo
+                        .subnets
+                        .get(id)
+                        .map(|s| s.table.clone())
+                        .unwrap_or_default();
+                    PrivateSubnet {
+                        id: id.clone(),
+                        shared: topo.shared_private_tables.contains(&table),
+                        table,
+                    }
+                })
+                .collect();
+            azs.insert(
+                az.clone(),
+                AzSpec {
+                    public_subnet,
+                    private,
+                },
+            );
+        }
+        Spec {
+            stack: stack.to_string(),
+            vpc: topo.vpc_id.clone(),
+            azs,
+        }
+    }
 }
 
 /// A NAT gateway of the stack.
@@ -101,10 +144,8 @@ pub struct Observed {
     pub splits: BTreeMap<(String, String), Split>,
     /// Every table of the VPC.
     pub tables: BTreeMap<String, TableObs>,
-    /// Explicit subnet associations: subnet -> (association id, table).
+    /// Explicit subnet associations: subnet -> (table, association id).
     pub associations: BTreeMap<String, (String, String)>,
-    /// The stack's dev egress that is still there (switching from dev).
-    pub dev_left: Vec<String>,
 }
 
 /// A route table an action works on: one that exists, or the split table of an AZ.
@@ -176,11 +217,6 @@ pub enum Action {
         /// The shared table it leaves.
         from: String,
     },
-    /// Remove the stack's dev egress (NAT instance group, template, role, SG).
-    RemoveDevEgress {
-        /// What is left of it.
-        parts: Vec<String>,
-    },
 }
 
 /// Why prod setup refuses to go on.
@@ -188,7 +224,7 @@ pub enum Action {
 pub enum Refusal {
     /// A private route table belongs to another stack.
     #[error(
-        "route table {table} is tagged {tag}={other}; remove that stack first or leave its subnets out"
+        "route table {table} is tagged {tag}={other}: it belongs to stack {other}; remove that stack first or leave its subnets out"
     )]
     TableOfOtherStack {
         /// The table.
@@ -256,7 +292,7 @@ pub fn plan(spec: &Spec, o: &Observed) -> Result<Vec<Action>, Refusal> {
                         az.clone(),
                     ));
                 }
-                let here = o.associations.get(&s.id).map(|(_, t)| t.as_str());
+                let here = o.associations.get(&s.id).map(|(t, _)| t.as_str());
                 if split.is_none() || here != split.map(|t| t.id.as_str()) {
                     moves.push(Action::MoveSubnet {
                         subnet: s.id.clone(),
@@ -302,33 +338,13 @@ pub fn plan(spec: &Spec, o: &Observed) -> Result<Vec<Action>, Refusal> {
             .map(|route_table| Action::TagRoutes { route_table }),
     );
     out.extend(moves);
-    if !o.dev_left.is_empty() {
-        out.push(Action::RemoveDevEgress {
-            parts: o.dev_left.clone(),
-        });
-    }
     Ok(out)
 }
 
-fn stack_filter(stack: &str) -> aws_sdk_ec2::types::Filter {
-    aws_sdk_ec2::types::Filter::builder()
-        .name(format!("tag:{STACK_TAG}"))
-        .values(stack)
-        .build()
-}
-
-/// The stack's NAT gateways that are not deleted: (AZ, gateway).
-pub async fn gateways(c: &Clients, stack: &str) -> Result<Vec<(String, Gateway)>, Error> {
-    let r = c
-        .ec2
-        .describe_nat_gateways()
-        .filter(stack_filter(stack))
-        .send()
-        .await
-        .map_err(err("DescribeNatGateways", stack))?;
-    Ok(r.nat_gateways()
+/// A live NAT gateway of the stack, by AZ, from what EC2 answered.
+fn live_by_az(gateways: &[aws_sdk_ec2::types::NatGateway]) -> BTreeMap<String, Gateway> {
+    gateways
         .iter()
-        .filter(|g| tag_value(g.tags(), STACK_TAG) == Some(stack))
         .filter_map(|g| {
             let state = g
                 .state()
@@ -346,52 +362,25 @@ pub async fn gateways(c: &Clients, stack: &str) -> Result<Vec<(String, Gateway)>
                 },
             ))
         })
-        .collect())
+        .collect()
 }
 
 /// Reads what exists of the stack's prod egress in `spec.vpc`.
 pub async fn read(c: &Clients, spec: &Spec) -> Result<Observed, Error> {
+    let stack = spec.stack.as_str();
     let mut o = Observed::default();
-    let addrs = c
-        .ec2
-        .describe_addresses()
-        .filters(stack_filter(&spec.stack))
-        .send()
-        .await
-        .map_err(err("DescribeAddresses", &spec.stack))?;
-    for a in addrs.addresses() {
-        if tag_value(a.tags(), STACK_TAG) != Some(spec.stack.as_str()) {
-            continue;
-        }
+    for a in read::stack_addresses(c, stack).await? {
         if let (Some(az), Some(id)) = (tag_value(a.tags(), AZ_TAG), a.allocation_id()) {
             o.addresses.insert(az.to_string(), id.to_string());
         }
     }
-    o.gateways = gateways(c, &spec.stack).await?.into_iter().collect();
-    let tables = c
-        .ec2
-        .describe_route_tables()
-        .filters(
-            aws_sdk_ec2::types::Filter::builder()
-                .name("vpc-id")
-                .values(&spec.vpc)
-                .build(),
-        )
-        .send()
-        .await
-        .map_err(err("DescribeRouteTables", &spec.vpc))?;
-    for t in tables.route_tables() {
+    o.gateways = live_by_az(&read::stack_gateways(c, stack).await?);
+    let tables = read::vpc_tables(c, &spec.vpc).await?;
+    o.associations = Associations::from_tables(&tables).explicit;
+    for t in &tables {
         let id = t.route_table_id().unwrap_or_default().to_string();
-        let default_target = natd::aws::default_route(t)
-            .and_then(natd::aws::route_target)
-            .map(str::to_string);
-        for a in t.associations() {
-            if let (Some(s), Some(aid)) = (a.subnet_id(), a.route_table_association_id()) {
-                o.associations
-                    .insert(s.to_string(), (aid.to_string(), id.clone()));
-            }
-        }
-        if tag_value(t.tags(), STACK_TAG) == Some(spec.stack.as_str())
+        let default_target = read::default_target(t).map(str::to_string);
+        if of_stack(t.tags(), stack)
             && let (Some(az), Some(from)) =
                 (tag_value(t.tags(), AZ_TAG), tag_value(t.tags(), SPLIT_TAG))
         {
@@ -412,109 +401,49 @@ pub async fn read(c: &Clients, spec: &Spec) -> Result<Observed, Error> {
             },
         );
     }
-    o.dev_left = crate::teardown::dev_parts(c, &spec.stack).await?;
     Ok(o)
 }
 
-fn ec2_tags(
-    kind: aws_sdk_ec2::types::ResourceType,
-    spec: &Spec,
-    az: &str,
-    extra: &[(&str, &str)],
-) -> aws_sdk_ec2::types::TagSpecification {
-    use aws_sdk_ec2::types::{Tag, TagSpecification};
-    let mut b = TagSpecification::builder()
-        .resource_type(kind)
-        .tags(Tag::builder().key(STACK_TAG).value(&spec.stack).build())
-        .tags(Tag::builder().key(AZ_TAG).value(az).build())
-        .tags(
-            Tag::builder()
-                .key("Name")
-                .value(format!("natd-{}-{az}", spec.stack))
-                .build(),
-        );
-    for (k, v) in extra {
-        b = b.tags(Tag::builder().key(*k).value(*v).build());
-    }
-    b.build()
-}
-
-/// Waits until the gateways `ids` (AZ -> id) are available, reporting their states.
-pub async fn wait_available(
-    c: &Clients,
-    ids: &BTreeMap<String, String>,
-    progress: &mut impl FnMut(&str),
-) -> Result<(), Error> {
-    let start = Instant::now();
-    let mut last = String::new();
-    loop {
-        let r = c
-            .ec2
-            .describe_nat_gateways()
-            .set_nat_gateway_ids(Some(ids.values().cloned().collect()))
-            .send()
-            .await
-            .map_err(err("DescribeNatGateways", &format!("{ids:?}")))?;
-        let mut pending = Vec::new();
-        for g in r.nat_gateways() {
-            let id = g.nat_gateway_id().unwrap_or_default();
-            let state = g.state().map(|s| s.as_str()).unwrap_or("unknown");
-            match state {
-                "available" => {}
-                "pending" => pending.push(format!("{id} pending")),
-                other => {
-                    return Err(Error {
-                        op: "wait for NAT gateway",
-                        target: id.to_string(),
-                        source: ApiError {
-                            code: g.failure_code().map(str::to_string),
-                            message: format!(
-                                "state {other}: {}",
+/// Waits until the gateways `ids` are available, reporting their states.
+async fn wait_available(c: &Clients, ids: &[String], progress: Progress<'_>) -> Result<(), Error> {
+    let what = ids.join(", ");
+    wait::until(
+        "NAT gateways to be available",
+        &what,
+        GATEWAY_WAIT,
+        progress,
+        || async {
+            let mut pending = Vec::new();
+            for g in read::nat_gateways_by_id(c, ids).await? {
+                let id = g.nat_gateway_id().unwrap_or_default();
+                match g.state().map(|s| s.as_str()).unwrap_or("unknown") {
+                    "available" => {}
+                    "pending" => pending.push(format!("{id} pending")),
+                    other => {
+                        return Err(Error::Failed {
+                            what: "NAT gateway",
+                            target: id.to_string(),
+                            reason: format!(
+                                "state {other}: {}{}",
+                                g.failure_code()
+                                    .map(|c| format!("{c}: "))
+                                    .unwrap_or_default(),
                                 g.failure_message().unwrap_or("no reason given")
                             ),
-                        },
-                    });
+                        });
+                    }
                 }
             }
-        }
-        if pending.is_empty() {
-            progress(&format!(
-                "NAT gateway(s) available after {:.0?}",
-                start.elapsed()
-            ));
-            return Ok(());
-        }
-        let line = pending.join(", ");
-        if line != last || start.elapsed().as_secs() % 30 < POLL.as_secs() {
-            progress(&format!(
-                "waiting for {line} ({} s)",
-                start.elapsed().as_secs()
-            ));
-            last = line;
-        }
-        if start.elapsed() > GATEWAY_WAIT {
-            return Err(Error {
-                op: "wait for NAT gateway",
-                target: last,
-                source: ApiError {
-                    code: None,
-                    message: format!("not available after {GATEWAY_WAIT:?}"),
-                },
-            });
-        }
-        tokio::time::sleep(POLL).await;
-    }
-}
-
-/// Waits `secs` before the old egress of a switch goes: route changes reach every
-/// host within seconds on AWS, and connections already open finish meanwhile.
-pub async fn drain(secs: u64, progress: &mut impl FnMut(&str)) {
-    if secs > 0 {
-        progress(&format!(
-            "routes moved; keeping the old egress {secs} s for open connections to drain"
-        ));
-        tokio::time::sleep(Duration::from_secs(secs)).await;
-    }
+            Ok(if pending.is_empty() {
+                Poll::Ready(())
+            } else {
+                Poll::Waiting(pending.join(", "))
+            })
+        },
+    )
+    .await?;
+    progress(&format!("NAT gateway(s) {what} available"));
+    Ok(())
 }
 
 /// Carries out `actions` in order.
@@ -523,9 +452,11 @@ pub async fn apply(
     spec: &Spec,
     o: &Observed,
     actions: &[Action],
-    progress: &mut impl FnMut(&str),
+    progress: Progress<'_>,
 ) -> Result<(), Error> {
-    use aws_sdk_ec2::types::{DomainType, ResourceType, Tag};
+    use aws_sdk_ec2::types::{DomainType, ResourceType};
+    let stack = spec.stack.as_str();
+    let names = Names(stack);
     let mut addresses = o.addresses.clone();
     let mut gws: BTreeMap<String, String> = o
         .gateways
@@ -551,7 +482,12 @@ pub async fn apply(
                     .ec2
                     .allocate_address()
                     .domain(DomainType::Vpc)
-                    .tag_specifications(ec2_tags(ResourceType::ElasticIp, spec, az, &[]))
+                    .tag_specifications(ec2_tags(
+                        ResourceType::ElasticIp,
+                        stack,
+                        &names.in_az(az),
+                        &[(AZ_TAG, az)],
+                    ))
                     .send()
                     .await
                     .map_err(err("AllocateAddress", az))?;
@@ -567,7 +503,12 @@ pub async fn apply(
                     .create_nat_gateway()
                     .subnet_id(subnet)
                     .allocation_id(&alloc)
-                    .tag_specifications(ec2_tags(ResourceType::Natgateway, spec, az, &[]))
+                    .tag_specifications(ec2_tags(
+                        ResourceType::Natgateway,
+                        stack,
+                        &names.in_az(az),
+                        &[(AZ_TAG, az)],
+                    ))
                     .send()
                     .await
                     .map_err(err("CreateNatGateway", subnet))?;
@@ -580,10 +521,7 @@ pub async fn apply(
                 gws.insert(az.clone(), id);
             }
             Action::WaitForGateways { azs } => {
-                let ids = azs
-                    .iter()
-                    .filter_map(|az| Some((az.clone(), gws.get(az)?.clone())))
-                    .collect();
+                let ids: Vec<String> = azs.iter().filter_map(|az| gws.get(az).cloned()).collect();
                 wait_available(c, &ids, progress).await?;
             }
             Action::CreateAzTable { az, from } => {
@@ -593,9 +531,9 @@ pub async fn apply(
                     .vpc_id(&spec.vpc)
                     .tag_specifications(ec2_tags(
                         ResourceType::RouteTable,
-                        spec,
-                        az,
-                        &[(SPLIT_TAG, from), (ROUTES_TAG, &spec.stack)],
+                        stack,
+                        &names.in_az(az),
+                        &[(AZ_TAG, az), (SPLIT_TAG, from), (ROUTES_TAG, stack)],
                     ))
                     .send()
                     .await
@@ -611,7 +549,7 @@ pub async fn apply(
                 c.ec2
                     .delete_tags()
                     .resources(route_table)
-                    .tags(Tag::builder().key(EGRESS_TAG).build())
+                    .tags(aws_sdk_ec2::types::Tag::builder().key(EGRESS_TAG).build())
                     .send()
                     .await
                     .map_err(err("DeleteTags", route_table))?;
@@ -649,7 +587,7 @@ pub async fn apply(
                 c.ec2
                     .create_tags()
                     .resources(route_table)
-                    .tags(Tag::builder().key(ROUTES_TAG).value(&spec.stack).build())
+                    .tags(ec2_tag(ROUTES_TAG, stack))
                     .send()
                     .await
                     .map_err(err("CreateTags", route_table))?;
@@ -660,7 +598,7 @@ pub async fn apply(
                     .cloned()
                     .unwrap_or_default();
                 match o.associations.get(subnet) {
-                    Some((assoc, _)) => {
+                    Some((_, assoc)) => {
                         c.ec2
                             .replace_route_table_association()
                             .association_id(assoc)
@@ -680,12 +618,347 @@ pub async fn apply(
                     }
                 }
             }
-            Action::RemoveDevEgress { .. } => {
-                drain(spec.drain_secs, progress).await;
-                let removed = crate::teardown::remove_dev(c, &spec.stack, progress).await?;
-                for r in removed {
-                    progress(&format!("removed {} {}", r.kind, r.id));
+        }
+    }
+    Ok(())
+}
+
+/// A NAT gateway of the stack that is not deleted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GatewayState {
+    /// `nat-...`
+    pub id: String,
+    /// Its AZ.
+    pub az: String,
+    /// `pending`, `available`, `deleting`, `failed`.
+    pub state: String,
+}
+
+/// A split table of the stack.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SplitState {
+    /// `rtb-...`
+    pub id: String,
+    /// The table its subnets came from.
+    pub from: String,
+    /// That table is the VPC's main table (or gone): subnets go back by losing their
+    /// association.
+    pub from_is_main: bool,
+    /// Its subnets: (subnet, association id).
+    pub subnets: Vec<(String, String)>,
+}
+
+/// A table whose default route the stack manages.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ManagedTable {
+    /// `rtb-...`
+    pub id: String,
+    /// Its default route goes to one of the stack's gateways.
+    pub to_gateway: bool,
+    /// It is one of the stack's split tables.
+    pub split: bool,
+}
+
+/// An Elastic IP of the stack.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct AddressState {
+    /// `eipalloc-...`
+    pub allocation_id: String,
+    /// Its association, when associated.
+    pub association_id: Option<String>,
+    /// Its address.
+    pub public_ip: String,
+}
+
+/// What exists of the part, for its removal.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Existing {
+    /// Gateways not deleted.
+    pub gateways: Vec<GatewayState>,
+    /// The gateways' addresses.
+    pub addresses: Vec<AddressState>,
+    /// Split tables.
+    pub splits: Vec<SplitState>,
+    /// Tables tagged `natd:routes=STACK`.
+    pub managed: Vec<ManagedTable>,
+}
+
+/// One removal.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "action", rename_all = "snake_case")]
+pub enum Removal {
+    /// Put a subnet of a split table back on the table it came from.
+    MoveSubnetBack {
+        /// The subnet.
+        subnet: String,
+        /// Its association with the split table.
+        association_id: String,
+        /// The table it goes back to.
+        to: String,
+        /// That is the main table: the association is dropped instead.
+        to_main: bool,
+    },
+    /// Delete a split table.
+    DeleteRouteTable {
+        /// `rtb-...`
+        id: String,
+    },
+    /// Delete a default route to one of the stack's gateways.
+    DeleteRoute {
+        /// The table.
+        route_table: String,
+    },
+    /// Remove `natd:routes` from a table.
+    UntagRoutes {
+        /// The table.
+        route_table: String,
+    },
+    /// Delete a NAT gateway.
+    DeleteNatGateway {
+        /// `nat-...`
+        id: String,
+        /// Its AZ.
+        az: String,
+    },
+    /// Wait until the gateways are deleted (their addresses are released only then).
+    WaitDeleted {
+        /// The gateways.
+        ids: Vec<String>,
+    },
+    /// Release a gateway's Elastic IP.
+    ReleaseAddress {
+        /// The address.
+        address: AddressState,
+    },
+}
+
+/// Reads what exists of the stack's part.
+pub async fn read_existing(c: &Clients, stack: &str) -> Result<Existing, Error> {
+    let mut e = Existing::default();
+    let gateways = read::stack_gateways(c, stack).await?;
+    let ids: BTreeSet<String> = gateways
+        .iter()
+        .filter_map(|g| g.nat_gateway_id().map(str::to_string))
+        .collect();
+    for g in &gateways {
+        let state = g
+            .state()
+            .map(|s| s.as_str().to_string())
+            .unwrap_or_default();
+        if state == "deleted" {
+            continue;
+        }
+        e.gateways.push(GatewayState {
+            id: g.nat_gateway_id().unwrap_or_default().to_string(),
+            az: tag_value(g.tags(), AZ_TAG).unwrap_or_default().to_string(),
+            state,
+        });
+    }
+    e.addresses = read::stack_addresses(c, stack)
+        .await?
+        .iter()
+        .filter(|a| tag_value(a.tags(), AZ_TAG).is_some())
+        .map(|a| AddressState {
+            allocation_id: a.allocation_id().unwrap_or_default().to_string(),
+            association_id: a.association_id().map(str::to_string),
+            public_ip: a.public_ip().unwrap_or_default().to_string(),
+        })
+        .collect();
+    let mut splits = read::route_tables(
+        c,
+        vec![
+            crate::aws::names::stack_filter(stack),
+            crate::aws::names::filter("tag-key", &[SPLIT_TAG]),
+        ],
+        stack,
+    )
+    .await?;
+    splits.retain(|t| of_stack(t.tags(), stack));
+    let split_ids: BTreeSet<String> = splits
+        .iter()
+        .filter_map(|t| t.route_table_id().map(str::to_string))
+        .collect();
+    for t in &splits {
+        let from = tag_value(t.tags(), SPLIT_TAG)
+            .unwrap_or_default()
+            .to_string();
+        let origin = read::route_tables(
+            c,
+            vec![crate::aws::names::filter("route-table-id", &[&from])],
+            &from,
+        )
+        .await?;
+        let from_is_main = origin
+            .first()
+            .is_none_or(|o| o.associations().iter().any(|a| a.main() == Some(true)));
+        e.splits.push(SplitState {
+            id: t.route_table_id().unwrap_or_default().to_string(),
+            from,
+            from_is_main,
+            subnets: t
+                .associations()
+                .iter()
+                .filter_map(|a| {
+                    Some((
+                        a.subnet_id()?.to_string(),
+                        a.route_table_association_id()?.to_string(),
+                    ))
+                })
+                .collect(),
+        });
+    }
+    for t in read::route_tables(c, vec![tag_filter(ROUTES_TAG, stack)], stack).await? {
+        if tag_value(t.tags(), ROUTES_TAG) != Some(stack) {
+            continue;
+        }
+        let id = t.route_table_id().unwrap_or_default().to_string();
+        e.managed.push(ManagedTable {
+            to_gateway: natd::aws::default_route(&t)
+                .and_then(|r| r.nat_gateway_id())
+                .is_some_and(|g| ids.contains(g)),
+            split: split_ids.contains(&id),
+            id,
+        });
+    }
+    Ok(e)
+}
+
+/// The removals that take `e` away, in dependency order: split tables (their subnets
+/// back to where they came from), the default routes to the stack's gateways and the
+/// `natd:routes` tags, the gateways (waited until deleted), their addresses. `taken`,
+/// in a switch to another egress, names the tables that egress holds: they stay (split
+/// tables included) and only lose `natd:routes`.
+pub fn plan_remove(e: &Existing, taken: Option<&BTreeSet<String>>) -> Vec<Removal> {
+    let is_taken = |id: &str| taken.is_some_and(|k| k.contains(id));
+    let mut out = Vec::new();
+    for s in e.splits.iter().filter(|s| !is_taken(&s.id)) {
+        for (subnet, assoc) in &s.subnets {
+            out.push(Removal::MoveSubnetBack {
+                subnet: subnet.clone(),
+                association_id: assoc.clone(),
+                to: s.from.clone(),
+                to_main: s.from_is_main,
+            });
+        }
+        out.push(Removal::DeleteRouteTable { id: s.id.clone() });
+    }
+    for t in &e.managed {
+        if t.split && !is_taken(&t.id) {
+            continue; // deleted with its routes above
+        }
+        if t.to_gateway && !is_taken(&t.id) {
+            out.push(Removal::DeleteRoute {
+                route_table: t.id.clone(),
+            });
+        }
+        out.push(Removal::UntagRoutes {
+            route_table: t.id.clone(),
+        });
+    }
+    for g in &e.gateways {
+        if g.state != "deleting" {
+            out.push(Removal::DeleteNatGateway {
+                id: g.id.clone(),
+                az: g.az.clone(),
+            });
+        }
+    }
+    if !e.gateways.is_empty() {
+        out.push(Removal::WaitDeleted {
+            ids: e.gateways.iter().map(|g| g.id.clone()).collect(),
+        });
+    }
+    for a in &e.addresses {
+        out.push(Removal::ReleaseAddress { address: a.clone() });
+    }
+    out
+}
+
+/// Carries out `removals` in order.
+pub async fn remove(
+    c: &Clients,
+    removals: &[Removal],
+    progress: Progress<'_>,
+) -> Result<(), Error> {
+    for r in removals {
+        match r {
+            Removal::MoveSubnetBack {
+                subnet,
+                association_id,
+                to,
+                to_main,
+            } => {
+                if *to_main {
+                    let r = c
+                        .ec2
+                        .disassociate_route_table()
+                        .association_id(association_id)
+                        .send()
+                        .await;
+                    found(r, "DisassociateRouteTable", subnet)?;
+                } else {
+                    c.ec2
+                        .replace_route_table_association()
+                        .association_id(association_id)
+                        .route_table_id(to)
+                        .send()
+                        .await
+                        .map_err(err("ReplaceRouteTableAssociation", subnet))?;
                 }
+            }
+            Removal::DeleteRouteTable { id } => {
+                let r = c.ec2.delete_route_table().route_table_id(id).send().await;
+                found(r, "DeleteRouteTable", id)?;
+            }
+            Removal::DeleteRoute { route_table } => {
+                let r = c
+                    .ec2
+                    .delete_route()
+                    .route_table_id(route_table)
+                    .destination_cidr_block(DEFAULT_ROUTE)
+                    .send()
+                    .await;
+                found(r, "DeleteRoute", route_table)?;
+            }
+            Removal::UntagRoutes { route_table } => {
+                c.ec2
+                    .delete_tags()
+                    .resources(route_table)
+                    .tags(aws_sdk_ec2::types::Tag::builder().key(ROUTES_TAG).build())
+                    .send()
+                    .await
+                    .map_err(err("DeleteTags", route_table))?;
+            }
+            Removal::DeleteNatGateway { id, .. } => {
+                let r = c.ec2.delete_nat_gateway().nat_gateway_id(id).send().await;
+                found(r, "DeleteNatGateway", id)?;
+            }
+            Removal::WaitDeleted { ids } => {
+                let what = ids.join(", ");
+                wait::until(
+                    "NAT gateways to be deleted",
+                    &what,
+                    DELETE_WAIT,
+                    progress,
+                    || async {
+                        let left: Vec<String> = read::nat_gateways_by_id(c, ids)
+                            .await?
+                            .iter()
+                            .filter(|g| g.state().is_some_and(|s| s.as_str() != "deleted"))
+                            .filter_map(|g| g.nat_gateway_id().map(str::to_string))
+                            .collect();
+                        Ok(if left.is_empty() {
+                            Poll::Ready(())
+                        } else {
+                            Poll::Waiting(format!("{} deleting", left.join(", ")))
+                        })
+                    },
+                )
+                .await?;
+            }
+            Removal::ReleaseAddress { address } => {
+                read::release_address(c, &address.allocation_id, address.association_id.as_deref())
+                    .await?
             }
         }
     }
@@ -711,7 +984,6 @@ mod tests {
         Spec {
             stack: "p".into(),
             vpc: "vpc-1".into(),
-            drain_secs: 0,
             azs: [
                 (
                     "a".to_string(),
@@ -780,9 +1052,9 @@ mod tests {
             );
         }
         o.associations
-            .insert("priv-a".into(), ("x".into(), "rtb-split-a".into()));
+            .insert("priv-a".into(), ("rtb-split-a".into(), "x".into()));
         o.associations
-            .insert("priv-b".into(), ("y".into(), "rtb-split-b".into()));
+            .insert("priv-b".into(), ("rtb-split-b".into(), "y".into()));
         o.tables.insert(
             "rtb-a".into(),
             TableObs {
@@ -804,7 +1076,7 @@ mod tests {
     }
 
     #[test]
-    fn from_dev_releases_natd_tables_before_routing_and_removes_dev_last() {
+    fn from_dev_releases_natd_tables_before_routing() {
         let s = spec();
         let mut o = Observed::default();
         o.tables.insert(
@@ -815,7 +1087,6 @@ mod tests {
                 default_target: Some("eni-natd".into()),
             },
         );
-        o.dev_left = vec!["auto scaling group natd-p".into()];
         let p = plan(&s, &o).expect("plan");
         let release = p
             .iter()
@@ -831,7 +1102,6 @@ mod tests {
             })
             .expect("route");
         assert!(release < route);
-        assert!(matches!(p.last(), Some(Action::RemoveDevEgress { .. })));
     }
 
     #[test]
@@ -852,5 +1122,88 @@ mod tests {
                 other: "other".into()
             }
         );
+    }
+
+    #[test]
+    fn removal_puts_split_subnets_back_before_deleting_and_keeps_tables_on_handover() {
+        let e = Existing {
+            gateways: vec![
+                GatewayState {
+                    id: "nat-a".into(),
+                    az: "a".into(),
+                    state: "available".into(),
+                },
+                GatewayState {
+                    id: "nat-b".into(),
+                    az: "b".into(),
+                    state: "deleting".into(),
+                },
+            ],
+            addresses: vec![AddressState {
+                allocation_id: "eipalloc-a".into(),
+                association_id: Some("eipassoc-a".into()),
+                public_ip: "198.51.100.1".into(),
+            }],
+            splits: vec![SplitState {
+                id: "rtb-split-a".into(),
+                from: "rtb-main".into(),
+                from_is_main: true,
+                subnets: vec![("priv-a".into(), "rtbassoc-1".into())],
+            }],
+            managed: vec![
+                ManagedTable {
+                    id: "rtb-split-a".into(),
+                    to_gateway: true,
+                    split: true,
+                },
+                ManagedTable {
+                    id: "rtb-x".into(),
+                    to_gateway: true,
+                    split: false,
+                },
+            ],
+        };
+        let r = plan_remove(&e, None);
+        let pos = |x: &Removal| r.iter().position(|y| y == x).expect("present");
+        let back = pos(&Removal::MoveSubnetBack {
+            subnet: "priv-a".into(),
+            association_id: "rtbassoc-1".into(),
+            to: "rtb-main".into(),
+            to_main: true,
+        });
+        assert!(
+            back < pos(&Removal::DeleteRouteTable {
+                id: "rtb-split-a".into()
+            })
+        );
+        assert!(
+            pos(&Removal::DeleteRoute {
+                route_table: "rtb-x".into()
+            }) < pos(&Removal::DeleteNatGateway {
+                id: "nat-a".into(),
+                az: "a".into()
+            })
+        );
+        assert!(
+            !r.iter()
+                .any(|x| matches!(x, Removal::DeleteNatGateway { id, .. } if id == "nat-b")),
+            "a gateway already deleting is only waited for"
+        );
+        let wait = pos(&Removal::WaitDeleted {
+            ids: vec!["nat-a".into(), "nat-b".into()],
+        });
+        assert!(wait < r.len() - 1 && matches!(r.last(), Some(Removal::ReleaseAddress { .. })));
+        let taken = BTreeSet::from(["rtb-split-a".to_string(), "rtb-x".to_string()]);
+        let h = plan_remove(&e, Some(&taken));
+        assert!(!h.iter().any(|x| matches!(
+            x,
+            Removal::MoveSubnetBack { .. }
+                | Removal::DeleteRouteTable { .. }
+                | Removal::DeleteRoute { .. }
+        )));
+        assert!(h.contains(&Removal::UntagRoutes {
+            route_table: "rtb-split-a".into()
+        }));
+        assert_eq!(plan_remove(&Existing::default(), None), vec![]);
     }
 }

@@ -1,0 +1,213 @@
+//! Every name and tag natctl gives what it creates, built here and nowhere else, and
+//! the filters that find them again.
+//!
+//! Tags: `natd:stack=STACK` on everything a stack creates (teardown removes exactly
+//! that); `natd:egress=STACK` on the route tables and Elastic IP natd takes over
+//! (natd's contract); `natd:routes=STACK` on tables whose default route prod manages;
+//! `natd:az` and `natd:split-from` on prod's gateways, addresses and split tables;
+//! `natd:function` and `natd:previous-*` for the Lambda wiring.
+
+use aws_sdk_ec2::types::{Filter, ResourceType, Tag, TagSpecification};
+pub use natd::contract::{EGRESS_TAG, STACK_TAG};
+
+/// Tag on every route table whose default route a prod stack manages.
+pub const ROUTES_TAG: &str = "natd:routes";
+/// Tag naming the AZ of a gateway, its address, or a split table.
+pub const AZ_TAG: &str = "natd:az";
+/// Tag on a split table naming the table its subnets used before.
+pub const SPLIT_TAG: &str = "natd:split-from";
+/// Role tag: the function the Lambda execution role was made for.
+pub const FUNCTION_TAG: &str = "natd:function";
+/// Function tag: the role it had before the stack.
+pub const PREVIOUS_ROLE_TAG: &str = "natd:previous-role";
+/// Function tags: its VPC configuration before the stack, `subnets|groups` or `none`,
+/// cut into values of at most [`TAG_VALUE_MAX`] characters under this key, then
+/// `natd:previous-vpc-1`, `-2`, ...
+pub const PREVIOUS_VPC_TAG: &str = "natd:previous-vpc";
+/// Longest tag value Lambda (and EC2) accept.
+pub const TAG_VALUE_MAX: usize = 256;
+/// The `Name` tag.
+pub const NAME_TAG: &str = "Name";
+
+/// The names of a stack's resources.
+#[derive(Debug, Clone, Copy)]
+pub struct Names<'a>(pub &'a str);
+
+impl Names<'_> {
+    /// The NAT instance's security group, role, instance profile, launch template and
+    /// Auto Scaling group.
+    pub fn nat(&self) -> String {
+        format!("natd-{}", self.0)
+    }
+    /// The NAT gateway, its address and split table of `az`.
+    pub fn in_az(&self, az: &str) -> String {
+        format!("natd-{}-{az}", self.0)
+    }
+    /// The Lambda execution role, and LambdaSG.
+    pub fn lambda(&self) -> String {
+        format!("natd-{}-lambda", self.0)
+    }
+    /// DatabaseSG.
+    pub fn database(&self) -> String {
+        format!("natd-{}-database", self.0)
+    }
+    /// SecretsManagerSG and the Secrets Manager endpoint.
+    pub fn secrets_manager(&self) -> String {
+        format!("natd-{}-secretsmanager", self.0)
+    }
+}
+
+/// The tags of a new EC2 resource: the stack, its name, and `extra`.
+pub fn ec2_tags(
+    kind: ResourceType,
+    stack: &str,
+    name: &str,
+    extra: &[(&str, &str)],
+) -> TagSpecification {
+    let mut b = TagSpecification::builder()
+        .resource_type(kind)
+        .tags(Tag::builder().key(STACK_TAG).value(stack).build())
+        .tags(Tag::builder().key(NAME_TAG).value(name).build());
+    for (k, v) in extra {
+        b = b.tags(Tag::builder().key(*k).value(*v).build());
+    }
+    b.build()
+}
+
+/// An EC2 tag.
+pub fn ec2_tag(key: &str, value: &str) -> Tag {
+    Tag::builder().key(key).value(value).build()
+}
+
+/// An IAM tag for the call `op` on `target`.
+pub fn iam_tag(
+    op: &'static str,
+    target: &str,
+    key: &str,
+    value: &str,
+) -> Result<aws_sdk_iam::types::Tag, super::Error> {
+    aws_sdk_iam::types::Tag::builder()
+        .key(key)
+        .value(value)
+        .build()
+        .map_err(|e| super::Error::Call {
+            op,
+            target: target.to_string(),
+            source: super::ApiFailure::local(e.to_string()),
+        })
+}
+
+/// The value of EC2 tag `key`, if set.
+pub fn tag_value<'a>(tags: &'a [Tag], key: &str) -> Option<&'a str> {
+    tags.iter()
+        .find(|t| t.key() == Some(key))
+        .and_then(|t| t.value())
+}
+
+/// Whether EC2 tags carry `natd:stack=stack`. Checked on everything a filter returned:
+/// the filter is the API's, the guarantee is ours.
+pub fn of_stack(tags: &[Tag], stack: &str) -> bool {
+    tag_value(tags, STACK_TAG) == Some(stack)
+}
+
+/// Filter on tag `key` = `value`.
+pub fn tag_filter(key: &str, value: &str) -> Filter {
+    Filter::builder()
+        .name(format!("tag:{key}"))
+        .values(value)
+        .build()
+}
+
+/// Filter on `natd:stack=stack`.
+pub fn stack_filter(stack: &str) -> Filter {
+    tag_filter(STACK_TAG, stack)
+}
+
+/// Filter `name` = `values`.
+pub fn filter(name: &str, values: &[&str]) -> Filter {
+    Filter::builder()
+        .name(name)
+        .set_values(Some(values.iter().map(|v| v.to_string()).collect()))
+        .build()
+}
+
+/// Cuts `value` into tag values of at most [`TAG_VALUE_MAX`] characters, keyed `key`,
+/// `key-1`, `key-2`, ... (Lambda refuses longer values).
+pub fn split_tag(key: &str, value: &str) -> Vec<(String, String)> {
+    let chars: Vec<char> = value.chars().collect();
+    let mut out: Vec<(String, String)> = chars
+        .chunks(TAG_VALUE_MAX)
+        .enumerate()
+        .map(|(i, c)| {
+            let k = if i == 0 {
+                key.to_string()
+            } else {
+                format!("{key}-{i}")
+            };
+            (k, c.iter().collect())
+        })
+        .collect();
+    if out.is_empty() {
+        out.push((key.to_string(), String::new()));
+    }
+    out
+}
+
+/// Joins what [`split_tag`] cut, from a tag map; `None` when `key` is absent.
+pub fn joined_tag(tags: &std::collections::BTreeMap<String, String>, key: &str) -> Option<String> {
+    let mut out = tags.get(key)?.clone();
+    for i in 1.. {
+        match tags.get(&format!("{key}-{i}")) {
+            Some(part) => out.push_str(part),
+            None => break,
+        }
+    }
+    Some(out)
+}
+
+/// The keys [`split_tag`] may have used for `key`, present in `tags`.
+pub fn split_tag_keys(tags: &std::collections::BTreeMap<String, String>, key: &str) -> Vec<String> {
+    tags.keys()
+        .filter(|k| {
+            *k == key
+                || k.strip_prefix(key)
+                    .and_then(|rest| rest.strip_prefix('-'))
+                    .is_some_and(|n| n.parse::<u32>().is_ok())
+        })
+        .cloned()
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn long_values_are_split_under_the_limit_and_joined_back() {
+        let value = format!(
+            "{}|sg-1",
+            (0..20)
+                .map(|i| format!("subnet-{i:017x}"))
+                .collect::<Vec<_>>()
+                .join(",")
+        );
+        assert!(value.len() > TAG_VALUE_MAX);
+        let parts = split_tag(PREVIOUS_VPC_TAG, &value);
+        assert!(parts.len() > 1);
+        assert!(
+            parts
+                .iter()
+                .all(|(_, v)| v.chars().count() <= TAG_VALUE_MAX)
+        );
+        let tags: std::collections::BTreeMap<String, String> = parts.into_iter().collect();
+        assert_eq!(
+            joined_tag(&tags, PREVIOUS_VPC_TAG).as_deref(),
+            Some(value.as_str())
+        );
+        assert_eq!(split_tag_keys(&tags, PREVIOUS_VPC_TAG).len(), tags.len());
+        assert_eq!(
+            split_tag("k", "none"),
+            vec![("k".to_string(), "none".to_string())]
+        );
+    }
+}

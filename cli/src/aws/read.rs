@@ -1,0 +1,392 @@
+//! Readers several parts share. Every list call goes through a paginator, so a large
+//! account is read whole, and every resource found by a tag filter is checked for the
+//! tag again client-side.
+
+use super::names::{filter, of_stack, stack_filter, tag_filter, tag_value};
+use super::{Clients, Error, err, found};
+use aws_sdk_ec2::types::{
+    Address, Filter, Instance, LaunchTemplate, NatGateway, RouteTable, SecurityGroup, Subnet,
+    VpcEndpoint,
+};
+use std::collections::BTreeMap;
+
+/// Which route table each subnet of a VPC uses. The one rule, for every part of natctl:
+/// a subnet routes by its explicitly associated table, else by the VPC's main table.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Associations {
+    /// subnet -> (table, association id), for explicit associations.
+    pub explicit: BTreeMap<String, (String, String)>,
+    /// The VPC's main table.
+    pub main: Option<String>,
+}
+
+impl Associations {
+    /// From the VPC's route tables.
+    pub fn from_tables(tables: &[RouteTable]) -> Self {
+        let mut a = Self::default();
+        for t in tables {
+            let id = t.route_table_id().unwrap_or_default();
+            for x in t.associations() {
+                if x.main() == Some(true) {
+                    a.main = Some(id.to_string());
+                }
+                if let (Some(s), Some(aid)) = (x.subnet_id(), x.route_table_association_id()) {
+                    a.explicit
+                        .insert(s.to_string(), (id.to_string(), aid.to_string()));
+                }
+            }
+        }
+        a
+    }
+
+    /// The table `subnet` routes by.
+    pub fn table_of(&self, subnet: &str) -> Option<&str> {
+        self.explicit
+            .get(subnet)
+            .map(|(t, _)| t.as_str())
+            .or(self.main.as_deref())
+    }
+}
+
+/// A table's default route target (`igw-`, `nat-`, `eni-`, `i-`, ...).
+pub fn default_target(t: &RouteTable) -> Option<&str> {
+    natd::aws::default_route(t).and_then(natd::aws::route_target)
+}
+
+/// A table's default route state (`active`, `blackhole`).
+pub fn default_state(t: &RouteTable) -> Option<&str> {
+    natd::aws::default_route(t)
+        .and_then(|r| r.state())
+        .map(|s| s.as_str())
+}
+
+/// Route tables matching `filters`.
+pub async fn route_tables(
+    c: &Clients,
+    filters: Vec<Filter>,
+    what: &str,
+) -> Result<Vec<RouteTable>, Error> {
+    c.ec2
+        .describe_route_tables()
+        .set_filters(Some(filters))
+        .into_paginator()
+        .items()
+        .send()
+        .collect::<Result<Vec<_>, _>>()
+        .await
+        .map_err(err("DescribeRouteTables", what))
+}
+
+/// The route tables of `vpc`.
+pub async fn vpc_tables(c: &Clients, vpc: &str) -> Result<Vec<RouteTable>, Error> {
+    route_tables(c, vec![filter("vpc-id", &[vpc])], vpc).await
+}
+
+/// The route tables tagged `key=value` (in any VPC of the region).
+pub async fn tables_tagged(c: &Clients, key: &str, value: &str) -> Result<Vec<RouteTable>, Error> {
+    let mut t = route_tables(c, vec![tag_filter(key, value)], value).await?;
+    t.retain(|t| tag_value(t.tags(), key) == Some(value));
+    Ok(t)
+}
+
+/// The subnets matching `filters`.
+pub async fn subnets(c: &Clients, filters: Vec<Filter>, what: &str) -> Result<Vec<Subnet>, Error> {
+    c.ec2
+        .describe_subnets()
+        .set_filters(Some(filters))
+        .into_paginator()
+        .items()
+        .send()
+        .collect::<Result<Vec<_>, _>>()
+        .await
+        .map_err(err("DescribeSubnets", what))
+}
+
+/// The security groups matching `filters`.
+pub async fn security_groups(
+    c: &Clients,
+    filters: Vec<Filter>,
+    what: &str,
+) -> Result<Vec<SecurityGroup>, Error> {
+    c.ec2
+        .describe_security_groups()
+        .set_filters(Some(filters))
+        .into_paginator()
+        .items()
+        .send()
+        .collect::<Result<Vec<_>, _>>()
+        .await
+        .map_err(err("DescribeSecurityGroups", what))
+}
+
+/// The security groups of `vpc` named one of `names`, the stack's and others' alike
+/// (a same-named group of someone else is a conflict the caller reports).
+pub async fn groups_named(
+    c: &Clients,
+    vpc: Option<&str>,
+    names: &[&str],
+) -> Result<Vec<SecurityGroup>, Error> {
+    let mut f = vec![filter("group-name", names)];
+    if let Some(v) = vpc {
+        f.push(filter("vpc-id", &[v]));
+    }
+    security_groups(c, f, &names.join(",")).await
+}
+
+/// The NAT gateways matching `filters`, deleted ones included.
+pub async fn nat_gateways(
+    c: &Clients,
+    filters: Vec<Filter>,
+    what: &str,
+) -> Result<Vec<NatGateway>, Error> {
+    c.ec2
+        .describe_nat_gateways()
+        .set_filter(Some(filters))
+        .into_paginator()
+        .items()
+        .send()
+        .collect::<Result<Vec<_>, _>>()
+        .await
+        .map_err(err("DescribeNatGateways", what))
+}
+
+/// The NAT gateways `ids` (gone ones are simply absent).
+pub async fn nat_gateways_by_id(c: &Clients, ids: &[String]) -> Result<Vec<NatGateway>, Error> {
+    let r = c
+        .ec2
+        .describe_nat_gateways()
+        .set_nat_gateway_ids(Some(ids.to_vec()))
+        .into_paginator()
+        .items()
+        .send()
+        .collect::<Result<Vec<_>, _>>()
+        .await;
+    Ok(found(r, "DescribeNatGateways", &ids.join(","))?.unwrap_or_default())
+}
+
+/// The stack's NAT gateways (by tag), deleted ones included.
+pub async fn stack_gateways(c: &Clients, stack: &str) -> Result<Vec<NatGateway>, Error> {
+    let mut g = nat_gateways(c, vec![stack_filter(stack)], stack).await?;
+    g.retain(|g| of_stack(g.tags(), stack));
+    Ok(g)
+}
+
+/// The instances matching `filters`.
+pub async fn instances(
+    c: &Clients,
+    filters: Vec<Filter>,
+    what: &str,
+) -> Result<Vec<Instance>, Error> {
+    let reservations = c
+        .ec2
+        .describe_instances()
+        .set_filters(Some(filters))
+        .into_paginator()
+        .items()
+        .send()
+        .collect::<Result<Vec<_>, _>>()
+        .await
+        .map_err(err("DescribeInstances", what))?;
+    Ok(reservations
+        .into_iter()
+        .flat_map(|r| r.instances.unwrap_or_default())
+        .collect())
+}
+
+/// The stack's instances (by tag), terminated ones included.
+pub async fn stack_instances(c: &Clients, stack: &str) -> Result<Vec<Instance>, Error> {
+    let mut i = instances(c, vec![stack_filter(stack)], stack).await?;
+    i.retain(|i| of_stack(i.tags(), stack));
+    Ok(i)
+}
+
+/// Whether an instance is gone for good.
+pub fn terminated(i: &Instance) -> bool {
+    i.state()
+        .and_then(|s| s.name())
+        .is_some_and(|n| n.as_str() == "terminated")
+}
+
+/// The launch templates named `name`, the stack's and others' alike.
+pub async fn launch_templates_named(c: &Clients, name: &str) -> Result<Vec<LaunchTemplate>, Error> {
+    c.ec2
+        .describe_launch_templates()
+        .filters(filter("launch-template-name", &[name]))
+        .into_paginator()
+        .items()
+        .send()
+        .collect::<Result<Vec<_>, _>>()
+        .await
+        .map_err(err("DescribeLaunchTemplates", name))
+}
+
+/// The VPC endpoints matching `filters` that are not being deleted.
+pub async fn vpc_endpoints(
+    c: &Clients,
+    filters: Vec<Filter>,
+    what: &str,
+) -> Result<Vec<VpcEndpoint>, Error> {
+    let mut e = c
+        .ec2
+        .describe_vpc_endpoints()
+        .set_filters(Some(filters))
+        .into_paginator()
+        .items()
+        .send()
+        .collect::<Result<Vec<_>, _>>()
+        .await
+        .map_err(err("DescribeVpcEndpoints", what))?;
+    e.retain(|e| {
+        e.state().is_none_or(|s| {
+            !matches!(
+                s.as_str().to_ascii_lowercase().as_str(),
+                "deleted" | "deleting"
+            )
+        })
+    });
+    Ok(e)
+}
+
+/// The stack's Elastic IPs (by tag). DescribeAddresses has no pages: it answers all.
+pub async fn stack_addresses(c: &Clients, stack: &str) -> Result<Vec<Address>, Error> {
+    let r = c
+        .ec2
+        .describe_addresses()
+        .filters(stack_filter(stack))
+        .send()
+        .await
+        .map_err(err("DescribeAddresses", stack))?;
+    Ok(r.addresses()
+        .iter()
+        .filter(|a| of_stack(a.tags(), stack))
+        .cloned()
+        .collect())
+}
+
+/// Whether an Auto Scaling group's tags carry `natd:stack=stack`.
+pub fn group_of_stack(g: &aws_sdk_autoscaling::types::AutoScalingGroup, stack: &str) -> bool {
+    g.tags()
+        .iter()
+        .any(|t| t.key() == Some(super::names::STACK_TAG) && t.value() == Some(stack))
+}
+
+/// The Auto Scaling group named `name`, if any.
+pub async fn auto_scaling_group(
+    c: &Clients,
+    name: &str,
+) -> Result<Option<aws_sdk_autoscaling::types::AutoScalingGroup>, Error> {
+    let groups = c
+        .asg
+        .describe_auto_scaling_groups()
+        .auto_scaling_group_names(name)
+        .into_paginator()
+        .items()
+        .send()
+        .collect::<Result<Vec<_>, _>>()
+        .await
+        .map_err(err("DescribeAutoScalingGroups", name))?;
+    Ok(groups.into_iter().next())
+}
+
+/// Decodes IAM's percent-encoded policy documents.
+pub fn decode_policy(doc: &str) -> Option<serde_json::Value> {
+    serde_json::from_str(&percent_encoding::percent_decode_str(doc).decode_utf8_lossy()).ok()
+}
+
+/// The IAM role `name`: (ARN, tags), or `None`.
+pub async fn role(
+    c: &Clients,
+    name: &str,
+) -> Result<Option<(String, BTreeMap<String, String>)>, Error> {
+    let Some(r) = found(
+        c.iam.get_role().role_name(name).send().await,
+        "GetRole",
+        name,
+    )?
+    else {
+        return Ok(None);
+    };
+    let arn = r.role().map(|r| r.arn().to_string()).unwrap_or_default();
+    let tags = c
+        .iam
+        .list_role_tags()
+        .role_name(name)
+        .into_paginator()
+        .items()
+        .send()
+        .collect::<Result<Vec<_>, _>>()
+        .await;
+    let tags = found(tags, "ListRoleTags", name)?
+        .unwrap_or_default()
+        .into_iter()
+        .map(|t| (t.key, t.value))
+        .collect();
+    Ok(Some((arn, tags)))
+}
+
+/// The inline policy `policy` of role `role`, decoded.
+pub async fn role_policy(
+    c: &Clients,
+    role: &str,
+    policy: &str,
+) -> Result<Option<serde_json::Value>, Error> {
+    let p = c
+        .iam
+        .get_role_policy()
+        .role_name(role)
+        .policy_name(policy)
+        .send()
+        .await;
+    Ok(found(p, "GetRolePolicy", role)?.and_then(|p| decode_policy(p.policy_document())))
+}
+
+/// Deletes IAM role `role` and its inline policies.
+pub async fn delete_role(c: &Clients, role: &str) -> Result<(), Error> {
+    let names = c
+        .iam
+        .list_role_policies()
+        .role_name(role)
+        .into_paginator()
+        .items()
+        .send()
+        .collect::<Result<Vec<_>, _>>()
+        .await;
+    for p in found(names, "ListRolePolicies", role)?.unwrap_or_default() {
+        let r = c
+            .iam
+            .delete_role_policy()
+            .role_name(role)
+            .policy_name(&p)
+            .send()
+            .await;
+        found(r, "DeleteRolePolicy", role)?;
+    }
+    let r = c.iam.delete_role().role_name(role).send().await;
+    found(r, "DeleteRole", role)?;
+    Ok(())
+}
+
+/// Releases Elastic IP `allocation_id`, disassociating it first.
+pub async fn release_address(
+    c: &Clients,
+    allocation_id: &str,
+    association_id: Option<&str>,
+) -> Result<(), Error> {
+    if let Some(assoc) = association_id {
+        let r = c
+            .ec2
+            .disassociate_address()
+            .association_id(assoc)
+            .send()
+            .await;
+        found(r, "DisassociateAddress", allocation_id)?;
+    }
+    let r = c
+        .ec2
+        .release_address()
+        .allocation_id(allocation_id)
+        .send()
+        .await;
+    found(r, "ReleaseAddress", allocation_id)?;
+    Ok(())
+}

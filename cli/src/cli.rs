@@ -1,0 +1,239 @@
+//! natctl's command line: every flag and subcommand, as clap types. Parsing only; the
+//! handlers are in `commands`.
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+/// natctl's arguments.
+#[derive(Debug, Parser)]
+#[command(
+    name = "natctl",
+    version,
+    about = "NAT egress for VPC Lambda functions: dev NAT instance or prod NAT gateways",
+    after_help = "Exit status: 0 success; 1 an AWS call failed (or timed out); 2 bad input, refused before any change; 3 egress broken (status) or a problem found (doctor)."
+)]
+pub struct Args {
+    /// Output format. With json, errors too are a JSON object on stdout.
+    #[arg(long, global = true, value_enum, default_value_t = Output::Text)]
+    pub output: Output,
+    /// AWS region (default: AWS_REGION, AWS_DEFAULT_REGION or the profile's).
+    #[arg(long, global = true)]
+    pub region: Option<String>,
+    /// AWS profile (default: AWS_PROFILE).
+    #[arg(long, global = true)]
+    pub profile: Option<String>,
+    /// AWS endpoint URL for every service (also AWS_ENDPOINT_URL).
+    #[arg(long, global = true, value_name = "URL")]
+    pub endpoint_url: Option<String>,
+    /// Seconds to open a connection to AWS.
+    #[arg(long, global = true, value_name = "SECS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=600))]
+    pub connect_timeout: u64,
+    /// Seconds one attempt of an AWS call may wait for its answer.
+    #[arg(long, global = true, value_name = "SECS", default_value_t = 20, value_parser = clap::value_parser!(u64).range(1..=600))]
+    pub read_timeout: u64,
+    /// Seconds one AWS call may take, retries included: an endpoint that never answers
+    /// fails the command after this long.
+    #[arg(long, global = true, value_name = "SECS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub call_timeout: u64,
+    /// The command.
+    #[command(subcommand)]
+    pub command: Cmd,
+}
+
+/// Output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Output {
+    /// For people.
+    Text,
+    /// One JSON document on stdout.
+    Json,
+}
+
+/// The two egress designs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Env {
+    /// One self-healing NAT instance (natd) in an Auto Scaling group.
+    Dev,
+    /// One NAT gateway per AZ with AZ-local routes.
+    Prod,
+}
+
+/// A stack name, checked against the rule natd applies too.
+fn stack_name(s: &str) -> Result<String, String> {
+    natd::contract::check_stack_name(s)
+        .map(|()| s.to_string())
+        .map_err(|e| e.to_string())
+}
+
+/// A subnet list: comma-separated ids.
+#[derive(Debug, Clone, clap::Args)]
+pub struct SubnetLists {
+    /// Private subnets, comma-separated (e.g. subnet-0a,subnet-0b): exactly these, instead
+    /// of the discovered ones (those without a route to an internet gateway).
+    #[arg(long, value_delimiter = ',', value_name = "SUBNET,...")]
+    pub private_subnets: Option<Vec<String>>,
+    /// Public subnets, comma-separated: exactly these, instead of the discovered ones
+    /// (those routing 0.0.0.0/0 to an internet gateway).
+    #[arg(long, value_delimiter = ',', value_name = "SUBNET,...")]
+    pub public_subnets: Option<Vec<String>>,
+}
+
+/// What setup and plan take.
+#[derive(Debug, clap::Args)]
+pub struct SetupArgs {
+    /// dev: one self-healing NAT instance; prod: one NAT gateway per AZ.
+    #[arg(long, value_enum)]
+    pub env: Env,
+    /// The VPC.
+    #[arg(long)]
+    pub vpc: String,
+    /// Stack name: tags everything setup creates (natd:stack) and the route tables natd
+    /// takes over (natd:egress). Lowercase letters, digits and '-', at most 32.
+    #[arg(long = "name", default_value = natd::contract::DEFAULT_STACK, value_parser = stack_name)]
+    pub stack: String,
+    /// Which subnets to use.
+    #[command(flatten)]
+    pub subnets: SubnetLists,
+    /// The natd AMI (default: the newest image of this account tagged natd:ami).
+    #[arg(long)]
+    pub ami: Option<String>,
+    /// NAT instance type (dev).
+    #[arg(long, default_value = "t4g.micro")]
+    pub instance_type: String,
+    /// dev: an Elastic IP natd holds, for a stable egress address.
+    #[arg(long)]
+    pub eip: bool,
+    /// Wire this Lambda function into the VPC: LambdaSG, its private subnets, an
+    /// execution role with the least it needs. One function per stack.
+    #[arg(long, value_name = "FUNCTION")]
+    pub lambda: Option<String>,
+    /// The Secrets Manager secret the function reads (name or ARN): an interface
+    /// endpoint with private DNS, SecretsManagerSG, GetSecretValue on it alone.
+    #[arg(long, value_name = "SECRET_ARN_OR_NAME")]
+    pub secret: Option<String>,
+    /// The RDS instance the function uses: DatabaseSG admitting its port from
+    /// LambdaSG, attached to it.
+    #[arg(long, value_name = "ID", conflicts_with = "db_port")]
+    pub db_instance: Option<String>,
+    /// The database port, when the database is not an RDS instance to name.
+    #[arg(long, value_name = "PORT", value_parser = clap::value_parser!(u16).range(1..))]
+    pub db_port: Option<u16>,
+    /// When switching between dev and prod: seconds the old egress stays after the
+    /// routes moved (route changes propagate, open connections finish).
+    #[arg(long, value_name = "SECS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(0..=3600))]
+    pub drain_seconds: u64,
+    /// Show the plan only.
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Cmd {
+    /// Print the IAM policy the natd agent needs for a stack (JSON).
+    Policy {
+        /// Stack name (the value of the natd:egress tag on its route tables).
+        #[arg(long, default_value = natd::contract::DEFAULT_STACK, value_parser = stack_name)]
+        stack: String,
+    },
+    /// Estimate the monthly cost of dev and prod egress, side by side.
+    Cost {
+        /// The environment to highlight.
+        #[arg(long, value_enum)]
+        env: Option<Env>,
+        /// Availability zones with private subnets.
+        #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=16))]
+        azs: u32,
+        /// Data sent to the internet through NAT, GB per month.
+        #[arg(long, default_value_t = 100.0)]
+        gb_per_month: f64,
+        /// Override a price, e.g. `--price instance_hour=0.0042` (t4g.nano); repeatable.
+        #[arg(long = "price", value_name = "KEY=VALUE")]
+        prices: Vec<String>,
+    },
+    /// Show a VPC's public and private subnets per AZ, as setup will use them.
+    Subnets {
+        /// The VPC.
+        #[arg(long)]
+        vpc: String,
+        /// Check for this environment (prod needs a public subnet in every AZ with
+        /// private subnets; dev needs one public subnet).
+        #[arg(long, value_enum, default_value_t = Env::Prod)]
+        env: Env,
+        /// Which subnets to use.
+        #[command(flatten)]
+        subnets: SubnetLists,
+    },
+    /// Build the egress for a VPC: show the plan, then apply it.
+    Setup(SetupArgs),
+    /// Show what setup would change, and change nothing.
+    Plan(SetupArgs),
+    /// Show a stack's egress: its NAT instances or gateways and each managed route
+    /// table's default route; exit status 3 when egress is broken, 2 when there is no
+    /// such stack.
+    Status {
+        /// Stack name.
+        #[arg(long = "name", default_value = natd::contract::DEFAULT_STACK, value_parser = stack_name)]
+        stack: String,
+    },
+    /// Find the mistakes that keep a VPC Lambda function from its database, its secret
+    /// or the internet, in any VPC; each with its fix. Exit status 3 when any is found.
+    Doctor {
+        /// The VPC.
+        #[arg(long)]
+        vpc: String,
+        /// Look at this function (default: every function with a subnet in the VPC).
+        #[arg(long, value_name = "FUNCTION")]
+        lambda: Option<String>,
+    },
+    /// Remove exactly what setup created for a stack (found by name and natd:stack
+    /// tag), in dependency order.
+    Teardown {
+        /// Stack name.
+        #[arg(long = "name", default_value = natd::contract::DEFAULT_STACK, value_parser = stack_name)]
+        stack: String,
+        /// Show what would be removed, and remove nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Print a shell completion script.
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff): natctl's, or a subcommand's (`natctl man setup`).
+    Man {
+        /// The subcommand.
+        subcommand: Option<String>,
+    },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        Args::command().debug_assert();
+    }
+
+    #[test]
+    fn subnet_lists_are_comma_separated() {
+        let a = Args::try_parse_from([
+            "natctl",
+            "subnets",
+            "--vpc",
+            "vpc-1",
+            "--private-subnets",
+            "subnet-a,subnet-b",
+        ])
+        .expect("parses");
+        let Cmd::Subnets { subnets, .. } = a.command else {
+            panic!("not subnets")
+        };
+        assert_eq!(
+            subnets.private_subnets,
+            Some(vec!["subnet-a".to_string(), "subnet-b".to_string()])
+        );
+    }
+}

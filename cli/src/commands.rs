@@ -1,0 +1,336 @@
+//! One handler per subcommand: each validates its input, reads, decides (through the
+//! pure functions of the other modules), acts, and hands data to `render`. Progress
+//! goes to stderr; results to stdout.
+
+use crate::aws::{self, Clients, Settings};
+use crate::cli::{Args, Cmd, Env, Output, SetupArgs, SubnetLists};
+use crate::error::Failure;
+use crate::parts::{lambda, nat_gateways, nat_instance};
+use crate::stack::{self, Egress, Request};
+use crate::{cost, doctor, render, status, topology};
+use clap::CommandFactory;
+use std::io::Write;
+use std::time::Duration;
+
+/// Runs the command `args` names.
+pub fn run(args: &Args) -> Result<(), Failure> {
+    let settings = Settings {
+        region: args.region.clone(),
+        profile: args.profile.clone(),
+        endpoint_url: args.endpoint_url.clone(),
+        connect_timeout: Duration::from_secs(args.connect_timeout),
+        read_timeout: Duration::from_secs(args.read_timeout),
+        call_timeout: Duration::from_secs(args.call_timeout),
+    };
+    let ctx = Ctx {
+        output: args.output,
+        settings,
+    };
+    match &args.command {
+        Cmd::Policy { stack } => emit(&render::json(&natd::contract::agent_policy(stack))?),
+        Cmd::Cost {
+            env,
+            azs,
+            gb_per_month,
+            prices,
+        } => cost(&ctx, *env, *azs, *gb_per_month, prices),
+        Cmd::Subnets { vpc, env, subnets } => ctx.block_on(subnets_cmd(&ctx, vpc, *env, subnets)),
+        Cmd::Setup(a) => ctx.block_on(setup(&ctx, a, a.dry_run)),
+        Cmd::Plan(a) => ctx.block_on(setup(&ctx, a, true)),
+        Cmd::Status { stack } => ctx.block_on(status_cmd(&ctx, stack)),
+        Cmd::Doctor { vpc, lambda } => ctx.block_on(doctor_cmd(&ctx, vpc, lambda.as_deref())),
+        Cmd::Teardown { stack, dry_run } => ctx.block_on(teardown(&ctx, stack, *dry_run)),
+        Cmd::Completions { shell } => {
+            let mut buf = Vec::new();
+            clap_complete::generate(*shell, &mut Args::command(), "natctl", &mut buf);
+            emit(&String::from_utf8_lossy(&buf))
+        }
+        Cmd::Man { subcommand } => emit(&crate::man::page(subcommand.as_deref())?),
+    }
+}
+
+/// What every handler needs.
+struct Ctx {
+    output: Output,
+    settings: Settings,
+}
+
+impl Ctx {
+    fn block_on<F: std::future::Future<Output = Result<(), Failure>>>(
+        &self,
+        f: F,
+    ) -> Result<(), Failure> {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| Failure::Internal(format!("cannot start the runtime: {e}")))?
+            .block_on(f)
+    }
+
+    async fn clients(&self) -> Clients {
+        Clients::connect(&self.settings).await
+    }
+
+    fn aws(&self) -> impl Fn(aws::Error) -> Failure + '_ {
+        move |e| Failure::aws(e, &self.settings)
+    }
+
+    fn json(&self) -> bool {
+        self.output == Output::Json
+    }
+}
+
+/// Prints `s` on stdout. A closed pipe (`natctl ... | head`) is not worth reporting.
+fn emit(s: &str) -> Result<(), Failure> {
+    let _ = writeln!(std::io::stdout().lock(), "{s}");
+    Ok(())
+}
+
+/// Progress, on stderr.
+fn progress(m: &str) {
+    eprintln!("natctl: {m}");
+}
+
+fn cost(ctx: &Ctx, env: Option<Env>, azs: u32, gb: f64, prices: &[String]) -> Result<(), Failure> {
+    if !gb.is_finite() || gb < 0.0 {
+        return Err(Failure::BadInput(format!(
+            "--gb-per-month {gb}: must be a non-negative number"
+        )));
+    }
+    let mut p = cost::Prices::default();
+    for assignment in prices {
+        p.set(assignment).map_err(Failure::BadInput)?;
+    }
+    let dev = cost::dev(&p, azs, gb);
+    let prod = cost::prod(&p, azs, gb);
+    if ctx.json() {
+        emit(&render::json(&render::cost_json(&dev, &prod, azs, gb, &p))?)
+    } else {
+        let highlight = env.map(|e| match e {
+            Env::Dev => "dev",
+            Env::Prod => "prod",
+        });
+        emit(&render::cost_text(&dev, &prod, highlight, azs, gb, &p))
+    }
+}
+
+/// The VPC's topology for `env`, or the bad input that prevents it.
+async fn topology_of(
+    ctx: &Ctx,
+    c: &Clients,
+    vpc: &str,
+    env: Env,
+    subnets: &SubnetLists,
+) -> Result<topology::Topology, Failure> {
+    let facts = topology::read(c, vpc)
+        .await
+        .map_err(ctx.aws())?
+        .ok_or_else(|| Failure::BadInput(format!("VPC {vpc} not found")))?;
+    topology::classify(
+        &facts,
+        subnets.private_subnets.as_deref(),
+        subnets.public_subnets.as_deref(),
+        env == Env::Prod,
+    )
+    .map_err(|e| Failure::BadInput(e.to_string()))
+}
+
+async fn subnets_cmd(ctx: &Ctx, vpc: &str, env: Env, subnets: &SubnetLists) -> Result<(), Failure> {
+    let c = ctx.clients().await;
+    let topo = topology_of(ctx, &c, vpc, env, subnets).await?;
+    if ctx.json() {
+        emit(&render::json(&topo)?)
+    } else {
+        emit(&render::subnets_text(&topo))
+    }
+}
+
+/// setup and plan: validate everything before any change, then plan, render, apply,
+/// and read back.
+async fn setup(ctx: &Ctx, a: &SetupArgs, dry_run: bool) -> Result<(), Failure> {
+    if a.eip && a.env == Env::Prod {
+        return Err(Failure::BadInput(
+            "--eip is for --env dev (prod NAT gateways always get one Elastic IP per AZ)".into(),
+        ));
+    }
+    if a.lambda.is_none() && (a.secret.is_some() || a.db_instance.is_some() || a.db_port.is_some())
+    {
+        return Err(Failure::BadInput(
+            "--secret, --db-instance and --db-port wire a function: name it with --lambda".into(),
+        ));
+    }
+    let c = ctx.clients().await;
+    let topo = topology_of(ctx, &c, &a.vpc, a.env, &a.subnets).await?;
+    // Every name the user gave is checked before anything changes.
+    let lambda = match &a.lambda {
+        None => None,
+        Some(function) => {
+            let r = lambda::resolve(
+                &c,
+                &a.vpc,
+                function,
+                a.secret.as_deref(),
+                a.db_instance.as_deref(),
+                a.db_port,
+            )
+            .await
+            .map_err(|e| match e {
+                lambda::Invalid::Api(e) => Failure::aws(e, &ctx.settings),
+                other => Failure::BadInput(other.to_string()),
+            })?;
+            let region = r
+                .function_arn
+                .split(':')
+                .nth(3)
+                .map(str::to_string)
+                .or_else(|| c.region())
+                .unwrap_or_default();
+            Some(lambda::Spec::new(&a.stack, &topo, &region, function, r))
+        }
+    };
+    let egress = match a.env {
+        Env::Dev => {
+            let ami = match &a.ami {
+                Some(ami) => ami.clone(),
+                None => newest_natd_ami(ctx, &c).await?,
+            };
+            Egress::Dev(nat_instance::Spec::new(
+                &a.stack,
+                &topo,
+                &ami,
+                &a.instance_type,
+                a.eip,
+            ))
+        }
+        Env::Prod => Egress::Prod(nat_gateways::Spec::new(&a.stack, &topo)),
+    };
+    let req = Request {
+        stack: a.stack.clone(),
+        egress,
+        lambda,
+        drain_secs: a.drain_seconds,
+    };
+    let observed = stack::read(&c, &req).await.map_err(ctx.aws())?;
+    let steps = stack::plan(&req, &observed).map_err(|e| Failure::BadInput(e.to_string()))?;
+    if !ctx.json() {
+        emit(&render::setup_plan(&req, &a.vpc, &steps))?;
+    }
+    if steps.is_empty() || dry_run {
+        if ctx.json() {
+            emit(&render::json(&render::setup_json(&req, &steps, false))?)?;
+        }
+        return Ok(());
+    }
+    stack::apply(&c, &req, &observed, &steps, &mut progress)
+        .await
+        .map_err(ctx.aws())?;
+    let left = stack::left_after_apply(&c, &req).await.map_err(ctx.aws())?;
+    if !left.is_empty() {
+        return Err(Failure::Internal(format!(
+            "after applying, these changes are still needed: {}",
+            left.iter()
+                .map(|s| render::step(Some(&req), s))
+                .collect::<Vec<_>>()
+                .join("; ")
+        )));
+    }
+    if ctx.json() {
+        emit(&render::json(&render::setup_json(&req, &steps, true))?)
+    } else {
+        emit(&format!(
+            "Applied {} change(s); stack {} is in place.",
+            steps.len(),
+            a.stack
+        ))
+    }
+}
+
+/// The newest AMI of this account tagged `natd:ami` (as packer/natd.pkr.hcl tags it).
+async fn newest_natd_ami(ctx: &Ctx, c: &Clients) -> Result<String, Failure> {
+    let images = c
+        .ec2
+        .describe_images()
+        .owners("self")
+        .filters(aws::names::filter("tag-key", &["natd:ami"]))
+        .send()
+        .await
+        .map_err(aws::err("DescribeImages", "natd:ami"))
+        .map_err(ctx.aws())?;
+    let mut found: Vec<(&str, &str)> = images
+        .images()
+        .iter()
+        .filter_map(|i| Some((i.creation_date()?, i.image_id()?)))
+        .collect();
+    found.sort();
+    found.last().map(|(_, id)| id.to_string()).ok_or_else(|| {
+        Failure::BadInput(
+            "no AMI tagged natd:ami in this account and region: build one (README, \"The AMI\") or pass --ami".into(),
+        )
+    })
+}
+
+async fn status_cmd(ctx: &Ctx, stack: &str) -> Result<(), Failure> {
+    let c = ctx.clients().await;
+    let facts = status::read(&c, stack).await.map_err(ctx.aws())?;
+    if !facts.exists() {
+        return Err(Failure::BadInput(format!(
+            "stack {stack} not found: nothing carries its tags (natctl setup --name {stack} builds it)"
+        )));
+    }
+    let st = status::assess(facts);
+    if ctx.json() {
+        emit(&render::json(&st)?)?;
+    } else {
+        emit(&render::status_text(&st))?;
+    }
+    if st.healthy {
+        Ok(())
+    } else {
+        Err(Failure::Broken(format!("stack {stack}: egress is broken")))
+    }
+}
+
+async fn doctor_cmd(ctx: &Ctx, vpc: &str, lambda: Option<&str>) -> Result<(), Failure> {
+    let c = ctx.clients().await;
+    let facts = doctor::read(&c, vpc, lambda).await.map_err(|e| match e {
+        doctor::Invalid::Api(e) => Failure::aws(e, &ctx.settings),
+        other => Failure::BadInput(other.to_string()),
+    })?;
+    let findings = doctor::diagnose(&facts);
+    let functions: Vec<String> = facts.functions.iter().map(|f| f.name.clone()).collect();
+    if ctx.json() {
+        emit(&render::json(&render::doctor_json(
+            vpc, &functions, &findings,
+        ))?)?;
+    } else {
+        emit(&render::doctor_text(vpc, functions.len(), &findings))?;
+    }
+    if findings.is_empty() {
+        Ok(())
+    } else {
+        Err(Failure::Broken(format!(
+            "{} problem(s) found",
+            findings.len()
+        )))
+    }
+}
+
+async fn teardown(ctx: &Ctx, stack: &str, dry_run: bool) -> Result<(), Failure> {
+    let c = ctx.clients().await;
+    let left = stack::read_leftovers(&c, stack).await.map_err(ctx.aws())?;
+    let steps = stack::plan_teardown(stack, &left);
+    if !dry_run && !steps.is_empty() {
+        stack::teardown(&c, &steps, &mut progress)
+            .await
+            .map_err(ctx.aws())?;
+    }
+    if ctx.json() {
+        emit(&render::json(&render::teardown_json(
+            stack,
+            &steps,
+            !dry_run && !steps.is_empty(),
+        ))?)
+    } else {
+        emit(&render::teardown_text(stack, &steps, dry_run))
+    }
+}

@@ -1,0 +1,1368 @@
+//! The dev egress: one self-healing NAT instance (natd) in an Auto Scaling group. Its
+//! security group admits the private subnets; its role carries exactly natd's policy;
+//! its launch template requires IMDSv2 (hop limit 1) and tells natd its stack; its
+//! group launches through natd's lifecycle hook; the private route tables carry
+//! `natd:egress=STACK`, and natd takes their default routes over by itself.
+//!
+//! Owns: [`Spec`] (from the topology), [`Observed`], [`Action`], the pure [`plan`],
+//! [`read`], [`apply`]; what it leaves behind: [`Existing`], the pure [`plan_remove`]
+//! and [`remove`]. Everything it creates carries `natd:stack=STACK`; a same-named
+//! resource without that tag is someone else's and is refused, never adopted.
+
+use super::Progress;
+use crate::aws::names::{
+    EGRESS_TAG, NAME_TAG, Names, ROUTES_TAG, STACK_TAG, ec2_tag, ec2_tags, iam_tag, of_stack,
+    tag_value,
+};
+use crate::aws::read;
+use crate::aws::wait::{self, Poll};
+use crate::aws::{Clients, Error, err, found};
+use crate::topology::Topology;
+use natd::contract::{DEFAULT_ROUTE, LAUNCHING_TRANSITION};
+use serde::Serialize;
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+/// Name of the lifecycle hook natd completes.
+pub const HOOK: &str = "natd-ready";
+/// How long a launch may wait for natd before the group abandons it: natd's start-up
+/// retries take about 2 minutes, plus boot.
+pub const HOOK_TIMEOUT_SECS: i32 = 600;
+/// How long a switch from prod waits for natd to take the routes over: a launch is
+/// boot (~30 s) plus natd's start-up retries (~2 min), with margin.
+const TAKEOVER_WAIT: Duration = Duration::from_secs(900);
+/// How long teardown waits for the NAT instances to terminate before it removes the
+/// security group they use (EC2 usually needs 30-90 s).
+const TERMINATE_WAIT: Duration = Duration::from_secs(300);
+
+/// What the user asked for.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Spec {
+    /// Stack name.
+    pub stack: String,
+    /// The VPC.
+    pub vpc: String,
+    /// Where the NAT instance may run.
+    pub public_subnets: Vec<String>,
+    /// CIDRs the NAT instance's security group admits.
+    pub private_cidrs: BTreeSet<String>,
+    /// Route tables of the private subnets: natd takes them over.
+    pub private_tables: BTreeSet<String>,
+    /// The natd AMI.
+    pub ami: String,
+    /// Instance type.
+    pub instance_type: String,
+    /// Give the NAT instance a stable egress address (an Elastic IP natd holds).
+    pub eip: bool,
+}
+
+impl Spec {
+    /// The spec for `topo`.
+    pub fn new(stack: &str, topo: &Topology, ami: &str, instance_type: &str, eip: bool) -> Self {
+        let private: Vec<_> = topo.subnets.values().filter(|s| !s.public).collect();
+        Spec {
+            stack: stack.to_string(),
+            vpc: topo.vpc_id.clone(),
+            public_subnets: topo.public().cloned().collect(),
+            private_cidrs: private.iter().map(|s| s.cidr.clone()).collect(),
+            private_tables: private.iter().map(|s| s.table.clone()).collect(),
+            ami: ami.to_string(),
+            instance_type: instance_type.to_string(),
+            eip,
+        }
+    }
+
+    /// Name of every named resource of the part.
+    pub fn name(&self) -> String {
+        Names(&self.stack).nat()
+    }
+}
+
+/// The NAT security group as read.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct GroupRules {
+    /// `sg-...`
+    pub id: String,
+    /// CIDRs admitted (all traffic).
+    pub cidrs: BTreeSet<String>,
+}
+
+/// The launch template's default version as read.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Template {
+    /// `lt-...`
+    pub id: String,
+    /// Its image.
+    pub image: String,
+    /// Its instance type.
+    pub instance_type: String,
+    /// The security groups of its network interface.
+    pub groups: BTreeSet<String>,
+}
+
+/// The Auto Scaling group as read.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Group {
+    /// Desired capacity.
+    pub desired: i32,
+    /// Minimum and maximum size.
+    pub min_max: (i32, i32),
+    /// Its subnets.
+    pub subnets: BTreeSet<String>,
+}
+
+/// The tags of a private route table that say who manages it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TableTags {
+    /// `natd:egress` (a dev stack's natd takes it over).
+    pub egress: Option<String>,
+    /// `natd:routes` (a prod stack routes it).
+    pub routes: Option<String>,
+}
+
+/// What exists now, as read by [`read`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Observed {
+    /// The NAT security group.
+    pub security_group: Option<GroupRules>,
+    /// The role exists (with the stack's tag).
+    pub role: bool,
+    /// The role's inline policy document.
+    pub role_policy: Option<serde_json::Value>,
+    /// The instance profile exists; whether it carries the role.
+    pub instance_profile: Option<bool>,
+    /// The launch template.
+    pub launch_template: Option<Template>,
+    /// The group.
+    pub group: Option<Group>,
+    /// Heartbeat timeout of natd's launch hook, when the group has it.
+    pub hook: Option<i32>,
+    /// Tags of each private route table.
+    pub table_tags: BTreeMap<String, TableTags>,
+    /// The stack's Elastic IP for natd (`natd:egress=<stack>`).
+    pub address: Option<String>,
+    /// Same-named resources without the stack's tag: (kind, name or id).
+    pub foreign: Vec<(&'static str, String)>,
+}
+
+/// One change setup makes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "action", rename_all = "snake_case")]
+pub enum Action {
+    /// Create the NAT security group.
+    CreateSecurityGroup,
+    /// Admit these CIDRs (all traffic) on the NAT security group.
+    AuthorizeIngress {
+        /// CIDRs.
+        cidrs: Vec<String>,
+    },
+    /// Stop admitting CIDRs that are no longer private subnets of the stack.
+    RevokeIngress {
+        /// CIDRs.
+        cidrs: Vec<String>,
+    },
+    /// Create the instance role (trust: EC2).
+    CreateRole,
+    /// Put natd's policy on the role.
+    PutRolePolicy,
+    /// Create the instance profile with the role.
+    CreateInstanceProfile,
+    /// Create the launch template.
+    CreateLaunchTemplate,
+    /// New default version of the launch template (image, type or security group).
+    UpdateLaunchTemplate,
+    /// Create the group (capacity 0, so the hook exists before the first launch).
+    CreateGroup,
+    /// Put the group in the spec's public subnets.
+    UpdateGroupSubnets {
+        /// The subnets.
+        subnets: Vec<String>,
+    },
+    /// Add (or correct) natd's launch lifecycle hook.
+    PutLifecycleHook,
+    /// Set min = max = desired = 1.
+    ScaleToOne,
+    /// Allocate the Elastic IP natd holds (`natd:egress=<stack>`).
+    AllocateAddress,
+    /// Tag a private route table `natd:egress=<stack>`.
+    TagRouteTable {
+        /// The table.
+        route_table: String,
+    },
+    /// Wait until natd holds the default route of every tagged table.
+    WaitForTakeover,
+}
+
+/// Why setup refuses to go on.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    /// A private route table already belongs to another stack.
+    #[error(
+        "route table {table} is tagged {tag}={other}: it belongs to stack {other}; remove that stack first or leave its subnets out"
+    )]
+    TableOfOtherStack {
+        /// The table.
+        table: String,
+        /// The tag.
+        tag: &'static str,
+        /// The other stack.
+        other: String,
+    },
+    /// A resource with the stack's name exists and is not the stack's.
+    #[error(
+        "{kind} {name} exists without the tag {STACK_TAG}={stack}: it is not this stack's; rename or remove it, or choose another --name"
+    )]
+    Foreign {
+        /// Its kind.
+        kind: &'static str,
+        /// Its name or id.
+        name: String,
+        /// The stack.
+        stack: String,
+    },
+}
+
+/// The changes that turn `o` into `spec`, in dependency order.
+pub fn plan(spec: &Spec, o: &Observed) -> Result<Vec<Action>, Refusal> {
+    if let Some((kind, name)) = o.foreign.first() {
+        return Err(Refusal::Foreign {
+            kind,
+            name: name.clone(),
+            stack: spec.stack.clone(),
+        });
+    }
+    for (table, tags) in &o.table_tags {
+        for (tag, value) in [(EGRESS_TAG, &tags.egress), (ROUTES_TAG, &tags.routes)] {
+            if let Some(other) = value.as_ref().filter(|t| **t != spec.stack) {
+                return Err(Refusal::TableOfOtherStack {
+                    table: table.clone(),
+                    tag,
+                    other: other.clone(),
+                });
+            }
+        }
+    }
+    let mut out = Vec::new();
+    let admitted = match &o.security_group {
+        None => {
+            out.push(Action::CreateSecurityGroup);
+            BTreeSet::new()
+        }
+        Some(g) => g.cidrs.clone(),
+    };
+    let missing: Vec<String> = spec.private_cidrs.difference(&admitted).cloned().collect();
+    if !missing.is_empty() {
+        out.push(Action::AuthorizeIngress { cidrs: missing });
+    }
+    let extra: Vec<String> = admitted.difference(&spec.private_cidrs).cloned().collect();
+    if !extra.is_empty() {
+        out.push(Action::RevokeIngress { cidrs: extra });
+    }
+    if !o.role {
+        out.push(Action::CreateRole);
+    }
+    if o.role_policy.as_ref() != Some(&natd::contract::agent_policy(&spec.stack)) {
+        out.push(Action::PutRolePolicy);
+    }
+    if o.instance_profile != Some(true) {
+        out.push(Action::CreateInstanceProfile);
+    }
+    match (&o.launch_template, &o.security_group) {
+        (None, _) => out.push(Action::CreateLaunchTemplate),
+        (Some(t), sg) => {
+            let sg_ok = sg
+                .as_ref()
+                .is_some_and(|g| t.groups == BTreeSet::from([g.id.clone()]));
+            if t.image != spec.ami || t.instance_type != spec.instance_type || !sg_ok {
+                out.push(Action::UpdateLaunchTemplate);
+            }
+        }
+    }
+    let wanted_subnets: BTreeSet<String> = spec.public_subnets.iter().cloned().collect();
+    match &o.group {
+        None => out.push(Action::CreateGroup),
+        Some(g) if g.subnets != wanted_subnets => out.push(Action::UpdateGroupSubnets {
+            subnets: spec.public_subnets.clone(),
+        }),
+        Some(_) => {}
+    }
+    if o.hook != Some(HOOK_TIMEOUT_SECS) {
+        out.push(Action::PutLifecycleHook);
+    }
+    if spec.eip && o.address.is_none() {
+        out.push(Action::AllocateAddress);
+    }
+    if o.group
+        .as_ref()
+        .is_none_or(|g| g.desired != 1 || g.min_max != (1, 1))
+    {
+        out.push(Action::ScaleToOne);
+    }
+    for t in &spec.private_tables {
+        if o.table_tags.get(t).is_none_or(|x| x.egress.is_none()) {
+            out.push(Action::TagRouteTable {
+                route_table: t.clone(),
+            });
+        }
+    }
+    Ok(out)
+}
+
+/// Reads what exists of the part.
+pub async fn read(c: &Clients, spec: &Spec) -> Result<Observed, Error> {
+    let name = spec.name();
+    let stack = spec.stack.as_str();
+    let mut o = Observed::default();
+    for g in read::groups_named(c, Some(&spec.vpc), &[&name]).await? {
+        let id = g.group_id().unwrap_or_default().to_string();
+        if !of_stack(g.tags(), stack) {
+            o.foreign.push(("security group", format!("{name} ({id})")));
+            continue;
+        }
+        let cidrs = g
+            .ip_permissions()
+            .iter()
+            .filter(|p| p.ip_protocol() == Some("-1"))
+            .flat_map(|p| p.ip_ranges())
+            .filter_map(|r| r.cidr_ip().map(str::to_string))
+            .collect();
+        o.security_group = Some(GroupRules { id, cidrs });
+    }
+    if let Some((_, tags)) = read::role(c, &name).await? {
+        if tags.get(STACK_TAG).map(String::as_str) == Some(stack) {
+            o.role = true;
+            o.role_policy = read::role_policy(c, &name, &name).await?;
+        } else {
+            o.foreign.push(("IAM role", name.clone()));
+        }
+    }
+    let profile = c
+        .iam
+        .get_instance_profile()
+        .instance_profile_name(&name)
+        .send()
+        .await;
+    if let Some(p) = found(profile, "GetInstanceProfile", &name)? {
+        let p = p.instance_profile();
+        let ours = p.is_some_and(|p| {
+            p.tags()
+                .iter()
+                .any(|t| t.key() == STACK_TAG && t.value() == stack)
+        });
+        if ours {
+            o.instance_profile =
+                Some(p.is_some_and(|p| p.roles().iter().any(|r| r.role_name() == name)));
+        } else {
+            o.foreign.push(("instance profile", name.clone()));
+        }
+    }
+    for lt in read::launch_templates_named(c, &name).await? {
+        let id = lt.launch_template_id().unwrap_or_default().to_string();
+        if !of_stack(lt.tags(), stack) {
+            o.foreign
+                .push(("launch template", format!("{name} ({id})")));
+            continue;
+        }
+        let v = c
+            .ec2
+            .describe_launch_template_versions()
+            .launch_template_id(&id)
+            .versions("$Default")
+            .send()
+            .await
+            .map_err(err("DescribeLaunchTemplateVersions", &id))?;
+        let data = v
+            .launch_template_versions()
+            .first()
+            .and_then(|v| v.launch_template_data());
+        o.launch_template = Some(Template {
+            id,
+            image: data
+                .and_then(|d| d.image_id())
+                .unwrap_or_default()
+                .to_string(),
+            instance_type: data
+                .and_then(|d| d.instance_type())
+                .map(|t| t.as_str().to_string())
+                .unwrap_or_default(),
+            groups: data
+                .map(|d| {
+                    d.network_interfaces()
+                        .iter()
+                        .flat_map(|n| n.groups())
+                        .cloned()
+                        .collect()
+                })
+                .unwrap_or_default(),
+        });
+    }
+    if let Some(g) = read::auto_scaling_group(c, &name).await? {
+        if read::group_of_stack(&g, stack) {
+            o.group = Some(Group {
+                desired: g.desired_capacity().unwrap_or(0),
+                min_max: (g.min_size().unwrap_or(0), g.max_size().unwrap_or(0)),
+                subnets: g
+                    .vpc_zone_identifier()
+                    .unwrap_or_default()
+                    .split(',')
+                    .filter(|s| !s.is_empty())
+                    .map(str::to_string)
+                    .collect(),
+            });
+            let hooks = c
+                .asg
+                .describe_lifecycle_hooks()
+                .auto_scaling_group_name(&name)
+                .send()
+                .await
+                .map_err(err("DescribeLifecycleHooks", &name))?;
+            o.hook = hooks
+                .lifecycle_hooks()
+                .iter()
+                .find(|h| h.lifecycle_hook_name() == Some(HOOK))
+                .map(|h| h.heartbeat_timeout().unwrap_or(0));
+        } else {
+            o.foreign.push(("Auto Scaling group", name.clone()));
+        }
+    }
+    o.address = read::stack_addresses(c, stack)
+        .await?
+        .iter()
+        .find(|a| tag_value(a.tags(), EGRESS_TAG) == Some(stack))
+        .and_then(|a| a.allocation_id())
+        .map(str::to_string);
+    if !spec.private_tables.is_empty() {
+        let ids: Vec<&str> = spec.private_tables.iter().map(String::as_str).collect();
+        let tables = read::route_tables(
+            c,
+            vec![crate::aws::names::filter("route-table-id", &ids)],
+            &spec.vpc,
+        )
+        .await?;
+        for t in tables {
+            o.table_tags.insert(
+                t.route_table_id().unwrap_or_default().to_string(),
+                TableTags {
+                    egress: tag_value(t.tags(), EGRESS_TAG).map(str::to_string),
+                    routes: tag_value(t.tags(), ROUTES_TAG).map(str::to_string),
+                },
+            );
+        }
+    }
+    Ok(o)
+}
+
+/// The cloud-config that tells natd its stack (written before network-online, so
+/// before natd.service starts).
+fn user_data(stack: &str) -> String {
+    let config = format!("stack = \"{stack}\"\n");
+    let cloud_config = format!(
+        "#cloud-config\nwrite_files:\n  - path: /etc/natd/natd.toml\n    permissions: '0644'\n    content: |\n      {}\n",
+        config.trim_end()
+    );
+    aws_smithy_types::base64::encode(cloud_config)
+}
+
+/// Carries out `actions` in order.
+pub async fn apply(
+    c: &Clients,
+    spec: &Spec,
+    o: &Observed,
+    actions: &[Action],
+    progress: Progress<'_>,
+) -> Result<(), Error> {
+    use aws_sdk_ec2::types::{
+        IpPermission, IpRange, LaunchTemplateHttpTokensState,
+        LaunchTemplateIamInstanceProfileSpecificationRequest,
+        LaunchTemplateInstanceMetadataOptionsRequest,
+        LaunchTemplateInstanceNetworkInterfaceSpecificationRequest, RequestLaunchTemplateData,
+        ResourceType,
+    };
+    let name = spec.name();
+    let mut sg_id = o.security_group.as_ref().map(|g| g.id.clone());
+    let mut lt_id = o.launch_template.as_ref().map(|t| t.id.clone());
+    let template_data = |sg: &str| {
+        RequestLaunchTemplateData::builder()
+            .image_id(&spec.ami)
+            .instance_type(aws_sdk_ec2::types::InstanceType::from(
+                spec.instance_type.as_str(),
+            ))
+            .iam_instance_profile(
+                LaunchTemplateIamInstanceProfileSpecificationRequest::builder()
+                    .name(&name)
+                    .build(),
+            )
+            .metadata_options(
+                LaunchTemplateInstanceMetadataOptionsRequest::builder()
+                    .http_tokens(LaunchTemplateHttpTokensState::Required)
+                    .http_put_response_hop_limit(1)
+                    .build(),
+            )
+            .network_interfaces(
+                LaunchTemplateInstanceNetworkInterfaceSpecificationRequest::builder()
+                    .device_index(0)
+                    .associate_public_ip_address(true)
+                    .groups(sg)
+                    .build(),
+            )
+            .user_data(user_data(&spec.stack))
+            .build()
+    };
+    let cidr_rule = |cidrs: &[String]| {
+        let mut perm = IpPermission::builder().ip_protocol("-1");
+        for cidr in cidrs {
+            perm = perm.ip_ranges(
+                IpRange::builder()
+                    .cidr_ip(cidr)
+                    .description("private subnet")
+                    .build(),
+            );
+        }
+        perm.build()
+    };
+    let asg_tag = |key: &str, value: &str| {
+        aws_sdk_autoscaling::types::Tag::builder()
+            .key(key)
+            .value(value)
+            .propagate_at_launch(true)
+            .resource_id(&name)
+            .resource_type("auto-scaling-group")
+            .build()
+    };
+    for a in actions {
+        match a {
+            Action::CreateSecurityGroup => {
+                let r = c
+                    .ec2
+                    .create_security_group()
+                    .group_name(&name)
+                    .description(format!(
+                        "natd NAT instance of stack {}: admits the private subnets",
+                        spec.stack
+                    ))
+                    .vpc_id(&spec.vpc)
+                    .tag_specifications(ec2_tags(
+                        ResourceType::SecurityGroup,
+                        &spec.stack,
+                        &name,
+                        &[],
+                    ))
+                    .send()
+                    .await
+                    .map_err(err("CreateSecurityGroup", &name))?;
+                sg_id = r.group_id().map(str::to_string);
+            }
+            Action::AuthorizeIngress { cidrs } => {
+                let sg = sg_id.clone().unwrap_or_default();
+                c.ec2
+                    .authorize_security_group_ingress()
+                    .group_id(&sg)
+                    .ip_permissions(cidr_rule(cidrs))
+                    .send()
+                    .await
+                    .map_err(err("AuthorizeSecurityGroupIngress", &sg))?;
+            }
+            Action::RevokeIngress { cidrs } => {
+                let sg = sg_id.clone().unwrap_or_default();
+                c.ec2
+                    .revoke_security_group_ingress()
+                    .group_id(&sg)
+                    .ip_permissions(cidr_rule(cidrs))
+                    .send()
+                    .await
+                    .map_err(err("RevokeSecurityGroupIngress", &sg))?;
+            }
+            Action::CreateRole => {
+                let trust = serde_json::json!({
+                    "Version": "2012-10-17",
+                    "Statement": [{"Effect": "Allow", "Principal": {"Service": "ec2.amazonaws.com"}, "Action": "sts:AssumeRole"}]
+                });
+                c.iam
+                    .create_role()
+                    .role_name(&name)
+                    .assume_role_policy_document(trust.to_string())
+                    .tags(iam_tag("CreateRole", &name, STACK_TAG, &spec.stack)?)
+                    .send()
+                    .await
+                    .map_err(err("CreateRole", &name))?;
+            }
+            Action::PutRolePolicy => {
+                c.iam
+                    .put_role_policy()
+                    .role_name(&name)
+                    .policy_name(&name)
+                    .policy_document(natd::contract::agent_policy(&spec.stack).to_string())
+                    .send()
+                    .await
+                    .map_err(err("PutRolePolicy", &name))?;
+            }
+            Action::CreateInstanceProfile => {
+                if o.instance_profile.is_none() {
+                    c.iam
+                        .create_instance_profile()
+                        .instance_profile_name(&name)
+                        .tags(iam_tag(
+                            "CreateInstanceProfile",
+                            &name,
+                            STACK_TAG,
+                            &spec.stack,
+                        )?)
+                        .send()
+                        .await
+                        .map_err(err("CreateInstanceProfile", &name))?;
+                }
+                c.iam
+                    .add_role_to_instance_profile()
+                    .instance_profile_name(&name)
+                    .role_name(&name)
+                    .send()
+                    .await
+                    .map_err(err("AddRoleToInstanceProfile", &name))?;
+            }
+            Action::CreateLaunchTemplate => {
+                let sg = sg_id.clone().unwrap_or_default();
+                let r = c
+                    .ec2
+                    .create_launch_template()
+                    .launch_template_name(&name)
+                    .launch_template_data(template_data(&sg))
+                    .tag_specifications(ec2_tags(
+                        ResourceType::LaunchTemplate,
+                        &spec.stack,
+                        &name,
+                        &[],
+                    ))
+                    .send()
+                    .await
+                    .map_err(err("CreateLaunchTemplate", &name))?;
+                lt_id = r
+                    .launch_template()
+                    .and_then(|t| t.launch_template_id())
+                    .map(str::to_string);
+            }
+            Action::UpdateLaunchTemplate => {
+                let sg = sg_id.clone().unwrap_or_default();
+                let id = lt_id.clone().unwrap_or_default();
+                let v = c
+                    .ec2
+                    .create_launch_template_version()
+                    .launch_template_id(&id)
+                    .launch_template_data(template_data(&sg))
+                    .send()
+                    .await
+                    .map_err(err("CreateLaunchTemplateVersion", &id))?;
+                let number = v
+                    .launch_template_version()
+                    .and_then(|v| v.version_number())
+                    .unwrap_or(1);
+                c.ec2
+                    .modify_launch_template()
+                    .launch_template_id(&id)
+                    .default_version(number.to_string())
+                    .send()
+                    .await
+                    .map_err(err("ModifyLaunchTemplate", &id))?;
+            }
+            Action::CreateGroup => {
+                let lt = aws_sdk_autoscaling::types::LaunchTemplateSpecification::builder()
+                    .launch_template_id(lt_id.clone().unwrap_or_default())
+                    .version("$Default")
+                    .build();
+                c.asg
+                    .create_auto_scaling_group()
+                    .auto_scaling_group_name(&name)
+                    .launch_template(lt)
+                    .min_size(0)
+                    .max_size(1)
+                    .desired_capacity(0)
+                    .vpc_zone_identifier(spec.public_subnets.join(","))
+                    .tags(asg_tag(STACK_TAG, &spec.stack))
+                    .tags(asg_tag(NAME_TAG, &name))
+                    .send()
+                    .await
+                    .map_err(err("CreateAutoScalingGroup", &name))?;
+            }
+            Action::UpdateGroupSubnets { subnets } => {
+                c.asg
+                    .update_auto_scaling_group()
+                    .auto_scaling_group_name(&name)
+                    .vpc_zone_identifier(subnets.join(","))
+                    .send()
+                    .await
+                    .map_err(err("UpdateAutoScalingGroup", &name))?;
+            }
+            Action::PutLifecycleHook => {
+                c.asg
+                    .put_lifecycle_hook()
+                    .auto_scaling_group_name(&name)
+                    .lifecycle_hook_name(HOOK)
+                    .lifecycle_transition(LAUNCHING_TRANSITION)
+                    .heartbeat_timeout(HOOK_TIMEOUT_SECS)
+                    .default_result("ABANDON")
+                    .send()
+                    .await
+                    .map_err(err("PutLifecycleHook", &name))?;
+            }
+            Action::ScaleToOne => {
+                c.asg
+                    .update_auto_scaling_group()
+                    .auto_scaling_group_name(&name)
+                    .min_size(1)
+                    .max_size(1)
+                    .desired_capacity(1)
+                    .send()
+                    .await
+                    .map_err(err("UpdateAutoScalingGroup", &name))?;
+            }
+            Action::AllocateAddress => {
+                c.ec2
+                    .allocate_address()
+                    .domain(aws_sdk_ec2::types::DomainType::Vpc)
+                    .tag_specifications(ec2_tags(
+                        ResourceType::ElasticIp,
+                        &spec.stack,
+                        &name,
+                        &[(EGRESS_TAG, &spec.stack)],
+                    ))
+                    .send()
+                    .await
+                    .map_err(err("AllocateAddress", &name))?;
+            }
+            Action::TagRouteTable { route_table } => {
+                c.ec2
+                    .create_tags()
+                    .resources(route_table)
+                    .tags(ec2_tag(EGRESS_TAG, &spec.stack))
+                    .send()
+                    .await
+                    .map_err(err("CreateTags", route_table))?;
+            }
+            Action::WaitForTakeover => wait_for_takeover(c, &spec.stack, progress).await?,
+        }
+    }
+    Ok(())
+}
+
+/// Waits until every table tagged for the stack routes 0.0.0.0/0 to an instance or
+/// network interface (natd's), active.
+async fn wait_for_takeover(c: &Clients, stack: &str, progress: Progress<'_>) -> Result<(), Error> {
+    let n = wait::until(
+        "natd to take the routes over",
+        stack,
+        TAKEOVER_WAIT,
+        progress,
+        || async {
+            let tables = read::tables_tagged(c, EGRESS_TAG, stack).await?;
+            let waiting: Vec<&str> = tables
+                .iter()
+                .filter(|t| {
+                    !natd::aws::default_route(t).is_some_and(|r| {
+                        (r.instance_id().is_some() || r.network_interface_id().is_some())
+                            && r.state().is_some_and(|s| s.as_str() == "active")
+                    })
+                })
+                .filter_map(|t| t.route_table_id())
+                .collect();
+            Ok(if waiting.is_empty() {
+                Poll::Ready(tables.len())
+            } else {
+                Poll::Waiting(waiting.join(", "))
+            })
+        },
+    )
+    .await?;
+    progress(&format!("natd holds the routes of {n} table(s)"));
+    Ok(())
+}
+
+/// A route table tagged for the stack's natd.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TableState {
+    /// `rtb-...`
+    pub id: String,
+    /// Its default route's target, and whether that is a blackhole.
+    pub default: Option<(String, bool)>,
+}
+
+/// A NAT instance of the stack.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InstanceState {
+    /// `i-...`
+    pub id: String,
+    /// Its network interfaces.
+    pub enis: Vec<String>,
+    /// Not terminated yet.
+    pub live: bool,
+}
+
+/// An Elastic IP of the stack.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct AddressState {
+    /// `eipalloc-...`
+    pub allocation_id: String,
+    /// Its association, when associated.
+    pub association_id: Option<String>,
+    /// Its address.
+    pub public_ip: String,
+}
+
+/// What exists of the part, for its removal.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Existing {
+    /// Tables tagged `natd:egress=STACK`.
+    pub tables: Vec<TableState>,
+    /// The stack's instances.
+    pub instances: Vec<InstanceState>,
+    /// The group, when it is the stack's.
+    pub group: bool,
+    /// The stack's launch templates: (id, name).
+    pub launch_templates: Vec<(String, String)>,
+    /// The NAT security groups: (id, name).
+    pub security_groups: Vec<(String, String)>,
+    /// The role (with the stack's tag).
+    pub role: bool,
+    /// The instance profile (with the stack's tag).
+    pub instance_profile: bool,
+    /// The stack's Elastic IP for natd.
+    pub addresses: Vec<AddressState>,
+}
+
+/// One removal.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "action", rename_all = "snake_case")]
+pub enum Removal {
+    /// Remove `natd:egress` from a table, so no natd takes its route back.
+    UntagTable {
+        /// The table.
+        route_table: String,
+    },
+    /// Delete a default route to the stack's instance (or a blackhole).
+    DeleteRoute {
+        /// The table.
+        route_table: String,
+        /// Its target.
+        target: String,
+    },
+    /// Delete the group, terminating its instances.
+    DeleteGroup {
+        /// The group.
+        name: String,
+    },
+    /// Wait until the instances are terminated (they hold the security group).
+    WaitTerminated {
+        /// The instances.
+        instances: Vec<String>,
+    },
+    /// Delete a launch template.
+    DeleteLaunchTemplate {
+        /// `lt-...`
+        id: String,
+        /// Its name.
+        name: String,
+    },
+    /// Delete the NAT security group.
+    DeleteSecurityGroup {
+        /// `sg-...`
+        id: String,
+        /// Its name.
+        name: String,
+    },
+    /// Take the role out of the instance profile and delete the profile.
+    DeleteInstanceProfile {
+        /// The profile.
+        name: String,
+    },
+    /// Delete the role and its inline policy.
+    DeleteRole {
+        /// The role.
+        name: String,
+    },
+    /// Release the stack's Elastic IP.
+    ReleaseAddress {
+        /// The address.
+        address: AddressState,
+    },
+}
+
+/// Reads what exists of the stack's part.
+pub async fn read_existing(c: &Clients, stack: &str) -> Result<Existing, Error> {
+    let name = Names(stack).nat();
+    let mut e = Existing::default();
+    for t in read::tables_tagged(c, EGRESS_TAG, stack).await? {
+        e.tables.push(TableState {
+            id: t.route_table_id().unwrap_or_default().to_string(),
+            default: natd::aws::default_route(&t).and_then(|r| {
+                let target = r.network_interface_id().or(r.instance_id())?;
+                Some((
+                    target.to_string(),
+                    r.state().is_some_and(|s| s.as_str() == "blackhole"),
+                ))
+            }),
+        });
+    }
+    for i in read::stack_instances(c, stack).await? {
+        e.instances.push(InstanceState {
+            id: i.instance_id().unwrap_or_default().to_string(),
+            enis: i
+                .network_interfaces()
+                .iter()
+                .filter_map(|n| n.network_interface_id())
+                .map(str::to_string)
+                .collect(),
+            live: !read::terminated(&i),
+        });
+    }
+    e.group = read::auto_scaling_group(c, &name)
+        .await?
+        .is_some_and(|g| read::group_of_stack(&g, stack));
+    e.launch_templates = read::launch_templates_named(c, &name)
+        .await?
+        .iter()
+        .filter(|t| of_stack(t.tags(), stack))
+        .map(|t| {
+            (
+                t.launch_template_id().unwrap_or_default().to_string(),
+                name.clone(),
+            )
+        })
+        .collect();
+    e.security_groups = read::groups_named(c, None, &[&name])
+        .await?
+        .iter()
+        .filter(|g| of_stack(g.tags(), stack))
+        .map(|g| (g.group_id().unwrap_or_default().to_string(), name.clone()))
+        .collect();
+    e.role = read::role(c, &name)
+        .await?
+        .is_some_and(|(_, tags)| tags.get(STACK_TAG).map(String::as_str) == Some(stack));
+    if e.role {
+        let profile = c
+            .iam
+            .get_instance_profile()
+            .instance_profile_name(&name)
+            .send()
+            .await;
+        e.instance_profile = found(profile, "GetInstanceProfile", &name)?.is_some();
+    }
+    e.addresses = read::stack_addresses(c, stack)
+        .await?
+        .iter()
+        .filter(|a| tag_value(a.tags(), EGRESS_TAG) == Some(stack))
+        .map(|a| AddressState {
+            allocation_id: a.allocation_id().unwrap_or_default().to_string(),
+            association_id: a.association_id().map(str::to_string),
+            public_ip: a.public_ip().unwrap_or_default().to_string(),
+        })
+        .collect();
+    Ok(e)
+}
+
+/// The removals that take `e` away, in dependency order. `taken`, in a switch to
+/// another egress, names the route tables that egress has taken over (and released
+/// from natd): they are left as they are; every other table is untagged and its route
+/// to the stack's instances deleted.
+pub fn plan_remove(stack: &str, e: &Existing, taken: Option<&BTreeSet<String>>) -> Vec<Removal> {
+    let name = Names(stack).nat();
+    let mut out = Vec::new();
+    let ours: BTreeSet<&str> = e
+        .instances
+        .iter()
+        .flat_map(|i| std::iter::once(i.id.as_str()).chain(i.enis.iter().map(String::as_str)))
+        .collect();
+    let tables: Vec<&TableState> = e
+        .tables
+        .iter()
+        .filter(|t| !taken.is_some_and(|k| k.contains(&t.id)))
+        .collect();
+    // Untag first, so no natd takes a route back; then drop the routes that point at
+    // the stack's instances or are blackholes.
+    for t in &tables {
+        out.push(Removal::UntagTable {
+            route_table: t.id.clone(),
+        });
+    }
+    for t in &tables {
+        if let Some((target, blackhole)) = &t.default
+            && (ours.contains(target.as_str()) || *blackhole)
+        {
+            out.push(Removal::DeleteRoute {
+                route_table: t.id.clone(),
+                target: target.clone(),
+            });
+        }
+    }
+    if e.group {
+        out.push(Removal::DeleteGroup { name: name.clone() });
+    }
+    let live: Vec<String> = e
+        .instances
+        .iter()
+        .filter(|i| i.live)
+        .map(|i| i.id.clone())
+        .collect();
+    if !live.is_empty() {
+        out.push(Removal::WaitTerminated { instances: live });
+    }
+    for (id, name) in &e.launch_templates {
+        out.push(Removal::DeleteLaunchTemplate {
+            id: id.clone(),
+            name: name.clone(),
+        });
+    }
+    for (id, name) in &e.security_groups {
+        out.push(Removal::DeleteSecurityGroup {
+            id: id.clone(),
+            name: name.clone(),
+        });
+    }
+    if e.role {
+        if e.instance_profile {
+            out.push(Removal::DeleteInstanceProfile { name: name.clone() });
+        }
+        out.push(Removal::DeleteRole { name });
+    }
+    for a in &e.addresses {
+        out.push(Removal::ReleaseAddress { address: a.clone() });
+    }
+    out
+}
+
+/// Carries out `removals` in order.
+pub async fn remove(
+    c: &Clients,
+    removals: &[Removal],
+    progress: Progress<'_>,
+) -> Result<(), Error> {
+    for r in removals {
+        match r {
+            Removal::UntagTable { route_table } => {
+                c.ec2
+                    .delete_tags()
+                    .resources(route_table)
+                    .tags(aws_sdk_ec2::types::Tag::builder().key(EGRESS_TAG).build())
+                    .send()
+                    .await
+                    .map_err(err("DeleteTags", route_table))?;
+            }
+            Removal::DeleteRoute { route_table, .. } => {
+                let r = c
+                    .ec2
+                    .delete_route()
+                    .route_table_id(route_table)
+                    .destination_cidr_block(DEFAULT_ROUTE)
+                    .send()
+                    .await;
+                found(r, "DeleteRoute", route_table)?;
+            }
+            Removal::DeleteGroup { name } => {
+                let r = c
+                    .asg
+                    .delete_auto_scaling_group()
+                    .auto_scaling_group_name(name)
+                    .force_delete(true)
+                    .send()
+                    .await;
+                found(r, "DeleteAutoScalingGroup", name)?;
+            }
+            Removal::WaitTerminated { instances } => {
+                let ids: Vec<&str> = instances.iter().map(String::as_str).collect();
+                let what = instances.join(", ");
+                wait::until(
+                    "instances to terminate",
+                    &what,
+                    TERMINATE_WAIT,
+                    progress,
+                    || async {
+                        let left: Vec<String> = read::instances(
+                            c,
+                            vec![crate::aws::names::filter("instance-id", &ids)],
+                            &what,
+                        )
+                        .await?
+                        .iter()
+                        .filter(|i| !read::terminated(i))
+                        .filter_map(|i| i.instance_id().map(str::to_string))
+                        .collect();
+                        Ok(if left.is_empty() {
+                            Poll::Ready(())
+                        } else {
+                            Poll::Waiting(format!("{} running", left.join(", ")))
+                        })
+                    },
+                )
+                .await?;
+            }
+            Removal::DeleteLaunchTemplate { id, .. } => {
+                let r = c
+                    .ec2
+                    .delete_launch_template()
+                    .launch_template_id(id)
+                    .send()
+                    .await;
+                found(r, "DeleteLaunchTemplate", id)?;
+            }
+            Removal::DeleteSecurityGroup { id, .. } => {
+                let r = c.ec2.delete_security_group().group_id(id).send().await;
+                found(r, "DeleteSecurityGroup", id)?;
+            }
+            Removal::DeleteInstanceProfile { name } => {
+                let r = c
+                    .iam
+                    .remove_role_from_instance_profile()
+                    .instance_profile_name(name)
+                    .role_name(name)
+                    .send()
+                    .await;
+                found(r, "RemoveRoleFromInstanceProfile", name)?;
+                let r = c
+                    .iam
+                    .delete_instance_profile()
+                    .instance_profile_name(name)
+                    .send()
+                    .await;
+                found(r, "DeleteInstanceProfile", name)?;
+            }
+            Removal::DeleteRole { name } => read::delete_role(c, name).await?,
+            Removal::ReleaseAddress { address } => {
+                read::release_address(c, &address.allocation_id, address.association_id.as_deref())
+                    .await?
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec() -> Spec {
+        Spec {
+            stack: "dev1".into(),
+            vpc: "vpc-1".into(),
+            public_subnets: vec!["subnet-pub".into()],
+            private_cidrs: ["10.0.1.0/24".to_string(), "10.0.2.0/24".to_string()].into(),
+            private_tables: ["rtb-a".to_string()].into(),
+            ami: "ami-1".into(),
+            instance_type: "t4g.micro".into(),
+            eip: false,
+        }
+    }
+
+    fn complete(s: &Spec) -> Observed {
+        Observed {
+            security_group: Some(GroupRules {
+                id: "sg-1".into(),
+                cidrs: s.private_cidrs.clone(),
+            }),
+            role: true,
+            role_policy: Some(natd::contract::agent_policy(&s.stack)),
+            instance_profile: Some(true),
+            launch_template: Some(Template {
+                id: "lt-1".into(),
+                image: s.ami.clone(),
+                instance_type: s.instance_type.clone(),
+                groups: ["sg-1".to_string()].into(),
+            }),
+            group: Some(Group {
+                desired: 1,
+                min_max: (1, 1),
+                subnets: ["subnet-pub".to_string()].into(),
+            }),
+            hook: Some(HOOK_TIMEOUT_SECS),
+            table_tags: [(
+                "rtb-a".to_string(),
+                TableTags {
+                    egress: Some(s.stack.clone()),
+                    routes: None,
+                },
+            )]
+            .into(),
+            address: None,
+            foreign: vec![],
+        }
+    }
+
+    #[test]
+    fn fresh_vpc_gets_everything_in_dependency_order() {
+        let s = spec();
+        let mut o = Observed::default();
+        o.table_tags.insert("rtb-a".into(), TableTags::default());
+        let p = plan(&s, &o).expect("plan");
+        let pos = |a: &Action| p.iter().position(|x| x == a).expect("present");
+        assert!(pos(&Action::CreateSecurityGroup) < pos(&Action::CreateLaunchTemplate));
+        assert!(pos(&Action::CreateInstanceProfile) < pos(&Action::CreateLaunchTemplate));
+        assert!(pos(&Action::CreateGroup) < pos(&Action::PutLifecycleHook));
+        assert!(
+            pos(&Action::PutLifecycleHook) < pos(&Action::ScaleToOne),
+            "hook before the first launch"
+        );
+        assert!(p.contains(&Action::TagRouteTable {
+            route_table: "rtb-a".into()
+        }));
+        assert!(p.contains(&Action::AuthorizeIngress {
+            cidrs: vec!["10.0.1.0/24".into(), "10.0.2.0/24".into()]
+        }));
+    }
+
+    #[test]
+    fn complete_stack_needs_nothing_and_drift_is_targeted() {
+        let s = spec();
+        assert_eq!(plan(&s, &complete(&s)).expect("plan"), vec![]);
+        let mut o = complete(&s);
+        o.role_policy = Some(serde_json::json!({"Statement": []}));
+        o.launch_template.as_mut().expect("lt").image = "ami-old".into();
+        o.security_group.as_mut().expect("sg").cidrs = ["10.0.1.0/24".to_string()].into();
+        assert_eq!(
+            plan(&s, &o).expect("plan"),
+            vec![
+                Action::AuthorizeIngress {
+                    cidrs: vec!["10.0.2.0/24".into()]
+                },
+                Action::PutRolePolicy,
+                Action::UpdateLaunchTemplate
+            ]
+        );
+    }
+
+    #[test]
+    fn drift_that_used_to_stay_is_repaired() {
+        let s = spec();
+        let mut o = complete(&s);
+        // A CIDR that is no longer a private subnet of the stack.
+        o.security_group
+            .as_mut()
+            .expect("sg")
+            .cidrs
+            .insert("10.0.9.0/24".into());
+        // The group moved to another subnet, the hook's timeout changed, the template
+        // uses another security group.
+        o.group.as_mut().expect("group").subnets = ["subnet-other".to_string()].into();
+        o.hook = Some(60);
+        o.launch_template.as_mut().expect("lt").groups = ["sg-other".to_string()].into();
+        assert_eq!(
+            plan(&s, &o).expect("plan"),
+            vec![
+                Action::RevokeIngress {
+                    cidrs: vec!["10.0.9.0/24".into()]
+                },
+                Action::UpdateLaunchTemplate,
+                Action::UpdateGroupSubnets {
+                    subnets: vec!["subnet-pub".into()]
+                },
+                Action::PutLifecycleHook,
+            ]
+        );
+    }
+
+    #[test]
+    fn another_stacks_table_and_a_foreign_namesake_are_refused() {
+        let s = spec();
+        for (tags, tag) in [
+            (
+                TableTags {
+                    egress: Some("prod".into()),
+                    routes: None,
+                },
+                EGRESS_TAG,
+            ),
+            (
+                TableTags {
+                    egress: None,
+                    routes: Some("prod".into()),
+                },
+                ROUTES_TAG,
+            ),
+        ] {
+            let mut o = complete(&s);
+            o.table_tags.insert("rtb-a".into(), tags);
+            assert_eq!(
+                plan(&s, &o).expect_err("refused"),
+                Refusal::TableOfOtherStack {
+                    table: "rtb-a".into(),
+                    tag,
+                    other: "prod".into()
+                }
+            );
+        }
+        let mut o = Observed::default();
+        o.foreign.push(("IAM role", "natd-dev1".into()));
+        let e = plan(&s, &o).expect_err("foreign role");
+        assert!(e.to_string().contains("IAM role natd-dev1"), "{e}");
+    }
+
+    #[test]
+    fn removal_goes_in_dependency_order_and_leaves_taken_tables_on_handover() {
+        let e = Existing {
+            tables: vec![
+                TableState {
+                    id: "rtb-a".into(),
+                    default: Some(("eni-1".into(), false)),
+                },
+                TableState {
+                    id: "rtb-b".into(),
+                    default: Some(("eni-foreign".into(), false)),
+                },
+            ],
+            instances: vec![InstanceState {
+                id: "i-1".into(),
+                enis: vec!["eni-1".into()],
+                live: true,
+            }],
+            group: true,
+            launch_templates: vec![("lt-1".into(), "natd-s".into())],
+            security_groups: vec![("sg-1".into(), "natd-s".into())],
+            role: true,
+            instance_profile: true,
+            addresses: vec![],
+        };
+        let r = plan_remove("s", &e, None);
+        let pos = |x: &Removal| r.iter().position(|y| y == x).expect("present");
+        assert!(
+            pos(&Removal::UntagTable {
+                route_table: "rtb-a".into()
+            }) < pos(&Removal::DeleteRoute {
+                route_table: "rtb-a".into(),
+                target: "eni-1".into()
+            })
+        );
+        assert!(
+            !r.iter().any(
+                |x| matches!(x, Removal::DeleteRoute { route_table, .. } if route_table == "rtb-b")
+            ),
+            "a route to someone else's target stays"
+        );
+        assert!(
+            pos(&Removal::WaitTerminated {
+                instances: vec!["i-1".into()]
+            }) < pos(&Removal::DeleteSecurityGroup {
+                id: "sg-1".into(),
+                name: "natd-s".into()
+            })
+        );
+        assert!(
+            pos(&Removal::DeleteInstanceProfile {
+                name: "natd-s".into()
+            }) < pos(&Removal::DeleteRole {
+                name: "natd-s".into()
+            })
+        );
+        let taken = BTreeSet::from(["rtb-a".to_string()]);
+        let h = plan_remove("s", &e, Some(&taken));
+        assert!(
+            !h.iter().any(|x| matches!(
+                x,
+                Removal::UntagTable { route_table } | Removal::DeleteRoute { route_table, .. }
+                    if route_table == "rtb-a"
+            )),
+            "a table the new egress took is left to it"
+        );
+        assert!(
+            h.contains(&Removal::UntagTable {
+                route_table: "rtb-b".into()
+            }),
+            "a table it did not take is released"
+        );
+        assert_eq!(plan_remove("s", &Existing::default(), None), vec![]);
+    }
+}

@@ -1,0 +1,460 @@
+//! Every output of natctl, text and JSON, made from the data the commands return.
+//! Nothing here calls AWS or decides anything.
+
+use crate::aws::names::{EGRESS_TAG, ROUTES_TAG};
+use crate::cost;
+use crate::doctor::Finding;
+use crate::error::Failure;
+use crate::parts::{lambda, nat_gateways, nat_instance};
+use crate::stack::{Build, Egress, Remove, Request, Step};
+use crate::status::Status;
+use crate::topology::Topology;
+use serde_json::{Value, json};
+
+/// Pretty JSON of `v`.
+pub fn json(v: &impl serde::Serialize) -> Result<String, Failure> {
+    serde_json::to_string_pretty(v).map_err(|e| Failure::Internal(format!("JSON output: {e}")))
+}
+
+fn list(items: impl IntoIterator<Item = impl AsRef<str>>) -> String {
+    items
+        .into_iter()
+        .map(|s| s.as_ref().to_string())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// One step of a setup plan (`req` gives the names) or of teardown.
+pub fn step(req: Option<&Request>, s: &Step) -> String {
+    match s {
+        Step::Build(Build::NatInstance(a)) => match req.map(|r| &r.egress) {
+            Some(Egress::Dev(spec)) => nat_instance_action(a, spec),
+            _ => format!("{a:?}"),
+        },
+        Step::Build(Build::NatGateways(a)) => nat_gateways_action(a),
+        Step::Build(Build::Lambda(a)) => match req.and_then(|r| r.lambda.as_ref()) {
+            Some(spec) => lambda_action(a, spec),
+            None => format!("{a:?}"),
+        },
+        Step::Drain { secs } => format!(
+            "keep the old egress {secs} s after the routes moved, for open connections and route propagation"
+        ),
+        Step::Remove(r) => {
+            let what = removal(r);
+            match (req, r) {
+                (Some(_), Remove::NatInstance(_)) => format!("remove the dev egress: {what}"),
+                (Some(_), Remove::NatGateways(_)) => format!("remove the prod egress: {what}"),
+                _ => what,
+            }
+        }
+    }
+}
+
+fn nat_instance_action(a: &nat_instance::Action, spec: &nat_instance::Spec) -> String {
+    use nat_instance::Action;
+    let name = spec.name();
+    match a {
+        Action::CreateSecurityGroup => format!("security group {name}"),
+        Action::AuthorizeIngress { cidrs } => format!("admit {} on {name}", list(cidrs)),
+        Action::RevokeIngress { cidrs } => format!(
+            "stop admitting {} on {name} (no longer private subnets of the stack)",
+            list(cidrs)
+        ),
+        Action::CreateRole => format!("IAM role {name} (trusted by EC2)"),
+        Action::PutRolePolicy => format!("natd's policy on role {name}"),
+        Action::CreateInstanceProfile => format!("instance profile {name} with role {name}"),
+        Action::CreateLaunchTemplate => format!(
+            "launch template {name}: {} {}, IMDSv2 required, hop limit 1",
+            spec.ami, spec.instance_type
+        ),
+        Action::UpdateLaunchTemplate => format!(
+            "new default version of {name}: {} {}, security group {name}",
+            spec.ami, spec.instance_type
+        ),
+        Action::CreateGroup => format!(
+            "Auto Scaling group {name} in {}",
+            list(&spec.public_subnets)
+        ),
+        Action::UpdateGroupSubnets { subnets } => {
+            format!("{name}: launch in {}", list(subnets))
+        }
+        Action::PutLifecycleHook => format!(
+            "launch lifecycle hook {} on {name} ({} s)",
+            nat_instance::HOOK,
+            nat_instance::HOOK_TIMEOUT_SECS
+        ),
+        Action::ScaleToOne => format!("{name}: min = max = desired = 1"),
+        Action::AllocateAddress => format!(
+            "Elastic IP tagged {EGRESS_TAG}={} (natd holds it: a stable egress address)",
+            spec.stack
+        ),
+        Action::TagRouteTable { route_table } => format!(
+            "tag {route_table} {EGRESS_TAG}={} (natd takes over its default route)",
+            spec.stack
+        ),
+        Action::WaitForTakeover => {
+            "wait until natd holds every tagged table's default route".to_string()
+        }
+    }
+}
+
+fn nat_gateways_action(a: &nat_gateways::Action) -> String {
+    use nat_gateways::{Action, TableRef};
+    let table = |t: &TableRef| match t {
+        TableRef::Existing(id) => id.clone(),
+        TableRef::Split { az, .. } => format!("the new table of {az}"),
+    };
+    match a {
+        Action::AllocateAddress { az } => format!("Elastic IP for the NAT gateway of {az}"),
+        Action::CreateNatGateway { az, subnet } => format!("NAT gateway for {az} in {subnet}"),
+        Action::WaitForGateways { azs } => format!(
+            "wait until the NAT gateway(s) of {} are available",
+            list(azs)
+        ),
+        Action::CreateAzTable { az, from } => {
+            format!("route table for {az} (its subnets share {from} with other AZs)")
+        }
+        Action::ReleaseFromNatd { route_table } => {
+            format!("untag {route_table} {EGRESS_TAG} (natd lets go of it)")
+        }
+        Action::SetDefaultRoute { route_table, az } => {
+            format!("{}: 0.0.0.0/0 -> NAT gateway of {az}", table(route_table))
+        }
+        Action::TagRoutes { route_table } => format!("tag {route_table} {ROUTES_TAG}"),
+        Action::MoveSubnet { subnet, az, from } => {
+            format!("move {subnet} from {from} to the new table of {az}")
+        }
+    }
+}
+
+fn lambda_action(a: &lambda::Action, spec: &lambda::Spec) -> String {
+    use lambda::{Action, Group};
+    let sg = |g: Group| match g {
+        Group::Lambda => format!("LambdaSG {}", g.name(&spec.stack)),
+        Group::Database => format!("DatabaseSG {}", g.name(&spec.stack)),
+        Group::SecretsManager => format!("SecretsManagerSG {}", g.name(&spec.stack)),
+    };
+    match a {
+        Action::CreateGroup { group } => format!("security group {}", sg(*group)),
+        Action::AdmitFromLambda { group, port } => {
+            format!("{}: admit TCP {port} from LambdaSG only", sg(*group))
+        }
+        Action::CreateEndpoint => format!(
+            "interface endpoint {} in {} with private DNS",
+            spec.service(),
+            list(&spec.endpoint_subnets)
+        ),
+        Action::ModifyEndpoint => format!(
+            "endpoint {}: private DNS on, subnets and SecretsManagerSG as planned",
+            spec.service()
+        ),
+        Action::CreateRole => format!("execution role {} (trusted by Lambda)", spec.role()),
+        Action::PutRolePolicy => format!(
+            "policy on {}: GetSecretValue on {}, network interfaces, its log group",
+            spec.role(),
+            spec.secret_arn.as_deref().unwrap_or("no secret")
+        ),
+        Action::AttachDatabaseGroup { db_instance } => {
+            format!("add DatabaseSG to DB instance {db_instance}")
+        }
+        Action::RecordPrevious => format!(
+            "tag {} with its current role and VPC config (teardown restores them)",
+            spec.function
+        ),
+        Action::UpdateFunction => format!(
+            "{}: role {}, subnets {}, LambdaSG",
+            spec.function,
+            spec.role(),
+            list(&spec.subnets)
+        ),
+    }
+}
+
+/// One removal, as "kind id (detail)".
+pub fn removal(r: &Remove) -> String {
+    match r {
+        Remove::NatInstance(r) => {
+            use nat_instance::Removal;
+            match r {
+                Removal::UntagTable { route_table } => {
+                    format!("route table tag {EGRESS_TAG} on {route_table}")
+                }
+                Removal::DeleteRoute {
+                    route_table,
+                    target,
+                } => format!("route {route_table} 0.0.0.0/0 -> {target}"),
+                Removal::DeleteGroup { name } => {
+                    format!("auto scaling group {name} (terminates its instances)")
+                }
+                Removal::WaitTerminated { instances } => {
+                    format!("wait until {} are terminated", list(instances))
+                }
+                Removal::DeleteLaunchTemplate { id, name } => {
+                    format!("launch template {name} ({id})")
+                }
+                Removal::DeleteSecurityGroup { id, name } => {
+                    format!("security group {id} ({name})")
+                }
+                Removal::DeleteInstanceProfile { name } => format!("instance profile {name}"),
+                Removal::DeleteRole { name } => format!("IAM role {name}"),
+                Removal::ReleaseAddress { address } => format!(
+                    "Elastic IP {} ({})",
+                    address.allocation_id, address.public_ip
+                ),
+            }
+        }
+        Remove::NatGateways(r) => {
+            use nat_gateways::Removal;
+            match r {
+                Removal::MoveSubnetBack { subnet, to, .. } => {
+                    format!("subnet {subnet} back to {to}")
+                }
+                Removal::DeleteRouteTable { id } => format!("route table {id}"),
+                Removal::DeleteRoute { route_table } => {
+                    format!("route {route_table} 0.0.0.0/0 -> the stack's NAT gateway")
+                }
+                Removal::UntagRoutes { route_table } => {
+                    format!("route table tag {ROUTES_TAG} on {route_table}")
+                }
+                Removal::DeleteNatGateway { id, az } => format!("NAT gateway {id} ({az})"),
+                Removal::WaitDeleted { ids } => {
+                    format!("wait until {} are deleted", list(ids))
+                }
+                Removal::ReleaseAddress { address } => format!(
+                    "Elastic IP {} ({})",
+                    address.allocation_id, address.public_ip
+                ),
+            }
+        }
+        Remove::Lambda(r) => {
+            use lambda::Removal;
+            match r {
+                Removal::RestoreFunction { function } => format!(
+                    "function configuration of {}: back to role {} and {}",
+                    function.function,
+                    function.previous_role,
+                    if function.previous_subnets.is_empty() {
+                        "no VPC".to_string()
+                    } else {
+                        format!("subnets {}", list(&function.previous_subnets))
+                    }
+                ),
+                Removal::DetachDatabaseGroup { db_instance, .. } => {
+                    format!("DatabaseSG on DB instance {db_instance}")
+                }
+                Removal::DeleteEndpoint { id } => format!("VPC endpoint {id}"),
+                Removal::DeleteSecurityGroup { group, id } => {
+                    format!("security group {id} ({group:?}SG)")
+                }
+                Removal::DeleteRole { name } => format!("IAM role {name}"),
+            }
+        }
+    }
+}
+
+/// The plan of a setup, as text.
+pub fn setup_plan(req: &Request, vpc: &str, steps: &[Step]) -> String {
+    if steps.is_empty() {
+        return "No changes necessary.".to_string();
+    }
+    let mut s = format!("Plan for stack {} ({}) in {vpc}:\n", req.stack, req.env());
+    for st in steps {
+        let sign = if matches!(st, Step::Remove(_)) {
+            '-'
+        } else {
+            '+'
+        };
+        s.push_str(&format!("  {sign} {}\n", step(Some(req), st)));
+    }
+    s.trim_end().to_string()
+}
+
+/// A setup or plan, as JSON.
+pub fn setup_json(req: &Request, steps: &[Step], applied: bool) -> Value {
+    json!({
+        "stack": req.stack,
+        "env": req.env(),
+        "request": req,
+        "steps": steps,
+        "applied": applied,
+    })
+}
+
+/// A teardown, as text.
+pub fn teardown_text(stack: &str, steps: &[Step], dry_run: bool) -> String {
+    if steps.is_empty() {
+        return format!("Nothing to remove for stack {stack}.");
+    }
+    let mut s = if dry_run {
+        format!("Teardown of stack {stack} would remove:\n")
+    } else {
+        format!("Removed from stack {stack}:\n")
+    };
+    for st in steps {
+        s.push_str(&format!("  - {}\n", step(None, st)));
+    }
+    s.trim_end().to_string()
+}
+
+/// A teardown, as JSON.
+pub fn teardown_json(stack: &str, steps: &[Step], applied: bool) -> Value {
+    json!({"stack": stack, "steps": steps, "applied": applied})
+}
+
+/// A stack's status, as text.
+pub fn status_text(st: &Status) -> String {
+    let mut s = format!(
+        "stack {}: egress {}\n",
+        st.stack,
+        if st.healthy { "ok" } else { "BROKEN" }
+    );
+    for i in &st.instances {
+        s.push_str(&format!(
+            "  NAT instance {} ({}): {}, {}, ENI {}\n",
+            i.id,
+            i.az,
+            i.lifecycle,
+            i.health,
+            i.eni.as_deref().unwrap_or("none (not running)")
+        ));
+    }
+    for g in &st.gateways {
+        s.push_str(&format!(
+            "  NAT gateway {} ({}): {}, {}\n",
+            g.id,
+            g.az,
+            g.state,
+            g.public_ip.as_deref().unwrap_or("no address")
+        ));
+    }
+    if st.instances.is_empty() && st.gateways.is_empty() {
+        s.push_str("  no NAT instance or NAT gateway\n");
+    }
+    for t in &st.route_tables {
+        s.push_str(&format!(
+            "  route table {}{}: 0.0.0.0/0 -> {} ({}){}{}\n",
+            t.id,
+            if t.azs.is_empty() {
+                String::new()
+            } else {
+                format!(" [{}]", t.azs.join(", "))
+            },
+            t.target.as_deref().unwrap_or("none"),
+            t.state.as_deref().unwrap_or("no route"),
+            if t.cross_az { ", crosses AZs" } else { "" },
+            if t.ok { "" } else { "  <- broken" }
+        ));
+    }
+    if let Some(l) = &st.lambda {
+        s.push_str(&format!(
+            "  Lambda {}: execution role {}, subnets [{}], LambdaSG {}, Secrets Manager endpoint {}{}\n",
+            l.function,
+            if l.role_attached { "attached" } else { "NOT attached" },
+            l.subnets.join(", "),
+            if l.lambda_sg_attached { "attached" } else { "NOT attached" },
+            l.endpoint.as_deref().unwrap_or("none"),
+            if l.endpoint_private_dns { " with private DNS" } else { " WITHOUT private DNS" },
+        ));
+    }
+    if st.route_tables.is_empty() {
+        s.push_str(&format!(
+            "  no route table tagged {EGRESS_TAG}={0} or {ROUTES_TAG}={0}\n",
+            st.stack
+        ));
+    }
+    s.trim_end().to_string()
+}
+
+/// doctor's findings, as text.
+pub fn doctor_text(vpc: &str, functions: usize, findings: &[Finding]) -> String {
+    if findings.is_empty() {
+        return format!("{vpc}: no problem found ({functions} function(s) looked at).");
+    }
+    let mut s = format!("{vpc}: {} problem(s)\n", findings.len());
+    for f in findings {
+        s.push_str(&format!("\n- {}\n  Fix: {}\n", f.problem, f.fix));
+    }
+    s.trim_end().to_string()
+}
+
+/// doctor's findings, as JSON.
+pub fn doctor_json(vpc: &str, functions: &[String], findings: &[Finding]) -> Value {
+    json!({"vpc": vpc, "functions": functions, "findings": findings})
+}
+
+/// A VPC's subnets per AZ, as text.
+pub fn subnets_text(topo: &Topology) -> String {
+    let mut s = format!("{}\n", topo.vpc_id);
+    for (az, a) in &topo.azs {
+        s.push_str(&format!(
+            "  {az}: public [{}] private [{}] via [{}]\n",
+            a.public.join(", "),
+            a.private.join(", "),
+            list(&a.private_tables)
+        ));
+    }
+    for t in &topo.shared_private_tables {
+        s.push_str(&format!(
+            "  {t} serves private subnets in several AZs; prod splits it per AZ\n"
+        ));
+    }
+    s.trim_end().to_string()
+}
+
+/// The cost estimate, as text; `highlight` marks "dev" or "prod".
+pub fn cost_text(
+    dev: &cost::Estimate,
+    prod: &cost::Estimate,
+    highlight: Option<&str>,
+    azs: u32,
+    gb: f64,
+    p: &cost::Prices,
+) -> String {
+    let mark = |e: &str| if highlight == Some(e) { " *" } else { "" };
+    let mut s = format!(
+        "Monthly estimate, {azs} AZ(s), {gb} GB/month through NAT (USD, {} h/month)\n\n{:<22} {:>10} {:>10}\n",
+        cost::HOURS_PER_MONTH,
+        "",
+        format!("dev{}", mark("dev")),
+        format!("prod{}", mark("prod")),
+    );
+    for (d, q) in dev.lines.iter().zip(&prod.lines) {
+        let item = if d.item == q.item {
+            d.item.clone()
+        } else {
+            format!("{} / {}", d.item, q.item)
+        };
+        s.push_str(&format!("{item:<22} {:>10.2} {:>10.2}\n", d.usd, q.usd));
+    }
+    s.push_str(&format!(
+        "{:<22} {:>10.2} {:>10.2}\n",
+        "total", dev.total_usd, prod.total_usd
+    ));
+    s.push_str(&format!(
+        "\nPrices used (override with --price KEY=VALUE): nat_gateway_hour={} nat_gateway_gb={} \
+public_ipv4_hour={} instance_hour={} ebs_gb_month={} ebs_gb={} cross_az_gb={}\n\
+Internet data transfer out is charged the same for both and not included.",
+        p.nat_gateway_hour,
+        p.nat_gateway_gb,
+        p.public_ipv4_hour,
+        p.instance_hour,
+        p.ebs_gb_month,
+        p.ebs_gb,
+        p.cross_az_gb
+    ));
+    s
+}
+
+/// The cost estimate, as JSON.
+pub fn cost_json(
+    dev: &cost::Estimate,
+    prod: &cost::Estimate,
+    azs: u32,
+    gb: f64,
+    p: &cost::Prices,
+) -> Value {
+    json!({
+        "azs": azs, "gb_per_month": gb, "prices": p,
+        "hours_per_month": cost::HOURS_PER_MONTH, "dev": dev, "prod": prod,
+    })
+}

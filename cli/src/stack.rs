@@ -1,0 +1,666 @@
+//! A stack composed of its parts. Setup is the parts' plans put together; the switch
+//! between dev and prod is new part ready, routes moved, drain, old part removed; and
+//! teardown is every part's removal in dependency order. All three are data
+//! ([`Step`]s): `plan --output json` and `teardown --dry-run` show exactly what apply
+//! will do, and the text rendering is made from the same steps.
+
+use crate::aws::{Clients, Error};
+use crate::parts::{Progress, lambda, nat_gateways, nat_instance};
+use serde::Serialize;
+use std::time::Duration;
+
+/// The egress a stack asks for.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "env", content = "spec", rename_all = "snake_case")]
+pub enum Egress {
+    /// One NAT instance.
+    Dev(nat_instance::Spec),
+    /// One NAT gateway per AZ.
+    Prod(nat_gateways::Spec),
+}
+
+/// What setup is asked to build.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Request {
+    /// Stack name.
+    pub stack: String,
+    /// The egress.
+    pub egress: Egress,
+    /// The Lambda wiring, when a function is named.
+    pub lambda: Option<lambda::Spec>,
+    /// When switching between dev and prod: seconds the old egress stays after the
+    /// routes moved (route changes propagate, open connections finish).
+    pub drain_secs: u64,
+}
+
+impl Request {
+    /// The route tables the requested egress routes itself: in a switch, the old egress
+    /// leaves these to it. Dev: every private table (natd takes them). Prod: the
+    /// private tables it routes in place, and its split tables (created by the switch,
+    /// so not known here: the old egress never held them).
+    pub fn tables_taken(&self) -> std::collections::BTreeSet<String> {
+        match &self.egress {
+            Egress::Dev(spec) => spec.private_tables.clone(),
+            Egress::Prod(spec) => spec
+                .azs
+                .values()
+                .flat_map(|z| &z.private)
+                .filter(|s| !s.shared)
+                .map(|s| s.table.clone())
+                .collect(),
+        }
+    }
+
+    /// `dev` or `prod`.
+    pub fn env(&self) -> &'static str {
+        match self.egress {
+            Egress::Dev(_) => "dev",
+            Egress::Prod(_) => "prod",
+        }
+    }
+}
+
+/// A change one part makes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "part", rename_all = "snake_case")]
+pub enum Build {
+    /// The NAT instance (dev).
+    NatInstance(nat_instance::Action),
+    /// The NAT gateways (prod).
+    NatGateways(nat_gateways::Action),
+    /// The Lambda wiring.
+    Lambda(lambda::Action),
+}
+
+/// A removal of one part.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "part", rename_all = "snake_case")]
+pub enum Remove {
+    /// The NAT instance (dev).
+    NatInstance(nat_instance::Removal),
+    /// The NAT gateways (prod).
+    NatGateways(nat_gateways::Removal),
+    /// The Lambda wiring.
+    Lambda(lambda::Removal),
+}
+
+/// One step of setup, a switch, or teardown.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "step", rename_all = "snake_case")]
+pub enum Step {
+    /// Build or change part of the stack.
+    Build(Build),
+    /// Keep the old egress while open connections finish and route changes propagate.
+    Drain {
+        /// Seconds.
+        secs: u64,
+    },
+    /// Remove part of the stack.
+    Remove(Remove),
+}
+
+/// Why setup refuses to go on.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    /// The NAT instance part refuses.
+    #[error(transparent)]
+    NatInstance(#[from] nat_instance::Refusal),
+    /// The NAT gateways part refuses.
+    #[error(transparent)]
+    NatGateways(#[from] nat_gateways::Refusal),
+    /// The Lambda part refuses.
+    #[error(transparent)]
+    Lambda(#[from] lambda::Refusal),
+}
+
+/// What the egress part observes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EgressObserved {
+    /// Dev.
+    Dev(nat_instance::Observed),
+    /// Prod.
+    Prod(nat_gateways::Observed),
+}
+
+/// The other egress of the stack, when it exists (a switch removes it).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum Other {
+    /// Nothing of the other egress.
+    #[default]
+    None,
+    /// A NAT instance (switching to prod).
+    NatInstance(nat_instance::Existing),
+    /// NAT gateways (switching to dev).
+    NatGateways(nat_gateways::Existing),
+}
+
+/// Everything the plan looks at.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Observed {
+    /// The egress part.
+    pub egress: EgressObserved,
+    /// The Lambda part.
+    pub lambda: Option<lambda::Observed>,
+    /// The other egress.
+    pub other: Other,
+}
+
+/// The steps that build `req` from `o`: the new egress, the Lambda wiring, then (when
+/// the other egress exists) the switch: natd holds the routes (dev), drain, the old
+/// egress removed.
+pub fn plan(req: &Request, o: &Observed) -> Result<Vec<Step>, Refusal> {
+    let mut out = Vec::new();
+    match (&req.egress, &o.egress) {
+        (Egress::Dev(spec), EgressObserved::Dev(obs)) => out.extend(
+            nat_instance::plan(spec, obs)?
+                .into_iter()
+                .map(|a| Step::Build(Build::NatInstance(a))),
+        ),
+        (Egress::Prod(spec), EgressObserved::Prod(obs)) => out.extend(
+            nat_gateways::plan(spec, obs)?
+                .into_iter()
+                .map(|a| Step::Build(Build::NatGateways(a))),
+        ),
+        // read() observes the part the request names.
+        _ => {}
+    }
+    if let (Some(spec), Some(obs)) = (&req.lambda, &o.lambda) {
+        out.extend(
+            lambda::plan(spec, obs)?
+                .into_iter()
+                .map(|a| Step::Build(Build::Lambda(a))),
+        );
+    }
+    let taken = req.tables_taken();
+    let removal: Vec<Remove> = match &o.other {
+        Other::None => vec![],
+        Other::NatInstance(e) => nat_instance::plan_remove(&req.stack, e, Some(&taken))
+            .into_iter()
+            .map(Remove::NatInstance)
+            .collect(),
+        Other::NatGateways(e) => nat_gateways::plan_remove(e, Some(&taken))
+            .into_iter()
+            .map(Remove::NatGateways)
+            .collect(),
+    };
+    if !removal.is_empty() {
+        if matches!(req.egress, Egress::Dev(_)) {
+            // natd moves the routes itself once the tables are tagged: the gateways go
+            // only once it holds every one.
+            out.push(Step::Build(Build::NatInstance(
+                nat_instance::Action::WaitForTakeover,
+            )));
+        }
+        out.push(Step::Drain {
+            secs: req.drain_secs,
+        });
+        out.extend(removal.into_iter().map(Step::Remove));
+    }
+    Ok(out)
+}
+
+/// Reads what the plan looks at.
+pub async fn read(c: &Clients, req: &Request) -> Result<Observed, Error> {
+    let (egress, other) = match &req.egress {
+        Egress::Dev(spec) => (
+            EgressObserved::Dev(nat_instance::read(c, spec).await?),
+            Other::NatGateways(nat_gateways::read_existing(c, &req.stack).await?),
+        ),
+        Egress::Prod(spec) => (
+            EgressObserved::Prod(nat_gateways::read(c, spec).await?),
+            Other::NatInstance(nat_instance::read_existing(c, &req.stack).await?),
+        ),
+    };
+    let lambda = match &req.lambda {
+        Some(spec) => Some(lambda::read(c, spec).await?),
+        None => None,
+    };
+    Ok(Observed {
+        egress,
+        lambda,
+        other,
+    })
+}
+
+/// Carries out `steps` (from [`plan`] on `o`) in order.
+pub async fn apply(
+    c: &Clients,
+    req: &Request,
+    o: &Observed,
+    steps: &[Step],
+    progress: Progress<'_>,
+) -> Result<(), Error> {
+    let mut i = 0;
+    while i < steps.len() {
+        // A run of consecutive steps of one part goes to that part at once: its apply
+        // carries ids from one action to the next.
+        let run = steps[i..]
+            .iter()
+            .take_while(|s| same_part(s, &steps[i]))
+            .count();
+        let slice = &steps[i..i + run];
+        match (&steps[i], &req.egress, &o.egress) {
+            (Step::Build(Build::NatInstance(_)), Egress::Dev(spec), EgressObserved::Dev(obs)) => {
+                let actions: Vec<_> = slice
+                    .iter()
+                    .filter_map(|s| match s {
+                        Step::Build(Build::NatInstance(a)) => Some(a.clone()),
+                        _ => None,
+                    })
+                    .collect();
+                nat_instance::apply(c, spec, obs, &actions, progress).await?;
+            }
+            (Step::Build(Build::NatGateways(_)), Egress::Prod(spec), EgressObserved::Prod(obs)) => {
+                let actions: Vec<_> = slice
+                    .iter()
+                    .filter_map(|s| match s {
+                        Step::Build(Build::NatGateways(a)) => Some(a.clone()),
+                        _ => None,
+                    })
+                    .collect();
+                nat_gateways::apply(c, spec, obs, &actions, progress).await?;
+            }
+            (Step::Build(Build::Lambda(_)), ..) => {
+                if let (Some(spec), Some(obs)) = (&req.lambda, &o.lambda) {
+                    let actions: Vec<_> = slice
+                        .iter()
+                        .filter_map(|s| match s {
+                            Step::Build(Build::Lambda(a)) => Some(a.clone()),
+                            _ => None,
+                        })
+                        .collect();
+                    lambda::apply(c, spec, obs, &actions, progress).await?;
+                }
+            }
+            (Step::Drain { secs }, ..) => drain(*secs, progress).await,
+            // The routes moved since the plan was made: the old egress is read again
+            // and removed as it is now.
+            (Step::Remove(Remove::NatInstance(_)), ..) => {
+                let e = nat_instance::read_existing(c, &req.stack).await?;
+                let taken = req.tables_taken();
+                let removals = nat_instance::plan_remove(&req.stack, &e, Some(&taken));
+                nat_instance::remove(c, &removals, progress).await?;
+            }
+            (Step::Remove(Remove::NatGateways(_)), ..) => {
+                let e = nat_gateways::read_existing(c, &req.stack).await?;
+                let taken = req.tables_taken();
+                let removals = nat_gateways::plan_remove(&e, Some(&taken));
+                nat_gateways::remove(c, &removals, progress).await?;
+            }
+            (Step::Remove(Remove::Lambda(_)), ..) => {
+                let e = lambda::read_existing(c, &req.stack).await?;
+                lambda::remove(c, &lambda::plan_remove(&e), progress).await?;
+            }
+            _ => {}
+        }
+        i += run;
+    }
+    Ok(())
+}
+
+/// What is still needed after applying: the plan made from a fresh read, less the
+/// steps that are waits by nature.
+pub async fn left_after_apply(c: &Clients, req: &Request) -> Result<Vec<Step>, Error> {
+    let o = read(c, req).await?;
+    let left = plan(req, &o).unwrap_or_default();
+    Ok(left
+        .into_iter()
+        .filter(|s| {
+            !matches!(
+                s,
+                Step::Build(Build::NatInstance(nat_instance::Action::WaitForTakeover))
+                    | Step::Build(Build::NatGateways(nat_gateways::Action::MoveSubnet { .. }))
+                    | Step::Drain { .. }
+            )
+        })
+        .collect())
+}
+
+fn same_part(a: &Step, b: &Step) -> bool {
+    match (a, b) {
+        (Step::Build(x), Step::Build(y)) => std::mem::discriminant(x) == std::mem::discriminant(y),
+        (Step::Remove(x), Step::Remove(y)) => {
+            std::mem::discriminant(x) == std::mem::discriminant(y)
+        }
+        (Step::Drain { .. }, Step::Drain { .. }) => true,
+        _ => false,
+    }
+}
+
+/// Waits `secs` before the old egress of a switch goes: route changes reach every
+/// host within seconds on AWS, and connections already open finish meanwhile.
+async fn drain(secs: u64, progress: Progress<'_>) {
+    if secs > 0 {
+        progress(&format!(
+            "routes moved; keeping the old egress {secs} s for open connections to drain"
+        ));
+        tokio::time::sleep(Duration::from_secs(secs)).await;
+    }
+}
+
+/// What is left of a stack, part by part.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Leftovers {
+    /// The Lambda wiring.
+    pub lambda: lambda::Existing,
+    /// The NAT instance.
+    pub nat_instance: nat_instance::Existing,
+    /// The NAT gateways.
+    pub nat_gateways: nat_gateways::Existing,
+}
+
+/// Reads what is left of `stack`.
+pub async fn read_leftovers(c: &Clients, stack: &str) -> Result<Leftovers, Error> {
+    Ok(Leftovers {
+        lambda: lambda::read_existing(c, stack).await?,
+        nat_instance: nat_instance::read_existing(c, stack).await?,
+        nat_gateways: nat_gateways::read_existing(c, stack).await?,
+    })
+}
+
+/// Teardown's steps: the Lambda wiring first (the function goes back to its previous
+/// configuration before its groups and role go), then the NAT instance (routes
+/// released before the instance goes), then the NAT gateways (split tables put back,
+/// gateways deleted before their addresses).
+pub fn plan_teardown(stack: &str, l: &Leftovers) -> Vec<Step> {
+    let mut out: Vec<Step> = lambda::plan_remove(&l.lambda)
+        .into_iter()
+        .map(|r| Step::Remove(Remove::Lambda(r)))
+        .collect();
+    out.extend(
+        nat_instance::plan_remove(stack, &l.nat_instance, None)
+            .into_iter()
+            .map(|r| Step::Remove(Remove::NatInstance(r))),
+    );
+    out.extend(
+        nat_gateways::plan_remove(&l.nat_gateways, None)
+            .into_iter()
+            .map(|r| Step::Remove(Remove::NatGateways(r))),
+    );
+    out
+}
+
+/// Carries out teardown's `steps` in order.
+pub async fn teardown(c: &Clients, steps: &[Step], progress: Progress<'_>) -> Result<(), Error> {
+    let mut lambda_r = Vec::new();
+    let mut instance_r = Vec::new();
+    let mut gateway_r = Vec::new();
+    for s in steps {
+        match s {
+            Step::Remove(Remove::Lambda(r)) => lambda_r.push(r.clone()),
+            Step::Remove(Remove::NatInstance(r)) => instance_r.push(r.clone()),
+            Step::Remove(Remove::NatGateways(r)) => gateway_r.push(r.clone()),
+            _ => {}
+        }
+    }
+    lambda::remove(c, &lambda_r, progress).await?;
+    nat_instance::remove(c, &instance_r, progress).await?;
+    nat_gateways::remove(c, &gateway_r, progress).await?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeMap;
+
+    fn dev_request() -> Request {
+        Request {
+            stack: "s".into(),
+            egress: Egress::Dev(nat_instance::Spec {
+                stack: "s".into(),
+                vpc: "vpc-1".into(),
+                public_subnets: vec!["subnet-pub".into()],
+                private_cidrs: ["10.0.1.0/24".to_string()].into(),
+                private_tables: ["rtb-a".to_string()].into(),
+                ami: "ami-1".into(),
+                instance_type: "t4g.micro".into(),
+                eip: false,
+            }),
+            lambda: None,
+            drain_secs: 30,
+        }
+    }
+
+    fn prod_request() -> Request {
+        Request {
+            stack: "s".into(),
+            egress: Egress::Prod(nat_gateways::Spec {
+                stack: "s".into(),
+                vpc: "vpc-1".into(),
+                azs: [(
+                    "a".to_string(),
+                    nat_gateways::AzSpec {
+                        public_subnet: "subnet-pub".into(),
+                        private: vec![nat_gateways::PrivateSubnet {
+                            id: "subnet-a".into(),
+                            table: "rtb-a".into(),
+                            shared: false,
+                        }],
+                    },
+                )]
+                .into(),
+            }),
+            lambda: None,
+            drain_secs: 30,
+        }
+    }
+
+    fn dev_stack() -> nat_instance::Existing {
+        nat_instance::Existing {
+            tables: vec![nat_instance::TableState {
+                id: "rtb-a".into(),
+                default: Some(("eni-1".into(), false)),
+            }],
+            instances: vec![nat_instance::InstanceState {
+                id: "i-1".into(),
+                enis: vec!["eni-1".into()],
+                live: true,
+            }],
+            group: true,
+            launch_templates: vec![("lt-1".into(), "natd-s".into())],
+            security_groups: vec![("sg-1".into(), "natd-s".into())],
+            role: true,
+            instance_profile: true,
+            addresses: vec![],
+        }
+    }
+
+    #[test]
+    fn dev_to_prod_is_gateways_then_routes_then_drain_then_dev_removed_as_data() {
+        let req = prod_request();
+        let table = nat_gateways::TableObs {
+            egress_tag: Some("s".into()),
+            default_target: Some("eni-1".into()),
+            ..Default::default()
+        };
+        let o = Observed {
+            egress: EgressObserved::Prod(nat_gateways::Observed {
+                tables: BTreeMap::from([("rtb-a".to_string(), table)]),
+                ..Default::default()
+            }),
+            lambda: None,
+            other: Other::NatInstance(dev_stack()),
+        };
+        let steps = plan(&req, &o).expect("plan");
+        let pos = |f: &dyn Fn(&Step) -> bool| steps.iter().position(f).expect("present");
+        let wait = pos(&|s| {
+            matches!(
+                s,
+                Step::Build(Build::NatGateways(
+                    nat_gateways::Action::WaitForGateways { .. }
+                ))
+            )
+        });
+        let release = pos(&|s| {
+            matches!(
+                s,
+                Step::Build(Build::NatGateways(
+                    nat_gateways::Action::ReleaseFromNatd { .. }
+                ))
+            )
+        });
+        let route = pos(&|s| {
+            matches!(
+                s,
+                Step::Build(Build::NatGateways(
+                    nat_gateways::Action::SetDefaultRoute { .. }
+                ))
+            )
+        });
+        let drain = pos(&|s| matches!(s, Step::Drain { secs: 30 }));
+        let first_removal = pos(&|s| matches!(s, Step::Remove(_)));
+        assert!(wait < release && release < route && route < drain && drain < first_removal);
+        // The old part goes last, and its tables are left to the new egress.
+        assert!(matches!(
+            steps.last(),
+            Some(Step::Remove(Remove::NatInstance(_)))
+        ));
+        assert!(!steps.iter().any(|s| matches!(
+            s,
+            Step::Remove(Remove::NatInstance(
+                nat_instance::Removal::UntagTable { .. }
+                    | nat_instance::Removal::DeleteRoute { .. }
+            ))
+        )));
+        assert!(steps.contains(&Step::Remove(Remove::NatInstance(
+            nat_instance::Removal::DeleteGroup {
+                name: "natd-s".into()
+            }
+        ))));
+        // As JSON, every step names its kind, part and action.
+        let json = serde_json::to_value(&steps).expect("json");
+        assert_eq!(json[drain]["step"], "drain");
+        assert_eq!(json[first_removal]["step"], "remove");
+        assert_eq!(json[first_removal]["part"], "nat_instance");
+        assert_eq!(json[wait]["action"], "wait_for_gateways");
+    }
+
+    #[test]
+    fn prod_to_dev_waits_for_natd_before_the_gateways_go() {
+        let req = dev_request();
+        let gateways = nat_gateways::Existing {
+            gateways: vec![nat_gateways::GatewayState {
+                id: "nat-a".into(),
+                az: "a".into(),
+                state: "available".into(),
+            }],
+            ..Default::default()
+        };
+        let o = Observed {
+            egress: EgressObserved::Dev(nat_instance::Observed::default()),
+            lambda: None,
+            other: Other::NatGateways(gateways),
+        };
+        let steps = plan(&req, &o).expect("plan");
+        let tag = steps
+            .iter()
+            .position(|s| {
+                matches!(
+                    s,
+                    Step::Build(Build::NatInstance(
+                        nat_instance::Action::TagRouteTable { .. }
+                    ))
+                )
+            })
+            .expect("tag");
+        let wait = steps
+            .iter()
+            .position(|s| {
+                *s == Step::Build(Build::NatInstance(nat_instance::Action::WaitForTakeover))
+            })
+            .expect("wait");
+        let delete = steps
+            .iter()
+            .position(|s| {
+                matches!(
+                    s,
+                    Step::Remove(Remove::NatGateways(
+                        nat_gateways::Removal::DeleteNatGateway { .. }
+                    ))
+                )
+            })
+            .expect("delete");
+        assert!(tag < wait && wait < delete);
+        assert!(steps[wait + 1] == Step::Drain { secs: 30 });
+    }
+
+    #[test]
+    fn a_built_stack_plans_nothing() {
+        let req = dev_request();
+        let o = Observed {
+            egress: EgressObserved::Dev(nat_instance::Observed {
+                security_group: Some(nat_instance::GroupRules {
+                    id: "sg-1".into(),
+                    cidrs: ["10.0.1.0/24".to_string()].into(),
+                }),
+                role: true,
+                role_policy: Some(natd::contract::agent_policy("s")),
+                instance_profile: Some(true),
+                launch_template: Some(nat_instance::Template {
+                    id: "lt-1".into(),
+                    image: "ami-1".into(),
+                    instance_type: "t4g.micro".into(),
+                    groups: ["sg-1".to_string()].into(),
+                }),
+                group: Some(nat_instance::Group {
+                    desired: 1,
+                    min_max: (1, 1),
+                    subnets: ["subnet-pub".to_string()].into(),
+                }),
+                hook: Some(nat_instance::HOOK_TIMEOUT_SECS),
+                table_tags: [(
+                    "rtb-a".to_string(),
+                    nat_instance::TableTags {
+                        egress: Some("s".into()),
+                        routes: None,
+                    },
+                )]
+                .into(),
+                address: None,
+                foreign: vec![],
+            }),
+            lambda: None,
+            other: Other::NatGateways(nat_gateways::Existing::default()),
+        };
+        assert_eq!(plan(&req, &o).expect("plan"), vec![]);
+    }
+
+    #[test]
+    fn teardown_removes_lambda_then_instance_then_gateways() {
+        let l = Leftovers {
+            lambda: lambda::Existing {
+                role: Some("natd-s-lambda".into()),
+                ..Default::default()
+            },
+            nat_instance: dev_stack(),
+            nat_gateways: nat_gateways::Existing {
+                gateways: vec![nat_gateways::GatewayState {
+                    id: "nat-a".into(),
+                    az: "a".into(),
+                    state: "available".into(),
+                }],
+                ..Default::default()
+            },
+        };
+        let steps = plan_teardown("s", &l);
+        let part = |s: &Step| match s {
+            Step::Remove(Remove::Lambda(_)) => 0,
+            Step::Remove(Remove::NatInstance(_)) => 1,
+            Step::Remove(Remove::NatGateways(_)) => 2,
+            _ => 9,
+        };
+        let parts: Vec<u8> = steps.iter().map(part).collect();
+        assert!(parts.windows(2).all(|w| w[0] <= w[1]), "{parts:?}");
+        assert_eq!(parts.first(), Some(&0));
+        assert_eq!(parts.last(), Some(&2));
+        // The instance's routes are untagged and deleted, not left as blackholes.
+        assert!(steps.contains(&Step::Remove(Remove::NatInstance(
+            nat_instance::Removal::DeleteRoute {
+                route_table: "rtb-a".into(),
+                target: "eni-1".into()
+            }
+        ))));
+        assert_eq!(plan_teardown("s", &Leftovers::default()), vec![]);
+    }
+}
