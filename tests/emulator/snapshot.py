@@ -2,7 +2,8 @@
 VPC, read with botocore (the AWS CLI's client library, independent of natctl) in one
 process: the VPC's route tables, security groups and endpoints, launch templates,
 Auto Scaling groups, IAM roles and instance profiles, NAT gateways and endpoints that
-are not deleted, Elastic IPs, Lambda functions' VPC configuration.
+are not deleted, Elastic IPs, Lambda functions' VPC configuration, role and tags, and
+RDS instances' security groups.
 
 Usage: snapshot.py ENDPOINT REGION VPC_ID   (credentials from the environment)
 """
@@ -19,7 +20,13 @@ def main(endpoint, region, vpc):
     def client(name):
         return session.create_client(name, endpoint_url=endpoint, region_name=region)
 
-    ec2, asg, iam = client("ec2"), client("autoscaling"), client("iam")
+    ec2, asg, iam, lam, rds = (
+        client("ec2"),
+        client("autoscaling"),
+        client("iam"),
+        client("lambda"),
+        client("rds"),
+    )
     in_vpc = [{"Name": "vpc-id", "Values": [vpc]}]
     gateways = [g for g in ec2.describe_nat_gateways()["NatGateways"] if g["State"] != "deleted"]
     # A function detached from its VPC reads back with empty lists, as on AWS: the
@@ -29,8 +36,16 @@ def main(endpoint, region, vpc):
             "FunctionName": f["FunctionName"],
             "Role": f.get("Role"),
             "VpcConfig": f.get("VpcConfig") if (f.get("VpcConfig") or {}).get("SubnetIds") else None,
+            "Tags": lam.list_tags(Resource=f["FunctionArn"]).get("Tags", {}),
         }
-        for f in client("lambda").list_functions()["Functions"]
+        for f in lam.list_functions()["Functions"]
+    ]
+    databases = [
+        {
+            "DBInstanceIdentifier": d["DBInstanceIdentifier"],
+            "VpcSecurityGroups": sorted(g["VpcSecurityGroupId"] for g in d.get("VpcSecurityGroups", [])),
+        }
+        for d in rds.describe_db_instances()["DBInstances"]
     ]
     endpoints = [
         e
@@ -48,6 +63,7 @@ def main(endpoint, region, vpc):
         "addresses": ec2.describe_addresses()["Addresses"],
         "endpoints": endpoints,
         "functions": functions,
+        "databases": databases,
     }
     json.dump(state, sys.stdout, default=str, sort_keys=True)
 

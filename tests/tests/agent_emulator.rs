@@ -204,9 +204,38 @@ async fn a_second_natd_does_not_make_routes_flap() {
         },
     )
     .await;
-    // An instance refresh: a second, newer instance of the same stack starts.
-    tokio::time::sleep(Duration::from_millis(1100)).await;
+    // An instance refresh: a second, newer instance of the same stack starts. EC2
+    // launch times have whole seconds: the second must launch in a later second than
+    // the first, which the test reads from EC2 rather than assuming.
+    let launched = |id: String| {
+        let ec2 = w.ec2.clone();
+        async move {
+            let r = ec2
+                .describe_instances()
+                .instance_ids(&id)
+                .send()
+                .await
+                .unwrap();
+            r.reservations()[0].instances()[0]
+                .launch_time()
+                .unwrap()
+                .secs()
+        }
+    };
+    let first_launch = launched(first.clone()).await;
+    eventually(Duration::from_secs(5), "a later second", || async {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs() as i64;
+        (now > first_launch).then_some(())
+    })
+    .await;
     let second = w.instance("dev").await;
+    assert!(
+        launched(second.clone()).await > first_launch,
+        "the second instance is the newer one"
+    );
     let mut b = NatHost::new(&emu, &w, &second).await;
     b.uplink_egress();
     let natd_b = b.spawn(&b.config("dev", ""));

@@ -567,3 +567,42 @@ async fn doctor_finds_each_mistake_in_a_vpc_built_wrong() {
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));
     assert!(String::from_utf8_lossy(&out.stderr).contains("nope"));
 }
+
+#[tokio::test]
+async fn a_stack_wires_one_function_and_refuses_a_second() {
+    let emu = Emulator::start();
+    let w = World::new(&emu.sdk()).await;
+    application(&emu, &w);
+    lambda_role(&emu, "other-original", None);
+    function(&emu, "other", "other-original", None);
+    let setup = |f: &'static str| {
+        vec![
+            "setup", "--env", "dev", "--vpc", &w.vpc, "--name", "one", "--ami", IMAGE, "--lambda",
+            f,
+        ]
+    };
+    let out = natctl(&emu, &setup("app"));
+    assert!(out.status.success(), "{}", text(&out));
+    let before = snapshot(&emu, &w.vpc);
+    let out = natctl(&emu, &setup("other"));
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("already wires Lambda function app") && err.contains("other"),
+        "{err}"
+    );
+    assert_eq!(snapshot(&emu, &w.vpc), before, "nothing changed");
+    // Teardown restores the function the stack wires, and leaves the other as it was.
+    let out = natctl(&emu, &["teardown", "--name", "one"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let f = emu.aws(&["lambda", "get-function", "--function-name", "other"]);
+    assert_eq!(
+        f["Configuration"]["Role"],
+        "arn:aws:iam::123456789012:role/other-original"
+    );
+    let f = emu.aws(&["lambda", "get-function", "--function-name", "app"]);
+    assert_eq!(
+        f["Configuration"]["Role"],
+        "arn:aws:iam::123456789012:role/app-original"
+    );
+}

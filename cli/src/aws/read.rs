@@ -263,6 +263,27 @@ pub async fn stack_addresses(c: &Clients, stack: &str) -> Result<Vec<Address>, E
         .collect())
 }
 
+/// An Elastic IP, as a removal needs it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct AddressState {
+    /// `eipalloc-...`
+    pub allocation_id: String,
+    /// Its association, when associated.
+    pub association_id: Option<String>,
+    /// Its address.
+    pub public_ip: String,
+}
+
+impl From<&Address> for AddressState {
+    fn from(a: &Address) -> Self {
+        Self {
+            allocation_id: a.allocation_id().unwrap_or_default().to_string(),
+            association_id: a.association_id().map(str::to_string),
+            public_ip: a.public_ip().unwrap_or_default().to_string(),
+        }
+    }
+}
+
 /// Whether an Auto Scaling group's tags carry `natd:stack=stack`.
 pub fn group_of_stack(g: &aws_sdk_autoscaling::types::AutoScalingGroup, stack: &str) -> bool {
     g.tags()
@@ -366,13 +387,11 @@ pub async fn delete_role(c: &Clients, role: &str) -> Result<(), Error> {
     Ok(())
 }
 
-/// Releases Elastic IP `allocation_id`, disassociating it first.
-pub async fn release_address(
-    c: &Clients,
-    allocation_id: &str,
-    association_id: Option<&str>,
-) -> Result<(), Error> {
-    if let Some(assoc) = association_id {
+/// Releases an Elastic IP, disassociating it first. (The few writes several parts
+/// share live here with the readers.)
+pub async fn release_address(c: &Clients, a: &AddressState) -> Result<(), Error> {
+    let allocation_id = a.allocation_id.as_str();
+    if let Some(assoc) = &a.association_id {
         let r = c
             .ec2
             .disassociate_address()
@@ -388,5 +407,30 @@ pub async fn release_address(
         .send()
         .await;
     found(r, "ReleaseAddress", allocation_id)?;
+    Ok(())
+}
+
+/// Deletes `table`'s default route (gone already is fine).
+pub async fn delete_default_route(c: &Clients, table: &str) -> Result<(), Error> {
+    let r = c
+        .ec2
+        .delete_route()
+        .route_table_id(table)
+        .destination_cidr_block(natd::contract::DEFAULT_ROUTE)
+        .send()
+        .await;
+    found(r, "DeleteRoute", table)?;
+    Ok(())
+}
+
+/// Removes tag `key` from `resource`.
+pub async fn untag(c: &Clients, resource: &str, key: &str) -> Result<(), Error> {
+    c.ec2
+        .delete_tags()
+        .resources(resource)
+        .tags(aws_sdk_ec2::types::Tag::builder().key(key).build())
+        .send()
+        .await
+        .map_err(err("DeleteTags", resource))?;
     Ok(())
 }

@@ -251,27 +251,14 @@ pub enum Refusal {
         asked: String,
     },
     /// A resource with the stack's name exists and is not the stack's.
-    #[error(
-        "{kind} {name} exists without the tag {STACK_TAG}={stack}: it is not this stack's; rename or remove it, or choose another --name"
-    )]
-    Foreign {
-        /// Its kind.
-        kind: &'static str,
-        /// Its name or id.
-        name: String,
-        /// The stack.
-        stack: String,
-    },
+    #[error(transparent)]
+    Foreign(#[from] super::Foreign),
 }
 
 /// The changes that turn `o` into `spec`.
 pub fn plan(spec: &Spec, o: &Observed) -> Result<Vec<Action>, Refusal> {
-    if let Some((kind, name)) = o.foreign.first() {
-        return Err(Refusal::Foreign {
-            kind,
-            name: name.clone(),
-            stack: spec.stack.clone(),
-        });
+    if let Some(f) = super::Foreign::first(&o.foreign, &spec.stack) {
+        return Err(f.into());
     }
     if let Some(wired) = o.wired.as_ref().filter(|w| **w != spec.function) {
         return Err(Refusal::OtherFunction {

@@ -18,7 +18,7 @@ use crate::aws::names::{
     AZ_TAG, EGRESS_TAG, Names, ROUTES_TAG, SPLIT_TAG, ec2_tag, ec2_tags, of_stack, tag_filter,
     tag_value,
 };
-use crate::aws::read::{self, Associations};
+use crate::aws::read::{self, AddressState, Associations};
 use crate::aws::wait::{self, Poll};
 use crate::aws::{Clients, Error, err, found};
 use crate::topology::Topology;
@@ -546,13 +546,7 @@ pub async fn apply(
                 splits.insert((az.clone(), from.clone()), id);
             }
             Action::ReleaseFromNatd { route_table } => {
-                c.ec2
-                    .delete_tags()
-                    .resources(route_table)
-                    .tags(aws_sdk_ec2::types::Tag::builder().key(EGRESS_TAG).build())
-                    .send()
-                    .await
-                    .map_err(err("DeleteTags", route_table))?;
+                read::untag(c, route_table, EGRESS_TAG).await?;
             }
             Action::SetDefaultRoute { route_table, az } => {
                 let table = match route_table {
@@ -659,17 +653,6 @@ pub struct ManagedTable {
     pub split: bool,
 }
 
-/// An Elastic IP of the stack.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct AddressState {
-    /// `eipalloc-...`
-    pub allocation_id: String,
-    /// Its association, when associated.
-    pub association_id: Option<String>,
-    /// Its address.
-    pub public_ip: String,
-}
-
 /// What exists of the part, for its removal.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Existing {
@@ -758,11 +741,7 @@ pub async fn read_existing(c: &Clients, stack: &str) -> Result<Existing, Error> 
         .await?
         .iter()
         .filter(|a| tag_value(a.tags(), AZ_TAG).is_some())
-        .map(|a| AddressState {
-            allocation_id: a.allocation_id().unwrap_or_default().to_string(),
-            association_id: a.association_id().map(str::to_string),
-            public_ip: a.public_ip().unwrap_or_default().to_string(),
-        })
+        .map(AddressState::from)
         .collect();
     let mut splits = read::route_tables(
         c,
@@ -911,23 +890,10 @@ pub async fn remove(
                 found(r, "DeleteRouteTable", id)?;
             }
             Removal::DeleteRoute { route_table } => {
-                let r = c
-                    .ec2
-                    .delete_route()
-                    .route_table_id(route_table)
-                    .destination_cidr_block(DEFAULT_ROUTE)
-                    .send()
-                    .await;
-                found(r, "DeleteRoute", route_table)?;
+                read::delete_default_route(c, route_table).await?;
             }
             Removal::UntagRoutes { route_table } => {
-                c.ec2
-                    .delete_tags()
-                    .resources(route_table)
-                    .tags(aws_sdk_ec2::types::Tag::builder().key(ROUTES_TAG).build())
-                    .send()
-                    .await
-                    .map_err(err("DeleteTags", route_table))?;
+                read::untag(c, route_table, ROUTES_TAG).await?;
             }
             Removal::DeleteNatGateway { id, .. } => {
                 let r = c.ec2.delete_nat_gateway().nat_gateway_id(id).send().await;
@@ -956,10 +922,7 @@ pub async fn remove(
                 )
                 .await?;
             }
-            Removal::ReleaseAddress { address } => {
-                read::release_address(c, &address.allocation_id, address.association_id.as_deref())
-                    .await?
-            }
+            Removal::ReleaseAddress { address } => read::release_address(c, address).await?,
         }
     }
     Ok(())

@@ -14,11 +14,11 @@ use crate::aws::names::{
     EGRESS_TAG, NAME_TAG, Names, ROUTES_TAG, STACK_TAG, ec2_tag, ec2_tags, iam_tag, of_stack,
     tag_value,
 };
-use crate::aws::read;
+use crate::aws::read::{self, AddressState};
 use crate::aws::wait::{self, Poll};
 use crate::aws::{Clients, Error, err, found};
 use crate::topology::Topology;
-use natd::contract::{DEFAULT_ROUTE, LAUNCHING_TRANSITION};
+use natd::contract::LAUNCHING_TRANSITION;
 use serde::Serialize;
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
@@ -209,27 +209,14 @@ pub enum Refusal {
         other: String,
     },
     /// A resource with the stack's name exists and is not the stack's.
-    #[error(
-        "{kind} {name} exists without the tag {STACK_TAG}={stack}: it is not this stack's; rename or remove it, or choose another --name"
-    )]
-    Foreign {
-        /// Its kind.
-        kind: &'static str,
-        /// Its name or id.
-        name: String,
-        /// The stack.
-        stack: String,
-    },
+    #[error(transparent)]
+    Foreign(#[from] super::Foreign),
 }
 
 /// The changes that turn `o` into `spec`, in dependency order.
 pub fn plan(spec: &Spec, o: &Observed) -> Result<Vec<Action>, Refusal> {
-    if let Some((kind, name)) = o.foreign.first() {
-        return Err(Refusal::Foreign {
-            kind,
-            name: name.clone(),
-            stack: spec.stack.clone(),
-        });
+    if let Some(f) = super::Foreign::first(&o.foreign, &spec.stack) {
+        return Err(f.into());
     }
     for (table, tags) in &o.table_tags {
         for (tag, value) in [(EGRESS_TAG, &tags.egress), (ROUTES_TAG, &tags.routes)] {
@@ -795,17 +782,6 @@ pub struct InstanceState {
     pub live: bool,
 }
 
-/// An Elastic IP of the stack.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct AddressState {
-    /// `eipalloc-...`
-    pub allocation_id: String,
-    /// Its association, when associated.
-    pub association_id: Option<String>,
-    /// Its address.
-    pub public_ip: String,
-}
-
 /// What exists of the part, for its removal.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Existing {
@@ -948,11 +924,7 @@ pub async fn read_existing(c: &Clients, stack: &str) -> Result<Existing, Error> 
         .await?
         .iter()
         .filter(|a| tag_value(a.tags(), EGRESS_TAG) == Some(stack))
-        .map(|a| AddressState {
-            allocation_id: a.allocation_id().unwrap_or_default().to_string(),
-            association_id: a.association_id().map(str::to_string),
-            public_ip: a.public_ip().unwrap_or_default().to_string(),
-        })
+        .map(AddressState::from)
         .collect();
     Ok(e)
 }
@@ -1036,23 +1008,10 @@ pub async fn remove(
     for r in removals {
         match r {
             Removal::UntagTable { route_table } => {
-                c.ec2
-                    .delete_tags()
-                    .resources(route_table)
-                    .tags(aws_sdk_ec2::types::Tag::builder().key(EGRESS_TAG).build())
-                    .send()
-                    .await
-                    .map_err(err("DeleteTags", route_table))?;
+                read::untag(c, route_table, EGRESS_TAG).await?;
             }
             Removal::DeleteRoute { route_table, .. } => {
-                let r = c
-                    .ec2
-                    .delete_route()
-                    .route_table_id(route_table)
-                    .destination_cidr_block(DEFAULT_ROUTE)
-                    .send()
-                    .await;
-                found(r, "DeleteRoute", route_table)?;
+                read::delete_default_route(c, route_table).await?;
             }
             Removal::DeleteGroup { name } => {
                 let r = c
@@ -1123,10 +1082,7 @@ pub async fn remove(
                 found(r, "DeleteInstanceProfile", name)?;
             }
             Removal::DeleteRole { name } => read::delete_role(c, name).await?,
-            Removal::ReleaseAddress { address } => {
-                read::release_address(c, &address.allocation_id, address.association_id.as_deref())
-                    .await?
-            }
+            Removal::ReleaseAddress { address } => read::release_address(c, address).await?,
         }
     }
     Ok(())
