@@ -767,9 +767,8 @@ pub async fn read_existing(c: &Clients, stack: &str) -> Result<Existing, Error> 
             &from,
         )
         .await?;
-        let from_is_main = origin
-            .first()
-            .is_none_or(|o| o.associations().iter().any(|a| a.main() == Some(true)));
+        // Back to the main table (or the table is gone): the association is dropped.
+        let from_is_main = origin.is_empty() || Associations::from_tables(&origin).main.is_some();
         e.splits.push(SplitState {
             id: t.route_table_id().unwrap_or_default().to_string(),
             from,
