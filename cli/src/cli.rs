@@ -34,6 +34,10 @@ pub struct Args {
     /// fails the command after this long.
     #[arg(long, global = true, value_name = "SECS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub call_timeout: u64,
+    /// Seconds setup and teardown wait for another natctl working on the same stack
+    /// (the stack's lock) before they give up.
+    #[arg(long, global = true, value_name = "SECS", default_value_t = 1200, value_parser = clap::value_parser!(u64).range(0..=86400))]
+    pub lock_wait: u64,
     /// The command.
     #[command(subcommand)]
     pub command: Cmd,

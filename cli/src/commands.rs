@@ -25,6 +25,7 @@ pub fn run(args: &Args) -> Result<(), Failure> {
     let ctx = Ctx {
         output: args.output,
         settings,
+        lock_wait: Duration::from_secs(args.lock_wait),
     };
     match &args.command {
         Cmd::Policy { stack } => emit(&render::json(&natd::contract::agent_policy(stack))?),
@@ -53,6 +54,7 @@ pub fn run(args: &Args) -> Result<(), Failure> {
 struct Ctx {
     output: Output,
     settings: Settings,
+    lock_wait: Duration,
 }
 
 impl Ctx {
@@ -77,6 +79,24 @@ impl Ctx {
 
     fn json(&self) -> bool {
         self.output == Output::Json
+    }
+
+    /// Runs `work` holding the stack's lock: two natctl on one stack never change it at
+    /// once. The lock goes when `work` ends, however it ends.
+    async fn locked<T>(
+        &self,
+        c: &Clients,
+        stack: &str,
+        work: impl std::future::Future<Output = Result<T, Failure>>,
+    ) -> Result<T, Failure> {
+        let lock = aws::lock::Lock::acquire(c, stack, self.lock_wait, &mut progress)
+            .await
+            .map_err(self.aws())?;
+        let result = work.await;
+        let released = lock.release().await.map_err(self.aws());
+        let value = result?;
+        released?;
+        Ok(value)
     }
 }
 
@@ -210,32 +230,70 @@ async fn setup(ctx: &Ctx, a: &SetupArgs, dry_run: bool) -> Result<(), Failure> {
         lambda,
         drain_secs: a.drain_seconds,
     };
-    let observed = stack::read(&c, &req).await.map_err(ctx.aws())?;
-    let steps = stack::plan(&req, &observed).map_err(|e| Failure::BadInput(e.to_string()))?;
-    if !ctx.json() {
-        emit(&render::setup_plan(&req, &a.vpc, &steps))?;
-    }
+    let (_, steps) = plan_now(ctx, &c, &req).await?;
     if steps.is_empty() || dry_run {
         if ctx.json() {
             emit(&render::json(&render::setup_json(&req, &steps, false))?)?;
+        } else {
+            emit(&render::setup_plan(&req, &a.vpc, &steps))?;
         }
         return Ok(());
     }
-    stack::apply(&c, &req, &observed, &steps, &mut progress)
+    // Changes are needed: take the stack's lock and plan again from what is there now
+    // (another run may have made some of them meanwhile). A run with nothing to change
+    // never takes the lock, so it makes no mutating call at all.
+    ctx.locked(&c, &a.stack, plan_and_apply(ctx, &c, a, &req))
+        .await
+}
+
+/// Reads the stack and plans `req`, reporting what the plan found but does not change.
+async fn plan_now(
+    ctx: &Ctx,
+    c: &Clients,
+    req: &Request,
+) -> Result<(stack::Observed, Vec<stack::Step>), Failure> {
+    let observed = stack::read(c, req).await.map_err(ctx.aws())?;
+    let steps = stack::plan(req, &observed).map_err(|e| Failure::BadInput(e.to_string()))?;
+    for w in stack::warnings(&observed) {
+        progress(&format!("warning: {w}"));
+    }
+    Ok((observed, steps))
+}
+
+/// setup's plan, and unless `dry_run` its application and read-back.
+async fn plan_and_apply(
+    ctx: &Ctx,
+    c: &Clients,
+    a: &SetupArgs,
+    req: &Request,
+) -> Result<(), Failure> {
+    let (observed, steps) = plan_now(ctx, c, req).await?;
+    if steps.is_empty() {
+        if ctx.json() {
+            emit(&render::json(&render::setup_json(req, &steps, false))?)?;
+        } else {
+            emit(&render::setup_plan(req, &a.vpc, &steps))?;
+        }
+        return Ok(());
+    }
+    if !ctx.json() {
+        emit(&render::setup_plan(req, &a.vpc, &steps))?;
+    }
+    stack::apply(c, req, &observed, &steps, &mut progress)
         .await
         .map_err(ctx.aws())?;
-    let left = stack::left_after_apply(&c, &req).await.map_err(ctx.aws())?;
+    let left = stack::left_after_apply(c, req).await.map_err(ctx.aws())?;
     if !left.is_empty() {
         return Err(Failure::Internal(format!(
             "after applying, these changes are still needed: {}",
             left.iter()
-                .map(|s| render::step(Some(&req), s))
+                .map(|s| render::step(Some(req), s))
                 .collect::<Vec<_>>()
                 .join("; ")
         )));
     }
     if ctx.json() {
-        emit(&render::json(&render::setup_json(&req, &steps, true))?)
+        emit(&render::json(&render::setup_json(req, &steps, true))?)
     } else {
         emit(&format!(
             "Applied {} change(s); stack {} is in place.",
@@ -319,18 +377,33 @@ async fn teardown(ctx: &Ctx, stack: &str, dry_run: bool) -> Result<(), Failure> 
     let c = ctx.clients().await;
     let left = stack::read_leftovers(&c, stack).await.map_err(ctx.aws())?;
     let steps = stack::plan_teardown(stack, &left);
-    if !dry_run && !steps.is_empty() {
+    if dry_run || steps.is_empty() {
+        return show_teardown(ctx, stack, &steps, false, dry_run);
+    }
+    // Under the lock, from what is there now.
+    ctx.locked(&c, stack, async {
+        let left = stack::read_leftovers(&c, stack).await.map_err(ctx.aws())?;
+        let steps = stack::plan_teardown(stack, &left);
         stack::teardown(&c, &steps, &mut progress)
             .await
             .map_err(ctx.aws())?;
-    }
+        show_teardown(ctx, stack, &steps, !steps.is_empty(), false)
+    })
+    .await
+}
+
+fn show_teardown(
+    ctx: &Ctx,
+    stack: &str,
+    steps: &[stack::Step],
+    applied: bool,
+    dry_run: bool,
+) -> Result<(), Failure> {
     if ctx.json() {
         emit(&render::json(&render::teardown_json(
-            stack,
-            &steps,
-            !dry_run && !steps.is_empty(),
+            stack, steps, applied,
         ))?)
     } else {
-        emit(&render::teardown_text(stack, &steps, dry_run))
+        emit(&render::teardown_text(stack, steps, dry_run))
     }
 }

@@ -199,6 +199,22 @@ pub fn plan(req: &Request, o: &Observed) -> Result<Vec<Step>, Refusal> {
     Ok(out)
 }
 
+/// What the plan found that it does not change but the user should know.
+pub fn warnings(o: &Observed) -> Vec<String> {
+    match &o.egress {
+        EgressObserved::Prod(p) => p
+            .duplicates
+            .iter()
+            .map(|d| {
+                format!(
+                    "duplicate NAT gateway {d}: the stack uses one per AZ; delete the extra one once nothing routes to it"
+                )
+            })
+            .collect(),
+        EgressObserved::Dev(_) => vec![],
+    }
+}
+
 /// Reads what the plan looks at.
 pub async fn read(c: &Clients, req: &Request) -> Result<Observed, Error> {
     let (egress, other) = match &req.egress {

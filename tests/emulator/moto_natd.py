@@ -13,6 +13,11 @@ Extensions, each matching documented AWS behaviour:
 - DeleteAutoScalingGroup terminates the group's instances (moto keeps them running when
   the group's minimum is above zero).
 - DescribeNatGateways honours tag:KEY and tag-key filters (moto ignores them).
+- NAT gateways take time, as on AWS (1-3 minutes there): `pending` for
+  NATD_EMU_NAT_PENDING_SECS (default 3) after CreateNatGateway, then `available`;
+  `deleting` for NATD_EMU_NAT_DELETING_SECS (default 2) after DeleteNatGateway, then
+  `deleted`. CreateNatGateway honours ClientToken: the same token answers the gateway it
+  created (AWS's idempotency) instead of creating another.
 - Every API call is recorded by operation name; GET /natd-test/calls answers the list
   (JSON), so tests and benchmarks can count calls and prove a run made no mutating one.
 - IAM enforcement (INITIAL_NO_AUTH_ACTION_COUNT) evaluates Resource ARNs and
@@ -79,6 +84,58 @@ def _describe_nat_gateways(self, filters, nat_gateway_ids):
 
 
 NatGatewayBackend.describe_nat_gateways = _describe_nat_gateways
+
+
+# --- EC2: NAT gateways take time; ClientToken -----------------------------------------
+
+import os  # noqa: E402
+import time  # noqa: E402
+
+from moto.ec2.models.nat_gateways import NatGateway  # noqa: E402
+from moto.ec2.responses import nat_gateways as nat_responses  # noqa: E402
+
+NAT_PENDING_SECS = float(os.environ.get("NATD_EMU_NAT_PENDING_SECS", "3"))
+NAT_DELETING_SECS = float(os.environ.get("NATD_EMU_NAT_DELETING_SECS", "2"))
+
+
+def _nat_state_get(self):
+    now = time.monotonic()
+    deleted_at = getattr(self, "_natd_deleted_at", None)
+    if deleted_at is not None:
+        return "deleting" if now < deleted_at + NAT_DELETING_SECS else "deleted"
+    created_at = getattr(self, "_natd_created_at", now)
+    return "pending" if now < created_at + NAT_PENDING_SECS else "available"
+
+
+def _nat_state_set(self, value):
+    if value == "deleted":
+        self._natd_deleted_at = time.monotonic()
+    elif not hasattr(self, "_natd_created_at"):
+        self._natd_created_at = time.monotonic()
+
+
+NatGateway.state = property(_nat_state_get, _nat_state_set)
+
+_nat_tokens = {}
+_orig_create_nat_gateway = nat_responses.NatGateways.create_nat_gateway
+
+
+def _create_nat_gateway(self):
+    token = self._get_param("ClientToken")
+    key = (self.current_account, self.region, token)
+    if token and key in _nat_tokens:
+        gw = self.ec2_backend.nat_gateways.get(_nat_tokens[key])
+        if gw is not None:
+            from moto.core.responses import ActionResult
+
+            return ActionResult({"NatGateway": gw, "ClientToken": token})
+    result = _orig_create_nat_gateway(self)
+    if token:
+        _nat_tokens[key] = result.result["NatGateway"].id
+    return result
+
+
+nat_responses.NatGateways.create_nat_gateway = _create_nat_gateway
 
 
 # --- Auto Scaling: lifecycle hooks and health ----------------------------------------

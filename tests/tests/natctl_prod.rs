@@ -421,3 +421,45 @@ async fn dev_with_eip_gets_an_address_natd_holds_and_teardown_releases_it() {
     let a = emu.aws(&["ec2", "describe-addresses"]);
     assert_eq!(a["Addresses"], serde_json::json!([]), "released");
 }
+
+#[tokio::test]
+async fn two_setups_at_once_build_one_stack_not_two() {
+    let emu = Emulator::start();
+    let w = World::new(&emu.sdk()).await;
+    w.public_subnet_b().await;
+    let args = ["setup", "--env", "prod", "--vpc", &w.vpc, "--name", "twice"];
+    let spawn = || {
+        command(&emu, &args)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let (a, b) = (spawn(), spawn());
+    let (a, b) = (a.wait_with_output().unwrap(), b.wait_with_output().unwrap());
+    assert!(a.status.success(), "{}", text(&a));
+    assert!(b.status.success(), "{}", text(&b));
+    let waited = [&a, &b]
+        .iter()
+        .any(|o| String::from_utf8_lossy(&o.stderr).contains("waiting for the stack's lock"));
+    assert!(
+        waited,
+        "one run waited for the other:\n{}\n{}",
+        text(&a),
+        text(&b)
+    );
+    assert_eq!(gateways(&emu, "twice").len(), 2, "one gateway per AZ");
+    let filter = "Name=tag:natd:stack,Values=twice";
+    let addresses = emu.aws(&["ec2", "describe-addresses", "--filters", filter]);
+    assert_eq!(addresses["Addresses"].as_array().unwrap().len(), 2);
+    // The lock is gone with both runs, and a third run has nothing to do.
+    let lt = emu.aws(&["ec2", "describe-launch-templates"]);
+    assert_eq!(lt["LaunchTemplates"], serde_json::json!([]), "{lt}");
+    let again = natctl(&emu, &args);
+    assert_eq!(
+        stdout(&again).trim(),
+        "No changes necessary.",
+        "{}",
+        text(&again)
+    );
+}

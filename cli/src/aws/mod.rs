@@ -4,6 +4,7 @@
 //! parts share ([`read`]), and one waiter ([`wait`]).
 
 pub mod error;
+pub mod lock;
 pub mod names;
 pub mod read;
 pub mod wait;

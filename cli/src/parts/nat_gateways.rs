@@ -146,6 +146,9 @@ pub struct Observed {
     pub tables: BTreeMap<String, TableObs>,
     /// Explicit subnet associations: subnet -> (table, association id).
     pub associations: BTreeMap<String, (String, String)>,
+    /// Live gateways of the stack beyond one per AZ (made by something else than this
+    /// run, e.g. two runs of an older natctl at once): reported, never used.
+    pub duplicates: Vec<String>,
 }
 
 /// A route table an action works on: one that exists, or the split table of an AZ.
@@ -341,28 +344,40 @@ pub fn plan(spec: &Spec, o: &Observed) -> Result<Vec<Action>, Refusal> {
     Ok(out)
 }
 
-/// A live NAT gateway of the stack, by AZ, from what EC2 answered.
-fn live_by_az(gateways: &[aws_sdk_ec2::types::NatGateway]) -> BTreeMap<String, Gateway> {
-    gateways
-        .iter()
-        .filter_map(|g| {
-            let state = g
-                .state()
-                .map(|s| s.as_str().to_string())
-                .unwrap_or_default();
-            if !matches!(state.as_str(), "pending" | "available") {
-                return None;
-            }
-            let az = tag_value(g.tags(), AZ_TAG)?.to_string();
-            Some((
-                az,
-                Gateway {
-                    id: g.nat_gateway_id().unwrap_or_default().to_string(),
-                    state,
-                },
-            ))
-        })
-        .collect()
+/// The stack's live NAT gateways by AZ, from what EC2 answered, and the ones beyond the
+/// first of an AZ (duplicates: a stack has one per AZ). Of several, the available one
+/// (else the first by id) is the AZ's.
+fn live_by_az(
+    gateways: &[aws_sdk_ec2::types::NatGateway],
+) -> (BTreeMap<String, Gateway>, Vec<String>) {
+    let mut by_az: BTreeMap<String, Vec<Gateway>> = BTreeMap::new();
+    for g in gateways {
+        let state = g
+            .state()
+            .map(|s| s.as_str().to_string())
+            .unwrap_or_default();
+        if !matches!(state.as_str(), "pending" | "available") {
+            continue;
+        }
+        let Some(az) = tag_value(g.tags(), AZ_TAG) else {
+            continue;
+        };
+        by_az.entry(az.to_string()).or_default().push(Gateway {
+            id: g.nat_gateway_id().unwrap_or_default().to_string(),
+            state,
+        });
+    }
+    let mut live = BTreeMap::new();
+    let mut duplicates = Vec::new();
+    for (az, mut gws) in by_az {
+        gws.sort_by(|a, b| (a.state != "available", &a.id).cmp(&(b.state != "available", &b.id)));
+        let mut gws = gws.into_iter();
+        if let Some(first) = gws.next() {
+            duplicates.extend(gws.map(|g| format!("{} ({az}, also {})", g.id, first.id)));
+            live.insert(az, first);
+        }
+    }
+    (live, duplicates)
 }
 
 /// Reads what exists of the stack's prod egress in `spec.vpc`.
@@ -374,7 +389,7 @@ pub async fn read(c: &Clients, spec: &Spec) -> Result<Observed, Error> {
             o.addresses.insert(az.to_string(), id.to_string());
         }
     }
-    o.gateways = live_by_az(&read::stack_gateways(c, stack).await?);
+    (o.gateways, o.duplicates) = live_by_az(&read::stack_gateways(c, stack).await?);
     let tables = read::vpc_tables(c, &spec.vpc).await?;
     o.associations = Associations::from_tables(&tables).explicit;
     for t in &tables {
@@ -498,11 +513,15 @@ pub async fn apply(
             }
             Action::CreateNatGateway { az, subnet } => {
                 let alloc = addresses.get(az).cloned().unwrap_or_default();
+                // AWS's idempotency: a retried call (the SDK retries timeouts) answers
+                // the gateway the first attempt created. The address is new for each
+                // gateway of the AZ, so the token is too.
                 let r = c
                     .ec2
                     .create_nat_gateway()
                     .subnet_id(subnet)
                     .allocation_id(&alloc)
+                    .client_token(format!("natd-{alloc}"))
                     .tag_specifications(ec2_tags(
                         ResourceType::Natgateway,
                         stack,

@@ -1,0 +1,189 @@
+//! One natctl at a time per stack, with a lock AWS holds: a launch template named
+//! `natd-STACK-lock`. Launch template names are unique in a region, so its creation
+//! either succeeds (the lock is ours) or fails with `AlreadyExists` (someone holds it).
+//! It names its holder and an expiry time in its tags; the holder renews the expiry
+//! while it works, and a lock whose holder died expires after [`TTL`] (at once when the
+//! holder was a natctl on this same host that is no longer running). Released (the
+//! template deleted) when the command ends.
+
+use super::names::{Names, ec2_tag, ec2_tags, tag_value};
+use super::read;
+use super::wait::{self, Poll};
+use super::{ApiFailure, Clients, Error, err, found};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// How long a lock outlives its last renewal: a holder that died frees the stack after
+/// this long.
+pub const TTL: Duration = Duration::from_secs(180);
+/// How often the holder renews: three renewals fit in [`TTL`], so one missed call does
+/// not lose the lock.
+const RENEW_EVERY: Duration = Duration::from_secs(60);
+/// Tag naming the holder (host, process).
+const HOLDER_TAG: &str = "natd:lock-holder";
+/// Tag with the expiry, in seconds since the epoch.
+const EXPIRES_TAG: &str = "natd:lock-expires";
+
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "natctl".into())
+}
+
+/// Whether `holder` (`host:pid`) was a natctl on this host that is gone: its lock need
+/// not wait for the expiry (a killed run, on the same machine).
+fn died_here(holder: &str) -> bool {
+    let Some((host, pid)) = holder.rsplit_once(':') else {
+        return false;
+    };
+    if host != hostname() || pid.parse::<u32>().is_err() {
+        return false;
+    }
+    std::fs::read_to_string(format!("/proc/{pid}/comm"))
+        .map(|comm| comm.trim() != "natctl")
+        .unwrap_or(true)
+}
+
+/// A held lock; renewed in the background until [`Lock::release`].
+#[derive(Debug)]
+pub struct Lock {
+    c: Clients,
+    id: String,
+    name: String,
+    renew: tokio::task::JoinHandle<()>,
+}
+
+/// Who holds a lock we could not take.
+fn holder(t: &aws_sdk_ec2::types::LaunchTemplate) -> (String, u64) {
+    let tag = |k| tag_value(t.tags(), k).unwrap_or_default();
+    (
+        tag(HOLDER_TAG).to_string(),
+        tag(EXPIRES_TAG).parse().unwrap_or(0),
+    )
+}
+
+impl Lock {
+    /// Takes the stack's lock, waiting up to `limit` for another holder to finish.
+    pub async fn acquire(
+        c: &Clients,
+        stack: &str,
+        limit: Duration,
+        progress: &mut dyn FnMut(&str),
+    ) -> Result<Lock, Error> {
+        let name = format!("{}-lock", Names(stack).nat());
+        let me = format!("{}:{}", hostname(), std::process::id());
+        let id = wait::until("the stack's lock", &name, limit, progress, || async {
+            let r = c
+                .ec2
+                .create_launch_template()
+                .launch_template_name(&name)
+                .launch_template_data(
+                    aws_sdk_ec2::types::RequestLaunchTemplateData::builder().build(),
+                )
+                .tag_specifications(ec2_tags(
+                    aws_sdk_ec2::types::ResourceType::LaunchTemplate,
+                    stack,
+                    &name,
+                    &[
+                        (HOLDER_TAG, &me),
+                        (EXPIRES_TAG, &(now() + TTL.as_secs()).to_string()),
+                    ],
+                ))
+                .send()
+                .await
+                .map_err(ApiFailure::from);
+            match r {
+                Ok(r) => Ok(Poll::Ready(
+                    r.launch_template()
+                        .and_then(|t| t.launch_template_id())
+                        .unwrap_or_default()
+                        .to_string(),
+                )),
+                Err(e) if e.code.as_deref().is_some_and(|c| c.contains("AlreadyExists")) => {
+                    let held = read::launch_templates_named(c, &name).await?;
+                    let Some(t) = held.first() else {
+                        return Ok(Poll::Waiting("released".into()));
+                    };
+                    let (who, expires) = holder(t);
+                    if expires < now() || died_here(&who) {
+                        // Its holder died: take it over.
+                        let id = t.launch_template_id().unwrap_or_default();
+                        let r = c.ec2.delete_launch_template().launch_template_id(id).send().await;
+                        found(r, "DeleteLaunchTemplate", id)?;
+                        return Ok(Poll::Waiting(format!("{who} left it; taking it over")));
+                    }
+                    Ok(Poll::Waiting(format!(
+                        "held by natctl {who} (another run on this stack); it expires in {} s unless renewed",
+                        expires.saturating_sub(now())
+                    )))
+                }
+                Err(source) => Err(Error::Call {
+                    op: "CreateLaunchTemplate",
+                    target: name.clone(),
+                    source,
+                }),
+            }
+        })
+        .await?;
+        let renew = {
+            let c = c.clone();
+            let id = id.clone();
+            tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(RENEW_EVERY).await;
+                    // A failed renewal is retried at the next tick; three fit in TTL.
+                    let _ = c
+                        .ec2
+                        .create_tags()
+                        .resources(&id)
+                        .tags(ec2_tag(EXPIRES_TAG, &(now() + TTL.as_secs()).to_string()))
+                        .send()
+                        .await;
+                }
+            })
+        };
+        Ok(Lock {
+            c: c.clone(),
+            id,
+            name,
+            renew,
+        })
+    }
+
+    /// Releases the lock.
+    pub async fn release(self) -> Result<(), Error> {
+        self.renew.abort();
+        self.c
+            .ec2
+            .delete_launch_template()
+            .launch_template_id(&self.id)
+            .send()
+            .await
+            .map_err(err("DeleteLaunchTemplate", &self.name))?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_holder_gone_from_this_host_is_dead_others_are_not_judged() {
+        let me = format!("{}:{}", hostname(), std::process::id());
+        // This test process is not natctl: a lock naming it counts as left behind.
+        assert!(died_here(&me));
+        assert!(died_here(&format!("{}:{}", hostname(), u32::MAX)));
+        assert!(
+            !died_here("another-host:1"),
+            "another host's holder waits for expiry"
+        );
+        assert!(!died_here("garbage"));
+    }
+}
