@@ -18,6 +18,18 @@ Extensions, each matching documented AWS behaviour:
   `deleting` for NATD_EMU_NAT_DELETING_SECS (default 2) after DeleteNatGateway, then
   `deleted`. CreateNatGateway honours ClientToken: the same token answers the gateway it
   created (AWS's idempotency) instead of creating another.
+- IAM is eventually consistent, as on AWS: a role or instance profile is not usable for
+  NATD_EMU_IAM_PROPAGATION_SECS (default 2) after it was created (a profile: after its
+  role was added). CreateAutoScalingGroup with a launch template naming such a profile
+  fails with AWS's ValidationError "... Invalid IAM Instance Profile name";
+  UpdateFunctionConfiguration to such a role fails with InvalidParameterValueException
+  "The role defined for the function cannot be assumed by Lambda."
+- Lambda functions have states, as on AWS: `State: Pending` for
+  NATD_EMU_LAMBDA_CREATE_SECS (default 2) after CreateFunction, and
+  `LastUpdateStatus: InProgress` for NATD_EMU_LAMBDA_UPDATE_SECS (default 2) after
+  UpdateFunctionConfiguration; an update meanwhile fails with ResourceConflictException.
+  (CreateFunction itself does not check role propagation here: natctl never creates
+  functions, and test fixtures create them right after their roles.)
 - Every API call is recorded by operation name; GET /natd-test/calls answers the list
   (JSON), so tests and benchmarks can count calls and prove a run made no mutating one.
 - IAM enforcement (INITIAL_NO_AUTH_ACTION_COUNT) evaluates Resource ARNs and
@@ -245,6 +257,146 @@ def _delete_group(self, group_name):
 
 
 asg_models.AutoScalingBackend.delete_auto_scaling_group = _delete_group
+
+
+# --- IAM propagation; Lambda states ----------------------------------------------------
+
+from moto.awslambda import models as lambda_models  # noqa: E402
+from moto.awslambda.exceptions import InvalidParameterValueException, LambdaClientError  # noqa: E402
+from moto.autoscaling.exceptions import ValidationError as AsgValidationError  # noqa: E402
+from moto.iam import models as iam_models  # noqa: E402
+
+IAM_PROPAGATION_SECS = float(os.environ.get("NATD_EMU_IAM_PROPAGATION_SECS", "2"))
+LAMBDA_CREATE_SECS = float(os.environ.get("NATD_EMU_LAMBDA_CREATE_SECS", "2"))
+LAMBDA_UPDATE_SECS = float(os.environ.get("NATD_EMU_LAMBDA_UPDATE_SECS", "2"))
+
+_orig_create_role = iam_models.IAMBackend.create_role
+_orig_create_profile = iam_models.IAMBackend.create_instance_profile
+_orig_add_role_to_profile = iam_models.IAMBackend.add_role_to_instance_profile
+
+
+def _create_role(self, *args, **kwargs):
+    role = _orig_create_role(self, *args, **kwargs)
+    role._natd_usable_at = time.monotonic() + IAM_PROPAGATION_SECS
+    return role
+
+
+def _create_profile(self, *args, **kwargs):
+    profile = _orig_create_profile(self, *args, **kwargs)
+    profile._natd_usable_at = time.monotonic() + IAM_PROPAGATION_SECS
+    return profile
+
+
+def _add_role_to_profile(self, profile_name, role_name):
+    _orig_add_role_to_profile(self, profile_name, role_name)
+    self.get_instance_profile(profile_name)._natd_usable_at = time.monotonic() + IAM_PROPAGATION_SECS
+
+
+iam_models.IAMBackend.create_role = _create_role
+iam_models.IAMBackend.create_instance_profile = _create_profile
+iam_models.IAMBackend.add_role_to_instance_profile = _add_role_to_profile
+
+
+def _fresh(thing):
+    return thing is not None and time.monotonic() < getattr(thing, "_natd_usable_at", 0)
+
+
+def _iam(account):
+    return iam_models.iam_backends[account]["global"]
+
+
+def _profile_named(account, name_or_arn):
+    name = (name_or_arn or "").rsplit("/", 1)[-1]
+    for p in _iam(account).instance_profiles.values():
+        if p.name == name:
+            return p
+    return None
+
+
+_orig_create_asg = asg_models.AutoScalingBackend.create_auto_scaling_group
+
+
+def _create_asg(self, *args, **kwargs):
+    lt = kwargs.get("launch_template") or {}
+    ec2 = self.ec2_backend
+    template = None
+    tid = lt.get("launch_template_id") or lt.get("LaunchTemplateId")
+    tname = lt.get("launch_template_name") or lt.get("LaunchTemplateName")
+    try:
+        if tid:
+            template = ec2.get_launch_template(tid)
+        elif tname:
+            template = ec2.get_launch_template_by_name(tname)
+    except Exception:
+        template = None
+    if template is not None:
+        data = template.default_version().data or {}
+        spec = data.get("IamInstanceProfile") or {}
+        name = spec.get("Name") or spec.get("Arn")
+        if name and _fresh(_profile_named(self.account_id, name)):
+            raise AsgValidationError(
+                f"You must use a valid fully-formed launch template. Value ({name}) for parameter "
+                "iamInstanceProfile.name is invalid. Invalid IAM Instance Profile name"
+            )
+    return _orig_create_asg(self, *args, **kwargs)
+
+
+asg_models.AutoScalingBackend.create_auto_scaling_group = _create_asg
+
+
+class _ResourceConflict(LambdaClientError):
+    code = 409
+
+    def __init__(self, arn):
+        super().__init__(
+            "ResourceConflictException",
+            f"The operation cannot be performed at this time. An update is in progress for resource: {arn}",
+        )
+
+
+_orig_lambda_init = lambda_models.LambdaFunction.__init__
+_orig_get_configuration = lambda_models.LambdaFunction.get_configuration
+_orig_update_configuration = lambda_models.LambdaFunction.update_configuration
+
+
+def _lambda_init(self, *args, **kwargs):
+    _orig_lambda_init(self, *args, **kwargs)
+    self._natd_busy_until = time.monotonic() + LAMBDA_CREATE_SECS
+    self._natd_creating = True
+
+
+def _get_configuration(self, on_create=False):
+    config = _orig_get_configuration(self, on_create)
+    busy = time.monotonic() < getattr(self, "_natd_busy_until", 0)
+    if busy and getattr(self, "_natd_creating", False):
+        config["State"] = "Pending"
+        config["StateReason"] = "The function is being created."
+        config["StateReasonCode"] = "Creating"
+    elif busy:
+        config["LastUpdateStatus"] = "InProgress"
+        config["LastUpdateStatusReason"] = "The function is being updated."
+        config["LastUpdateStatusReasonCode"] = "InProgress"
+    return config
+
+
+def _update_configuration(self, config_updates):
+    if time.monotonic() < getattr(self, "_natd_busy_until", 0):
+        raise _ResourceConflict(self.function_arn)
+    role = config_updates.get("Role")
+    if role and role != self.role:
+        name = role.rsplit("/", 1)[-1]
+        found = _iam(self.account_id).roles
+        target = next((r for r in found.values() if r.name == name), None)
+        if _fresh(target):
+            raise InvalidParameterValueException("The role defined for the function cannot be assumed by Lambda.")
+    self._natd_busy_until = time.monotonic() + LAMBDA_UPDATE_SECS
+    self._natd_creating = False
+    return _orig_update_configuration(self, config_updates)
+
+
+lambda_models.LambdaFunction.__init__ = _lambda_init
+lambda_models.LambdaFunction.get_configuration = _get_configuration
+lambda_models.LambdaFunction.update_configuration = _update_configuration
 
 
 # --- IAM: resource ARNs and tag conditions --------------------------------------------

@@ -78,7 +78,14 @@ impl Emulator {
 
     /// Starts the emulator; with `Some(n)`, IAM is enforced after the first `n` calls.
     pub fn start_with(enforce_iam_after: Option<u32>) -> Self {
+        Self::start_env(enforce_iam_after, &[])
+    }
+
+    /// Starts the emulator with settings of `emulator/moto_natd.py` in `env` (e.g.
+    /// `NATD_EMU_IAM_PROPAGATION_SECS`).
+    pub fn start_env(enforce_iam_after: Option<u32>, env: &[(&str, &str)]) -> Self {
         let mut cmd = Command::new(crate::python());
+        cmd.envs(env.iter().copied());
         cmd.arg(crate::root().join("tests/emulator/moto_natd.py"))
             .args(["-H", "127.0.0.1", "-p", "0"]);
         if let Some(n) = enforce_iam_after {

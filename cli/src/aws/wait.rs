@@ -78,6 +78,72 @@ where
     }
 }
 
+/// Calls `call` until it succeeds, waiting (backoff with jitter, up to `limit`) while
+/// it fails with an error `transient` says time will fix, e.g. a role IAM has not
+/// propagated yet. Any other error ends it at once.
+pub async fn retry_while<T, F, Fut>(
+    what: &'static str,
+    target: &str,
+    limit: Duration,
+    progress: &mut dyn FnMut(&str),
+    transient: fn(&super::ApiFailure) -> bool,
+    mut call: F,
+) -> Result<T, Error>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, Error>>,
+{
+    until(what, target, limit, progress, || {
+        let attempt = call();
+        async move {
+            match attempt.await {
+                Ok(v) => Ok(Poll::Ready(v)),
+                Err(Error::Call { source, .. }) if transient(&source) => {
+                    Ok(Poll::Waiting(source.message))
+                }
+                Err(e) => Err(e),
+            }
+        }
+    })
+    .await
+}
+
+/// Runs one of the SDK's waiters (`wait`), reporting that it waits every
+/// [`PROGRESS_EVERY`]: the SDK's waiters say nothing while they wait.
+pub async fn sdk<T, E: std::fmt::Display>(
+    what: &'static str,
+    target: &str,
+    limit: Duration,
+    progress: &mut dyn FnMut(&str),
+    wait: impl Future<Output = Result<T, E>>,
+) -> Result<T, Error> {
+    let start = Instant::now();
+    tokio::pin!(wait);
+    let mut first = true;
+    loop {
+        let tick = if first {
+            Duration::from_secs(2)
+        } else {
+            PROGRESS_EVERY
+        };
+        tokio::select! {
+            r = &mut wait => {
+                return r.map_err(|e| {
+                    if start.elapsed() >= limit {
+                        Error::Timeout { what, target: target.to_string(), after: start.elapsed() }
+                    } else {
+                        Error::Failed { what, target: target.to_string(), reason: e.to_string() }
+                    }
+                });
+            }
+            () = tokio::time::sleep(tick) => {
+                first = false;
+                progress(&format!("waiting for {what}: {target} ({} s)", start.elapsed().as_secs()));
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -132,5 +198,54 @@ mod tests {
             "{e}"
         );
         assert!(e.to_string().contains("nat-1"));
+    }
+
+    fn failure(code: &str) -> Error {
+        Error::Call {
+            op: "Op",
+            target: "t".into(),
+            source: crate::aws::ApiFailure {
+                code: Some(code.into()),
+                message: format!("{code}: said AWS"),
+                timed_out: false,
+            },
+        }
+    }
+
+    #[tokio::test]
+    async fn retries_only_what_time_fixes() {
+        let transient: fn(&crate::aws::ApiFailure) -> bool = |e| e.is("NotYet");
+        let mut n = 0;
+        let v = retry_while(
+            "x",
+            "t",
+            Duration::from_secs(30),
+            &mut |_| {},
+            transient,
+            || {
+                n += 1;
+                let k = n;
+                async move { if k < 3 { Err(failure("NotYet")) } else { Ok(k) } }
+            },
+        )
+        .await
+        .expect("succeeds once time fixed it");
+        assert_eq!(v, 3);
+        let mut calls = 0;
+        let e = retry_while::<(), _, _>(
+            "x",
+            "t",
+            Duration::from_secs(30),
+            &mut |_| {},
+            transient,
+            || {
+                calls += 1;
+                async { Err(failure("AccessDenied")) }
+            },
+        )
+        .await
+        .expect_err("not retried");
+        assert_eq!(calls, 1);
+        assert!(e.to_string().contains("AccessDenied"));
     }
 }

@@ -21,10 +21,87 @@ use crate::aws::names::{
     joined_tag, of_stack, split_tag, split_tag_keys,
 };
 use crate::aws::read;
+use crate::aws::wait;
 use crate::aws::{ApiFailure, Clients, Error, err, found};
 use crate::topology::Topology;
 use serde::Serialize;
 use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+/// How long natctl waits for a function to be ready for an update, and for an update to
+/// finish: a VPC function's update creates its network interfaces, which takes minutes
+/// at worst.
+const LAMBDA_WAIT: Duration = Duration::from_secs(300);
+/// How long natctl retries an update naming a new role: IAM propagates within
+/// seconds, occasionally a minute or two.
+const IAM_PROPAGATION_WAIT: Duration = Duration::from_secs(180);
+
+/// What AWS answers while time will fix it: a role IAM has not propagated to Lambda
+/// yet, or another update of the function still in progress.
+fn update_not_yet(e: &ApiFailure) -> bool {
+    (e.is("InvalidParameterValueException") && e.message.contains("cannot be assumed by Lambda"))
+        || e.is("ResourceConflictException")
+}
+
+/// Waits until `function` is active and no update of it is in progress (the SDK's
+/// FunctionActiveV2 and FunctionUpdatedV2 waiters).
+async fn settled(c: &Clients, function: &str, progress: Progress<'_>) -> Result<(), Error> {
+    use aws_sdk_lambda::client::Waiters;
+    wait::sdk(
+        "the Lambda function to be active",
+        function,
+        LAMBDA_WAIT,
+        progress,
+        c.lambda
+            .wait_until_function_active_v2()
+            .function_name(function)
+            .wait(LAMBDA_WAIT),
+    )
+    .await?;
+    wait::sdk(
+        "the Lambda function's last update to finish",
+        function,
+        LAMBDA_WAIT,
+        progress,
+        c.lambda
+            .wait_until_function_updated_v2()
+            .function_name(function)
+            .wait(LAMBDA_WAIT),
+    )
+    .await?;
+    Ok(())
+}
+
+/// Sets `function`'s role and VPC configuration: once it is settled, retrying while
+/// the role propagates or another update finishes, then waits for the update to end.
+async fn update_function(
+    c: &Clients,
+    function: &str,
+    role: &str,
+    vpc: aws_sdk_lambda::types::VpcConfig,
+    progress: Progress<'_>,
+) -> Result<(), Error> {
+    settled(c, function, progress).await?;
+    wait::retry_while(
+        "Lambda to accept the update",
+        function,
+        IAM_PROPAGATION_WAIT,
+        progress,
+        update_not_yet,
+        || async {
+            c.lambda
+                .update_function_configuration()
+                .function_name(function)
+                .role(role)
+                .vpc_config(vpc.clone())
+                .send()
+                .await
+                .map_err(err("UpdateFunctionConfiguration", function))
+        },
+    )
+    .await?;
+    settled(c, function, progress).await
+}
 
 /// EC2 calls a VPC function's execution role needs for its network interfaces. AWS
 /// does not scope them to resources (its AWSLambdaVPCAccessExecutionRole grants them
@@ -644,7 +721,7 @@ pub async fn apply(
     spec: &Spec,
     o: &Observed,
     actions: &[Action],
-    _progress: Progress<'_>,
+    progress: Progress<'_>,
 ) -> Result<(), Error> {
     use aws_sdk_ec2::types::{IpPermission, ResourceType, UserIdGroupPair, VpcEndpointType};
     let mut groups: BTreeMap<Group, String> =
@@ -806,19 +883,17 @@ pub async fn apply(
             }
             Action::UpdateFunction => {
                 let lambda = groups.get(&Group::Lambda).cloned().unwrap_or_default();
-                c.lambda
-                    .update_function_configuration()
-                    .function_name(&spec.function)
-                    .role(role_arn.clone().unwrap_or_default())
-                    .vpc_config(
-                        aws_sdk_lambda::types::VpcConfig::builder()
-                            .set_subnet_ids(Some(spec.subnets.iter().cloned().collect()))
-                            .security_group_ids(lambda)
-                            .build(),
-                    )
-                    .send()
-                    .await
-                    .map_err(err("UpdateFunctionConfiguration", &spec.function))?;
+                update_function(
+                    c,
+                    &spec.function,
+                    &role_arn.clone().unwrap_or_default(),
+                    aws_sdk_lambda::types::VpcConfig::builder()
+                        .set_subnet_ids(Some(spec.subnets.iter().cloned().collect()))
+                        .security_group_ids(lambda)
+                        .build(),
+                    progress,
+                )
+                .await?;
             }
         }
     }
@@ -987,19 +1062,17 @@ pub async fn remove(
     for r in removals {
         match r {
             Removal::RestoreFunction { function: f } => {
-                c.lambda
-                    .update_function_configuration()
-                    .function_name(&f.function)
-                    .role(&f.previous_role)
-                    .vpc_config(
-                        aws_sdk_lambda::types::VpcConfig::builder()
-                            .set_subnet_ids(Some(f.previous_subnets.clone()))
-                            .set_security_group_ids(Some(f.previous_groups.clone()))
-                            .build(),
-                    )
-                    .send()
-                    .await
-                    .map_err(err("UpdateFunctionConfiguration", &f.function))?;
+                update_function(
+                    c,
+                    &f.function,
+                    &f.previous_role,
+                    aws_sdk_lambda::types::VpcConfig::builder()
+                        .set_subnet_ids(Some(f.previous_subnets.clone()))
+                        .set_security_group_ids(Some(f.previous_groups.clone()))
+                        .build(),
+                    progress,
+                )
+                .await?;
                 c.lambda
                     .untag_resource()
                     .resource(&f.arn)

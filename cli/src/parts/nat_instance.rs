@@ -31,6 +31,9 @@ pub const HOOK_TIMEOUT_SECS: i32 = 600;
 /// How long a switch from prod waits for natd to take the routes over: a launch is
 /// boot (~30 s) plus natd's start-up retries (~2 min), with margin.
 const TAKEOVER_WAIT: Duration = Duration::from_secs(900);
+/// How long setup retries a call that names a new IAM role or instance profile: IAM
+/// propagates within seconds, occasionally a minute or two.
+const IAM_PROPAGATION_WAIT: Duration = Duration::from_secs(180);
 /// How long teardown waits for the NAT instances to terminate before it removes the
 /// security group they use (EC2 usually needs 30-90 s).
 const TERMINATE_WAIT: Duration = Duration::from_secs(300);
@@ -439,6 +442,11 @@ pub async fn read(c: &Clients, spec: &Spec) -> Result<Observed, Error> {
     Ok(o)
 }
 
+/// AWS's answer while a new instance profile has not propagated in IAM.
+fn profile_not_propagated(e: &crate::aws::ApiFailure) -> bool {
+    e.is("ValidationError") && e.message.contains("Invalid IAM Instance Profile")
+}
+
 /// The cloud-config that tells natd its stack (written before network-online, so
 /// before natd.service starts).
 fn user_data(stack: &str) -> String {
@@ -655,19 +663,31 @@ pub async fn apply(
                     .launch_template_id(lt_id.clone().unwrap_or_default())
                     .version("$Default")
                     .build();
-                c.asg
-                    .create_auto_scaling_group()
-                    .auto_scaling_group_name(&name)
-                    .launch_template(lt)
-                    .min_size(0)
-                    .max_size(1)
-                    .desired_capacity(0)
-                    .vpc_zone_identifier(spec.public_subnets.join(","))
-                    .tags(asg_tag(STACK_TAG, &spec.stack))
-                    .tags(asg_tag(NAME_TAG, &name))
-                    .send()
-                    .await
-                    .map_err(err("CreateAutoScalingGroup", &name))?;
+                // A new instance profile takes seconds to propagate in IAM; until it
+                // has, AWS refuses a group whose template names it.
+                wait::retry_while(
+                    "the instance profile to propagate in IAM",
+                    &name,
+                    IAM_PROPAGATION_WAIT,
+                    progress,
+                    profile_not_propagated,
+                    || async {
+                        c.asg
+                            .create_auto_scaling_group()
+                            .auto_scaling_group_name(&name)
+                            .launch_template(lt.clone())
+                            .min_size(0)
+                            .max_size(1)
+                            .desired_capacity(0)
+                            .vpc_zone_identifier(spec.public_subnets.join(","))
+                            .tags(asg_tag(STACK_TAG, &spec.stack))
+                            .tags(asg_tag(NAME_TAG, &name))
+                            .send()
+                            .await
+                            .map_err(err("CreateAutoScalingGroup", &name))
+                    },
+                )
+                .await?;
             }
             Action::UpdateGroupSubnets { subnets } => {
                 c.asg

@@ -1,0 +1,244 @@
+//! The emulator is as unkind as AWS where natctl depends on it: NAT gateways take time
+//! and honour ClientToken, IAM roles and instance profiles propagate, Lambda functions
+//! have states. Checked with the AWS CLI (an independent client), so natctl's tests run
+//! against these behaviours, not against a kinder emulator.
+
+#![allow(clippy::unwrap_used, missing_docs)]
+
+use natd_tests::emulator::{Emulator, REGION, TEST_KEY};
+use natd_tests::world::{IMAGE, World};
+use std::process::{Command, Output};
+use std::time::Duration;
+
+/// The AWS CLI against the emulator, failures included.
+fn aws_raw(emu: &Emulator, args: &[&str]) -> Output {
+    Command::new(natd_tests::python().with_file_name("aws"))
+        .args([
+            "--endpoint-url",
+            &emu.url(),
+            "--region",
+            REGION,
+            "--output",
+            "json",
+        ])
+        .args(args)
+        .env("AWS_ACCESS_KEY_ID", TEST_KEY.0)
+        .env("AWS_SECRET_ACCESS_KEY", TEST_KEY.1)
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .env_remove("AWS_PROFILE")
+        .output()
+        .unwrap()
+}
+
+fn err(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+#[tokio::test]
+async fn nat_gateways_take_time_and_honour_client_token() {
+    let emu = Emulator::start();
+    let w = World::new(&emu.sdk()).await;
+    let alloc = emu.aws(&["ec2", "allocate-address", "--domain", "vpc"])["AllocationId"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let create = [
+        "ec2",
+        "create-nat-gateway",
+        "--subnet-id",
+        &w.public_subnet,
+        "--allocation-id",
+        &alloc,
+        "--client-token",
+        "natd-token-1",
+    ];
+    let first = emu.aws(&create);
+    let id = first["NatGateway"]["NatGatewayId"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(first["NatGateway"]["State"], "pending");
+    // The same token answers the same gateway.
+    let again = emu.aws(&create);
+    assert_eq!(again["NatGateway"]["NatGatewayId"], id.as_str());
+    let all = emu.aws(&["ec2", "describe-nat-gateways"]);
+    assert_eq!(all["NatGateways"].as_array().unwrap().len(), 1);
+    let state = |emu: &Emulator| {
+        emu.aws(&["ec2", "describe-nat-gateways", "--nat-gateway-ids", &id])["NatGateways"][0]
+            ["State"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    natd_tests::eventually(Duration::from_secs(20), "available", || async {
+        (state(&emu) == "available").then_some(())
+    })
+    .await;
+    emu.aws(&["ec2", "delete-nat-gateway", "--nat-gateway-id", &id]);
+    assert_eq!(state(&emu), "deleting");
+    natd_tests::eventually(Duration::from_secs(20), "deleted", || async {
+        (state(&emu) == "deleted").then_some(())
+    })
+    .await;
+}
+
+/// Each AWS CLI call takes most of a second here: IAM's delay is longer in these tests
+/// than the default, so the calls between a creation and its use do not outlast it.
+const SLOW_IAM: &[(&str, &str)] = &[("NATD_EMU_IAM_PROPAGATION_SECS", "8")];
+
+#[tokio::test]
+async fn a_new_instance_profile_is_refused_until_it_propagates() {
+    let emu = Emulator::start_env(None, SLOW_IAM);
+    emu.aws(&[
+        "iam",
+        "create-role",
+        "--role-name",
+        "r",
+        "--assume-role-policy-document",
+        "{}",
+    ]);
+    emu.aws(&[
+        "iam",
+        "create-instance-profile",
+        "--instance-profile-name",
+        "p",
+    ]);
+    emu.aws(&[
+        "iam",
+        "add-role-to-instance-profile",
+        "--instance-profile-name",
+        "p",
+        "--role-name",
+        "r",
+    ]);
+    let data = format!(
+        "{{\"ImageId\":\"{IMAGE}\",\"InstanceType\":\"t4g.micro\",\"IamInstanceProfile\":{{\"Name\":\"p\"}}}}"
+    );
+    emu.aws(&[
+        "ec2",
+        "create-launch-template",
+        "--launch-template-name",
+        "nat-lt",
+        "--launch-template-data",
+        &data,
+    ]);
+    let group = [
+        "autoscaling",
+        "create-auto-scaling-group",
+        "--auto-scaling-group-name",
+        "g",
+        "--launch-template",
+        "LaunchTemplateName=nat-lt",
+        "--min-size",
+        "0",
+        "--max-size",
+        "1",
+        "--availability-zones",
+        "eu-west-1a",
+    ];
+    let o = aws_raw(&emu, &group);
+    assert!(!o.status.success());
+    assert!(
+        err(&o).contains("Invalid IAM Instance Profile name"),
+        "{}",
+        err(&o)
+    );
+    natd_tests::eventually(
+        Duration::from_secs(20),
+        "the profile to propagate",
+        || async { aws_raw(&emu, &group).status.success().then_some(()) },
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn lambda_functions_have_states_and_new_roles_propagate() {
+    let emu = Emulator::start_env(None, SLOW_IAM);
+    let trust = r#"{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Principal":{"Service":"lambda.amazonaws.com"},"Action":"sts:AssumeRole"}]}"#;
+    emu.aws(&[
+        "iam",
+        "create-role",
+        "--role-name",
+        "old",
+        "--assume-role-policy-document",
+        trust,
+    ]);
+    let dir = tempfile::tempdir().unwrap();
+    let zip = dir.path().join("f.zip");
+    let made = Command::new(natd_tests::python())
+        .args([
+            "-c",
+            "import sys, zipfile; z = zipfile.ZipFile(sys.argv[1], 'w'); z.writestr('index.py', 'def handler(e, c):\\n    return 1\\n'); z.close()",
+        ])
+        .arg(&zip)
+        .status()
+        .unwrap();
+    assert!(made.success());
+    let created = emu.aws(&[
+        "lambda",
+        "create-function",
+        "--function-name",
+        "f",
+        "--runtime",
+        "python3.12",
+        "--handler",
+        "index.handler",
+        "--role",
+        "arn:aws:iam::123456789012:role/old",
+        "--zip-file",
+        &format!("fileb://{}", zip.display()),
+    ]);
+    assert_eq!(created["State"], "Pending");
+    let get = |emu: &Emulator| emu.aws(&["lambda", "get-function", "--function-name", "f"]);
+    natd_tests::eventually(Duration::from_secs(20), "active", || async {
+        (get(&emu)["Configuration"]["State"] == "Active").then_some(())
+    })
+    .await;
+    // A role made a moment ago cannot be assumed by Lambda yet.
+    emu.aws(&[
+        "iam",
+        "create-role",
+        "--role-name",
+        "new",
+        "--assume-role-policy-document",
+        trust,
+    ]);
+    let to_new = [
+        "lambda",
+        "update-function-configuration",
+        "--function-name",
+        "f",
+        "--role",
+        "arn:aws:iam::123456789012:role/new",
+    ];
+    let o = aws_raw(&emu, &to_new);
+    assert!(!o.status.success());
+    assert!(
+        err(&o).contains("cannot be assumed by Lambda"),
+        "{}",
+        err(&o)
+    );
+    natd_tests::eventually(Duration::from_secs(20), "the role to propagate", || async {
+        aws_raw(&emu, &to_new).status.success().then_some(())
+    })
+    .await;
+    // Right after an update: in progress, and a second update conflicts.
+    assert_eq!(get(&emu)["Configuration"]["LastUpdateStatus"], "InProgress");
+    let o = aws_raw(
+        &emu,
+        &[
+            "lambda",
+            "update-function-configuration",
+            "--function-name",
+            "f",
+            "--timeout",
+            "10",
+        ],
+    );
+    assert!(!o.status.success());
+    assert!(err(&o).contains("ResourceConflictException"), "{}", err(&o));
+    natd_tests::eventually(Duration::from_secs(20), "the update to finish", || async {
+        (get(&emu)["Configuration"]["LastUpdateStatus"] == "Successful").then_some(())
+    })
+    .await;
+}
