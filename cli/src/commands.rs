@@ -69,8 +69,13 @@ impl Ctx {
             .block_on(f)
     }
 
-    async fn clients(&self) -> Clients {
-        Clients::connect(&self.settings).await
+    async fn clients(&self) -> Result<Clients, Failure> {
+        if let Some(p) = aws::missing_profile(&self.settings).await {
+            return Err(Failure::BadInput(format!(
+                "the config profile ({p}) could not be found in ~/.aws/config or ~/.aws/credentials (--profile, AWS_PROFILE)"
+            )));
+        }
+        Ok(Clients::connect(&self.settings).await)
     }
 
     fn aws(&self) -> impl Fn(aws::Error) -> Failure + '_ {
@@ -156,7 +161,7 @@ async fn topology_of(
 }
 
 async fn subnets_cmd(ctx: &Ctx, vpc: &str, env: Env, subnets: &SubnetLists) -> Result<(), Failure> {
-    let c = ctx.clients().await;
+    let c = ctx.clients().await?;
     let topo = topology_of(ctx, &c, vpc, env, subnets).await?;
     if ctx.json() {
         emit(&render::json(&topo)?)
@@ -179,7 +184,7 @@ async fn setup(ctx: &Ctx, a: &SetupArgs, dry_run: bool) -> Result<(), Failure> {
             "--secret, --db-instance and --db-port wire a function: name it with --lambda".into(),
         ));
     }
-    let c = ctx.clients().await;
+    let c = ctx.clients().await?;
     let topo = topology_of(ctx, &c, &a.vpc, a.env, &a.subnets).await?;
     // Every name the user gave is checked before anything changes.
     let lambda = match &a.lambda {
@@ -205,6 +210,14 @@ async fn setup(ctx: &Ctx, a: &SetupArgs, dry_run: bool) -> Result<(), Failure> {
                 .map(str::to_string)
                 .or_else(|| c.region())
                 .unwrap_or_default();
+            if r.secret_arn.is_some() {
+                lambda::check_private_dns(&c, &a.vpc)
+                    .await
+                    .map_err(|e| match e {
+                        lambda::Invalid::Api(e) => Failure::aws(e, &ctx.settings),
+                        other => Failure::BadInput(other.to_string()),
+                    })?;
+            }
             Some(lambda::Spec::new(&a.stack, &topo, &region, function, r))
         }
     };
@@ -214,6 +227,12 @@ async fn setup(ctx: &Ctx, a: &SetupArgs, dry_run: bool) -> Result<(), Failure> {
                 Some(ami) => ami.clone(),
                 None => newest_natd_ami(ctx, &c).await?,
             };
+            nat_instance::validate(&c, &ami, &a.instance_type)
+                .await
+                .map_err(|e| match e {
+                    nat_instance::Invalid::Api(e) => Failure::aws(e, &ctx.settings),
+                    other => Failure::BadInput(other.to_string()),
+                })?;
             Egress::Dev(nat_instance::Spec::new(
                 &a.stack,
                 &topo,
@@ -328,7 +347,7 @@ async fn newest_natd_ami(ctx: &Ctx, c: &Clients) -> Result<String, Failure> {
 }
 
 async fn status_cmd(ctx: &Ctx, stack: &str) -> Result<(), Failure> {
-    let c = ctx.clients().await;
+    let c = ctx.clients().await?;
     let facts = status::read(&c, stack).await.map_err(ctx.aws())?;
     if !facts.exists() {
         return Err(Failure::BadInput(format!(
@@ -349,7 +368,7 @@ async fn status_cmd(ctx: &Ctx, stack: &str) -> Result<(), Failure> {
 }
 
 async fn doctor_cmd(ctx: &Ctx, vpc: &str, lambda: Option<&str>) -> Result<(), Failure> {
-    let c = ctx.clients().await;
+    let c = ctx.clients().await?;
     let facts = doctor::read(&c, vpc, lambda).await.map_err(|e| match e {
         doctor::Invalid::Api(e) => Failure::aws(e, &ctx.settings),
         other => Failure::BadInput(other.to_string()),
@@ -374,7 +393,7 @@ async fn doctor_cmd(ctx: &Ctx, vpc: &str, lambda: Option<&str>) -> Result<(), Fa
 }
 
 async fn teardown(ctx: &Ctx, stack: &str, dry_run: bool) -> Result<(), Failure> {
-    let c = ctx.clients().await;
+    let c = ctx.clients().await?;
     let left = stack::read_leftovers(&c, stack).await.map_err(ctx.aws())?;
     let steps = stack::plan_teardown(stack, &left);
     if dry_run || steps.is_empty() {

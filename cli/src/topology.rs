@@ -97,6 +97,30 @@ pub enum Invalid {
     /// A subnet was named both public and private.
     #[error("subnet {0} is named both public and private")]
     BothPublicAndPrivate(String),
+    /// A subnet named private routes to an internet gateway: natd must never take
+    /// over its table.
+    #[error(
+        "subnet {subnet} is public, not private: its route table {table} sends 0.0.0.0/0 to {target} (--private-subnets)"
+    )]
+    NamedPrivateIsPublic {
+        /// The subnet.
+        subnet: String,
+        /// Its table.
+        table: String,
+        /// The internet gateway.
+        target: String,
+    },
+    /// A subnet named public has no route to an internet gateway: a NAT there would
+    /// reach nothing.
+    #[error(
+        "subnet {subnet} is not public: its route table {table} does not send 0.0.0.0/0 to an internet gateway (--public-subnets)"
+    )]
+    NamedPublicIsPrivate {
+        /// The subnet.
+        subnet: String,
+        /// Its table.
+        table: String,
+    },
     /// The VPC has no private subnet: nothing needs NAT.
     #[error("{0} has no private subnet (every subnet routes 0.0.0.0/0 to an internet gateway)")]
     NoPrivateSubnet(String),
@@ -144,6 +168,27 @@ pub fn classify(
             .and_then(|t| facts.defaults.get(&t).cloned().flatten())
             .is_some_and(|t| t.starts_with("igw-"))
     };
+    for s in &facts.subnets {
+        let table = table_of(s).unwrap_or_default();
+        if private.is_some_and(|pr| pr.contains(&s.id)) && routes_to_igw(s) {
+            return Err(Invalid::NamedPrivateIsPublic {
+                subnet: s.id.clone(),
+                target: facts
+                    .defaults
+                    .get(&table)
+                    .cloned()
+                    .flatten()
+                    .unwrap_or_default(),
+                table,
+            });
+        }
+        if public.is_some_and(|pu| pu.contains(&s.id)) && !routes_to_igw(s) {
+            return Err(Invalid::NamedPublicIsPrivate {
+                subnet: s.id.clone(),
+                table,
+            });
+        }
+    }
     let mut azs: BTreeMap<String, Az> = BTreeMap::new();
     let mut subnets = BTreeMap::new();
     for s in &facts.subnets {
@@ -359,6 +404,20 @@ mod tests {
             !t.private().any(|s| s == "subnet-pub-b"),
             "a discovered public subnet does not turn private"
         );
+    }
+
+    #[test]
+    fn named_subnets_must_be_what_they_are_named() {
+        let f = facts();
+        let e = classify(&f, Some(&["subnet-pub-a".to_string()]), None, false)
+            .expect_err("a public subnet named private");
+        assert!(
+            matches!(&e, Invalid::NamedPrivateIsPublic { subnet, target, .. } if subnet == "subnet-pub-a" && target == "igw-1"),
+            "{e}"
+        );
+        let e = classify(&f, None, Some(&["subnet-priv-b".to_string()]), false)
+            .expect_err("a private subnet named public");
+        assert!(e.to_string().contains("subnet-priv-b"), "{e}");
     }
 
     #[test]

@@ -30,6 +30,13 @@ Extensions, each matching documented AWS behaviour:
   UpdateFunctionConfiguration; an update meanwhile fails with ResourceConflictException.
   (CreateFunction itself does not check role propagation here: natctl never creates
   functions, and test fixtures create them right after their roles.)
+- Strictness, as on AWS: CreateAutoScalingGroup validates its launch template (an image
+  that does not exist, an unknown instance type, or an image whose architecture the
+  type does not run is a ValidationError), and RunInstances likewise
+  (InvalidAMIID.NotFound, InvalidParameterValue); IAM role and instance profile names
+  over 64 characters are a ValidationError; an interface endpoint with private DNS
+  needs the VPC's enableDnsSupport and enableDnsHostnames, and only one per service
+  and VPC may have it (InvalidParameter).
 - Every API call is recorded by operation name; GET /natd-test/calls answers the list
   (JSON), so tests and benchmarks can count calls and prove a run made no mutating one.
 - IAM enforcement (INITIAL_NO_AUTH_ACTION_COUNT) evaluates Resource ARNs and
@@ -397,6 +404,121 @@ def _update_configuration(self, config_updates):
 lambda_models.LambdaFunction.__init__ = _lambda_init
 lambda_models.LambdaFunction.get_configuration = _get_configuration
 lambda_models.LambdaFunction.update_configuration = _update_configuration
+
+
+# --- Strictness: images, instance types, IAM names, private DNS ------------------------
+
+from moto.ec2.exceptions import EC2ClientError  # noqa: E402
+from moto.ec2.models import instances as ec2_instances  # noqa: E402
+from moto.ec2.models.instance_types import INSTANCE_TYPES  # noqa: E402
+from moto.ec2.models.vpcs import VPCBackend  # noqa: E402
+from moto.iam.exceptions import ValidationError as IamValidationError  # noqa: E402
+
+
+def _launch_problem(ec2, image_id, instance_type):
+    """Why EC2 would refuse to launch this image on this type, or None."""
+    if not image_id:
+        return None
+    amis = getattr(ec2, "amis", {})
+    image = amis.get(image_id)
+    if image is None:
+        return ("InvalidAMIID.NotFound", f"The image id '[{image_id}]' does not exist")
+    if instance_type:
+        spec = INSTANCE_TYPES.get(instance_type)
+        if spec is None:
+            return ("InvalidParameterValue", f"Invalid value '{instance_type}' for InstanceType.")
+        archs = spec.get("ProcessorInfo", {}).get("SupportedArchitectures", [])
+        if archs and image.architecture not in archs:
+            return (
+                "InvalidParameterValue",
+                f"The architecture '{'/'.join(archs)}' of the specified instance type does not match "
+                f"the architecture '{image.architecture}' of the specified AMI.",
+            )
+    return None
+
+
+_orig_create_asg_strict = asg_models.AutoScalingBackend.create_auto_scaling_group
+
+
+def _create_asg_strict(self, *args, **kwargs):
+    lt = kwargs.get("launch_template") or {}
+    tid = lt.get("LaunchTemplateId") or lt.get("launch_template_id")
+    tname = lt.get("LaunchTemplateName") or lt.get("launch_template_name")
+    template = None
+    try:
+        if tid:
+            template = self.ec2_backend.get_launch_template(tid)
+        elif tname:
+            template = self.ec2_backend.get_launch_template_by_name(tname)
+    except Exception:
+        template = None
+    if template is not None:
+        data = template.default_version().data or {}
+        problem = _launch_problem(self.ec2_backend, data.get("ImageId"), data.get("InstanceType"))
+        if problem:
+            raise AsgValidationError(f"You must use a valid fully-formed launch template. {problem[1]}")
+    return _orig_create_asg_strict(self, *args, **kwargs)
+
+
+asg_models.AutoScalingBackend.create_auto_scaling_group = _create_asg_strict
+
+_orig_run_instances = ec2_instances.InstanceBackend.run_instances
+
+
+def _run_instances(self, image_id, count, user_data, security_group_names, **kwargs):
+    problem = _launch_problem(self, image_id, kwargs.get("instance_type"))
+    if problem:
+        raise EC2ClientError(problem[0], problem[1])
+    return _orig_run_instances(self, image_id, count, user_data, security_group_names, **kwargs)
+
+
+ec2_instances.InstanceBackend.run_instances = _run_instances
+
+
+def _iam_name_limit(original, key):
+    def check(self, *args, **kwargs):
+        name = kwargs.get(key) if key in kwargs else (args[0] if args else "")
+        if name and len(name) > 64:
+            raise IamValidationError(
+                f"1 validation error detected: Value '{name}' at '{key}' failed to satisfy constraint: "
+                "Member must have length less than or equal to 64"
+            )
+        return original(self, *args, **kwargs)
+
+    return check
+
+
+iam_models.IAMBackend.create_role = _iam_name_limit(iam_models.IAMBackend.create_role, "role_name")
+iam_models.IAMBackend.create_instance_profile = _iam_name_limit(
+    iam_models.IAMBackend.create_instance_profile, "name"
+)
+
+_orig_create_vpc_endpoint = VPCBackend.create_vpc_endpoint
+
+
+def _create_vpc_endpoint(self, vpc_id, service_name, endpoint_type, *args, **kwargs):
+    if kwargs.get("private_dns_enabled") and (endpoint_type or "").lower() == "interface":
+        vpc = self.get_vpc(vpc_id)
+        if not (vpc.enable_dns_support and vpc.enable_dns_hostnames):
+            raise EC2ClientError(
+                "InvalidParameter",
+                f"Enabling private DNS requires both enableDnsSupport and enableDnsHostnames VPC attributes set to true for {vpc_id}",
+            )
+        for e in self.vpc_end_points.values():
+            if (
+                e.vpc_id == vpc_id
+                and e.service_name == service_name
+                and e.private_dns_enabled
+                and str(getattr(e, "state", "available")).lower() not in ("deleted", "deleting")
+            ):
+                raise EC2ClientError(
+                    "InvalidParameter",
+                    f"private-dns-enabled cannot be set because there is already a conflicting DNS domain for {service_name} in the VPC {vpc_id}",
+                )
+    return _orig_create_vpc_endpoint(self, vpc_id, service_name, endpoint_type, *args, **kwargs)
+
+
+VPCBackend.create_vpc_endpoint = _create_vpc_endpoint
 
 
 # --- IAM: resource ARNs and tag conditions --------------------------------------------

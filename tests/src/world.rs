@@ -13,8 +13,9 @@ use natd::contract::{EGRESS_TAG, STACK_TAG};
 use std::path::PathBuf;
 use std::process::{Child, Output, Stdio};
 
-/// An ARM image id from moto's catalogue.
-pub const IMAGE: &str = "ami-12c6146b";
+/// An arm64 image from the emulator's catalogue: Amazon Linux 2023 minimal, the base of
+/// natd's AMI (t4g instances run only arm64 images).
+pub const IMAGE: &str = "ami-069e86854ff1917d2";
 
 /// The VPC and its parts.
 #[derive(Debug, Clone)]
@@ -50,6 +51,18 @@ impl World {
             .await
             .unwrap();
         let vpc = vpc.vpc().unwrap().vpc_id().unwrap().to_string();
+        // DNS hostnames on, as a VPC with interface endpoints (private DNS) needs; AWS
+        // leaves them off in a new VPC.
+        ec2.modify_vpc_attribute()
+            .vpc_id(&vpc)
+            .enable_dns_hostnames(
+                aws_sdk_ec2::types::AttributeBooleanValue::builder()
+                    .value(true)
+                    .build(),
+            )
+            .send()
+            .await
+            .unwrap();
         let igw = ec2.create_internet_gateway().send().await.unwrap();
         let igw = igw
             .internet_gateway()

@@ -606,3 +606,32 @@ async fn a_stack_wires_one_function_and_refuses_a_second() {
         "arn:aws:iam::123456789012:role/app-original"
     );
 }
+
+#[tokio::test]
+async fn a_private_dns_endpoint_needs_the_vpc_dns_attributes() {
+    let emu = Emulator::start();
+    let w = World::new(&emu.sdk()).await;
+    application(&emu, &w);
+    emu.aws(&[
+        "ec2",
+        "modify-vpc-attribute",
+        "--vpc-id",
+        &w.vpc,
+        "--no-enable-dns-hostnames",
+    ]);
+    let before = snapshot(&emu, &w.vpc);
+    let out = natctl(
+        &emu,
+        &[
+            "setup", "--env", "dev", "--vpc", &w.vpc, "--name", "dns", "--ami", IMAGE, "--lambda",
+            "app", "--secret", "app/db",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&w.vpc) && err.contains("enableDnsHostnames"),
+        "{err}"
+    );
+    assert_eq!(snapshot(&emu, &w.vpc), before, "nothing created");
+}

@@ -230,6 +230,102 @@ async fn bad_input_is_refused_before_anything_is_created() {
             "subnet-0ffffffffffffffff",
         ),
         (vec!["setup", "--env", "dev", "--vpc", &w.vpc], "natd:ami"),
+        // An x86_64 image for an arm64 instance type.
+        (
+            vec![
+                "setup",
+                "--env",
+                "dev",
+                "--vpc",
+                &w.vpc,
+                "--ami",
+                "ami-12c6146b",
+            ],
+            "x86_64",
+        ),
+        (
+            vec![
+                "setup",
+                "--env",
+                "dev",
+                "--vpc",
+                &w.vpc,
+                "--ami",
+                "ami-0000000000000dead",
+            ],
+            "ami-0000000000000dead",
+        ),
+        (
+            vec![
+                "setup",
+                "--env",
+                "dev",
+                "--vpc",
+                &w.vpc,
+                "--ami",
+                IMAGE,
+                "--instance-type",
+                "t9z.huge",
+            ],
+            "t9z.huge",
+        ),
+        // A public subnet named private: natd would take over an internet gateway route.
+        (
+            vec![
+                "setup",
+                "--env",
+                "dev",
+                "--vpc",
+                &w.vpc,
+                "--ami",
+                IMAGE,
+                "--private-subnets",
+                &w.public_subnet,
+            ],
+            "is public, not private",
+        ),
+        (
+            vec![
+                "setup",
+                "--env",
+                "dev",
+                "--vpc",
+                &w.vpc,
+                "--ami",
+                IMAGE,
+                "--public-subnets",
+                &w.private_subnets[0],
+            ],
+            "is not public",
+        ),
+        (
+            vec![
+                "--profile",
+                "no-such-profile",
+                "setup",
+                "--env",
+                "dev",
+                "--vpc",
+                &w.vpc,
+                "--ami",
+                IMAGE,
+            ],
+            "no-such-profile",
+        ),
+        (
+            vec![
+                "setup",
+                "--env",
+                "dev",
+                "--vpc",
+                &w.vpc,
+                "--ami",
+                IMAGE,
+                "--name",
+                "a-stack-name-longer-than-iam-allows",
+            ],
+            "a-stack-name-longer-than-iam-allows",
+        ),
     ] {
         let out = natctl(&emu, &args);
         assert_eq!(out.status.code(), Some(2), "{args:?}: {}", text(&out));

@@ -43,6 +43,24 @@ impl Settings {
     }
 }
 
+/// The profile `--profile` or `AWS_PROFILE` names, when it is in neither
+/// `~/.aws/config` nor `~/.aws/credentials`: refused as the AWS CLI refuses it, rather
+/// than falling back silently to other credentials.
+pub async fn missing_profile(s: &Settings) -> Option<String> {
+    use aws_types::os_shim_internal::{Env, Fs};
+    let name = s
+        .profile
+        .clone()
+        .or_else(|| std::env::var("AWS_PROFILE").ok())
+        .filter(|p| !p.is_empty())?;
+    let files = aws_runtime::env_config::file::EnvConfigFiles::default();
+    let found = aws_config::profile::load(&Fs::real(), &Env::real(), &files, None)
+        .await
+        .ok()
+        .is_some_and(|set| set.get_profile(&name).is_some());
+    (!found).then_some(name)
+}
+
 /// Attempts per call: the SDK's standard mode backs off exponentially with jitter on
 /// throttling, 5xx and timeouts; 3 attempts as the AWS CLI's standard mode.
 const MAX_ATTEMPTS: u32 = 3;

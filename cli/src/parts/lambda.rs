@@ -444,9 +444,55 @@ pub enum Invalid {
         /// The stack's VPC.
         vpc: String,
     },
+    /// The VPC cannot give the endpoint private DNS.
+    #[error(
+        "VPC {vpc} has {off} off: the Secrets Manager endpoint's private DNS needs enableDnsSupport and enableDnsHostnames (aws ec2 modify-vpc-attribute --vpc-id {vpc} --enable-dns-hostnames '{{\"Value\":true}}', and likewise --enable-dns-support)"
+    )]
+    VpcDns {
+        /// The VPC.
+        vpc: String,
+        /// The attributes that are off.
+        off: String,
+    },
     /// A call failed.
     #[error(transparent)]
     Api(#[from] Error),
+}
+
+/// Checks that `vpc` can give the Secrets Manager endpoint private DNS: AWS requires
+/// its enableDnsSupport and enableDnsHostnames. natctl does not change VPC-wide
+/// settings; it says which to turn on.
+pub async fn check_private_dns(c: &Clients, vpc: &str) -> Result<(), Invalid> {
+    use aws_sdk_ec2::types::VpcAttributeName;
+    let mut off = Vec::new();
+    for (attr, name) in [
+        (VpcAttributeName::EnableDnsSupport, "enableDnsSupport"),
+        (VpcAttributeName::EnableDnsHostnames, "enableDnsHostnames"),
+    ] {
+        let r = c
+            .ec2
+            .describe_vpc_attribute()
+            .vpc_id(vpc)
+            .attribute(attr)
+            .send()
+            .await
+            .map_err(err("DescribeVpcAttribute", vpc))?;
+        let on = match name {
+            "enableDnsSupport" => r.enable_dns_support().and_then(|v| v.value()),
+            _ => r.enable_dns_hostnames().and_then(|v| v.value()),
+        };
+        if on != Some(true) {
+            off.push(name);
+        }
+    }
+    if off.is_empty() {
+        Ok(())
+    } else {
+        Err(Invalid::VpcDns {
+            vpc: vpc.to_string(),
+            off: off.join(" and "),
+        })
+    }
 }
 
 /// What the user named, resolved.

@@ -442,6 +442,118 @@ pub async fn read(c: &Clients, spec: &Spec) -> Result<Observed, Error> {
     Ok(o)
 }
 
+/// Why the NAT instance cannot be launched as asked.
+#[derive(Debug, thiserror::Error)]
+pub enum Invalid {
+    /// The image does not exist, or this account cannot read it.
+    #[error("AMI {ami} not found in this region, or not readable to this account (--ami)")]
+    NoImage {
+        /// The image.
+        ami: String,
+    },
+    /// The instance type does not exist in the region.
+    #[error("instance type {instance_type} does not exist in this region (--instance-type)")]
+    NoInstanceType {
+        /// The type.
+        instance_type: String,
+    },
+    /// The image's architecture is not one the type runs.
+    #[error(
+        "AMI {ami} is {arch}, and {instance_type} runs only {runs}: natd's AMI is arm64, for Graviton types such as t4g.micro (--ami, --instance-type)"
+    )]
+    Architecture {
+        /// The image.
+        ami: String,
+        /// Its architecture.
+        arch: String,
+        /// The type.
+        instance_type: String,
+        /// What the type runs.
+        runs: String,
+    },
+    /// A call failed.
+    #[error(transparent)]
+    Api(#[from] Error),
+}
+
+/// Checks, before anything changes, that `ami` exists, is readable, and runs on
+/// `instance_type`, which exists in the region.
+pub async fn validate(c: &Clients, ami: &str, instance_type: &str) -> Result<(), Invalid> {
+    let images = c.ec2.describe_images().image_ids(ami).send().await;
+    let image = match images.map_err(crate::aws::ApiFailure::from) {
+        Ok(r) => r.images().first().cloned(),
+        Err(e)
+            if e.code
+                .as_deref()
+                .is_some_and(|c| c.starts_with("InvalidAMIID")) =>
+        {
+            None
+        }
+        Err(source) => {
+            return Err(Invalid::Api(Error::Call {
+                op: "DescribeImages",
+                target: ami.to_string(),
+                source,
+            }));
+        }
+    };
+    let Some(image) = image else {
+        return Err(Invalid::NoImage {
+            ami: ami.to_string(),
+        });
+    };
+    let types = c
+        .ec2
+        .describe_instance_types()
+        .instance_types(aws_sdk_ec2::types::InstanceType::from(instance_type))
+        .send()
+        .await;
+    let kind = match types.map_err(crate::aws::ApiFailure::from) {
+        Ok(r) => r.instance_types().first().cloned(),
+        Err(e)
+            if e.code
+                .as_deref()
+                .is_some_and(|c| c.contains("InstanceType")) =>
+        {
+            None
+        }
+        Err(source) => {
+            return Err(Invalid::Api(Error::Call {
+                op: "DescribeInstanceTypes",
+                target: instance_type.to_string(),
+                source,
+            }));
+        }
+    };
+    let Some(kind) = kind else {
+        return Err(Invalid::NoInstanceType {
+            instance_type: instance_type.to_string(),
+        });
+    };
+    let runs: Vec<String> = kind
+        .processor_info()
+        .map(|p| {
+            p.supported_architectures()
+                .iter()
+                .map(|a| a.as_str().to_string())
+                .collect()
+        })
+        .unwrap_or_default();
+    let arch = image
+        .architecture()
+        .map(|a| a.as_str().to_string())
+        .unwrap_or_default();
+    if !runs.is_empty() && !runs.contains(&arch) {
+        return Err(Invalid::Architecture {
+            ami: ami.to_string(),
+            arch,
+            instance_type: instance_type.to_string(),
+            runs: runs.join(", "),
+        });
+    }
+    Ok(())
+}
+
 /// AWS's answer while a new instance profile has not propagated in IAM.
 fn profile_not_propagated(e: &crate::aws::ApiFailure) -> bool {
     e.is("ValidationError") && e.message.contains("Invalid IAM Instance Profile")
