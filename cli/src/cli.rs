@@ -61,6 +61,15 @@ pub enum Env {
     Prod,
 }
 
+/// Who may use the Secrets Manager endpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum EndpointAccess {
+    /// LambdaSG only.
+    Lambda,
+    /// The VPC's CIDRs.
+    Vpc,
+}
+
 /// A stack name, checked against the rule natd applies too.
 fn stack_name(s: &str) -> Result<String, String> {
     natd::contract::check_stack_name(s)
@@ -114,6 +123,12 @@ pub struct SetupArgs {
     /// endpoint with private DNS, SecretsManagerSG, GetSecretValue on it alone.
     #[arg(long, value_name = "SECRET_ARN_OR_NAME")]
     pub secret: Option<String>,
+    /// Who may use the Secrets Manager endpoint. Its private DNS sends every workload
+    /// of the VPC to it: `vpc` (default) admits the VPC's CIDRs, so every workload keeps
+    /// Secrets Manager and IAM decides what each reads; `lambda` admits LambdaSG only,
+    /// and every other workload of the VPC loses Secrets Manager.
+    #[arg(long, value_enum, default_value_t = EndpointAccess::Vpc)]
+    pub endpoint_access: EndpointAccess,
     /// The RDS instance the function uses: DatabaseSG admitting its port from
     /// LambdaSG, attached to it.
     #[arg(long, value_name = "ID", conflicts_with = "db_port")]

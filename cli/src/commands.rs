@@ -218,7 +218,13 @@ async fn setup(ctx: &Ctx, a: &SetupArgs, dry_run: bool) -> Result<(), Failure> {
                         other => Failure::BadInput(other.to_string()),
                     })?;
             }
-            Some(lambda::Spec::new(&a.stack, &topo, &region, function, r))
+            let access = match a.endpoint_access {
+                crate::cli::EndpointAccess::Lambda => lambda::EndpointAccess::Lambda,
+                crate::cli::EndpointAccess::Vpc => lambda::EndpointAccess::Vpc,
+            };
+            Some(lambda::Spec::new(
+                &a.stack, &topo, &region, function, r, access,
+            ))
         }
     };
     let egress = match a.env {

@@ -136,9 +136,21 @@ fn lambda_action(a: &lambda::Action, spec: &lambda::Spec) -> String {
     };
     match a {
         Action::CreateGroup { group } => format!("security group {}", sg(*group)),
+        Action::AdmitFromLambda { group, port } if *group == Group::SecretsManager => format!(
+            "{}: admit TCP {port} from LambdaSG only; private DNS sends every workload of the VPC to this endpoint, so workloads without LambdaSG lose Secrets Manager (--endpoint-access vpc keeps them)",
+            sg(*group)
+        ),
         Action::AdmitFromLambda { group, port } => {
             format!("{}: admit TCP {port} from LambdaSG only", sg(*group))
         }
+        Action::AdmitFromVpc { port, cidrs } => format!(
+            "SecretsManagerSG {}: admit TCP {port} from the VPC ({}); private DNS sends every workload of the VPC to this endpoint, and all keep Secrets Manager",
+            Group::SecretsManager.name(&spec.stack),
+            list(cidrs)
+        ),
+        Action::JoinEndpoint { endpoint } => format!(
+            "add SecretsManagerSG to the VPC's Secrets Manager endpoint {endpoint} (not this stack's; AWS allows one with private DNS per VPC)"
+        ),
         Action::CreateEndpoint => format!(
             "interface endpoint {} in {} with private DNS",
             spec.service(),
@@ -243,6 +255,9 @@ pub fn removal(r: &Remove) -> String {
                     format!("DatabaseSG on DB instance {db_instance}")
                 }
                 Removal::DeleteEndpoint { id } => format!("VPC endpoint {id}"),
+                Removal::LeaveEndpoint { endpoint, group } => {
+                    format!("SecretsManagerSG {group} on endpoint {endpoint} (the endpoint stays)")
+                }
                 Removal::DeleteSecurityGroup { group, id } => {
                     format!("security group {id} ({group:?}SG)")
                 }

@@ -31,6 +31,8 @@ pub struct Facts {
     pub defaults: BTreeMap<String, Option<String>>,
     /// Which table each subnet uses.
     pub associations: Associations,
+    /// The VPC's IPv4 CIDR blocks.
+    pub cidrs: Vec<String>,
 }
 
 /// One AZ of the VPC.
@@ -69,6 +71,8 @@ pub struct Topology {
     pub shared_private_tables: BTreeSet<String>,
     /// Every public and private subnet above.
     pub subnets: BTreeMap<String, SubnetInfo>,
+    /// The VPC's IPv4 CIDR blocks.
+    pub vpc_cidrs: Vec<String>,
 }
 
 impl Topology {
@@ -255,6 +259,7 @@ pub fn classify(
         azs,
         shared_private_tables,
         subnets,
+        vpc_cidrs: facts.cidrs.clone(),
     })
 }
 
@@ -267,9 +272,22 @@ pub async fn read(c: &Clients, vpc: &str) -> Result<Option<Facts>, Error> {
         .send()
         .await
         .map_err(crate::aws::err("DescribeVpcs", vpc))?;
-    if found.vpcs().is_empty() {
+    let Some(v) = found.vpcs().first() else {
         return Ok(None);
-    }
+    };
+    let cidrs: Vec<String> = v
+        .cidr_block_association_set()
+        .iter()
+        .filter(|a| {
+            a.cidr_block_state()
+                .and_then(|s| s.state())
+                .is_none_or(|s| s.as_str() == "associated")
+        })
+        .filter_map(|a| a.cidr_block().map(str::to_string))
+        .chain(v.cidr_block().map(str::to_string))
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect();
     let tables = read::vpc_tables(c, vpc).await?;
     let defaults = tables
         .iter()
@@ -296,6 +314,7 @@ pub async fn read(c: &Clients, vpc: &str) -> Result<Option<Facts>, Error> {
         subnets,
         defaults,
         associations: Associations::from_tables(&tables),
+        cidrs,
     }))
 }
 
@@ -334,6 +353,7 @@ mod tests {
                 .into(),
                 main: Some("rtb-main".into()),
             },
+            cidrs: vec!["10.0.0.0/16".into()],
         }
     }
 

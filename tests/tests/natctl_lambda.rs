@@ -173,9 +173,17 @@ async fn lambda_wiring_is_exactly_as_stated_and_teardown_restores_the_function()
         "app/db",
         "--db-instance",
         "app-db",
+        "--endpoint-access",
+        "lambda",
     ];
     let out = natctl(&emu, &setup);
     assert!(out.status.success(), "{}", text(&out));
+    // The plan says what LambdaSG-only access costs the rest of the VPC.
+    assert!(
+        stdout(&out).contains("workloads without LambdaSG lose Secrets Manager"),
+        "{}",
+        text(&out)
+    );
 
     // Security groups: the database and the endpoint admit only LambdaSG, on their port.
     let lambda_sg = group(&emu, "natd-app-lambda");
@@ -634,4 +642,149 @@ async fn a_private_dns_endpoint_needs_the_vpc_dns_attributes() {
         "{err}"
     );
     assert_eq!(snapshot(&emu, &w.vpc), before, "nothing created");
+}
+
+#[tokio::test]
+async fn by_default_the_endpoint_serves_the_whole_vpc_and_an_existing_one_is_joined() {
+    let emu = Emulator::start();
+    let w = World::new(&emu.sdk()).await;
+    application(&emu, &w);
+    // Someone already has a Secrets Manager endpoint with private DNS in this VPC.
+    let theirs_sg = emu.aws(&[
+        "ec2",
+        "create-security-group",
+        "--group-name",
+        "theirs",
+        "--description",
+        "x",
+        "--vpc-id",
+        &w.vpc,
+    ])["GroupId"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let theirs = emu.aws(&[
+        "ec2",
+        "create-vpc-endpoint",
+        "--vpc-id",
+        &w.vpc,
+        "--vpc-endpoint-type",
+        "Interface",
+        "--service-name",
+        "com.amazonaws.eu-west-1.secretsmanager",
+        "--subnet-ids",
+        &w.private_subnets[0],
+        "--security-group-ids",
+        &theirs_sg,
+        "--private-dns-enabled",
+    ])["VpcEndpoint"]["VpcEndpointId"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let before = snapshot(&emu, &w.vpc);
+    let setup = [
+        "setup", "--env", "dev", "--vpc", &w.vpc, "--name", "vpcwide", "--ami", IMAGE, "--lambda",
+        "app", "--secret", "app/db",
+    ];
+    let out = natctl(&emu, &setup);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        stdout(&out).contains("all keep Secrets Manager"),
+        "{}",
+        text(&out)
+    );
+    // SecretsManagerSG admits HTTPS from the VPC's CIDR.
+    let sm_sg = group(&emu, "natd-vpcwide-secretsmanager");
+    assert_eq!(
+        ingress(&sm_sg),
+        vec![(
+            "tcp".into(),
+            443,
+            443,
+            vec![],
+            vec!["10.20.0.0/16".to_string()]
+        )]
+    );
+    // No second endpoint: theirs carries SecretsManagerSG now, next to their own group.
+    let filter = format!("Name=vpc-id,Values={}", w.vpc);
+    let e = emu.aws(&["ec2", "describe-vpc-endpoints", "--filters", &filter]);
+    let e = e["VpcEndpoints"].as_array().unwrap();
+    assert_eq!(e.len(), 1, "{e:?}");
+    assert_eq!(e[0]["VpcEndpointId"], theirs.as_str());
+    let groups: Vec<&str> = e[0]["Groups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|g| g["GroupId"].as_str().unwrap())
+        .collect();
+    assert!(
+        groups.contains(&theirs_sg.as_str())
+            && groups.contains(&sm_sg["GroupId"].as_str().unwrap()),
+        "{groups:?}"
+    );
+    let again = natctl(&emu, &setup);
+    assert_eq!(
+        stdout(&again).trim(),
+        "No changes necessary.",
+        "{}",
+        text(&again)
+    );
+    // Teardown: their endpoint stays, as it was.
+    let out = natctl(&emu, &["teardown", "--name", "vpcwide"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(snapshot(&emu, &w.vpc), before);
+}
+
+#[tokio::test]
+async fn a_secret_under_a_customer_managed_key_gets_decrypt_through_secrets_manager_only() {
+    let emu = Emulator::start();
+    let w = World::new(&emu.sdk()).await;
+    application(&emu, &w);
+    let key = "1234abcd-12ab-34cd-56ef-1234567890ab";
+    let secret = emu.aws(&[
+        "secretsmanager",
+        "create-secret",
+        "--name",
+        "app/kms",
+        "--kms-key-id",
+        key,
+        "--secret-string",
+        "{}",
+    ])["ARN"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let out = natctl(
+        &emu,
+        &[
+            "setup", "--env", "dev", "--vpc", &w.vpc, "--name", "kms", "--ami", IMAGE, "--lambda",
+            "app", "--secret", "app/kms",
+        ],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    let p = emu.aws(&[
+        "iam",
+        "get-role-policy",
+        "--role-name",
+        "natd-kms-lambda",
+        "--policy-name",
+        "natd-kms-lambda",
+    ]);
+    let kms: Vec<&serde_json::Value> = p["PolicyDocument"]["Statement"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| s["Action"] == "kms:Decrypt")
+        .collect();
+    assert_eq!(kms.len(), 1, "{p}");
+    assert!(
+        kms[0]["Resource"]
+            .as_str()
+            .unwrap()
+            .ends_with(&format!("key/{key}"))
+    );
+    assert_eq!(
+        kms[0]["Condition"]["StringEquals"]["kms:EncryptionContext:SecretARN"],
+        secret.as_str()
+    );
 }

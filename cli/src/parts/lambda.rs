@@ -165,12 +165,39 @@ pub struct Spec {
     pub subnets: BTreeSet<String>,
     /// One of them per AZ, for the endpoint.
     pub endpoint_subnets: BTreeSet<String>,
+    /// Who may use the Secrets Manager endpoint.
+    pub endpoint_access: EndpointAccess,
+    /// The VPC's CIDR blocks (what [`EndpointAccess::Vpc`] admits).
+    pub vpc_cidrs: BTreeSet<String>,
+    /// The customer-managed KMS key the secret is encrypted with, when it names one.
+    pub kms_key: Option<String>,
+}
+
+/// Who may use the Secrets Manager endpoint. Private DNS sends every workload in the
+/// VPC to the endpoint for Secrets Manager, so its security group decides who can reach
+/// Secrets Manager at all from the VPC.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EndpointAccess {
+    /// Only LambdaSG: least privilege on the network, and every other workload of the
+    /// VPC loses Secrets Manager (its calls time out instead of going through NAT).
+    Lambda,
+    /// The VPC's CIDRs: every workload keeps Secrets Manager; IAM and the secret's
+    /// policies decide what each may read.
+    Vpc,
 }
 
 impl Spec {
     /// The spec for `topo`: the function runs in every private subnet, the endpoint in
     /// the first private subnet of each AZ.
-    pub fn new(stack: &str, topo: &Topology, region: &str, function: &str, r: Resolved) -> Self {
+    pub fn new(
+        stack: &str,
+        topo: &Topology,
+        region: &str,
+        function: &str,
+        r: Resolved,
+        access: EndpointAccess,
+    ) -> Self {
         Spec {
             stack: stack.to_string(),
             vpc: topo.vpc_id.clone(),
@@ -186,6 +213,9 @@ impl Spec {
                 .values()
                 .filter_map(|z| z.private.first().cloned())
                 .collect(),
+            endpoint_access: access,
+            vpc_cidrs: topo.vpc_cidrs.iter().cloned().collect(),
+            kms_key: r.kms_key,
         }
     }
 
@@ -228,6 +258,30 @@ pub fn role_policy(spec: &Spec) -> serde_json::Value {
             "Action": "secretsmanager:GetSecretValue",
             "Resource": secret
         }));
+        if let Some(key) = &spec.kms_key {
+            // Only through Secrets Manager, and only for this secret's encryption
+            // context. A key named by alias is not a resource IAM can match for
+            // Decrypt: then the conditions alone scope it.
+            let resource = if key.starts_with("arn:") && !key.contains(":alias/") {
+                key.clone()
+            } else if !key.starts_with("alias/") && !key.contains(":alias/") {
+                format!("arn:aws:kms:{}:{account}:key/{key}", spec.region)
+            } else {
+                "*".to_string()
+            };
+            statements.push(serde_json::json!({
+                "Sid": "DecryptThisSecret",
+                "Effect": "Allow",
+                "Action": "kms:Decrypt",
+                "Resource": resource,
+                "Condition": {
+                    "StringEquals": {
+                        "kms:ViaService": format!("secretsmanager.{}.amazonaws.com", spec.region),
+                        "kms:EncryptionContext:SecretARN": secret
+                    }
+                }
+            }));
+        }
     }
     serde_json::json!({"Version": "2012-10-17", "Statement": statements})
 }
@@ -239,6 +293,8 @@ pub struct SgObs {
     pub id: String,
     /// (protocol, from port, source group id).
     pub ingress: BTreeSet<(String, i32, String)>,
+    /// (protocol, from port, source CIDR).
+    pub cidr_ingress: BTreeSet<(String, i32, String)>,
 }
 
 /// The function as read.
@@ -271,6 +327,9 @@ pub struct Observed {
     pub db_groups: BTreeSet<String>,
     /// The function the stack's execution role was made for, when it exists.
     pub wired: Option<String>,
+    /// A Secrets Manager endpoint with private DNS in the VPC that is not the stack's
+    /// (AWS allows one per VPC): (id, its security groups). The stack joins it.
+    pub shared_endpoint: Option<(String, BTreeSet<String>)>,
     /// Same-named resources without the stack's tag: (kind, name or id).
     pub foreign: Vec<(&'static str, String)>,
 }
@@ -291,8 +350,21 @@ pub enum Action {
         /// Port.
         port: u16,
     },
+    /// Admit TCP `port` from the VPC's CIDRs on SecretsManagerSG.
+    AdmitFromVpc {
+        /// Port.
+        port: u16,
+        /// The CIDRs.
+        cidrs: Vec<String>,
+    },
     /// Create the Secrets Manager interface endpoint with private DNS.
     CreateEndpoint,
+    /// Add SecretsManagerSG to the VPC's existing Secrets Manager endpoint (not the
+    /// stack's: AWS allows one with private DNS per VPC).
+    JoinEndpoint {
+        /// `vpce-...`
+        endpoint: String,
+    },
     /// Fix the endpoint: private DNS on, its subnets and SecretsManagerSG.
     ModifyEndpoint,
     /// Create the execution role (trust: Lambda).
@@ -375,16 +447,45 @@ pub fn plan(spec: &Spec, o: &Observed) -> Result<Vec<Action>, Refusal> {
         });
     }
     if spec.secret_arn.is_some() {
-        if !admits(Group::SecretsManager, 443) {
-            out.push(Action::AdmitFromLambda {
-                group: Group::SecretsManager,
-                port: 443,
-            });
+        match spec.endpoint_access {
+            EndpointAccess::Lambda if !admits(Group::SecretsManager, 443) => {
+                out.push(Action::AdmitFromLambda {
+                    group: Group::SecretsManager,
+                    port: 443,
+                });
+            }
+            EndpointAccess::Vpc => {
+                let have = o
+                    .groups
+                    .get(&Group::SecretsManager)
+                    .map(|g| g.cidr_ingress.clone())
+                    .unwrap_or_default();
+                let missing: Vec<String> = spec
+                    .vpc_cidrs
+                    .iter()
+                    .filter(|c| !have.contains(&("tcp".to_string(), 443, (*c).clone())))
+                    .cloned()
+                    .collect();
+                if !missing.is_empty() {
+                    out.push(Action::AdmitFromVpc {
+                        port: 443,
+                        cidrs: missing,
+                    });
+                }
+            }
+            EndpointAccess::Lambda => {}
         }
-        match &o.endpoint {
-            None => out.push(Action::CreateEndpoint),
-            Some((_, dns, subnets, groups)) => {
-                let sm = o.groups.get(&Group::SecretsManager).map(|g| &g.id);
+        let sm = o.groups.get(&Group::SecretsManager).map(|g| &g.id);
+        match (&o.endpoint, &o.shared_endpoint) {
+            (None, Some((id, groups))) => {
+                if sm.is_none_or(|sm| !groups.contains(sm)) {
+                    out.push(Action::JoinEndpoint {
+                        endpoint: id.clone(),
+                    });
+                }
+            }
+            (None, None) => out.push(Action::CreateEndpoint),
+            (Some((_, dns, subnets, groups)), _) => {
                 if !dns
                     || *subnets != spec.endpoint_subnets
                     || sm.is_none_or(|id| !groups.contains(id))
@@ -506,6 +607,9 @@ pub struct Resolved {
     pub db_instance: Option<String>,
     /// The database port: the DB instance's, or the one given.
     pub db_port: Option<u16>,
+    /// The customer-managed KMS key of the secret, when it has one (DescribeSecret's
+    /// KmsKeyId; the AWS-managed `aws/secretsmanager` key needs no grant).
+    pub kms_key: Option<String>,
 }
 
 /// Checks that the function, secret and DB instance exist (and the DB is in `vpc`).
@@ -528,8 +632,8 @@ pub async fn resolve(
         .and_then(|c| c.function_arn())
         .unwrap_or_default()
         .to_string();
-    let secret_arn = match secret {
-        None => None,
+    let (secret_arn, kms_key) = match secret {
+        None => (None, None),
         Some(s) => {
             let d = found(
                 c.secrets.describe_secret().secret_id(s).send().await,
@@ -537,7 +641,12 @@ pub async fn resolve(
                 s,
             )?
             .ok_or_else(|| Invalid::NoSecret(s.to_string()))?;
-            Some(d.arn().unwrap_or_default().to_string())
+            (
+                Some(d.arn().unwrap_or_default().to_string()),
+                d.kms_key_id()
+                    .filter(|k| !k.ends_with("alias/aws/secretsmanager"))
+                    .map(str::to_string),
+            )
         }
     };
     let port = match db_instance {
@@ -583,6 +692,7 @@ pub async fn resolve(
     Ok(Resolved {
         function_arn,
         secret_arn,
+        kms_key,
         db_instance: db_instance.map(str::to_string),
         db_port: db_port.or(port),
     })
@@ -622,7 +732,27 @@ async fn stack_groups(
                 })
             })
             .collect();
-        out.insert(kind, SgObs { id, ingress });
+        let cidr_ingress = g
+            .ip_permissions()
+            .iter()
+            .flat_map(|p| {
+                p.ip_ranges().iter().filter_map(|r| {
+                    Some((
+                        p.ip_protocol()?.to_string(),
+                        p.from_port()?,
+                        r.cidr_ip()?.to_string(),
+                    ))
+                })
+            })
+            .collect();
+        out.insert(
+            kind,
+            SgObs {
+                id,
+                ingress,
+                cidr_ingress,
+            },
+        );
     }
     Ok((out, foreign))
 }
@@ -686,6 +816,29 @@ pub async fn read(c: &Clients, spec: &Spec) -> Result<Observed, Error> {
                 .filter_map(|g| g.group_id().map(str::to_string))
                 .collect(),
         ));
+    }
+    if spec.secret_arn.is_some() {
+        let service = spec.service();
+        o.shared_endpoint = read::vpc_endpoints(
+            c,
+            vec![
+                crate::aws::names::filter("vpc-id", &[&spec.vpc]),
+                crate::aws::names::filter("service-name", &[&service]),
+            ],
+            &service,
+        )
+        .await?
+        .iter()
+        .find(|e| !of_stack(e.tags(), &spec.stack) && e.private_dns_enabled() == Some(true))
+        .map(|e| {
+            (
+                e.vpc_endpoint_id().unwrap_or_default().to_string(),
+                e.groups()
+                    .iter()
+                    .filter_map(|g| g.group_id().map(str::to_string))
+                    .collect(),
+            )
+        });
     }
     let role = spec.role();
     if let Some((arn, tags)) = read::role(c, &role).await? {
@@ -823,6 +976,44 @@ pub async fn apply(
                     .send()
                     .await
                     .map_err(err("AuthorizeSecurityGroupIngress", &id))?;
+            }
+            Action::AdmitFromVpc { port, cidrs } => {
+                let id = groups
+                    .get(&Group::SecretsManager)
+                    .cloned()
+                    .unwrap_or_default();
+                let mut perm = IpPermission::builder()
+                    .ip_protocol("tcp")
+                    .from_port(i32::from(*port))
+                    .to_port(i32::from(*port));
+                for cidr in cidrs {
+                    perm = perm.ip_ranges(
+                        aws_sdk_ec2::types::IpRange::builder()
+                            .cidr_ip(cidr)
+                            .description("the VPC")
+                            .build(),
+                    );
+                }
+                c.ec2
+                    .authorize_security_group_ingress()
+                    .group_id(&id)
+                    .ip_permissions(perm.build())
+                    .send()
+                    .await
+                    .map_err(err("AuthorizeSecurityGroupIngress", &id))?;
+            }
+            Action::JoinEndpoint { endpoint } => {
+                let sg = groups
+                    .get(&Group::SecretsManager)
+                    .cloned()
+                    .unwrap_or_default();
+                c.ec2
+                    .modify_vpc_endpoint()
+                    .vpc_endpoint_id(endpoint)
+                    .add_security_group_ids(sg)
+                    .send()
+                    .await
+                    .map_err(err("ModifyVpcEndpoint", endpoint))?;
             }
             Action::CreateEndpoint => {
                 let sg = groups
@@ -973,6 +1164,8 @@ pub struct Existing {
     pub databases: Vec<(String, Vec<String>)>,
     /// The stack's Secrets Manager endpoints.
     pub endpoints: Vec<String>,
+    /// Endpoints of others the stack joined: (endpoint, SecretsManagerSG).
+    pub joined: Vec<(String, String)>,
     /// The stack's security groups.
     pub groups: BTreeMap<Group, String>,
     /// The execution role (with the stack's tag).
@@ -1000,6 +1193,13 @@ pub enum Removal {
     DeleteEndpoint {
         /// `vpce-...`
         id: String,
+    },
+    /// Take SecretsManagerSG off an endpoint the stack joined (it stays).
+    LeaveEndpoint {
+        /// `vpce-...`
+        endpoint: String,
+        /// SecretsManagerSG.
+        group: String,
     },
     /// Delete one of the stack's security groups.
     DeleteSecurityGroup {
@@ -1058,6 +1258,30 @@ pub async fn read_existing(c: &Clients, stack: &str) -> Result<Existing, Error> 
             }
         }
     }
+    if let Some(sm) = e.groups.get(&Group::SecretsManager) {
+        let vpc = read::security_groups(c, vec![crate::aws::names::filter("group-id", &[sm])], sm)
+            .await?
+            .first()
+            .and_then(|g| g.vpc_id().map(str::to_string));
+        if let Some(vpc) = vpc {
+            for ep in
+                read::vpc_endpoints(c, vec![crate::aws::names::filter("vpc-id", &[&vpc])], &vpc)
+                    .await?
+            {
+                let joined = !of_stack(ep.tags(), stack)
+                    && ep
+                        .groups()
+                        .iter()
+                        .any(|g| g.group_id() == Some(sm.as_str()));
+                if joined {
+                    e.joined.push((
+                        ep.vpc_endpoint_id().unwrap_or_default().to_string(),
+                        sm.clone(),
+                    ));
+                }
+            }
+        }
+    }
     e.endpoints = stack_endpoints(c, stack)
         .await?
         .iter()
@@ -1084,6 +1308,12 @@ pub fn plan_remove(e: &Existing) -> Vec<Removal> {
     }
     for id in &e.endpoints {
         out.push(Removal::DeleteEndpoint { id: id.clone() });
+    }
+    for (endpoint, group) in &e.joined {
+        out.push(Removal::LeaveEndpoint {
+            endpoint: endpoint.clone(),
+            group: group.clone(),
+        });
     }
     for g in Group::ALL {
         if let Some(id) = e.groups.get(&g) {
@@ -1137,6 +1367,16 @@ pub async fn remove(
                     .await
                     .map_err(err("ModifyDBInstance", db_instance))?;
             }
+            Removal::LeaveEndpoint { endpoint, group } => {
+                let r = c
+                    .ec2
+                    .modify_vpc_endpoint()
+                    .vpc_endpoint_id(endpoint)
+                    .remove_security_group_ids(group)
+                    .send()
+                    .await;
+                found(r, "ModifyVpcEndpoint", endpoint)?;
+            }
             Removal::DeleteEndpoint { id } => {
                 let r = c
                     .ec2
@@ -1189,6 +1429,9 @@ mod tests {
             db_port: Some(5432),
             subnets: ["subnet-a".to_string(), "subnet-b".to_string()].into(),
             endpoint_subnets: ["subnet-a".to_string(), "subnet-b".to_string()].into(),
+            endpoint_access: EndpointAccess::Lambda,
+            vpc_cidrs: ["10.0.0.0/16".to_string()].into(),
+            kms_key: None,
         }
     }
 
@@ -1202,6 +1445,7 @@ mod tests {
                     SgObs {
                         id: lambda.clone(),
                         ingress: BTreeSet::new(),
+                        cidr_ingress: BTreeSet::new(),
                     },
                 ),
                 (
@@ -1209,6 +1453,7 @@ mod tests {
                     SgObs {
                         id: "sg-d".into(),
                         ingress: rule(5432),
+                        cidr_ingress: BTreeSet::new(),
                     },
                 ),
                 (
@@ -1216,6 +1461,7 @@ mod tests {
                     SgObs {
                         id: "sg-s".into(),
                         ingress: rule(443),
+                        cidr_ingress: BTreeSet::new(),
                     },
                 ),
             ]
@@ -1236,6 +1482,7 @@ mod tests {
             },
             db_groups: ["sg-d".to_string(), "sg-default".to_string()].into(),
             wired: Some("f".into()),
+            shared_endpoint: None,
             foreign: vec![],
         }
     }
@@ -1356,6 +1603,7 @@ mod tests {
             }),
             databases: vec![("db1".into(), vec!["sg-default".into()])],
             endpoints: vec!["vpce-1".into()],
+            joined: vec![("vpce-theirs".into(), "sg-s".into())],
             groups: [
                 (Group::Lambda, "sg-l".to_string()),
                 (Group::Database, "sg-d".to_string()),
@@ -1377,5 +1625,68 @@ mod tests {
         );
         assert!(matches!(r.last(), Some(Removal::DeleteRole { .. })));
         assert_eq!(plan_remove(&Existing::default()), vec![]);
+    }
+
+    #[test]
+    fn vpc_access_admits_the_vpc_and_a_shared_endpoint_is_joined_not_duplicated() {
+        let mut s = spec();
+        s.endpoint_access = EndpointAccess::Vpc;
+        let mut o = built(&s);
+        let p = plan(&s, &o).expect("plan");
+        assert_eq!(
+            p,
+            vec![Action::AdmitFromVpc {
+                port: 443,
+                cidrs: vec!["10.0.0.0/16".into()]
+            }]
+        );
+        o.groups
+            .get_mut(&Group::SecretsManager)
+            .expect("sm")
+            .cidr_ingress
+            .insert(("tcp".into(), 443, "10.0.0.0/16".into()));
+        assert_eq!(plan(&s, &o).expect("plan"), vec![]);
+        // Someone else's endpoint with private DNS: joined, never a second one.
+        o.endpoint = None;
+        o.shared_endpoint = Some(("vpce-theirs".into(), ["sg-theirs".to_string()].into()));
+        assert_eq!(
+            plan(&s, &o).expect("plan"),
+            vec![Action::JoinEndpoint {
+                endpoint: "vpce-theirs".into()
+            }]
+        );
+        o.shared_endpoint = Some((
+            "vpce-theirs".into(),
+            ["sg-theirs".to_string(), "sg-s".to_string()].into(),
+        ));
+        assert_eq!(plan(&s, &o).expect("plan"), vec![]);
+    }
+
+    #[test]
+    fn a_customer_managed_key_is_granted_through_secrets_manager_only() {
+        let mut s = spec();
+        assert!(!role_policy(&s).to_string().contains("kms:"));
+        s.kms_key = Some("1234abcd-12ab-34cd-56ef-1234567890ab".into());
+        let p = role_policy(&s);
+        let kms: Vec<&serde_json::Value> = p["Statement"]
+            .as_array()
+            .expect("statements")
+            .iter()
+            .filter(|x| x["Action"] == "kms:Decrypt")
+            .collect();
+        assert_eq!(kms.len(), 1);
+        assert_eq!(
+            kms[0]["Resource"],
+            "arn:aws:kms:eu-west-1:123456789012:key/1234abcd-12ab-34cd-56ef-1234567890ab"
+        );
+        let cond = &kms[0]["Condition"]["StringEquals"];
+        assert_eq!(
+            cond["kms:ViaService"],
+            "secretsmanager.eu-west-1.amazonaws.com"
+        );
+        assert_eq!(
+            cond["kms:EncryptionContext:SecretARN"],
+            s.secret_arn.clone().expect("secret").as_str()
+        );
     }
 }
