@@ -251,6 +251,9 @@ pub fn removal(r: &Remove) -> String {
                         format!("subnets {}", list(&function.previous_subnets))
                     }
                 ),
+                Removal::WaitInterfacesReleased { function, group } => format!(
+                    "wait until Lambda releases {function}'s network interfaces (they hold {group})"
+                ),
                 Removal::DetachDatabaseGroup { db_instance, .. } => {
                     format!("DatabaseSG on DB instance {db_instance}")
                 }

@@ -30,6 +30,12 @@ Extensions, each matching documented AWS behaviour:
   UpdateFunctionConfiguration; an update meanwhile fails with ResourceConflictException.
   (CreateFunction itself does not check role propagation here: natctl never creates
   functions, and test fixtures create them right after their roles.)
+- Lambda holds network interfaces, as on AWS: a function given a VPC configuration gets
+  an ENI per subnet carrying its security groups ("AWS Lambda VPC ENI-..."); when its
+  VPC configuration changes, the old ones are released only after
+  NATD_EMU_LAMBDA_ENI_RELEASE_SECS (default 3; up to ~20 minutes on AWS), and until
+  then DeleteSecurityGroup of a group they carry fails with DependencyViolation (as it
+  does for any ENI still using the group).
 - Strictness, as on AWS: CreateAutoScalingGroup validates its launch template (an image
   that does not exist, an unknown instance type, or an image whose architecture the
   type does not run is a ValidationError), and RunInstances likewise
@@ -519,6 +525,80 @@ def _create_vpc_endpoint(self, vpc_id, service_name, endpoint_type, *args, **kwa
 
 
 VPCBackend.create_vpc_endpoint = _create_vpc_endpoint
+
+
+# --- Lambda's network interfaces; security groups in use -----------------------------
+
+from moto.ec2.exceptions import DependencyViolationError  # noqa: E402
+from moto.ec2.models import ec2_backends  # noqa: E402
+from moto.ec2.models.elastic_network_interfaces import NetworkInterfaceBackend  # noqa: E402
+from moto.ec2.models.security_groups import SecurityGroupBackend  # noqa: E402
+from moto.ec2.utils import random_private_ip  # noqa: E402
+
+LAMBDA_ENI_RELEASE_SECS = float(os.environ.get("NATD_EMU_LAMBDA_ENI_RELEASE_SECS", "3"))
+_eni_release_at = {}
+
+
+def _reap_lambda_enis(ec2):
+    now = time.monotonic()
+    for eni_id, at in list(_eni_release_at.items()):
+        if at <= now and eni_id in ec2.enis:
+            ec2.delete_network_interface(eni_id)
+            del _eni_release_at[eni_id]
+
+
+_update_configuration_enis_inner = lambda_models.LambdaFunction.update_configuration
+
+
+def _update_configuration_enis(self, config_updates):
+    result = _update_configuration_enis_inner(self, config_updates)
+    vpc = config_updates.get("VpcConfig")
+    if vpc is not None:
+        ec2 = ec2_backends[self.account_id][self.region]
+        wanted = (tuple(sorted(vpc.get("SubnetIds") or [])), tuple(sorted(vpc.get("SecurityGroupIds") or [])))
+        if wanted != getattr(self, "_natd_eni_config", ((), ())):
+            for eni_id in getattr(self, "_natd_enis", []):
+                _eni_release_at[eni_id] = time.monotonic() + LAMBDA_ENI_RELEASE_SECS
+            enis = []
+            for subnet_id in wanted[0]:
+                subnet = ec2.get_subnet(subnet_id)
+                eni = ec2.create_network_interface(
+                    subnet,
+                    random_private_ip(subnet.cidr_block),
+                    group_ids=list(wanted[1]),
+                    description=f"AWS Lambda VPC ENI-{self.function_name}",
+                )
+                enis.append(eni.id)
+            self._natd_enis = enis
+            self._natd_eni_config = wanted
+    return result
+
+
+lambda_models.LambdaFunction.update_configuration = _update_configuration_enis
+
+_orig_get_all_enis = NetworkInterfaceBackend.get_all_network_interfaces
+
+
+def _get_all_enis(self, *args, **kwargs):
+    _reap_lambda_enis(self)
+    return _orig_get_all_enis(self, *args, **kwargs)
+
+
+NetworkInterfaceBackend.get_all_network_interfaces = _get_all_enis
+
+_orig_delete_sg = SecurityGroupBackend.delete_security_group
+
+
+def _delete_sg(self, name=None, group_id=None):
+    _reap_lambda_enis(self)
+    if group_id:
+        for eni in list(self.enis.values()):
+            if any(getattr(g, "id", g) == group_id for g in eni.group_set):
+                raise DependencyViolationError(f"resource {group_id} has a dependent object")
+    return _orig_delete_sg(self, name=name, group_id=group_id)
+
+
+SecurityGroupBackend.delete_security_group = _delete_sg
 
 
 # --- IAM: resource ARNs and tag conditions --------------------------------------------

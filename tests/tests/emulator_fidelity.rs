@@ -242,3 +242,102 @@ async fn lambda_functions_have_states_and_new_roles_propagate() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn lambda_holds_its_network_interfaces_for_a_while_after_leaving_a_vpc() {
+    let emu = Emulator::start();
+    let w = World::new(&emu.sdk()).await;
+    let sg = emu.aws(&[
+        "ec2",
+        "create-security-group",
+        "--group-name",
+        "fn",
+        "--description",
+        "x",
+        "--vpc-id",
+        &w.vpc,
+    ])["GroupId"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let trust = r#"{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Principal":{"Service":"lambda.amazonaws.com"},"Action":"sts:AssumeRole"}]}"#;
+    emu.aws(&[
+        "iam",
+        "create-role",
+        "--role-name",
+        "fnrole",
+        "--assume-role-policy-document",
+        trust,
+    ]);
+    let dir = tempfile::tempdir().unwrap();
+    let zip = dir.path().join("f.zip");
+    let made = Command::new(natd_tests::python())
+        .args([
+            "-c",
+            "import sys, zipfile; z = zipfile.ZipFile(sys.argv[1], 'w'); z.writestr('index.py', 'x = 1\\n'); z.close()",
+        ])
+        .arg(&zip)
+        .status()
+        .unwrap();
+    assert!(made.success());
+    emu.aws(&[
+        "lambda",
+        "create-function",
+        "--function-name",
+        "g",
+        "--runtime",
+        "python3.12",
+        "--handler",
+        "index.handler",
+        "--role",
+        "arn:aws:iam::123456789012:role/fnrole",
+        "--zip-file",
+        &format!("fileb://{}", zip.display()),
+    ]);
+    let update = |vpc: String| {
+        let emu = &emu;
+        async move {
+            natd_tests::eventually(Duration::from_secs(20), "the update", || async {
+                aws_raw(
+                    emu,
+                    &[
+                        "lambda",
+                        "update-function-configuration",
+                        "--function-name",
+                        "g",
+                        "--vpc-config",
+                        &vpc,
+                    ],
+                )
+                .status
+                .success()
+                .then_some(())
+            })
+            .await
+        }
+    };
+    update(format!(
+        "SubnetIds={},SecurityGroupIds={sg}",
+        w.private_subnets[0]
+    ))
+    .await;
+    let holders = |emu: &Emulator| {
+        let filter = format!("Name=group-id,Values={sg}");
+        emu.aws(&["ec2", "describe-network-interfaces", "--filters", &filter])["NetworkInterfaces"]
+            .as_array()
+            .unwrap()
+            .len()
+    };
+    assert_eq!(holders(&emu), 1, "one ENI in the function's subnet");
+    let o = aws_raw(&emu, &["ec2", "delete-security-group", "--group-id", &sg]);
+    assert!(err(&o).contains("DependencyViolation"), "{}", err(&o));
+    // Out of the VPC: the ENI stays a while, then goes, and the group can be deleted.
+    update("SubnetIds=[],SecurityGroupIds=[]".to_string()).await;
+    natd_tests::eventually(
+        Duration::from_secs(20),
+        "the ENI to be released",
+        || async { (holders(&emu) == 0).then_some(()) },
+    )
+    .await;
+    emu.aws(&["ec2", "delete-security-group", "--group-id", &sg]);
+}

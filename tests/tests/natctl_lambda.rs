@@ -321,8 +321,14 @@ async fn lambda_wiring_is_exactly_as_stated_and_teardown_restores_the_function()
     assert_eq!(d.status.code(), Some(0));
 
     // Teardown: the function has its role and VPC config back; the VPC is as before.
+    // LambdaSG goes only once Lambda has released the function's network interfaces.
     let out = natctl(&emu, &["teardown", "--name", "app"]);
     assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("release the function's network interfaces"),
+        "{}",
+        text(&out)
+    );
     assert_eq!(snapshot(&emu, &w.vpc), before);
 }
 

@@ -35,6 +35,12 @@ const LAMBDA_WAIT: Duration = Duration::from_secs(300);
 /// How long natctl retries an update naming a new role: IAM propagates within
 /// seconds, occasionally a minute or two.
 const IAM_PROPAGATION_WAIT: Duration = Duration::from_secs(180);
+/// How long teardown waits for Lambda to release a function's network interfaces:
+/// AWS documents up to 20 minutes.
+const ENI_RELEASE_WAIT: Duration = Duration::from_secs(25 * 60);
+/// How long teardown retries deleting a security group something still uses (an
+/// endpoint's or Lambda's interfaces going away).
+const GROUP_IN_USE_WAIT: Duration = Duration::from_secs(5 * 60);
 
 /// What AWS answers while time will fix it: a role IAM has not propagated to Lambda
 /// yet, or another update of the function still in progress.
@@ -1182,6 +1188,14 @@ pub enum Removal {
         /// The function.
         function: Wired,
     },
+    /// Wait until Lambda has released the function's network interfaces (they hold
+    /// LambdaSG; AWS takes up to ~20 minutes after the VPC configuration changed).
+    WaitInterfacesReleased {
+        /// The function.
+        function: String,
+        /// LambdaSG.
+        group: String,
+    },
     /// Take DatabaseSG off a DB instance.
     DetachDatabaseGroup {
         /// The instance.
@@ -1299,6 +1313,12 @@ pub fn plan_remove(e: &Existing) -> Vec<Removal> {
         out.push(Removal::RestoreFunction {
             function: f.clone(),
         });
+        if let Some(group) = e.groups.get(&Group::Lambda) {
+            out.push(Removal::WaitInterfacesReleased {
+                function: f.function.clone(),
+                group: group.clone(),
+            });
+        }
     }
     for (db, keep) in &e.databases {
         out.push(Removal::DetachDatabaseGroup {
@@ -1386,24 +1406,48 @@ pub async fn remove(
                     .await;
                 found(r, "DeleteVpcEndpoints", id)?;
             }
+            Removal::WaitInterfacesReleased { function, group } => {
+                wait::until(
+                    "Lambda to release the function's network interfaces",
+                    function,
+                    ENI_RELEASE_WAIT,
+                    progress,
+                    || async {
+                        let held = c
+                            .ec2
+                            .describe_network_interfaces()
+                            .filters(crate::aws::names::filter("group-id", &[group]))
+                            .into_paginator()
+                            .items()
+                            .send()
+                            .collect::<Result<Vec<_>, _>>()
+                            .await
+                            .map_err(err("DescribeNetworkInterfaces", group))?;
+                        Ok(if held.is_empty() {
+                            wait::Poll::Ready(())
+                        } else {
+                            wait::Poll::Waiting(format!(
+                                "{} network interface(s) still hold {group}",
+                                held.len()
+                            ))
+                        })
+                    },
+                )
+                .await?;
+            }
             Removal::DeleteSecurityGroup { id, .. } => {
-                let r = c.ec2.delete_security_group().group_id(id).send().await;
-                match r.map_err(ApiFailure::from) {
-                    Ok(_) => {}
-                    Err(e) if e.code.as_deref().is_some_and(|c| c.contains("NotFound")) => {}
-                    Err(e) => {
-                        if e.is("DependencyViolation") {
-                            progress(&format!(
-                                "{id} is still in use (Lambda releases a function's network interfaces up to 20 minutes after its VPC configuration changes); run teardown again later"
-                            ));
-                        }
-                        return Err(Error::Call {
-                            op: "DeleteSecurityGroup",
-                            target: id.clone(),
-                            source: e,
-                        });
-                    }
-                }
+                wait::retry_while(
+                    "the security group to be free",
+                    id,
+                    GROUP_IN_USE_WAIT,
+                    progress,
+                    |e| e.is("DependencyViolation"),
+                    || async {
+                        let r = c.ec2.delete_security_group().group_id(id).send().await;
+                        found(r, "DeleteSecurityGroup", id).map(|_| ())
+                    },
+                )
+                .await?;
             }
             Removal::DeleteRole { name } => read::delete_role(c, name).await?,
         }
@@ -1614,6 +1658,16 @@ mod tests {
         let r = plan_remove(&e);
         assert!(matches!(r.first(), Some(Removal::RestoreFunction { .. })));
         let pos = |x: &Removal| r.iter().position(|y| y == x).expect("present");
+        assert!(
+            pos(&Removal::WaitInterfacesReleased {
+                function: "f".into(),
+                group: "sg-l".into()
+            }) < pos(&Removal::DeleteSecurityGroup {
+                group: Group::Lambda,
+                id: "sg-l".into()
+            }),
+            "LambdaSG goes once Lambda let go of it"
+        );
         assert!(
             pos(&Removal::DeleteSecurityGroup {
                 group: Group::Database,
