@@ -74,9 +74,10 @@ pub const LAUNCHING_TRANSITION: &str = "autoscaling:EC2_INSTANCE_LAUNCHING";
 /// Read-only EC2 and Auto Scaling calls do not support resource-level permissions, so
 /// they are on `*`. Every mutating call is scoped: routes only in tables tagged
 /// `natd:egress=<stack>`, the Elastic IP only when tagged likewise, the Auto Scaling
-/// calls only on groups tagged `natd:stack=<stack>`. Source/dest check is an attribute
-/// of the instance's own ENI, whose id is not known before launch, so it is scoped to
-/// network interfaces in the account.
+/// calls only on groups tagged `natd:stack=<stack>`, and the network-interface calls
+/// (source/dest check, the ENI side of associating the Elastic IP) only on ENIs tagged
+/// `natd:stack=<stack>`: the launch template tags the NAT instance's ENI at launch, so a
+/// compromised NAT instance cannot change any other ENI of the account.
 pub fn agent_policy(stack: &str) -> Value {
     json!({
         "Version": "2012-10-17",
@@ -96,10 +97,11 @@ pub fn agent_policy(stack: &str) -> Value {
                 "Resource": "*"
             },
             {
-                "Sid": "DisableSourceDestCheck",
+                "Sid": "DisableSourceDestCheckOfOwnEni",
                 "Effect": "Allow",
                 "Action": "ec2:ModifyNetworkInterfaceAttribute",
-                "Resource": "arn:aws:ec2:*:*:network-interface/*"
+                "Resource": "arn:aws:ec2:*:*:network-interface/*",
+                "Condition": {"StringEquals": {format!("ec2:ResourceTag/{STACK_TAG}"): stack}}
             },
             {
                 "Sid": "TakeOverTaggedRoutes",
@@ -116,10 +118,11 @@ pub fn agent_policy(stack: &str) -> Value {
                 "Condition": {"StringEquals": {format!("ec2:ResourceTag/{EGRESS_TAG}"): stack}}
             },
             {
-                "Sid": "AssociateElasticIpToEni",
+                "Sid": "AssociateElasticIpToOwnEni",
                 "Effect": "Allow",
                 "Action": "ec2:AssociateAddress",
-                "Resource": "arn:aws:ec2:*:*:network-interface/*"
+                "Resource": "arn:aws:ec2:*:*:network-interface/*",
+                "Condition": {"StringEquals": {format!("ec2:ResourceTag/{STACK_TAG}"): stack}}
             },
             {
                 "Sid": "ReportToOwnGroup",

@@ -36,6 +36,10 @@ Extensions, each matching documented AWS behaviour:
   NATD_EMU_LAMBDA_ENI_RELEASE_SECS (default 3; up to ~20 minutes on AWS), and until
   then DeleteSecurityGroup of a group they carry fails with DependencyViolation (as it
   does for any ENI still using the group).
+- Network-interface tags at launch, as on AWS: RunInstances applies TagSpecifications of
+  ResourceType network-interface to the instance's ENIs, and an Auto Scaling group
+  applies its launch template's (moto applies neither), so a policy conditioned on the
+  ENI's tags can be tested.
 - Strictness, as on AWS: CreateAutoScalingGroup validates its launch template (an image
   that does not exist, an unknown instance type, or an image whose architecture the
   type does not run is a ValidationError), and RunInstances likewise
@@ -179,6 +183,18 @@ _orig_replace = asg_models.FakeAutoScalingGroup.replace_autoscaling_group_instan
 def _replace(self, count_needed, propagated_tags):
     before = {s.instance.id for s in self.instance_states}
     _orig_replace(self, count_needed, propagated_tags)
+    template = getattr(self, "ec2_launch_template", None)
+    if template is not None:
+        data = template.default_version().data or {}
+        tags = {}
+        for spec in data.get("TagSpecifications") or []:
+            if spec.get("ResourceType") == "network-interface":
+                tags.update({t["Key"]: t["Value"] for t in spec.get("Tags", [])})
+        new = [st.instance for st in self.instance_states if st.instance.id not in before]
+        if tags and new:
+            self.ec2_backend.create_tags(
+                [nic.id for i in new for nic in getattr(i, "nics", {}).values()], tags
+            )
     if _launch_hooks(self):
         for state in self.instance_states:
             if state.instance.id not in before:
@@ -471,11 +487,21 @@ asg_models.AutoScalingBackend.create_auto_scaling_group = _create_asg_strict
 _orig_run_instances = ec2_instances.InstanceBackend.run_instances
 
 
+def _tag_enis(ec2, instances, tags):
+    if not tags:
+        return
+    ids = [nic.id for i in instances for nic in getattr(i, "nics", {}).values()]
+    if ids:
+        ec2.create_tags(ids, tags)
+
+
 def _run_instances(self, image_id, count, user_data, security_group_names, **kwargs):
     problem = _launch_problem(self, image_id, kwargs.get("instance_type"))
     if problem:
         raise EC2ClientError(problem[0], problem[1])
-    return _orig_run_instances(self, image_id, count, user_data, security_group_names, **kwargs)
+    reservation = _orig_run_instances(self, image_id, count, user_data, security_group_names, **kwargs)
+    _tag_enis(self, reservation.instances, (kwargs.get("tags") or {}).get("network-interface"))
+    return reservation
 
 
 ec2_instances.InstanceBackend.run_instances = _run_instances

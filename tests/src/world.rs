@@ -231,6 +231,8 @@ impl World {
             .max_count(1)
             .subnet_id(&self.public_subnet)
             .tag_specifications(tags(ResourceType::Instance, &[(STACK_TAG, stack)]))
+            // As natctl's launch template tags the NAT instance's ENI.
+            .tag_specifications(tags(ResourceType::NetworkInterface, &[(STACK_TAG, stack)]))
             .send()
             .await
             .unwrap();
@@ -249,6 +251,13 @@ impl World {
                 RequestLaunchTemplateData::builder()
                     .image_id(IMAGE)
                     .instance_type(aws_sdk_ec2::types::InstanceType::T4gMicro)
+                    // As natctl's launch template tags the NAT instance's ENI.
+                    .tag_specifications(
+                        aws_sdk_ec2::types::LaunchTemplateTagSpecificationRequest::builder()
+                            .resource_type(ResourceType::NetworkInterface)
+                            .tags(Tag::builder().key(STACK_TAG).value(stack).build())
+                            .build(),
+                    )
                     .build(),
             )
             .send()
@@ -482,6 +491,14 @@ impl NatHost {
     /// Runs `natd --once` with the given key.
     pub fn once_with(&self, config: &std::path::Path, key: (&str, &str)) -> Output {
         self.natd(config, key).arg("--once").output().unwrap()
+    }
+
+    /// Runs `natd --report-unhealthy` (what natd-unhealthy.service runs) with the key.
+    pub fn report_unhealthy_with(&self, config: &std::path::Path, key: (&str, &str)) -> Output {
+        self.natd(config, key)
+            .arg("--report-unhealthy")
+            .output()
+            .unwrap()
     }
 
     /// Starts natd as a daemon; its log goes to a file read by [`Natd::log`].

@@ -67,13 +67,49 @@ async fn natd_works_with_exactly_its_policy_and_nothing_more() {
     let iam = aws_sdk_iam::Client::new(&admin);
     let key = user_with_policy(&iam, "natd", &agent_policy("dev")).await;
 
+    // The stack's Elastic IP, which natd holds (--eip).
+    let alloc = w
+        .ec2
+        .allocate_address()
+        .domain(aws_sdk_ec2::types::DomainType::Vpc)
+        .tag_specifications(
+            aws_sdk_ec2::types::TagSpecification::builder()
+                .resource_type(aws_sdk_ec2::types::ResourceType::ElasticIp)
+                .tags(
+                    aws_sdk_ec2::types::Tag::builder()
+                        .key(natd::contract::EGRESS_TAG)
+                        .value("dev")
+                        .build(),
+                )
+                .build(),
+        )
+        .send()
+        .await
+        .unwrap()
+        .allocation_id()
+        .unwrap()
+        .to_string();
+
     let mut host = NatHost::new(&emu, &w, &nat).await;
     host.uplink_egress();
-    let out = host.once_with(&host.config("dev", ""), (&key.0, &key.1));
+    let config = host.config("dev", "");
+    let out = host.once_with(&config, (&key.0, &key.1));
     assert!(out.status.success(), "{}", text(&out));
     assert_eq!(w.default_route(&tagged).await.unwrap().0, host.eni);
     assert!(!w.source_dest_check(&host.eni).await);
     assert_eq!(w.group_instances(&group).await[0].1, "InService");
+    let a = w
+        .ec2
+        .describe_addresses()
+        .allocation_ids(&alloc)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        a.addresses()[0].network_interface_id(),
+        Some(host.eni.as_str()),
+        "natd holds the stack's Elastic IP under its policy"
+    );
 
     // The same key may not touch what is not natd's.
     let as_natd = aws_sdk_ec2::Client::new(&emu.sdk_with((&key.0, &key.1)));
@@ -100,13 +136,49 @@ async fn natd_works_with_exactly_its_policy_and_nothing_more() {
         Some("AccessDenied")
     );
     assert_eq!(w.default_route(&untagged).await, None);
+    // Nor change the source/dest check of an ENI that is not the stack's.
+    let other = w.instance("other").await;
+    let (other_eni, _) = w.eni(&other).await;
+    let denied = as_natd
+        .modify_network_interface_attribute()
+        .network_interface_id(&other_eni)
+        .source_dest_check(
+            aws_sdk_ec2::types::AttributeBooleanValue::builder()
+                .value(false)
+                .build(),
+        )
+        .send()
+        .await
+        .expect_err("another stack's ENI");
+    assert_eq!(
+        natd::cloud::ApiError::from(denied).code.as_deref(),
+        Some("AccessDenied")
+    );
+    assert!(w.source_dest_check(&other_eni).await);
+
+    // Telling the group it is unhealthy works under the same policy, and the group
+    // replaces the instance.
+    let out = host.report_unhealthy_with(&config, (&key.0, &key.1));
+    assert!(out.status.success(), "{}", text(&out));
+    natd_tests::eventually(
+        std::time::Duration::from_secs(20),
+        "the group to replace the instance",
+        || async {
+            let now = w.group_instances(&group).await;
+            now.iter().all(|i| i.0 != nat).then_some(())
+        },
+    )
+    .await;
 }
 
 #[tokio::test]
 async fn access_denied_is_a_clear_permanent_failure() {
     let (emu, admin) = enforced().await;
     let w = World::new(&admin).await;
-    let nat = w.instance("dev").await;
+    // The instance and its ENI belong to stack "other" (so its role may change that
+    // ENI), but natd is configured for "dev": the other stack's role may not take
+    // dev's routes.
+    let nat = w.instance("other").await;
     let tagged = w.route_table(Some("dev")).await;
     // A role made for another stack may not take this stack's routes.
     let iam = aws_sdk_iam::Client::new(&admin);

@@ -51,6 +51,16 @@ fn policy_is_natds_contract() {
                 .expect("a tag condition");
             assert!(cond.values().all(|v| v == "dev"), "{s}");
         }
+        // Network-interface calls only on ENIs tagged for the stack "dev".
+        if s["Resource"]
+            .as_str()
+            .is_some_and(|r| r.contains("network-interface"))
+        {
+            assert_eq!(
+                s["Condition"]["StringEquals"]["ec2:ResourceTag/natd:stack"], "dev",
+                "{s}"
+            );
+        }
         actions.extend(list);
     }
     actions.sort();

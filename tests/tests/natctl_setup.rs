@@ -55,6 +55,20 @@ async fn setup_dev_builds_the_stack_and_a_rerun_changes_nothing() {
     assert_eq!(data["MetadataOptions"]["HttpPutResponseHopLimit"], 1);
     assert_eq!(data["IamInstanceProfile"]["Name"], "natd-dev1");
     assert_eq!(data["ImageId"], IMAGE);
+    // The NAT instance's ENI carries the stack's tag: natd's policy needs it.
+    let eni_tags: Vec<&serde_json::Value> = data["TagSpecifications"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|t| t["ResourceType"] == "network-interface")
+        .flat_map(|t| t["Tags"].as_array().unwrap())
+        .collect();
+    assert!(
+        eni_tags
+            .iter()
+            .any(|t| t["Key"] == "natd:stack" && t["Value"] == "dev1"),
+        "{data}"
+    );
     // The role carries exactly natd's policy.
     let p = emu.aws(&[
         "iam",

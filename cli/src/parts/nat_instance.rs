@@ -613,6 +613,14 @@ pub async fn apply(
                     .build(),
             )
             .user_data(user_data(&spec.stack))
+            // natd's policy lets it change only ENIs carrying the stack's tag.
+            .tag_specifications(
+                aws_sdk_ec2::types::LaunchTemplateTagSpecificationRequest::builder()
+                    .resource_type(ResourceType::NetworkInterface)
+                    .tags(ec2_tag(STACK_TAG, &spec.stack))
+                    .tags(ec2_tag(NAME_TAG, &name))
+                    .build(),
+            )
             .build()
     };
     let cidr_rule = |cidrs: &[String]| {
