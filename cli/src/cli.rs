@@ -140,6 +140,9 @@ pub struct SetupArgs {
     /// routes moved (route changes propagate, open connections finish).
     #[arg(long, value_name = "SECS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(0..=3600))]
     pub drain_seconds: u64,
+    /// A tag for everything setup creates, `KEY=VALUE`; repeatable.
+    #[arg(long = "tag", value_name = "KEY=VALUE")]
+    pub tags: Vec<String>,
     /// Show the plan only.
     #[arg(long)]
     pub dry_run: bool,

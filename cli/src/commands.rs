@@ -178,6 +178,9 @@ async fn setup(ctx: &Ctx, a: &SetupArgs, dry_run: bool) -> Result<(), Failure> {
             "--eip is for --env dev (prod NAT gateways always get one Elastic IP per AZ)".into(),
         ));
     }
+    aws::names::set_extra_tags(
+        aws::names::parse_extra_tags(&a.tags).map_err(|e| Failure::BadInput(e.to_string()))?,
+    );
     if a.lambda.is_none() && (a.secret.is_some() || a.db_instance.is_some() || a.db_port.is_some())
     {
         return Err(Failure::BadInput(

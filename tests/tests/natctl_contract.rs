@@ -440,3 +440,55 @@ async fn drift_natctl_used_to_leave_is_repaired_by_a_rerun() {
         text(&again)
     );
 }
+
+#[tokio::test]
+async fn extra_tags_go_on_everything_setup_creates() {
+    let emu = Emulator::start();
+    let w = World::new(&emu.sdk()).await;
+    let mut setup = dev_setup(&w, "tg");
+    setup.extend(["--tag", "team=payments", "--tag", "cost-center=42"]);
+    let out = natctl(&emu, &setup);
+    assert!(out.status.success(), "{}", text(&out));
+    let has = |tags: &serde_json::Value| {
+        tags.as_array()
+            .unwrap()
+            .iter()
+            .any(|t| t["Key"] == "team" && t["Value"] == "payments")
+    };
+    let sg = emu.aws(&[
+        "ec2",
+        "describe-security-groups",
+        "--filters",
+        "Name=group-name,Values=natd-tg",
+    ]);
+    assert!(has(&sg["SecurityGroups"][0]["Tags"]), "{sg}");
+    let lt = emu.aws(&[
+        "ec2",
+        "describe-launch-templates",
+        "--launch-template-names",
+        "natd-tg",
+    ]);
+    assert!(has(&lt["LaunchTemplates"][0]["Tags"]), "{lt}");
+    let g = emu.aws(&[
+        "autoscaling",
+        "describe-auto-scaling-groups",
+        "--auto-scaling-group-names",
+        "natd-tg",
+    ]);
+    assert!(has(&g["AutoScalingGroups"][0]["Tags"]), "{g}");
+    let role = emu.aws(&["iam", "list-role-tags", "--role-name", "natd-tg"]);
+    assert!(has(&role["Tags"]), "{role}");
+    // A re-run with the same tags changes nothing; a bad tag is refused, naming it.
+    let again = natctl(&emu, &setup);
+    assert_eq!(
+        stdout(&again).trim(),
+        "No changes necessary.",
+        "{}",
+        text(&again)
+    );
+    let mut bad = dev_setup(&w, "tg2");
+    bad.extend(["--tag", "natd:stack=other"]);
+    let out = natctl(&emu, &bad);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("natd:stack=other"));
+}

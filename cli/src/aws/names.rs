@@ -29,6 +29,61 @@ pub const TAG_VALUE_MAX: usize = 256;
 /// The `Name` tag.
 pub const NAME_TAG: &str = "Name";
 
+/// Tags the user adds with `--tag KEY=VALUE` to everything natctl creates; set once,
+/// before anything is created ([`set_extra_tags`]).
+static EXTRA_TAGS: std::sync::OnceLock<Vec<(String, String)>> = std::sync::OnceLock::new();
+
+/// Why a `--tag` is refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("--tag {given:?}: {why}")]
+pub struct BadTag {
+    /// What was given.
+    pub given: String,
+    /// What is wrong.
+    pub why: &'static str,
+}
+
+/// Parses `--tag KEY=VALUE` arguments: AWS's limits (key 1-128, value up to 256
+/// characters), no `aws:` prefix (AWS's own), no `natd:` prefix or `Name` (natctl's),
+/// no key twice.
+pub fn parse_extra_tags(given: &[String]) -> Result<Vec<(String, String)>, BadTag> {
+    let mut out: Vec<(String, String)> = Vec::new();
+    for g in given {
+        let bad = |why| BadTag {
+            given: g.clone(),
+            why,
+        };
+        let (k, v) = g.split_once('=').ok_or_else(|| bad("expected KEY=VALUE"))?;
+        if k.is_empty() || k.chars().count() > 128 {
+            return Err(bad("the key must have 1 to 128 characters"));
+        }
+        if v.chars().count() > TAG_VALUE_MAX {
+            return Err(bad("the value must have at most 256 characters"));
+        }
+        if k.to_ascii_lowercase().starts_with("aws:") {
+            return Err(bad("keys starting with aws: are AWS's"));
+        }
+        if k.starts_with("natd:") || k == NAME_TAG {
+            return Err(bad("natd: keys and Name are natctl's own"));
+        }
+        if out.iter().any(|(x, _)| x == k) {
+            return Err(bad("the key is given twice"));
+        }
+        out.push((k.to_string(), v.to_string()));
+    }
+    Ok(out)
+}
+
+/// Sets the `--tag` tags (the first call wins; natctl calls it once, at start).
+pub fn set_extra_tags(tags: Vec<(String, String)>) {
+    let _ = EXTRA_TAGS.set(tags);
+}
+
+/// The `--tag` tags.
+pub fn extra_tags() -> &'static [(String, String)] {
+    EXTRA_TAGS.get().map(Vec::as_slice).unwrap_or(&[])
+}
+
 /// The names of a stack's resources.
 #[derive(Debug, Clone, Copy)]
 pub struct Names<'a>(pub &'a str);
@@ -71,7 +126,27 @@ pub fn ec2_tags(
     for (k, v) in extra {
         b = b.tags(Tag::builder().key(*k).value(*v).build());
     }
+    for (k, v) in extra_tags() {
+        b = b.tags(Tag::builder().key(k).value(v).build());
+    }
     b.build()
+}
+
+/// The IAM tags of a new role or instance profile: the stack, `extra`, and `--tag`.
+pub fn iam_tags(
+    op: &'static str,
+    target: &str,
+    stack: &str,
+    extra: &[(&str, &str)],
+) -> Result<Vec<aws_sdk_iam::types::Tag>, super::Error> {
+    let mut out = vec![iam_tag(op, target, STACK_TAG, stack)?];
+    for (k, v) in extra {
+        out.push(iam_tag(op, target, k, v)?);
+    }
+    for (k, v) in extra_tags() {
+        out.push(iam_tag(op, target, k, v)?);
+    }
+    Ok(out)
 }
 
 /// An EC2 tag.
@@ -181,6 +256,24 @@ pub fn split_tag_keys(tags: &std::collections::BTreeMap<String, String>, key: &s
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn extra_tags_are_checked_naming_the_bad_one() {
+        let ok = parse_extra_tags(&["team=payments".into(), "cost-center=42".into()]).expect("ok");
+        assert_eq!(ok[0], ("team".to_string(), "payments".to_string()));
+        for bad in [
+            "noequals",
+            "=v",
+            "aws:x=1",
+            "natd:stack=x",
+            "Name=x",
+            &format!("k={}", "v".repeat(257)),
+        ] {
+            let e = parse_extra_tags(&[bad.to_string()]).expect_err(bad);
+            assert!(e.to_string().contains(&bad[..bad.len().min(10)]), "{e}");
+        }
+        assert!(parse_extra_tags(&["a=1".into(), "a=2".into()]).is_err());
+    }
 
     #[test]
     fn long_values_are_split_under_the_limit_and_joined_back() {

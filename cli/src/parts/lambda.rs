@@ -17,7 +17,7 @@
 
 use super::Progress;
 use crate::aws::names::{
-    FUNCTION_TAG, Names, PREVIOUS_ROLE_TAG, PREVIOUS_VPC_TAG, STACK_TAG, ec2_tags, iam_tag,
+    FUNCTION_TAG, Names, PREVIOUS_ROLE_TAG, PREVIOUS_VPC_TAG, STACK_TAG, ec2_tags, iam_tags,
     joined_tag, of_stack, split_tag, split_tag_keys,
 };
 use crate::aws::read;
@@ -1074,14 +1074,17 @@ pub async fn apply(
                     "Version": "2012-10-17",
                     "Statement": [{"Effect": "Allow", "Principal": {"Service": "lambda.amazonaws.com"}, "Action": "sts:AssumeRole"}]
                 });
-                let tag = |k: &str, v: &str| iam_tag("CreateRole", &role, k, v);
                 let r = c
                     .iam
                     .create_role()
                     .role_name(&role)
                     .assume_role_policy_document(trust.to_string())
-                    .tags(tag(STACK_TAG, &spec.stack)?)
-                    .tags(tag(FUNCTION_TAG, &spec.function)?)
+                    .set_tags(Some(iam_tags(
+                        "CreateRole",
+                        &role,
+                        &spec.stack,
+                        &[(FUNCTION_TAG, &spec.function)],
+                    )?))
                     .send()
                     .await
                     .map_err(err("CreateRole", &role))?;

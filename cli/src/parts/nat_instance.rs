@@ -11,8 +11,8 @@
 
 use super::Progress;
 use crate::aws::names::{
-    EGRESS_TAG, NAME_TAG, Names, ROUTES_TAG, STACK_TAG, ec2_tag, ec2_tags, iam_tag, of_stack,
-    tag_value,
+    EGRESS_TAG, NAME_TAG, Names, ROUTES_TAG, STACK_TAG, ec2_tag, ec2_tags, extra_tags, iam_tags,
+    of_stack, tag_value,
 };
 use crate::aws::read::{self, AddressState};
 use crate::aws::wait::{self, Poll};
@@ -617,8 +617,13 @@ pub async fn apply(
             .tag_specifications(
                 aws_sdk_ec2::types::LaunchTemplateTagSpecificationRequest::builder()
                     .resource_type(ResourceType::NetworkInterface)
-                    .tags(ec2_tag(STACK_TAG, &spec.stack))
-                    .tags(ec2_tag(NAME_TAG, &name))
+                    .set_tags(Some(
+                        [
+                            vec![ec2_tag(STACK_TAG, &spec.stack), ec2_tag(NAME_TAG, &name)],
+                            extra_tags().iter().map(|(k, v)| ec2_tag(k, v)).collect(),
+                        ]
+                        .concat(),
+                    ))
                     .build(),
             )
             .build()
@@ -696,7 +701,7 @@ pub async fn apply(
                     .create_role()
                     .role_name(&name)
                     .assume_role_policy_document(trust.to_string())
-                    .tags(iam_tag("CreateRole", &name, STACK_TAG, &spec.stack)?)
+                    .set_tags(Some(iam_tags("CreateRole", &name, &spec.stack, &[])?))
                     .send()
                     .await
                     .map_err(err("CreateRole", &name))?;
@@ -716,12 +721,12 @@ pub async fn apply(
                     c.iam
                         .create_instance_profile()
                         .instance_profile_name(&name)
-                        .tags(iam_tag(
+                        .set_tags(Some(iam_tags(
                             "CreateInstanceProfile",
                             &name,
-                            STACK_TAG,
                             &spec.stack,
-                        )?)
+                            &[],
+                        )?))
                         .send()
                         .await
                         .map_err(err("CreateInstanceProfile", &name))?;
@@ -800,8 +805,13 @@ pub async fn apply(
                             .max_size(1)
                             .desired_capacity(0)
                             .vpc_zone_identifier(spec.public_subnets.join(","))
-                            .tags(asg_tag(STACK_TAG, &spec.stack))
-                            .tags(asg_tag(NAME_TAG, &name))
+                            .set_tags(Some(
+                                [
+                                    vec![asg_tag(STACK_TAG, &spec.stack), asg_tag(NAME_TAG, &name)],
+                                    extra_tags().iter().map(|(k, v)| asg_tag(k, v)).collect(),
+                                ]
+                                .concat(),
+                            ))
                             .send()
                             .await
                             .map_err(err("CreateAutoScalingGroup", &name))
