@@ -1,5 +1,8 @@
-//! natctl benchmark: wall time and AWS calls of `setup --env dev`, `setup --env prod`
-//! (each on a fresh VPC with two AZs) and a no-op re-run, against the emulator.
+//! natctl benchmark: wall time and AWS calls of `setup --env dev`, `setup --env prod`,
+//! `setup --env dev --lambda` (each on a fresh VPC with two AZs) and a no-op re-run,
+//! against the emulator with its AWS delays on (NAT gateways pending, IAM propagation,
+//! Lambda update states, Lambda ENIs released late; `NATD_EMU_*`, see
+//! `tests/emulator/moto_natd.py`).
 //!
 //! Run: `cargo run -p natd-tests --bin natctl-bench` (`NATCTL_BIN` to measure a given
 //! binary, else the workspace's debug build). Calls are counted by the emulator's call
@@ -72,10 +75,59 @@ fn span(v: &[usize]) -> String {
     }
 }
 
+/// A function `name` (with its own role, outside any VPC) and a secret `name/db`, made
+/// with the AWS CLI as a user's account would have them.
+fn application(emu: &Emulator, name: &str) {
+    let trust = r#"{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Principal":{"Service":"lambda.amazonaws.com"},"Action":"sts:AssumeRole"}]}"#;
+    let role = format!("{name}-original");
+    emu.aws(&[
+        "iam",
+        "create-role",
+        "--role-name",
+        &role,
+        "--assume-role-policy-document",
+        trust,
+    ]);
+    let dir = tempfile::tempdir().unwrap();
+    let zip = dir.path().join("f.zip");
+    let made = std::process::Command::new(natd_tests::python())
+        .args([
+            "-c",
+            "import sys, zipfile; z = zipfile.ZipFile(sys.argv[1], 'w'); z.writestr('index.py', 'x = 1\\n'); z.close()",
+        ])
+        .arg(&zip)
+        .status()
+        .unwrap();
+    assert!(made.success());
+    emu.aws(&[
+        "lambda",
+        "create-function",
+        "--function-name",
+        name,
+        "--runtime",
+        "python3.12",
+        "--handler",
+        "index.handler",
+        "--role",
+        &format!("arn:aws:iam::123456789012:role/{role}"),
+        "--zip-file",
+        &format!("fileb://{}", zip.display()),
+    ]);
+    emu.aws(&[
+        "secretsmanager",
+        "create-secret",
+        "--name",
+        &format!("{name}/db"),
+        "--secret-string",
+        "{}",
+    ]);
+}
+
 #[tokio::main(flavor = "current_thread")]
 async fn main() {
     let emu = Emulator::start();
     let (mut dev, mut dev_noop, mut prod, mut prod_noop) = (vec![], vec![], vec![], vec![]);
+    let (mut lam, mut lam_noop) = (vec![], vec![]);
     // A first call warms the emulator's EC2 catalogue, which every later run shares.
     let _ = World::new(&emu.sdk()).await;
     for i in 0..RUNS {
@@ -93,6 +145,29 @@ async fn main() {
         let args = ["setup", "--env", "prod", "--vpc", &w.vpc, "--name", &name];
         prod.push(run(&emu, &args));
         prod_noop.push(run(&emu, &args));
+        let w = World::new(&emu.sdk()).await;
+        let name = format!("bench-fn-{i}");
+        application(&emu, &name);
+        let secret = format!("{name}/db");
+        let args = [
+            "setup",
+            "--env",
+            "dev",
+            "--vpc",
+            &w.vpc,
+            "--name",
+            &name,
+            "--ami",
+            IMAGE,
+            "--lambda",
+            &name,
+            "--secret",
+            &secret,
+            "--db-port",
+            "5432",
+        ];
+        lam.push(run(&emu, &args));
+        lam_noop.push(run(&emu, &args));
         eprintln!("run {}/{RUNS} done", i + 1);
     }
     println!("| run ({RUNS} each) | wall time | AWS calls | mutating calls |");
@@ -101,4 +176,9 @@ async fn main() {
     report("setup --env dev, no-op re-run", &mut dev_noop);
     report("setup --env prod, fresh VPC (2 AZs)", &mut prod);
     report("setup --env prod, no-op re-run", &mut prod_noop);
+    report(
+        "setup --env dev --lambda --secret --db-port, fresh VPC",
+        &mut lam,
+    );
+    report("setup --env dev --lambda ..., no-op re-run", &mut lam_noop);
 }
