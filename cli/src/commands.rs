@@ -259,6 +259,11 @@ async fn setup(ctx: &Ctx, a: &SetupArgs, dry_run: bool) -> Result<(), Failure> {
         drain_secs: a.drain_seconds,
     };
     let (_, steps) = plan_now(ctx, &c, &req).await?;
+    if steps.is_empty() && !dry_run {
+        aws::lock::Lock::clear_stale(&c, &a.stack)
+            .await
+            .map_err(ctx.aws())?;
+    }
     if steps.is_empty() || dry_run {
         if ctx.json() {
             emit(&render::json(&render::setup_json(&req, &steps, false))?)?;
@@ -405,6 +410,11 @@ async fn teardown(ctx: &Ctx, stack: &str, dry_run: bool) -> Result<(), Failure> 
     let c = ctx.clients().await?;
     let left = stack::read_leftovers(&c, stack).await.map_err(ctx.aws())?;
     let steps = stack::plan_teardown(stack, &left);
+    if steps.is_empty() && !dry_run {
+        aws::lock::Lock::clear_stale(&c, stack)
+            .await
+            .map_err(ctx.aws())?;
+    }
     if dry_run || steps.is_empty() {
         return show_teardown(ctx, stack, &steps, false, dry_run);
     }

@@ -49,6 +49,10 @@ Extensions, each matching documented AWS behaviour:
   and VPC may have it (InvalidParameter).
 - Every API call is recorded by operation name; GET /natd-test/calls answers the list
   (JSON), so tests and benchmarks can count calls and prove a run made no mutating one.
+- GET /natd-test/cut?after=K makes every mutating call after the next K answer 503
+  without being carried out, as if the client had died after its K-th change (the
+  state is exactly what K changes made); GET /natd-test/cut?after=-1 ends that. Tests
+  use it to cut a run off at each of its mutating calls in turn.
 - IAM enforcement (INITIAL_NO_AUTH_ACTION_COUNT) evaluates Resource ARNs and
   StringEquals/StringLike conditions on ec2:ResourceTag/* and autoscaling:ResourceTag/*
   for the mutating calls natd makes, instead of only matching Resource "*".
@@ -747,17 +751,36 @@ def _operation(environ, body):
     return f"{environ.get('REQUEST_METHOD')} {environ.get('PATH_INFO')}"
 
 
+_cut = {"left": None}
+
+
+def _mutating(op):
+    return not any(op.startswith(p) for p in ("Describe", "Get", "List", "GET "))
+
+
+def _answer(start_response, status, body):
+    start_response(status, [("Content-Type", "application/json"), ("Content-Length", str(len(body)))])
+    return [body]
+
+
 def _dispatch(self, environ, start_response):
     path = environ.get("PATH_INFO", "")
     if path == "/natd-test/calls":
-        body = json.dumps(_calls).encode()
-        start_response("200 OK", [("Content-Type", "application/json"), ("Content-Length", str(len(body)))])
-        return [body]
+        return _answer(start_response, "200 OK", json.dumps(_calls).encode())
+    if path == "/natd-test/cut":
+        after = int(urllib.parse.parse_qs(environ.get("QUERY_STRING", "")).get("after", ["-1"])[0])
+        _cut["left"] = None if after < 0 else after
+        return _answer(start_response, "200 OK", b"{}")
     if not path.startswith("/moto-api"):
         length = int(environ.get("CONTENT_LENGTH") or 0)
         body = environ["wsgi.input"].read(length) if length else b""
         environ["wsgi.input"] = io.BytesIO(body)
-        _calls.append(_operation(environ, body))
+        op = _operation(environ, body)
+        _calls.append(op)
+        if _cut["left"] is not None and _mutating(op):
+            if _cut["left"] == 0:
+                return _answer(start_response, "503 Service Unavailable", b'{"message": "cut off"}')
+            _cut["left"] -= 1
     return _orig_dispatch(self, environ, start_response)
 
 

@@ -161,14 +161,24 @@ impl Emulator {
 
     /// Every API operation the emulator has answered so far, in order (its call log).
     pub fn calls(&self) -> Vec<String> {
+        serde_json::from_str(&self.get("/natd-test/calls")).expect("call log")
+    }
+
+    /// From now on, carries out only the next `after` mutating calls and answers every
+    /// later one 503 without carrying it out, as if the client died after its change
+    /// number `after`; `None` ends that.
+    pub fn cut_after(&self, after: Option<usize>) {
+        let n = after.map_or(-1, |n| n as i64);
+        self.get(&format!("/natd-test/cut?after={n}"));
+    }
+
+    fn get(&self, path: &str) -> String {
         use std::io::{Read, Write};
         let mut s = std::net::TcpStream::connect(("127.0.0.1", self.port)).expect("connect");
-        s.write_all(b"GET /natd-test/calls HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
-            .expect("request");
+        write!(s, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").expect("request");
         let mut raw = String::new();
         s.read_to_string(&mut raw).expect("response");
-        let body = raw.split("\r\n\r\n").nth(1).expect("body");
-        serde_json::from_str(body).expect("call log")
+        raw.split("\r\n\r\n").nth(1).expect("body").to_string()
     }
 
     /// Starts an IMDSv2 fixture answering for `instance_id`, on 127.0.0.1.

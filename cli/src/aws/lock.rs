@@ -156,6 +156,27 @@ impl Lock {
         })
     }
 
+    /// Removes the stack's lock when its holder is gone (expired, or a natctl of this
+    /// host that no longer runs): a run that had nothing to change leaves no stale lock
+    /// behind. A live holder's lock is left alone.
+    pub async fn clear_stale(c: &Clients, stack: &str) -> Result<(), Error> {
+        let name = format!("{}-lock", Names(stack).nat());
+        for t in read::launch_templates_named(c, &name).await? {
+            let (who, expires) = holder(&t);
+            if expires < now() || died_here(&who) {
+                let id = t.launch_template_id().unwrap_or_default();
+                let r = c
+                    .ec2
+                    .delete_launch_template()
+                    .launch_template_id(id)
+                    .send()
+                    .await;
+                found(r, "DeleteLaunchTemplate", id)?;
+            }
+        }
+        Ok(())
+    }
+
     /// Releases the lock.
     pub async fn release(self) -> Result<(), Error> {
         self.renew.abort();
