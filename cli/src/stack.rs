@@ -207,7 +207,7 @@ pub fn warnings(o: &Observed) -> Vec<String> {
             .iter()
             .map(|d| {
                 format!(
-                    "duplicate NAT gateway {d}: the stack uses one per AZ; delete the extra one once nothing routes to it"
+                    "duplicate {d}: the stack uses one per AZ; delete the extra one once nothing uses it"
                 )
             })
             .collect(),

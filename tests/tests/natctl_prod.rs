@@ -463,3 +463,63 @@ async fn two_setups_at_once_build_one_stack_not_two() {
         text(&again)
     );
 }
+
+#[tokio::test]
+async fn a_rerun_reports_duplicates_it_did_not_make() {
+    let emu = Emulator::start();
+    let w = World::new(&emu.sdk()).await;
+    w.public_subnet_b().await;
+    let args = ["setup", "--env", "prod", "--vpc", &w.vpc, "--name", "dup"];
+    let out = natctl(&emu, &args);
+    assert!(out.status.success(), "{}", text(&out));
+    // Something else (an older natctl racing itself) left a second address and gateway
+    // in AZ a, tagged for the stack.
+    let tags =
+        "ResourceType=elastic-ip,Tags=[{Key=natd:stack,Value=dup},{Key=natd:az,Value=eu-west-1a}]";
+    let extra = emu.aws(&[
+        "ec2",
+        "allocate-address",
+        "--domain",
+        "vpc",
+        "--tag-specifications",
+        tags,
+    ]);
+    let alloc = extra["AllocationId"].as_str().unwrap().to_string();
+    let gw_tags =
+        "ResourceType=natgateway,Tags=[{Key=natd:stack,Value=dup},{Key=natd:az,Value=eu-west-1a}]";
+    emu.aws(&[
+        "ec2",
+        "create-nat-gateway",
+        "--subnet-id",
+        &w.public_subnet,
+        "--allocation-id",
+        &alloc,
+        "--tag-specifications",
+        gw_tags,
+    ]);
+    // Once the extra gateway is available too, the routes still stay where they are.
+    natd_tests::eventually(
+        std::time::Duration::from_secs(20),
+        "the extra gateway",
+        || async {
+            let filter = "Name=state,Values=available";
+            let g = emu.aws(&["ec2", "describe-nat-gateways", "--filter", filter]);
+            (g["NatGateways"].as_array().unwrap().len() == 3).then_some(())
+        },
+    )
+    .await;
+    let again = natctl(&emu, &args);
+    assert!(again.status.success(), "{}", text(&again));
+    let err = String::from_utf8_lossy(&again.stderr);
+    assert!(err.contains("duplicate NAT gateway"), "{err}");
+    assert!(
+        err.contains("duplicate Elastic IP") || err.contains(&alloc),
+        "{err}"
+    );
+    assert_eq!(
+        stdout(&again).trim(),
+        "No changes necessary.",
+        "{}",
+        text(&again)
+    );
+}

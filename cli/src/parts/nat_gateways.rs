@@ -146,8 +146,9 @@ pub struct Observed {
     pub tables: BTreeMap<String, TableObs>,
     /// Explicit subnet associations: subnet -> (table, association id).
     pub associations: BTreeMap<String, (String, String)>,
-    /// Live gateways of the stack beyond one per AZ (made by something else than this
-    /// run, e.g. two runs of an older natctl at once): reported, never used.
+    /// Live gateways and Elastic IPs of the stack beyond one per AZ (made by something
+    /// else than this run, e.g. two runs of an older natctl at once): reported, never
+    /// used.
     pub duplicates: Vec<String>,
 }
 
@@ -345,10 +346,12 @@ pub fn plan(spec: &Spec, o: &Observed) -> Result<Vec<Action>, Refusal> {
 }
 
 /// The stack's live NAT gateways by AZ, from what EC2 answered, and the ones beyond the
-/// first of an AZ (duplicates: a stack has one per AZ). Of several, the available one
-/// (else the first by id) is the AZ's.
+/// first of an AZ (duplicates: a stack has one per AZ). Of several, the one a route
+/// table already uses is the AZ's (so a re-run moves no route), else an available one,
+/// else the first by id.
 fn live_by_az(
     gateways: &[aws_sdk_ec2::types::NatGateway],
+    routed: &BTreeSet<String>,
 ) -> (BTreeMap<String, Gateway>, Vec<String>) {
     let mut by_az: BTreeMap<String, Vec<Gateway>> = BTreeMap::new();
     for g in gateways {
@@ -370,10 +373,18 @@ fn live_by_az(
     let mut live = BTreeMap::new();
     let mut duplicates = Vec::new();
     for (az, mut gws) in by_az {
-        gws.sort_by(|a, b| (a.state != "available", &a.id).cmp(&(b.state != "available", &b.id)));
+        let rank = |g: &Gateway| {
+            (
+                !routed.contains(&g.id),
+                g.state != "available",
+                g.id.clone(),
+            )
+        };
+        gws.sort_by_key(rank);
         let mut gws = gws.into_iter();
         if let Some(first) = gws.next() {
-            duplicates.extend(gws.map(|g| format!("{} ({az}, also {})", g.id, first.id)));
+            duplicates
+                .extend(gws.map(|g| format!("NAT gateway {} ({az}, also {})", g.id, first.id)));
             live.insert(az, first);
         }
     }
@@ -384,13 +395,27 @@ fn live_by_az(
 pub async fn read(c: &Clients, spec: &Spec) -> Result<Observed, Error> {
     let stack = spec.stack.as_str();
     let mut o = Observed::default();
-    for a in read::stack_addresses(c, stack).await? {
+    let tables = read::vpc_tables(c, &spec.vpc).await?;
+    let routed: BTreeSet<String> = tables
+        .iter()
+        .filter_map(|t| read::default_target(t).map(str::to_string))
+        .collect();
+    (o.gateways, o.duplicates) = live_by_az(&read::stack_gateways(c, stack).await?, &routed);
+    let mut addresses = read::stack_addresses(c, stack).await?;
+    // The address a gateway uses comes first: of several in an AZ, that one is the AZ's.
+    addresses.sort_by_key(|a| a.association_id().is_none());
+    for a in addresses {
         if let (Some(az), Some(id)) = (tag_value(a.tags(), AZ_TAG), a.allocation_id()) {
-            o.addresses.insert(az.to_string(), id.to_string());
+            match o.addresses.get(az) {
+                None => {
+                    o.addresses.insert(az.to_string(), id.to_string());
+                }
+                Some(first) => o
+                    .duplicates
+                    .push(format!("Elastic IP {id} ({az}, also {first})")),
+            }
         }
     }
-    (o.gateways, o.duplicates) = live_by_az(&read::stack_gateways(c, stack).await?);
-    let tables = read::vpc_tables(c, &spec.vpc).await?;
     o.associations = Associations::from_tables(&tables).explicit;
     for t in &tables {
         let id = t.route_table_id().unwrap_or_default().to_string();
