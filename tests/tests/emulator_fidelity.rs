@@ -36,7 +36,7 @@ fn err(o: &Output) -> String {
 
 #[tokio::test]
 async fn nat_gateways_take_time_and_honour_client_token() {
-    let emu = Emulator::start();
+    let emu = Emulator::start_env(None, SLOW);
     let w = World::new(&emu.sdk()).await;
     let alloc = emu.aws(&["ec2", "allocate-address", "--domain", "vpc"])["AllocationId"]
         .as_str()
@@ -70,25 +70,32 @@ async fn nat_gateways_take_time_and_honour_client_token() {
             .unwrap()
             .to_string()
     };
-    natd_tests::eventually(Duration::from_secs(20), "available", || async {
+    natd_tests::eventually(PATIENCE, "available", || async {
         (state(&emu) == "available").then_some(())
     })
     .await;
     emu.aws(&["ec2", "delete-nat-gateway", "--nat-gateway-id", &id]);
     assert_eq!(state(&emu), "deleting");
-    natd_tests::eventually(Duration::from_secs(20), "deleted", || async {
+    natd_tests::eventually(PATIENCE, "deleted", || async {
         (state(&emu) == "deleted").then_some(())
     })
     .await;
 }
 
-/// Each AWS CLI call takes most of a second here: IAM's delay is longer in these tests
-/// than the default, so the calls between a creation and its use do not outlast it.
-const SLOW_IAM: &[(&str, &str)] = &[("NATD_EMU_IAM_PROPAGATION_SECS", "8")];
+/// Each AWS CLI call takes a second or more here: the delays are longer in these tests
+/// than the defaults, so the calls between a change and the check of its effect do not
+/// outlast them on a busy machine.
+const SLOW: &[(&str, &str)] = &[
+    ("NATD_EMU_IAM_PROPAGATION_SECS", "20"),
+    ("NATD_EMU_LAMBDA_UPDATE_SECS", "15"),
+    ("NATD_EMU_NAT_DELETING_SECS", "15"),
+];
+/// How long the checks wait for a delay to pass.
+const PATIENCE: Duration = Duration::from_secs(90);
 
 #[tokio::test]
 async fn a_new_instance_profile_is_refused_until_it_propagates() {
-    let emu = Emulator::start_env(None, SLOW_IAM);
+    let emu = Emulator::start_env(None, SLOW);
     emu.aws(&[
         "iam",
         "create-role",
@@ -143,17 +150,15 @@ async fn a_new_instance_profile_is_refused_until_it_propagates() {
         "{}",
         err(&o)
     );
-    natd_tests::eventually(
-        Duration::from_secs(20),
-        "the profile to propagate",
-        || async { aws_raw(&emu, &group).status.success().then_some(()) },
-    )
+    natd_tests::eventually(PATIENCE, "the profile to propagate", || async {
+        aws_raw(&emu, &group).status.success().then_some(())
+    })
     .await;
 }
 
 #[tokio::test]
 async fn lambda_functions_have_states_and_new_roles_propagate() {
-    let emu = Emulator::start_env(None, SLOW_IAM);
+    let emu = Emulator::start_env(None, SLOW);
     let trust = r#"{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Principal":{"Service":"lambda.amazonaws.com"},"Action":"sts:AssumeRole"}]}"#;
     emu.aws(&[
         "iam",
@@ -190,7 +195,7 @@ async fn lambda_functions_have_states_and_new_roles_propagate() {
     ]);
     assert_eq!(created["State"], "Pending");
     let get = |emu: &Emulator| emu.aws(&["lambda", "get-function", "--function-name", "f"]);
-    natd_tests::eventually(Duration::from_secs(20), "active", || async {
+    natd_tests::eventually(PATIENCE, "active", || async {
         (get(&emu)["Configuration"]["State"] == "Active").then_some(())
     })
     .await;
@@ -218,7 +223,7 @@ async fn lambda_functions_have_states_and_new_roles_propagate() {
         "{}",
         err(&o)
     );
-    natd_tests::eventually(Duration::from_secs(20), "the role to propagate", || async {
+    natd_tests::eventually(PATIENCE, "the role to propagate", || async {
         aws_raw(&emu, &to_new).status.success().then_some(())
     })
     .await;
@@ -237,7 +242,7 @@ async fn lambda_functions_have_states_and_new_roles_propagate() {
     );
     assert!(!o.status.success());
     assert!(err(&o).contains("ResourceConflictException"), "{}", err(&o));
-    natd_tests::eventually(Duration::from_secs(20), "the update to finish", || async {
+    natd_tests::eventually(PATIENCE, "the update to finish", || async {
         (get(&emu)["Configuration"]["LastUpdateStatus"] == "Successful").then_some(())
     })
     .await;
@@ -297,7 +302,7 @@ async fn lambda_holds_its_network_interfaces_for_a_while_after_leaving_a_vpc() {
     let update = |vpc: String| {
         let emu = &emu;
         async move {
-            natd_tests::eventually(Duration::from_secs(20), "the update", || async {
+            natd_tests::eventually(PATIENCE, "the update", || async {
                 aws_raw(
                     emu,
                     &[
@@ -333,11 +338,9 @@ async fn lambda_holds_its_network_interfaces_for_a_while_after_leaving_a_vpc() {
     assert!(err(&o).contains("DependencyViolation"), "{}", err(&o));
     // Out of the VPC: the ENI stays a while, then goes, and the group can be deleted.
     update("SubnetIds=[],SecurityGroupIds=[]".to_string()).await;
-    natd_tests::eventually(
-        Duration::from_secs(20),
-        "the ENI to be released",
-        || async { (holders(&emu) == 0).then_some(()) },
-    )
+    natd_tests::eventually(PATIENCE, "the ENI to be released", || async {
+        (holders(&emu) == 0).then_some(())
+    })
     .await;
     emu.aws(&["ec2", "delete-security-group", "--group-id", &sg]);
 }

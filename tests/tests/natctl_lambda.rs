@@ -153,7 +153,9 @@ fn ingress(g: &serde_json::Value) -> Vec<Permission> {
 
 #[tokio::test]
 async fn lambda_wiring_is_exactly_as_stated_and_teardown_restores_the_function() {
-    let emu = Emulator::start();
+    // Lambda keeps the function's ENIs for a while after it leaves the VPC: long enough
+    // here that teardown certainly meets them, however slow the machine.
+    let emu = Emulator::start_env(None, &[("NATD_EMU_LAMBDA_ENI_RELEASE_SECS", "12")]);
     let w = World::new(&emu.sdk()).await;
     let secret_arn = application(&emu, &w);
     let before = snapshot(&emu, &w.vpc);
