@@ -439,15 +439,8 @@ async fn two_setups_at_once_build_one_stack_not_two() {
     let (a, b) = (a.wait_with_output().unwrap(), b.wait_with_output().unwrap());
     assert!(a.status.success(), "{}", text(&a));
     assert!(b.status.success(), "{}", text(&b));
-    let waited = [&a, &b]
-        .iter()
-        .any(|o| String::from_utf8_lossy(&o.stderr).contains("waiting for the stack's lock"));
-    assert!(
-        waited,
-        "one run waited for the other:\n{}\n{}",
-        text(&a),
-        text(&b)
-    );
+    // (One of them usually waits for the other's lock; on a slow machine the second
+    // may start after the first is done and find nothing to do. Either way, one stack.)
     assert_eq!(gateways(&emu, "twice").len(), 2, "one gateway per AZ");
     let filter = "Name=tag:natd:stack,Values=twice";
     let addresses = emu.aws(&["ec2", "describe-addresses", "--filters", filter]);
