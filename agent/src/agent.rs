@@ -1,21 +1,42 @@
-//! The reconcile pass: make the kernel forward, turn source/dest check off, and only
-//! then take over the tagged routes (make before break), hold the Elastic IP, complete
-//! the launch lifecycle action, and count failed passes towards an Unhealthy report.
+//! natd's two halves and how they meet.
+//!
+//! - The **data pass** ([`Agent::data_pass`]) runs every interval, locally: sysctls and
+//!   natd's iptables chains (repaired when they drifted, the VPC's CIDRs as last read),
+//!   the source/dest check as last read from EC2, and the probes. It never waits for AWS.
+//! - The **control pass** ([`control_pass`]) talks to IMDS and AWS under its own
+//!   deadline: it sends a due Unhealthy report first, re-reads the VPC's CIDRs, reads and
+//!   repairs the source/dest check, and only when the data plane has just been verified
+//!   to forward (make before break) takes over the tagged routes and the Elastic IP and
+//!   completes the launch lifecycle action; then it publishes natd's health tag. It runs
+//!   beside the data passes (the main loop polls both), and after a failure the next one
+//!   waits with bounded exponential backoff.
+//!
+//! [`crate::health`] decides, without I/O, what the two halves' results mean: only
+//! data-plane failures count towards Unhealthy.
 
 use crate::aws::{self, Cloud, Membership};
 use crate::config::Config;
-use crate::imds::{self, Identity};
+use crate::health::{ControlOutcome, Health, Note};
+use crate::imds::{self, Identity, Imds};
 use crate::kernel::apply::{self as kapply, Kernel};
 use crate::kernel::{self, Facts, Ruleset, Sysctl};
+use crate::metrics::{Metrics, Snapshot};
 use crate::routes::{self, Decision, Me, Target};
-use backon::{ExponentialBuilder, Retryable};
+use backon::{BackoffBuilder, ExponentialBackoff, ExponentialBuilder, Retryable};
+use ipnet::Ipv4Net;
 use std::collections::BTreeMap;
-use std::time::Duration;
+use std::net::SocketAddrV4;
+use std::time::{Duration, SystemTime};
+use tokio::time::Instant;
 use tracing::{error, info, warn};
 
 /// First wait between start-up attempts; doubles up to [`STARTUP_MAX_DELAY`], with jitter.
 const STARTUP_MIN_DELAY: Duration = Duration::from_millis(500);
 const STARTUP_MAX_DELAY: Duration = Duration::from_secs(10);
+/// The health tag is rewritten when it changes, and at least this often, so that
+/// `natctl status` can tell a silent natd from a quiet one.
+pub const HEALTH_TAG_REFRESH: Duration =
+    Duration::from_secs(crate::contract::HEALTH_TAG_REFRESH_SECS);
 
 /// Why natd could not start.
 #[derive(Debug, thiserror::Error)]
@@ -26,8 +47,8 @@ pub enum StartError {
     /// The host does not match what IMDS says (no interface with the ENI's MAC).
     #[error("cannot inspect the host: {0}")]
     Host(#[from] kapply::Error),
-    /// The first AWS call failed.
-    #[error("cannot describe this instance: {0}")]
+    /// An AWS call failed.
+    #[error("{0}")]
     Aws(#[from] aws::Error),
 }
 
@@ -42,47 +63,12 @@ impl StartError {
     }
 }
 
-/// The outcome of one pass.
-#[derive(Debug, Default, Clone)]
-pub struct PassReport {
-    /// What is wrong after this pass's repairs; empty means natd forwards and holds
-    /// what it should.
-    pub problems: Vec<String>,
-    /// A problem no retry will fix (permissions), seen before natd was ever ready.
-    pub fatal: Option<String>,
-    /// Route tables whose default route targets us after this pass.
-    pub routes_held: usize,
-    /// Route tables a newer natd holds.
-    pub routes_yielded: usize,
-}
-
-impl PassReport {
-    /// Whether the pass found everything in order.
-    pub fn healthy(&self) -> bool {
-        self.problems.is_empty()
-    }
-}
-
-/// A running agent: who it is, its clients, and what it has already told the log.
-#[derive(Debug)]
-pub struct Agent {
-    cfg: Config,
-    id: Identity,
-    cloud: Cloud,
-    kernel: Kernel,
-    facts: Facts,
-    plan: Vec<Sysctl>,
-    rules: Ruleset,
-    me: Me,
-    passes: u64,
-    ever_ready: bool,
-    decisions: BTreeMap<String, Decision>,
-    membership: Option<Option<Membership>>,
-    launch_completed: bool,
-    failures: u32,
-    reported_unhealthy: bool,
-    skipped_logged: bool,
-    last_problems: Vec<String>,
+fn startup_backoff(cfg: &Config) -> ExponentialBuilder {
+    ExponentialBuilder::default()
+        .with_min_delay(STARTUP_MIN_DELAY)
+        .with_max_delay(STARTUP_MAX_DELAY)
+        .with_max_times(cfg.startup_attempts.saturating_sub(1) as usize)
+        .with_jitter()
 }
 
 /// Reports this instance Unhealthy to its Auto Scaling group so the group replaces it:
@@ -90,11 +76,7 @@ pub struct Agent {
 /// natd itself keeps failing and cannot report from its own loop. Returns the group,
 /// or `None` when the instance is in no group.
 pub async fn report_unhealthy(cfg: &Config) -> Result<Option<String>, StartError> {
-    let backoff = ExponentialBuilder::default()
-        .with_min_delay(STARTUP_MIN_DELAY)
-        .with_max_delay(STARTUP_MAX_DELAY)
-        .with_max_times(cfg.startup_attempts.saturating_sub(1) as usize)
-        .with_jitter();
+    let backoff = startup_backoff(cfg);
     let endpoint = cfg.imds_endpoint.clone();
     let id = (|| imds::identity(endpoint.as_deref()))
         .retry(backoff)
@@ -116,109 +98,27 @@ pub async fn report_unhealthy(cfg: &Config) -> Result<Option<String>, StartError
     Ok(Some(m.group))
 }
 
-impl Agent {
-    /// Finds out who we are (IMDS, the host, EC2), retrying with bounded backoff.
-    pub async fn start(
-        cfg: Config,
-        on_retry: impl Fn(&str) + Send + Sync,
-    ) -> Result<Self, StartError> {
-        let backoff = ExponentialBuilder::default()
-            .with_min_delay(STARTUP_MIN_DELAY)
-            .with_max_delay(STARTUP_MAX_DELAY)
-            .with_max_times(cfg.startup_attempts.saturating_sub(1) as usize)
-            .with_jitter();
-        let endpoint = cfg.imds_endpoint.clone();
-        let id = (|| imds::identity(endpoint.as_deref()))
-            .retry(backoff)
-            .when(|e| !matches!(e, imds::Error::Endpoint { .. }))
-            .notify(|e, d| on_retry(&format!("waiting for IMDS ({e}); retrying in {d:.1?}")))
-            .await?;
-        info!(
-            instance = %id.instance_id, eni = %id.eni_id, vpc = %id.vpc_id, az = %id.availability_zone,
-            "identity from IMDS"
-        );
-        let cidrs = id.vpc_cidrs.clone();
-        let mac = id.mac.clone();
-        let facts = (|| {
-            let (mac, cidrs) = (mac.clone(), cidrs.clone());
-            async move { kapply::read_facts(&mac, cidrs) }
-        })
-        .retry(backoff)
-        .notify(|e, d| on_retry(&format!("{e}; retrying in {d:.1?}")))
-        .await?;
-        let sdk = crate::cloud::sdk_config(&id.region, cfg.aws_endpoint_url.as_deref()).await;
-        let cloud = Cloud::new(&sdk);
-        let instance_id = id.instance_id.clone();
-        let me_holder = (|| cloud.me(&instance_id))
-            .retry(backoff)
-            .when(|e| !e.is_permanent())
-            .notify(|e, d| on_retry(&format!("{e}; retrying in {d:.1?}")))
-            .await?;
-        let port_range = kernel::parse_port_range(&cfg.local_port_range).unwrap_or((1024, 65535));
-        let plan = kernel::sysctl_plan(&facts, port_range, cfg.conntrack_max);
-        let rules = kernel::ruleset(&facts);
-        info!(
-            interface = %facts.egress_interface,
-            cidrs = %facts.vpc_cidrs.iter().map(ToString::to_string).collect::<Vec<_>>().join(","),
-            "egress interface found"
-        );
-        let me = Me {
-            instance_id: id.instance_id.clone(),
-            eni_id: id.eni_id.clone(),
-            launch_time: me_holder.launch_time,
-            stack: cfg.stack.clone(),
-        };
-        Ok(Self {
-            kernel: Kernel::new(cfg.proc_sys_root.clone()),
-            cfg,
-            id,
-            cloud,
-            facts,
-            plan,
-            rules,
-            me,
-            passes: 0,
-            ever_ready: false,
-            decisions: BTreeMap::new(),
-            membership: None,
-            launch_completed: false,
-            failures: 0,
-            reported_unhealthy: false,
-            skipped_logged: false,
-            last_problems: Vec::new(),
-        })
-    }
+/// The kernel half: everything natd checks and repairs without AWS.
+#[derive(Debug)]
+struct DataPlane {
+    kernel: Kernel,
+    facts: Facts,
+    plan: Vec<Sysctl>,
+    rules: Ruleset,
+    probes: Vec<SocketAddrV4>,
+    probe_timeout: Duration,
+    passes: u64,
+    skipped_logged: bool,
+    conntrack_tool_missing_logged: bool,
+    port_range: (u16, u16),
+}
 
-    /// Who we are.
-    pub fn identity(&self) -> &Identity {
-        &self.id
-    }
-
-    /// The configuration in force.
-    pub fn config(&self) -> &Config {
-        &self.cfg
-    }
-
-    /// One reconcile pass: check everything, repair what drifted, report.
-    pub async fn pass(&mut self) -> PassReport {
+impl DataPlane {
+    /// One data-plane check: returns what is wrong after repairs (empty: it forwards).
+    async fn check(&mut self, sdc: Option<bool>, eni: &str) -> Vec<String> {
         self.passes += 1;
-        let mut report = PassReport::default();
-        let forwards = self.ensure_forwarding(&mut report).await;
-        if forwards {
-            // Make before break: routes and the address move only to an instance that
-            // has just been verified to forward.
-            self.ensure_routes(&mut report).await;
-            self.ensure_address(&mut report).await;
-        }
-        if report.healthy() {
-            self.complete_launch(&mut report).await;
-        }
-        self.account(&mut report).await;
-        report
-    }
-
-    async fn ensure_forwarding(&mut self, report: &mut PassReport) -> bool {
         let first = self.passes == 1;
+        let mut problems = Vec::new();
         match self.kernel.ensure(&self.plan, &self.rules).await {
             Ok(changes) => {
                 if changes.any() {
@@ -237,14 +137,215 @@ impl Agent {
                     );
                 }
             }
-            Err(e) => {
-                report.problems.push(format!("kernel: {e}"));
-                return false;
+            Err(e) => problems.push(format!("kernel: {e}")),
+        }
+        if sdc == Some(true) {
+            problems.push(format!(
+                "source/dest check is on for {eni} (as last read from EC2): EC2 drops forwarded packets"
+            ));
+        }
+        if !self.probes.is_empty() {
+            let failed = self.probe_all().await;
+            if failed.len() == self.probes.len() {
+                problems.extend(failed);
+            } else if !failed.is_empty() {
+                // One unreachable target among several is that target's problem.
+                warn!(
+                    "probe(s) failed while others answered: {}",
+                    failed.join("; ")
+                );
             }
         }
+        problems
+    }
+
+    /// Runs every probe at once; returns the failures, in words.
+    async fn probe_all(&self) -> Vec<String> {
+        let mut set = tokio::task::JoinSet::new();
+        for (i, target) in self.probes.iter().enumerate() {
+            let (target, iface, timeout) = (
+                *target,
+                self.facts.egress_interface.clone(),
+                self.probe_timeout,
+            );
+            set.spawn(async move { (i, target, probe(target, &iface, timeout).await) });
+        }
+        let mut failed = Vec::new();
+        while let Some(done) = set.join_next().await {
+            if let Ok((i, target, Err(e))) = done {
+                failed.push((
+                    i,
+                    format!("probe {target} via {}: {e}", self.facts.egress_interface),
+                ));
+            }
+        }
+        failed.sort();
+        failed.into_iter().map(|(_, f)| f).collect()
+    }
+
+    /// Adopts a new set of VPC CIDRs: the ruleset is rebuilt; the next check applies it.
+    fn set_cidrs(&mut self, cidrs: Vec<Ipv4Net>) {
+        self.facts.vpc_cidrs = cidrs;
+        self.rules = kernel::ruleset(&self.facts);
+    }
+}
+
+/// One TCP connect to `target`, leaving by `iface`.
+async fn probe(target: SocketAddrV4, iface: &str, timeout: Duration) -> Result<(), String> {
+    let attempt = async {
+        let sock = tokio::net::TcpSocket::new_v4().map_err(|e| e.to_string())?;
+        sock.bind_device(Some(iface.as_bytes()))
+            .map_err(|e| format!("bind to {iface}: {e}"))?;
+        sock.connect(target.into())
+            .await
+            .map(drop)
+            .map_err(|e| e.to_string())
+    };
+    tokio::time::timeout(timeout, attempt)
+        .await
+        .map_err(|_| format!("no answer within {timeout:?}"))?
+}
+
+/// The AWS half: everything natd does through IMDS, EC2 and Auto Scaling. Moved into
+/// the control pass's future while it runs, and back when it ends.
+#[derive(Debug)]
+pub struct ControlPlane {
+    cfg: Config,
+    id: Identity,
+    cloud: Cloud,
+    imds: Imds,
+    launch_time: Option<i64>,
+    cidrs: Vec<Ipv4Net>,
+    decisions: BTreeMap<String, Decision>,
+    membership: Option<Option<Membership>>,
+    launch_completed: bool,
+    passes: u64,
+    published: Option<(String, Instant)>,
+    ever_ready: bool,
+}
+
+/// What a control pass is told.
+#[derive(Debug, Clone, Default)]
+pub struct ControlInput {
+    /// The data plane has just been verified to forward: routes may move here.
+    pub forwards: bool,
+    /// The Unhealthy report is due.
+    pub report_unhealthy: bool,
+    /// The health summary to publish (without its timestamp).
+    pub health: String,
+}
+
+/// What a control pass found and did.
+#[derive(Debug, Clone, Default)]
+pub struct ControlReport {
+    /// Calls that failed, in words.
+    pub problems: Vec<String>,
+    /// A failure no retry fixes (permissions) before natd was ever ready.
+    pub fatal: Option<String>,
+    /// The source/dest check as read (after repair), when EC2 answered.
+    pub sdc: Option<bool>,
+    /// The VPC's CIDRs, when IMDS answered.
+    pub cidrs: Option<Vec<Ipv4Net>>,
+    /// Route tables held and yielded, when EC2 answered.
+    pub routes: Option<(usize, usize)>,
+    /// A route was taken from another target in this pass.
+    pub took_over: bool,
+    /// The due Unhealthy report was sent (or there is no group).
+    pub reported: bool,
+    /// The pass hit its deadline.
+    pub timed_out: bool,
+}
+
+/// Runs one control pass on `cp` within `deadline`; gives `cp` back with the report.
+pub async fn control_pass(
+    mut cp: ControlPlane,
+    input: ControlInput,
+    deadline: Duration,
+) -> (ControlPlane, ControlReport) {
+    let mut report = ControlReport::default();
+    if tokio::time::timeout(deadline, cp.pass(&input, &mut report))
+        .await
+        .is_err()
+    {
+        report.timed_out = true;
+        report.problems.push(format!(
+            "control pass stopped at its deadline ({deadline:?}); AWS or IMDS too slow"
+        ));
+    }
+    (cp, report)
+}
+
+impl ControlPlane {
+    async fn pass(&mut self, input: &ControlInput, report: &mut ControlReport) {
+        self.passes += 1;
+        if input.report_unhealthy {
+            self.send_unhealthy(report).await;
+        }
+        match self.imds.vpc_cidrs(&self.id.mac).await {
+            Ok(c) => report.cidrs = Some(c),
+            Err(e) => report.problems.push(format!("IMDS: {e}")),
+        }
+        let Some(sdc_off) = self.ensure_source_dest_check(report).await else {
+            return;
+        };
+        if input.forwards && sdc_off {
+            // Make before break: routes and the address move only to an instance that
+            // has just been verified to forward.
+            if self.ensure_me(report).await {
+                self.ensure_routes(report).await;
+                self.ensure_address(report).await;
+            }
+            if report.problems.is_empty() {
+                self.complete_launch(report).await;
+            }
+        }
+        if report.problems.is_empty() && input.forwards {
+            self.ever_ready = true;
+        }
+        if self.cfg.publish_health {
+            self.publish(&input.health, report).await;
+        }
+    }
+
+    fn note(&self, report: &mut ControlReport, what: &str, e: &aws::Error) {
+        if e.is_permanent() && !self.ever_ready && report.fatal.is_none() {
+            report.fatal = Some(format!("{what}: {e}"));
+        }
+        report.problems.push(format!("{what}: {e}"));
+    }
+
+    async fn send_unhealthy(&mut self, report: &mut ControlReport) {
+        match self.membership().await {
+            Ok(Some(m)) => match self.cloud.set_unhealthy(&self.id.instance_id).await {
+                Ok(()) => {
+                    error!(
+                        "reported Unhealthy to {} for replacement: the data plane keeps failing",
+                        m.group
+                    );
+                    report.reported = true;
+                }
+                Err(e) => self.note(report, "report Unhealthy", &e),
+            },
+            Ok(None) => {
+                error!(
+                    "the data plane keeps failing and no Auto Scaling group can replace this instance"
+                );
+                report.reported = true;
+            }
+            Err(e) => self.note(report, "report Unhealthy", &e),
+        }
+    }
+
+    /// Reads the source/dest check and turns it off when on. `Some(off)` when EC2
+    /// answered.
+    async fn ensure_source_dest_check(&mut self, report: &mut ControlReport) -> Option<bool> {
         let eni = self.id.eni_id.clone();
+        let first = self.passes == 1;
         match self.cloud.source_dest_check(&eni).await {
-            Ok(false) => {}
+            Ok(false) => {
+                report.sdc = Some(false);
+                Some(true)
+            }
             Ok(true) => {
                 let fixed = async {
                     self.cloud.disable_source_dest_check(&eni).await?;
@@ -252,88 +353,101 @@ impl Agent {
                 }
                 .await;
                 match fixed {
-                    Ok(false) if first => info!("source/dest check disabled on {eni}"),
-                    Ok(false) => warn!("source/dest check was on again on {eni}; disabled"),
-                    Ok(true) => {
-                        report.problems.push(format!(
-                            "source/dest check on {eni} still on after disabling it"
-                        ));
-                        return false;
+                    Ok(on) => {
+                        report.sdc = Some(on);
+                        match (on, first) {
+                            (false, true) => info!("source/dest check disabled on {eni}"),
+                            (false, false) => {
+                                warn!("source/dest check was on again on {eni}; disabled")
+                            }
+                            (true, _) => report.problems.push(format!(
+                                "source/dest check on {eni} still on after disabling it"
+                            )),
+                        }
+                        Some(!on)
                     }
                     Err(e) => {
-                        self.note_api_error(report, "source/dest check", &e);
-                        return false;
+                        report.sdc = Some(true);
+                        self.note(report, "source/dest check", &e);
+                        Some(false)
                     }
                 }
             }
             Err(e) => {
-                self.note_api_error(report, "source/dest check", &e);
-                return false;
+                self.note(report, "source/dest check", &e);
+                None
             }
         }
-        for target in self.cfg.probe_targets.clone() {
-            if let Err(e) = self.probe(&target).await {
-                report.problems.push(format!(
-                    "probe {target} via {}: {e}",
-                    self.facts.egress_interface
-                ));
+    }
+
+    /// Our launch time, read once (the route rule ranks instances by it).
+    async fn ensure_me(&mut self, report: &mut ControlReport) -> bool {
+        if self.launch_time.is_some() {
+            return true;
+        }
+        match self.cloud.me(&self.id.instance_id).await {
+            Ok(h) => {
+                self.launch_time = Some(h.launch_time);
+                true
+            }
+            Err(e) => {
+                self.note(report, "instance", &e);
+                false
             }
         }
-        report.problems.is_empty()
     }
 
-    /// One TCP connect to `target`, leaving by the egress interface.
-    async fn probe(&self, target: &str) -> Result<(), String> {
-        let timeout = Duration::from_millis(self.cfg.probe_timeout_ms);
-        let attempt = async {
-            let addrs: Vec<std::net::SocketAddr> = tokio::net::lookup_host(target)
-                .await
-                .map_err(|e| format!("resolve: {e}"))?
-                .filter(|a| a.is_ipv4())
-                .collect();
-            let addr = addrs.first().ok_or_else(|| "no IPv4 address".to_string())?;
-            let sock = tokio::net::TcpSocket::new_v4().map_err(|e| e.to_string())?;
-            sock.bind_device(Some(self.facts.egress_interface.as_bytes()))
-                .map_err(|e| format!("bind to {}: {e}", self.facts.egress_interface))?;
-            sock.connect(*addr)
-                .await
-                .map(drop)
-                .map_err(|e| e.to_string())
-        };
-        tokio::time::timeout(timeout, attempt)
-            .await
-            .map_err(|_| format!("no answer within {timeout:?}"))?
+    fn me(&self) -> Me {
+        Me {
+            instance_id: self.id.instance_id.clone(),
+            eni_id: self.id.eni_id.clone(),
+            launch_time: self.launch_time.unwrap_or(0),
+            stack: self.cfg.stack.clone(),
+        }
     }
 
-    async fn ensure_routes(&mut self, report: &mut PassReport) {
+    async fn ensure_routes(&mut self, report: &mut ControlReport) {
         let tables = match self
             .cloud
             .tagged_tables(&self.id.vpc_id, &self.cfg.stack)
             .await
         {
             Ok(t) => t,
-            Err(e) => return self.note_api_error(report, "routes", &e),
+            Err(e) => return self.note(report, "routes", &e),
         };
-        let holders = match self.resolve_holders(&tables).await {
+        let me = self.me();
+        let holders = match self.resolve_holders(&me, &tables).await {
             Ok(h) => h,
-            Err(e) => return self.note_api_error(report, "routes", &e),
+            Err(e) => return self.note(report, "routes", &e),
         };
-        let decisions = routes::plan(&self.me, &tables, &holders);
+        let decisions = routes::plan(&me, &tables, &holders);
+        let writes: Vec<(String, Decision)> = decisions
+            .iter()
+            .filter(|(_, d)| matches!(d, Decision::Create | Decision::Replace { .. }))
+            .map(|(t, d)| (t.clone(), d.clone()))
+            .collect();
+        // Every table at once: on a takeover each table's gap ends with its own call.
+        let results = {
+            let cloud = &self.cloud;
+            let eni = &self.id.eni_id;
+            let calls = writes.iter().map(|(table, d)| async move {
+                (
+                    table.clone(),
+                    cloud.write_route(table, eni, *d == Decision::Create).await,
+                )
+            });
+            futures_util::future::join_all(calls).await
+        };
+        let mut written = BTreeMap::new();
+        for (table, result) in results {
+            written.insert(table, result);
+        }
         let mut held = Vec::new();
         let mut now = BTreeMap::new();
         for (table, decision) in decisions {
-            let write = match &decision {
-                Decision::Create => Some(true),
-                Decision::Replace { .. } => Some(false),
-                Decision::Ours | Decision::Yield { .. } => None,
-            };
-            if let Some(create) = write {
-                if let Err(e) = self
-                    .cloud
-                    .write_route(&table, &self.id.eni_id, create)
-                    .await
-                {
-                    self.note_api_error(report, "routes", &e);
+            if let Some(result) = written.remove(&table) {
+                if let Err(e) = result {
+                    self.note(report, "routes", &e);
                     continue;
                 }
                 let was = match &decision {
@@ -344,6 +458,9 @@ impl Agent {
                     Decision::Replace { from, .. } => format!(" (was {from})"),
                     _ => " (created)".to_string(),
                 };
+                if matches!(decision, Decision::Replace { .. }) {
+                    report.took_over = true;
+                }
                 info!(
                     "route table {table}: 0.0.0.0/0 now targets {}{was}",
                     self.id.eni_id
@@ -359,7 +476,7 @@ impl Agent {
                             "route table {table}: newer natd {holder} holds 0.0.0.0/0; standing by"
                         )
                     }
-                    Decision::Ours if self.passes == 1 => {
+                    Decision::Ours if !self.decisions.contains_key(&table) => {
                         info!(
                             "route table {table}: 0.0.0.0/0 already targets {}",
                             self.id.eni_id
@@ -380,17 +497,17 @@ impl Agent {
                 self.cfg.stack
             );
         }
-        report.routes_yielded = now
+        let yielded = now
             .values()
             .filter(|d| matches!(d, Decision::Yield { .. }))
             .count();
-        report.routes_held = held.len();
-        if self.passes == 1 || now != self.decisions {
+        report.routes = Some((held.len(), yielded));
+        if self.decisions.is_empty() && !now.is_empty() || now != self.decisions {
             info!(
                 "holding {} route table(s) [{}], {} held by a newer natd",
                 held.len(),
                 held.join(", "),
-                report.routes_yielded
+                yielded
             );
         }
         self.decisions = now;
@@ -399,9 +516,10 @@ impl Agent {
     /// Maps route targets that are not ours to the instance behind them.
     async fn resolve_holders(
         &self,
+        me: &Me,
         tables: &[routes::Table],
     ) -> Result<BTreeMap<Target, routes::Holder>, aws::Error> {
-        let targets = routes::targets_to_resolve(&self.me, tables);
+        let targets = routes::targets_to_resolve(me, tables);
         if targets.is_empty() {
             return Ok(BTreeMap::new());
         }
@@ -435,7 +553,7 @@ impl Agent {
             .collect())
     }
 
-    async fn ensure_address(&mut self, report: &mut PassReport) {
+    async fn ensure_address(&mut self, report: &mut ControlReport) {
         let address = match self
             .cloud
             .address(self.cfg.eip_allocation_id.as_deref(), &self.cfg.stack)
@@ -443,7 +561,7 @@ impl Agent {
         {
             Ok(Some(a)) => a,
             Ok(None) => return,
-            Err(e) => return self.note_api_error(report, "elastic IP", &e),
+            Err(e) => return self.note(report, "elastic IP", &e),
         };
         if address.eni_id.as_deref() == Some(self.id.eni_id.as_str()) {
             return;
@@ -459,9 +577,9 @@ impl Agent {
             }
             .await;
             match holder {
-                Ok(Some(h)) if routes::outranks(&h, &self.me) => return,
+                Ok(Some(h)) if routes::outranks(&h, &self.me()) => return,
                 Ok(_) => {}
-                Err(e) => return self.note_api_error(report, "elastic IP", &e),
+                Err(e) => return self.note(report, "elastic IP", &e),
             }
         }
         match self
@@ -473,7 +591,7 @@ impl Agent {
                 "elastic IP {} ({}) now on {}",
                 address.public_ip, address.allocation_id, self.id.eni_id
             ),
-            Err(e) => self.note_api_error(report, "elastic IP", &e),
+            Err(e) => self.note(report, "elastic IP", &e),
         }
     }
 
@@ -493,13 +611,13 @@ impl Agent {
         Ok(m)
     }
 
-    async fn complete_launch(&mut self, report: &mut PassReport) {
+    async fn complete_launch(&mut self, report: &mut ControlReport) {
         if self.launch_completed {
             return;
         }
         let m = match self.membership().await {
             Ok(m) => m,
-            Err(e) => return self.note_api_error(report, "auto scaling", &e),
+            Err(e) => return self.note(report, "auto scaling", &e),
         };
         let Some(m) = m.filter(|m| aws::waits_for_launch(&m.lifecycle_state)) else {
             self.launch_completed = true;
@@ -518,19 +636,284 @@ impl Agent {
                 );
                 self.launch_completed = true;
             }
-            Err(e) => self.note_api_error(report, "auto scaling", &e),
+            Err(e) => self.note(report, "auto scaling", &e),
+        }
+    }
+
+    /// Writes the health tag when its summary changed or [`HEALTH_TAG_REFRESH`] passed.
+    /// Failures here are logged, not counted: the tag is for operators.
+    async fn publish(&mut self, summary: &str, report: &ControlReport) {
+        let summary = if report.problems.is_empty() {
+            summary.to_string()
+        } else {
+            // AWS answered this call but not others: say so in the tag.
+            summary.replace("control=ok", "control=trouble")
+        };
+        let due = match &self.published {
+            Some((last, at)) => *last != summary || at.elapsed() >= HEALTH_TAG_REFRESH,
+            None => true,
+        };
+        if !due {
+            return;
+        }
+        let value = format!(
+            "{summary} at={}",
+            humantime::format_rfc3339_seconds(SystemTime::now())
+        );
+        match self
+            .cloud
+            .publish_health(&self.id.instance_id, &value)
+            .await
+        {
+            Ok(()) => self.published = Some((summary, Instant::now())),
+            Err(e) => warn!("could not publish health: {e}"),
+        }
+    }
+}
+
+/// What the agent knows of its control plane over time, for STATUS and metrics.
+#[derive(Debug, Default)]
+struct ControlView {
+    routes: Option<(usize, usize)>,
+    errors_total: u64,
+    last_success: Option<SystemTime>,
+    trouble_since: Option<SystemTime>,
+    last_outage: Option<(Duration, SystemTime)>,
+    last_takeover: Option<SystemTime>,
+    next_try: Option<Duration>,
+    running_since: Option<Instant>,
+}
+
+/// A running agent: the data plane it owns, the control plane (absent while a control
+/// pass runs), and what it has concluded.
+#[derive(Debug)]
+pub struct Agent {
+    cfg: Config,
+    id: Identity,
+    data: DataPlane,
+    control: Option<ControlPlane>,
+    health: Health,
+    sdc: Option<bool>,
+    view: ControlView,
+    backoff: Option<ExponentialBackoff>,
+    next_control: Instant,
+    metrics: Option<Metrics>,
+}
+
+/// The outcome of [`Agent::finish_control`].
+#[derive(Debug, Default)]
+pub struct Finished {
+    /// A failure no retry fixes, before natd was ever ready: exit 2.
+    pub fatal: Option<String>,
+}
+
+impl Agent {
+    /// Finds out who we are (IMDS and the host), retrying with bounded backoff. No AWS
+    /// API call is needed to start: the kernel is configured even while EC2 is out of
+    /// reach.
+    pub async fn start(
+        cfg: Config,
+        on_retry: impl Fn(&str) + Send + Sync,
+    ) -> Result<Self, StartError> {
+        let backoff = startup_backoff(&cfg);
+        let endpoint = cfg.imds_endpoint.clone();
+        let id = (|| imds::identity(endpoint.as_deref()))
+            .retry(backoff)
+            .when(|e| !matches!(e, imds::Error::Endpoint { .. }))
+            .notify(|e, d| on_retry(&format!("waiting for IMDS ({e}); retrying in {d:.1?}")))
+            .await?;
+        info!(
+            instance = %id.instance_id, eni = %id.eni_id, vpc = %id.vpc_id, az = %id.availability_zone,
+            "identity from IMDS"
+        );
+        let cidrs = id.vpc_cidrs.clone();
+        let mac = id.mac.clone();
+        let facts = (|| {
+            let (mac, cidrs) = (mac.clone(), cidrs.clone());
+            async move { kapply::read_facts(&mac, cidrs) }
+        })
+        .retry(backoff)
+        .notify(|e, d| on_retry(&format!("{e}; retrying in {d:.1?}")))
+        .await?;
+        let sdk = crate::cloud::sdk_config(&id.region, cfg.aws_endpoint_url.as_deref()).await;
+        let port_range = kernel::parse_port_range(&cfg.local_port_range).unwrap_or((1024, 65535));
+        let plan = kernel::sysctl_plan(&facts, port_range, cfg.conntrack_max);
+        let rules = kernel::ruleset(&facts);
+        info!(
+            interface = %facts.egress_interface,
+            cidrs = %cidr_list(&facts.vpc_cidrs),
+            "egress interface found"
+        );
+        let data = DataPlane {
+            kernel: Kernel::new(cfg.proc_sys_root.clone()),
+            facts,
+            plan,
+            rules,
+            probes: cfg.probes(),
+            probe_timeout: Duration::from_millis(cfg.probe_timeout_ms),
+            passes: 0,
+            skipped_logged: false,
+            conntrack_tool_missing_logged: false,
+            port_range,
+        };
+        let control = ControlPlane {
+            cfg: cfg.clone(),
+            id: id.clone(),
+            cloud: Cloud::new(&sdk),
+            imds: Imds::new(cfg.imds_endpoint.as_deref())?,
+            launch_time: None,
+            cidrs: id.vpc_cidrs.clone(),
+            decisions: BTreeMap::new(),
+            membership: None,
+            launch_completed: false,
+            passes: 0,
+            published: None,
+            ever_ready: false,
+        };
+        Ok(Self {
+            metrics: cfg.metrics_file.clone().map(Metrics::new),
+            cfg,
+            id,
+            data,
+            control: Some(control),
+            health: Health::default(),
+            sdc: None,
+            view: ControlView::default(),
+            backoff: None,
+            next_control: Instant::now(),
+        })
+    }
+
+    /// Who we are.
+    pub fn identity(&self) -> &Identity {
+        &self.id
+    }
+
+    /// The configuration in force.
+    pub fn config(&self) -> &Config {
+        &self.cfg
+    }
+
+    /// What natd has concluded so far.
+    pub fn health(&self) -> &Health {
+        &self.health
+    }
+
+    /// One data-plane pass: check, repair, account, write metrics.
+    pub async fn data_pass(&mut self) {
+        let problems = self.data.check(self.sdc, &self.id.eni_id).await;
+        let (next, notes) = self.health.after_data(&problems, self.cfg.unhealthy_after);
+        self.health = next;
+        for n in notes {
+            self.log_note(n);
+        }
+        self.write_metrics().await;
+    }
+
+    /// Starts a control pass when one is due and none runs: the future gives the
+    /// control plane back, to [`Agent::finish_control`].
+    pub fn start_control(
+        &mut self,
+    ) -> Option<impl std::future::Future<Output = (ControlPlane, ControlReport)> + use<>> {
+        if Instant::now() < self.next_control {
+            return None;
+        }
+        let cp = self.control.take()?;
+        self.view.running_since = Some(Instant::now());
+        let input = ControlInput {
+            forwards: self.health.forwarding(),
+            report_unhealthy: self.health.report_due(),
+            health: self.health_summary(),
+        };
+        Some(control_pass(cp, input, self.cfg.control_deadline()))
+    }
+
+    /// Takes the control plane back after a pass and accounts for what it found.
+    pub async fn finish_control(&mut self, cp: ControlPlane, report: ControlReport) -> Finished {
+        let mut cp = cp;
+        self.view.running_since = None;
+        let now = SystemTime::now();
+        if let Some(sdc) = report.sdc {
+            self.sdc = Some(sdc);
+        }
+        if let Some(r) = report.routes {
+            self.view.routes = Some(r);
+        }
+        if report.took_over {
+            self.view.last_takeover = Some(now);
+        }
+        let mut cidrs_changed = false;
+        if let Some(cidrs) = &report.cidrs
+            && *cidrs != cp.cidrs
+        {
+            info!(
+                "VPC CIDR blocks changed: {} -> {}; updating the ruleset",
+                cidr_list(&cp.cidrs),
+                cidr_list(cidrs)
+            );
+            cp.cidrs = cidrs.clone();
+            self.data.set_cidrs(cidrs.clone());
+            cidrs_changed = true;
+        }
+        let outcome = ControlOutcome {
+            problems: report.problems.clone(),
+            reported: report.reported,
+        };
+        let (next, notes) = self.health.after_control(&outcome);
+        self.health = next;
+        if report.problems.is_empty() {
+            self.backoff = None;
+            self.view.last_success = Some(now);
+            if let Some(since) = self.view.trouble_since.take() {
+                self.view.last_outage = Some((now.duration_since(since).unwrap_or_default(), now));
+            }
+            self.next_control = Instant::now();
+            self.view.next_try = None;
+        } else {
+            self.view.errors_total += report.problems.len() as u64;
+            self.view.trouble_since.get_or_insert(now);
+            let backoff = self.backoff.get_or_insert_with(|| {
+                ExponentialBuilder::default()
+                    .with_min_delay(self.cfg.interval())
+                    .with_max_delay(self.cfg.control_backoff_max())
+                    .with_jitter()
+                    .without_max_times()
+                    .build()
+            });
+            let wait = backoff
+                .next()
+                .unwrap_or(self.cfg.control_backoff_max())
+                .min(self.cfg.control_backoff_max());
+            self.next_control = Instant::now() + wait;
+            self.view.next_try = Some(wait);
+        }
+        for n in notes {
+            self.log_note(n);
+        }
+        self.control = Some(cp);
+        if cidrs_changed {
+            // Apply the new ruleset now rather than at the next tick.
+            self.data_pass().await;
+        } else {
+            self.write_metrics().await;
+        }
+        Finished {
+            fatal: report.fatal,
         }
     }
 
     /// Tells the group the launch failed for good, if a launch hook is waiting for us.
     /// Best effort: natd is about to exit with status 2 either way.
     pub async fn abandon_launch(&mut self) {
-        if let Ok(Some(m)) = self.membership().await
+        let Some(cp) = self.control.as_mut() else {
+            return;
+        };
+        if let Ok(Some(m)) = cp.membership().await
             && aws::waits_for_launch(&m.lifecycle_state)
         {
-            match self
+            match cp
                 .cloud
-                .complete_launch(&m.group, &self.id.instance_id, "ABANDON")
+                .complete_launch(&m.group, &cp.id.instance_id, "ABANDON")
                 .await
             {
                 Ok(_) => warn!("lifecycle action completed with ABANDON on {}", m.group),
@@ -539,85 +922,185 @@ impl Agent {
         }
     }
 
-    fn note_api_error(&self, report: &mut PassReport, what: &str, e: &aws::Error) {
-        if e.is_permanent() && !self.ever_ready && report.fatal.is_none() {
-            report.fatal = Some(format!("{what}: {e}"));
-        }
-        report.problems.push(format!("{what}: {e}"));
+    /// Whether the last passes found everything in order (for `--once`).
+    pub fn healthy(&self) -> bool {
+        self.health.forwarding() && self.health.control_failures == 0
     }
 
-    async fn account(&mut self, report: &mut PassReport) {
-        if report.healthy() {
-            if !self.ever_ready {
-                info!("forwarding ready");
-            } else if self.failures > 0 {
-                info!("healthy again after {} failed pass(es)", self.failures);
+    fn log_note(&self, n: Note) {
+        match n {
+            Note::Ready => info!("forwarding ready"),
+            Note::DataRecovered { after } => {
+                info!("data plane healthy again after {after} failed pass(es)")
             }
-            self.ever_ready = true;
-            self.failures = 0;
-            self.last_problems.clear();
-            return;
-        }
-        self.failures += 1;
-        if report.problems != self.last_problems {
-            warn!(
-                "pass failed ({}/{}): {}",
-                self.failures,
-                self.cfg.unhealthy_after,
-                report.problems.join("; ")
-            );
-            self.last_problems = report.problems.clone();
-        }
-        if self.failures >= self.cfg.unhealthy_after && !self.reported_unhealthy {
-            match self.membership().await {
-                Ok(Some(m)) => match self.cloud.set_unhealthy(&self.id.instance_id).await {
-                    Ok(()) => {
-                        error!(
-                            "{} failed passes; reported Unhealthy to {} for replacement",
-                            self.failures, m.group
-                        );
-                        self.reported_unhealthy = true;
-                    }
-                    Err(e) => error!("could not report Unhealthy: {e}"),
-                },
-                Ok(None) => {
-                    error!(
-                        "{} failed passes and no Auto Scaling group to replace this instance",
-                        self.failures
-                    );
-                    self.reported_unhealthy = true;
+            Note::DataFailed {
+                count,
+                limit,
+                problems,
+            } => warn!(
+                "data plane failing ({count}/{limit}): {}",
+                problems.join("; ")
+            ),
+            Note::ReportDue { count } => error!(
+                "{count} failed data-plane passes in a row: reporting Unhealthy{}",
+                if self.health.control_failures > 0 {
+                    " as soon as AWS answers"
+                } else {
+                    ""
                 }
-                Err(e) => error!("could not look up the Auto Scaling group: {e}"),
+            ),
+            Note::ReportDropped => {
+                warn!("data plane recovered before the Unhealthy report could be sent; not sent")
+            }
+            Note::ControlTrouble { count, problems } => warn!(
+                "control plane trouble ({count} failed pass(es); forwarding is not affected and this alone never reports Unhealthy): {}",
+                problems.join("; ")
+            ),
+            Note::ControlRecovered { after } => {
+                info!("control plane answers again after {after} failed pass(es)")
             }
         }
     }
 
-    /// A one-line state for sd_notify STATUS.
-    pub fn status_line(&self, report: &PassReport) -> String {
-        if report.healthy() {
-            format!(
-                "forwarding via {}; holding {} route table(s), {} held by a newer natd",
-                self.facts.egress_interface, report.routes_held, report.routes_yielded
-            )
+    /// The summary natd publishes in its `natd:health` tag (a timestamp is added).
+    fn health_summary(&self) -> String {
+        let mut s = format!(
+            "data={} control={}",
+            self.health.data_word(),
+            self.health.control_word()
+        );
+        if self.health.data_failures > 0 {
+            s.push_str(&format!(
+                " failing={}/{}",
+                self.health.data_failures, self.cfg.unhealthy_after
+            ));
+        }
+        if let Some((held, _)) = self.view.routes {
+            s.push_str(&format!(" routes={held}"));
+        }
+        if let Some((lasted, ended)) = self.view.last_outage {
+            s.push_str(&format!(
+                " api-outage={}s@{}",
+                lasted.as_secs(),
+                humantime::format_rfc3339_seconds(ended)
+            ));
+        }
+        s
+    }
+
+    /// A one-line state for sd_notify STATUS: the data plane first, then the control
+    /// plane when it is in trouble.
+    pub fn status_line(&self) -> String {
+        let mut s = if self.health.forwarding() {
+            let mut s = format!("forwarding via {}", self.data.facts.egress_interface);
+            if let Some((held, yielded)) = self.view.routes {
+                s.push_str(&format!(
+                    "; holding {held} route table(s), {yielded} held by a newer natd"
+                ));
+            }
+            s
+        } else if self.health.data_failures == 0 {
+            "starting".to_string()
         } else {
             format!(
-                "degraded ({}/{}): {}",
-                self.failures,
+                "data plane failing ({}/{}): {}",
+                self.health.data_failures,
                 self.cfg.unhealthy_after,
-                report.problems.join("; ")
+                self.health.data_problems.join("; ")
             )
+        };
+        if self.health.control_failures > 0 {
+            let since = self
+                .view
+                .trouble_since
+                .and_then(|t| t.elapsed().ok())
+                .map(|d| format!(" for {}s", d.as_secs()))
+                .unwrap_or_default();
+            s.push_str(&format!(
+                "; control plane unreachable{since} ({} failed pass(es), not counted against health): {}",
+                self.health.control_failures,
+                self.health.control_problems.join("; ")
+            ));
+            if let Some(wait) = self.view.next_try {
+                s.push_str(&format!("; retrying in {}s", wait.as_secs().max(1)));
+            }
+        }
+        s
+    }
+
+    async fn write_metrics(&mut self) {
+        let Some(m) = &self.metrics else { return };
+        let k = &self.data.kernel;
+        let num = |key: &str| k.read_sysctl(key).ok().and_then(|v| v.parse::<i64>().ok());
+        let nat = match k.nat_connections().await {
+            Ok(n) => Some(n),
+            Err(e) => {
+                if !self.data.conntrack_tool_missing_logged {
+                    self.data.conntrack_tool_missing_logged = true;
+                    warn!("NAT port use not measured: {e}");
+                }
+                None
+            }
+        };
+        let unix = |t: Option<SystemTime>| {
+            t.and_then(|t| t.duration_since(SystemTime::UNIX_EPOCH).ok())
+                .map(|d| d.as_secs() as i64)
+        };
+        let snap = Snapshot {
+            conntrack_entries: num("net/netfilter/nf_conntrack_count"),
+            conntrack_max: num("net/netfilter/nf_conntrack_max"),
+            nat_connections: nat.as_ref().map(|n| n.total as i64),
+            nat_busiest_destination: nat.as_ref().map(|n| n.busiest as i64),
+            nat_ports_per_destination: i64::from(self.data.port_range.1)
+                - i64::from(self.data.port_range.0)
+                + 1,
+            forwarding: self.health.forwarding(),
+            data_failures: i64::from(self.health.data_failures),
+            control_ok: self.health.control_failures == 0,
+            control_failures: i64::from(self.health.control_failures),
+            control_errors_total: self.view.errors_total as i64,
+            control_last_success: unix(self.view.last_success),
+            routes_held: self.view.routes.map(|r| r.0 as i64),
+            routes_yielded: self.view.routes.map(|r| r.1 as i64),
+            last_takeover: unix(self.view.last_takeover),
+            vpc_cidrs: self.data.facts.vpc_cidrs.len() as i64,
+            unhealthy_reported: self.health.report == crate::health::Report::Sent,
+        };
+        if let Err(e) = m.write(&snap) {
+            warn!("cannot write metrics: {e}");
         }
     }
+}
+
+fn cidr_list(c: &[Ipv4Net]) -> String {
+    c.iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 fn describe_kernel_changes(c: &kapply::Changes) -> String {
     let mut parts = c.sysctls.clone();
     if c.ruleset.is_some() {
-        parts.push(format!(
-            "iptables chains {} and {}",
-            kernel::NAT_CHAIN,
-            kernel::FILTER_CHAIN
-        ));
+        // Only misplaced or doubled jumps (natd's chains in place) are worth their own
+        // words; missing jumps come with missing chains, on first start or after a flush.
+        let misplaced: Vec<&String> = c.hooks.iter().filter(|h| !h.ends_with("missing")).collect();
+        if misplaced.is_empty() {
+            parts.push(format!(
+                "iptables chains {} and {}",
+                kernel::NAT_CHAIN,
+                kernel::FILTER_CHAIN
+            ));
+        } else {
+            parts.push(format!(
+                "natd's jump back to the top ({})",
+                misplaced
+                    .iter()
+                    .map(|h| h.as_str())
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            ));
+        }
     }
     parts.join(", ")
 }

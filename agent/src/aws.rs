@@ -2,7 +2,7 @@
 //! out their decisions. Every call goes through the SDK's bounded retry (see `cloud`).
 
 use crate::cloud::ApiError;
-use crate::contract::{DEFAULT_ROUTE, EGRESS_TAG, LAUNCHING_TRANSITION, STACK_TAG};
+use crate::contract::{DEFAULT_ROUTE, EGRESS_TAG, HEALTH_TAG, LAUNCHING_TRANSITION, STACK_TAG};
 use crate::routes::{Holder, Route, Table, Target};
 use aws_sdk_autoscaling::types::LifecycleState;
 use aws_sdk_ec2::types::{AttributeBooleanValue, Filter, NetworkInterfaceAttribute};
@@ -89,6 +89,16 @@ pub enum Error {
         /// The service error.
         source: ApiError,
     },
+    /// CreateTags on our own instance.
+    #[error("CreateTags {key} on {instance_id}: {source}")]
+    Tag {
+        /// The tag key.
+        key: &'static str,
+        /// Our instance.
+        instance_id: String,
+        /// The service error.
+        source: ApiError,
+    },
     /// An Auto Scaling call.
     #[error("{op} {target}: {source}")]
     AutoScaling {
@@ -113,6 +123,7 @@ impl Error {
             | Error::WriteRoute { source, .. }
             | Error::DescribeAddresses { source, .. }
             | Error::AssociateAddress { source, .. }
+            | Error::Tag { source, .. }
             | Error::AutoScaling { source, .. } => source.is_permanent(),
             Error::NoSuchInstance(_) | Error::NoSuchAddress(_) => true,
         }
@@ -470,6 +481,27 @@ impl Cloud {
             done.push(name.to_string());
         }
         Ok(done)
+    }
+
+    /// Writes natd's health summary into the `natd:health` tag of our instance.
+    pub async fn publish_health(&self, instance_id: &str, value: &str) -> Result<(), Error> {
+        self.ec2
+            .create_tags()
+            .resources(instance_id)
+            .tags(
+                aws_sdk_ec2::types::Tag::builder()
+                    .key(HEALTH_TAG)
+                    .value(value)
+                    .build(),
+            )
+            .send()
+            .await
+            .map_err(|e| Error::Tag {
+                key: HEALTH_TAG,
+                instance_id: instance_id.to_string(),
+                source: e.into(),
+            })?;
+        Ok(())
     }
 
     /// Marks our instance Unhealthy so its group replaces it.

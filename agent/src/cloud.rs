@@ -41,6 +41,8 @@ pub async fn sdk_config(region: &str, endpoint_url: Option<&str>) -> SdkConfig {
     let mut loader = aws_config::defaults(BehaviorVersion::latest())
         .region(Region::new(region.to_string()))
         .http_client(http_client())
+        // "app/natd" in every request's user agent: CloudTrail shows which calls natd made.
+        .app_name(aws_config::AppName::new("natd").expect("a valid app name"))
         .retry_config(RetryConfig::standard().with_max_attempts(MAX_ATTEMPTS))
         .timeout_config(
             TimeoutConfig::builder()

@@ -2,6 +2,7 @@
 //! so that a typo cannot silently fall back to a default.
 
 use serde::Deserialize;
+use std::net::{Ipv4Addr, SocketAddrV4};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -37,9 +38,22 @@ pub enum Error {
         /// The bad value as written.
         value: String,
         /// What is wrong with it.
-        why: &'static str,
+        why: String,
     },
 }
+
+/// Bounds of the numeric keys: `(key, least, most, unit)`. Upper bounds keep a typo (an
+/// extra zero) from silently switching self-healing off: a 500 s interval would leave a
+/// broken NAT in place for most of an hour before its group replaced it.
+pub const BOUNDS: &[(&str, u64, u64, &str)] = &[
+    ("interval_secs", 1, 60, "seconds"),
+    ("unhealthy_after", 1, 20, "passes"),
+    ("probe_timeout_ms", 100, 10_000, "milliseconds"),
+    ("startup_attempts", 1, 60, "attempts"),
+    ("control_deadline_secs", 5, 300, "seconds"),
+    ("control_backoff_max_secs", 1, 600, "seconds"),
+    ("conntrack_max", 1024, 67_108_864, "entries"),
+];
 
 /// The whole configuration, with defaults filled in.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -56,8 +70,10 @@ pub struct Config {
     /// Elastic IP allocation to hold. Without it natd looks for an address tagged
     /// `natd:egress=<stack>`; with neither, the instance keeps its own public IP.
     pub eip_allocation_id: Option<String>,
-    /// Optional data-plane probes: `host:port` targets natd connects to over TCP,
-    /// bound to the egress interface, each pass. Use endpoints you own.
+    /// Optional data-plane probes: `IPV4:PORT` targets natd connects to over TCP, bound
+    /// to the egress interface, each pass. Use endpoints you own. Addresses only, no
+    /// names: a resolver hiccup is not a NAT failure, and must not get a forwarding
+    /// instance replaced. The data plane fails when every target fails in a pass.
     pub probe_targets: Vec<String>,
     /// Timeout for one probe connection, milliseconds.
     pub probe_timeout_ms: u64,
@@ -75,6 +91,18 @@ pub struct Config {
     /// How many times to try IMDS and the first AWS calls at start before giving up
     /// (exit 1, systemd restarts natd).
     pub startup_attempts: u32,
+    /// Longest a control pass (IMDS, EC2, Auto Scaling) may take before it is abandoned
+    /// and retried; the kernel checks run every interval regardless.
+    pub control_deadline_secs: u64,
+    /// Longest wait between control passes while AWS cannot be reached (the wait
+    /// doubles from `interval_secs` up to this).
+    pub control_backoff_max_secs: u64,
+    /// Where natd writes its metrics in Prometheus text format, every pass (atomically,
+    /// mode 0644; node_exporter's textfile collector reads it). Off when absent.
+    pub metrics_file: Option<PathBuf>,
+    /// Whether natd publishes its health in the `natd:health` tag of its instance, which
+    /// `natctl status` reads.
+    pub publish_health: bool,
 }
 
 impl Default for Config {
@@ -96,6 +124,10 @@ impl Default for Config {
             // With the backoff in `retry` (0.5 s doubling, capped at 10 s) this is
             // about 2 minutes.
             startup_attempts: 16,
+            control_deadline_secs: 30,
+            control_backoff_max_secs: 60,
+            metrics_file: None,
+            publish_health: true,
         }
     }
 }
@@ -128,56 +160,142 @@ impl Config {
     }
 
     fn validate(&self, path: &Path) -> Result<(), Error> {
-        let bad = |key, value: String, why| Error::Value {
+        let bad = |key, value: String, why: String| Error::Value {
             path: path.to_owned(),
             key,
             value,
             why,
         };
         if let Err(e) = crate::contract::check_stack_name(&self.stack) {
-            return Err(bad("stack", format!("{:?}", self.stack), e.why));
+            return Err(bad("stack", format!("{:?}", self.stack), e.why.to_string()));
         }
-        if self.interval_secs == 0 {
-            return Err(bad("interval_secs", "0".into(), "must be at least 1"));
+        let numbers = [
+            ("interval_secs", Some(self.interval_secs)),
+            ("unhealthy_after", Some(u64::from(self.unhealthy_after))),
+            ("probe_timeout_ms", Some(self.probe_timeout_ms)),
+            ("startup_attempts", Some(u64::from(self.startup_attempts))),
+            ("control_deadline_secs", Some(self.control_deadline_secs)),
+            (
+                "control_backoff_max_secs",
+                Some(self.control_backoff_max_secs),
+            ),
+            ("conntrack_max", self.conntrack_max),
+        ];
+        for (key, value) in numbers {
+            let Some(value) = value else { continue };
+            if let Some((_, least, most, unit)) = BOUNDS.iter().find(|b| b.0 == key)
+                && !(*least..=*most).contains(&value)
+            {
+                return Err(bad(
+                    key,
+                    value.to_string(),
+                    format!("must be between {least} and {most} ({unit})"),
+                ));
+            }
         }
-        if self.unhealthy_after == 0 {
-            return Err(bad("unhealthy_after", "0".into(), "must be at least 1"));
+        if !self.probe_targets.is_empty() && self.probe_timeout_ms >= self.interval_secs * 1000 {
+            return Err(bad(
+                "probe_timeout_ms",
+                self.probe_timeout_ms.to_string(),
+                format!(
+                    "must be shorter than interval_secs ({} s): a probe must end within its pass",
+                    self.interval_secs
+                ),
+            ));
         }
-        if self.startup_attempts == 0 {
-            return Err(bad("startup_attempts", "0".into(), "must be at least 1"));
+        if self.control_backoff_max_secs < self.interval_secs {
+            return Err(bad(
+                "control_backoff_max_secs",
+                self.control_backoff_max_secs.to_string(),
+                format!("must be at least interval_secs ({} s)", self.interval_secs),
+            ));
         }
         if let Some(id) = &self.eip_allocation_id
-            && !id.starts_with("eipalloc-")
+            && !(id.starts_with("eipalloc-")
+                && id.len() > "eipalloc-".len()
+                && id["eipalloc-".len()..]
+                    .chars()
+                    .all(|c| c.is_ascii_hexdigit()))
         {
             return Err(bad(
                 "eip_allocation_id",
                 format!("{id:?}"),
-                "an allocation id looks like eipalloc-0123abcd",
+                "an allocation id looks like eipalloc-0123abcd".into(),
             ));
         }
         for t in &self.probe_targets {
-            if t.rsplit_once(':')
-                .and_then(|(h, p)| (!h.is_empty()).then_some(p))
-                .and_then(|p| p.parse::<u16>().ok())
-                .is_none()
-            {
-                return Err(bad("probe_targets", format!("{t:?}"), "expected host:port"));
+            if let Err(why) = parse_probe_target(t) {
+                return Err(bad("probe_targets", format!("{t:?}"), why));
             }
         }
         if crate::kernel::parse_port_range(&self.local_port_range).is_none() {
             return Err(bad(
                 "local_port_range",
                 format!("{:?}", self.local_port_range),
-                "expected \"LOW HIGH\" with 1024 <= LOW < HIGH <= 65535",
+                "expected \"LOW HIGH\" with 1024 <= LOW < HIGH <= 65535".into(),
+            ));
+        }
+        if let Some(p) = &self.metrics_file
+            && (!p.is_absolute() || p.file_name().is_none())
+        {
+            return Err(bad(
+                "metrics_file",
+                format!("{:?}", p.display().to_string()),
+                "must be an absolute path to a file, e.g. /run/natd/metrics.prom".into(),
             ));
         }
         Ok(())
+    }
+
+    /// The probe targets, parsed (validated at load, so none is dropped).
+    pub fn probes(&self) -> Vec<SocketAddrV4> {
+        self.probe_targets
+            .iter()
+            .filter_map(|t| parse_probe_target(t).ok())
+            .collect()
+    }
+
+    /// The longest a control pass may take.
+    pub fn control_deadline(&self) -> Duration {
+        Duration::from_secs(self.control_deadline_secs)
+    }
+
+    /// The longest wait between control passes while AWS cannot be reached.
+    pub fn control_backoff_max(&self) -> Duration {
+        Duration::from_secs(self.control_backoff_max_secs)
     }
 
     /// The reconcile interval.
     pub fn interval(&self) -> Duration {
         Duration::from_secs(self.interval_secs)
     }
+}
+
+/// Parses one probe target, `IPV4:PORT`, or says what is wrong with it.
+pub fn parse_probe_target(t: &str) -> Result<SocketAddrV4, String> {
+    let Some((host, port)) = t.rsplit_once(':') else {
+        return Err("expected IPV4:PORT, e.g. 192.0.2.10:443".into());
+    };
+    if t.contains("://") || t.contains('/') {
+        return Err("expected IPV4:PORT, not a URL".into());
+    }
+    let port: u16 = match port.parse() {
+        Ok(0) | Err(_) => return Err(format!("port {port:?} must be a number from 1 to 65535")),
+        Ok(p) => p,
+    };
+    let ip: Ipv4Addr = host.parse().map_err(|_| {
+        if host.starts_with('[') || host.contains(':') {
+            format!("{host:?} is not an IPv4 address (natd probes IPv4 egress)")
+        } else {
+            format!(
+                "{host:?} is not an IPv4 address; names are not allowed (a resolver hiccup must not count as a NAT failure)"
+            )
+        }
+    })?;
+    if ip.is_unspecified() || ip.is_broadcast() || ip.is_multicast() {
+        return Err(format!("{ip} cannot be connected to"));
+    }
+    Ok(SocketAddrV4::new(ip, port))
 }
 
 #[cfg(test)]
@@ -208,9 +326,78 @@ mod tests {
             ("probe_targets = [\"example.com\"]", "example.com"),
             ("local_port_range = \"80 70\"", "80 70"),
             ("interval_secs = \"five\"", "five"),
+            ("interval_secs = 500", "interval_secs"),
+            ("interval_secs = 61", "between 1 and 60"),
+            ("unhealthy_after = 0", "unhealthy_after"),
+            ("unhealthy_after = 200", "unhealthy_after"),
+            ("probe_timeout_ms = 20000", "probe_timeout_ms"),
+            (
+                "interval_secs = 1\nprobe_timeout_ms = 1500\nprobe_targets = [\"192.0.2.1:80\"]",
+                "shorter than interval_secs",
+            ),
+            ("startup_attempts = 1000", "startup_attempts"),
+            ("control_deadline_secs = 3000", "control_deadline_secs"),
+            ("control_backoff_max_secs = 0", "control_backoff_max_secs"),
+            (
+                "interval_secs = 30\ncontrol_backoff_max_secs = 10",
+                "at least interval_secs",
+            ),
+            ("conntrack_max = 10", "conntrack_max"),
+            ("metrics_file = \"metrics.prom\"", "metrics_file"),
+            ("eip_allocation_id = \"eipalloc-\"", "eipalloc-"),
         ] {
             let e = parse(text).expect_err(text);
             assert!(e.to_string().contains(needle), "{text}: {e}");
+        }
+    }
+
+    #[test]
+    fn probe_targets_are_ipv4_and_port() {
+        for good in ["192.0.2.10:443", "127.0.0.1:9", "10.0.0.1:65535"] {
+            assert!(parse_probe_target(good).is_ok(), "{good}");
+            parse(&format!("probe_targets = [\"{good}\"]")).expect(good);
+        }
+        for (bad, why) in [
+            ("http://host:80", "URL"),
+            ("name with spaces:80", "not an IPv4 address"),
+            ("example.com:443", "names are not allowed"),
+            ("host:0", "port"),
+            ("192.0.2.1:0", "port"),
+            ("192.0.2.1:65536", "port"),
+            ("192.0.2.1", "IPV4:PORT"),
+            ("192.0.2.1:", "port"),
+            (":80", "not an IPv4 address"),
+            ("[2001:db8::1]:443", "not an IPv4 address"),
+            ("0.0.0.0:80", "cannot be connected to"),
+            ("224.0.0.1:80", "cannot be connected to"),
+        ] {
+            let e = parse_probe_target(bad).expect_err(bad);
+            assert!(e.contains(why), "{bad}: {e}");
+            let e = parse(&format!("probe_targets = [\"{bad}\"]")).expect_err(bad);
+            let msg = e.to_string();
+            assert!(
+                msg.contains("probe_targets") && msg.contains(bad),
+                "{bad}: {msg}"
+            );
+        }
+    }
+
+    #[test]
+    fn every_bound_is_enforced_at_both_ends() {
+        for (key, least, most, _) in BOUNDS {
+            for v in [least.saturating_sub(1), most + 1] {
+                if *key == "interval_secs" {
+                    continue;
+                }
+                // Keep the cross-key rules satisfied while probing one key.
+                let text = format!("interval_secs = 60\n{key} = {v}\n");
+                let e = parse(&text).expect_err(&text);
+                assert!(e.to_string().contains(key), "{text}: {e}");
+            }
+            if *key != "interval_secs" {
+                let text = format!("interval_secs = 60\n{key} = {most}\n");
+                parse(&text).expect(&text);
+            }
         }
     }
 

@@ -12,6 +12,15 @@ pub const EGRESS_TAG: &str = "natd:egress";
 /// anything; natctl's teardown deletes exactly what carries this tag.
 pub const STACK_TAG: &str = "natd:stack";
 
+/// Tag natd writes on its own instance: its health summary, read by `natctl status`
+/// (`data=ok control=ok routes=1 at=2026-11-25T10:00:00Z`, see `natd::agent`).
+pub const HEALTH_TAG: &str = "natd:health";
+
+/// natd rewrites [`HEALTH_TAG`] when its summary changes and at least this often, so a
+/// reader can tell a silent natd (stopped, or cut off from EC2) from a quiet one: a
+/// report older than twice this is stale.
+pub const HEALTH_TAG_REFRESH_SECS: u64 = 300;
+
 /// Default stack name when the config names none.
 pub const DEFAULT_STACK: &str = "default";
 
@@ -123,6 +132,16 @@ pub fn agent_policy(stack: &str) -> Value {
                 "Action": "ec2:AssociateAddress",
                 "Resource": "arn:aws:ec2:*:*:network-interface/*",
                 "Condition": {"StringEquals": {format!("ec2:ResourceTag/{STACK_TAG}"): stack}}
+            },
+            {
+                "Sid": "PublishHealthOnOwnInstance",
+                "Effect": "Allow",
+                "Action": "ec2:CreateTags",
+                "Resource": "arn:aws:ec2:*:*:instance/*",
+                "Condition": {
+                    "StringEquals": {format!("ec2:ResourceTag/{STACK_TAG}"): stack},
+                    "ForAllValues:StringEquals": {"aws:TagKeys": [HEALTH_TAG]}
+                }
             },
             {
                 "Sid": "ReportToOwnGroup",

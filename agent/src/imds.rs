@@ -57,29 +57,63 @@ pub struct Identity {
     pub vpc_cidrs: Vec<Ipv4Net>,
 }
 
+/// An IMDSv2 client (the SDK's: it fetches and renews the session token).
+#[derive(Debug, Clone)]
+pub struct Imds {
+    client: Client,
+}
+
+const MD: &str = "/latest/meta-data";
+
+impl Imds {
+    /// A client for `endpoint`, or for the SDK's default (169.254.169.254, or
+    /// `AWS_EC2_METADATA_SERVICE_ENDPOINT`).
+    pub fn new(endpoint: Option<&str>) -> Result<Self, Error> {
+        let mut builder = Client::builder().configure(
+            &ProviderConfig::without_region().with_http_client(crate::cloud::http_client()),
+        );
+        if let Some(e) = endpoint {
+            builder = builder.endpoint(e).map_err(|err| Error::Endpoint {
+                endpoint: e.to_string(),
+                message: err.to_string(),
+            })?;
+        }
+        Ok(Self {
+            client: builder.build(),
+        })
+    }
+
+    async fn get(&self, path: String) -> Result<String, Error> {
+        self.client
+            .get(path.clone())
+            .await
+            .map(|v| v.as_ref().trim().to_string())
+            .map_err(|e| Error::Read {
+                path,
+                message: aws_smithy_types::error::display::DisplayErrorContext(&e).to_string(),
+            })
+    }
+
+    /// The VPC's IPv4 CIDR blocks as IMDS lists them for the interface with `mac`: IMDS
+    /// follows CIDR blocks associated with or disassociated from the VPC while the
+    /// instance runs.
+    pub async fn vpc_cidrs(&self, mac: &str) -> Result<Vec<Ipv4Net>, Error> {
+        let path = format!("{MD}/network/interfaces/macs/{mac}/vpc-ipv4-cidr-blocks");
+        let text = self.get(path.clone()).await?;
+        parse_cidrs(&text).ok_or(Error::Value {
+            path,
+            value: text,
+            why: "expected one IPv4 CIDR block per line",
+        })
+    }
+}
+
 /// Reads the identity. One attempt of the whole sequence; the caller retries.
 pub async fn identity(endpoint: Option<&str>) -> Result<Identity, Error> {
-    let mut builder = Client::builder()
-        .configure(&ProviderConfig::without_region().with_http_client(crate::cloud::http_client()));
-    if let Some(e) = endpoint {
-        builder = builder.endpoint(e).map_err(|err| Error::Endpoint {
-            endpoint: e.to_string(),
-            message: err.to_string(),
-        })?;
-    }
-    let client = builder.build();
+    let imds = Imds::new(endpoint)?;
     let get = |path: String| {
-        let client = client.clone();
-        async move {
-            client
-                .get(path.clone())
-                .await
-                .map(|v| v.as_ref().trim().to_string())
-                .map_err(|e| Error::Read {
-                    path,
-                    message: aws_smithy_types::error::display::DisplayErrorContext(&e).to_string(),
-                })
-        }
+        let imds = imds.clone();
+        async move { imds.get(path).await }
     };
     let md = "/latest/meta-data";
     let instance_id = get(format!("{md}/instance-id")).await?;

@@ -6,6 +6,8 @@ pub mod aws;
 pub mod cloud;
 pub mod config;
 pub mod contract;
+pub mod health;
 pub mod imds;
 pub mod kernel;
+pub mod metrics;
 pub mod routes;

@@ -1,12 +1,16 @@
 //! natd: the self-healing NAT-instance agent.
 //!
-//! On start it learns who it is from IMDSv2, then every `interval_secs` it makes the
-//! kernel forward and masquerade the VPC's CIDRs (sysctls, its own iptables chains
-//! `NATD-POSTROUTING` and `NATD-FORWARD`), disables source/dest check on its ENI, takes
-//! over the default route of every route table in its VPC tagged `natd:egress=<stack>`
-//! (only once it forwards), holds the stack's Elastic IP if there is one, completes its
-//! Auto Scaling launch lifecycle action, and reports Unhealthy after `unhealthy_after`
-//! consecutive failed passes so the group replaces it.
+//! On start it learns who it is from IMDSv2 (no AWS API call is needed to start), then
+//! every `interval_secs` it makes the kernel forward and masquerade the VPC's CIDRs
+//! (sysctls, its own iptables chains `NATD-POSTROUTING` and `NATD-FORWARD`, jumped to
+//! first) and runs its probes: the data plane. Beside that, a control pass with its own
+//! deadline re-reads the VPC's CIDRs, disables source/dest check on its ENI, takes over
+//! the default route of every route table in its VPC tagged `natd:egress=<stack>` (only
+//! once it forwards), holds the stack's Elastic IP if there is one, completes its Auto
+//! Scaling launch lifecycle action and publishes its health in the `natd:health` tag.
+//! After `unhealthy_after` consecutive failed *data-plane* passes it reports Unhealthy
+//! so the group replaces it; AWS being unreachable is reported and retried with backoff,
+//! never counted against the instance (see `natd::health`).
 //!
 //! Config: TOML at `/etc/natd/natd.toml` (or `--config`); see `natd.example.toml`.
 //!
@@ -144,31 +148,40 @@ async fn run(cfg: Config, once: bool) -> ExitCode {
         _ = term.recv() => return ExitCode::SUCCESS,
         _ = int.recv() => return ExitCode::SUCCESS,
     };
+    if once {
+        return run_once(&mut agent).await;
+    }
     let watchdog = sd_notify::watchdog_enabled();
     let mut tick = tokio::time::interval(agent.config().interval());
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // Half the watchdog period, so one late ping does not get natd killed.
     let mut dog = tokio::time::interval(watchdog.map_or(Duration::from_secs(3600), |w| w / 2));
     let mut ready_sent = false;
+    // The control pass in flight, if any: polled beside the ticks, so a pass stuck on
+    // AWS never delays the kernel checks.
+    let mut control = None;
     loop {
         tokio::select! {
             _ = tick.tick() => {
-                let report = agent.pass().await;
-                notify_status(&agent.status_line(&report));
-                if let Some(fatal) = &report.fatal {
-                    error!("giving up: {fatal}");
-                    agent.abandon_launch().await;
-                    return ExitCode::from(EXIT_PERMANENT);
+                agent.data_pass().await;
+                if control.is_none() {
+                    control = agent.start_control().map(Box::pin);
                 }
-                if once {
-                    return if report.healthy() { ExitCode::SUCCESS } else { ExitCode::from(EXIT_RETRY) };
-                }
+                notify_status(&agent.status_line());
                 if !ready_sent {
                     ready_sent = true;
                     let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
                 }
                 if watchdog.is_some() {
                     let _ = sd_notify::notify(&[sd_notify::NotifyState::Watchdog]);
+                }
+            }
+            (cp, report) = async { control.as_mut().expect("guarded").await }, if control.is_some() => {
+                control = None;
+                let done = agent.finish_control(cp, report).await;
+                notify_status(&agent.status_line());
+                if let Some(fatal) = done.fatal {
+                    return give_up(&mut agent, &fatal).await;
                 }
             }
             _ = dog.tick(), if watchdog.is_some() => {
@@ -181,6 +194,33 @@ async fn run(cfg: Config, once: bool) -> ExitCode {
     info!("stopping; kernel rules and routes stay in place");
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
     ExitCode::SUCCESS
+}
+
+/// `--once`: a data pass, a control pass, and a data pass again if the control pass
+/// changed what the kernel needs; 0 when both halves are healthy.
+async fn run_once(agent: &mut Agent) -> ExitCode {
+    agent.data_pass().await;
+    if let Some(job) = agent.start_control() {
+        let (cp, report) = job.await;
+        let done = agent.finish_control(cp, report).await;
+        if let Some(fatal) = done.fatal {
+            return give_up(agent, &fatal).await;
+        }
+    }
+    notify_status(&agent.status_line());
+    if agent.healthy() {
+        ExitCode::SUCCESS
+    } else {
+        warn!("{}", agent.status_line());
+        ExitCode::from(EXIT_RETRY)
+    }
+}
+
+async fn give_up(agent: &mut Agent, fatal: &str) -> ExitCode {
+    error!("giving up: {fatal}");
+    notify_status(&format!("failed: {fatal}"));
+    agent.abandon_launch().await;
+    ExitCode::from(EXIT_PERMANENT)
 }
 
 /// Journal when stderr is connected to it (systemd sets JOURNAL_STREAM), else plain

@@ -319,6 +319,40 @@ pub fn teardown_json(stack: &str, steps: &[Step], applied: bool) -> Value {
     json!({"stack": stack, "steps": steps, "applied": applied})
 }
 
+/// The line under a NAT instance saying what natd on it published.
+fn natd_line(n: &crate::status::NatdReport) -> String {
+    if n.stale {
+        return format!(
+            "    natd: no report for {} min (last at {}): natd is stopped, or cannot reach EC2\n",
+            n.age_secs / 60,
+            n.reported_at
+        );
+    }
+    let mut s = format!(
+        "    natd: data plane {}{}, control plane {}{} (reported {} s ago)",
+        n.data,
+        n.failing
+            .as_ref()
+            .map(|f| format!(" ({f} failed passes)"))
+            .unwrap_or_default(),
+        n.control,
+        if n.control == "ok" {
+            ""
+        } else {
+            " (natd cannot reach AWS; forwarding is not affected)"
+        },
+        n.age_secs
+    );
+    if let Some(o) = &n.api_outage {
+        s.push_str(&format!(
+            "; last AWS API outage {} s, ended {}",
+            o.secs, o.ended
+        ));
+    }
+    s.push('\n');
+    s
+}
+
 /// A stack's status, as text.
 pub fn status_text(st: &Status) -> String {
     let mut s = format!(
@@ -335,6 +369,9 @@ pub fn status_text(st: &Status) -> String {
             i.health,
             i.eni.as_deref().unwrap_or("none (not running)")
         ));
+        if let Some(n) = &i.natd {
+            s.push_str(&natd_line(n));
+        }
     }
     for g in &st.gateways {
         s.push_str(&format!(

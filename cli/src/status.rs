@@ -25,6 +25,77 @@ pub struct Instance {
     pub health: String,
     /// Its primary ENI, while it runs.
     pub eni: Option<String>,
+    /// What natd on it last published (its `natd:health` tag), if anything.
+    pub natd: Option<NatdReport>,
+}
+
+/// natd's own account of its instance, from the `natd:health` tag natd writes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct NatdReport {
+    /// Data plane: `ok`, `failing`, `starting`.
+    pub data: String,
+    /// Control plane (natd reaching AWS): `ok`, `trouble`.
+    pub control: String,
+    /// Failed data-plane passes in a row, of how many before Unhealthy (`2/3`).
+    pub failing: Option<String>,
+    /// Route tables natd holds.
+    pub routes: Option<u32>,
+    /// When natd wrote it (RFC 3339).
+    pub reported_at: String,
+    /// Seconds since then.
+    pub age_secs: u64,
+    /// Older than twice natd's refresh period: natd is stopped, or cannot reach EC2.
+    pub stale: bool,
+    /// The last time natd could not reach AWS: how long, and when it ended.
+    pub api_outage: Option<ApiOutage>,
+}
+
+/// One period natd could not reach AWS.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ApiOutage {
+    /// How long it lasted, seconds.
+    pub secs: u64,
+    /// When it ended (RFC 3339).
+    pub ended: String,
+}
+
+/// Parses a `natd:health` tag value (`data=ok control=ok routes=1 at=...`) as of `now`.
+/// `None` when it is not one.
+pub fn parse_natd_health(value: &str, now: std::time::SystemTime) -> Option<NatdReport> {
+    let field = |k: &str| {
+        value
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix(k)?.strip_prefix('='))
+    };
+    let at = field("at")?;
+    let written = humantime::parse_rfc3339(at).ok()?;
+    let age_secs = now.duration_since(written).unwrap_or_default().as_secs();
+    let api_outage = field("api-outage").and_then(|o| {
+        let (secs, ended) = o.split_once("s@")?;
+        Some(ApiOutage {
+            secs: secs.parse().ok()?,
+            ended: ended.to_string(),
+        })
+    });
+    Some(NatdReport {
+        data: field("data")?.to_string(),
+        control: field("control")?.to_string(),
+        failing: field("failing").map(str::to_string),
+        routes: field("routes").and_then(|r| r.parse().ok()),
+        reported_at: at.to_string(),
+        age_secs,
+        stale: age_secs > 2 * natd::contract::HEALTH_TAG_REFRESH_SECS,
+        api_outage,
+    })
+}
+
+impl Instance {
+    /// Whether natd on it says, recently, that it does not forward.
+    pub fn natd_says_broken(&self) -> bool {
+        self.natd
+            .as_ref()
+            .is_some_and(|n| !n.stale && n.data == "failing")
+    }
 }
 
 /// One NAT gateway of the stack.
@@ -142,6 +213,7 @@ pub fn route_works(t: &TableFacts, instances: &[Instance], gateways: &[Gateway])
     let via_instance = t.target.as_ref().is_some_and(|x| {
         instances
             .iter()
+            .filter(|i| !i.natd_says_broken())
             .any(|i| i.eni.as_ref() == Some(x) || (i.eni.is_some() && &i.id == x))
     });
     let ok = t.state.as_deref() == Some("active")
@@ -196,6 +268,7 @@ pub async fn read(c: &Clients, stack: &str) -> Result<Facts, Error> {
                     .unwrap_or_default(),
                 health: i.health_status().unwrap_or_default().to_string(),
                 eni: None,
+                natd: None,
             });
         }
     }
@@ -222,6 +295,8 @@ pub async fn read(c: &Clients, stack: &str) -> Result<Facts, Error> {
                 .find(|m| Some(m.id.as_str()) == i.instance_id())
             {
                 mine.eni = eni.filter(|_| running).map(str::to_string);
+                mine.natd = tag_value(i.tags(), natd::contract::HEALTH_TAG)
+                    .and_then(|v| parse_natd_health(v, std::time::SystemTime::now()));
             }
         }
     }
@@ -361,7 +436,65 @@ mod tests {
             lifecycle: "InService".into(),
             health: "Healthy".into(),
             eni: eni.map(Into::into),
+            natd: None,
         }
+    }
+
+    #[test]
+    fn natd_health_tag() {
+        let now = humantime::parse_rfc3339("2026-11-25T10:01:00Z").expect("time");
+        let r = parse_natd_health(
+            "data=ok control=ok routes=2 api-outage=35s@2026-11-25T09:59:00Z at=2026-11-25T10:00:00Z",
+            now,
+        )
+        .expect("parses");
+        assert_eq!((r.data.as_str(), r.control.as_str()), ("ok", "ok"));
+        assert_eq!(r.routes, Some(2));
+        assert_eq!(r.age_secs, 60);
+        assert!(!r.stale);
+        assert_eq!(
+            r.api_outage,
+            Some(ApiOutage {
+                secs: 35,
+                ended: "2026-11-25T09:59:00Z".into()
+            })
+        );
+        let old = parse_natd_health(
+            "data=failing control=trouble failing=2/3 at=2026-11-25T09:00:00Z",
+            now,
+        )
+        .expect("parses");
+        assert!(old.stale);
+        assert_eq!(old.failing.as_deref(), Some("2/3"));
+        assert_eq!(parse_natd_health("something else", now), None);
+        assert_eq!(
+            parse_natd_health("data=ok control=ok at=yesterday", now),
+            None
+        );
+    }
+
+    #[test]
+    fn a_fresh_failing_natd_report_breaks_the_route_a_stale_one_does_not() {
+        let now = std::time::SystemTime::now();
+        let stamp = humantime::format_rfc3339_seconds(now).to_string();
+        let mut i = instance(Some("eni-1"));
+        let t = table(Some("eni-1"), Some("active"));
+        assert!(route_works(&t, std::slice::from_ref(&i), &[]).0);
+        i.natd = parse_natd_health(
+            &format!("data=failing control=ok failing=2/3 at={stamp}"),
+            now,
+        );
+        assert!(!route_works(&t, std::slice::from_ref(&i), &[]).0);
+        i.natd = parse_natd_health(&format!("data=ok control=trouble at={stamp}"), now);
+        assert!(
+            route_works(&t, std::slice::from_ref(&i), &[]).0,
+            "control-plane trouble does not break forwarding"
+        );
+        i.natd = parse_natd_health("data=failing control=ok at=2020-01-01T00:00:00Z", now);
+        assert!(
+            route_works(&t, std::slice::from_ref(&i), &[]).0,
+            "stale: unknown"
+        );
     }
 
     fn gateway(id: &str, az: &str, state: &str) -> Gateway {

@@ -54,14 +54,24 @@ Extensions, each matching documented AWS behaviour:
   state is exactly what K changes made); GET /natd-test/cut?after=-1 ends that. Tests
   use it to cut a run off at each of its mutating calls in turn.
 - IAM enforcement (INITIAL_NO_AUTH_ACTION_COUNT) evaluates Resource ARNs and
-  StringEquals/StringLike conditions on ec2:ResourceTag/* and autoscaling:ResourceTag/*
-  for the mutating calls natd makes, instead of only matching Resource "*".
+  StringEquals/StringLike conditions (with the ForAllValues:/ForAnyValue: set
+  operators) on ec2:ResourceTag/*, autoscaling:ResourceTag/* and aws:TagKeys for the
+  mutating calls natd makes, instead of only matching Resource "*".
+- SigV4 signatures are checked over the request body as sent (moto re-encodes the
+  parsed form, which rejects the Rust SDK's %20 for a space).
+- GET /natd-test/outage?secs=N[&mode=refuse|hang][&agent=app/natd] makes the endpoint
+  unavailable for N seconds to clients whose user agent carries `agent` (natd's SDK
+  sends "app/natd"; the IMDS fixture and the tests' own clients are unaffected, as IMDS
+  and other callers are during a regional EC2 API brownout): 503 at once, or after
+  hanging until the outage ends.
 """
 
 import fnmatch
 import io
 import json
 import sys
+import threading
+import time
 import urllib.parse
 
 from moto.autoscaling import models as asg_models
@@ -662,6 +672,17 @@ def _asg_resource(region, account, group_name, instance_id):
     return (group.arn, ctx)
 
 
+_KIND_OF_PREFIX = {
+    "i": "instance",
+    "eni": "network-interface",
+    "rtb": "route-table",
+    "eipalloc": "elastic-ip",
+    "sg": "security-group",
+    "subnet": "subnet",
+    "vpc": "vpc",
+}
+
+
 def _resources(req):
     """The resources (ARN, condition context) a request acts on, for the calls natd makes."""
     data, region, account = req._data, req._region, req.account_id
@@ -674,6 +695,19 @@ def _resources(req):
         out = [_ec2_resource(region, account, "elastic-ip", _param(data, "AllocationId"))]
         if _param(data, "NetworkInterfaceId"):
             out.append(_ec2_resource(region, account, "network-interface", _param(data, "NetworkInterfaceId")))
+        return out
+    if action == "ec2:CreateTags":
+        # One resource per ResourceId.N; aws:TagKeys is the request's tag keys.
+        keys = [_param(data, k) for k in sorted(data) if k.startswith("Tag.") and k.endswith(".Key")]
+        out = []
+        for k in sorted(data):
+            if not k.startswith("ResourceId."):
+                continue
+            rid = _param(data, k)
+            kind = _KIND_OF_PREFIX.get(rid.split("-")[0], "*")
+            arn, ctx = _ec2_resource(region, account, kind, rid)
+            ctx["aws:TagKeys"] = keys
+            out.append((arn, ctx))
         return out
     if action in ("autoscaling:CompleteLifecycleAction", "autoscaling:SetInstanceHealth"):
         return [_asg_resource(region, account, _param(data, "AutoScalingGroupName"), _param(data, "InstanceId"))]
@@ -689,16 +723,32 @@ def _matches(pattern, value):
 
 
 def _conditions_hold(conditions, ctx):
+    """IAM condition evaluation for the operators natd's and natctl's policies use:
+    StringEquals and StringLike on single-valued keys, and the ForAllValues: /
+    ForAnyValue: set operators on multi-valued keys (aws:TagKeys). As in IAM, a missing
+    key fails a plain operator and ForAnyValue, and satisfies ForAllValues."""
     for op, pairs in (conditions or {}).items():
+        qualifier, _, base = op.rpartition(":")
+        if base not in ("StringEquals", "StringLike"):
+            return False
+
+        def one(expected, actual):
+            if base == "StringEquals":
+                return actual in _as_list(expected)
+            return any(_matches(p, actual) for p in _as_list(expected))
+
         for key, expected in pairs.items():
             actual = ctx.get(key)
-            if actual is None:
-                return False
-            if op == "StringEquals" and actual not in _as_list(expected):
-                return False
-            if op == "StringLike" and not any(_matches(p, actual) for p in _as_list(expected)):
-                return False
-            if op not in ("StringEquals", "StringLike"):
+            if qualifier == "ForAllValues":
+                if actual is not None and not all(one(expected, a) for a in _as_list(actual)):
+                    return False
+            elif qualifier == "ForAnyValue":
+                if actual is None or not any(one(expected, a) for a in _as_list(actual)):
+                    return False
+            elif qualifier == "":
+                if actual is None or isinstance(actual, list) or not one(expected, actual):
+                    return False
+            else:
                 return False
     return True
 
@@ -730,6 +780,23 @@ def _check_action_permitted(self, resource):
 
 access_control.IAMRequest.check_action_permitted = _check_action_permitted
 
+# SigV4 is computed over the bytes the client sent. moto recomputes it from the form it
+# parsed, re-encoded the way botocore encodes (a space as '+'), so a request from
+# another SDK that encodes a space as %20 (the AWS SDK for Rust) fails with AuthFailure
+# where AWS accepts it. The signature is checked against the raw body instead.
+_raw = threading.local()
+_orig_create_aws_request = access_control.IAMRequestBase._create_aws_request
+
+
+def _create_aws_request(self):
+    body = getattr(_raw, "body", b"")
+    if not self._body and body:
+        self._body = body
+    return _orig_create_aws_request(self)
+
+
+access_control.IAMRequestBase._create_aws_request = _create_aws_request
+
 
 # --- Call log ------------------------------------------------------------------------
 
@@ -752,6 +819,11 @@ def _operation(environ, body):
 
 
 _cut = {"left": None}
+# An outage of the AWS endpoint for one client: requests whose user agent carries
+# `agent` (natd sends "app/natd") fail for `secs` seconds, either at once with 503
+# ("refuse", as an overloaded or unreachable service answers) or only after hanging
+# until the outage ends ("hang", as a black-holed endpoint behaves).
+_outage = {"until": 0.0, "mode": "refuse", "agent": "app/natd"}
 
 
 def _mutating(op):
@@ -771,12 +843,31 @@ def _dispatch(self, environ, start_response):
         after = int(urllib.parse.parse_qs(environ.get("QUERY_STRING", "")).get("after", ["-1"])[0])
         _cut["left"] = None if after < 0 else after
         return _answer(start_response, "200 OK", b"{}")
+    if path == "/natd-test/outage":
+        q = urllib.parse.parse_qs(environ.get("QUERY_STRING", ""))
+        _outage.update(
+            until=time.monotonic() + float(q.get("secs", ["0"])[0]),
+            mode=q.get("mode", ["refuse"])[0],
+            agent=q.get("agent", ["app/natd"])[0],
+        )
+        return _answer(start_response, "200 OK", b"{}")
     if not path.startswith("/moto-api"):
         length = int(environ.get("CONTENT_LENGTH") or 0)
         body = environ["wsgi.input"].read(length) if length else b""
         environ["wsgi.input"] = io.BytesIO(body)
+        _raw.body = body
         op = _operation(environ, body)
         _calls.append(op)
+        agent = environ.get("HTTP_USER_AGENT", "") + " " + environ.get("HTTP_X_AMZ_USER_AGENT", "")
+        left = _outage["until"] - time.monotonic()
+        if left > 0 and _outage["agent"] in agent:
+            if _outage["mode"] == "hang":
+                time.sleep(left)
+            return _answer(
+                start_response,
+                "503 Service Unavailable",
+                b"<Response><Errors><Error><Code>Unavailable</Code><Message>The service is unavailable.</Message></Error></Errors></Response>",
+            )
         if _cut["left"] is not None and _mutating(op):
             if _cut["left"] == 0:
                 return _answer(start_response, "503 Service Unavailable", b'{"message": "cut off"}')

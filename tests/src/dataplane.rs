@@ -73,10 +73,24 @@ pub fn serve_peer_address(ns: &Netns, addr: &str) {
 
 /// Connects from `ns` to `addr`; returns what the server said, or the error.
 pub fn fetch(ns: &Netns, addr: &str) -> Result<String, String> {
+    fetch_from(ns, None, addr)
+}
+
+/// Connects from `ns` to `addr`, from source address `src` when given; returns what the
+/// server said, or the error.
+pub fn fetch_from(ns: &Netns, src: Option<&str>, addr: &str) -> Result<String, String> {
     let addr: SocketAddr = addr.parse().expect("address");
+    let src: Option<SocketAddr> = src.map(|s| format!("{s}:0").parse().expect("source"));
     ns.run(move || {
-        let mut s = TcpStream::connect_timeout(&addr, Duration::from_millis(800))
+        let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
             .map_err(|e| e.to_string())?;
+        if let Some(src) = src {
+            sock.bind(&src.into())
+                .map_err(|e| format!("bind {src}: {e}"))?;
+        }
+        sock.connect_timeout(&addr.into(), Duration::from_millis(800))
+            .map_err(|e| e.to_string())?;
+        let mut s: TcpStream = sock.into();
         s.set_read_timeout(Some(Duration::from_secs(2)))
             .map_err(|e| e.to_string())?;
         let mut out = String::new();

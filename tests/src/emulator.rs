@@ -172,6 +172,14 @@ impl Emulator {
         self.get(&format!("/natd-test/cut?after={n}"));
     }
 
+    /// Makes the AWS endpoint unavailable to natd (requests carrying "app/natd" in their
+    /// user agent) for `secs` seconds: answered 503 at once, or after hanging until the
+    /// outage ends when `hang`. IMDS and the tests' own clients are unaffected.
+    pub fn natd_outage(&self, secs: f64, hang: bool) {
+        let mode = if hang { "hang" } else { "refuse" };
+        self.get(&format!("/natd-test/outage?secs={secs}&mode={mode}"));
+    }
+
     fn get(&self, path: &str) -> String {
         use std::io::{Read, Write};
         let mut s = std::net::TcpStream::connect(("127.0.0.1", self.port)).expect("connect");

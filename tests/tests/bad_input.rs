@@ -115,3 +115,73 @@ fn invalid_imds_endpoint_exits_2() {
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));
     assert!(text(&out).contains("not a uri"), "{}", text(&out));
 }
+
+#[test]
+fn bad_probe_targets_are_refused_at_start_naming_the_key() {
+    // Each of these passed --check-config once and then failed every pass, which in an
+    // Auto Scaling group means a replacement loop.
+    for target in [
+        "http://host:80",
+        "name with spaces:80",
+        "host:0",
+        "192.0.2.10:0",
+        "192.0.2.10:65536",
+        "192.0.2.10",
+        "example.com:443",
+        "[2001:db8::1]:443",
+        "0.0.0.0:80",
+    ] {
+        let config = format!("probe_targets = [\"192.0.2.10:443\", \"{target}\"]\n");
+        for args in [&["--check-config"][..], &["--once"][..]] {
+            let out = natd_with(&config, args);
+            assert_eq!(
+                out.status.code(),
+                Some(2),
+                "{target} {args:?}: {}",
+                text(&out)
+            );
+            let msg = text(&out);
+            assert!(
+                msg.contains("probe_targets") && msg.contains(target),
+                "{target}: {msg}"
+            );
+        }
+    }
+    let ok = natd_with(
+        "probe_targets = [\"192.0.2.10:443\", \"127.0.0.1:9\"]\n",
+        &["--check-config"],
+    );
+    assert!(ok.status.success(), "{}", text(&ok));
+}
+
+#[test]
+fn out_of_range_durations_are_refused_naming_the_key() {
+    for (text_in, key) in [
+        ("interval_secs = 50000\n", "interval_secs"),
+        ("interval_secs = 0\n", "interval_secs"),
+        ("interval_secs = 61\n", "interval_secs"),
+        ("probe_timeout_ms = 600000\n", "probe_timeout_ms"),
+        ("probe_timeout_ms = 0\n", "probe_timeout_ms"),
+        ("unhealthy_after = 1000\n", "unhealthy_after"),
+        ("startup_attempts = 100000\n", "startup_attempts"),
+        ("control_deadline_secs = 36000\n", "control_deadline_secs"),
+        (
+            "control_backoff_max_secs = 86400\n",
+            "control_backoff_max_secs",
+        ),
+        (
+            "interval_secs = 2\nprobe_timeout_ms = 5000\nprobe_targets = [\"192.0.2.10:443\"]\n",
+            "probe_timeout_ms",
+        ),
+        ("metrics_file = \"relative/metrics.prom\"\n", "metrics_file"),
+    ] {
+        let out = natd_with(text_in, &["--check-config"]);
+        assert_eq!(out.status.code(), Some(2), "{text_in}: {}", text(&out));
+        let msg = text(&out);
+        assert!(msg.contains(key), "{text_in}: {msg}");
+        assert!(
+            msg.contains("between") || msg.contains("shorter") || msg.contains("absolute"),
+            "the message says what is allowed: {msg}"
+        );
+    }
+}

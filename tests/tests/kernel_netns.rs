@@ -133,3 +133,102 @@ async fn drift_is_repaired_on_the_next_pass() {
         natd.log()
     );
 }
+
+/// The rules of a built-in chain as `iptables -S` prints them, in order.
+fn chain(ns: &Netns, table: &str, name: &str) -> Vec<String> {
+    ns.sh(&format!("iptables -t {table} -S {name}"))
+        .lines()
+        .filter(|l| l.starts_with("-A "))
+        .map(str::to_string)
+        .collect()
+}
+
+#[tokio::test]
+async fn natds_jump_returns_to_the_top_and_foreign_rules_stay_byte_identical() {
+    let (_emu, l) = lab().await;
+    // The internet side routes the VPC's range at the NAT (as a hostile neighbour would).
+    l.internet.sh("ip route add 10.20.0.0/16 via 198.51.100.2");
+    let natd = l.host.spawn(&l.host.config("dev", ""));
+    eventually(
+        Duration::from_secs(20),
+        "natd to configure the kernel",
+        || async { fetch(&l.private, SERVER).is_ok().then_some(()) },
+    )
+    .await;
+    assert!(fetch(&l.internet, PRIVATE).is_err(), "inbound dropped");
+
+    // Other software: an ACCEPT above natd's jump (it would let the internet in past
+    // natd's drop), a second natd jump at the bottom, and rules of its own elsewhere.
+    l.host
+        .ns
+        .sh("iptables -I FORWARD 1 -d 10.20.0.0/16 -j ACCEPT \
+         && iptables -A FORWARD -i lo -j ACCEPT \
+         && iptables -A FORWARD -j NATD-FORWARD \
+         && iptables -t nat -I POSTROUTING 1 -o lo -j RETURN \
+         && iptables -t nat -A POSTROUTING -j NATD-POSTROUTING");
+    let foreign = |rules: Vec<String>, jump: &str| -> Vec<String> {
+        rules.into_iter().filter(|r| !r.ends_with(jump)).collect()
+    };
+    let forward_before = foreign(chain(&l.host.ns, "filter", "FORWARD"), "-j NATD-FORWARD");
+    let post_before = foreign(
+        chain(&l.host.ns, "nat", "POSTROUTING"),
+        "-j NATD-POSTROUTING",
+    );
+    assert_eq!(forward_before.len(), 2, "{forward_before:?}");
+
+    eventually(
+        Duration::from_secs(20),
+        "natd's jumps first and single again",
+        || async {
+            let f = chain(&l.host.ns, "filter", "FORWARD");
+            let p = chain(&l.host.ns, "nat", "POSTROUTING");
+            let one = |rules: &[String], jump: &str| {
+                rules.first().map(String::as_str) == Some(jump)
+                    && rules.iter().filter(|r| r.as_str() == jump).count() == 1
+            };
+            (one(&f, "-A FORWARD -j NATD-FORWARD") && one(&p, "-A POSTROUTING -j NATD-POSTROUTING"))
+                .then_some(())
+        },
+    )
+    .await;
+    assert_eq!(
+        foreign(chain(&l.host.ns, "filter", "FORWARD"), "-j NATD-FORWARD"),
+        forward_before,
+        "other software's FORWARD rules, in their order"
+    );
+    assert_eq!(
+        foreign(
+            chain(&l.host.ns, "nat", "POSTROUTING"),
+            "-j NATD-POSTROUTING"
+        ),
+        post_before
+    );
+    assert!(
+        fetch(&l.internet, PRIVATE).is_err(),
+        "natd's drop applies again before the foreign ACCEPT"
+    );
+    assert!(fetch(&l.private, SERVER).is_ok());
+    let log = natd.log();
+    assert!(log.contains("natd's jump back to the top"), "{log}");
+    assert!(log.contains("position"), "{log}");
+}
+
+#[tokio::test]
+async fn natd_runs_on_the_nf_tables_backend() {
+    // AL2023's kernel has no legacy ip_tables module: natd's iptables calls must work
+    // through iptables-nft, which is what these tests run (tests/setup selects it).
+    let version = std::process::Command::new("iptables")
+        .arg("--version")
+        .output()
+        .unwrap();
+    let version = String::from_utf8_lossy(&version.stdout).to_string();
+    assert!(version.contains("nf_tables"), "iptables backend: {version}");
+    let (_emu, l) = lab().await;
+    let out = l.host.once(&l.host.config("dev", ""));
+    assert!(out.status.success(), "{}", text(&out));
+    let nft = l.host.ns.sh("nft list ruleset");
+    assert!(nft.contains("chain NATD-FORWARD"), "{nft}");
+    assert!(nft.contains("chain NATD-POSTROUTING"), "{nft}");
+    assert!(nft.contains("masquerade"), "{nft}");
+    assert_eq!(fetch(&l.private, SERVER).unwrap(), "198.51.100.2");
+}

@@ -111,8 +111,65 @@ async fn natd_works_with_exactly_its_policy_and_nothing_more() {
         "natd holds the stack's Elastic IP under its policy"
     );
 
+    // natd published its health on its own instance under that policy.
+    assert!(
+        !text(&out).contains("could not publish health"),
+        "{}",
+        text(&out)
+    );
+    let tags = w
+        .ec2
+        .describe_tags()
+        .filters(
+            aws_sdk_ec2::types::Filter::builder()
+                .name("resource-id")
+                .values(&nat)
+                .build(),
+        )
+        .send()
+        .await
+        .unwrap();
+    let health = tags
+        .tags()
+        .iter()
+        .find(|t| t.key() == Some(natd::contract::HEALTH_TAG))
+        .and_then(|t| t.value())
+        .unwrap_or_else(|| panic!("no natd:health tag: {tags:?}"));
+    assert!(health.starts_with("data=ok control=ok"), "{health}");
+
     // The same key may not touch what is not natd's.
     let as_natd = aws_sdk_ec2::Client::new(&emu.sdk_with((&key.0, &key.1)));
+    let tag = |k: &str| aws_sdk_ec2::types::Tag::builder().key(k).value("x").build();
+    // Tags: only natd:health, only on the stack's instances.
+    for (resource, key_name, why) in [
+        (nat.as_str(), "Name", "another tag key on its own instance"),
+        (nat.as_str(), natd::contract::STACK_TAG, "its stack tag"),
+    ] {
+        let denied = as_natd
+            .create_tags()
+            .resources(resource)
+            .tags(tag(key_name))
+            .send()
+            .await
+            .expect_err(why);
+        assert_eq!(
+            natd::cloud::ApiError::from(denied).code.as_deref(),
+            Some("AccessDenied"),
+            "{why}"
+        );
+    }
+    let foreign = w.instance("other").await;
+    let denied = as_natd
+        .create_tags()
+        .resources(&foreign)
+        .tags(tag(natd::contract::HEALTH_TAG))
+        .send()
+        .await
+        .expect_err("another stack's instance");
+    assert_eq!(
+        natd::cloud::ApiError::from(denied).code.as_deref(),
+        Some("AccessDenied")
+    );
     let denied = as_natd
         .create_route()
         .route_table_id(&untagged)

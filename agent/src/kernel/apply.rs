@@ -1,7 +1,7 @@
 //! The thin part that reads and writes the real kernel: /proc/sys, /sys/class/net,
 //! iptables-save and iptables-restore. It decides nothing; see the parent module.
 
-use super::{Facts, Ruleset, Sysctl, observe, restore_input};
+use super::{Facts, NatUse, Ruleset, Sysctl, hook_drift, nat_use, observe, restore_input};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use tokio::io::AsyncWriteExt;
@@ -87,6 +87,9 @@ pub struct Changes {
     pub ruleset: Option<String>,
     /// Optional settings the kernel refused (e.g. conntrack size inside a container).
     pub skipped: Vec<String>,
+    /// What was wrong with natd's jumps (missing, doubled, below other rules), when the
+    /// ruleset was applied because of them.
+    pub hooks: Vec<String>,
 }
 
 impl Changes {
@@ -213,6 +216,28 @@ impl Kernel {
         Ok(())
     }
 
+    /// Masqueraded connections and the busiest destination's share of NAT ports, from
+    /// `conntrack -L --src-nat` (conntrack-tools).
+    pub async fn nat_connections(&self) -> Result<NatUse, Error> {
+        let out = Command::new("conntrack")
+            .args(["-L", "--src-nat"])
+            .stdin(Stdio::null())
+            .output()
+            .await
+            .map_err(|source| Error::Spawn {
+                command: "conntrack",
+                source,
+            })?;
+        if !out.status.success() {
+            return Err(Error::Command {
+                command: "conntrack",
+                status: out.status,
+                stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+            });
+        }
+        Ok(nat_use(&String::from_utf8_lossy(&out.stdout)))
+    }
+
     /// Brings the kernel to `plan` and `ruleset`, changing only what differs, and
     /// verifies by reading back. Required sysctls first (forwarding must be on before
     /// the rules matter), then the ruleset, then optional sysctls (the conntrack sysctl
@@ -225,7 +250,9 @@ impl Kernel {
                 changes.sysctls.push(format!("{}={}", s.key, s.value));
             }
         }
-        if let Some(input) = restore_input(ruleset, &observe(&self.iptables_save().await?)) {
+        let observed = observe(&self.iptables_save().await?);
+        if let Some(input) = restore_input(ruleset, &observed) {
+            changes.hooks = hook_drift(&observed);
             self.iptables_restore(&input).await?;
             if let Some(remaining) = restore_input(ruleset, &observe(&self.iptables_save().await?))
             {

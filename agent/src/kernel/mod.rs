@@ -131,15 +131,26 @@ pub fn ruleset(facts: &Facts) -> Ruleset {
 pub struct Observed {
     /// Rules per natd chain; a chain that does not exist is absent.
     pub chains: BTreeMap<String, Vec<String>>,
-    /// How many jumps into each natd chain its built-in chain has.
-    pub jumps: BTreeMap<String, usize>,
+    /// Where the jumps into each natd chain sit in its built-in chain: 1-based rule
+    /// positions, in order. Correct is exactly `[1]`.
+    pub jumps: BTreeMap<String, Vec<usize>>,
 }
+
+/// The built-in chain that must jump to each natd chain first.
+const HOOKS: [(&str, &str, &str); 2] = [
+    ("nat", "POSTROUTING", NAT_CHAIN),
+    ("filter", "FORWARD", FILTER_CHAIN),
+];
 
 /// Reads natd's chains out of `iptables-save` output; everything else is ignored.
 pub fn observe(save: &str) -> Observed {
     let mut o = Observed::default();
+    let mut position: BTreeMap<(String, String), usize> = BTreeMap::new();
+    let mut table = String::new();
     for line in save.lines() {
-        if let Some(decl) = line.strip_prefix(':') {
+        if let Some(t) = line.strip_prefix('*') {
+            table = t.trim().to_string();
+        } else if let Some(decl) = line.strip_prefix(':') {
             let name = decl.split_whitespace().next().unwrap_or_default();
             if name == NAT_CHAIN || name == FILTER_CHAIN {
                 o.chains.entry(name.to_string()).or_default();
@@ -148,15 +159,20 @@ pub fn observe(save: &str) -> Observed {
             let Some((chain, spec)) = rule.split_once(' ') else {
                 continue;
             };
+            let n = position
+                .entry((table.clone(), chain.to_string()))
+                .or_default();
+            *n += 1;
             if chain == NAT_CHAIN || chain == FILTER_CHAIN {
                 o.chains
                     .entry(chain.to_string())
                     .or_default()
                     .push(spec.to_string());
             } else if let Some(target) = spec.strip_prefix("-j ")
-                && (target == NAT_CHAIN || target == FILTER_CHAIN)
+                && let Some((_, builtin, ours)) = HOOKS.iter().find(|h| h.2 == target)
+                && chain == *builtin
             {
-                *o.jumps.entry(target.to_string()).or_default() += 1;
+                o.jumps.entry(ours.to_string()).or_default().push(*n);
             }
         }
     }
@@ -164,36 +180,104 @@ pub fn observe(save: &str) -> Observed {
 }
 
 /// The `iptables-restore --noflush` input that turns `observed` into `desired`, or
-/// `None` when the kernel already matches. A declared chain is flushed and refilled
-/// whole within one table commit (atomic per table); built-in chains are only touched to
-/// add a missing jump (at the top) or remove duplicate jumps, never flushed.
+/// `None` when the kernel already matches. A natd chain is flushed and refilled whole
+/// within one table commit (atomic per table). In the built-in chain natd keeps exactly
+/// one jump, as its first rule: when the jump is missing, doubled or below another rule
+/// (software that inserted itself above natd could let traffic bypass natd's drop),
+/// every natd jump is deleted and one inserted at the top, in the same commit, so there
+/// is no moment without it. Other software's rules are never touched.
 pub fn restore_input(desired: &Ruleset, observed: &Observed) -> Option<String> {
-    let tables = [
-        ("nat", "POSTROUTING", NAT_CHAIN, &desired.nat),
-        ("filter", "FORWARD", FILTER_CHAIN, &desired.filter),
-    ];
     let mut out = String::new();
-    for (table, builtin, chain, rules) in tables {
-        let jumps = observed.jumps.get(chain).copied().unwrap_or(0);
+    for (table, builtin, chain) in HOOKS {
+        let rules = if chain == NAT_CHAIN {
+            &desired.nat
+        } else {
+            &desired.filter
+        };
+        let jumps = observed.jumps.get(chain).map(Vec::as_slice).unwrap_or(&[]);
         let current = observed.chains.get(chain);
-        if jumps == 1 && current == Some(rules) {
+        let hook_ok = jumps == [1];
+        if hook_ok && current == Some(rules) {
             continue;
         }
-        out.push_str(&format!("*{table}\n:{chain} - [0:0]\n"));
-        for r in rules {
-            out.push_str(&format!("-A {chain} {r}\n"));
-        }
-        match jumps {
-            0 => out.push_str(&format!("-I {builtin} 1 -j {chain}\n")),
-            n => {
-                for _ in 1..n {
-                    out.push_str(&format!("-D {builtin} -j {chain}\n"));
-                }
+        out.push_str(&format!("*{table}\n"));
+        if current != Some(rules) {
+            out.push_str(&format!(":{chain} - [0:0]\n"));
+            for r in rules {
+                out.push_str(&format!("-A {chain} {r}\n"));
             }
+        }
+        if !hook_ok {
+            for _ in jumps {
+                out.push_str(&format!("-D {builtin} -j {chain}\n"));
+            }
+            out.push_str(&format!("-I {builtin} 1 -j {chain}\n"));
         }
         out.push_str("COMMIT\n");
     }
     (!out.is_empty()).then_some(out)
+}
+
+/// What is wrong with natd's hooks, in words, for the drift log; empty when they are
+/// right.
+pub fn hook_drift(observed: &Observed) -> Vec<String> {
+    HOOKS
+        .iter()
+        .filter_map(|(_, builtin, chain)| {
+            let jumps = observed.jumps.get(*chain).map(Vec::as_slice).unwrap_or(&[]);
+            match jumps {
+                [1] => None,
+                [] => Some(format!("jump from {builtin} to {chain} missing")),
+                [p] => Some(format!(
+                    "jump from {builtin} to {chain} at position {p}, below other rules"
+                )),
+                many => Some(format!(
+                    "{} jumps from {builtin} to {chain} (positions {:?})",
+                    many.len(),
+                    many
+                )),
+            }
+        })
+        .collect()
+}
+
+/// How masquerading uses source ports: the kernel picks a source port per connection
+/// *per destination* (protocol, address, port), so the busiest destination is what
+/// runs out first, at the size of `ip_local_port_range`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct NatUse {
+    /// Masqueraded connections tracked.
+    pub total: usize,
+    /// Connections to the busiest single destination.
+    pub busiest: usize,
+}
+
+/// Reads `conntrack -L --src-nat` output (one entry per line, the original direction's
+/// `dst=` and `dport=` first).
+pub fn nat_use(listing: &str) -> NatUse {
+    let mut per: BTreeMap<(String, String, String), usize> = BTreeMap::new();
+    let mut total = 0;
+    for line in listing.lines() {
+        let mut words = line.split_whitespace();
+        let Some(proto) = words.next() else { continue };
+        let field = |name: &str| {
+            line.split_whitespace()
+                .find_map(|w| w.strip_prefix(name))
+                .unwrap_or("")
+                .to_string()
+        };
+        let dst = field("dst=");
+        if dst.is_empty() {
+            continue;
+        }
+        total += 1;
+        *per.entry((proto.to_string(), dst, field("dport=")))
+            .or_default() += 1;
+    }
+    NatUse {
+        total,
+        busiest: per.values().copied().max().unwrap_or(0),
+    }
 }
 
 #[cfg(test)]
@@ -275,11 +359,54 @@ mod tests {
     fn missing_jump_is_inserted_and_duplicates_removed() {
         let desired = ruleset(&facts());
         let mut observed = observe(&saved(&desired));
-        observed.jumps.insert(NAT_CHAIN.into(), 0);
-        observed.jumps.insert(FILTER_CHAIN.into(), 3);
+        observed.jumps.insert(NAT_CHAIN.into(), vec![]);
+        observed.jumps.insert(FILTER_CHAIN.into(), vec![1, 3, 4]);
         let input = restore_input(&desired, &observed).expect("repair");
         assert!(input.contains("-I POSTROUTING 1 -j NATD-POSTROUTING\n"));
-        assert_eq!(input.matches("-D FORWARD -j NATD-FORWARD\n").count(), 2);
+        assert!(!input.contains("-D POSTROUTING"), "{input}");
+        assert_eq!(input.matches("-D FORWARD -j NATD-FORWARD\n").count(), 3);
+        assert!(input.contains("-I FORWARD 1 -j NATD-FORWARD\n"), "{input}");
+        // Only the hooks changed: natd's chains are not refilled.
+        assert!(!input.contains(":NATD-"), "{input}");
+    }
+
+    #[test]
+    fn hook_positions_are_read_per_builtin_chain() {
+        let desired = ruleset(&facts());
+        let text = saved(&desired).replace(
+            "-A FORWARD -j NATD-FORWARD\n-A FORWARD -i docker0 -j ACCEPT\n",
+            "-A FORWARD -s 203.0.113.0/24 -j ACCEPT\n-A FORWARD -i docker0 -j ACCEPT\n-A FORWARD -j NATD-FORWARD\n-A FORWARD -j NATD-FORWARD\n",
+        );
+        let o = observe(&text);
+        assert_eq!(o.jumps.get(FILTER_CHAIN), Some(&vec![3, 4]));
+        assert_eq!(o.jumps.get(NAT_CHAIN), Some(&vec![1]));
+        assert_eq!(
+            hook_drift(&o),
+            vec!["2 jumps from FORWARD to NATD-FORWARD (positions [3, 4])".to_string()]
+        );
+        let input = restore_input(&desired, &o).expect("repair");
+        assert_eq!(
+            input,
+            "*filter\n-D FORWARD -j NATD-FORWARD\n-D FORWARD -j NATD-FORWARD\n-I FORWARD 1 -j NATD-FORWARD\nCOMMIT\n"
+        );
+        // A jump below a foreign rule is drift too.
+        let below = saved(&desired).replace(
+            "-A FORWARD -j NATD-FORWARD\n-A FORWARD -i docker0 -j ACCEPT\n",
+            "-A FORWARD -i docker0 -j ACCEPT\n-A FORWARD -j NATD-FORWARD\n",
+        );
+        let o = observe(&below);
+        assert_eq!(o.jumps.get(FILTER_CHAIN), Some(&vec![2]));
+        assert!(hook_drift(&o)[0].contains("position 2"));
+        assert!(restore_input(&desired, &o).is_some());
+        // A jump with conditions is someone else's rule, not natd's hook.
+        let conditional = saved(&desired).replace(
+            "-A FORWARD -i docker0 -j ACCEPT\n",
+            "-A FORWARD -i docker0 -j NATD-FORWARD\n",
+        );
+        assert_eq!(
+            observe(&conditional).jumps.get(FILTER_CHAIN),
+            Some(&vec![1])
+        );
     }
 
     #[test]
@@ -314,6 +441,25 @@ mod tests {
         assert_eq!(conntrack_max_for(1024 * 1024), 174_762);
         assert_eq!(conntrack_max_for(64), CONNTRACK_MIN);
         assert_eq!(conntrack_max_for(u64::MAX / 2048), CONNTRACK_MAX);
+    }
+
+    #[test]
+    fn nat_use_counts_per_destination() {
+        let listing = "\
+tcp      6 431999 ESTABLISHED src=10.20.1.10 dst=198.51.100.1 sport=40000 dport=443 src=198.51.100.1 dst=198.51.100.2 sport=443 dport=40000 [ASSURED] mark=0 use=1
+tcp      6 431999 ESTABLISHED src=10.20.1.11 dst=198.51.100.1 sport=40001 dport=443 src=198.51.100.1 dst=198.51.100.2 sport=443 dport=40001 [ASSURED] mark=0 use=1
+tcp      6 100 TIME_WAIT src=10.20.1.10 dst=198.51.100.1 sport=40002 dport=80 src=198.51.100.1 dst=198.51.100.2 sport=80 dport=40002 mark=0 use=1
+udp      17 29 src=10.20.1.10 dst=198.51.100.1 sport=5353 dport=443 src=198.51.100.1 dst=198.51.100.2 sport=443 dport=5353 mark=0 use=1
+icmp     1 29 src=10.20.1.10 dst=198.51.100.9 type=8 code=0 id=7 src=198.51.100.9 dst=198.51.100.2 type=0 code=0 id=7 mark=0 use=1
+";
+        assert_eq!(
+            nat_use(listing),
+            NatUse {
+                total: 5,
+                busiest: 2
+            }
+        );
+        assert_eq!(nat_use(""), NatUse::default());
     }
 
     #[test]
