@@ -327,3 +327,54 @@ async fn a_cidr_block_associated_later_gets_egress_and_loses_it_when_disassociat
         "{log}"
     );
 }
+
+#[tokio::test]
+async fn a_control_pass_stuck_on_the_api_does_not_delay_kernel_repair() {
+    let emu = Emulator::start();
+    let w = World::new(&emu.sdk()).await;
+    let nat = w.instance("dev").await;
+    w.route_table(Some("dev")).await;
+    let dp = DataPlane::new(&emu, &w, &nat).await;
+    let natd = dp
+        .host
+        .spawn(&dp.host.config("dev", "control_deadline_secs = 15"));
+    eventually(Duration::from_secs(30), "egress", || async {
+        fetch(&dp.private, SERVER).ok()
+    })
+    .await;
+    // A black-holed endpoint: natd's calls hang for the whole outage.
+    emu.natd_outage(30.0, true);
+    let outage = Instant::now();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    // The kernel drifts while a control pass is stuck on the API.
+    dp.host
+        .ns
+        .sh("iptables -t nat -F NATD-POSTROUTING && sysctl -qw net.ipv4.ip_forward=0");
+    assert!(fetch(&dp.private, SERVER).is_err(), "drift breaks egress");
+    eventually(
+        Duration::from_secs(10),
+        "the kernel repaired while AWS hangs",
+        || async { fetch(&dp.private, SERVER).ok() },
+    )
+    .await;
+    assert!(
+        outage.elapsed() < Duration::from_secs(25),
+        "repaired during the outage, not after it"
+    );
+    assert!(
+        natd.log().contains("kernel drift repaired"),
+        "{}",
+        natd.log()
+    );
+    eventually(
+        Duration::from_secs(30),
+        "the stuck pass to end as control-plane trouble",
+        || async { natd.log().contains("control plane trouble").then_some(()) },
+    )
+    .await;
+    assert!(
+        !natd.log().contains("data plane failing (3"),
+        "{}",
+        natd.log()
+    );
+}
