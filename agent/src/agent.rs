@@ -1024,6 +1024,14 @@ impl Agent {
             if let Some(wait) = self.view.next_try {
                 s.push_str(&format!("; retrying in {}s", wait.as_secs().max(1)));
             }
+        } else if let Some(running) = self.view.running_since.map(|t| t.elapsed())
+            && running > (self.cfg.interval() * 2).max(Duration::from_secs(5))
+        {
+            // The SDK retries a failing call for up to ~15 s before the pass fails.
+            s.push_str(&format!(
+                "; control plane slow: pass running for {}s (AWS calls retrying)",
+                running.as_secs()
+            ));
         }
         s
     }

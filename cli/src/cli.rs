@@ -197,8 +197,10 @@ pub enum Cmd {
         #[arg(long = "name", default_value = natd::contract::DEFAULT_STACK, value_parser = stack_name)]
         stack: String,
     },
-    /// Find the mistakes that keep a VPC Lambda function from its database, its secret
-    /// or the internet, in any VPC; each with its fix. Exit status 3 when any is found.
+    /// Read a VPC the way AWS evaluates it and answer, for each VPC function: can it
+    /// reach its secret, its database, the internet? Each "no" names the hop that breaks
+    /// and the fix; risks and advice follow, grouped by severity. Exit status 3 when
+    /// something breaks (with --strict: when anything is found).
     Doctor {
         /// The VPC.
         #[arg(long)]
@@ -206,6 +208,9 @@ pub enum Cmd {
         /// Look at this function (default: every function with a subnet in the VPC).
         #[arg(long, value_name = "FUNCTION")]
         lambda: Option<String>,
+        /// Exit 3 for risks and advice too, not only for what breaks.
+        #[arg(long)]
+        strict: bool,
     },
     /// Remove exactly what setup created for a stack (found by name and natd:stack
     /// tag), in dependency order.

@@ -39,7 +39,11 @@ pub fn run(args: &Args) -> Result<(), Failure> {
         Cmd::Setup(a) => ctx.block_on(setup(&ctx, a, a.dry_run)),
         Cmd::Plan(a) => ctx.block_on(setup(&ctx, a, true)),
         Cmd::Status { stack } => ctx.block_on(status_cmd(&ctx, stack)),
-        Cmd::Doctor { vpc, lambda } => ctx.block_on(doctor_cmd(&ctx, vpc, lambda.as_deref())),
+        Cmd::Doctor {
+            vpc,
+            lambda,
+            strict,
+        } => ctx.block_on(doctor_cmd(&ctx, vpc, lambda.as_deref(), *strict)),
         Cmd::Teardown { stack, dry_run } => ctx.block_on(teardown(&ctx, stack, *dry_run)),
         Cmd::Completions { shell } => {
             let mut buf = Vec::new();
@@ -381,28 +385,36 @@ async fn status_cmd(ctx: &Ctx, stack: &str) -> Result<(), Failure> {
     }
 }
 
-async fn doctor_cmd(ctx: &Ctx, vpc: &str, lambda: Option<&str>) -> Result<(), Failure> {
+async fn doctor_cmd(
+    ctx: &Ctx,
+    vpc: &str,
+    lambda: Option<&str>,
+    strict: bool,
+) -> Result<(), Failure> {
     let c = ctx.clients().await?;
     let facts = doctor::read(&c, vpc, lambda).await.map_err(|e| match e {
         doctor::Invalid::Api(e) => Failure::aws(e, &ctx.settings),
         other => Failure::BadInput(other.to_string()),
     })?;
-    let findings = doctor::diagnose(&facts);
+    let d = doctor::diagnose(&facts);
     let functions: Vec<String> = facts.functions.iter().map(|f| f.name.clone()).collect();
     if ctx.json() {
         emit(&render::json(&render::doctor_json(
-            vpc, &functions, &findings,
+            vpc, &functions, &d, strict,
         ))?)?;
     } else {
-        emit(&render::doctor_text(vpc, functions.len(), &findings))?;
+        emit(&render::doctor_text(vpc, functions.len(), &d))?;
     }
-    if findings.is_empty() {
-        Ok(())
-    } else {
+    let breaks = d.count(doctor::Severity::Breaks);
+    if breaks > 0 {
+        Err(Failure::Broken(format!("{breaks} thing(s) break")))
+    } else if strict && !d.findings.is_empty() {
         Err(Failure::Broken(format!(
-            "{} problem(s) found",
-            findings.len()
+            "{} finding(s) (--strict)",
+            d.findings.len()
         )))
+    } else {
+        Ok(())
     }
 }
 

@@ -3,7 +3,7 @@
 
 use crate::aws::names::{EGRESS_TAG, ROUTES_TAG};
 use crate::cost;
-use crate::doctor::Finding;
+use crate::doctor::{Answer, Diagnosis, Finding, Severity};
 use crate::error::Failure;
 use crate::parts::{lambda, nat_gateways, nat_instance};
 use crate::stack::{Build, Egress, Remove, Request, Step};
@@ -420,21 +420,73 @@ pub fn status_text(st: &Status) -> String {
     s.trim_end().to_string()
 }
 
-/// doctor's findings, as text.
-pub fn doctor_text(vpc: &str, functions: usize, findings: &[Finding]) -> String {
-    if findings.is_empty() {
-        return format!("{vpc}: no problem found ({functions} function(s) looked at).");
+/// One answer, in a few words.
+fn answer_text(a: &Answer) -> String {
+    if a.ok {
+        format!("yes ({})", a.via.join("; "))
+    } else {
+        "NO".to_string()
     }
-    let mut s = format!("{vpc}: {} problem(s)\n", findings.len());
-    for f in findings {
-        s.push_str(&format!("\n- {}\n  Fix: {}\n", f.problem, f.fix));
+}
+
+/// doctor's diagnosis, as text: the answers per function, then the findings grouped by
+/// severity, each with its evidence and fix.
+pub fn doctor_text(vpc: &str, functions: usize, d: &Diagnosis) -> String {
+    let breaks = d.count(Severity::Breaks);
+    let risk = d.count(Severity::Risk);
+    let advice = d.count(Severity::Advice);
+    let mut s = if breaks + risk == 0 {
+        format!("{vpc}: no problem found ({functions} function(s) looked at)")
+    } else {
+        format!("{vpc}: {breaks} break(s), {risk} risk(s) ({functions} function(s) looked at)")
+    };
+    if advice > 0 {
+        s.push_str(&format!("; {advice} piece(s) of advice"));
+    }
+    s.push_str(".\n");
+    for a in &d.answers {
+        s.push_str(&format!("\n{}\n", a.function));
+        s.push_str(&format!("  secret:   {}\n", answer_text(&a.secret)));
+        for (db, x) in &a.databases {
+            s.push_str(&format!("  database: {db}: {}\n", answer_text(x)));
+        }
+        s.push_str(&format!("  internet: {}\n", answer_text(&a.internet)));
+    }
+    for (sev, title) in [
+        (Severity::Breaks, "Breaks"),
+        (Severity::Risk, "Risk"),
+        (Severity::Advice, "Advice"),
+    ] {
+        let of: Vec<&Finding> = d.findings.iter().filter(|f| f.severity == sev).collect();
+        if of.is_empty() {
+            continue;
+        }
+        s.push_str(&format!("\n{title}:\n"));
+        for f in of {
+            s.push_str(&format!("\n- {}\n", f.problem));
+            for e in &f.evidence {
+                s.push_str(&format!("  Evidence: {e}\n"));
+            }
+            s.push_str(&format!("  Fix: {}\n", f.fix));
+        }
     }
     s.trim_end().to_string()
 }
 
-/// doctor's findings, as JSON.
-pub fn doctor_json(vpc: &str, functions: &[String], findings: &[Finding]) -> Value {
-    json!({"vpc": vpc, "functions": functions, "findings": findings})
+/// doctor's diagnosis, as JSON.
+pub fn doctor_json(vpc: &str, functions: &[String], d: &Diagnosis, strict: bool) -> Value {
+    json!({
+        "vpc": vpc,
+        "functions": functions,
+        "answers": d.answers,
+        "counts": {
+            "breaks": d.count(Severity::Breaks),
+            "risk": d.count(Severity::Risk),
+            "advice": d.count(Severity::Advice),
+        },
+        "strict": strict,
+        "findings": d.findings,
+    })
 }
 
 /// A VPC's subnets per AZ, as text.

@@ -91,13 +91,14 @@ async fn an_api_outage_while_the_nat_forwards_does_not_get_it_replaced() {
     )
     .await;
 
-    // Ten passes' worth of outage (unhealthy_after = 2): every AWS call natd makes fails.
-    emu.natd_outage(10.0, false);
+    // Thirty passes' worth of outage (unhealthy_after = 2): every AWS call natd makes
+    // fails, longer than the SDK's own retries of one call (up to ~15 s).
+    emu.natd_outage(30.0, false);
     let outage = Instant::now();
     let (mut answered, mut refused) = (0, Vec::new());
     let mut saw_status = None;
     let mut saw_metrics = None;
-    while outage.elapsed() < Duration::from_secs(10) {
+    while outage.elapsed() < Duration::from_secs(30) {
         match fetch(&dp.private, SERVER) {
             Ok(peer) => {
                 assert_eq!(peer, NAT_PUBLIC);

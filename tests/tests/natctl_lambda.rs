@@ -319,7 +319,34 @@ async fn lambda_wiring_is_exactly_as_stated_and_teardown_restores_the_function()
         ],
     );
     let v: serde_json::Value = serde_json::from_slice(&d.stdout).unwrap();
-    assert_eq!(v["findings"], serde_json::json!([]), "{v}");
+    let serious: Vec<&serde_json::Value> = v["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|f| f["severity"] != "advice")
+        .collect();
+    assert!(serious.is_empty(), "{v}");
+    // Its three answers are yes: the secret through the endpoint, the database, the
+    // internet through the NAT instance.
+    let a = &v["answers"][0];
+    assert_eq!(a["function"], "app", "{v}");
+    assert_eq!(a["secret"]["ok"], true, "{v}");
+    assert!(
+        a["secret"]["via"][0]
+            .as_str()
+            .unwrap()
+            .starts_with("endpoint vpce-"),
+        "{v}"
+    );
+    assert_eq!(a["databases"]["app-db"]["ok"], true, "{v}");
+    assert_eq!(a["internet"]["ok"], true, "{v}");
+    assert!(
+        a["internet"]["via"][0]
+            .as_str()
+            .unwrap()
+            .starts_with("NAT instance"),
+        "{v}"
+    );
     assert_eq!(d.status.code(), Some(0));
 
     // Teardown: the function has its role and VPC config back; the VPC is as before.
@@ -395,6 +422,35 @@ fn findings(emu: &Emulator, args: &[&str]) -> Vec<String> {
             )
         })
         .collect();
+    // Exit status 3 only when something breaks; every finding has a severity and
+    // evidence, and --strict makes any finding exit 3.
+    let breaks = v["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|f| f["severity"] == "breaks")
+        .count();
+    assert!(
+        v["findings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(
+                |f| ["breaks", "risk", "advice"].contains(&f["severity"].as_str().unwrap())
+                    && f["evidence"].is_array()
+            ),
+        "{v}"
+    );
+    assert_eq!(v["counts"]["breaks"], breaks, "{v}");
+    assert_eq!(
+        out.status.code(),
+        Some(if breaks == 0 { 0 } else { 3 }),
+        "{}",
+        text(&out)
+    );
+    let mut strict = cmd.clone();
+    strict.push("--strict");
+    let out = natctl(emu, &strict);
     assert_eq!(
         out.status.code(),
         Some(if found.is_empty() { 0 } else { 3 }),
@@ -513,6 +569,7 @@ async fn doctor_finds_each_mistake_in_a_vpc_built_wrong() {
         format!("one_nat_for_several_azs {gw}"),
         format!("blackhole_route {dead_table}"),
         format!("source_dest_check_on {checked_eni}"),
+        format!("nat_without_public_ip {checked_eni}"),
         format!("database_sg_open {db_open}"),
         format!("database_sg_open {db_open}"),
         format!("endpoint_without_private_dns {sts}"),
@@ -540,7 +597,8 @@ async fn doctor_finds_each_mistake_in_a_vpc_built_wrong() {
     assert_eq!(
         found,
         vec![
-            "no_egress lost".to_string(),
+            "internet_unreachable lost".to_string(),
+            "secret_unreachable lost".to_string(),
             "wildcard_role lost-admin".to_string()
         ]
     );
@@ -571,10 +629,29 @@ async fn doctor_finds_each_mistake_in_a_vpc_built_wrong() {
     assert_eq!(
         found,
         vec![
-            format!("endpoint_sg_not_admitting_lambda {sm}"),
+            format!("endpoint_missing_az {sm}"),
+            "internet_unreachable lost".to_string(),
+            "secret_unreachable lost".to_string(),
             "wildcard_role lost-admin".to_string()
         ]
     );
+    // The secret's "no" names the hop: the endpoint's security group, and its fix.
+    let out = natctl(&emu, &["doctor", "--vpc", &b.vpc, "--output", "json"]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let secret = v["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["check"] == "secret_unreachable")
+        .unwrap()
+        .clone();
+    let problem = secret["problem"].as_str().unwrap();
+    assert!(problem.contains(&endpoint_sg), "{secret}");
+    assert!(
+        secret["fix"].as_str().unwrap().contains(&lambda_sg),
+        "{secret}"
+    );
+    assert_eq!(v["answers"][0]["secret"]["ok"], false, "{v}");
     // Unknown VPC or function: bad input, named.
     let out = natctl(&emu, &["doctor", "--vpc", "vpc-0000000000000dead"]);
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));
