@@ -9,7 +9,7 @@ use clap::{Parser, Subcommand, ValueEnum};
     name = "natctl",
     version,
     about = "NAT egress for VPC Lambda functions: dev NAT instance or prod NAT gateways",
-    after_help = "Exit status: 0 success; 1 an AWS call failed (or timed out); 2 bad input, refused before any change; 3 egress broken (status) or a problem found (doctor)."
+    after_help = "Exit status: 0 success; 1 an AWS call failed (or timed out); 2 bad input, refused before any change; 3 egress broken (status) or something breaks (doctor; any finding with --strict)."
 )]
 pub struct Args {
     /// Output format. With json, errors too are a JSON object on stdout.

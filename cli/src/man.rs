@@ -17,7 +17,7 @@ An AWS call failed, got no answer within the timeouts, or a wait ran out; the me
 Bad input: an argument, a VPC, subnet, function, secret or database that does not exist, a VPC that cannot get NAT as asked, or a resource of another stack. Refused before any change; retrying will not help.
 .TP
 \fB3\fR
-\fBstatus\fR: egress is broken. \fBdoctor\fR: a problem was found.
+\fBstatus\fR: egress is broken. \fBdoctor\fR: something breaks (with \fB--strict\fR: any finding).
 "#;
 
 const ENVIRONMENT: &str = r#".SH ENVIRONMENT

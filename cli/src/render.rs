@@ -446,7 +446,10 @@ pub fn doctor_text(vpc: &str, functions: usize, d: &Diagnosis) -> String {
     s.push_str(".\n");
     for a in &d.answers {
         s.push_str(&format!("\n{}\n", a.function));
-        s.push_str(&format!("  secret:   {}\n", answer_text(&a.secret)));
+        match &a.secret {
+            Some(x) => s.push_str(&format!("  secret:   {}\n", answer_text(x))),
+            None => s.push_str("  secret:   (its role reads no secret)\n"),
+        }
         for (db, x) in &a.databases {
             s.push_str(&format!("  database: {db}: {}\n", answer_text(x)));
         }

@@ -99,6 +99,13 @@ fn conditional(s: &Value) -> bool {
         .is_some_and(|c| c.as_object().is_some_and(|o| !o.is_empty()))
 }
 
+/// Whether any `Allow` statement names `action` (on any resource).
+pub fn mentions(statements: &[Value], action: &str) -> bool {
+    statements
+        .iter()
+        .any(|s| effect(s) == "Allow" && matches_action(s, action))
+}
+
 /// How a request is decided.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Decision {

@@ -228,8 +228,9 @@ pub struct Answer {
 pub struct Answers {
     /// The function.
     pub function: String,
-    /// Secrets Manager, and the role's access to its secrets.
-    pub secret: Answer,
+    /// Secrets Manager, and the role's access to its secrets; `None` when its role
+    /// allows no `secretsmanager:GetSecretValue` at all (the question does not apply).
+    pub secret: Option<Answer>,
     /// Its databases (id -> answer).
     pub databases: BTreeMap<String, Answer>,
     /// The internet.
@@ -908,9 +909,17 @@ pub fn diagnose(f: &Facts) -> Diagnosis {
         let (internet, hops) = ask(func, |s| f.internet_path(s, &func.groups, &who));
         out.extend(broken("internet_unreachable", func, "the internet", hops));
         // Secrets Manager, then IAM on each secret its role names.
-        let (mut secret, hops) = ask(func, |s| f.secret_path(s, &func.groups, &who));
-        out.extend(broken("secret_unreachable", func, "Secrets Manager", hops));
-        if secret.ok && secret.via.iter().any(|v| v.starts_with("the public")) {
+        let get = "secretsmanager:GetSecretValue";
+        let mut secret = None;
+        if iam::mentions(&func.statements, get) {
+            let (a, hops) = ask(func, |s| f.secret_path(s, &func.groups, &who));
+            out.extend(broken("secret_unreachable", func, "Secrets Manager", hops));
+            secret = Some(a);
+        }
+        if let Some(secret) = secret
+            .as_ref()
+            .filter(|a| a.ok && a.via.iter().any(|v| v.starts_with("the public")))
+        {
             out.push(Finding {
                 severity: Severity::Advice,
                 check: "secret_through_nat",
@@ -923,7 +932,6 @@ pub fn diagnose(f: &Facts) -> Diagnosis {
             });
         }
         for s in f.secrets_of(func) {
-            let get = "secretsmanager:GetSecretValue";
             let mut denied = match iam::decide(&func.statements, get, &s.arn) {
                 iam::Decision::Allow(_) => None,
                 iam::Decision::Deny(st) => Some(format!("its role {} denies it ({st})", func.role)),
@@ -952,8 +960,10 @@ pub fn diagnose(f: &Facts) -> Diagnosis {
                 }
             }
             if let Some(why) = denied {
-                secret.ok = false;
-                secret.broken.push(why.clone());
+                if let Some(a) = secret.as_mut() {
+                    a.ok = false;
+                    a.broken.push(why.clone());
+                }
                 out.push(Finding {
                     severity: Severity::Breaks,
                     check: "secret_denied",

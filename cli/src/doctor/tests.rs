@@ -244,10 +244,11 @@ fn the_good_shapes_have_no_findings_and_every_answer_is_yes() {
         let d = diagnose(&f);
         assert_eq!(d.findings, vec![], "{name}");
         let a = &d.answers[0];
-        assert!(a.secret.ok && a.internet.ok, "{name}: {a:?}");
+        let secret = a.secret.as_ref().expect("asked");
+        assert!(secret.ok && a.internet.ok, "{name}: {a:?}");
         assert!(a.databases["db-1"].ok, "{name}: {a:?}");
         assert_eq!(
-            a.secret.via,
+            secret.via,
             vec!["endpoint vpce-sm in priv-a", "endpoint vpce-sm in priv-b"]
         );
     }
@@ -762,6 +763,19 @@ fn each_mistake_is_found_with_its_severity() {
                 ];
             }),
             vec![(Breaks, "secret_denied")],
+        ),
+        // A function that reads no secret is not asked about Secrets Manager.
+        (
+            "no secret, no endpoint, no NAT",
+            good,
+            Box::new(|f| {
+                f.functions[0].statements.truncate(2);
+                f.secrets.clear();
+                f.endpoints.clear();
+                f.tables.get_mut("rtb-a").expect("t").pop();
+                f.tables.get_mut("rtb-b").expect("t").pop();
+            }),
+            vec![(Breaks, "internet_unreachable")],
         ),
         (
             "rotation off",
