@@ -70,6 +70,29 @@ pub enum EndpointAccess {
     Vpc,
 }
 
+/// What the Secrets Manager endpoint's policy allows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum EndpointPolicy {
+    /// The stack's secret, for the stack's execution role (and the secret's rotation
+    /// function) only.
+    Stack,
+    /// This account's secrets, for this account's principals.
+    Account,
+    /// AWS's default: anything, for anyone.
+    Open,
+}
+
+/// The resource policy put on the secret.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum SecretPolicy {
+    /// Only the execution role (and the rotation function) may read the value.
+    Role,
+    /// As role, and the execution role only through the VPC's Secrets Manager endpoint.
+    Endpoint,
+    /// Remove the policy an earlier setup put (never one natctl did not write).
+    Off,
+}
+
 /// A stack name, checked against the rule natd applies too.
 fn stack_name(s: &str) -> Result<String, String> {
     natd::contract::check_stack_name(s)
@@ -129,6 +152,23 @@ pub struct SetupArgs {
     /// and every other workload of the VPC loses Secrets Manager.
     #[arg(long, value_enum, default_value_t = EndpointAccess::Vpc)]
     pub endpoint_access: EndpointAccess,
+    /// What the stack's Secrets Manager endpoint lets through (its policy, a gate after
+    /// IAM): `stack` (default) only the stack's secret for its execution role and the
+    /// secret's rotation function, so nothing else in the VPC uses the endpoint and no
+    /// outside credentials carry data out through it; `account` this account's secrets
+    /// for this account's principals (other workloads of the VPC keep Secrets Manager);
+    /// `open` AWS's default.
+    #[arg(long, value_enum, default_value_t = EndpointPolicy::Stack)]
+    pub endpoint_policy: EndpointPolicy,
+    /// Put a resource policy on the secret: `role` denies reading its value to every
+    /// principal but the execution role (and the secret's rotation function);
+    /// `endpoint` also denies the execution role outside the VPC's endpoint
+    /// (aws:SourceVpce). It denies only GetSecretValue: administrators keep managing
+    /// the secret and this policy. `off` removes the policy an earlier setup put;
+    /// without the flag the secret's policy is left as it is. A policy natctl did not
+    /// write is never replaced.
+    #[arg(long, value_enum)]
+    pub secret_policy: Option<SecretPolicy>,
     /// The RDS instance the function uses: DatabaseSG admitting its port from
     /// LambdaSG, attached to it.
     #[arg(long, value_name = "ID", conflicts_with = "db_port")]
@@ -136,6 +176,17 @@ pub struct SetupArgs {
     /// The database port, when the database is not an RDS instance to name.
     #[arg(long, value_name = "PORT", value_parser = clap::value_parser!(u16).range(1..))]
     pub db_port: Option<u16>,
+    /// VPC Flow Logs for the VPC, every accepted and rejected flow: `cloudwatch` to the
+    /// stack's log group (/natd/STACK/vpc-flow-logs, with a delivery role that may
+    /// write there only), `s3://BUCKET[/PREFIX]` to a bucket of yours, `off` removes
+    /// the stack's. Without the flag they are left as they are; teardown removes them
+    /// (the log group with its records).
+    #[arg(long, value_name = "cloudwatch|s3://BUCKET[/PREFIX]|off")]
+    pub flow_logs: Option<String>,
+    /// Days CloudWatch Logs keeps the flow logs (one of the retentions it accepts:
+    /// 1, 3, 5, 7, 14, 30, 60, 90, 120, 150, 180, 365, ...).
+    #[arg(long, value_name = "DAYS", default_value_t = 90)]
+    pub flow_logs_retention: u32,
     /// When switching between dev and prod: seconds the old egress stays after the
     /// routes moved (route changes propagate, open connections finish).
     #[arg(long, value_name = "SECS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(0..=3600))]

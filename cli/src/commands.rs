@@ -191,6 +191,19 @@ async fn setup(ctx: &Ctx, a: &SetupArgs, dry_run: bool) -> Result<(), Failure> {
             "--secret, --db-instance and --db-port wire a function: name it with --lambda".into(),
         ));
     }
+    let flow_wanted = match a.flow_logs.as_deref() {
+        None => None,
+        Some("off") => Some(None),
+        Some(d) => Some(Some(
+            crate::parts::flow_logs::parse_destination(d, a.flow_logs_retention)
+                .map_err(Failure::BadInput)?,
+        )),
+    };
+    if a.secret_policy.is_some() && a.secret.is_none() {
+        return Err(Failure::BadInput(
+            "--secret-policy is a policy on the function's secret: name it with --secret".into(),
+        ));
+    }
     let c = ctx.clients().await?;
     let topo = topology_of(ctx, &c, &a.vpc, a.env, &a.subnets).await?;
     // Every name the user gave is checked before anything changes.
@@ -229,9 +242,18 @@ async fn setup(ctx: &Ctx, a: &SetupArgs, dry_run: bool) -> Result<(), Failure> {
                 crate::cli::EndpointAccess::Lambda => lambda::EndpointAccess::Lambda,
                 crate::cli::EndpointAccess::Vpc => lambda::EndpointAccess::Vpc,
             };
-            Some(lambda::Spec::new(
-                &a.stack, &topo, &region, function, r, access,
-            ))
+            let mut spec = lambda::Spec::new(&a.stack, &topo, &region, function, r, access);
+            spec.endpoint_policy = match a.endpoint_policy {
+                crate::cli::EndpointPolicy::Stack => lambda::EndpointPolicy::Stack,
+                crate::cli::EndpointPolicy::Account => lambda::EndpointPolicy::Account,
+                crate::cli::EndpointPolicy::Open => lambda::EndpointPolicy::Open,
+            };
+            spec.secret_policy = a.secret_policy.map(|p| match p {
+                crate::cli::SecretPolicy::Role => lambda::SecretPolicy::Role,
+                crate::cli::SecretPolicy::Endpoint => lambda::SecretPolicy::Endpoint,
+                crate::cli::SecretPolicy::Off => lambda::SecretPolicy::Off,
+            });
+            Some(spec)
         }
     };
     let egress = match a.env {
@@ -256,11 +278,39 @@ async fn setup(ctx: &Ctx, a: &SetupArgs, dry_run: bool) -> Result<(), Failure> {
         }
         Env::Prod => Egress::Prod(nat_gateways::Spec::new(&a.stack, &topo)),
     };
+    let flow_logs = match flow_wanted {
+        None => crate::stack::FlowLogs::Leave,
+        Some(None) => crate::stack::FlowLogs::Off,
+        Some(Some(destination)) => {
+            let vpcs = c
+                .ec2
+                .describe_vpcs()
+                .vpc_ids(&a.vpc)
+                .send()
+                .await
+                .map_err(aws::err("DescribeVpcs", &a.vpc))
+                .map_err(ctx.aws())?;
+            let account = vpcs
+                .vpcs()
+                .first()
+                .and_then(|v| v.owner_id())
+                .unwrap_or_default()
+                .to_string();
+            crate::stack::FlowLogs::On(crate::parts::flow_logs::Spec {
+                stack: a.stack.clone(),
+                vpc: a.vpc.clone(),
+                region: c.region().unwrap_or_default(),
+                account,
+                destination,
+            })
+        }
+    };
     let req = Request {
         stack: a.stack.clone(),
         egress,
         lambda,
         drain_secs: a.drain_seconds,
+        flow_logs,
     };
     let (_, steps) = plan_now(ctx, &c, &req).await?;
     if steps.is_empty() && !dry_run {

@@ -5,7 +5,7 @@ use crate::aws::names::{EGRESS_TAG, ROUTES_TAG};
 use crate::cost;
 use crate::doctor::{Answer, Diagnosis, Finding, Severity};
 use crate::error::Failure;
-use crate::parts::{lambda, nat_gateways, nat_instance};
+use crate::parts::{flow_logs, lambda, nat_gateways, nat_instance};
 use crate::stack::{Build, Egress, Remove, Request, Step};
 use crate::status::Status;
 use crate::topology::Topology;
@@ -35,6 +35,10 @@ pub fn step(req: Option<&Request>, s: &Step) -> String {
         Step::Build(Build::Lambda(a)) => match req.and_then(|r| r.lambda.as_ref()) {
             Some(spec) => lambda_action(a, spec),
             None => format!("{a:?}"),
+        },
+        Step::Build(Build::FlowLogs(a)) => match req.map(|r| &r.flow_logs) {
+            Some(crate::stack::FlowLogs::On(spec)) => flow_logs_action(a, spec),
+            _ => format!("{a:?}"),
         },
         Step::Drain { secs } => format!(
             "keep the old egress {secs} s after the routes moved, for open connections and route propagation"
@@ -127,6 +131,54 @@ fn nat_gateways_action(a: &nat_gateways::Action) -> String {
     }
 }
 
+fn flow_logs_action(a: &flow_logs::Action, spec: &flow_logs::Spec) -> String {
+    use flow_logs::Action;
+    let group = flow_logs::log_group(&spec.stack);
+    match a {
+        Action::CreateLogGroup => format!("log group {group}"),
+        Action::SetRetention { days } => format!("log group {group}: keep {days} days"),
+        Action::CreateRole => format!(
+            "IAM role {} (trusted by VPC Flow Logs of this account)",
+            flow_logs::role(&spec.stack)
+        ),
+        Action::PutRolePolicy => format!(
+            "policy on {}: write log streams of {group} only",
+            flow_logs::role(&spec.stack)
+        ),
+        Action::DeleteFlowLog { id } => {
+            format!("flow log {id} (it delivers elsewhere than asked)")
+        }
+        Action::CreateFlowLog => format!(
+            "flow log of {}, all traffic, to {}",
+            spec.vpc,
+            match &spec.destination {
+                flow_logs::Destination::CloudWatch { .. } => group.clone(),
+                flow_logs::Destination::S3 { arn } => arn.clone(),
+            }
+        ),
+    }
+}
+
+/// What the endpoint's policy lets through, in words.
+fn endpoint_policy_words(spec: &lambda::Spec) -> String {
+    match spec.endpoint_policy {
+        lambda::EndpointPolicy::Stack => format!(
+            "only GetSecretValue on {} by {}{} (other workloads of the VPC cannot use the endpoint; --endpoint-policy account lets them)",
+            spec.secret_arn.as_deref().unwrap_or("-"),
+            spec.role(),
+            if spec.rotation_role.is_some() {
+                " and the rotation function"
+            } else {
+                ""
+            }
+        ),
+        lambda::EndpointPolicy::Account => {
+            "this account's secrets, for this account's principals".to_string()
+        }
+        lambda::EndpointPolicy::Open => "AWS's default, anything for anyone".to_string(),
+    }
+}
+
 fn lambda_action(a: &lambda::Action, spec: &lambda::Spec) -> String {
     use lambda::{Action, Group};
     let sg = |g: Group| match g {
@@ -152,13 +204,47 @@ fn lambda_action(a: &lambda::Action, spec: &lambda::Spec) -> String {
             "add SecretsManagerSG to the VPC's Secrets Manager endpoint {endpoint} (not this stack's; AWS allows one with private DNS per VPC)"
         ),
         Action::CreateEndpoint => format!(
-            "interface endpoint {} in {} with private DNS",
+            "interface endpoint {} in {} with private DNS; policy: {}",
             spec.service(),
-            list(&spec.endpoint_subnets)
+            list(&spec.endpoint_subnets),
+            endpoint_policy_words(spec)
         ),
         Action::ModifyEndpoint => format!(
             "endpoint {}: private DNS on, subnets and SecretsManagerSG as planned",
             spec.service()
+        ),
+        Action::SetEndpointPolicy => format!(
+            "endpoint {} policy: {}",
+            spec.service(),
+            endpoint_policy_words(spec)
+        ),
+        Action::PutSecretPolicy => format!(
+            "resource policy on secret {}: {}; administrators keep managing the secret and this policy",
+            spec.secret_arn.as_deref().unwrap_or("-"),
+            match spec.secret_policy {
+                Some(lambda::SecretPolicy::Endpoint) => format!(
+                    "only {}{} may read its value, the execution role only through the VPC's endpoint",
+                    spec.role(),
+                    if spec.rotation_role.is_some() {
+                        " and the rotation function"
+                    } else {
+                        ""
+                    }
+                ),
+                _ => format!(
+                    "only {}{} may read its value",
+                    spec.role(),
+                    if spec.rotation_role.is_some() {
+                        " and the rotation function"
+                    } else {
+                        ""
+                    }
+                ),
+            }
+        ),
+        Action::DeleteSecretPolicy => format!(
+            "resource policy this stack put on secret {} (--secret-policy not given)",
+            spec.secret_arn.as_deref().unwrap_or("-")
         ),
         Action::CreateRole => format!("execution role {} (trusted by Lambda)", spec.role()),
         Action::PutRolePolicy => format!(
@@ -238,6 +324,13 @@ pub fn removal(r: &Remove) -> String {
                 ),
             }
         }
+        Remove::FlowLogs(r) => match r {
+            flow_logs::Removal::FlowLog { id } => format!("flow log {id}"),
+            flow_logs::Removal::LogGroup { name } => {
+                format!("log group {name} (with the flow records in it)")
+            }
+            flow_logs::Removal::Role { name } => format!("IAM role {name}"),
+        },
         Remove::Lambda(r) => {
             use lambda::Removal;
             match r {
@@ -258,6 +351,9 @@ pub fn removal(r: &Remove) -> String {
                     format!("DatabaseSG on DB instance {db_instance}")
                 }
                 Removal::DeleteEndpoint { id } => format!("VPC endpoint {id}"),
+                Removal::DeleteSecretPolicy { secret } => {
+                    format!("resource policy this stack put on secret {secret}")
+                }
                 Removal::LeaveEndpoint { endpoint, group } => {
                     format!("SecretsManagerSG {group} on endpoint {endpoint} (the endpoint stays)")
                 }

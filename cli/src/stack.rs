@@ -5,7 +5,7 @@
 //! will do, and the text rendering is made from the same steps.
 
 use crate::aws::{Clients, Error};
-use crate::parts::{Progress, lambda, nat_gateways, nat_instance};
+use crate::parts::{Progress, flow_logs, lambda, nat_gateways, nat_instance};
 use serde::Serialize;
 use std::time::Duration;
 
@@ -31,6 +31,21 @@ pub struct Request {
     /// When switching between dev and prod: seconds the old egress stays after the
     /// routes moved (route changes propagate, open connections finish).
     pub drain_secs: u64,
+    /// The VPC's flow logs.
+    pub flow_logs: FlowLogs,
+}
+
+/// What setup does with the stack's flow logs.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[serde(tag = "flow_logs", content = "spec", rename_all = "snake_case")]
+pub enum FlowLogs {
+    /// Leave them as they are (`--flow-logs` not given).
+    #[default]
+    Leave,
+    /// Build them.
+    On(flow_logs::Spec),
+    /// Remove the stack's (`--flow-logs off`).
+    Off,
 }
 
 impl Request {
@@ -70,6 +85,8 @@ pub enum Build {
     NatGateways(nat_gateways::Action),
     /// The Lambda wiring.
     Lambda(lambda::Action),
+    /// The VPC's flow logs.
+    FlowLogs(flow_logs::Action),
 }
 
 /// A removal of one part.
@@ -82,6 +99,8 @@ pub enum Remove {
     NatGateways(nat_gateways::Removal),
     /// The Lambda wiring.
     Lambda(lambda::Removal),
+    /// The VPC's flow logs.
+    FlowLogs(flow_logs::Removal),
 }
 
 /// One step of setup, a switch, or teardown.
@@ -111,6 +130,9 @@ pub enum Refusal {
     /// The Lambda part refuses.
     #[error(transparent)]
     Lambda(#[from] lambda::Refusal),
+    /// The flow logs part refuses (a same-named resource that is not the stack's).
+    #[error(transparent)]
+    FlowLogs(#[from] crate::parts::Foreign),
 }
 
 /// What the egress part observes.
@@ -141,6 +163,10 @@ pub struct Observed {
     pub egress: EgressObserved,
     /// The Lambda part.
     pub lambda: Option<lambda::Observed>,
+    /// The flow logs part, when asked for.
+    pub flow_logs: Option<flow_logs::Observed>,
+    /// The stack's flow logs, when asked to remove them.
+    pub flow_logs_existing: Option<flow_logs::Existing>,
     /// The other egress.
     pub other: Other,
 }
@@ -169,6 +195,20 @@ pub fn plan(req: &Request, o: &Observed) -> Result<Vec<Step>, Refusal> {
             lambda::plan(spec, obs)?
                 .into_iter()
                 .map(|a| Step::Build(Build::Lambda(a))),
+        );
+    }
+    if let (FlowLogs::On(spec), Some(obs)) = (&req.flow_logs, &o.flow_logs) {
+        out.extend(
+            flow_logs::plan(spec, obs)?
+                .into_iter()
+                .map(|a| Step::Build(Build::FlowLogs(a))),
+        );
+    }
+    if let (FlowLogs::Off, Some(e)) = (&req.flow_logs, &o.flow_logs_existing) {
+        out.extend(
+            flow_logs::plan_remove(e)
+                .into_iter()
+                .map(|r| Step::Remove(Remove::FlowLogs(r))),
         );
     }
     let taken = req.tables_taken();
@@ -231,9 +271,16 @@ pub async fn read(c: &Clients, req: &Request) -> Result<Observed, Error> {
         Some(spec) => Some(lambda::read(c, spec).await?),
         None => None,
     };
+    let (flow_logs, flow_logs_existing) = match &req.flow_logs {
+        FlowLogs::Leave => (None, None),
+        FlowLogs::On(spec) => (Some(flow_logs::read(c, spec).await?), None),
+        FlowLogs::Off => (None, Some(flow_logs::read_existing(c, &req.stack).await?)),
+    };
     Ok(Observed {
         egress,
         lambda,
+        flow_logs,
+        flow_logs_existing,
         other,
     })
 }
@@ -287,6 +334,22 @@ pub async fn apply(
                         .collect();
                     lambda::apply(c, spec, obs, &actions, progress).await?;
                 }
+            }
+            (Step::Build(Build::FlowLogs(_)), ..) => {
+                if let (FlowLogs::On(spec), Some(obs)) = (&req.flow_logs, &o.flow_logs) {
+                    let actions: Vec<_> = slice
+                        .iter()
+                        .filter_map(|s| match s {
+                            Step::Build(Build::FlowLogs(a)) => Some(a.clone()),
+                            _ => None,
+                        })
+                        .collect();
+                    flow_logs::apply(c, spec, obs, &actions, progress).await?;
+                }
+            }
+            (Step::Remove(Remove::FlowLogs(_)), ..) => {
+                let e = flow_logs::read_existing(c, &req.stack).await?;
+                flow_logs::remove(c, &flow_logs::plan_remove(&e), progress).await?;
             }
             (Step::Drain { secs }, ..) => drain(*secs, progress).await,
             // The routes moved since the plan was made: the old egress is read again
@@ -363,6 +426,8 @@ pub struct Leftovers {
     pub nat_instance: nat_instance::Existing,
     /// The NAT gateways.
     pub nat_gateways: nat_gateways::Existing,
+    /// The flow logs.
+    pub flow_logs: flow_logs::Existing,
 }
 
 /// Reads what is left of `stack`.
@@ -371,6 +436,7 @@ pub async fn read_leftovers(c: &Clients, stack: &str) -> Result<Leftovers, Error
         lambda: lambda::read_existing(c, stack).await?,
         nat_instance: nat_instance::read_existing(c, stack).await?,
         nat_gateways: nat_gateways::read_existing(c, stack).await?,
+        flow_logs: flow_logs::read_existing(c, stack).await?,
     })
 }
 
@@ -393,6 +459,11 @@ pub fn plan_teardown(stack: &str, l: &Leftovers) -> Vec<Step> {
             .into_iter()
             .map(|r| Step::Remove(Remove::NatGateways(r))),
     );
+    out.extend(
+        flow_logs::plan_remove(&l.flow_logs)
+            .into_iter()
+            .map(|r| Step::Remove(Remove::FlowLogs(r))),
+    );
     out
 }
 
@@ -401,8 +472,10 @@ pub async fn teardown(c: &Clients, steps: &[Step], progress: Progress<'_>) -> Re
     let mut lambda_r = Vec::new();
     let mut instance_r = Vec::new();
     let mut gateway_r = Vec::new();
+    let mut flow_r = Vec::new();
     for s in steps {
         match s {
+            Step::Remove(Remove::FlowLogs(r)) => flow_r.push(r.clone()),
             Step::Remove(Remove::Lambda(r)) => lambda_r.push(r.clone()),
             Step::Remove(Remove::NatInstance(r)) => instance_r.push(r.clone()),
             Step::Remove(Remove::NatGateways(r)) => gateway_r.push(r.clone()),
@@ -412,6 +485,7 @@ pub async fn teardown(c: &Clients, steps: &[Step], progress: Progress<'_>) -> Re
     lambda::remove(c, &lambda_r, progress).await?;
     nat_instance::remove(c, &instance_r, progress).await?;
     nat_gateways::remove(c, &gateway_r, progress).await?;
+    flow_logs::remove(c, &flow_r, progress).await?;
     Ok(())
 }
 
@@ -435,6 +509,7 @@ mod tests {
             }),
             lambda: None,
             drain_secs: 30,
+            flow_logs: FlowLogs::Leave,
         }
     }
 
@@ -459,6 +534,7 @@ mod tests {
             }),
             lambda: None,
             drain_secs: 30,
+            flow_logs: FlowLogs::Leave,
         }
     }
 
@@ -496,6 +572,8 @@ mod tests {
                 ..Default::default()
             }),
             lambda: None,
+            flow_logs: None,
+            flow_logs_existing: None,
             other: Other::NatInstance(dev_stack()),
         };
         let steps = plan(&req, &o).expect("plan");
@@ -566,6 +644,8 @@ mod tests {
         let o = Observed {
             egress: EgressObserved::Dev(nat_instance::Observed::default()),
             lambda: None,
+            flow_logs: None,
+            flow_logs_existing: None,
             other: Other::NatGateways(gateways),
         };
         let steps = plan(&req, &o).expect("plan");
@@ -637,6 +717,8 @@ mod tests {
                 foreign: vec![],
             }),
             lambda: None,
+            flow_logs: None,
+            flow_logs_existing: None,
             other: Other::NatGateways(nat_gateways::Existing::default()),
         };
         assert_eq!(plan(&req, &o).expect("plan"), vec![]);
@@ -658,18 +740,24 @@ mod tests {
                 }],
                 ..Default::default()
             },
+            flow_logs: flow_logs::Existing {
+                flow_logs: vec!["fl-1".into()],
+                log_group: Some(flow_logs::log_group("s")),
+                role: Some(flow_logs::role("s")),
+            },
         };
         let steps = plan_teardown("s", &l);
         let part = |s: &Step| match s {
             Step::Remove(Remove::Lambda(_)) => 0,
             Step::Remove(Remove::NatInstance(_)) => 1,
             Step::Remove(Remove::NatGateways(_)) => 2,
+            Step::Remove(Remove::FlowLogs(_)) => 3,
             _ => 9,
         };
         let parts: Vec<u8> = steps.iter().map(part).collect();
         assert!(parts.windows(2).all(|w| w[0] <= w[1]), "{parts:?}");
         assert_eq!(parts.first(), Some(&0));
-        assert_eq!(parts.last(), Some(&2));
+        assert_eq!(parts.last(), Some(&3));
         // The instance's routes are untagged and deleted, not left as blackholes.
         assert!(steps.contains(&Step::Remove(Remove::NatInstance(
             nat_instance::Removal::DeleteRoute {

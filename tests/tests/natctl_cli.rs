@@ -74,6 +74,8 @@ fn policy_is_natds_contract() {
             "autoscaling:SetInstanceHealth",
             "ec2:AssociateAddress",
             "ec2:CreateRoute",
+            // Its own instance's natd:health tag only (a condition on the key).
+            "ec2:CreateTags",
             "ec2:DescribeAddresses",
             "ec2:DescribeInstances",
             "ec2:DescribeNetworkInterfaceAttribute",

@@ -487,6 +487,15 @@ async fn doctor_finds_each_mistake_in_a_vpc_built_wrong() {
         .nat_gateway_id()
         .unwrap()
         .to_string();
+    // A gateway is pending for a while, as on AWS: doctor would rightly say so.
+    {
+        use aws_sdk_ec2::client::Waiters;
+        ec2.wait_until_nat_gateway_available()
+            .nat_gateway_ids(&gw)
+            .wait(std::time::Duration::from_secs(120))
+            .await
+            .unwrap();
+    }
     let shared = a.route_table(None).await;
     ec2.create_route()
         .route_table_id(&shared)
@@ -573,6 +582,10 @@ async fn doctor_finds_each_mistake_in_a_vpc_built_wrong() {
         format!("database_sg_open {db_open}"),
         format!("database_sg_open {db_open}"),
         format!("endpoint_without_private_dns {sts}"),
+        // The emulator's region has no trail, no detector, and the VPC no flow log.
+        format!("flow_logs_off {}", a.vpc),
+        format!("cloudtrail_off {}", a.vpc),
+        format!("guardduty_off {}", a.vpc),
     ];
     expected.sort();
     assert_eq!(found, expected);
@@ -592,16 +605,21 @@ async fn doctor_finds_each_mistake_in_a_vpc_built_wrong() {
         b.private_subnets.join(",")
     );
     function(&emu, "lost", "lost-admin", Some(&vpc_config));
+    let region_advice = [
+        format!("cloudtrail_off {}", b.vpc),
+        format!("flow_logs_off {}", b.vpc),
+        format!("guardduty_off {}", b.vpc),
+    ];
     let mut found = findings(&emu, &["--vpc", &b.vpc, "--lambda", "lost"]);
     found.sort();
-    assert_eq!(
-        found,
-        vec![
-            "internet_unreachable lost".to_string(),
-            "secret_unreachable lost".to_string(),
-            "wildcard_role lost-admin".to_string()
-        ]
-    );
+    let mut expected = vec![
+        "internet_unreachable lost".to_string(),
+        "secret_unreachable lost".to_string(),
+        "wildcard_role lost-admin".to_string(),
+    ];
+    expected.extend(region_advice.iter().cloned());
+    expected.sort();
+    assert_eq!(found, expected);
     // Someone adds the Secrets Manager endpoint, but its group does not admit the
     // function's.
     let endpoint_sg = security_group(&b, "secrets-endpoint").await;
@@ -626,15 +644,17 @@ async fn doctor_finds_each_mistake_in_a_vpc_built_wrong() {
     // Without --lambda, doctor finds the VPC's functions itself.
     let mut found = findings(&emu, &["--vpc", &b.vpc]);
     found.sort();
-    assert_eq!(
-        found,
-        vec![
-            format!("endpoint_missing_az {sm}"),
-            "internet_unreachable lost".to_string(),
-            "secret_unreachable lost".to_string(),
-            "wildcard_role lost-admin".to_string()
-        ]
-    );
+    let mut expected = vec![
+        format!("endpoint_missing_az {sm}"),
+        // Created without a policy: AWS's default lets anyone use it for anything.
+        format!("endpoint_policy_open {sm}"),
+        "internet_unreachable lost".to_string(),
+        "secret_unreachable lost".to_string(),
+        "wildcard_role lost-admin".to_string(),
+    ];
+    expected.extend(region_advice.iter().cloned());
+    expected.sort();
+    assert_eq!(found, expected);
     // The secret's "no" names the hop: the endpoint's security group, and its fix.
     let out = natctl(&emu, &["doctor", "--vpc", &b.vpc, "--output", "json"]);
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
@@ -872,4 +892,327 @@ async fn a_secret_under_a_customer_managed_key_gets_decrypt_through_secrets_mana
         kms[0]["Condition"]["StringEquals"]["kms:EncryptionContext:SecretARN"],
         secret.as_str()
     );
+}
+
+/// The IAM condition value `key` of statement `s` under `op` (a string or a list).
+fn condition<'a>(s: &'a serde_json::Value, op: &str, key: &str) -> Vec<&'a str> {
+    match &s["Condition"][op][key] {
+        serde_json::Value::String(x) => vec![x.as_str()],
+        serde_json::Value::Array(xs) => xs.iter().filter_map(|x| x.as_str()).collect(),
+        _ => vec![],
+    }
+}
+
+#[tokio::test]
+async fn defense_in_depth_is_built_read_back_converges_and_goes_with_teardown() {
+    let emu = Emulator::start();
+    let w = World::new(&emu.sdk()).await;
+    let secret_arn = application(&emu, &w);
+    let before = snapshot(&emu, &w.vpc);
+    let role_arn = "arn:aws:iam::123456789012:role/natd-app-lambda";
+
+    // Bad values are refused before anything changes, each named.
+    for (args, needle) in [
+        (vec!["--flow-logs", "kinesis"], "kinesis"),
+        (vec!["--flow-logs", "s3://Not_A_Bucket"], "Not_A_Bucket"),
+        (
+            vec!["--flow-logs", "cloudwatch", "--flow-logs-retention", "31"],
+            "31",
+        ),
+        (vec!["--secret-policy", "everyone"], "everyone"),
+    ] {
+        let calls = emu.calls().len();
+        let mut cmd = vec![
+            "setup", "--env", "dev", "--vpc", &w.vpc, "--name", "app", "--ami", IMAGE, "--lambda",
+            "app", "--secret", "app/db",
+        ];
+        cmd.extend(args.iter().copied());
+        let out = natctl(&emu, &cmd);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {}", text(&out));
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains(needle),
+            "{args:?}: {}",
+            text(&out)
+        );
+        assert!(
+            !emu.calls()[calls..].iter().any(|c| is_mutating(c)),
+            "{args:?} changed something"
+        );
+    }
+    let out = natctl(
+        &emu,
+        &[
+            "setup",
+            "--env",
+            "dev",
+            "--vpc",
+            &w.vpc,
+            "--name",
+            "app",
+            "--ami",
+            IMAGE,
+            "--lambda",
+            "app",
+            "--secret-policy",
+            "role",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--secret"));
+
+    let setup = [
+        "setup",
+        "--env",
+        "dev",
+        "--vpc",
+        &w.vpc,
+        "--name",
+        "app",
+        "--ami",
+        IMAGE,
+        "--lambda",
+        "app",
+        "--secret",
+        "app/db",
+        "--db-instance",
+        "app-db",
+        "--secret-policy",
+        "endpoint",
+        "--flow-logs",
+        "cloudwatch",
+        "--flow-logs-retention",
+        "30",
+    ];
+    let out = natctl(&emu, &setup);
+    assert!(out.status.success(), "{}", text(&out));
+
+    // The endpoint's policy: GetSecretValue on this secret, for the stack's role only.
+    let filter = format!("Name=vpc-id,Values={}", w.vpc);
+    let e = emu.aws(&["ec2", "describe-vpc-endpoints", "--filters", &filter]);
+    let e = &e["VpcEndpoints"][0];
+    let endpoint = e["VpcEndpointId"].as_str().unwrap().to_string();
+    let policy: serde_json::Value =
+        serde_json::from_str(e["PolicyDocument"].as_str().unwrap()).unwrap();
+    let statements = policy["Statement"].as_array().unwrap();
+    assert_eq!(statements.len(), 1, "{policy}");
+    assert_eq!(statements[0]["Effect"], "Allow");
+    assert_eq!(statements[0]["Action"], "secretsmanager:GetSecretValue");
+    assert_eq!(statements[0]["Resource"], secret_arn.as_str());
+    assert_eq!(
+        condition(&statements[0], "ArnEquals", "aws:PrincipalArn"),
+        vec![role_arn]
+    );
+
+    // The secret's policy: only the role reads it, and only through that endpoint; it
+    // denies nothing but GetSecretValue, so administrators keep managing the secret.
+    let p = emu.aws(&[
+        "secretsmanager",
+        "get-resource-policy",
+        "--secret-id",
+        &secret_arn,
+    ]);
+    let policy: serde_json::Value =
+        serde_json::from_str(p["ResourcePolicy"].as_str().unwrap()).unwrap();
+    let statements = policy["Statement"].as_array().unwrap();
+    assert_eq!(statements.len(), 2, "{policy}");
+    for s in statements {
+        assert_eq!(s["Effect"], "Deny", "{s}");
+        assert_eq!(s["Action"], "secretsmanager:GetSecretValue", "{s}");
+    }
+    assert_eq!(
+        condition(&statements[0], "ArnNotEquals", "aws:PrincipalArn"),
+        vec![role_arn]
+    );
+    assert_eq!(
+        condition(&statements[1], "StringNotEquals", "aws:SourceVpce"),
+        vec![endpoint.as_str()]
+    );
+
+    // Flow logs: the VPC, all traffic, to the stack's log group kept 30 days, by a
+    // role that may write to that group only and that only VPC Flow Logs assumes.
+    let vpc_filter = format!("Name=resource-id,Values={}", w.vpc);
+    let fl = emu.aws(&["ec2", "describe-flow-logs", "--filter", &vpc_filter]);
+    let fl = fl["FlowLogs"].as_array().unwrap();
+    assert_eq!(fl.len(), 1, "{fl:?}");
+    assert_eq!(fl[0]["TrafficType"], "ALL");
+    assert_eq!(fl[0]["LogGroupName"], "/natd/app/vpc-flow-logs");
+    assert_eq!(
+        fl[0]["DeliverLogsPermissionArn"],
+        "arn:aws:iam::123456789012:role/natd-app-flow-logs"
+    );
+    let groups = emu.aws(&[
+        "logs",
+        "describe-log-groups",
+        "--log-group-name-prefix",
+        "/natd/app/",
+    ]);
+    assert_eq!(groups["logGroups"][0]["retentionInDays"], 30, "{groups}");
+    let rp = emu.aws(&[
+        "iam",
+        "get-role-policy",
+        "--role-name",
+        "natd-app-flow-logs",
+        "--policy-name",
+        "natd-app-flow-logs",
+    ]);
+    for s in rp["PolicyDocument"]["Statement"].as_array().unwrap() {
+        for r in s["Resource"].as_array().unwrap() {
+            assert!(
+                r.as_str()
+                    .unwrap()
+                    .contains(":log-group:/natd/app/vpc-flow-logs"),
+                "{s}"
+            );
+        }
+    }
+    let role = emu.aws(&["iam", "get-role", "--role-name", "natd-app-flow-logs"]);
+    assert_eq!(
+        role["Role"]["AssumeRolePolicyDocument"]["Statement"][0]["Principal"]["Service"],
+        "vpc-flow-logs.amazonaws.com"
+    );
+
+    // Again: nothing to change, no mutating call.
+    let before_calls = emu.calls().len();
+    let again = natctl(&emu, &setup);
+    assert!(again.status.success(), "{}", text(&again));
+    assert_eq!(
+        stdout(&again).trim(),
+        "No changes necessary.",
+        "{}",
+        text(&again)
+    );
+    let calls = emu.calls();
+    let mutating: Vec<&String> = calls[before_calls..]
+        .iter()
+        .filter(|c| is_mutating(c))
+        .collect();
+    assert!(mutating.is_empty(), "{mutating:?}");
+    // Without the flags, setup leaves both policies and the flow logs as they are.
+    let bare = [
+        "setup",
+        "--env",
+        "dev",
+        "--vpc",
+        &w.vpc,
+        "--name",
+        "app",
+        "--ami",
+        IMAGE,
+        "--lambda",
+        "app",
+        "--secret",
+        "app/db",
+        "--db-instance",
+        "app-db",
+    ];
+    let out = natctl(&emu, &bare);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(
+        stdout(&out).trim(),
+        "No changes necessary.",
+        "{}",
+        text(&out)
+    );
+
+    // doctor: nothing but the region's advice; the endpoint is not open, the secret has
+    // its policy, the VPC its flow logs.
+    let d = natctl(
+        &emu,
+        &[
+            "doctor", "--vpc", &w.vpc, "--lambda", "app", "--output", "json",
+        ],
+    );
+    let v: serde_json::Value = serde_json::from_slice(&d.stdout).unwrap();
+    let checks: Vec<&str> = v["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["check"].as_str().unwrap())
+        .collect();
+    for absent in [
+        "endpoint_policy_open",
+        "secret_policy_missing",
+        "flow_logs_off",
+        "secret_denied",
+    ] {
+        assert!(!checks.contains(&absent), "{absent}: {v}");
+    }
+    assert_eq!(v["answers"][0]["secret"]["ok"], true, "{v}");
+    assert_eq!(d.status.code(), Some(0), "{}", text(&d));
+
+    // Someone else's policy on a secret is never replaced.
+    emu.aws(&[
+        "secretsmanager",
+        "create-secret",
+        "--name",
+        "other/db",
+        "--secret-string",
+        "x",
+    ]);
+    emu.aws(&[
+        "secretsmanager",
+        "put-resource-policy",
+        "--secret-id",
+        "other/db",
+        "--resource-policy",
+        r#"{"Version":"2012-10-17","Statement":[{"Effect":"Deny","Principal":"*","Action":"secretsmanager:DeleteSecret","Resource":"*"}]}"#,
+    ]);
+    let calls = emu.calls().len();
+    let out = natctl(
+        &emu,
+        &[
+            "setup",
+            "--env",
+            "dev",
+            "--vpc",
+            &w.vpc,
+            "--name",
+            "app",
+            "--ami",
+            IMAGE,
+            "--lambda",
+            "app",
+            "--secret",
+            "other/db",
+            "--secret-policy",
+            "role",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("already has a resource policy"),
+        "{}",
+        text(&out)
+    );
+    assert!(!emu.calls()[calls..].iter().any(|c| is_mutating(c)));
+
+    // Teardown: the secret's policy, the flow log, its group and role go with the rest.
+    let out = natctl(&emu, &["teardown", "--name", "app"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let p = emu.aws(&[
+        "secretsmanager",
+        "get-resource-policy",
+        "--secret-id",
+        &secret_arn,
+    ]);
+    assert!(p.get("ResourcePolicy").is_none(), "{p}");
+    let d = emu.aws(&[
+        "secretsmanager",
+        "describe-secret",
+        "--secret-id",
+        &secret_arn,
+    ]);
+    assert!(!d.to_string().contains("natd:secret-policy"), "{d}");
+    let fl = emu.aws(&["ec2", "describe-flow-logs", "--filter", &vpc_filter]);
+    assert_eq!(fl["FlowLogs"], serde_json::json!([]));
+    let groups = emu.aws(&[
+        "logs",
+        "describe-log-groups",
+        "--log-group-name-prefix",
+        "/natd/app/",
+    ]);
+    assert_eq!(groups["logGroups"], serde_json::json!([]));
+    let roles = emu.aws(&["iam", "list-roles"]);
+    assert!(!roles.to_string().contains("natd-app-flow-logs"));
+    assert_eq!(snapshot(&emu, &w.vpc), before);
 }

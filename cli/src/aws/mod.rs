@@ -80,6 +80,14 @@ pub struct Clients {
     pub secrets: aws_sdk_secretsmanager::Client,
     /// RDS.
     pub rds: aws_sdk_rds::Client,
+    /// CloudWatch Logs.
+    pub logs: aws_sdk_cloudwatchlogs::Client,
+    /// CloudTrail.
+    pub cloudtrail: aws_sdk_cloudtrail::Client,
+    /// GuardDuty.
+    pub guardduty: aws_sdk_guardduty::Client,
+    /// Service Quotas.
+    pub quotas: aws_sdk_servicequotas::Client,
 }
 
 impl Clients {
@@ -120,6 +128,10 @@ impl Clients {
             lambda: aws_sdk_lambda::Client::new(sdk),
             secrets: aws_sdk_secretsmanager::Client::new(sdk),
             rds: aws_sdk_rds::Client::new(sdk),
+            logs: aws_sdk_cloudwatchlogs::Client::new(sdk),
+            cloudtrail: aws_sdk_cloudtrail::Client::new(sdk),
+            guardduty: aws_sdk_guardduty::Client::new(sdk),
+            quotas: aws_sdk_servicequotas::Client::new(sdk),
         }
     }
 

@@ -6,9 +6,12 @@
 //!   `Resource`/`NotResource` match case-sensitively with the same wildcards.
 //! - An explicit `Deny` wins; then an `Allow` is needed; a permissions boundary, when
 //!   the role has one, must allow too.
-//! - Conditions are not evaluated: an `Allow` with a condition counts as allowing (the
-//!   finding says "when its condition holds"), a `Deny` with a condition is not taken
-//!   as denying.
+//! - Conditions on the keys doctor knows of a request (`aws:PrincipalArn`,
+//!   `aws:PrincipalAccount`, `aws:SourceVpce`, `aws:SourceVpc`) are evaluated with the
+//!   string and ARN operators ([`decide_in`]); a key absent from the request makes a
+//!   negated operator (`StringNotEquals`, `ArnNotLike`, ...) hold and any other fail, as
+//!   in AWS. Any other condition is not evaluated: an `Allow` with one counts as
+//!   allowing, a `Deny` with one is not taken as denying.
 
 use serde_json::Value;
 
@@ -124,19 +127,116 @@ fn sid(s: &Value, i: usize) -> String {
         .unwrap_or_else(|| format!("statement {}", i + 1))
 }
 
-/// The decision of `statements` (one policy set) on `action` and `resource`.
+/// The decision of `statements` (one policy set) on `action` and `resource`, with no
+/// request context: conditions are not evaluated.
 pub fn decide(statements: &[Value], action: &str, resource: &str) -> Decision {
+    decide_in(statements, action, resource, None)
+}
+
+/// What doctor knows of a request, for conditions.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Request {
+    /// The calling role's ARN (`aws:PrincipalArn`).
+    pub principal_arn: String,
+    /// The endpoint the call goes through (`aws:SourceVpce`), if any.
+    pub source_vpce: Option<String>,
+    /// The VPC it comes from through that endpoint (`aws:SourceVpc`).
+    pub source_vpc: Option<String>,
+}
+
+impl Request {
+    fn key(&self, key: &str) -> Option<String> {
+        match key.to_ascii_lowercase().as_str() {
+            "aws:principalarn" => Some(self.principal_arn.clone()),
+            "aws:principalaccount" => self.principal_arn.split(':').nth(4).map(str::to_string),
+            "aws:sourcevpce" => self.source_vpce.clone(),
+            "aws:sourcevpc" => self.source_vpc.clone(),
+            _ => None,
+        }
+    }
+
+    fn knows(key: &str) -> bool {
+        matches!(
+            key.to_ascii_lowercase().as_str(),
+            "aws:principalarn" | "aws:principalaccount" | "aws:sourcevpce" | "aws:sourcevpc"
+        )
+    }
+}
+
+/// Whether the condition block of `s` holds for `req`: `Some(true|false)` when every
+/// operator and key in it is one doctor evaluates, `None` otherwise.
+fn condition_holds(s: &Value, req: &Request) -> Option<bool> {
+    let Some(block) = s.get("Condition").and_then(Value::as_object) else {
+        return Some(true);
+    };
+    let mut all = true;
+    for (op, keys) in block {
+        let (base, if_exists) = match op.strip_suffix("IfExists") {
+            Some(b) => (b, true),
+            None => (op.as_str(), false),
+        };
+        let (negated, like, case_insensitive) = match base {
+            "StringEquals" | "ArnEquals" => (false, false, false),
+            "StringNotEquals" | "ArnNotEquals" => (true, false, false),
+            "StringEqualsIgnoreCase" => (false, false, true),
+            "StringNotEqualsIgnoreCase" => (true, false, true),
+            "StringLike" | "ArnLike" => (false, true, false),
+            "StringNotLike" | "ArnNotLike" => (true, true, false),
+            _ => return None,
+        };
+        for (key, values) in keys.as_object()? {
+            if !Request::knows(key) {
+                return None;
+            }
+            let holds = match req.key(key) {
+                None => negated || if_exists,
+                Some(actual) => {
+                    let hit = strings(values).iter().any(|v| {
+                        if like {
+                            glob(v, &actual, false)
+                        } else if case_insensitive {
+                            v.eq_ignore_ascii_case(&actual)
+                        } else {
+                            *v == actual
+                        }
+                    });
+                    hit != negated
+                }
+            };
+            all &= holds;
+        }
+    }
+    Some(all)
+}
+
+/// The decision of `statements` on `action` and `resource` for the request `req` when
+/// given: conditions doctor can evaluate are; others as described in the module.
+pub fn decide_in(
+    statements: &[Value],
+    action: &str,
+    resource: &str,
+    req: Option<&Request>,
+) -> Decision {
+    let holds = |s: &Value| match req {
+        Some(r) => condition_holds(s, r),
+        None if conditional(s) => None,
+        None => Some(true),
+    };
     for (i, s) in statements.iter().enumerate() {
         if effect(s) == "Deny"
-            && !conditional(s)
             && matches_action(s, action)
             && matches_resource(s, resource)
+            && holds(s) == Some(true)
         {
             return Decision::Deny(sid(s, i));
         }
     }
     for (i, s) in statements.iter().enumerate() {
-        if effect(s) == "Allow" && matches_action(s, action) && matches_resource(s, resource) {
+        if effect(s) == "Allow"
+            && matches_action(s, action)
+            && matches_resource(s, resource)
+            && holds(s) != Some(false)
+        {
             return Decision::Allow(sid(s, i));
         }
     }
@@ -317,6 +417,78 @@ mod tests {
             let st: Vec<Value> = doc.as_array().expect("list").clone();
             assert_eq!(decide(&st, get, SECRET), want, "case {i}");
         }
+    }
+
+    #[test]
+    fn conditions_on_known_keys_are_evaluated_for_a_request() {
+        let get = "secretsmanager:GetSecretValue";
+        let role = "arn:aws:iam::123456789012:role/fn";
+        let other = "arn:aws:iam::123456789012:role/admin";
+        let via = |vpce: Option<&str>, who: &str| Request {
+            principal_arn: who.into(),
+            source_vpce: vpce.map(str::to_string),
+            source_vpc: vpce.map(|_| "vpc-1".to_string()),
+        };
+        // The secret policy natctl writes: only the function reads, only through vpce-1.
+        let only_role: Vec<Value> = json!([
+            {"Effect": "Allow", "Action": get, "Resource": "*"},
+            {"Sid": "OnlyTheFunction", "Effect": "Deny", "Action": get, "Resource": "*",
+             "Condition": {"ArnNotEquals": {"aws:PrincipalArn": [role]}}},
+            {"Sid": "ThroughTheEndpoint", "Effect": "Deny", "Action": get, "Resource": "*",
+             "Condition": {"StringNotEquals": {"aws:SourceVpce": "vpce-1"}, "ArnEquals": {"aws:PrincipalArn": role}}}
+        ])
+        .as_array()
+        .expect("list")
+        .clone();
+        for (req, want) in [
+            (via(Some("vpce-1"), role), "statement 1"),
+            (via(Some("vpce-1"), other), "OnlyTheFunction"),
+            // Through NAT there is no aws:SourceVpce: a negated operator holds.
+            (via(None, role), "ThroughTheEndpoint"),
+            (via(Some("vpce-2"), role), "ThroughTheEndpoint"),
+        ] {
+            let got = decide_in(&only_role, get, SECRET, Some(&req));
+            let name = match &got {
+                Decision::Allow(s) | Decision::Deny(s) => s.clone(),
+                Decision::Implicit => "implicit".into(),
+            };
+            assert_eq!(name, want, "{req:?}");
+        }
+        // An account-scoped endpoint policy; a positive operator on an absent key fails.
+        let account: Vec<Value> = json!([
+            {"Effect": "Allow", "Principal": "*", "Action": "secretsmanager:*", "Resource": "*",
+             "Condition": {"StringEquals": {"aws:PrincipalAccount": "123456789012"}}}
+        ])
+        .as_array()
+        .expect("list")
+        .clone();
+        assert!(matches!(
+            decide_in(&account, get, SECRET, Some(&via(None, role))),
+            Decision::Allow(_)
+        ));
+        assert_eq!(
+            decide_in(
+                &account,
+                get,
+                SECRET,
+                Some(&via(None, "arn:aws:iam::999999999999:role/x"))
+            ),
+            Decision::Implicit
+        );
+        // Unknown keys: an Allow still counts, a Deny does not.
+        let unknown: Vec<Value> = json!([
+            {"Sid": "A", "Effect": "Allow", "Action": get, "Resource": "*",
+             "Condition": {"IpAddress": {"aws:SourceIp": "10.0.0.0/8"}}},
+            {"Sid": "D", "Effect": "Deny", "Action": get, "Resource": "*",
+             "Condition": {"StringEquals": {"aws:RequestedRegion": "us-east-1"}}}
+        ])
+        .as_array()
+        .expect("list")
+        .clone();
+        assert_eq!(
+            decide_in(&unknown, get, SECRET, Some(&via(None, role))),
+            Decision::Allow("A".into())
+        );
     }
 
     #[test]

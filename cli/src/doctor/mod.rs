@@ -73,6 +73,8 @@ pub struct Endpoint {
     pub groups: Vec<String>,
     /// Its subnets (one network interface in each).
     pub subnets: Vec<String>,
+    /// The statements of its policy; `None` is AWS's default, full access for anyone.
+    pub policy: Option<Vec<serde_json::Value>>,
 }
 
 /// A security group.
@@ -176,7 +178,29 @@ pub struct Facts {
     /// ([`NATD_START_WINDOW_SECS`]): table -> instance. Its natd takes the table when it
     /// starts; until then the missing route is the stack converging, not a mistake.
     pub natd_pending: BTreeMap<String, String>,
+    /// What the account and region say about logging and capacity, where doctor could
+    /// read it.
+    pub region: RegionFacts,
 }
+
+/// The account-wide facts doctor advises on; `None` where the API did not answer (no
+/// permission, or the service is not available), and then nothing is said.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RegionFacts {
+    /// Whether a flow log records the VPC (or all of its subnets).
+    pub flow_logs: Option<bool>,
+    /// Whether a CloudTrail trail that covers this region is logging.
+    pub trail_logging: Option<bool>,
+    /// Whether a GuardDuty detector is enabled in the region.
+    pub guardduty: Option<bool>,
+    /// Network interfaces in the region, and the quota (Service Quotas L-DF5E4CA3).
+    pub enis: Option<(u64, u64)>,
+}
+
+/// The share of the network interface quota in use at which doctor calls the headroom
+/// a risk: every VPC function needs interfaces (one per subnet and group set, more
+/// while it scales), and at the quota its new invocations fail to start.
+pub const ENI_USE_RISK: f64 = 0.8;
 
 /// How long after a NAT instance's launch doctor waits for its natd to take the stack's
 /// route tables: the Auto Scaling lifecycle hook's timeout (natctl's hook waits that
@@ -948,6 +972,39 @@ pub fn diagnose(f: &Facts) -> Diagnosis {
                     func.role
                 ));
             }
+            // The request as AWS sees it: through the endpoint when private DNS sends
+            // the function there, else from the NAT's public address.
+            let through = secret
+                .as_ref()
+                .filter(|a| a.via.iter().any(|v| v.starts_with("endpoint ")))
+                .and(f.secrets_endpoint());
+            let req = iam::Request {
+                principal_arn: func.role_arn.clone(),
+                source_vpce: through.map(|e| e.id.clone()),
+                source_vpc: through.map(|_| f.vpc.clone()),
+            };
+            if denied.is_none()
+                && let Some(e) = through
+                && let Some(policy) = &e.policy
+            {
+                let own: Vec<serde_json::Value> = policy
+                    .iter()
+                    .filter(|st| principal_matches(st, &func.role_arn))
+                    .cloned()
+                    .collect();
+                match iam::decide_in(&own, get, &s.arn, Some(&req)) {
+                    iam::Decision::Allow(_) => {}
+                    iam::Decision::Deny(st) => {
+                        denied = Some(format!("the policy of endpoint {} denies it ({st})", e.id));
+                    }
+                    iam::Decision::Implicit => {
+                        denied = Some(format!(
+                            "the policy of endpoint {} does not allow it for role {}",
+                            e.id, func.role
+                        ));
+                    }
+                }
+            }
             if denied.is_none() {
                 let own: Vec<serde_json::Value> = s
                     .policy
@@ -955,8 +1012,15 @@ pub fn diagnose(f: &Facts) -> Diagnosis {
                     .filter(|st| principal_matches(st, &func.role_arn))
                     .cloned()
                     .collect();
-                if let iam::Decision::Deny(st) = iam::decide(&own, get, &s.arn) {
-                    denied = Some(format!("the secret's resource policy denies it ({st})"));
+                if let iam::Decision::Deny(st) = iam::decide_in(&own, get, &s.arn, Some(&req)) {
+                    denied = Some(format!(
+                        "the secret's resource policy denies it ({st}){}",
+                        if through.is_some() {
+                            String::new()
+                        } else {
+                            " (the call does not come through a VPC endpoint)".to_string()
+                        }
+                    ));
                 }
             }
             if let Some(why) = denied {
@@ -1085,9 +1149,127 @@ fn principal_matches(st: &serde_json::Value, role_arn: &str) -> bool {
     })
 }
 
+/// Whether an endpoint policy lets a principal of another account read a secret of
+/// another account through the endpoint: AWS's default policy does, and so does any
+/// policy that scopes neither principals nor resources. That makes the endpoint a way
+/// out of the VPC for data, with credentials from anywhere.
+fn endpoint_open(e: &Endpoint) -> Option<String> {
+    let region = e
+        .service
+        .strip_prefix("com.amazonaws.")
+        .and_then(|r| r.strip_suffix(".secretsmanager"))
+        .unwrap_or("us-east-1");
+    let stranger = "arn:aws:iam::999999999999:role/anyone";
+    let theirs = format!("arn:aws:secretsmanager:{region}:999999999999:secret:any-AbCdEf");
+    let req = iam::Request {
+        principal_arn: stranger.into(),
+        source_vpce: Some(e.id.clone()),
+        source_vpc: None,
+    };
+    match &e.policy {
+        None => Some("no policy: AWS's default allows every action by anyone".into()),
+        Some(p) => {
+            let theirs_ok: Vec<serde_json::Value> = p
+                .iter()
+                .filter(|st| principal_matches(st, stranger))
+                .cloned()
+                .collect();
+            match iam::decide_in(
+                &theirs_ok,
+                "secretsmanager:GetSecretValue",
+                &theirs,
+                Some(&req),
+            ) {
+                iam::Decision::Allow(st) => Some(format!(
+                    "{st} allows GetSecretValue on another account's secret by another account's role"
+                )),
+                _ => None,
+            }
+        }
+    }
+}
+
+/// The region's logging and capacity, as advice and risk.
+fn region_findings(f: &Facts) -> Vec<Finding> {
+    let r = &f.region;
+    let mut out = Vec::new();
+    if r.flow_logs == Some(false) {
+        out.push(Finding {
+            severity: Severity::Advice,
+            check: "flow_logs_off",
+            resource: f.vpc.clone(),
+            problem: format!(
+                "VPC {} has no flow logs: when a function cannot connect, or something connects that should not, there is no record of which flows were accepted or rejected",
+                f.vpc
+            ),
+            evidence: vec![format!("DescribeFlowLogs: none for {} or its subnets", f.vpc)],
+            fix: "natctl setup ... --flow-logs cloudwatch (a log group with a retention, and a delivery role that may write there only), or --flow-logs s3://BUCKET".into(),
+        });
+    }
+    if r.trail_logging == Some(false) {
+        out.push(Finding {
+            severity: Severity::Advice,
+            check: "cloudtrail_off",
+            resource: f.vpc.clone(),
+            problem: "no CloudTrail trail is logging this region: who changed a security group, a route or a secret's policy is kept only 90 days in the event history, and not in a place you control".into(),
+            evidence: vec!["DescribeTrails/GetTrailStatus: no trail with IsLogging for this region".into()],
+            fix: "aws cloudtrail create-trail --name management --s3-bucket-name BUCKET --is-multi-region-trail && aws cloudtrail start-logging --name management".into(),
+        });
+    }
+    if r.guardduty == Some(false) {
+        out.push(Finding {
+            severity: Severity::Advice,
+            check: "guardduty_off",
+            resource: f.vpc.clone(),
+            problem: "GuardDuty is not enabled in this region: a compromised function calling out to a known bad address, or credentials used from elsewhere, go unnoticed".into(),
+            evidence: vec!["ListDetectors/GetDetector: no detector ENABLED".into()],
+            fix: "aws guardduty create-detector --enable".into(),
+        });
+    }
+    if let Some((used, quota)) = r.enis
+        && quota > 0
+        && used as f64 >= quota as f64 * ENI_USE_RISK
+    {
+        out.push(Finding {
+            severity: Severity::Risk,
+            check: "eni_quota_headroom",
+            resource: f.vpc.clone(),
+            problem: format!(
+                "{used} network interfaces of a quota of {quota} are in use in this region ({:.0} %): VPC functions need interfaces to scale, and at the quota their new execution environments fail to start",
+                used as f64 * 100.0 / quota as f64
+            ),
+            evidence: vec![format!("DescribeNetworkInterfaces: {used}; Service Quotas vpc/L-DF5E4CA3: {quota}")],
+            fix: "aws service-quotas request-service-quota-increase --service-code vpc --quota-code L-DF5E4CA3 --desired-value N, and delete interfaces nothing uses".into(),
+        });
+    }
+    out
+}
+
 /// What is wrong with the VPC itself, functions or not.
 fn vpc_findings(f: &Facts) -> Vec<Finding> {
-    let mut out = Vec::new();
+    let mut out = region_findings(f);
+    for e in f
+        .endpoints
+        .iter()
+        .filter(|e| e.service.ends_with(".secretsmanager"))
+    {
+        if let Some(why) = endpoint_open(e) {
+            out.push(Finding {
+                severity: Severity::Risk,
+                check: "endpoint_policy_open",
+                resource: e.id.clone(),
+                problem: format!(
+                    "Secrets Manager endpoint {} lets anything in the VPC use it with any credentials, for any secret of any account: a way out for data that bypasses NAT and its logs",
+                    e.id
+                ),
+                evidence: vec![why],
+                fix: format!(
+                    "natctl setup --lambda FUNCTION --secret SECRET puts a policy allowing only that secret for the stack's role (--endpoint-policy account: this account's principals and secrets); or aws ec2 modify-vpc-endpoint --vpc-endpoint-id {} --policy-document FILE",
+                    e.id
+                ),
+            });
+        }
+    }
     let used: BTreeSet<&String> = f
         .subnets
         .values()
@@ -1395,6 +1577,19 @@ fn vpc_findings(f: &Facts) -> Vec<Finding> {
     }
     // Secrets.
     for s in f.secrets.values() {
+        if s.policy.is_empty() {
+            out.push(Finding {
+                severity: Severity::Advice,
+                check: "secret_policy_missing",
+                resource: s.arn.clone(),
+                problem: format!(
+                    "secret {} has no resource policy: any principal of the account whose IAM policy allows GetSecretValue reads it",
+                    s.arn
+                ),
+                evidence: vec!["GetResourcePolicy: none".into()],
+                fix: "natctl setup --lambda FUNCTION --secret SECRET --secret-policy role (only the execution role, and a rotation function, may read it; admins keep managing it)".into(),
+            });
+        }
         if !s.rotation {
             out.push(Finding {
                 severity: Severity::Advice,

@@ -1,10 +1,11 @@
-//! Gathers doctor's [`Facts`] from EC2, RDS, Lambda, IAM and Secrets Manager. Reads
-//! only; every list call goes through a paginator.
+//! Gathers doctor's [`Facts`] from EC2, RDS, Lambda, IAM and Secrets Manager, and the
+//! region's CloudTrail, GuardDuty and Service Quotas. Reads only; every list call goes
+//! through a paginator.
 
 use super::net::{AclEntry, Peer, Proto, Route, Rule};
 use super::{
-    Database, Endpoint, Facts, Function, Gateway, Group, NATD_START_WINDOW_SECS, NatHost, Secret,
-    Subnet, iam,
+    Database, Endpoint, Facts, Function, Gateway, Group, NATD_START_WINDOW_SECS, NatHost,
+    RegionFacts, Secret, Subnet, iam,
 };
 use crate::aws::names::{filter, tag_value};
 use crate::aws::read::{self, Associations};
@@ -417,6 +418,10 @@ pub async fn read(c: &Clients, vpc: &str, function: Option<&str>) -> Result<Fact
                 .filter_map(|g| g.group_id().map(str::to_string))
                 .collect(),
             subnets: e.subnet_ids().to_vec(),
+            policy: e
+                .policy_document()
+                .and_then(|d| serde_json::from_str::<serde_json::Value>(d).ok())
+                .map(|d| iam::statements(&d)),
         });
     }
     for g in read::security_groups(c, in_vpc(), vpc).await? {
@@ -552,5 +557,100 @@ pub async fn read(c: &Clients, vpc: &str, function: Option<&str>) -> Result<Fact
             },
         );
     }
+    let subnets: Vec<String> = f.subnets.keys().cloned().collect();
+    f.region = region_facts(c, vpc, &subnets).await;
     Ok(f)
+}
+
+/// The account's logging and capacity in the region. Each read that fails (no
+/// permission, a service not offered) leaves its fact unknown: doctor says nothing
+/// about what it could not see.
+async fn region_facts(c: &Clients, vpc: &str, subnets: &[String]) -> RegionFacts {
+    let mut r = RegionFacts::default();
+    let mut ids = vec![vpc];
+    ids.extend(subnets.iter().map(String::as_str));
+    if let Ok(fl) = c
+        .ec2
+        .describe_flow_logs()
+        .filter(filter("resource-id", &ids))
+        .send()
+        .await
+    {
+        let logged: BTreeSet<&str> = fl
+            .flow_logs()
+            .iter()
+            .filter(|l| l.flow_log_status().is_none_or(|s| s == "ACTIVE"))
+            .filter_map(|l| l.resource_id())
+            .collect();
+        r.flow_logs = Some(
+            logged.contains(vpc)
+                || (!subnets.is_empty() && subnets.iter().all(|s| logged.contains(s.as_str()))),
+        );
+    }
+    if let Ok(t) = c
+        .cloudtrail
+        .describe_trails()
+        .include_shadow_trails(true)
+        .send()
+        .await
+    {
+        let mut logging = false;
+        for trail in t.trail_list() {
+            let Some(arn) = trail.trail_arn() else {
+                continue;
+            };
+            if let Ok(s) = c.cloudtrail.get_trail_status().name(arn).send().await
+                && s.is_logging() == Some(true)
+            {
+                logging = true;
+                break;
+            }
+        }
+        r.trail_logging = Some(logging);
+    }
+    if let Ok(d) = c.guardduty.list_detectors().send().await {
+        let mut enabled = false;
+        for id in d.detector_ids() {
+            if let Ok(g) = c.guardduty.get_detector().detector_id(id).send().await
+                && g.status().is_some_and(|s| s.as_str() == "ENABLED")
+            {
+                enabled = true;
+                break;
+            }
+        }
+        r.guardduty = Some(enabled);
+    }
+    let quota = match c
+        .quotas
+        .get_service_quota()
+        .service_code("vpc")
+        .quota_code("L-DF5E4CA3")
+        .send()
+        .await
+    {
+        Ok(q) => q.quota().and_then(|q| q.value()),
+        Err(_) => c
+            .quotas
+            .get_aws_default_service_quota()
+            .service_code("vpc")
+            .quota_code("L-DF5E4CA3")
+            .send()
+            .await
+            .ok()
+            .and_then(|q| q.quota().and_then(|q| q.value())),
+    };
+    if let Some(quota) = quota {
+        let used = c
+            .ec2
+            .describe_network_interfaces()
+            .into_paginator()
+            .items()
+            .send()
+            .collect::<Result<Vec<_>, _>>()
+            .await;
+        if let Ok(used) = used {
+            r.enis = Some((used.len() as u64, quota.max(0.0) as u64));
+        }
+    }
+    r
 }

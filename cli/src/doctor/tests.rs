@@ -8,6 +8,26 @@ use serde_json::json;
 const SECRET: &str = "arn:aws:secretsmanager:eu-west-1:123456789012:secret:app/db-AbCd";
 const ROLE: &str = "arn:aws:iam::123456789012:role/app-role";
 
+/// The endpoint policy natctl writes by default: that secret, that role.
+fn stack_endpoint_policy() -> Vec<serde_json::Value> {
+    json!([{"Sid": "StackSecretOnly", "Effect": "Allow", "Principal": "*",
+            "Action": "secretsmanager:GetSecretValue", "Resource": SECRET,
+            "Condition": {"ArnEquals": {"aws:PrincipalArn": ROLE}}}])
+    .as_array()
+    .expect("list")
+    .clone()
+}
+
+/// The secret policy natctl writes with --secret-policy role.
+fn only_role_reads() -> Vec<serde_json::Value> {
+    json!([{"Sid": "OnlyTheExecutionRoleReads", "Effect": "Deny", "Principal": "*",
+            "Action": "secretsmanager:GetSecretValue", "Resource": "*",
+            "Condition": {"ArnNotEquals": {"aws:PrincipalArn": [ROLE]}}}])
+    .as_array()
+    .expect("list")
+    .clone()
+}
+
 fn net(s: &str) -> IpNet {
     s.parse().expect("cidr")
 }
@@ -127,6 +147,7 @@ fn good() -> Facts {
             private_dns: true,
             groups: vec!["sg-sm".into()],
             subnets: vec!["priv-a".into(), "priv-b".into()],
+            policy: Some(stack_endpoint_policy()),
         }],
         groups: [
             ("sg-lambda", group("app-lambda", vec![])),
@@ -175,11 +196,17 @@ fn good() -> Facts {
                 arn: SECRET.into(),
                 rotation: true,
                 last_rotated: Some("2026-11-01T00:00:00Z".into()),
-                policy: vec![],
+                policy: only_role_reads(),
             },
         )]
         .into(),
         natd_pending: BTreeMap::new(),
+        region: RegionFacts {
+            flow_logs: Some(true),
+            trail_logging: Some(true),
+            guardduty: Some(true),
+            enis: Some((40, 5000)),
+        },
     }
 }
 
@@ -776,6 +803,137 @@ fn each_mistake_is_found_with_its_severity() {
                 f.tables.get_mut("rtb-b").expect("t").pop();
             }),
             vec![(Breaks, "internet_unreachable")],
+        ),
+        // Endpoint and secret policies, evaluated for the function's request.
+        (
+            "endpoint with AWS's default policy",
+            good,
+            Box::new(|f| {
+                f.endpoints[0].policy = None;
+            }),
+            vec![(Risk, "endpoint_policy_open")],
+        ),
+        (
+            "endpoint policy allowing everything explicitly",
+            good,
+            Box::new(|f| {
+                f.endpoints[0].policy = Some(vec![
+                    json!({"Effect": "Allow", "Principal": {"AWS": "*"}, "Action": "secretsmanager:*", "Resource": "*"}),
+                ]);
+            }),
+            vec![(Risk, "endpoint_policy_open")],
+        ),
+        (
+            "endpoint policy scoped to the account",
+            good,
+            Box::new(|f| {
+                f.endpoints[0].policy = Some(vec![json!({"Effect": "Allow", "Principal": "*",
+                    "Action": "secretsmanager:*", "Resource": "arn:aws:secretsmanager:eu-west-1:123456789012:secret:*",
+                    "Condition": {"StringEquals": {"aws:PrincipalAccount": "123456789012"}}})]);
+            }),
+            vec![],
+        ),
+        (
+            "endpoint policy for another role",
+            good,
+            Box::new(|f| {
+                f.endpoints[0].policy = Some(vec![json!({"Effect": "Allow", "Principal": "*",
+                    "Action": "secretsmanager:GetSecretValue", "Resource": SECRET,
+                    "Condition": {"ArnEquals": {"aws:PrincipalArn": "arn:aws:iam::123456789012:role/other"}}})]);
+            }),
+            vec![(Breaks, "secret_denied")],
+        ),
+        (
+            "endpoint policy for another secret",
+            good,
+            Box::new(|f| {
+                f.endpoints[0].policy = Some(vec![
+                    json!({"Effect": "Allow", "Principal": {"AWS": ROLE},
+                    "Action": "secretsmanager:GetSecretValue",
+                    "Resource": "arn:aws:secretsmanager:eu-west-1:123456789012:secret:other-XyZ"}),
+                ]);
+            }),
+            vec![(Breaks, "secret_denied")],
+        ),
+        (
+            "secret readable only by another role",
+            good,
+            Box::new(|f| {
+                f.secrets.get_mut(SECRET).expect("s").policy = vec![
+                    json!({"Effect": "Deny", "Principal": "*",
+                    "Action": "secretsmanager:GetSecretValue", "Resource": "*",
+                    "Condition": {"ArnNotEquals": {"aws:PrincipalArn": "arn:aws:iam::123456789012:role/old"}}}),
+                ];
+            }),
+            vec![(Breaks, "secret_denied")],
+        ),
+        (
+            "secret readable only through an endpoint the function does not use",
+            good,
+            Box::new(|f| {
+                f.secrets.get_mut(SECRET).expect("s").policy =
+                    vec![json!({"Effect": "Deny", "Principal": "*",
+                    "Action": "secretsmanager:GetSecretValue", "Resource": "*",
+                    "Condition": {"StringNotEquals": {"aws:SourceVpce": "vpce-elsewhere"}}})];
+            }),
+            vec![(Breaks, "secret_denied")],
+        ),
+        (
+            "secret readable only through the endpoint, reached through NAT",
+            good,
+            Box::new(|f| {
+                f.secrets.get_mut(SECRET).expect("s").policy =
+                    vec![json!({"Effect": "Deny", "Principal": "*",
+                    "Action": "secretsmanager:GetSecretValue", "Resource": "*",
+                    "Condition": {"StringNotEquals": {"aws:SourceVpce": "vpce-sm"}}})];
+                f.endpoints[0].private_dns = false;
+            }),
+            vec![
+                (Breaks, "secret_denied"),
+                (Advice, "secret_through_nat"),
+                (Risk, "endpoint_without_private_dns"),
+            ],
+        ),
+        (
+            "secret without a resource policy",
+            good,
+            Box::new(|f| {
+                f.secrets.get_mut(SECRET).expect("s").policy.clear();
+            }),
+            vec![(Advice, "secret_policy_missing")],
+        ),
+        // The region: logging and capacity.
+        (
+            "no flow logs, no trail, no GuardDuty",
+            good,
+            Box::new(|f| {
+                f.region.flow_logs = Some(false);
+                f.region.trail_logging = Some(false);
+                f.region.guardduty = Some(false);
+            }),
+            vec![
+                (Advice, "flow_logs_off"),
+                (Advice, "cloudtrail_off"),
+                (Advice, "guardduty_off"),
+            ],
+        ),
+        (
+            "what doctor could not read, it does not judge",
+            good,
+            Box::new(|f| f.region = RegionFacts::default()),
+            vec![],
+        ),
+        (
+            "network interfaces near the quota",
+            good,
+            Box::new(|f| f.region.enis = Some((4100, 5000))),
+            vec![(Risk, "eni_quota_headroom")],
+        ),
+        (
+            "network interfaces well below a raised quota",
+            good,
+            Box::new(|f| f.region.enis = Some((4100, 10000))),
+            vec![],
         ),
         (
             "rotation off",

@@ -177,7 +177,47 @@ pub struct Spec {
     pub vpc_cidrs: BTreeSet<String>,
     /// The customer-managed KMS key the secret is encrypted with, when it names one.
     pub kms_key: Option<String>,
+    /// What the stack's Secrets Manager endpoint allows.
+    pub endpoint_policy: EndpointPolicy,
+    /// The resource policy setup puts on the secret; `None` leaves the secret's
+    /// policy as it is.
+    pub secret_policy: Option<SecretPolicy>,
+    /// The execution role of the secret's rotation function, when it rotates.
+    pub rotation_role: Option<String>,
 }
+
+/// What the stack's Secrets Manager endpoint allows (its policy). An endpoint policy
+/// does not grant anything: it is a second gate, after IAM and the secret's policy,
+/// on what may pass through the endpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EndpointPolicy {
+    /// Only the stack's secret, only for the stack's execution role (and the secret's
+    /// rotation function): nothing else in the VPC can use the endpoint, so stolen
+    /// credentials of another account cannot carry data out through it.
+    Stack,
+    /// Any secret of this account, for principals of this account.
+    Account,
+    /// AWS's default: anything, for anyone.
+    Open,
+}
+
+/// The resource policy setup puts on the secret.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SecretPolicy {
+    /// Only the execution role (and the rotation function's role) may read its value.
+    Role,
+    /// As `Role`, and the execution role only through the VPC's Secrets Manager
+    /// endpoint.
+    Endpoint,
+    /// No policy from the stack: the one an earlier setup put is removed.
+    Off,
+}
+
+/// The tag setup puts on a secret whose resource policy it wrote (value: the stack);
+/// teardown removes that policy, and only that one.
+pub const SECRET_POLICY_TAG: &str = "natd:secret-policy";
 
 /// Who may use the Secrets Manager endpoint. Private DNS sends every workload in the
 /// VPC to the endpoint for Secrets Manager, so its security group decides who can reach
@@ -222,6 +262,9 @@ impl Spec {
             endpoint_access: access,
             vpc_cidrs: topo.vpc_cidrs.iter().cloned().collect(),
             kms_key: r.kms_key,
+            endpoint_policy: EndpointPolicy::Stack,
+            secret_policy: None,
+            rotation_role: r.rotation_role,
         }
     }
 
@@ -234,6 +277,127 @@ impl Spec {
     pub fn service(&self) -> String {
         format!("com.amazonaws.{}.secretsmanager", self.region)
     }
+
+    /// The account (from the function's ARN).
+    pub fn account(&self) -> &str {
+        self.function_arn.split(':').nth(4).unwrap_or_default()
+    }
+
+    /// The execution role's ARN.
+    pub fn role_arn(&self) -> String {
+        format!("arn:aws:iam::{}:role/{}", self.account(), self.role())
+    }
+
+    /// The roles that may read the secret: the execution role, and the rotation
+    /// function's.
+    fn readers(&self) -> Vec<String> {
+        let mut out = vec![self.role_arn()];
+        out.extend(self.rotation_role.iter().cloned());
+        out
+    }
+}
+
+/// What a rotation function does with its secret (AWS's rotation templates).
+const ROTATION_ACTIONS: [&str; 4] = [
+    "secretsmanager:DescribeSecret",
+    "secretsmanager:GetSecretValue",
+    "secretsmanager:PutSecretValue",
+    "secretsmanager:UpdateSecretVersionStage",
+];
+
+/// The Secrets Manager endpoint's policy, when the stack has a secret.
+pub fn endpoint_policy(spec: &Spec) -> Option<serde_json::Value> {
+    let secret = spec.secret_arn.as_ref()?;
+    let statements = match spec.endpoint_policy {
+        EndpointPolicy::Stack => {
+            let mut st = vec![serde_json::json!({
+                "Sid": "StackSecretOnly",
+                "Effect": "Allow",
+                "Principal": "*",
+                "Action": "secretsmanager:GetSecretValue",
+                "Resource": secret,
+                "Condition": {"ArnEquals": {"aws:PrincipalArn": spec.role_arn()}}
+            })];
+            if let Some(rot) = &spec.rotation_role {
+                st.push(serde_json::json!({
+                    "Sid": "RotationFunction",
+                    "Effect": "Allow",
+                    "Principal": "*",
+                    "Action": ROTATION_ACTIONS,
+                    "Resource": secret,
+                    "Condition": {"ArnEquals": {"aws:PrincipalArn": rot}}
+                }));
+                st.push(serde_json::json!({
+                    "Sid": "RotationPassword",
+                    "Effect": "Allow",
+                    "Principal": "*",
+                    "Action": "secretsmanager:GetRandomPassword",
+                    "Resource": "*",
+                    "Condition": {"ArnEquals": {"aws:PrincipalArn": rot}}
+                }));
+            }
+            st
+        }
+        EndpointPolicy::Account => vec![
+            serde_json::json!({
+                "Sid": "ThisAccountsSecrets",
+                "Effect": "Allow",
+                "Principal": "*",
+                "Action": "secretsmanager:*",
+                "Resource": format!("arn:aws:secretsmanager:{}:{}:secret:*", spec.region, spec.account()),
+                "Condition": {"StringEquals": {"aws:PrincipalAccount": spec.account()}}
+            }),
+            serde_json::json!({
+                "Sid": "ThisAccountsCalls",
+                "Effect": "Allow",
+                "Principal": "*",
+                "Action": ["secretsmanager:ListSecrets", "secretsmanager:GetRandomPassword", "secretsmanager:BatchGetSecretValue"],
+                "Resource": "*",
+                "Condition": {"StringEquals": {"aws:PrincipalAccount": spec.account()}}
+            }),
+        ],
+        EndpointPolicy::Open => vec![serde_json::json!({
+            "Effect": "Allow",
+            "Principal": "*",
+            "Action": "*",
+            "Resource": "*"
+        })],
+    };
+    Some(serde_json::json!({"Version": "2012-10-17", "Statement": statements}))
+}
+
+/// The secret's resource policy for `--secret-policy`, given the endpoint the
+/// function's calls go through (`vpce-...`, for [`SecretPolicy::Endpoint`]).
+///
+/// Only denies: an `Allow` in a secret's policy adds access, it cannot take any away.
+/// It denies reading the value (`GetSecretValue`) to every principal but the readers,
+/// and nothing else: the account's administrators keep describing, rotating, and
+/// changing or deleting this policy, so no one is locked out of the secret.
+pub fn secret_policy(spec: &Spec, endpoint: Option<&str>) -> Option<serde_json::Value> {
+    let mode = spec.secret_policy.filter(|m| *m != SecretPolicy::Off)?;
+    spec.secret_arn.as_ref()?;
+    let mut st = vec![serde_json::json!({
+        "Sid": "OnlyTheExecutionRoleReads",
+        "Effect": "Deny",
+        "Principal": "*",
+        "Action": "secretsmanager:GetSecretValue",
+        "Resource": "*",
+        "Condition": {"ArnNotEquals": {"aws:PrincipalArn": spec.readers()}}
+    })];
+    if mode == SecretPolicy::Endpoint {
+        st.push(serde_json::json!({
+            "Sid": "ExecutionRoleReadsThroughTheEndpoint",
+            "Effect": "Deny",
+            "Principal": "*",
+            "Action": "secretsmanager:GetSecretValue",
+            "Resource": "*",
+            "Condition": {
+                "ArnEquals": {"aws:PrincipalArn": spec.role_arn()},
+                "StringNotEquals": {"aws:SourceVpce": endpoint.unwrap_or("vpce-unknown")}
+            }
+        }));
+    }
+    Some(serde_json::json!({"Version": "2012-10-17", "Statement": st}))
 }
 
 /// The execution role's policy: the secret, the network interfaces, its log group.
@@ -338,6 +502,12 @@ pub struct Observed {
     pub shared_endpoint: Option<(String, BTreeSet<String>)>,
     /// Same-named resources without the stack's tag: (kind, name or id).
     pub foreign: Vec<(&'static str, String)>,
+    /// The stack's endpoint's policy.
+    pub endpoint_policy: Option<serde_json::Value>,
+    /// The secret's resource policy.
+    pub secret_policy: Option<serde_json::Value>,
+    /// Whether that policy is the stack's (the secret carries [`SECRET_POLICY_TAG`]).
+    pub secret_policy_ours: bool,
 }
 
 /// One change.
@@ -373,6 +543,12 @@ pub enum Action {
     },
     /// Fix the endpoint: private DNS on, its subnets and SecretsManagerSG.
     ModifyEndpoint,
+    /// Set the stack's endpoint's policy.
+    SetEndpointPolicy,
+    /// Put the resource policy on the secret (and tag it as the stack's).
+    PutSecretPolicy,
+    /// Remove the stack's resource policy from the secret (`--secret-policy off`).
+    DeleteSecretPolicy,
     /// Create the execution role (trust: Lambda).
     CreateRole,
     /// Put the execution policy on it.
@@ -408,6 +584,14 @@ pub enum Refusal {
     /// A resource with the stack's name exists and is not the stack's.
     #[error(transparent)]
     Foreign(#[from] super::Foreign),
+    /// The secret has a resource policy setup did not write.
+    #[error(
+        "secret {secret} already has a resource policy that this stack did not write; natctl does not replace it: merge the statements of `natctl plan --output json` into it yourself, or run without --secret-policy"
+    )]
+    ForeignSecretPolicy {
+        /// The secret.
+        secret: String,
+    },
 }
 
 /// The changes that turn `o` into `spec`.
@@ -498,6 +682,9 @@ pub fn plan(spec: &Spec, o: &Observed) -> Result<Vec<Action>, Refusal> {
                 {
                     out.push(Action::ModifyEndpoint);
                 }
+                if o.endpoint_policy != endpoint_policy(spec) {
+                    out.push(Action::SetEndpointPolicy);
+                }
             }
         }
     }
@@ -513,6 +700,32 @@ pub fn plan(spec: &Spec, o: &Observed) -> Result<Vec<Action>, Refusal> {
             out.push(Action::AttachDatabaseGroup {
                 db_instance: db.clone(),
             });
+        }
+    }
+    if let Some(secret) = &spec.secret_arn {
+        let endpoint = o
+            .endpoint
+            .as_ref()
+            .map(|e| e.0.as_str())
+            .or(o.shared_endpoint.as_ref().map(|e| e.0.as_str()));
+        match secret_policy(spec, endpoint) {
+            Some(want) => {
+                if o.secret_policy.is_some() && !o.secret_policy_ours {
+                    return Err(Refusal::ForeignSecretPolicy {
+                        secret: secret.clone(),
+                    });
+                }
+                // Without an endpoint yet, its id is known only once it is created.
+                let id_unknown =
+                    endpoint.is_none() && spec.secret_policy == Some(SecretPolicy::Endpoint);
+                if o.secret_policy.as_ref() != Some(&want) || id_unknown {
+                    out.push(Action::PutSecretPolicy);
+                }
+            }
+            None if spec.secret_policy == Some(SecretPolicy::Off) && o.secret_policy_ours => {
+                out.push(Action::DeleteSecretPolicy);
+            }
+            None => {}
         }
     }
     if !o.function.tags.contains_key(PREVIOUS_ROLE_TAG) {
@@ -616,6 +829,8 @@ pub struct Resolved {
     /// The customer-managed KMS key of the secret, when it has one (DescribeSecret's
     /// KmsKeyId; the AWS-managed `aws/secretsmanager` key needs no grant).
     pub kms_key: Option<String>,
+    /// The execution role of the secret's rotation function, when it has one.
+    pub rotation_role: Option<String>,
 }
 
 /// Checks that the function, secret and DB instance exist (and the DB is in `vpc`).
@@ -638,8 +853,8 @@ pub async fn resolve(
         .and_then(|c| c.function_arn())
         .unwrap_or_default()
         .to_string();
-    let (secret_arn, kms_key) = match secret {
-        None => (None, None),
+    let (secret_arn, kms_key, rotation_lambda) = match secret {
+        None => (None, None, None),
         Some(s) => {
             let d = found(
                 c.secrets.describe_secret().secret_id(s).send().await,
@@ -652,8 +867,22 @@ pub async fn resolve(
                 d.kms_key_id()
                     .filter(|k| !k.ends_with("alias/aws/secretsmanager"))
                     .map(str::to_string),
+                d.rotation_lambda_arn()
+                    .filter(|a| !a.is_empty())
+                    .map(str::to_string),
             )
         }
+    };
+    // The rotation function's role reads and writes the secret too; a rotation
+    // function that is gone has no role to admit.
+    let rotation_role = match &rotation_lambda {
+        None => None,
+        Some(arn) => found(
+            c.lambda.get_function().function_name(arn).send().await,
+            "GetFunction",
+            arn,
+        )?
+        .and_then(|f| f.configuration().and_then(|c| c.role()).map(str::to_string)),
     };
     let port = match db_instance {
         None => None,
@@ -699,6 +928,7 @@ pub async fn resolve(
         function_arn,
         secret_arn,
         kms_key,
+        rotation_role,
         db_instance: db_instance.map(str::to_string),
         db_port: db_port.or(port),
     })
@@ -822,6 +1052,32 @@ pub async fn read(c: &Clients, spec: &Spec) -> Result<Observed, Error> {
                 .filter_map(|g| g.group_id().map(str::to_string))
                 .collect(),
         ));
+        o.endpoint_policy = e
+            .policy_document()
+            .and_then(|d| serde_json::from_str(d).ok());
+    }
+    if let Some(secret) = &spec.secret_arn {
+        if let Some(d) = found(
+            c.secrets.describe_secret().secret_id(secret).send().await,
+            "DescribeSecret",
+            secret,
+        )? {
+            o.secret_policy_ours = d
+                .tags()
+                .iter()
+                .any(|t| t.key() == Some(SECRET_POLICY_TAG) && t.value() == Some(&spec.stack));
+        }
+        o.secret_policy = found(
+            c.secrets
+                .get_resource_policy()
+                .secret_id(secret)
+                .send()
+                .await,
+            "GetResourcePolicy",
+            secret,
+        )?
+        .and_then(|p| p.resource_policy().map(str::to_string))
+        .and_then(|d| serde_json::from_str(&d).ok());
     }
     if spec.secret_arn.is_some() {
         let service = spec.service();
@@ -920,6 +1176,27 @@ fn parse_vpc_record(s: &str) -> (Vec<String>, Vec<String>) {
     (split(subnets), split(groups))
 }
 
+/// Removes the resource policy the stack put on `secret`, and its tag.
+async fn drop_secret_policy(c: &Clients, secret: &str) -> Result<(), Error> {
+    let r = c
+        .secrets
+        .delete_resource_policy()
+        .secret_id(secret)
+        .send()
+        .await;
+    if found(r, "DeleteResourcePolicy", secret)?.is_none() {
+        return Ok(());
+    }
+    c.secrets
+        .untag_resource()
+        .secret_id(secret)
+        .tag_keys(SECRET_POLICY_TAG)
+        .send()
+        .await
+        .map_err(err("UntagResource", secret))?;
+    Ok(())
+}
+
 /// Carries out `actions` in order.
 pub async fn apply(
     c: &Clients,
@@ -932,6 +1209,11 @@ pub async fn apply(
     let mut groups: BTreeMap<Group, String> =
         o.groups.iter().map(|(k, g)| (*k, g.id.clone())).collect();
     let mut role_arn = o.role.clone();
+    let mut endpoint_id = o
+        .endpoint
+        .as_ref()
+        .map(|e| e.0.clone())
+        .or(o.shared_endpoint.as_ref().map(|e| e.0.clone()));
     for a in actions {
         match a {
             Action::CreateGroup { group } => {
@@ -1026,7 +1308,8 @@ pub async fn apply(
                     .get(&Group::SecretsManager)
                     .cloned()
                     .unwrap_or_default();
-                c.ec2
+                let r = c
+                    .ec2
                     .create_vpc_endpoint()
                     .vpc_id(&spec.vpc)
                     .vpc_endpoint_type(VpcEndpointType::Interface)
@@ -1034,6 +1317,7 @@ pub async fn apply(
                     .set_subnet_ids(Some(spec.endpoint_subnets.iter().cloned().collect()))
                     .security_group_ids(sg)
                     .private_dns_enabled(true)
+                    .set_policy_document(endpoint_policy(spec).map(|p| p.to_string()))
                     .tag_specifications(ec2_tags(
                         ResourceType::VpcEndpoint,
                         &spec.stack,
@@ -1043,6 +1327,55 @@ pub async fn apply(
                     .send()
                     .await
                     .map_err(err("CreateVpcEndpoint", &spec.service()))?;
+                endpoint_id = r
+                    .vpc_endpoint()
+                    .and_then(|e| e.vpc_endpoint_id())
+                    .map(str::to_string);
+            }
+            Action::SetEndpointPolicy => {
+                let Some((id, ..)) = &o.endpoint else {
+                    continue;
+                };
+                c.ec2
+                    .modify_vpc_endpoint()
+                    .vpc_endpoint_id(id)
+                    .set_policy_document(endpoint_policy(spec).map(|p| p.to_string()))
+                    .send()
+                    .await
+                    .map_err(err("ModifyVpcEndpoint", id))?;
+            }
+            Action::PutSecretPolicy => {
+                let (Some(secret), Some(doc)) = (
+                    &spec.secret_arn,
+                    secret_policy(spec, endpoint_id.as_deref()),
+                ) else {
+                    continue;
+                };
+                c.secrets
+                    .put_resource_policy()
+                    .secret_id(secret)
+                    .resource_policy(doc.to_string())
+                    .block_public_policy(true)
+                    .send()
+                    .await
+                    .map_err(err("PutResourcePolicy", secret))?;
+                c.secrets
+                    .tag_resource()
+                    .secret_id(secret)
+                    .tags(
+                        aws_sdk_secretsmanager::types::Tag::builder()
+                            .key(SECRET_POLICY_TAG)
+                            .value(&spec.stack)
+                            .build(),
+                    )
+                    .send()
+                    .await
+                    .map_err(err("TagResource", secret))?;
+            }
+            Action::DeleteSecretPolicy => {
+                if let Some(secret) = &spec.secret_arn {
+                    drop_secret_policy(c, secret).await?;
+                }
             }
             Action::ModifyEndpoint => {
                 let Some((id, _, subnets, sgs)) = &o.endpoint else {
@@ -1179,12 +1512,20 @@ pub struct Existing {
     pub groups: BTreeMap<Group, String>,
     /// The execution role (with the stack's tag).
     pub role: Option<String>,
+    /// Secrets carrying a resource policy the stack wrote.
+    pub secret_policies: Vec<String>,
 }
 
 /// One removal.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(tag = "action", rename_all = "snake_case")]
 pub enum Removal {
+    /// Delete the resource policy the stack put on a secret (first: the function's
+    /// previous role may read the secret again).
+    DeleteSecretPolicy {
+        /// The secret's ARN.
+        secret: String,
+    },
     /// Put the function's previous role and VPC configuration back, and remove the
     /// stack's tags from it.
     RestoreFunction {
@@ -1304,6 +1645,30 @@ pub async fn read_existing(c: &Clients, stack: &str) -> Result<Existing, Error> 
         .iter()
         .filter_map(|e| e.vpc_endpoint_id().map(str::to_string))
         .collect();
+    let tagged = c
+        .secrets
+        .list_secrets()
+        .filters(
+            aws_sdk_secretsmanager::types::Filter::builder()
+                .key(aws_sdk_secretsmanager::types::FilterNameStringType::TagKey)
+                .values(SECRET_POLICY_TAG)
+                .build(),
+        )
+        .into_paginator()
+        .send()
+        .collect::<Result<Vec<_>, _>>()
+        .await
+        .map_err(err("ListSecrets", SECRET_POLICY_TAG))?;
+    e.secret_policies = tagged
+        .iter()
+        .flat_map(|page| page.secret_list())
+        .filter(|s| {
+            s.tags()
+                .iter()
+                .any(|t| t.key() == Some(SECRET_POLICY_TAG) && t.value() == Some(stack))
+        })
+        .filter_map(|s| s.arn().map(str::to_string))
+        .collect();
     Ok(e)
 }
 
@@ -1311,7 +1676,11 @@ pub async fn read_existing(c: &Clients, stack: &str) -> Result<Existing, Error> 
 /// LambdaSG and the role), DatabaseSG off the databases, the endpoint, the groups
 /// (those referring to LambdaSG first), the role.
 pub fn plan_remove(e: &Existing) -> Vec<Removal> {
-    let mut out = Vec::new();
+    let mut out: Vec<Removal> = e
+        .secret_policies
+        .iter()
+        .map(|s| Removal::DeleteSecretPolicy { secret: s.clone() })
+        .collect();
     if let Some(f) = &e.function {
         out.push(Removal::RestoreFunction {
             function: f.clone(),
@@ -1360,6 +1729,7 @@ pub async fn remove(
 ) -> Result<(), Error> {
     for r in removals {
         match r {
+            Removal::DeleteSecretPolicy { secret } => drop_secret_policy(c, secret).await?,
             Removal::RestoreFunction { function: f } => {
                 update_function(
                     c,
@@ -1479,6 +1849,9 @@ mod tests {
             endpoint_access: EndpointAccess::Lambda,
             vpc_cidrs: ["10.0.0.0/16".to_string()].into(),
             kms_key: None,
+            endpoint_policy: EndpointPolicy::Stack,
+            secret_policy: None,
+            rotation_role: None,
         }
     }
 
@@ -1531,6 +1904,9 @@ mod tests {
             wired: Some("f".into()),
             shared_endpoint: None,
             foreign: vec![],
+            endpoint_policy: endpoint_policy(s),
+            secret_policy: None,
+            secret_policy_ours: false,
         }
     }
 
@@ -1657,9 +2033,17 @@ mod tests {
             ]
             .into(),
             role: Some("natd-s-lambda".into()),
+            secret_policies: vec!["arn:secret".into()],
         };
         let r = plan_remove(&e);
-        assert!(matches!(r.first(), Some(Removal::RestoreFunction { .. })));
+        assert_eq!(
+            r.first(),
+            Some(&Removal::DeleteSecretPolicy {
+                secret: "arn:secret".into()
+            }),
+            "the previous role may read the secret again before it is restored"
+        );
+        assert!(matches!(r.get(1), Some(Removal::RestoreFunction { .. })));
         let pos = |x: &Removal| r.iter().position(|y| y == x).expect("present");
         assert!(
             pos(&Removal::WaitInterfacesReleased {
@@ -1717,6 +2101,158 @@ mod tests {
             ["sg-theirs".to_string(), "sg-s".to_string()].into(),
         ));
         assert_eq!(plan(&s, &o).expect("plan"), vec![]);
+    }
+
+    #[test]
+    fn endpoint_policy_admits_the_stack_role_and_the_rotation_function_only() {
+        use crate::doctor::iam::{Decision, Request, decide_in, statements};
+        let mut s = spec();
+        s.rotation_role = Some("arn:aws:iam::123456789012:role/rotator".into());
+        let secret = s.secret_arn.clone().expect("secret");
+        let get = "secretsmanager:GetSecretValue";
+        let ask = |p: &serde_json::Value, who: &str, action: &str, res: &str| {
+            decide_in(
+                &statements(p),
+                action,
+                res,
+                Some(&Request {
+                    principal_arn: who.into(),
+                    source_vpce: Some("vpce-1".into()),
+                    source_vpc: Some("vpc-1".into()),
+                }),
+            )
+        };
+        let p = endpoint_policy(&s).expect("policy");
+        let role = s.role_arn();
+        assert!(matches!(ask(&p, &role, get, &secret), Decision::Allow(_)));
+        assert!(matches!(
+            ask(
+                &p,
+                "arn:aws:iam::123456789012:role/rotator",
+                "secretsmanager:PutSecretValue",
+                &secret
+            ),
+            Decision::Allow(_)
+        ));
+        assert_eq!(
+            ask(&p, &role, "secretsmanager:PutSecretValue", &secret),
+            Decision::Implicit
+        );
+        assert_eq!(
+            ask(
+                &p,
+                &role,
+                get,
+                "arn:aws:secretsmanager:eu-west-1:123456789012:secret:other-Xy"
+            ),
+            Decision::Implicit
+        );
+        assert_eq!(
+            ask(&p, "arn:aws:iam::123456789012:role/other", get, &secret),
+            Decision::Implicit
+        );
+        s.endpoint_policy = EndpointPolicy::Account;
+        let p = endpoint_policy(&s).expect("policy");
+        assert!(matches!(
+            ask(
+                &p,
+                "arn:aws:iam::123456789012:role/other",
+                get,
+                "arn:aws:secretsmanager:eu-west-1:123456789012:secret:other-Xy"
+            ),
+            Decision::Allow(_)
+        ));
+        assert_eq!(
+            ask(&p, "arn:aws:iam::999999999999:role/x", get, &secret),
+            Decision::Implicit
+        );
+        // No secret, no endpoint, no policy.
+        s.secret_arn = None;
+        assert_eq!(endpoint_policy(&s), None);
+    }
+
+    #[test]
+    fn secret_policy_denies_reading_to_all_but_the_readers_and_nothing_else() {
+        use crate::doctor::iam::{Decision, Request, decide_in, statements};
+        let mut s = spec();
+        assert_eq!(secret_policy(&s, Some("vpce-1")), None, "only when asked");
+        s.secret_policy = Some(SecretPolicy::Endpoint);
+        let secret = s.secret_arn.clone().expect("secret");
+        let p = secret_policy(&s, Some("vpce-1")).expect("policy");
+        // A Deny-only policy, and only of GetSecretValue: admins keep managing it.
+        for st in statements(&p) {
+            assert_eq!(st["Effect"], "Deny");
+            assert_eq!(st["Action"], "secretsmanager:GetSecretValue");
+        }
+        let ask = |who: &str, vpce: Option<&str>, action: &str| {
+            decide_in(
+                &statements(&p),
+                action,
+                &secret,
+                Some(&Request {
+                    principal_arn: who.into(),
+                    source_vpce: vpce.map(str::to_string),
+                    source_vpc: None,
+                }),
+            )
+        };
+        let role = s.role_arn();
+        let get = "secretsmanager:GetSecretValue";
+        assert_eq!(ask(&role, Some("vpce-1"), get), Decision::Implicit);
+        assert!(matches!(ask(&role, None, get), Decision::Deny(_)));
+        assert!(matches!(ask(&role, Some("vpce-2"), get), Decision::Deny(_)));
+        let admin = "arn:aws:iam::123456789012:role/Admin";
+        assert!(matches!(ask(admin, Some("vpce-1"), get), Decision::Deny(_)));
+        for a in [
+            "secretsmanager:DeleteResourcePolicy",
+            "secretsmanager:PutResourcePolicy",
+            "secretsmanager:DescribeSecret",
+            "secretsmanager:RotateSecret",
+        ] {
+            assert_eq!(
+                ask(admin, None, a),
+                Decision::Implicit,
+                "{a} stays with IAM"
+            );
+        }
+    }
+
+    #[test]
+    fn secret_policy_is_planned_refused_over_a_foreign_one_and_removed_when_dropped() {
+        let mut s = spec();
+        s.secret_policy = Some(SecretPolicy::Role);
+        let mut o = built(&s);
+        assert_eq!(plan(&s, &o).expect("plan"), vec![Action::PutSecretPolicy]);
+        o.secret_policy = secret_policy(&s, Some("vpce-1"));
+        o.secret_policy_ours = true;
+        assert_eq!(plan(&s, &o).expect("plan"), vec![]);
+        o.secret_policy_ours = false;
+        let e = plan(&s, &o).expect_err("someone else's policy");
+        assert!(
+            e.to_string().contains("already has a resource policy"),
+            "{e}"
+        );
+        o.secret_policy_ours = true;
+        s.secret_policy = None;
+        assert_eq!(
+            plan(&s, &o).expect("plan"),
+            vec![],
+            "not named: left as it is"
+        );
+        s.secret_policy = Some(SecretPolicy::Off);
+        assert_eq!(
+            plan(&s, &o).expect("plan"),
+            vec![Action::DeleteSecretPolicy]
+        );
+        o.secret_policy_ours = false;
+        assert_eq!(plan(&s, &o).expect("plan"), vec![], "never someone else's");
+        // The endpoint policy follows the flag.
+        let mut s = spec();
+        s.endpoint_policy = EndpointPolicy::Account;
+        assert_eq!(
+            plan(&s, &built(&spec())).expect("plan"),
+            vec![Action::SetEndpointPolicy]
+        );
     }
 
     #[test]
