@@ -987,9 +987,12 @@ pub fn diagnose(f: &Facts) -> Diagnosis {
                 && let Some(e) = through
                 && let Some(policy) = &e.policy
             {
+                // An endpoint policy statement without a Principal applies to everyone.
                 let own: Vec<serde_json::Value> = policy
                     .iter()
-                    .filter(|st| principal_matches(st, &func.role_arn))
+                    .filter(|st| {
+                        st.get("Principal").is_none() || principal_matches(st, &func.role_arn)
+                    })
                     .cloned()
                     .collect();
                 match iam::decide_in(&own, get, &s.arn, Some(&req)) {
@@ -1171,7 +1174,7 @@ fn endpoint_open(e: &Endpoint) -> Option<String> {
         Some(p) => {
             let theirs_ok: Vec<serde_json::Value> = p
                 .iter()
-                .filter(|st| principal_matches(st, stranger))
+                .filter(|st| st.get("Principal").is_none() || principal_matches(st, stranger))
                 .cloned()
                 .collect();
             match iam::decide_in(
