@@ -61,6 +61,16 @@ pub enum Env {
     Prod,
 }
 
+/// The kind of NAT gateway prod uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Gateway {
+    /// One NAT gateway in a public subnet of each AZ, each AZ routed to its own.
+    Zonal,
+    /// One regional NAT gateway (AvailabilityMode=regional) for the whole VPC: it
+    /// follows the workload into every AZ by itself and needs no public subnet.
+    Regional,
+}
+
 /// Who may use the Secrets Manager endpoint.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum EndpointAccess {
@@ -119,6 +129,13 @@ pub struct SetupArgs {
     /// dev: one self-healing NAT instance; prod: one NAT gateway per AZ.
     #[arg(long, value_enum)]
     pub env: Env,
+    /// prod: `zonal` (default) one NAT gateway per AZ, each in that AZ's public subnet,
+    /// with your own Elastic IPs (stable egress addresses to allowlist); `regional` one
+    /// regional NAT gateway for every AZ, with AWS-provided addresses and no public
+    /// subnet needed. Switching either way is gap-free: the new gateway is available and
+    /// every route moved before the old one goes.
+    #[arg(long, value_enum)]
+    pub gateway: Option<Gateway>,
     /// The VPC.
     #[arg(long)]
     pub vpc: String,

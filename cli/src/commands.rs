@@ -3,7 +3,7 @@
 //! goes to stderr; results to stdout.
 
 use crate::aws::{self, Clients, Settings};
-use crate::cli::{Args, Cmd, Env, Output, SetupArgs, SubnetLists};
+use crate::cli::{Args, Cmd, Env, Gateway, Output, SetupArgs, SubnetLists};
 use crate::error::Failure;
 use crate::parts::{lambda, nat_gateways, nat_instance};
 use crate::stack::{self, Egress, Request};
@@ -132,14 +132,23 @@ fn cost(ctx: &Ctx, env: Option<Env>, azs: u32, gb: f64, prices: &[String]) -> Re
     }
     let dev = cost::dev(&p, azs, gb);
     let prod = cost::prod(&p, azs, gb);
+    let regional = cost::prod_regional(&p, azs, gb);
     if ctx.json() {
-        emit(&render::json(&render::cost_json(&dev, &prod, azs, gb, &p))?)
+        emit(&render::json(&render::cost_json(
+            &dev, &prod, &regional, azs, gb, &p,
+        ))?)
     } else {
         let highlight = env.map(|e| match e {
             Env::Dev => "dev",
             Env::Prod => "prod",
         });
-        emit(&render::cost_text(&dev, &prod, highlight, azs, gb, &p))
+        emit(&render::cost_text(
+            &[&dev, &prod, &regional],
+            highlight,
+            azs,
+            gb,
+            &p,
+        ))
     }
 }
 
@@ -148,7 +157,7 @@ async fn topology_of(
     ctx: &Ctx,
     c: &Clients,
     vpc: &str,
-    env: Env,
+    need: topology::PublicNeed,
     subnets: &SubnetLists,
 ) -> Result<topology::Topology, Failure> {
     let facts = topology::read(c, vpc)
@@ -159,14 +168,18 @@ async fn topology_of(
         &facts,
         subnets.private_subnets.as_deref(),
         subnets.public_subnets.as_deref(),
-        env == Env::Prod,
+        need,
     )
     .map_err(|e| Failure::BadInput(e.to_string()))
 }
 
 async fn subnets_cmd(ctx: &Ctx, vpc: &str, env: Env, subnets: &SubnetLists) -> Result<(), Failure> {
     let c = ctx.clients().await?;
-    let topo = topology_of(ctx, &c, vpc, env, subnets).await?;
+    let need = match env {
+        Env::Dev => topology::PublicNeed::Somewhere,
+        Env::Prod => topology::PublicNeed::PerAz,
+    };
+    let topo = topology_of(ctx, &c, vpc, need, subnets).await?;
     if ctx.json() {
         emit(&render::json(&topo)?)
     } else {
@@ -181,6 +194,15 @@ async fn setup(ctx: &Ctx, a: &SetupArgs, dry_run: bool) -> Result<(), Failure> {
         return Err(Failure::BadInput(
             "--eip is for --env dev (prod NAT gateways always get one Elastic IP per AZ)".into(),
         ));
+    }
+    if let (Some(g), Env::Dev) = (a.gateway, a.env) {
+        return Err(Failure::BadInput(format!(
+            "--gateway {} is for --env prod (dev is one NAT instance)",
+            match g {
+                Gateway::Zonal => "zonal",
+                Gateway::Regional => "regional",
+            }
+        )));
     }
     aws::names::set_extra_tags(
         aws::names::parse_extra_tags(&a.tags).map_err(|e| Failure::BadInput(e.to_string()))?,
@@ -205,7 +227,31 @@ async fn setup(ctx: &Ctx, a: &SetupArgs, dry_run: bool) -> Result<(), Failure> {
         ));
     }
     let c = ctx.clients().await?;
-    let topo = topology_of(ctx, &c, &a.vpc, a.env, &a.subnets).await?;
+    // Without --gateway, prod keeps the kind of gateway the stack has (zonal for a new
+    // one): re-running setup never switches it by omission.
+    let regional = match (a.env, a.gateway) {
+        (Env::Dev, _) => false,
+        (Env::Prod, Some(g)) => g == Gateway::Regional,
+        (Env::Prod, None) => nat_gateways::is_regional(&c, &a.stack)
+            .await
+            .map_err(ctx.aws())?,
+    };
+    let need = match (a.env, regional) {
+        (Env::Dev, _) => topology::PublicNeed::Somewhere,
+        (Env::Prod, false) => topology::PublicNeed::PerAz,
+        (Env::Prod, true) => topology::PublicNeed::None,
+    };
+    let topo = topology_of(ctx, &c, &a.vpc, need, &a.subnets).await?;
+    if regional
+        && !nat_gateways::has_internet_gateway(&c, &a.vpc)
+            .await
+            .map_err(ctx.aws())?
+    {
+        return Err(Failure::BadInput(format!(
+            "VPC {} has no internet gateway attached: a regional NAT gateway reaches the internet through it (attach one, then run setup again)",
+            a.vpc
+        )));
+    }
     // Every name the user gave is checked before anything changes.
     let lambda = match &a.lambda {
         None => None,
@@ -276,6 +322,7 @@ async fn setup(ctx: &Ctx, a: &SetupArgs, dry_run: bool) -> Result<(), Failure> {
                 a.eip,
             ))
         }
+        Env::Prod if regional => Egress::Prod(nat_gateways::Spec::regional(&a.stack, &topo)),
         Env::Prod => Egress::Prod(nat_gateways::Spec::new(&a.stack, &topo)),
     };
     let flow_logs = match flow_wanted {

@@ -1,5 +1,6 @@
-//! Monthly cost of dev (one NAT instance) and prod (one NAT gateway per AZ) egress,
-//! from stated, overridable prices. Pure: the caller renders the result.
+//! Monthly cost of dev (one NAT instance), prod zonal (one NAT gateway per AZ) and prod
+//! regional (one regional NAT gateway, billed per AZ it is active in) egress, from
+//! stated, overridable prices. Pure: the caller renders the result.
 
 use serde::Serialize;
 
@@ -14,6 +15,9 @@ pub struct Prices {
     pub nat_gateway_hour: f64,
     /// NAT gateway data processing, per GB.
     pub nat_gateway_gb: f64,
+    /// Regional NAT gateway, per hour for each AZ it is active in (AWS bills it like a
+    /// zonal gateway in each AZ it has expanded to).
+    pub regional_nat_gateway_az_hour: f64,
     /// Public IPv4 address (Elastic IP or auto-assigned), per hour.
     pub public_ipv4_hour: f64,
     /// NAT instance, per hour (t4g.nano 0.0042, t4g.micro 0.0084, t4g.small 0.0168).
@@ -32,6 +36,7 @@ impl Default for Prices {
         Self {
             nat_gateway_hour: 0.045,
             nat_gateway_gb: 0.045,
+            regional_nat_gateway_az_hour: 0.045,
             public_ipv4_hour: 0.005,
             instance_hour: 0.0084,
             ebs_gb_month: 0.08,
@@ -57,6 +62,7 @@ impl Prices {
         let slot = match key {
             "nat_gateway_hour" => &mut self.nat_gateway_hour,
             "nat_gateway_gb" => &mut self.nat_gateway_gb,
+            "regional_nat_gateway_az_hour" => &mut self.regional_nat_gateway_az_hour,
             "public_ipv4_hour" => &mut self.public_ipv4_hour,
             "instance_hour" => &mut self.instance_hour,
             "ebs_gb_month" => &mut self.ebs_gb_month,
@@ -64,7 +70,7 @@ impl Prices {
             "cross_az_gb" => &mut self.cross_az_gb,
             other => {
                 return Err(format!(
-                    "unknown price {other:?}; known: nat_gateway_hour, nat_gateway_gb, public_ipv4_hour, instance_hour, ebs_gb_month, ebs_gb, cross_az_gb"
+                    "unknown price {other:?}; known: nat_gateway_hour, nat_gateway_gb, regional_nat_gateway_az_hour, public_ipv4_hour, instance_hour, ebs_gb_month, ebs_gb, cross_az_gb"
                 ));
             }
         };
@@ -85,7 +91,7 @@ pub struct Line {
 /// A monthly estimate for one environment.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Estimate {
-    /// `dev` or `prod`.
+    /// `dev`, `prod` (zonal) or `prod-regional`.
     pub env: &'static str,
     /// The lines.
     pub lines: Vec<Line>,
@@ -164,6 +170,38 @@ pub fn prod(p: &Prices, azs: u32, gb: f64) -> Estimate {
     )
 }
 
+/// Prod regional: one regional NAT gateway, active (and billed) in every AZ with
+/// workloads, with one AWS-provided public address per AZ (automatic mode); it keeps
+/// traffic in its AZ, so no cross-AZ transfer. The same data processing rate.
+pub fn prod_regional(p: &Prices, azs: u32, gb: f64) -> Estimate {
+    let n = f64::from(azs);
+    estimate(
+        "prod-regional",
+        vec![
+            Line {
+                item: format!("regional NAT gateway ({azs} AZ)"),
+                usd: p.regional_nat_gateway_az_hour * HOURS_PER_MONTH * n,
+            },
+            Line {
+                item: "root volume".into(),
+                usd: 0.0,
+            },
+            Line {
+                item: format!("public IPv4 ({azs})"),
+                usd: p.public_ipv4_hour * HOURS_PER_MONTH * n,
+            },
+            Line {
+                item: "data processing".into(),
+                usd: p.nat_gateway_gb * gb,
+            },
+            Line {
+                item: "cross-AZ transfer".into(),
+                usd: 0.0,
+            },
+        ],
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -174,6 +212,17 @@ mod tests {
         let e = prod(&p, 2, 100.0);
         // 2 x 0.045 x 730 + 2 x 0.005 x 730 + 100 x 0.045
         assert!((e.total_usd - (65.7 + 7.3 + 4.5)).abs() < 1e-9, "{e:?}");
+    }
+
+    #[test]
+    fn regional_is_per_active_az_and_its_own_price() {
+        let mut p = Prices::default();
+        let r = prod_regional(&p, 2, 100.0);
+        assert!((r.total_usd - prod(&p, 2, 100.0).total_usd).abs() < 1e-9);
+        p.set("regional_nat_gateway_az_hour=0.05").expect("valid");
+        let r = prod_regional(&p, 3, 0.0);
+        // 3 x 0.05 x 730 + 3 x 0.005 x 730
+        assert!((r.total_usd - (109.5 + 10.95)).abs() < 1e-9, "{r:?}");
     }
 
     #[test]

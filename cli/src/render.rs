@@ -47,6 +47,9 @@ pub fn step(req: Option<&Request>, s: &Step) -> String {
             let what = removal(r);
             match (req, r) {
                 (Some(_), Remove::NatInstance(_)) => format!("remove the dev egress: {what}"),
+                (Some(r), Remove::NatGateways(_)) if matches!(r.egress, Egress::Prod(_)) => {
+                    format!("retire the replaced NAT gateways: {what}")
+                }
                 (Some(_), Remove::NatGateways(_)) => format!("remove the prod egress: {what}"),
                 _ => what,
             }
@@ -111,6 +114,9 @@ fn nat_gateways_action(a: &nat_gateways::Action) -> String {
     match a {
         Action::AllocateAddress { az } => format!("Elastic IP for the NAT gateway of {az}"),
         Action::CreateNatGateway { az, subnet } => format!("NAT gateway for {az} in {subnet}"),
+        Action::CreateRegionalNatGateway { vpc } => format!(
+            "regional NAT gateway for {vpc} (AvailabilityMode=regional: every AZ, AWS-provided addresses, no public subnet)"
+        ),
         Action::WaitForGateways { azs } => format!(
             "wait until the NAT gateway(s) of {} are available",
             list(azs)
@@ -121,6 +127,10 @@ fn nat_gateways_action(a: &nat_gateways::Action) -> String {
         Action::ReleaseFromNatd { route_table } => {
             format!("untag {route_table} {EGRESS_TAG} (natd lets go of it)")
         }
+        Action::SetDefaultRoute { route_table, az } if az == nat_gateways::REGIONAL => format!(
+            "{}: 0.0.0.0/0 -> the regional NAT gateway",
+            table(route_table)
+        ),
         Action::SetDefaultRoute { route_table, az } => {
             format!("{}: 0.0.0.0/0 -> NAT gateway of {az}", table(route_table))
         }
@@ -609,8 +619,7 @@ pub fn subnets_text(topo: &Topology) -> String {
 
 /// The cost estimate, as text; `highlight` marks "dev" or "prod".
 pub fn cost_text(
-    dev: &cost::Estimate,
-    prod: &cost::Estimate,
+    estimates: &[&cost::Estimate],
     highlight: Option<&str>,
     azs: u32,
     gb: f64,
@@ -618,30 +627,50 @@ pub fn cost_text(
 ) -> String {
     let mark = |e: &str| if highlight == Some(e) { " *" } else { "" };
     let mut s = format!(
-        "Monthly estimate, {azs} AZ(s), {gb} GB/month through NAT (USD, {} h/month)\n\n{:<22} {:>10} {:>10}\n",
+        "Monthly estimate, {azs} AZ(s), {gb} GB/month through NAT (USD, {} h/month)\n\n{:<22}",
         cost::HOURS_PER_MONTH,
         "",
-        format!("dev{}", mark("dev")),
-        format!("prod{}", mark("prod")),
     );
-    for (d, q) in dev.lines.iter().zip(&prod.lines) {
-        let item = if d.item == q.item {
-            d.item.clone()
-        } else {
-            format!("{} / {}", d.item, q.item)
-        };
-        s.push_str(&format!("{item:<22} {:>10.2} {:>10.2}\n", d.usd, q.usd));
+    for e in estimates {
+        s.push_str(&format!(" {:>15}", format!("{}{}", e.env, mark(e.env))));
     }
-    s.push_str(&format!(
-        "{:<22} {:>10.2} {:>10.2}\n",
-        "total", dev.total_usd, prod.total_usd
-    ));
+    s.push('\n');
+    let rows = estimates.first().map_or(0, |e| e.lines.len());
+    for i in 0..rows {
+        // The first row is each column's NAT (named below the table); the others are
+        // the same item in every column, counts aside.
+        let label = match i {
+            0 => "NAT",
+            _ => estimates[0].lines[i]
+                .item
+                .split(" (")
+                .next()
+                .unwrap_or_default(),
+        };
+        s.push_str(&format!("{label:<22}"));
+        for e in estimates {
+            s.push_str(&format!(" {:>15.2}", e.lines[i].usd));
+        }
+        s.push('\n');
+    }
+    s.push_str(&format!("{:<22}", "total"));
+    for e in estimates {
+        s.push_str(&format!(" {:>15.2}", e.total_usd));
+    }
+    s.push('\n');
+    s.push_str("\nNAT:");
+    for e in estimates {
+        s.push_str(&format!(" {} = {};", e.env, e.lines[0].item));
+    }
+    s.pop();
     s.push_str(&format!(
         "\nPrices used (override with --price KEY=VALUE): nat_gateway_hour={} nat_gateway_gb={} \
-public_ipv4_hour={} instance_hour={} ebs_gb_month={} ebs_gb={} cross_az_gb={}\n\
-Internet data transfer out is charged the same for both and not included.",
+regional_nat_gateway_az_hour={} public_ipv4_hour={} instance_hour={} ebs_gb_month={} ebs_gb={} cross_az_gb={}\n\
+A regional NAT gateway is billed per hour in each AZ it is active in, with an AWS-provided address per AZ.\n\
+Internet data transfer out is charged the same for all and not included.",
         p.nat_gateway_hour,
         p.nat_gateway_gb,
+        p.regional_nat_gateway_az_hour,
         p.public_ipv4_hour,
         p.instance_hour,
         p.ebs_gb_month,
@@ -655,6 +684,7 @@ Internet data transfer out is charged the same for both and not included.",
 pub fn cost_json(
     dev: &cost::Estimate,
     prod: &cost::Estimate,
+    regional: &cost::Estimate,
     azs: u32,
     gb: f64,
     p: &cost::Prices,
@@ -662,5 +692,6 @@ pub fn cost_json(
     json!({
         "azs": azs, "gb_per_month": gb, "prices": p,
         "hours_per_month": cost::HOURS_PER_MONTH, "dev": dev, "prod": prod,
+        "prod_regional": regional,
     })
 }

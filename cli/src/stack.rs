@@ -212,7 +212,7 @@ pub fn plan(req: &Request, o: &Observed) -> Result<Vec<Step>, Refusal> {
         );
     }
     let taken = req.tables_taken();
-    let removal: Vec<Remove> = match &o.other {
+    let mut removal: Vec<Remove> = match &o.other {
         Other::None => vec![],
         Other::NatInstance(e) => nat_instance::plan_remove(&req.stack, e, Some(&taken))
             .into_iter()
@@ -223,6 +223,15 @@ pub fn plan(req: &Request, o: &Observed) -> Result<Vec<Step>, Refusal> {
             .map(Remove::NatGateways)
             .collect(),
     };
+    // A switch between zonal and regional gateways (or an AZ the stack no longer
+    // serves): the replaced gateways go after the same drain.
+    if let EgressObserved::Prod(obs) = &o.egress {
+        removal.extend(
+            nat_gateways::plan_remove(&obs.retiring, None)
+                .into_iter()
+                .map(Remove::NatGateways),
+        );
+    }
     if !removal.is_empty() {
         if matches!(req.egress, Egress::Dev(_)) {
             // natd moves the routes itself once the tables are tagged: the gateways go
@@ -250,6 +259,7 @@ pub fn warnings(o: &Observed) -> Vec<String> {
                     "duplicate {d}: the stack uses one per AZ; delete the extra one once nothing uses it"
                 )
             })
+            .chain(p.kept.iter().cloned())
             .collect(),
         EgressObserved::Dev(_) => vec![],
     }
@@ -359,6 +369,14 @@ pub async fn apply(
                 let taken = req.tables_taken();
                 let removals = nat_instance::plan_remove(&req.stack, &e, Some(&taken));
                 nat_instance::remove(c, &removals, progress).await?;
+            }
+            (Step::Remove(Remove::NatGateways(_)), Egress::Prod(spec), _) => {
+                let (retire, kept) = nat_gateways::read_retiring(c, spec).await?;
+                for k in kept {
+                    progress(&format!("warning: {k}"));
+                }
+                let removals = nat_gateways::plan_remove(&retire, None);
+                nat_gateways::remove(c, &removals, progress).await?;
             }
             (Step::Remove(Remove::NatGateways(_)), ..) => {
                 let e = nat_gateways::read_existing(c, &req.stack).await?;
@@ -519,6 +537,7 @@ mod tests {
             egress: Egress::Prod(nat_gateways::Spec {
                 stack: "s".into(),
                 vpc: "vpc-1".into(),
+                mode: nat_gateways::Mode::Zonal,
                 azs: [(
                     "a".to_string(),
                     nat_gateways::AzSpec {
@@ -628,6 +647,65 @@ mod tests {
         assert_eq!(json[first_removal]["step"], "remove");
         assert_eq!(json[first_removal]["part"], "nat_instance");
         assert_eq!(json[wait]["action"], "wait_for_gateways");
+    }
+
+    #[test]
+    fn zonal_to_regional_routes_first_then_drains_then_retires_the_zonal_gateways() {
+        let mut req = prod_request();
+        if let Egress::Prod(spec) = &mut req.egress {
+            spec.mode = nat_gateways::Mode::Regional;
+            let z = spec.azs.remove("a").expect("a");
+            spec.azs.insert(nat_gateways::REGIONAL.into(), z);
+        }
+        let zonal = nat_gateways::Existing {
+            gateways: vec![nat_gateways::GatewayState {
+                id: "nat-a".into(),
+                az: "a".into(),
+                state: "available".into(),
+            }],
+            ..Default::default()
+        };
+        let o = Observed {
+            egress: EgressObserved::Prod(nat_gateways::Observed {
+                retiring: zonal,
+                ..Default::default()
+            }),
+            lambda: None,
+            flow_logs: None,
+            flow_logs_existing: None,
+            other: Other::NatInstance(nat_instance::Existing::default()),
+        };
+        let steps = plan(&req, &o).expect("plan");
+        let pos = |f: &dyn Fn(&Step) -> bool| steps.iter().position(f).expect("present");
+        let create = pos(&|s| {
+            matches!(
+                s,
+                Step::Build(Build::NatGateways(
+                    nat_gateways::Action::CreateRegionalNatGateway { .. }
+                ))
+            )
+        });
+        let route = pos(&|s| {
+            matches!(
+                s,
+                Step::Build(Build::NatGateways(
+                    nat_gateways::Action::SetDefaultRoute { .. }
+                ))
+            )
+        });
+        let drain = pos(&|s| matches!(s, Step::Drain { .. }));
+        let delete = pos(&|s| {
+            matches!(
+                s,
+                Step::Remove(Remove::NatGateways(
+                    nat_gateways::Removal::DeleteNatGateway { .. }
+                ))
+            )
+        });
+        assert!(
+            create < route && route < drain && drain < delete,
+            "{steps:?}"
+        );
     }
 
     #[test]

@@ -107,7 +107,7 @@ pub struct Gateway {
     pub az: String,
     /// `pending`, `available`, `failed`, `deleting`.
     pub state: String,
-    /// Its public address.
+    /// Its public addresses, comma-separated (a regional gateway has one per AZ).
     pub public_ip: Option<String>,
 }
 
@@ -209,7 +209,10 @@ pub fn route_works(t: &TableFacts, instances: &[Instance], gateways: &[Gateway])
         .target
         .as_ref()
         .and_then(|x| gateways.iter().find(|g| &g.id == x));
-    let cross_az = gateway.is_some_and(|g| t.azs.iter().any(|az| *az != g.az));
+    // A regional gateway serves every AZ in that AZ.
+    let cross_az = gateway.is_some_and(|g| {
+        g.az != crate::parts::nat_gateways::REGIONAL && t.azs.iter().any(|az| *az != g.az)
+    });
     let via_instance = t.target.as_ref().is_some_and(|x| {
         instances
             .iter()
@@ -311,11 +314,14 @@ pub async fn read(c: &Clients, stack: &str) -> Result<Facts, Error> {
                 .state()
                 .map(|s| s.as_str().to_string())
                 .unwrap_or_default(),
-            public_ip: g
-                .nat_gateway_addresses()
-                .first()
-                .and_then(|a| a.public_ip())
-                .map(str::to_string),
+            public_ip: Some(
+                g.nat_gateway_addresses()
+                    .iter()
+                    .filter_map(|a| a.public_ip())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            )
+            .filter(|s| !s.is_empty()),
         })
         .collect();
     let mut tables = read::tables_tagged(c, EGRESS_TAG, stack).await?;
@@ -523,6 +529,7 @@ mod tests {
             gateway("nat-a", "a", "available"),
             gateway("nat-p", "a", "pending"),
             gateway("nat-b", "b", "available"),
+            gateway("nat-r", "regional", "available"),
         ];
         // (table, instances, gateways) -> (ok, cross_az)
         type Case<'a> = (TableFacts, &'a [Instance], &'a [Gateway], (bool, bool));
@@ -575,6 +582,12 @@ mod tests {
                 &[],
                 &gws,
                 (true, true),
+            ),
+            (
+                table(Some("nat-r"), Some("active")),
+                &[],
+                &gws,
+                (true, false),
             ),
             (
                 table(Some("nat-a"), Some("blackhole")),

@@ -140,14 +140,24 @@ pub enum Invalid {
     },
 }
 
+/// Where the egress needs public subnets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PublicNeed {
+    /// One in every AZ with private subnets (zonal NAT gateways).
+    PerAz,
+    /// One anywhere (a NAT instance).
+    Somewhere,
+    /// None (a regional NAT gateway belongs to the VPC, not to a subnet).
+    None,
+}
+
 /// Classifies the VPC's subnets. `private` and `public`, when given, replace discovery
-/// for that list. Checks that every AZ with private subnets has a public subnet only
-/// when `need_public_per_az` (prod; dev needs one public subnet anywhere).
+/// for that list. `need` says where public subnets must exist.
 pub fn classify(
     facts: &Facts,
     private: Option<&[String]>,
     public: Option<&[String]>,
-    need_public_per_az: bool,
+    need: PublicNeed,
 ) -> Result<Topology, Invalid> {
     for id in private
         .into_iter()
@@ -231,10 +241,10 @@ pub fn classify(
         return Err(Invalid::NoPrivateSubnet(facts.vpc_id.clone()));
     }
     for (name, az) in &azs {
-        let missing = if need_public_per_az {
-            !az.private.is_empty() && az.public.is_empty()
-        } else {
-            azs.values().all(|a| a.public.is_empty())
+        let missing = match need {
+            PublicNeed::PerAz => !az.private.is_empty() && az.public.is_empty(),
+            PublicNeed::Somewhere => azs.values().all(|a| a.public.is_empty()),
+            PublicNeed::None => false,
         };
         if missing {
             return Err(Invalid::NoPublicSubnet {
@@ -359,7 +369,7 @@ mod tests {
 
     #[test]
     fn discovers_public_and_private_per_az() {
-        let t = classify(&facts(), None, None, true).expect("valid");
+        let t = classify(&facts(), None, None, PublicNeed::PerAz).expect("valid");
         assert_eq!(t.azs["a"].public, vec!["subnet-pub-a"]);
         assert_eq!(t.azs["a"].private, vec!["subnet-priv-a", "subnet-priv-a2"]);
         assert_eq!(t.azs["b"].private, vec!["subnet-priv-b"]);
@@ -379,7 +389,7 @@ mod tests {
     fn az_without_public_subnet_is_refused_for_prod_only() {
         let mut f = facts();
         f.subnets.retain(|s| s.id != "subnet-pub-b");
-        let e = classify(&f, None, None, true).expect_err("prod needs one per AZ");
+        let e = classify(&f, None, None, PublicNeed::PerAz).expect_err("prod needs one per AZ");
         assert_eq!(
             e,
             Invalid::NoPublicSubnet {
@@ -389,36 +399,40 @@ mod tests {
         );
         assert!(e.to_string().contains("subnet-priv-b"));
         assert!(
-            classify(&f, None, None, false).is_ok(),
+            classify(&f, None, None, PublicNeed::Somewhere).is_ok(),
             "dev needs one public subnet anywhere"
         );
+        f.subnets.retain(|s| s.id != "subnet-pub-a");
+        assert!(classify(&f, None, None, PublicNeed::Somewhere).is_err());
+        let t = classify(&f, None, None, PublicNeed::None).expect("regional needs none");
+        assert!(t.azs.values().all(|a| a.public.is_empty()));
     }
 
     #[test]
     fn named_subnets_are_checked_and_replace_discovery() {
         let f = facts();
         let foreign = ["subnet-elsewhere".to_string()];
-        let e = classify(&f, Some(&foreign), None, false).expect_err("foreign");
+        let e = classify(&f, Some(&foreign), None, PublicNeed::Somewhere).expect_err("foreign");
         assert!(e.to_string().contains("subnet-elsewhere") && e.to_string().contains("vpc-1"));
         let both = ["subnet-priv-a".to_string()];
         assert_eq!(
-            classify(&f, Some(&both), Some(&both), false).expect_err("both"),
+            classify(&f, Some(&both), Some(&both), PublicNeed::Somewhere).expect_err("both"),
             Invalid::BothPublicAndPrivate("subnet-priv-a".into())
         );
         let pr = ["subnet-priv-b".to_string()];
         let pu = ["subnet-pub-a".to_string()];
-        let t = classify(&f, Some(&pr), Some(&pu), false).expect("named");
+        let t = classify(&f, Some(&pr), Some(&pu), PublicNeed::Somewhere).expect("named");
         let privs: Vec<&String> = t.private().collect();
         assert_eq!(privs, vec!["subnet-priv-b"]);
         // One list named: it replaces discovery for that list only; the other is
         // discovered as before.
-        let t = classify(&f, Some(&pr), None, false).expect("private named");
+        let t = classify(&f, Some(&pr), None, PublicNeed::Somewhere).expect("private named");
         assert_eq!(t.private().collect::<Vec<_>>(), vec!["subnet-priv-b"]);
         assert_eq!(
             t.public().collect::<Vec<_>>(),
             vec!["subnet-pub-a", "subnet-pub-b"]
         );
-        let t = classify(&f, None, Some(&pu), false).expect("public named");
+        let t = classify(&f, None, Some(&pu), PublicNeed::Somewhere).expect("public named");
         assert_eq!(t.public().collect::<Vec<_>>(), vec!["subnet-pub-a"]);
         assert!(
             !t.private().any(|s| s == "subnet-pub-b"),
@@ -429,14 +443,24 @@ mod tests {
     #[test]
     fn named_subnets_must_be_what_they_are_named() {
         let f = facts();
-        let e = classify(&f, Some(&["subnet-pub-a".to_string()]), None, false)
-            .expect_err("a public subnet named private");
+        let e = classify(
+            &f,
+            Some(&["subnet-pub-a".to_string()]),
+            None,
+            PublicNeed::Somewhere,
+        )
+        .expect_err("a public subnet named private");
         assert!(
             matches!(&e, Invalid::NamedPrivateIsPublic { subnet, target, .. } if subnet == "subnet-pub-a" && target == "igw-1"),
             "{e}"
         );
-        let e = classify(&f, None, Some(&["subnet-priv-b".to_string()]), false)
-            .expect_err("a private subnet named public");
+        let e = classify(
+            &f,
+            None,
+            Some(&["subnet-priv-b".to_string()]),
+            PublicNeed::Somewhere,
+        )
+        .expect_err("a private subnet named public");
         assert!(e.to_string().contains("subnet-priv-b"), "{e}");
     }
 
@@ -446,7 +470,7 @@ mod tests {
         f.defaults.insert("rtb-main".into(), Some("igw-1".into()));
         f.defaults.insert("rtb-priv-a".into(), Some("igw-1".into()));
         assert_eq!(
-            classify(&f, None, None, false).expect_err("none"),
+            classify(&f, None, None, PublicNeed::Somewhere).expect_err("none"),
             Invalid::NoPrivateSubnet("vpc-1".into())
         );
     }

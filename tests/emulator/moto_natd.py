@@ -18,6 +18,11 @@ Extensions, each matching documented AWS behaviour:
   `deleting` for NATD_EMU_NAT_DELETING_SECS (default 2) after DeleteNatGateway, then
   `deleted`. CreateNatGateway honours ClientToken: the same token answers the gateway it
   created (AWS's idempotency) instead of creating another.
+- Regional NAT gateways (CreateNatGateway AvailabilityMode=regional, AWS 2025-11; moto
+  5.2.5 knows only zonal ones): created with VpcId and no subnet, public connectivity
+  only, one AWS-provided address per AZ of the VPC (automatic mode); they take the same
+  time as zonal ones and end `failed` (Gateway.NotAttached) in a VPC without an attached
+  internet gateway. DescribeNatGateways answers AvailabilityMode for every gateway.
 - IAM is eventually consistent, as on AWS: a role or instance profile is not usable for
   NATD_EMU_IAM_PROPAGATION_SECS (default 2) after it was created (a profile: after its
   role was added). CreateAutoScalingGroup with a launch template naming such a profile
@@ -179,6 +184,130 @@ def _create_nat_gateway(self):
 
 
 nat_responses.NatGateways.create_nat_gateway = _create_nat_gateway
+
+
+# --- EC2: regional NAT gateways --------------------------------------------------------
+
+from moto.ec2 import exceptions as ec2_exceptions  # noqa: E402
+from moto.ec2.utils import random_nat_gateway_id, random_public_ip  # noqa: E402
+from moto.core.utils import utcnow  # noqa: E402
+
+NatGateway.availability_mode = "zonal"
+
+
+def _regional_state_get(self):
+    state = _nat_state_get(self)
+    if state == "available" and getattr(self, "_natd_failure", None):
+        return "failed"
+    return state
+
+
+def _regional_failure_code(self):
+    failure = getattr(self, "_natd_failure", None)
+    return failure[0] if failure and self.state == "failed" else None
+
+
+def _regional_failure_message(self):
+    failure = getattr(self, "_natd_failure", None)
+    return failure[1] if failure and self.state == "failed" else None
+
+
+NatGateway.state = property(_regional_state_get, _nat_state_set)
+NatGateway.failure_code = property(_regional_failure_code)
+NatGateway.failure_message = property(_regional_failure_message)
+
+
+def _create_regional_nat_gateway(self):
+    """CreateNatGateway with AvailabilityMode=regional (AWS, 2025-11): the gateway
+    belongs to a VPC, not a subnet (SubnetId is refused, VpcId required); it has public
+    connectivity only; in automatic mode (no AvailabilityZoneAddresses) AWS provides one
+    public address in each AZ where the VPC has subnets. Like a zonal public gateway in a
+    VPC without an attached internet gateway, it ends `failed` with Gateway.NotAttached.
+    """
+    backend = self.ec2_backend
+    vpc_id = self._get_param("VpcId")
+    if self._get_param("SubnetId"):
+        raise ec2_exceptions.InvalidParameterCombination(
+            "A regional NAT gateway is created in a VPC: SubnetId cannot be specified"
+        )
+    if not vpc_id:
+        raise ec2_exceptions.MissingParameterError("VpcId")
+    if (self._get_param("ConnectivityType") or "public") != "public":
+        raise ec2_exceptions.InvalidParameterCombination(
+            "Regional NAT gateways support public connectivity only"
+        )
+    if self._get_param("AllocationId"):
+        raise ec2_exceptions.InvalidParameterCombination(
+            "A regional NAT gateway takes its addresses in AvailabilityZoneAddresses"
+        )
+    backend.get_vpc(vpc_id)  # InvalidVpcID.NotFound
+    gw = NatGateway.__new__(NatGateway)
+    gw.id = random_nat_gateway_id()
+    gw.ec2_backend = backend
+    gw.subnet_id = None
+    gw.vpc_id = vpc_id
+    gw.connectivity_type = "public"
+    gw.availability_mode = "regional"
+    gw.auto_provision_zones = "enabled"
+    gw.auto_scaling_ips = "enabled"
+    gw.private_ip = None
+    gw._created_at = utcnow()
+    gw._natd_created_at = time.monotonic()
+    attached = [
+        igw for igw in backend.internet_gateways.values() if igw.vpc and igw.vpc.id == vpc_id
+    ]
+    if not attached:
+        gw._natd_failure = (
+            "Gateway.NotAttached",
+            f"Network {vpc_id} has no Internet gateway attached",
+        )
+    azs = sorted(
+        {
+            s.availability_zone
+            for per_zone in backend.subnets.values()
+            for s in per_zone.values()
+            if s.vpc_id == vpc_id
+        }
+    )
+    gw.address_set = [
+        {
+            "publicIp": random_public_ip(),
+            "availabilityZone": az,
+            "isPrimary": True,
+            "status": "succeeded",
+        }
+        for az in azs
+    ]
+    from moto.ec2.utils import add_tag_specification
+
+    gw.add_tags(add_tag_specification(self._get_param("TagSpecifications", [])))
+    backend.nat_gateways[gw.id] = gw
+    from moto.core.responses import ActionResult
+
+    return ActionResult({"NatGateway": gw, "ClientToken": self._get_param("ClientToken")})
+
+
+_zonal_create_nat_gateway = nat_responses.NatGateways.create_nat_gateway
+
+
+def _create_nat_gateway_any_mode(self):
+    if (self._get_param("AvailabilityMode") or "zonal") != "regional":
+        return _zonal_create_nat_gateway(self)
+    token = self._get_param("ClientToken")
+    key = (self.current_account, self.region, token)
+    if token and key in _nat_tokens:
+        gw = self.ec2_backend.nat_gateways.get(_nat_tokens[key])
+        if gw is not None:
+            from moto.core.responses import ActionResult
+
+            return ActionResult({"NatGateway": gw, "ClientToken": token})
+    result = _create_regional_nat_gateway(self)
+    if token:
+        _nat_tokens[key] = result.result["NatGateway"].id
+    return result
+
+
+nat_responses.NatGateways.create_nat_gateway = _create_nat_gateway_any_mode
 
 
 # --- Auto Scaling: lifecycle hooks and health ----------------------------------------

@@ -16,6 +16,10 @@
 //! - **Source/dest check is enforced** outside the instance, as EC2 does: while an
 //!   ENI's check is on, the router drops packets to or from that instance that are not
 //!   addressed to or sent by the instance itself.
+//! - **Boot takes time.** A launched instance becomes reachable and starts natd only
+//!   after the lab's boot delay ([`Lab::with_boot_delay`]; `NATD_LAB_BOOT_DELAY_SECS`
+//!   for [`Lab::new`], default 0; about 25 s is what a t4g takes to boot AL2023
+//!   minimal), so failover figures mean what they would on EC2.
 //! - **Instances are processes.** Each running instance tagged `natd:stack` gets a
 //!   namespace (its egress interface carries the ENI's MAC), its own IMDSv2 fixture
 //!   and natd under a small supervisor that behaves like the systemd unit (restart on
@@ -140,6 +144,7 @@ pub struct Lab {
     shared: Arc<Mutex<Shared>>,
     stop: Arc<AtomicBool>,
     fabric: Option<std::thread::JoinHandle<()>>,
+    boot_delay: Duration,
 }
 
 impl std::fmt::Debug for Lab {
@@ -149,8 +154,19 @@ impl std::fmt::Debug for Lab {
 }
 
 impl Lab {
-    /// Builds the VPC in the emulator and its namespaces, and starts the fabric.
+    /// Builds the VPC in the emulator and its namespaces, and starts the fabric, with
+    /// the boot delay `NATD_LAB_BOOT_DELAY_SECS` (default 0).
     pub async fn new(emu: Arc<Emulator>) -> Self {
+        let secs = std::env::var("NATD_LAB_BOOT_DELAY_SECS")
+            .ok()
+            .and_then(|v| v.parse::<f64>().ok())
+            .filter(|v| v.is_finite() && *v >= 0.0)
+            .unwrap_or(0.0);
+        Self::with_boot_delay(emu, Duration::from_secs_f64(secs)).await
+    }
+
+    /// As [`Lab::new`], with instances booting `boot_delay` after they start running.
+    pub async fn with_boot_delay(emu: Arc<Emulator>, boot_delay: Duration) -> Self {
         let world = World::new(&emu.sdk()).await;
         let public_b = world.public_subnet_b().await;
         let internet = Netns::new("inet");
@@ -197,9 +213,9 @@ impl Lab {
                     .enable_all()
                     .build()
                     .unwrap();
-                rt.block_on(
-                    Fabric::new(emu, shared, vpc_id, vpc_name, inet_name, subnets).run(stop),
-                );
+                let mut fabric = Fabric::new(emu, shared, vpc_id, vpc_name, inet_name, subnets);
+                fabric.boot_delay = boot_delay;
+                rt.block_on(fabric.run(stop));
             })
         };
         Self {
@@ -212,7 +228,13 @@ impl Lab {
             shared,
             stop,
             fabric: Some(fabric),
+            boot_delay,
         }
+    }
+
+    /// How long a launched instance takes to boot here.
+    pub fn boot_delay(&self) -> Duration {
+        self.boot_delay
     }
 
     /// A request from the private namespace of subnet `i` to the internet server: what
@@ -340,6 +362,10 @@ struct Fabric {
     checks: BTreeSet<String>,
     next_link: u32,
     dir: tempfile::TempDir,
+    /// How long an instance takes from `running` to reachable with natd started.
+    boot_delay: Duration,
+    /// Instances running but still booting: when the lab first saw them running.
+    booting: BTreeMap<String, Instant>,
 }
 
 fn borrowed(name: &str) -> Netns {
@@ -371,6 +397,8 @@ impl Fabric {
             checks: BTreeSet::new(),
             next_link: 0,
             dir: tempfile::tempdir().unwrap(),
+            boot_delay: Duration::ZERO,
+            booting: BTreeMap::new(),
         }
     }
 
@@ -453,9 +481,15 @@ impl Fabric {
                 self.event(Event::Gone(id));
             }
         }
+        self.booting.retain(|id, _| running.contains_key(id));
+        let now = Instant::now();
         for (id, (stack, eni, mac, ip, _)) in &running {
             if !self.instances.contains_key(id) {
-                self.boot(id, stack, eni, mac, ip);
+                let seen = *self.booting.entry(id.clone()).or_insert(now);
+                if now.duration_since(seen) >= self.boot_delay {
+                    self.booting.remove(id);
+                    self.boot(id, stack, eni, mac, ip);
+                }
             }
         }
         // Source/dest check, enforced by the router.

@@ -82,6 +82,99 @@ async fn nat_gateways_take_time_and_honour_client_token() {
     .await;
 }
 
+#[tokio::test]
+async fn regional_nat_gateways_belong_to_the_vpc_and_need_its_internet_gateway() {
+    let emu = Emulator::start();
+    let w = World::new(&emu.sdk()).await;
+    // A subnet is refused: a regional gateway is created in a VPC.
+    let bad = aws_raw(
+        &emu,
+        &[
+            "ec2",
+            "create-nat-gateway",
+            "--availability-mode",
+            "regional",
+            "--vpc-id",
+            &w.vpc,
+            "--subnet-id",
+            &w.public_subnet,
+        ],
+    );
+    assert!(!bad.status.success());
+    assert!(
+        err(&bad).contains("InvalidParameterCombination"),
+        "{}",
+        err(&bad)
+    );
+    let g = emu.aws(&[
+        "ec2",
+        "create-nat-gateway",
+        "--availability-mode",
+        "regional",
+        "--vpc-id",
+        &w.vpc,
+    ])["NatGateway"]
+        .clone();
+    assert_eq!(g["AvailabilityMode"], "regional");
+    assert_eq!(g["State"], "pending");
+    assert!(g["SubnetId"].is_null());
+    assert_eq!(g["VpcId"], w.vpc.as_str());
+    // Automatic mode: an AWS-provided address in each AZ of the VPC's subnets.
+    let azs: Vec<&str> = g["NatGatewayAddresses"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["AvailabilityZone"].as_str().unwrap())
+        .collect();
+    assert!(azs.len() >= 2, "{g}");
+    let id = g["NatGatewayId"].as_str().unwrap().to_string();
+    let read = |emu: &Emulator, id: &str| {
+        emu.aws(&["ec2", "describe-nat-gateways", "--nat-gateway-ids", id])["NatGateways"][0]
+            .clone()
+    };
+    natd_tests::eventually(PATIENCE, "available", || async {
+        (read(&emu, &id)["State"] == "available").then_some(())
+    })
+    .await;
+    // Without an attached internet gateway it fails, as a public gateway does on AWS.
+    let ec2 = aws_sdk_ec2::Client::new(&emu.sdk());
+    let igws = ec2
+        .describe_internet_gateways()
+        .filters(
+            aws_sdk_ec2::types::Filter::builder()
+                .name("attachment.vpc-id")
+                .values(&w.vpc)
+                .build(),
+        )
+        .send()
+        .await
+        .unwrap();
+    for i in igws.internet_gateways() {
+        ec2.detach_internet_gateway()
+            .internet_gateway_id(i.internet_gateway_id().unwrap())
+            .vpc_id(&w.vpc)
+            .send()
+            .await
+            .unwrap();
+    }
+    let lone = emu.aws(&[
+        "ec2",
+        "create-nat-gateway",
+        "--availability-mode",
+        "regional",
+        "--vpc-id",
+        &w.vpc,
+    ])["NatGateway"]["NatGatewayId"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    natd_tests::eventually(PATIENCE, "failed", || async {
+        let g = read(&emu, &lone);
+        (g["State"] == "failed" && g["FailureCode"] == "Gateway.NotAttached").then_some(())
+    })
+    .await;
+}
+
 /// Each AWS CLI call takes a second or more here: the delays are longer in these tests
 /// than the defaults, so the calls between a change and the check of its effect do not
 /// outlast them on a busy machine.

@@ -37,8 +37,11 @@ pub struct Subnet {
 /// A NAT gateway.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Gateway {
-    /// Its subnet.
+    /// Its subnet (none for a regional gateway).
     pub subnet: String,
+    /// A regional NAT gateway (AvailabilityMode=regional): it belongs to the VPC, serves
+    /// every AZ in that AZ, and reaches the internet through the VPC's internet gateway.
+    pub regional: bool,
     /// `pending`, `available`, `failed`, `deleting`, `deleted`.
     pub state: String,
     /// Public connectivity (a private NAT gateway never reaches the internet).
@@ -452,6 +455,22 @@ impl Facts {
         )
     }
 
+    /// Whether a regional NAT gateway reaches the internet: through the VPC's attached
+    /// internet gateway (it has no subnet, so no subnet route or network ACL of the VPC
+    /// is on its way).
+    fn regional_uplink(&self, nat: &str) -> Result<(), Hop> {
+        if self.igws.is_empty() {
+            return Err(hop(
+                nat,
+                format!(
+                    "regional NAT gateway {nat}: the VPC has no internet gateway attached, so it cannot reach the internet"
+                ),
+                "attach an internet gateway to the VPC".into(),
+            ));
+        }
+        Ok(())
+    }
+
     /// Whether a NAT in `subnet` reaches the internet itself.
     fn uplink(&self, nat: &str, subnet: &str) -> Result<(), Hop> {
         match self.internet_route(subnet) {
@@ -577,6 +596,10 @@ impl Facts {
                     ),
                     "route 0.0.0.0/0 to a public NAT gateway: natctl setup --env prod".into(),
                 ));
+            }
+            if g.regional {
+                self.regional_uplink(&r.target)?;
+                return Ok(format!("regional NAT gateway {}", r.target));
             }
             self.nat_acls(subnet, &s.cidr, &g.subnet)?;
             self.uplink(&r.target, &g.subnet)?;
@@ -1373,7 +1396,11 @@ fn vpc_findings(f: &Facts) -> Vec<Finding> {
                     evidence: vec!["ConnectivityType=private".into()],
                     fix: "route 0.0.0.0/0 to a public NAT gateway: natctl setup --env prod".into(),
                 });
-            } else if let Err(h) = f.uplink(id, &g.subnet) {
+            } else if let Err(h) = if g.regional {
+                f.regional_uplink(id)
+            } else {
+                f.uplink(id, &g.subnet)
+            } {
                 out.push(Finding {
                     severity: Severity::Breaks,
                     check: "nat_without_internet",
@@ -1395,6 +1422,9 @@ fn vpc_findings(f: &Facts) -> Vec<Finding> {
         }
     }
     for (gw, azs) in served {
+        if f.gateways.get(gw).is_some_and(|g| g.regional) {
+            continue; // one gateway for every AZ, by design
+        }
         let home = f
             .gateways
             .get(gw)

@@ -349,6 +349,9 @@ pub async fn read(c: &Clients, vpc: &str, function: Option<&str>) -> Result<Fact
             g.nat_gateway_id().unwrap_or_default().to_string(),
             Gateway {
                 subnet: g.subnet_id().unwrap_or_default().to_string(),
+                regional: g
+                    .availability_mode()
+                    .is_some_and(|m| m.as_str() == "regional"),
                 state,
                 public: g
                     .connectivity_type()

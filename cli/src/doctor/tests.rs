@@ -134,6 +134,7 @@ fn good() -> Facts {
                     id.to_string(),
                     Gateway {
                         subnet: s.into(),
+                        regional: false,
                         state: "available".into(),
                         public: true,
                     },
@@ -360,6 +361,26 @@ fn each_mistake_is_found_with_its_severity() {
             "internet gateway detached",
             good,
             Box::new(|f| {
+                f.igws.clear();
+            }),
+            vec![
+                (Breaks, "internet_unreachable"),
+                (Breaks, "nat_without_internet"),
+            ],
+        ),
+        (
+            "one regional gateway for both AZs",
+            good,
+            Box::new(|f| {
+                regional(f);
+            }),
+            vec![],
+        ),
+        (
+            "regional gateway, internet gateway detached",
+            good,
+            Box::new(|f| {
+                regional(f);
                 f.igws.clear();
             }),
             vec![
@@ -975,4 +996,28 @@ fn a_broken_answer_names_the_hop_and_the_subnets() {
     );
     assert!(x.evidence.iter().any(|e| e.contains("priv-a")), "{x:?}");
     assert!(!x.evidence.iter().any(|e| e.contains("priv-b")), "{x:?}");
+}
+
+/// Prod with one regional NAT gateway instead of one per AZ: no subnet, both AZs routed
+/// to it.
+fn regional(f: &mut Facts) {
+    f.gateways.clear();
+    f.gateways.insert(
+        "nat-r".into(),
+        Gateway {
+            subnet: String::new(),
+            regional: true,
+            state: "available".into(),
+            public: true,
+        },
+    );
+    for t in ["rtb-a", "rtb-b"] {
+        if let Some(r) = f
+            .tables
+            .get_mut(t)
+            .and_then(|rs| rs.iter_mut().find(|r| r.target.starts_with("nat-")))
+        {
+            r.target = "nat-r".into();
+        }
+    }
 }

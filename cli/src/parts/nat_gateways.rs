@@ -8,6 +8,11 @@
 //! [`read`], [`apply`]; what it leaves behind: [`Existing`], the pure [`plan_remove`]
 //! and [`remove`].
 //!
+//! Regional mode: one regional NAT gateway (`AvailabilityMode=regional`, no subnet, AWS-
+//! provided addresses) for every private subnet; it is keyed by the AZ name
+//! [`REGIONAL`]. A switch between the modes is the new gateway available, every table
+//! routed to it, then the old gateways (and their addresses) retired ([`retiring`]).
+//!
 //! Tags: gateways, addresses and split tables carry `natd:stack` and `natd:az`; every
 //! table whose default route the stack manages carries `natd:routes=<stack>`; a split
 //! table also names the table its subnets came from in `natd:split-from`, so teardown
@@ -31,6 +36,19 @@ use std::time::Duration;
 const GATEWAY_WAIT: Duration = Duration::from_secs(900);
 /// How long teardown waits for NAT gateways to be deleted (AWS: about a minute).
 const DELETE_WAIT: Duration = Duration::from_secs(600);
+
+/// The `natd:az` value (and the key in [`Spec::azs`]) of the regional NAT gateway.
+pub const REGIONAL: &str = "regional";
+
+/// Zonal (one gateway per AZ) or regional (one for the VPC).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Mode {
+    /// One NAT gateway in a public subnet of each AZ.
+    Zonal,
+    /// One regional NAT gateway.
+    Regional,
+}
 
 /// A private subnet and the table it routes by today.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -59,7 +77,9 @@ pub struct Spec {
     pub stack: String,
     /// The VPC.
     pub vpc: String,
-    /// By AZ name.
+    /// Zonal or regional.
+    pub mode: Mode,
+    /// By AZ name; regional: the one entry [`REGIONAL`], with every private subnet.
     pub azs: BTreeMap<String, AzSpec>,
 }
 
@@ -99,8 +119,53 @@ impl Spec {
         Spec {
             stack: stack.to_string(),
             vpc: topo.vpc_id.clone(),
+            mode: Mode::Zonal,
             azs,
         }
+    }
+
+    /// The regional spec for `topo`: one gateway for the VPC, every private subnet's
+    /// table routed to it (a table shared by several AZs stays shared: one gateway
+    /// serves them all in their own AZs).
+    pub fn regional(stack: &str, topo: &Topology) -> Self {
+        let private = topo
+            .azs
+            .values()
+            .flat_map(|z| &z.private)
+            .map(|id| PrivateSubnet {
+                id: id.clone(),
+                table: topo
+                    .subnets
+                    .get(id)
+                    .map(|s| s.table.clone())
+                    .unwrap_or_default(),
+                shared: false,
+            })
+            .collect();
+        Spec {
+            stack: stack.to_string(),
+            vpc: topo.vpc_id.clone(),
+            mode: Mode::Regional,
+            azs: [(
+                REGIONAL.to_string(),
+                AzSpec {
+                    public_subnet: String::new(),
+                    private,
+                },
+            )]
+            .into(),
+        }
+    }
+
+    /// The existing tables this spec routes in place (a shared table is split instead,
+    /// and its subnets leave it).
+    pub fn tables(&self) -> BTreeSet<String> {
+        self.azs
+            .values()
+            .flat_map(|z| &z.private)
+            .filter(|s| !s.shared)
+            .map(|s| s.table.clone())
+            .collect()
     }
 }
 
@@ -150,6 +215,13 @@ pub struct Observed {
     /// else than this run, e.g. two runs of an older natctl at once): reported, never
     /// used.
     pub duplicates: Vec<String>,
+    /// The stack's gateways (and their addresses) the spec no longer has: the other
+    /// mode's after a switch, or an AZ's without private subnets. Retired once the
+    /// routes moved.
+    pub retiring: Existing,
+    /// Gateways that would retire but a table outside the stack still routes to:
+    /// kept, and reported.
+    pub kept: Vec<String>,
 }
 
 /// A route table an action works on: one that exists, or the split table of an AZ.
@@ -182,6 +254,11 @@ pub enum Action {
         az: String,
         /// Public subnet.
         subnet: String,
+    },
+    /// Create the regional NAT gateway of the VPC.
+    CreateRegionalNatGateway {
+        /// The VPC.
+        vpc: String,
     },
     /// Wait until the gateways of these AZs are available.
     WaitForGateways {
@@ -254,6 +331,12 @@ pub fn plan(spec: &Spec, o: &Observed) -> Result<Vec<Action>, Refusal> {
     for (az, z) in &spec.azs {
         let gw = o.gateways.get(az);
         match gw {
+            None if spec.mode == Mode::Regional => {
+                gateways.push(Action::CreateRegionalNatGateway {
+                    vpc: spec.vpc.clone(),
+                });
+                wait.push(az.clone());
+            }
             None => {
                 if !o.addresses.contains_key(az) {
                     addresses.push(Action::AllocateAddress { az: az.clone() });
@@ -417,6 +500,11 @@ pub async fn read(c: &Clients, spec: &Spec) -> Result<Observed, Error> {
         }
     }
     o.associations = Associations::from_tables(&tables).explicit;
+    (o.retiring, o.kept) = retiring(
+        &read_existing(c, stack).await?,
+        spec,
+        &foreign_routes(spec, &tables),
+    );
     for t in &tables {
         let id = t.route_table_id().unwrap_or_default().to_string();
         let default_target = read::default_target(t).map(str::to_string);
@@ -442,6 +530,105 @@ pub async fn read(c: &Clients, spec: &Spec) -> Result<Observed, Error> {
         );
     }
     Ok(o)
+}
+
+/// The default routes of tables the stack neither manages nor routes: gateway -> table.
+fn foreign_routes(
+    spec: &Spec,
+    tables: &[aws_sdk_ec2::types::RouteTable],
+) -> BTreeMap<String, String> {
+    let ours = spec.tables();
+    tables
+        .iter()
+        .filter(|t| tag_value(t.tags(), ROUTES_TAG) != Some(spec.stack.as_str()))
+        .filter(|t| !ours.contains(t.route_table_id().unwrap_or_default()))
+        .filter_map(|t| {
+            Some((
+                read::default_target(t)?.to_string(),
+                t.route_table_id()?.to_string(),
+            ))
+        })
+        .collect()
+}
+
+/// What the stack has that `spec` no longer wants, read now (after a switch moved the
+/// routes), with the gateways kept for a foreign table.
+pub async fn read_retiring(c: &Clients, spec: &Spec) -> Result<(Existing, Vec<String>), Error> {
+    let tables = read::vpc_tables(c, &spec.vpc).await?;
+    let e = read_existing(c, &spec.stack).await?;
+    Ok(retiring(&e, spec, &foreign_routes(spec, &tables)))
+}
+
+/// What of `e` the spec no longer has: gateways keyed by an AZ not in the spec, the
+/// addresses of those AZs, and the managed tables outside the spec that still route to
+/// them (their default route goes, as a split-out shared table's does). A gateway a
+/// foreign table still routes to (`routed`: gateway -> table) stays, with its address,
+/// and is reported.
+pub fn retiring(
+    e: &Existing,
+    spec: &Spec,
+    routed: &BTreeMap<String, String>,
+) -> (Existing, Vec<String>) {
+    let mut out = Existing::default();
+    let mut kept = Vec::new();
+    let mut kept_azs = BTreeSet::new();
+    let ours = spec.tables();
+    for g in e.gateways.iter().filter(|g| !spec.azs.contains_key(&g.az)) {
+        match routed.get(&g.id) {
+            Some(table) if g.state != "deleting" => {
+                kept.push(format!(
+                    "NAT gateway {} ({}) stays: route table {table}, outside the stack's subnets, still sends 0.0.0.0/0 to it",
+                    g.id, g.az
+                ));
+                kept_azs.insert(g.az.clone());
+            }
+            _ => out.gateways.push(g.clone()),
+        }
+    }
+    for a in &e.addresses {
+        let Some(az) = e.address_azs.get(&a.allocation_id) else {
+            continue;
+        };
+        if !spec.azs.contains_key(az) && !kept_azs.contains(az) {
+            out.addresses.push(a.clone());
+            out.address_azs.insert(a.allocation_id.clone(), az.clone());
+        }
+    }
+    let going: BTreeSet<&String> = out.gateways.iter().map(|g| &g.id).collect();
+    for t in &e.managed {
+        if !t.split && !ours.contains(&t.id) && t.target.as_ref().is_some_and(|g| going.contains(g))
+        {
+            out.managed.push(t.clone());
+        }
+    }
+    (out, kept)
+}
+
+/// Whether the stack's prod egress is a regional NAT gateway (and no zonal one).
+pub async fn is_regional(c: &Clients, stack: &str) -> Result<bool, Error> {
+    let e = read_existing(c, stack).await?;
+    let live = |g: &&GatewayState| matches!(g.state.as_str(), "pending" | "available");
+    let mut azs = e.gateways.iter().filter(live).map(|g| g.az.as_str());
+    Ok(azs.clone().any(|az| az == REGIONAL) && azs.all(|az| az == REGIONAL))
+}
+
+/// Whether an internet gateway is attached to `vpc` (a regional NAT gateway needs one).
+pub async fn has_internet_gateway(c: &Clients, vpc: &str) -> Result<bool, Error> {
+    let r = c
+        .ec2
+        .describe_internet_gateways()
+        .filters(crate::aws::names::filter("attachment.vpc-id", &[vpc]))
+        .send()
+        .await
+        .map_err(err("DescribeInternetGateways", vpc))?;
+    Ok(r.internet_gateways().iter().any(|g| {
+        g.attachments().iter().any(|a| {
+            // AWS answers `available` for an attached internet gateway.
+            a.vpc_id() == Some(vpc)
+                && a.state()
+                    .is_none_or(|s| matches!(s.as_str(), "available" | "attached"))
+        })
+    }))
 }
 
 /// Waits until the gateways `ids` are available, reporting their states.
@@ -563,6 +750,36 @@ pub async fn apply(
                     .to_string();
                 progress(&format!("created NAT gateway {id} in {subnet} ({az})"));
                 gws.insert(az.clone(), id);
+            }
+            Action::CreateRegionalNatGateway { vpc } => {
+                // A token per run: the SDK's retries of this call answer the gateway the
+                // first attempt made; a later run (after a teardown) makes a new one.
+                let nonce = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_nanos())
+                    .unwrap_or_default();
+                let r = c
+                    .ec2
+                    .create_nat_gateway()
+                    .availability_mode(aws_sdk_ec2::types::AvailabilityMode::Regional)
+                    .vpc_id(vpc)
+                    .client_token(format!("natd-{stack}-{nonce}"))
+                    .tag_specifications(ec2_tags(
+                        ResourceType::Natgateway,
+                        stack,
+                        &names.in_az(REGIONAL),
+                        &[(AZ_TAG, REGIONAL)],
+                    ))
+                    .send()
+                    .await
+                    .map_err(err("CreateNatGateway", vpc))?;
+                let id = r
+                    .nat_gateway()
+                    .and_then(|g| g.nat_gateway_id())
+                    .unwrap_or_default()
+                    .to_string();
+                progress(&format!("created regional NAT gateway {id} for {vpc}"));
+                gws.insert(REGIONAL.to_string(), id);
             }
             Action::WaitForGateways { azs } => {
                 let ids: Vec<String> = azs.iter().filter_map(|az| gws.get(az).cloned()).collect();
@@ -693,6 +910,8 @@ pub struct ManagedTable {
     pub id: String,
     /// Its default route goes to one of the stack's gateways.
     pub to_gateway: bool,
+    /// Its default route's target.
+    pub target: Option<String>,
     /// It is one of the stack's split tables.
     pub split: bool,
 }
@@ -704,6 +923,8 @@ pub struct Existing {
     pub gateways: Vec<GatewayState>,
     /// The gateways' addresses.
     pub addresses: Vec<AddressState>,
+    /// The AZ each address is for (`natd:az`), by allocation id.
+    pub address_azs: BTreeMap<String, String>,
     /// Split tables.
     pub splits: Vec<SplitState>,
     /// Tables tagged `natd:routes=STACK`.
@@ -781,12 +1002,14 @@ pub async fn read_existing(c: &Clients, stack: &str) -> Result<Existing, Error> 
             state,
         });
     }
-    e.addresses = read::stack_addresses(c, stack)
-        .await?
-        .iter()
-        .filter(|a| tag_value(a.tags(), AZ_TAG).is_some())
-        .map(AddressState::from)
-        .collect();
+    for a in read::stack_addresses(c, stack).await? {
+        if let Some(az) = tag_value(a.tags(), AZ_TAG) {
+            let state = AddressState::from(&a);
+            e.address_azs
+                .insert(state.allocation_id.clone(), az.to_string());
+            e.addresses.push(state);
+        }
+    }
     let mut splits = read::route_tables(
         c,
         vec![
@@ -838,6 +1061,7 @@ pub async fn read_existing(c: &Clients, stack: &str) -> Result<Existing, Error> 
             to_gateway: natd::aws::default_route(&t)
                 .and_then(|r| r.nat_gateway_id())
                 .is_some_and(|g| ids.contains(g)),
+            target: read::default_target(&t).map(str::to_string),
             split: split_ids.contains(&id),
             id,
         });
@@ -990,6 +1214,7 @@ mod tests {
         Spec {
             stack: "p".into(),
             vpc: "vpc-1".into(),
+            mode: Mode::Zonal,
             azs: [
                 (
                     "a".to_string(),
@@ -1160,14 +1385,17 @@ mod tests {
                 ManagedTable {
                     id: "rtb-split-a".into(),
                     to_gateway: true,
+                    target: Some("nat-a".into()),
                     split: true,
                 },
                 ManagedTable {
                     id: "rtb-x".into(),
                     to_gateway: true,
+                    target: Some("nat-a".into()),
                     split: false,
                 },
             ],
+            address_azs: [("eipalloc-a".to_string(), "a".to_string())].into(),
         };
         let r = plan_remove(&e, None);
         let pos = |x: &Removal| r.iter().position(|y| y == x).expect("present");
@@ -1211,5 +1439,171 @@ mod tests {
             route_table: "rtb-split-a".into()
         }));
         assert_eq!(plan_remove(&Existing::default(), None), vec![]);
+    }
+
+    fn regional_spec() -> Spec {
+        let mut s = spec();
+        let private = s.azs.values().flat_map(|z| z.private.clone()).map(|mut p| {
+            p.shared = false;
+            p
+        });
+        let private = private.collect();
+        s.mode = Mode::Regional;
+        s.azs = [(
+            REGIONAL.to_string(),
+            AzSpec {
+                public_subnet: String::new(),
+                private,
+            },
+        )]
+        .into();
+        s
+    }
+
+    #[test]
+    fn regional_is_one_gateway_no_address_no_split() {
+        let p = plan(&regional_spec(), &Observed::default()).expect("plan");
+        assert_eq!(
+            p.iter()
+                .filter(|a| matches!(a, Action::CreateRegionalNatGateway { .. }))
+                .count(),
+            1
+        );
+        assert!(!p.iter().any(|a| matches!(
+            a,
+            Action::AllocateAddress { .. }
+                | Action::CreateNatGateway { .. }
+                | Action::CreateAzTable { .. }
+                | Action::MoveSubnet { .. }
+        )));
+        // The table shared by two AZs is routed once, to the one gateway.
+        let routes: Vec<_> = p
+            .iter()
+            .filter_map(|a| match a {
+                Action::SetDefaultRoute { route_table, az } => {
+                    Some((route_table.clone(), az.clone()))
+                }
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            routes,
+            vec![
+                (TableRef::Existing("rtb-a".into()), REGIONAL.to_string()),
+                (TableRef::Existing("rtb-main".into()), REGIONAL.to_string()),
+            ]
+        );
+        let wait = p
+            .iter()
+            .position(|a| matches!(a, Action::WaitForGateways { .. }))
+            .expect("wait");
+        let first_route = p
+            .iter()
+            .position(|a| matches!(a, Action::SetDefaultRoute { .. }))
+            .expect("route");
+        assert!(wait < first_route);
+    }
+
+    fn zonal_existing() -> Existing {
+        Existing {
+            gateways: vec![
+                GatewayState {
+                    id: "nat-a".into(),
+                    az: "a".into(),
+                    state: "available".into(),
+                },
+                GatewayState {
+                    id: "nat-b".into(),
+                    az: "b".into(),
+                    state: "available".into(),
+                },
+            ],
+            addresses: vec![AddressState {
+                allocation_id: "eipalloc-a".into(),
+                association_id: Some("eipassoc-a".into()),
+                public_ip: "198.51.100.1".into(),
+            }],
+            address_azs: [("eipalloc-a".to_string(), "a".to_string())].into(),
+            splits: vec![],
+            managed: vec![ManagedTable {
+                id: "rtb-a".into(),
+                to_gateway: true,
+                target: Some("nat-a".into()),
+                split: false,
+            }],
+        }
+    }
+
+    #[test]
+    fn a_switch_retires_the_other_modes_gateways_and_addresses_only() {
+        // Zonal -> regional: both zonal gateways and their address go; rtb-a is routed
+        // by the regional plan, so its route is not deleted.
+        let (r, kept) = retiring(&zonal_existing(), &regional_spec(), &BTreeMap::new());
+        assert!(kept.is_empty());
+        assert_eq!(
+            r.gateways.iter().map(|g| g.id.as_str()).collect::<Vec<_>>(),
+            ["nat-a", "nat-b"]
+        );
+        assert_eq!(r.addresses.len(), 1);
+        assert!(r.managed.is_empty(), "{:?}", r.managed);
+        let removals = plan_remove(&r, None);
+        assert!(
+            !removals
+                .iter()
+                .any(|x| matches!(x, Removal::DeleteRoute { .. }))
+        );
+        assert!(matches!(
+            removals.last(),
+            Some(Removal::ReleaseAddress { .. })
+        ));
+        // The zonal spec keeps its own gateways.
+        let (r, _) = retiring(&zonal_existing(), &spec(), &BTreeMap::new());
+        assert_eq!(r, Existing::default());
+        // Regional -> zonal: the regional gateway goes, and the shared table it routed
+        // (split for the zonal gateways, so routed by no one) loses its route.
+        let e = Existing {
+            gateways: vec![GatewayState {
+                id: "nat-r".into(),
+                az: REGIONAL.into(),
+                state: "available".into(),
+            }],
+            managed: vec![
+                ManagedTable {
+                    id: "rtb-main".into(),
+                    to_gateway: true,
+                    target: Some("nat-r".into()),
+                    split: false,
+                },
+                ManagedTable {
+                    id: "rtb-a".into(),
+                    to_gateway: true,
+                    target: Some("nat-a".into()),
+                    split: false,
+                },
+            ],
+            ..Existing::default()
+        };
+        let (r, _) = retiring(&e, &spec(), &BTreeMap::new());
+        assert_eq!(r.gateways.len(), 1);
+        assert_eq!(
+            r.managed.iter().map(|t| t.id.as_str()).collect::<Vec<_>>(),
+            ["rtb-main"]
+        );
+        assert!(plan_remove(&r, None).contains(&Removal::DeleteRoute {
+            route_table: "rtb-main".into()
+        }));
+    }
+
+    #[test]
+    fn a_gateway_a_foreign_table_routes_to_is_kept_with_its_address() {
+        let routed = BTreeMap::from([("nat-a".to_string(), "rtb-other".to_string())]);
+        let (r, kept) = retiring(&zonal_existing(), &regional_spec(), &routed);
+        assert_eq!(
+            r.gateways.iter().map(|g| g.id.as_str()).collect::<Vec<_>>(),
+            ["nat-b"]
+        );
+        assert!(r.addresses.is_empty(), "nat-a keeps its address");
+        assert_eq!(kept.len(), 1);
+        assert!(kept[0].contains("nat-a") && kept[0].contains("rtb-other"));
     }
 }

@@ -1,14 +1,22 @@
 //! The lab benchmark (run as root: `cargo run -p natd-tests --bin lab-bench`):
 //!
 //! 1. Failover: in the lab, `natctl setup --env dev`, then the NAT instance is
-//!    terminated `NATD_BENCH_KILLS` times (default 6); each gap from the kill to the
+//!    terminated `NATD_BENCH_KILLS` times (default 6), with instances booting
+//!    `NATD_BENCH_BOOT_DELAY_SECS` (default 25) after they run; each gap from the kill to the
 //!    first successful request from the private namespace (probing every 100 ms with a
 //!    100 ms connect timeout), split into detection (the instance leaves `running`),
 //!    replacement start (the group's new instance runs), natd start to ready, and
 //!    route switch to the first reply.
-//! 2. Data plane: iperf3 throughput and TCP connections per second from the private
-//!    namespace through natd's ruleset, against plain routing through the same NAT
-//!    namespace without NAT (no rules, the internet given a route back).
+//! 2. Data plane (`NATD_BENCH_ONLY=dataplane` runs only this): four ways through a NAT
+//!    namespace, each in its own namespaces, measured interleaved round by round
+//!    (`NATD_BENCH_ROUNDS`, default 5): plain routing (no netfilter), with conntrack,
+//!    with conntrack and MASQUERADE, natd's ruleset. Per round: iperf3 with 1 and 4 streams (client
+//!    pinned to CPU 0, server to CPU 1) and its CPU per GB, and TCP connections per
+//!    second from one pinned thread that stays in the private namespace, with its CPU
+//!    per connection. CPU is exact run time (getrusage, ksoftirqd's schedstat), not
+//!    /proc/stat ticks. Reported as medians with spread, ratios to plain routing taken
+//!    per round, and the CPU each step (conntrack, NAT, natd's filter) adds per
+//!    connection.
 //! 3. Conntrack capacity: with `nf_conntrack_max` set to `NATD_BENCH_CONNTRACK` (default
 //!    512; the setting is machine-wide, and restored afterwards), how many concurrent
 //!    connections the NAT namespace holds before new ones are refused.
@@ -43,8 +51,8 @@ fn stats(name: &str, v: &mut [u128]) {
     );
 }
 
-async fn failover(kills: usize) {
-    let lab = Lab::new(Arc::new(Emulator::start())).await;
+async fn failover(kills: usize, boot_delay: Duration) {
+    let lab = Lab::with_boot_delay(Arc::new(Emulator::start()), boot_delay).await;
     let out = natd_tests::cli::natctl(
         &lab.emu,
         &[
@@ -124,12 +132,15 @@ async fn failover(kills: usize) {
         );
         current = next;
     }
-    println!("\nFailover ({kills} kills), ms\n");
+    println!(
+        "\nFailover ({kills} kills, boot delay {} s as a t4g booting AL2023 minimal), ms\n",
+        boot_delay.as_secs_f64()
+    );
     println!("| phase | median | min | max |");
     println!("|---|---|---|---|");
     stats("detection (kill to instance gone)", &mut detect);
     stats(
-        "replacement start (gone to new instance running)",
+        "replacement start and boot (gone to new instance booted)",
         &mut replace,
     );
     stats("natd start to forwarding ready", &mut ready);
@@ -137,38 +148,276 @@ async fn failover(kills: usize) {
     stats("egress gap, total", &mut total);
 }
 
-/// iperf3 from `client` to the server in `server` for 5 s: bits per second received.
-fn iperf(client: &Netns, server: &Netns) -> f64 {
+/// One iperf3 run: throughput and the CPU it cost.
+#[derive(Debug, Clone, Copy)]
+struct Throughput {
+    /// Bits per second received.
+    bps: f64,
+    /// CPU seconds per GB received: client, server and ksoftirqd, exact (rusage and
+    /// schedstat, nanoseconds), not /proc/stat ticks.
+    cpu_per_gb: f64,
+}
+
+/// Nanoseconds every ksoftirqd thread has run (softirq work deferred out of the
+/// sender's context; with CONFIG_IRQ_TIME_ACCOUNTING off, as here, the rest is charged
+/// to the task that raised it).
+fn ksoftirqd_ns() -> u64 {
+    let mut total = 0;
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let comm = std::fs::read_to_string(e.path().join("comm")).unwrap_or_default();
+        if comm.starts_with("ksoftirqd/") {
+            let stat = std::fs::read_to_string(e.path().join("schedstat")).unwrap_or_default();
+            total += stat
+                .split_whitespace()
+                .next()
+                .and_then(|v| v.parse::<u64>().ok())
+                .unwrap_or(0);
+        }
+    }
+    total
+}
+
+/// CPU time of this process, all threads, in nanoseconds (getrusage: exact run time).
+fn self_cpu_ns() -> u64 {
+    let u = nix::sys::resource::getrusage(nix::sys::resource::UsageWho::RUSAGE_SELF).unwrap();
+    let ns = |t: nix::sys::time::TimeVal| {
+        u64::try_from(t.tv_sec()).unwrap() * 1_000_000_000
+            + u64::try_from(t.tv_usec()).unwrap() * 1_000
+    };
+    ns(u.user_time()) + ns(u.system_time())
+}
+
+/// iperf3 with `streams` parallel streams from `client` (pinned to CPU 0) to the
+/// server in `server` (pinned to CPU 1), for `secs`.
+fn iperf(client: &Netns, server: &Netns, streams: u32, secs: u32) -> Throughput {
+    let taskset = std::path::Path::new("taskset");
     let mut s = server
-        .command(std::path::Path::new("iperf3"))
-        .args(["-s", "-1", "-B", "198.51.100.1"])
+        .command(taskset)
+        .args(["-c", "1", "iperf3", "-s", "-1", "-B", "198.51.100.1"])
         .stdout(std::process::Stdio::null())
         .spawn()
         .unwrap();
     std::thread::sleep(Duration::from_millis(300));
+    let soft = ksoftirqd_ns();
     let out = client
-        .command(std::path::Path::new("iperf3"))
-        .args(["-c", "198.51.100.1", "-t", "5", "-J"])
+        .command(taskset)
+        .args(["-c", "0", "iperf3", "-c", "198.51.100.1", "-J"])
+        .args(["-t", &secs.to_string(), "-P", &streams.to_string()])
         .output()
         .unwrap();
+    let soft = ksoftirqd_ns() - soft;
     let _ = s.wait();
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    v["end"]["sum_received"]["bits_per_second"]
-        .as_f64()
-        .unwrap()
+    let received = &v["end"]["sum_received"];
+    let bytes = received["bytes"].as_f64().unwrap();
+    let seconds = received["seconds"].as_f64().unwrap();
+    // iperf3's CPU figures are getrusage (user + system) over its wall time, per side.
+    let cpu = &v["end"]["cpu_utilization_percent"];
+    let task_secs = (cpu["host_total"].as_f64().unwrap() + cpu["remote_total"].as_f64().unwrap())
+        / 100.0
+        * seconds;
+    let cpu_secs = task_secs + soft as f64 / 1e9;
+    Throughput {
+        bps: received["bits_per_second"].as_f64().unwrap(),
+        cpu_per_gb: cpu_secs / (bytes / 1e9),
+    }
 }
 
-/// Completed connections (connect, read the answer, close) per second for 3 s.
-fn connections_per_second(client: &Netns) -> f64 {
-    let name = client.name.clone();
-    let start = Instant::now();
-    let mut n = 0u32;
-    while start.elapsed() < Duration::from_secs(3) {
-        if fetch(&Netns::named(&name), SERVER).is_ok() {
-            n += 1;
+/// Pins the calling thread to `cpu`.
+fn pin(cpu: usize) {
+    let mut one = nix::sched::CpuSet::new();
+    one.set(cpu).unwrap();
+    nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &one).unwrap();
+}
+
+/// The connection benchmark's server: in `ns` at `addr`, on its own thread pinned to
+/// CPU 1, answering each connection with a byte and closing.
+fn pinned_server(ns: &Netns, addr: SocketAddr) {
+    let listener = ns.run(move || TcpListener::bind(addr).unwrap());
+    std::thread::spawn(move || {
+        pin(1);
+        for mut c in listener.incoming().flatten() {
+            let _ = std::io::Write::write_all(&mut c, b"x");
         }
+    });
+}
+
+/// Completed connections (connect, read the answer, close) from one thread that stays
+/// in `client` (pinned to CPU 0) for `secs`: connections per second, and CPU
+/// microseconds per connection (this process, both ends, plus ksoftirqd).
+fn connections(client: &Netns, addr: SocketAddr, secs: u64) -> (f64, f64) {
+    let (soft, cpu) = (ksoftirqd_ns(), self_cpu_ns());
+    let (n, elapsed) = client.run(move || {
+        pin(0);
+        let start = Instant::now();
+        let mut n = 0u32;
+        let mut buf = [0u8; 1];
+        while start.elapsed() < Duration::from_secs(secs) {
+            if let Ok(mut c) = TcpStream::connect_timeout(&addr, Duration::from_millis(500))
+                && std::io::Read::read(&mut c, &mut buf).is_ok_and(|r| r == 1)
+            {
+                n += 1;
+            }
+        }
+        (n, start.elapsed())
+    });
+    let used = (self_cpu_ns() - cpu + ksoftirqd_ns() - soft) as f64;
+    (
+        f64::from(n) / elapsed.as_secs_f64(),
+        used / 1e3 / f64::from(n.max(1)),
+    )
+}
+
+/// One way through the NAT namespace, as measured.
+struct Variant {
+    name: &'static str,
+    dp: DataPlane,
+}
+
+/// Per variant, one entry per round: 1-stream and 4-stream throughput,
+/// connections/s, CPU per connection.
+#[derive(Debug, Default, Clone)]
+struct Rounds {
+    one: Vec<Throughput>,
+    four: Vec<Throughput>,
+    cps: Vec<f64>,
+    us_per_conn: Vec<f64>,
+}
+
+fn median(v: &[f64]) -> f64 {
+    let mut v = v.to_vec();
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+/// `median (min-max)` of `v / scale`.
+fn summary(v: &[f64], scale: f64, digits: usize) -> String {
+    let min = v.iter().copied().fold(f64::INFINITY, f64::min);
+    let max = v.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    format!(
+        "{:.d$} ({:.d$}-{:.d$})",
+        median(v) / scale,
+        min / scale,
+        max / scale,
+        d = digits
+    )
+}
+
+/// Four ways through a NAT namespace, each in its own set of namespaces, measured
+/// interleaved round by round (A B C D, A B C D, ...) so that the load of the moment
+/// falls on all of them alike: plain routing (no netfilter), conntrack only (one
+/// FORWARD rule that loads it), conntrack and MASQUERADE, and natd's full ruleset.
+/// The differences between neighbours say where a connection's extra cost goes.
+async fn dataplane(rounds: usize) {
+    let emu = Emulator::start();
+    let w = World::new(&emu.sdk()).await;
+    w.route_table(Some("bench")).await;
+    let conn_addr: SocketAddr = "198.51.100.1:8081".parse().unwrap();
+    let mut variants = Vec::new();
+    for (name, stack) in [
+        ("plain routing, no netfilter", "bench-plain"),
+        ("+ conntrack (one FORWARD rule)", "bench-ct"),
+        ("+ MASQUERADE", "bench-masq"),
+        ("natd's ruleset (MASQUERADE, FORWARD filter)", "bench"),
+    ] {
+        let nat = w.instance(stack).await;
+        let dp = DataPlane::new(&emu, &w, &nat).await;
+        dp.host.ns.sh("sysctl -qw net.ipv4.ip_forward=1");
+        if stack == "bench" {
+            let out = dp.host.once(&dp.host.config("bench", ""));
+            assert!(out.status.success(), "{}", text(&out));
+        } else {
+            if stack != "bench-plain" {
+                dp.host
+                    .ns
+                    .sh("iptables -A FORWARD -m conntrack --ctstate INVALID -j DROP");
+            }
+            if stack == "bench-masq" {
+                dp.host
+                    .ns
+                    .sh("iptables -t nat -A POSTROUTING -s 10.20.0.0/16 -o ens5 -j MASQUERADE");
+            } else {
+                // No NAT: the internet routes back to the VPC.
+                dp.internet.sh("ip route add 10.20.0.0/16 via 198.51.100.2");
+            }
+        }
+        let seen = fetch(&dp.private, SERVER).unwrap();
+        let masquerades = matches!(stack, "bench" | "bench-masq");
+        assert_eq!(
+            seen == "198.51.100.2",
+            masquerades,
+            "{name}: server saw {seen}"
+        );
+        pinned_server(&dp.internet, conn_addr);
+        variants.push(Variant { name, dp });
     }
-    f64::from(n) / start.elapsed().as_secs_f64()
+    let mut results = vec![Rounds::default(); variants.len()];
+    for round in 0..rounds {
+        for (v, r) in variants.iter().zip(results.iter_mut()) {
+            r.one.push(iperf(&v.dp.private, &v.dp.internet, 1, 3));
+            r.four.push(iperf(&v.dp.private, &v.dp.internet, 4, 3));
+            let (cps, us) = connections(&v.dp.private, conn_addr, 2);
+            r.cps.push(cps);
+            r.us_per_conn.push(us);
+        }
+        eprintln!("data plane: round {} of {rounds} done", round + 1);
+    }
+    println!(
+        "\nData plane (private -> NAT namespace -> internet, veth, one host), {rounds} interleaved rounds; client pinned to CPU 0, server to CPU 1; median (min-max)\n"
+    );
+    println!(
+        "| path | 1 stream Gbit/s | 4 streams Gbit/s | CPU s/GB (4 streams) | connections/s | CPU µs/connection |"
+    );
+    println!("|---|---|---|---|---|---|");
+    for (v, r) in variants.iter().zip(&results) {
+        let one: Vec<f64> = r.one.iter().map(|t| t.bps).collect();
+        let four: Vec<f64> = r.four.iter().map(|t| t.bps).collect();
+        let gb: Vec<f64> = r.four.iter().map(|t| t.cpu_per_gb).collect();
+        println!(
+            "| {} | {} | {} | {} | {} | {} |",
+            v.name,
+            summary(&one, 1e9, 2),
+            summary(&four, 1e9, 2),
+            summary(&gb, 1.0, 3),
+            summary(&r.cps, 1.0, 0),
+            summary(&r.us_per_conn, 1.0, 1),
+        );
+    }
+    // Ratios to plain routing, round by round (the same moment), then their median.
+    println!("\nRatios to plain routing, per round, median (min-max)\n");
+    println!("| path | 1 stream | 4 streams | CPU per GB | connections/s | CPU per connection |");
+    println!("|---|---|---|---|---|---|");
+    let base = &results[0];
+    for (v, r) in variants.iter().zip(&results).skip(1) {
+        let ratio = |f: &dyn Fn(&Rounds, usize) -> f64| -> Vec<f64> {
+            (0..rounds).map(|i| f(r, i) / f(base, i)).collect()
+        };
+        println!(
+            "| {} | {} | {} | {} | {} | {} |",
+            v.name,
+            summary(&ratio(&|x, i| x.one[i].bps), 1.0, 3),
+            summary(&ratio(&|x, i| x.four[i].bps), 1.0, 3),
+            summary(&ratio(&|x, i| x.four[i].cpu_per_gb), 1.0, 3),
+            summary(&ratio(&|x, i| x.cps[i]), 1.0, 3),
+            summary(&ratio(&|x, i| x.us_per_conn[i]), 1.0, 3),
+        );
+    }
+    // Where a connection's extra CPU goes: each step's per-round difference.
+    println!(
+        "\nCPU per connection added by each step, µs, median (min-max) of per-round differences\n"
+    );
+    println!("| step | µs/connection |");
+    println!("|---|---|");
+    for (k, step) in ["conntrack", "NAT (MASQUERADE)", "natd's filter"]
+        .iter()
+        .enumerate()
+    {
+        let d: Vec<f64> = (0..rounds)
+            .map(|i| results[k + 1].us_per_conn[i] - results[k].us_per_conn[i])
+            .collect();
+        println!("| {step} | {} |", summary(&d, 1.0, 1));
+    }
+    conntrack_capacity(&variants[3].dp, conntrack_max());
 }
 
 /// Restores nf_conntrack_max when dropped.
@@ -180,43 +429,11 @@ impl Drop for ConntrackMax {
     }
 }
 
-async fn dataplane(conntrack: u32) {
-    let emu = Emulator::start();
-    let w = World::new(&emu.sdk()).await;
-    let nat = w.instance("bench").await;
-    w.route_table(Some("bench")).await;
-    let dp = DataPlane::new(&emu, &w, &nat).await;
-    // Plain routing: forwarding on, no rules, the internet routes back to the VPC.
-    dp.host.ns.sh("sysctl -qw net.ipv4.ip_forward=1");
-    dp.internet.sh("ip route add 10.20.0.0/16 via 198.51.100.2");
-    assert!(fetch(&dp.private, SERVER).is_ok());
-    let plain_bps = iperf(&dp.private, &dp.internet);
-    let plain_cps = connections_per_second(&dp.private);
-    // natd's ruleset, and no route back: only masquerading makes replies arrive.
-    let out = dp.host.once(&dp.host.config("bench", ""));
-    assert!(out.status.success(), "{}", text(&out));
-    dp.internet.sh("ip route del 10.20.0.0/16");
-    assert_eq!(fetch(&dp.private, SERVER).unwrap(), "198.51.100.2");
-    // First, while natd's conntrack table is nearly empty.
-    conntrack_capacity(&dp, conntrack);
-    let natd_bps = iperf(&dp.private, &dp.internet);
-    let natd_cps = connections_per_second(&dp.private);
-    println!("\nData plane (private -> NAT namespace -> internet, veth, one host)\n");
-    println!("| path | iperf3 throughput | connections/s |");
-    println!("|---|---|---|");
-    println!(
-        "| plain routing, no NAT | {:.2} Gbit/s | {plain_cps:.0} |",
-        plain_bps / 1e9
-    );
-    println!(
-        "| natd's ruleset (MASQUERADE, FORWARD filter) | {:.2} Gbit/s | {natd_cps:.0} |",
-        natd_bps / 1e9
-    );
-    println!(
-        "| ratio natd / plain | {:.3} | {:.3} |",
-        natd_bps / plain_bps,
-        natd_cps / plain_cps
-    );
+fn conntrack_max() -> u32 {
+    std::env::var("NATD_BENCH_CONNTRACK")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(512)
 }
 
 /// How many concurrent connections from `dp.private` the NAT namespace holds with
@@ -281,10 +498,16 @@ async fn main() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(6);
-    let conntrack = std::env::var("NATD_BENCH_CONNTRACK")
+    let rounds = std::env::var("NATD_BENCH_ROUNDS")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(512);
-    failover(kills).await;
-    dataplane(conntrack).await;
+        .unwrap_or(5);
+    let boot_delay = std::env::var("NATD_BENCH_BOOT_DELAY_SECS")
+        .ok()
+        .and_then(|v| v.parse::<f64>().ok())
+        .unwrap_or(25.0);
+    if std::env::var("NATD_BENCH_ONLY").as_deref() != Ok("dataplane") {
+        failover(kills, Duration::from_secs_f64(boot_delay)).await;
+    }
+    dataplane(rounds).await;
 }

@@ -128,7 +128,8 @@ async fn story(summary: &mut Vec<(String, String)>) {
         .unwrap();
     let killed = Instant::now();
     say(&format!(
-        "   terminated {first}; probing from private-a every 100 ms"
+        "   terminated {first}; probing from private-a every 100 ms (a new instance takes {} s to boot, NATD_LAB_BOOT_DELAY_SECS)",
+        lab.boot_delay().as_secs_f64()
     ));
     let (second, gap) = wait(
         "egress to come back",
@@ -164,7 +165,10 @@ async fn story(summary: &mut Vec<(String, String)>) {
         lab.fetch(0).unwrap_or_default()
     ));
     summary.push((
-        "failover: egress gap (kill to first reply)".into(),
+        format!(
+            "failover: egress gap (kill to first reply; boot {} s)",
+            lab.boot_delay().as_secs_f64()
+        ),
         secs(gap),
     ));
 
