@@ -142,31 +142,13 @@ pub fn dev(p: &Prices, azs: u32, gb: f64) -> Estimate {
 /// Prod: one NAT gateway and one public address per AZ; AZ-local routes, so no
 /// cross-AZ transfer.
 pub fn prod(p: &Prices, azs: u32, gb: f64) -> Estimate {
-    let n = f64::from(azs);
-    estimate(
+    gateways(
         "prod",
-        vec![
-            Line {
-                item: format!("NAT gateways ({azs})"),
-                usd: p.nat_gateway_hour * HOURS_PER_MONTH * n,
-            },
-            Line {
-                item: "root volume".into(),
-                usd: 0.0,
-            },
-            Line {
-                item: format!("public IPv4 ({azs})"),
-                usd: p.public_ipv4_hour * HOURS_PER_MONTH * n,
-            },
-            Line {
-                item: "data processing".into(),
-                usd: p.nat_gateway_gb * gb,
-            },
-            Line {
-                item: "cross-AZ transfer".into(),
-                usd: 0.0,
-            },
-        ],
+        format!("NAT gateways ({azs})"),
+        p.nat_gateway_hour,
+        p,
+        azs,
+        gb,
     )
 }
 
@@ -174,13 +156,26 @@ pub fn prod(p: &Prices, azs: u32, gb: f64) -> Estimate {
 /// workloads, with one AWS-provided public address per AZ (automatic mode); it keeps
 /// traffic in its AZ, so no cross-AZ transfer. The same data processing rate.
 pub fn prod_regional(p: &Prices, azs: u32, gb: f64) -> Estimate {
+    gateways(
+        "prod-regional",
+        format!("regional NAT gateway ({azs} AZ)"),
+        p.regional_nat_gateway_az_hour,
+        p,
+        azs,
+        gb,
+    )
+}
+
+/// NAT gateway egress billed `hour` per AZ, a public address per AZ, data processing,
+/// no root volume and no cross-AZ transfer.
+fn gateways(env: &'static str, item: String, hour: f64, p: &Prices, azs: u32, gb: f64) -> Estimate {
     let n = f64::from(azs);
     estimate(
-        "prod-regional",
+        env,
         vec![
             Line {
-                item: format!("regional NAT gateway ({azs} AZ)"),
-                usd: p.regional_nat_gateway_az_hour * HOURS_PER_MONTH * n,
+                item,
+                usd: hour * HOURS_PER_MONTH * n,
             },
             Line {
                 item: "root volume".into(),

@@ -483,11 +483,12 @@ pub async fn read(c: &Clients, spec: &Spec) -> Result<Observed, Error> {
         .iter()
         .filter_map(|t| read::default_target(t).map(str::to_string))
         .collect();
-    (o.gateways, o.duplicates) = live_by_az(&read::stack_gateways(c, stack).await?, &routed);
+    let gateways = read::stack_gateways(c, stack).await?;
+    (o.gateways, o.duplicates) = live_by_az(&gateways, &routed);
     let mut addresses = read::stack_addresses(c, stack).await?;
     // The address a gateway uses comes first: of several in an AZ, that one is the AZ's.
     addresses.sort_by_key(|a| a.association_id().is_none());
-    for a in addresses {
+    for a in &addresses {
         if let (Some(az), Some(id)) = (tag_value(a.tags(), AZ_TAG), a.allocation_id()) {
             match o.addresses.get(az) {
                 None => {
@@ -501,7 +502,7 @@ pub async fn read(c: &Clients, spec: &Spec) -> Result<Observed, Error> {
     }
     o.associations = Associations::from_tables(&tables).explicit;
     (o.retiring, o.kept) = retiring(
-        &read_existing(c, stack).await?,
+        &existing_from(stack, &gateways, &addresses, &tables),
         spec,
         &foreign_routes(spec, &tables),
     );
@@ -554,8 +555,14 @@ fn foreign_routes(
 /// What the stack has that `spec` no longer wants, read now (after a switch moved the
 /// routes), with the gateways kept for a foreign table.
 pub async fn read_retiring(c: &Clients, spec: &Spec) -> Result<(Existing, Vec<String>), Error> {
+    let stack = spec.stack.as_str();
     let tables = read::vpc_tables(c, &spec.vpc).await?;
-    let e = read_existing(c, &spec.stack).await?;
+    let e = existing_from(
+        stack,
+        &read::stack_gateways(c, stack).await?,
+        &read::stack_addresses(c, stack).await?,
+        &tables,
+    );
     Ok(retiring(&e, spec, &foreign_routes(spec, &tables)))
 }
 
@@ -606,9 +613,14 @@ pub fn retiring(
 
 /// Whether the stack's prod egress is a regional NAT gateway (and no zonal one).
 pub async fn is_regional(c: &Clients, stack: &str) -> Result<bool, Error> {
-    let e = read_existing(c, stack).await?;
-    let live = |g: &&GatewayState| matches!(g.state.as_str(), "pending" | "available");
-    let mut azs = e.gateways.iter().filter(live).map(|g| g.az.as_str());
+    let gateways = read::stack_gateways(c, stack).await?;
+    let mut azs = gateways
+        .iter()
+        .filter(|g| {
+            g.state()
+                .is_some_and(|s| matches!(s.as_str(), "pending" | "available"))
+        })
+        .map(|g| tag_value(g.tags(), AZ_TAG).unwrap_or_default());
     Ok(azs.clone().any(|az| az == REGIONAL) && azs.all(|az| az == REGIONAL))
 }
 
@@ -982,34 +994,12 @@ pub enum Removal {
 
 /// Reads what exists of the stack's part.
 pub async fn read_existing(c: &Clients, stack: &str) -> Result<Existing, Error> {
-    let mut e = Existing::default();
-    let gateways = read::stack_gateways(c, stack).await?;
-    let ids: BTreeSet<String> = gateways
-        .iter()
-        .filter_map(|g| g.nat_gateway_id().map(str::to_string))
-        .collect();
-    for g in &gateways {
-        let state = g
-            .state()
-            .map(|s| s.as_str().to_string())
-            .unwrap_or_default();
-        if state == "deleted" {
-            continue;
-        }
-        e.gateways.push(GatewayState {
-            id: g.nat_gateway_id().unwrap_or_default().to_string(),
-            az: tag_value(g.tags(), AZ_TAG).unwrap_or_default().to_string(),
-            state,
-        });
-    }
-    for a in read::stack_addresses(c, stack).await? {
-        if let Some(az) = tag_value(a.tags(), AZ_TAG) {
-            let state = AddressState::from(&a);
-            e.address_azs
-                .insert(state.allocation_id.clone(), az.to_string());
-            e.addresses.push(state);
-        }
-    }
+    let mut e = existing_from(
+        stack,
+        &read::stack_gateways(c, stack).await?,
+        &read::stack_addresses(c, stack).await?,
+        &read::route_tables(c, vec![tag_filter(ROUTES_TAG, stack)], stack).await?,
+    );
     let mut splits = read::route_tables(
         c,
         vec![
@@ -1020,10 +1010,6 @@ pub async fn read_existing(c: &Clients, stack: &str) -> Result<Existing, Error> 
     )
     .await?;
     splits.retain(|t| of_stack(t.tags(), stack));
-    let split_ids: BTreeSet<String> = splits
-        .iter()
-        .filter_map(|t| t.route_table_id().map(str::to_string))
-        .collect();
     for t in &splits {
         let from = tag_value(t.tags(), SPLIT_TAG)
             .unwrap_or_default()
@@ -1052,21 +1038,56 @@ pub async fn read_existing(c: &Clients, stack: &str) -> Result<Existing, Error> 
                 .collect(),
         });
     }
-    for t in read::route_tables(c, vec![tag_filter(ROUTES_TAG, stack)], stack).await? {
+    Ok(e)
+}
+
+/// The stack's gateways (not deleted), its addresses with their AZs, and the tables of
+/// `tables` tagged `natd:routes=STACK`, from what EC2 answered. Split tables are only
+/// marked as such here; [`read_existing`] reads what teardown needs of them.
+fn existing_from(
+    stack: &str,
+    gateways: &[aws_sdk_ec2::types::NatGateway],
+    addresses: &[aws_sdk_ec2::types::Address],
+    tables: &[aws_sdk_ec2::types::RouteTable],
+) -> Existing {
+    let mut e = Existing::default();
+    let ids: BTreeSet<&str> = gateways.iter().filter_map(|g| g.nat_gateway_id()).collect();
+    for g in gateways {
+        let state = g
+            .state()
+            .map(|s| s.as_str().to_string())
+            .unwrap_or_default();
+        if state == "deleted" {
+            continue;
+        }
+        e.gateways.push(GatewayState {
+            id: g.nat_gateway_id().unwrap_or_default().to_string(),
+            az: tag_value(g.tags(), AZ_TAG).unwrap_or_default().to_string(),
+            state,
+        });
+    }
+    for a in addresses {
+        if let Some(az) = tag_value(a.tags(), AZ_TAG) {
+            let state = AddressState::from(a);
+            e.address_azs
+                .insert(state.allocation_id.clone(), az.to_string());
+            e.addresses.push(state);
+        }
+    }
+    for t in tables {
         if tag_value(t.tags(), ROUTES_TAG) != Some(stack) {
             continue;
         }
-        let id = t.route_table_id().unwrap_or_default().to_string();
         e.managed.push(ManagedTable {
-            to_gateway: natd::aws::default_route(&t)
+            id: t.route_table_id().unwrap_or_default().to_string(),
+            to_gateway: natd::aws::default_route(t)
                 .and_then(|r| r.nat_gateway_id())
                 .is_some_and(|g| ids.contains(g)),
-            target: read::default_target(&t).map(str::to_string),
-            split: split_ids.contains(&id),
-            id,
+            target: read::default_target(t).map(str::to_string),
+            split: of_stack(t.tags(), stack) && tag_value(t.tags(), SPLIT_TAG).is_some(),
         });
     }
-    Ok(e)
+    e
 }
 
 /// The removals that take `e` away, in dependency order: split tables (their subnets
