@@ -45,6 +45,10 @@ Extensions, each matching documented AWS behaviour:
   ResourceType network-interface to the instance's ENIs, and an Auto Scaling group
   applies its launch template's (moto applies neither), so a policy conditioned on the
   ENI's tags can be tested.
+- Security groups as AWS sets them: a VPC's default group admits all traffic from its
+  own members (moto leaves it without inbound rules), and an instance launched from a
+  template whose primary network interface names groups and asks for a public IP gets
+  those groups and a public IP (moto gives it the default group and no public IP).
 - Strictness, as on AWS: CreateAutoScalingGroup validates its launch template (an image
   that does not exist, an unknown instance type, or an image whose architecture the
   type does not run is a ValidationError), and RunInstances likewise
@@ -769,6 +773,68 @@ def _delete_sg(self, name=None, group_id=None):
 
 SecurityGroupBackend.delete_security_group = _delete_sg
 
+
+# --- Security groups as AWS sets them: the default group, launch templates ------------
+
+from moto.ec2.models.instances import InstanceBackend  # noqa: E402
+from moto.ec2.models.security_groups import SecurityGroupRule  # noqa: E402
+
+_orig_create_sg = SecurityGroupBackend.create_security_group
+
+
+def _create_sg(self, name, description, vpc_id=None, tags=None, force=False, is_default=None):
+    # A VPC's default security group admits all inbound traffic from its own members and
+    # lets everything out (VPC User Guide, "Default security groups for your VPCs"); moto
+    # gives it the outbound rule only.
+    group = _orig_create_sg(
+        self, name, description, vpc_id=vpc_id, tags=tags, force=force, is_default=is_default
+    )
+    if is_default:
+        group.ingress_rules.append(
+            SecurityGroupRule(
+                self,
+                "-1",
+                group.id,
+                None,
+                None,
+                None,
+                source_group={"GroupId": group.id, "UserId": self.account_id},
+                is_egress=False,
+            )
+        )
+    return group
+
+
+SecurityGroupBackend.create_security_group = _create_sg
+
+_run_instances_inner = InstanceBackend.run_instances
+
+
+def _run_instances_groups(self, image_id, count, user_data, security_group_names, **kwargs):
+    # An instance launched from a template whose primary network interface names groups
+    # and asks for a public IP (LaunchTemplateData.NetworkInterfaces[DeviceIndex 0]
+    # .Groups and .AssociatePublicIpAddress, the form a template with a public IP must
+    # use) gets those groups and a public IP, as on EC2; moto reads only the template's
+    # top-level SecurityGroupIds (falling back to the default group) and leaves the
+    # instance without a public IP.
+    if kwargs.get("launch_template"):
+        data = self._get_template_from_args(kwargs["launch_template"]).data
+        primary = [n for n in data.get("NetworkInterfaces") or [] if int(n.get("DeviceIndex", 0)) == 0]
+        nic = primary[0] if primary else {}
+        if (
+            not kwargs.get("security_group_ids")
+            and not security_group_names
+            and not data.get("SecurityGroupIds")
+            and nic.get("Groups")
+        ):
+            kwargs["security_group_ids"] = list(nic["Groups"])
+        public = nic.get("AssociatePublicIpAddress")
+        if kwargs.get("associate_public_ip") is None and public is not None:
+            kwargs["associate_public_ip"] = str(public).lower() == "true"
+    return _run_instances_inner(self, image_id, count, user_data, security_group_names, **kwargs)
+
+
+InstanceBackend.run_instances = _run_instances_groups
 
 # --- IAM: resource ARNs and tag conditions --------------------------------------------
 

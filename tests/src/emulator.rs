@@ -130,27 +130,32 @@ impl Emulator {
         self.sdk_with(TEST_KEY)
     }
 
-    /// Runs the AWS CLI from the emulator's venv (an independent client) and returns
-    /// its JSON output.
-    pub fn aws(&self, args: &[&str]) -> serde_json::Value {
+    /// The AWS CLI from the emulator's venv (an independent client), pointed at the
+    /// emulator with the admin key.
+    pub fn aws_command(&self, args: &[&str]) -> Command {
         let cli = crate::python().with_file_name("aws");
         let (id, secret) = self.admin.lock().unwrap().clone();
-        let out = Command::new(cli)
-            .args([
-                "--endpoint-url",
-                &self.url(),
-                "--region",
-                REGION,
-                "--output",
-                "json",
-            ])
-            .args(args)
-            .env("AWS_ACCESS_KEY_ID", id)
-            .env("AWS_SECRET_ACCESS_KEY", secret)
-            .env("AWS_EC2_METADATA_DISABLED", "true")
-            .env_remove("AWS_PROFILE")
-            .output()
-            .expect("run aws");
+        let mut cmd = Command::new(cli);
+        cmd.args([
+            "--endpoint-url",
+            &self.url(),
+            "--region",
+            REGION,
+            "--output",
+            "json",
+        ])
+        .args(args)
+        .env("AWS_ACCESS_KEY_ID", id)
+        .env("AWS_SECRET_ACCESS_KEY", secret)
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .env_remove("AWS_PROFILE");
+        cmd
+    }
+
+    /// Runs the AWS CLI ([`Emulator::aws_command`]), asserts it succeeded, and returns
+    /// its JSON output.
+    pub fn aws(&self, args: &[&str]) -> serde_json::Value {
+        let out = self.aws_command(args).output().expect("run aws");
         assert!(
             out.status.success(),
             "aws {args:?}: {}",

@@ -16,6 +16,10 @@
 //! - **Source/dest check is enforced** outside the instance, as EC2 does: while an
 //!   ENI's check is on, the router drops packets to or from that instance that are not
 //!   addressed to or sent by the instance itself.
+//! - **Security groups and network ACLs are enforced** by the router from the
+//!   emulator's state ([`crate::vpc_policy`]): the private stand-in in a subnet where the
+//!   function has an ENI carries the function's groups (otherwise the VPC's default
+//!   group), a NAT instance its ENI's, a NAT gateway none.
 //! - **Boot takes time.** A launched instance becomes reachable and starts natd only
 //!   after the lab's boot delay ([`Lab::with_boot_delay`]; `NATD_LAB_BOOT_DELAY_SECS`
 //!   for [`Lab::new`], default 0; about 25 s is what a t4g takes to boot AL2023
@@ -102,6 +106,7 @@ struct Instance {
     link: String,
     ip: String,
     eni: String,
+    subnet: String,
     natd: Option<Child>,
     log: PathBuf,
     config: PathBuf,
@@ -115,6 +120,7 @@ struct Gateway {
     _ns: Netns,
     link: String,
     ip: String,
+    subnet: Option<String>,
 }
 
 /// What the fabric thread shares with the test.
@@ -366,6 +372,8 @@ struct Fabric {
     boot_delay: Duration,
     /// Instances running but still booting: when the lab first saw them running.
     booting: BTreeMap<String, Instant>,
+    /// The security group and network ACL ruleset last applied, and its chains.
+    policy: (String, BTreeSet<String>),
 }
 
 fn borrowed(name: &str) -> Netns {
@@ -399,6 +407,7 @@ impl Fabric {
             dir: tempfile::tempdir().unwrap(),
             boot_delay: Duration::ZERO,
             booting: BTreeMap::new(),
+            policy: Default::default(),
         }
     }
 
@@ -459,6 +468,7 @@ impl Fabric {
                             .to_string(),
                         i.private_ip_address().unwrap_or_default().to_string(),
                         eni.and_then(|n| n.source_dest_check()).unwrap_or(true),
+                        i.subnet_id().unwrap_or_default().to_string(),
                     ),
                 );
             }
@@ -483,12 +493,12 @@ impl Fabric {
         }
         self.booting.retain(|id, _| running.contains_key(id));
         let now = Instant::now();
-        for (id, (stack, eni, mac, ip, _)) in &running {
+        for (id, (stack, eni, mac, ip, _, subnet)) in &running {
             if !self.instances.contains_key(id) {
                 let seen = *self.booting.entry(id.clone()).or_insert(now);
                 if now.duration_since(seen) >= self.boot_delay {
                     self.booting.remove(id);
-                    self.boot(id, stack, eni, mac, ip);
+                    self.boot(id, stack, eni, mac, ip, subnet);
                 }
             }
         }
@@ -524,18 +534,21 @@ impl Fabric {
             .send()
             .await
             .map_err(|e| format!("DescribeNatGateways: {e:?}"))?;
-        let available: BTreeMap<String, String> = g
+        let available: BTreeMap<String, (String, Option<String>)> = g
             .nat_gateways()
             .iter()
             .filter(|g| g.state().is_some_and(|s| s.as_str() == "available"))
             .map(|g| {
                 (
                     g.nat_gateway_id().unwrap_or_default().to_string(),
-                    g.nat_gateway_addresses()
-                        .first()
-                        .and_then(|a| a.private_ip())
-                        .unwrap_or_default()
-                        .to_string(),
+                    (
+                        g.nat_gateway_addresses()
+                            .first()
+                            .and_then(|a| a.private_ip())
+                            .unwrap_or_default()
+                            .to_string(),
+                        g.subnet_id().map(str::to_string),
+                    ),
                 )
             })
             .collect();
@@ -550,9 +563,9 @@ impl Fabric {
                 self.vpc.sh_status(&format!("ip link del {}", g.link));
             }
         }
-        for (id, ip) in &available {
+        for (id, (ip, subnet)) in &available {
             if !self.gateways.contains_key(id) {
-                self.gateway(id, ip);
+                self.gateway(id, ip, subnet.clone());
             }
         }
         // Routes: each private subnet follows its route table.
@@ -641,6 +654,201 @@ impl Fabric {
                 }
             }
         }
+        self.enforce().await
+    }
+
+    /// Security groups and network ACLs from the emulator, enforced by the router
+    /// ([`crate::vpc_policy`]); applied only when they changed.
+    async fn enforce(&mut self) -> Result<(), String> {
+        use crate::vpc_policy::{AclEntry, Group, Host, Permission, Policy};
+        use aws_sdk_ec2::types::Filter;
+        let in_vpc = || {
+            Filter::builder()
+                .name("vpc-id")
+                .values(&self.vpc_id)
+                .build()
+        };
+        let subnets = self
+            .ec2
+            .describe_subnets()
+            .filters(in_vpc())
+            .send()
+            .await
+            .map_err(|e| format!("DescribeSubnets: {e:?}"))?;
+        let cidr: BTreeMap<String, String> = subnets
+            .subnets()
+            .iter()
+            .filter_map(|s| Some((s.subnet_id()?.to_string(), s.cidr_block()?.to_string())))
+            .collect();
+        let acls = self
+            .ec2
+            .describe_network_acls()
+            .filters(in_vpc())
+            .send()
+            .await
+            .map_err(|e| format!("DescribeNetworkAcls: {e:?}"))?;
+        let mut policy = Policy::default();
+        let mut acl_of: BTreeMap<String, String> = BTreeMap::new();
+        let mut default_acl = None;
+        for a in acls.network_acls() {
+            let id = a.network_acl_id().unwrap_or_default().to_string();
+            if a.is_default() == Some(true) {
+                default_acl = Some(id.clone());
+            }
+            for s in a.associations() {
+                if let Some(subnet) = s.subnet_id() {
+                    acl_of.insert(subnet.to_string(), id.clone());
+                }
+            }
+            let entries = a
+                .entries()
+                .iter()
+                .filter(|e| e.cidr_block().is_some())
+                .map(|e| AclEntry {
+                    number: e.rule_number().unwrap_or(32767),
+                    egress: e.egress().unwrap_or(false),
+                    allow: e.rule_action().is_some_and(|r| r.as_str() == "allow"),
+                    protocol: e.protocol().unwrap_or("-1").to_string(),
+                    cidr: e.cidr_block().unwrap_or_default().to_string(),
+                    ports: e
+                        .port_range()
+                        .map(|p| (p.from().unwrap_or(0), p.to().unwrap_or(65535))),
+                })
+                .collect();
+            policy.acls.insert(id, entries);
+        }
+        let acl = |subnet: &str| acl_of.get(subnet).cloned().or(default_acl.clone());
+        let groups = self
+            .ec2
+            .describe_security_groups()
+            .filters(in_vpc())
+            .send()
+            .await
+            .map_err(|e| format!("DescribeSecurityGroups: {e:?}"))?;
+        let permissions = |perms: &[aws_sdk_ec2::types::IpPermission]| {
+            perms
+                .iter()
+                .map(|p| Permission {
+                    protocol: p.ip_protocol().unwrap_or("-1").to_string(),
+                    ports: p.from_port().zip(p.to_port()),
+                    cidrs: p
+                        .ip_ranges()
+                        .iter()
+                        .filter_map(|r| r.cidr_ip().map(str::to_string))
+                        .collect(),
+                    groups: p
+                        .user_id_group_pairs()
+                        .iter()
+                        .filter_map(|g| g.group_id().map(str::to_string))
+                        .collect(),
+                })
+                .collect()
+        };
+        let mut default_group = None;
+        for g in groups.security_groups() {
+            let id = g.group_id().unwrap_or_default().to_string();
+            if g.group_name() == Some("default") {
+                default_group = Some(id.clone());
+            }
+            policy.groups.insert(
+                id,
+                Group {
+                    ingress: permissions(g.ip_permissions()),
+                    egress: permissions(g.ip_permissions_egress()),
+                },
+            );
+        }
+        let enis = self
+            .ec2
+            .describe_network_interfaces()
+            .filters(in_vpc())
+            .send()
+            .await
+            .map_err(|e| format!("DescribeNetworkInterfaces: {e:?}"))?;
+        let mut eni_groups: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        // The function's ENI in each subnet: the stand-in there carries its groups.
+        let mut function_groups: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for n in enis.network_interfaces() {
+            let ids: Vec<String> = n
+                .groups()
+                .iter()
+                .filter_map(|g| g.group_id().map(str::to_string))
+                .collect();
+            for g in &ids {
+                let members = policy.members.entry(g.clone()).or_default();
+                for a in n.private_ip_addresses() {
+                    if let Some(ip) = a.private_ip_address() {
+                        members.insert(ip.to_string());
+                    }
+                }
+            }
+            if n.description()
+                .is_some_and(|d| d.starts_with("AWS Lambda VPC ENI"))
+            {
+                if let Some(subnet) = n.subnet_id() {
+                    function_groups.insert(subnet.to_string(), ids.clone());
+                }
+            }
+            if let Some(id) = n.network_interface_id() {
+                eni_groups.insert(id.to_string(), ids);
+            }
+        }
+        for (n, subnet) in self.subnets.iter().enumerate() {
+            let groups = function_groups
+                .get(subnet)
+                .cloned()
+                .or_else(|| default_group.clone().map(|g| vec![g]))
+                .unwrap_or_default();
+            for g in &groups {
+                policy
+                    .members
+                    .entry(g.clone())
+                    .or_default()
+                    .insert(format!("10.20.{}.10", n + 1));
+            }
+            policy.hosts.push(Host {
+                link: format!("s{}", n + 1),
+                subnet_cidr: cidr.get(subnet).cloned().unwrap_or_default(),
+                acl: acl(subnet),
+                groups: Some(groups),
+            });
+        }
+        for i in self.instances.values() {
+            policy.hosts.push(Host {
+                link: i.link.clone(),
+                subnet_cidr: cidr.get(&i.subnet).cloned().unwrap_or_default(),
+                acl: acl(&i.subnet),
+                groups: Some(eni_groups.get(&i.eni).cloned().unwrap_or_default()),
+            });
+        }
+        for g in self.gateways.values() {
+            // A regional gateway is in no subnet: no ACL; no gateway has groups.
+            let subnet = g.subnet.clone().unwrap_or_default();
+            policy.hosts.push(Host {
+                link: g.link.clone(),
+                subnet_cidr: cidr
+                    .get(&subnet)
+                    .cloned()
+                    .unwrap_or_else(|| format!("{}/32", g.ip)),
+                acl: g.subnet.as_ref().and_then(|s| acl(s)),
+                groups: None,
+            });
+        }
+        let (rules, chains) = crate::vpc_policy::ruleset(&policy, &self.policy.1);
+        if rules == self.policy.0 {
+            return Ok(());
+        }
+        let chain = crate::vpc_policy::CHAIN;
+        let out = self.vpc.sh_status(&format!(
+            "printf '%s' '{rules}' | iptables-restore --noflush && (iptables -C FORWARD -j {chain} 2>/dev/null || iptables -I FORWARD -j {chain})"
+        ));
+        if !out.status.success() {
+            return Err(format!(
+                "security groups and ACLs: {}",
+                String::from_utf8_lossy(&out.stderr)
+            ));
+        }
+        self.policy = (rules, chains);
         Ok(())
     }
 
@@ -683,7 +891,7 @@ impl Fabric {
     }
 
     /// Gives a running instance its namespace, IMDS fixture and natd.
-    fn boot(&mut self, id: &str, stack: &str, eni: &str, mac: &str, ip: &str) {
+    fn boot(&mut self, id: &str, stack: &str, eni: &str, mac: &str, ip: &str, subnet: &str) {
         let (link, k) = self.new_link();
         let ns = Netns::new(&format!("i{k}"));
         // Inside: the instance's private address, behind the VPC router.
@@ -709,6 +917,7 @@ impl Fabric {
             link,
             ip: ip.to_string(),
             eni: eni.to_string(),
+            subnet: subnet.to_string(),
             natd: None,
             log: log.clone(),
             config,
@@ -727,7 +936,7 @@ impl Fabric {
     }
 
     /// A NAT gateway stand-in: masquerades the VPC out of its public address.
-    fn gateway(&mut self, id: &str, ip: &str) {
+    fn gateway(&mut self, id: &str, ip: &str, subnet: Option<String>) {
         let (link, k) = self.new_link();
         let ip = if ip.is_empty() {
             format!("10.20.0.{}", 200 + (k % 50))
@@ -739,8 +948,15 @@ impl Fabric {
         let public = format!("198.51.100.{}", 200 + (k % 50));
         self.uplink(&ns, "eth1", None, &public, k);
         ns.sh("sysctl -qw net.ipv4.ip_forward=1 && iptables -t nat -A POSTROUTING -o eth1 -j MASQUERADE");
-        self.gateways
-            .insert(id.to_string(), Gateway { _ns: ns, link, ip });
+        self.gateways.insert(
+            id.to_string(),
+            Gateway {
+                _ns: ns,
+                link,
+                ip,
+                subnet,
+            },
+        );
         self.event(Event::GatewayUp(id.to_string()));
     }
 

@@ -7,11 +7,13 @@
 
 #![allow(clippy::unwrap_used, missing_docs)]
 
+pub mod app;
 pub mod cli;
 pub mod dataplane;
 pub mod emulator;
 pub mod lab;
 pub mod netns;
+pub mod vpc_policy;
 pub mod world;
 
 use std::path::PathBuf;

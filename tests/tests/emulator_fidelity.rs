@@ -1,7 +1,8 @@
 //! The emulator is as unkind as AWS where natctl depends on it: NAT gateways take time
 //! and honour ClientToken, IAM roles and instance profiles propagate, Lambda functions
-//! have states. Checked with the AWS CLI (an independent client), so natctl's tests run
-//! against these behaviours, not against a kinder emulator.
+//! have states, security groups are set as EC2 sets them. Checked with the AWS CLI (an
+//! independent client), so natctl's tests run against these behaviours, not against a
+//! kinder emulator.
 
 #![allow(clippy::unwrap_used, missing_docs)]
 
@@ -436,4 +437,65 @@ async fn lambda_holds_its_network_interfaces_for_a_while_after_leaving_a_vpc() {
     })
     .await;
     emu.aws(&["ec2", "delete-security-group", "--group-id", &sg]);
+}
+
+#[tokio::test]
+async fn security_groups_are_set_as_ec2_sets_them() {
+    let emu = Emulator::start();
+    let w = World::new(&emu.sdk()).await;
+    // The VPC's default group admits its own members.
+    let filter = format!("Name=vpc-id,Values={}", w.vpc);
+    let groups = emu.aws(&[
+        "ec2",
+        "describe-security-groups",
+        "--filters",
+        &filter,
+        "Name=group-name,Values=default",
+    ]);
+    let default = &groups["SecurityGroups"][0];
+    let id = default["GroupId"].as_str().unwrap();
+    let ingress = &default["IpPermissions"];
+    assert_eq!(ingress[0]["IpProtocol"], "-1", "{default}");
+    assert_eq!(
+        ingress[0]["UserIdGroupPairs"][0]["GroupId"], id,
+        "{default}"
+    );
+
+    // A template's primary network interface gives the instance its groups and the
+    // public IP it asks for.
+    let sg = emu.aws(&[
+        "ec2",
+        "create-security-group",
+        "--group-name",
+        "nat",
+        "--description",
+        "nat",
+        "--vpc-id",
+        &w.vpc,
+    ]);
+    let sg = sg["GroupId"].as_str().unwrap();
+    let data = format!(
+        r#"{{"ImageId":"{IMAGE}","InstanceType":"t4g.nano","NetworkInterfaces":[{{"DeviceIndex":0,"SubnetId":"{}","Groups":["{sg}"],"AssociatePublicIpAddress":true}}]}}"#,
+        w.public_subnet
+    );
+    emu.aws(&[
+        "ec2",
+        "create-launch-template",
+        "--launch-template-name",
+        "nat",
+        "--launch-template-data",
+        &data,
+    ]);
+    let run = emu.aws(&[
+        "ec2",
+        "run-instances",
+        "--launch-template",
+        "LaunchTemplateName=nat",
+        "--count",
+        "1",
+    ]);
+    let i = &run["Instances"][0];
+    assert_eq!(i["SecurityGroups"][0]["GroupId"], sg, "{i}");
+    assert_eq!(i["NetworkInterfaces"][0]["Groups"][0]["GroupId"], sg, "{i}");
+    assert!(i["PublicIpAddress"].is_string(), "and a public IP: {i}");
 }

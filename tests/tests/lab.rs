@@ -5,6 +5,7 @@
 
 #![allow(clippy::unwrap_used, missing_docs)]
 
+use natd_tests::app::application;
 use natd_tests::cli::{natctl, snapshot};
 use natd_tests::emulator::Emulator;
 use natd_tests::lab::{Event, Lab};
@@ -270,4 +271,188 @@ async fn an_instance_whose_forwarding_or_natd_breaks_is_replaced() {
     );
     assert!(lab.instances().contains_key(&third));
     egress(&lab, Duration::from_secs(10)).await;
+}
+
+/// doctor's answer to "does the function `app` reach the internet?", as JSON.
+fn doctor_internet(lab: &Lab) -> serde_json::Value {
+    let out = natctl(
+        &lab.emu,
+        &[
+            "doctor",
+            "--vpc",
+            &lab.world.vpc,
+            "--lambda",
+            "app",
+            "--output",
+            "json",
+        ],
+    );
+    let v: serde_json::Value =
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", text(&out)));
+    v["answers"][0]["internet"].clone()
+}
+
+/// Waits until requests from private subnet `i` pass (`yes`) or fail.
+async fn reaches(lab: &Lab, i: usize, yes: bool) {
+    let what = format!("subnet {i} {}", if yes { "reaching" } else { "cut off" });
+    until(&what, Duration::from_secs(10), async || {
+        (lab.fetch_async(i).await.is_ok() == yes).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn doctor_says_where_packets_break_and_its_fix_lets_them_through() {
+    let lab = Lab::new(Arc::new(Emulator::start())).await;
+    application(&lab.emu, &lab.world);
+    let out = natctl(
+        &lab.emu,
+        &[
+            "setup",
+            "--env",
+            "dev",
+            "--vpc",
+            &lab.world.vpc,
+            "--name",
+            "app",
+            "--ami",
+            IMAGE,
+            "--lambda",
+            "app",
+            "--secret",
+            "app/db",
+            "--db-instance",
+            "app-db",
+        ],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    // The function's stand-ins now carry LambdaSG (its ENIs' groups in the emulator).
+    egress(&lab, Duration::from_secs(90)).await;
+    let clean = doctor_internet(&lab);
+    assert_eq!(clean["ok"], true, "{clean}\n{}", lab_log(&lab));
+
+    // A security group: the NAT instance's group stops admitting subnet a.
+    let (instance, _) = lab.instances().into_iter().next().unwrap();
+    let d = lab
+        .emu
+        .aws(&["ec2", "describe-instances", "--instance-ids", &instance]);
+    let nat_sg = d["Reservations"][0]["Instances"][0]["SecurityGroups"][0]["GroupId"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let rule = "IpProtocol=-1,IpRanges=[{CidrIp=10.20.1.0/24}]";
+    lab.emu.aws(&[
+        "ec2",
+        "revoke-security-group-ingress",
+        "--group-id",
+        &nat_sg,
+        "--ip-permissions",
+        rule,
+    ]);
+    reaches(&lab, 0, false).await;
+    reaches(&lab, 1, true).await;
+    let v = doctor_internet(&lab);
+    assert_eq!(v["ok"], false, "{v}");
+    let broken = v["broken"].to_string();
+    assert!(
+        broken.contains(&nat_sg) && broken.contains("10.20.1.0/24") && !broken.contains("10.20.2."),
+        "doctor names the NAT's group and subnet a only: {v}"
+    );
+    lab.emu.aws(&[
+        "ec2",
+        "authorize-security-group-ingress",
+        "--group-id",
+        &nat_sg,
+        "--ip-permissions",
+        rule,
+    ]);
+    reaches(&lab, 0, true).await;
+    let v = doctor_internet(&lab);
+    assert_eq!(v["ok"], true, "{v}");
+
+    // A network ACL on subnet b that lets requests out but no replies in (inbound
+    // 0-1023 only: the classic missing ephemeral range).
+    let acl = lab
+        .emu
+        .aws(&["ec2", "create-network-acl", "--vpc-id", &lab.world.vpc]);
+    let acl = acl["NetworkAcl"]["NetworkAclId"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    for (n, dir, ports) in [
+        ("100", "--egress", None),
+        ("100", "--ingress", Some("From=0,To=1023")),
+    ] {
+        let mut args = vec![
+            "ec2",
+            "create-network-acl-entry",
+            "--network-acl-id",
+            &acl,
+            "--rule-number",
+            n,
+            dir,
+            "--rule-action",
+            "allow",
+            "--cidr-block",
+            "0.0.0.0/0",
+        ];
+        match ports {
+            Some(p) => args.extend(["--protocol", "6", "--port-range", p]),
+            None => args.extend(["--protocol", "-1"]),
+        }
+        lab.emu.aws(&args);
+    }
+    let subnet_b = &lab.world.private_subnets[1];
+    let filter = format!("Name=association.subnet-id,Values={subnet_b}");
+    let acls = lab
+        .emu
+        .aws(&["ec2", "describe-network-acls", "--filters", &filter]);
+    let association = acls["NetworkAcls"][0]["Associations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["SubnetId"] == subnet_b.as_str())
+        .unwrap()["NetworkAclAssociationId"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    lab.emu.aws(&[
+        "ec2",
+        "replace-network-acl-association",
+        "--association-id",
+        &association,
+        "--network-acl-id",
+        &acl,
+    ]);
+    reaches(&lab, 1, false).await;
+    reaches(&lab, 0, true).await;
+    let v = doctor_internet(&lab);
+    assert_eq!(v["ok"], false, "{v}");
+    let broken = v["broken"].to_string();
+    assert!(
+        broken.contains(&acl)
+            && broken.contains("replies")
+            && !broken.contains(&lab.world.private_subnets[0]),
+        "doctor names subnet b's ACL and the replies: {v}"
+    );
+    lab.emu.aws(&[
+        "ec2",
+        "create-network-acl-entry",
+        "--network-acl-id",
+        &acl,
+        "--rule-number",
+        "110",
+        "--ingress",
+        "--rule-action",
+        "allow",
+        "--cidr-block",
+        "0.0.0.0/0",
+        "--protocol",
+        "6",
+        "--port-range",
+        "From=1024,To=65535",
+    ]);
+    reaches(&lab, 1, true).await;
+    let v = doctor_internet(&lab);
+    assert_eq!(v["ok"], true, "{v}");
 }

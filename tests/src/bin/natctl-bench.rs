@@ -78,41 +78,9 @@ fn span(v: &[usize]) -> String {
 /// A function `name` (with its own role, outside any VPC) and a secret `name/db`, made
 /// with the AWS CLI as a user's account would have them.
 fn application(emu: &Emulator, name: &str) {
-    let trust = r#"{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Principal":{"Service":"lambda.amazonaws.com"},"Action":"sts:AssumeRole"}]}"#;
     let role = format!("{name}-original");
-    emu.aws(&[
-        "iam",
-        "create-role",
-        "--role-name",
-        &role,
-        "--assume-role-policy-document",
-        trust,
-    ]);
-    let dir = tempfile::tempdir().unwrap();
-    let zip = dir.path().join("f.zip");
-    let made = std::process::Command::new(natd_tests::python())
-        .args([
-            "-c",
-            "import sys, zipfile; z = zipfile.ZipFile(sys.argv[1], 'w'); z.writestr('index.py', 'x = 1\\n'); z.close()",
-        ])
-        .arg(&zip)
-        .status()
-        .unwrap();
-    assert!(made.success());
-    emu.aws(&[
-        "lambda",
-        "create-function",
-        "--function-name",
-        name,
-        "--runtime",
-        "python3.12",
-        "--handler",
-        "index.handler",
-        "--role",
-        &format!("arn:aws:iam::123456789012:role/{role}"),
-        "--zip-file",
-        &format!("fileb://{}", zip.display()),
-    ]);
+    natd_tests::app::lambda_role(emu, &role, None);
+    natd_tests::app::function(emu, name, &role, None);
     emu.aws(&[
         "secretsmanager",
         "create-secret",

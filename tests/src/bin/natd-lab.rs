@@ -1,7 +1,8 @@
-//! The demo: a VPC in a box (`natd_tests::lab`). natctl builds the dev egress, natd
-//! forwards a private subnet's requests, the NAT instance is killed and replaced (the
-//! egress gap measured), the stack switches to prod NAT gateways while requests keep
-//! flowing, and teardown leaves nothing.
+//! The demo: a VPC in a box (`natd_tests::lab`). A function put into the VPC reaches
+//! nothing and doctor says why; natctl builds the dev egress and the function's wiring,
+//! natd forwards a private subnet's requests, the NAT instance is killed and replaced
+//! (the egress gap measured), the stack switches to prod NAT gateways while requests
+//! keep flowing, and teardown leaves nothing.
 //!
 //! Run as root: `tests/demo` (installs what it needs first). Leaves no namespace or
 //! process behind, also when interrupted (Ctrl-C or SIGTERM).
@@ -63,6 +64,45 @@ async fn wait<T>(
     }
 }
 
+/// doctor's verdict in a line: its answers for the function and how many findings
+/// break something.
+fn doctor_summary(lab: &Lab) -> String {
+    let out = natd_tests::cli::natctl(
+        &lab.emu,
+        &[
+            "doctor",
+            "--vpc",
+            &lab.world.vpc,
+            "--lambda",
+            "app",
+            "--output",
+            "json",
+        ],
+    );
+    let Ok(v) = serde_json::from_slice::<serde_json::Value>(&out.stdout) else {
+        return "no answer".into();
+    };
+    let a = &v["answers"][0];
+    let yes = |q: &serde_json::Value| match q["ok"].as_bool() {
+        Some(true) => "yes",
+        Some(false) => "no",
+        None => "-",
+    };
+    let breaks = v["findings"]
+        .as_array()
+        .map(|f| f.iter().filter(|f| f["severity"] == "breaks").count())
+        .unwrap_or(0);
+    format!(
+        "internet {}, secret {}, database {}; {breaks} finding(s) that break",
+        yes(&a["internet"]),
+        yes(&a["secret"]),
+        a["databases"]
+            .as_object()
+            .and_then(|d| d.values().next())
+            .map_or("-", yes)
+    )
+}
+
 fn secs(d: Duration) -> String {
     format!("{:.2} s", d.as_secs_f64())
 }
@@ -80,12 +120,68 @@ async fn story(summary: &mut Vec<(String, String)>) {
     say(&format!(
         "   with its own IMDSv2 and natd. The internet server is {SERVER}."
     ));
-    say(&format!(
-        "   private-a -> internet before any NAT: {}",
-        lab.fetch(0).err().unwrap_or_default()
-    ));
+    say("   It enforces the security groups and network ACLs in the emulator, too.");
 
-    say("\n2. natctl builds the dev egress: one self-healing NAT instance");
+    say("\n   The application: function app, its secret app/db, PostgreSQL instance app-db.");
+    say("   The function is put into the VPC's private subnets, with the VPC's default group:");
+    natd_tests::app::application(&lab.emu, &lab.world);
+    let default_sg = lab.emu.aws(&[
+        "ec2",
+        "describe-security-groups",
+        "--filters",
+        &format!("Name=vpc-id,Values={}", lab.world.vpc),
+        "Name=group-name,Values=default",
+    ])["SecurityGroups"][0]["GroupId"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    let vpc_config = format!(
+        "SubnetIds={},SecurityGroupIds={default_sg}",
+        lab.world.private_subnets.join(",")
+    );
+    wait(
+        "Lambda to take the VPC config",
+        Duration::from_secs(30),
+        async || {
+            let out = lab
+                .emu
+                .aws_command(&[
+                    "lambda",
+                    "update-function-configuration",
+                    "--function-name",
+                    "app",
+                    "--vpc-config",
+                    &vpc_config,
+                ])
+                .output()
+                .ok()?;
+            out.status.success().then_some(())
+        },
+    )
+    .await;
+    let before = lab.fetch(0);
+    say(&format!(
+        "   function (private-a) -> internet: {}",
+        before.as_ref().err().cloned().unwrap_or_default()
+    ));
+    say("   natctl doctor says why:");
+    natctl(
+        &lab,
+        &["doctor", "--vpc", &lab.world.vpc, "--lambda", "app"],
+    )
+    .await;
+    summary.push((
+        "before setup: function -> internet".into(),
+        match before {
+            Ok(seen) => format!("answered (server saw {seen})"),
+            Err(e) => format!("failed ({e})"),
+        },
+    ));
+    summary.push(("before setup: doctor".into(), doctor_summary(&lab)));
+
+    say(
+        "\n2. natctl builds the dev egress (one self-healing NAT instance) and the function's wiring",
+    );
     let dev = [
         "setup",
         "--env",
@@ -96,6 +192,12 @@ async fn story(summary: &mut Vec<(String, String)>) {
         "demo",
         "--ami",
         IMAGE,
+        "--lambda",
+        "app",
+        "--secret",
+        "app/db",
+        "--db-instance",
+        "app-db",
     ];
     assert!(natctl(&lab, &dev).await, "natctl setup --env dev failed");
     let ((first, seen), ready) = wait(
@@ -115,6 +217,13 @@ async fn story(summary: &mut Vec<(String, String)>) {
     for line in lab.natd_log(&first).lines() {
         say(&format!("   natd | {}", line.trim()));
     }
+    say("   natctl doctor, now:");
+    natctl(
+        &lab,
+        &["doctor", "--vpc", &lab.world.vpc, "--lambda", "app"],
+    )
+    .await;
+    summary.push(("after setup: doctor".into(), doctor_summary(&lab)));
     summary.push(("dev: setup to egress working".into(), secs(ready)));
     summary.push(("dev: server sees".into(), format!("{seen} ({first})")));
 
