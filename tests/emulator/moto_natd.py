@@ -48,7 +48,10 @@ Extensions, each matching documented AWS behaviour:
 - Security groups as AWS sets them: a VPC's default group admits all traffic from its
   own members (moto leaves it without inbound rules), and an instance launched from a
   template whose primary network interface names groups and asks for a public IP gets
-  those groups and a public IP (moto gives it the default group and no public IP).
+  those groups and a public IP (moto gives it the default group and no public IP); a
+  terminated instance's primary network interface is deleted
+  NATD_EMU_INSTANCE_ENI_RELEASE_SECS (default 2) after it (moto keeps it), and until
+  then holds its groups (DeleteSecurityGroup answers DependencyViolation).
 - Strictness, as on AWS: CreateAutoScalingGroup validates its launch template (an image
   that does not exist, an unknown instance type, or an image whose architecture the
   type does not run is a ValidationError), and RunInstances likewise
@@ -835,6 +838,23 @@ def _run_instances_groups(self, image_id, count, user_data, security_group_names
 
 
 InstanceBackend.run_instances = _run_instances_groups
+
+INSTANCE_ENI_RELEASE_SECS = float(os.environ.get("NATD_EMU_INSTANCE_ENI_RELEASE_SECS", "2"))
+_orig_terminate = ec2_instances.Instance.terminate
+
+
+def _terminate(self):
+    # A terminated instance's primary network interface is deleted with it, as on EC2
+    # (it cannot outlive its instance), a moment after: until then it still holds its
+    # security groups (DeleteSecurityGroup answers DependencyViolation). moto keeps it.
+    result = _orig_terminate(self)
+    primary = self.nics.get(0)
+    if primary is not None and primary.id in self.ec2_backend.enis:
+        _eni_release_at.setdefault(primary.id, time.monotonic() + INSTANCE_ENI_RELEASE_SECS)
+    return result
+
+
+ec2_instances.Instance.terminate = _terminate
 
 # --- IAM: resource ARNs and tag conditions --------------------------------------------
 

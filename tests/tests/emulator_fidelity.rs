@@ -498,4 +498,24 @@ async fn security_groups_are_set_as_ec2_sets_them() {
     assert_eq!(i["SecurityGroups"][0]["GroupId"], sg, "{i}");
     assert_eq!(i["NetworkInterfaces"][0]["Groups"][0]["GroupId"], sg, "{i}");
     assert!(i["PublicIpAddress"].is_string(), "and a public IP: {i}");
+
+    // Terminated, the instance's interface holds the group a moment longer.
+    let id = i["InstanceId"].as_str().unwrap();
+    emu.aws(&["ec2", "terminate-instances", "--instance-ids", id]);
+    let early = aws_raw(&emu, &["ec2", "delete-security-group", "--group-id", sg]);
+    assert!(
+        !early.status.success() && err(&early).contains("DependencyViolation"),
+        "{}",
+        err(&early)
+    );
+    let start = std::time::Instant::now();
+    loop {
+        let o = aws_raw(&emu, &["ec2", "delete-security-group", "--group-id", sg]);
+        if o.status.success() {
+            break;
+        }
+        assert!(err(&o).contains("DependencyViolation"), "{}", err(&o));
+        assert!(start.elapsed() < Duration::from_secs(30), "the interface never went");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
 }

@@ -39,8 +39,8 @@ const IAM_PROPAGATION_WAIT: Duration = Duration::from_secs(180);
 /// AWS documents up to 20 minutes.
 const ENI_RELEASE_WAIT: Duration = Duration::from_secs(25 * 60);
 /// How long teardown retries deleting a security group something still uses (an
-/// endpoint's or Lambda's interfaces going away).
-const GROUP_IN_USE_WAIT: Duration = Duration::from_secs(5 * 60);
+/// endpoint's, Lambda's or a terminated instance's interfaces going away).
+pub(crate) const GROUP_IN_USE_WAIT: Duration = Duration::from_secs(5 * 60);
 
 /// What AWS answers while time will fix it: a role IAM has not propagated to Lambda
 /// yet, or another update of the function still in progress.

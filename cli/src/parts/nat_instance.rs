@@ -1211,8 +1211,21 @@ pub async fn remove(
                 found(r, "DeleteLaunchTemplate", id)?;
             }
             Removal::DeleteSecurityGroup { id, .. } => {
-                let r = c.ec2.delete_security_group().group_id(id).send().await;
-                found(r, "DeleteSecurityGroup", id)?;
+                // A terminated instance's network interface keeps the group for a
+                // while after the instance is gone (DependencyViolation until EC2
+                // deletes it).
+                wait::retry_while(
+                    "the security group to be free",
+                    id,
+                    super::lambda::GROUP_IN_USE_WAIT,
+                    progress,
+                    |e| e.is("DependencyViolation"),
+                    || async {
+                        let r = c.ec2.delete_security_group().group_id(id).send().await;
+                        found(r, "DeleteSecurityGroup", id).map(|_| ())
+                    },
+                )
+                .await?;
             }
             Removal::DeleteInstanceProfile { name } => {
                 let r = c
