@@ -131,6 +131,90 @@ struct Shared {
     instances: BTreeMap<String, (String, PathBuf)>,
     /// Private subnet -> its next hop as programmed.
     routes: BTreeMap<String, String>,
+    /// Hosts the test added in private subnets ([`Lab::host`], [`Lab::database`]).
+    extra: Vec<ExtraHost>,
+}
+
+/// Where a host's security groups come from.
+#[derive(Debug, Clone)]
+pub enum Groups {
+    /// These groups.
+    Fixed(Vec<String>),
+    /// The DB instance's VPC security groups in the emulator, followed every tick.
+    Database(String),
+}
+
+/// A host the test added to a private subnet.
+#[derive(Debug, Clone)]
+struct ExtraHost {
+    link: String,
+    ip: String,
+    subnet: String,
+    groups: Groups,
+}
+
+/// A PostgreSQL server standing in for an RDS instance: in its own namespace in one of
+/// the lab's private subnets, with the instance's security groups enforced, its master
+/// user, and the secret's value as password. Stops when dropped.
+pub struct Database {
+    /// The namespace.
+    pub ns: Netns,
+    /// Its address.
+    pub ip: String,
+    /// The master user.
+    pub user: String,
+    /// The password (the secret's value).
+    pub password: String,
+    server: Child,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Database {
+    fn drop(&mut self) {
+        let _ = self.server.kill();
+        let _ = self.server.wait();
+    }
+}
+
+/// PostgreSQL's programs (Debian keeps them under /usr/lib/postgresql/VERSION/bin).
+fn pg_bin(program: &str) -> PathBuf {
+    let mut versions: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+        .expect("PostgreSQL is installed (tests/setup)")
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .collect();
+    versions.sort_by_key(|p| {
+        p.file_name()
+            .and_then(|n| n.to_str())
+            .and_then(|n| n.parse::<u32>().ok())
+            .unwrap_or(0)
+    });
+    versions
+        .pop()
+        .expect("a PostgreSQL version")
+        .join("bin")
+        .join(program)
+}
+
+impl Database {
+    /// Connects from `from` with the user and password, runs one query: its answer, or
+    /// why it failed (a connection the security groups drop times out in 2 s).
+    pub fn query(&self, from: &Netns, sql: &str) -> Result<String, String> {
+        let out = from
+            .command(&pg_bin("psql"))
+            .arg(format!(
+                "host={} port=5432 user={} dbname=postgres connect_timeout=2",
+                self.ip, self.user
+            ))
+            .args(["-tAc", sql])
+            .env("PGPASSWORD", &self.password)
+            .output()
+            .map_err(|e| e.to_string())?;
+        if out.status.success() {
+            Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+        } else {
+            Err(String::from_utf8_lossy(&out.stderr).trim().to_string())
+        }
+    }
 }
 
 /// The lab: namespaces, the fabric thread, and the emulator's VPC they follow.
@@ -151,6 +235,7 @@ pub struct Lab {
     stop: Arc<AtomicBool>,
     fabric: Option<std::thread::JoinHandle<()>>,
     boot_delay: Duration,
+    hosts: std::sync::atomic::AtomicU32,
 }
 
 impl std::fmt::Debug for Lab {
@@ -235,6 +320,142 @@ impl Lab {
             stop,
             fabric: Some(fabric),
             boot_delay,
+            hosts: Default::default(),
+        }
+    }
+
+    /// A host at `ip` in private subnet `subnet` (an index of `world.private_subnets`)
+    /// with `groups`: its own namespace and link to the router (which answers ARP for it
+    /// in the subnet), registered for the security groups and ACLs. It goes with the
+    /// returned namespace.
+    pub fn host(&self, role: &str, subnet: usize, ip: &str, groups: Groups) -> Netns {
+        let n = subnet + 1;
+        let k = self.hosts.fetch_add(1, Ordering::SeqCst) + 1;
+        let link = format!("x{k}");
+        let ns = Netns::new(role);
+        ns.link(
+            "eth0",
+            &format!("{ip}/32"),
+            &self.vpc,
+            &link,
+            &format!("{ROUTER}/32"),
+        );
+        ns.sh(&format!(
+            "ip route add {ROUTER} dev eth0 && ip route add default via {ROUTER} dev eth0 onlink"
+        ));
+        self.vpc.sh(&format!(
+            "ip route add {ip}/32 dev {link} && sysctl -qw net.ipv4.conf.s{n}.proxy_arp=1"
+        ));
+        self.shared.lock().unwrap().extra.push(ExtraHost {
+            link,
+            ip: ip.to_string(),
+            subnet: self.world.private_subnets[subnet].clone(),
+            groups,
+        });
+        ns
+    }
+
+    /// PostgreSQL for DB instance `id` of the emulator: in the first of its subnet
+    /// group's subnets that the lab has (at .50), with the instance's security groups,
+    /// its master user, and the value of `secret` (its `password` field when it is JSON)
+    /// as the password.
+    pub fn database(&self, id: &str, secret: &str) -> Database {
+        let d = self.emu.aws(&[
+            "rds",
+            "describe-db-instances",
+            "--db-instance-identifier",
+            id,
+        ]);
+        let d = &d["DBInstances"][0];
+        let user = d["MasterUsername"].as_str().unwrap().to_string();
+        let subnets: Vec<&str> = d["DBSubnetGroup"]["Subnets"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|s| s["SubnetIdentifier"].as_str())
+            .collect();
+        let subnet = self
+            .world
+            .private_subnets
+            .iter()
+            .position(|s| subnets.contains(&s.as_str()))
+            .expect("the DB's subnet group has one of the lab's private subnets");
+        let value = self
+            .emu
+            .aws(&["secretsmanager", "get-secret-value", "--secret-id", secret]);
+        let value = value["SecretString"].as_str().unwrap().to_string();
+        let password = serde_json::from_str::<serde_json::Value>(&value)
+            .ok()
+            .and_then(|v| v["password"].as_str().map(str::to_string))
+            .unwrap_or(value);
+        let ip = format!("10.20.{}.50", subnet + 1);
+        let ns = self.host("db", subnet, &ip, Groups::Database(id.to_string()));
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        let pw = dir.path().join("pw");
+        std::fs::write(&pw, &password).unwrap();
+        let ok = std::process::Command::new("chown")
+            .args(["-R", "postgres"])
+            .arg(dir.path())
+            .status()
+            .unwrap();
+        assert!(ok.success());
+        let init = std::process::Command::new("runuser")
+            .args(["-u", "postgres", "--"])
+            .arg(pg_bin("initdb"))
+            .arg("-D")
+            .arg(&data)
+            .args(["-U", &user, "-A", "scram-sha-256", "--pwfile"])
+            .arg(&pw)
+            .output()
+            .unwrap();
+        assert!(
+            init.status.success(),
+            "initdb: {}",
+            String::from_utf8_lossy(&init.stderr)
+        );
+        let mut hba = std::fs::OpenOptions::new()
+            .append(true)
+            .open(data.join("pg_hba.conf"))
+            .unwrap();
+        std::io::Write::write_all(&mut hba, b"host all all 10.20.0.0/16 scram-sha-256\n").unwrap();
+        let server = ns
+            .command(std::path::Path::new("runuser"))
+            .args(["-u", "postgres", "--"])
+            .arg(pg_bin("postgres"))
+            .arg("-D")
+            .arg(&data)
+            .args(["-c", &format!("listen_addresses={ip}"), "-c", "port=5432"])
+            .arg("-c")
+            .arg(format!("unix_socket_directories={}", dir.path().display()))
+            .stdout(Stdio::null())
+            .stderr(log_file(&dir.path().join("postgres.log")))
+            .spawn()
+            .unwrap();
+        let start = Instant::now();
+        loop {
+            let ready = ns
+                .command(&pg_bin("pg_isready"))
+                .args(["-q", "-h", &ip, "-p", "5432"])
+                .status()
+                .unwrap();
+            if ready.success() {
+                break;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "PostgreSQL did not start: {}",
+                std::fs::read_to_string(dir.path().join("postgres.log")).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Database {
+            ns,
+            ip,
+            user,
+            password,
+            server,
+            _dir: dir,
         }
     }
 
@@ -355,6 +576,7 @@ impl Drop for Lab {
 struct Fabric {
     emu: Arc<Emulator>,
     ec2: aws_sdk_ec2::Client,
+    rds: aws_sdk_rds::Client,
     shared: Arc<Mutex<Shared>>,
     vpc_id: String,
     vpc: Netns,
@@ -390,9 +612,11 @@ impl Fabric {
         subnets: Vec<String>,
     ) -> Self {
         let ec2 = aws_sdk_ec2::Client::new(&emu.sdk());
+        let rds = aws_sdk_rds::Client::new(&emu.sdk());
         Self {
             emu,
             ec2,
+            rds,
             shared,
             vpc_id,
             vpc: borrowed(&vpc),
@@ -784,10 +1008,9 @@ impl Fabric {
             }
             if n.description()
                 .is_some_and(|d| d.starts_with("AWS Lambda VPC ENI"))
+                && let Some(subnet) = n.subnet_id()
             {
-                if let Some(subnet) = n.subnet_id() {
-                    function_groups.insert(subnet.to_string(), ids.clone());
-                }
+                function_groups.insert(subnet.to_string(), ids.clone());
             }
             if let Some(id) = n.network_interface_id() {
                 eni_groups.insert(id.to_string(), ids);
@@ -810,6 +1033,37 @@ impl Fabric {
                 link: format!("s{}", n + 1),
                 subnet_cidr: cidr.get(subnet).cloned().unwrap_or_default(),
                 acl: acl(subnet),
+                groups: Some(groups),
+            });
+        }
+        let extra = self.shared.lock().unwrap().extra.clone();
+        for h in extra {
+            let groups = match h.groups {
+                Groups::Fixed(g) => g,
+                Groups::Database(id) => self
+                    .rds
+                    .describe_db_instances()
+                    .db_instance_identifier(&id)
+                    .send()
+                    .await
+                    .map_err(|e| format!("DescribeDBInstances: {e:?}"))?
+                    .db_instances()
+                    .iter()
+                    .flat_map(|d| d.vpc_security_groups())
+                    .filter_map(|g| g.vpc_security_group_id().map(str::to_string))
+                    .collect(),
+            };
+            for g in &groups {
+                policy
+                    .members
+                    .entry(g.clone())
+                    .or_default()
+                    .insert(h.ip.clone());
+            }
+            policy.hosts.push(Host {
+                link: h.link,
+                subnet_cidr: cidr.get(&h.subnet).cloned().unwrap_or_default(),
+                acl: acl(&h.subnet),
                 groups: Some(groups),
             });
         }

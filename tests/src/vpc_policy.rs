@@ -84,12 +84,13 @@ fn protocol_match(protocol: &str, ports: Option<(i32, i32)>) -> String {
         other => return format!(" -p {other}"),
     };
     let mut m = format!(" -p {name}");
-    if name != "icmp" {
-        if let Some((from, to)) = ports {
-            if from >= 0 && to >= 0 && !(from <= 0 && to >= 65535) {
-                let _ = write!(m, " --dport {from}:{to}");
-            }
-        }
+    if let Some((from, to)) = ports
+        && name != "icmp"
+        && from >= 0
+        && to >= 0
+        && !(from <= 0 && to >= 65535)
+    {
+        let _ = write!(m, " --dport {from}:{to}");
     }
     m
 }
@@ -225,27 +226,29 @@ mod tests {
 
     #[test]
     fn groups_resolve_members_and_acls_keep_their_order() {
-        let mut policy = Policy::default();
-        policy.hosts = vec![
-            Host {
-                link: "s1".into(),
-                subnet_cidr: "10.20.1.0/24".into(),
-                acl: Some("acl-1".into()),
-                groups: Some(vec!["sg-fn".into()]),
-            },
-            Host {
-                link: "n3".into(),
-                subnet_cidr: "10.20.3.0/24".into(),
-                acl: Some("acl-1".into()),
-                groups: Some(vec!["sg-db".into()]),
-            },
-            Host {
-                link: "n4".into(),
-                subnet_cidr: "10.20.0.0/24".into(),
-                acl: None,
-                groups: None,
-            },
-        ];
+        let mut policy = Policy {
+            hosts: vec![
+                Host {
+                    link: "s1".into(),
+                    subnet_cidr: "10.20.1.0/24".into(),
+                    acl: Some("acl-1".into()),
+                    groups: Some(vec!["sg-fn".into()]),
+                },
+                Host {
+                    link: "n3".into(),
+                    subnet_cidr: "10.20.3.0/24".into(),
+                    acl: Some("acl-1".into()),
+                    groups: Some(vec!["sg-db".into()]),
+                },
+                Host {
+                    link: "n4".into(),
+                    subnet_cidr: "10.20.0.0/24".into(),
+                    acl: None,
+                    groups: None,
+                },
+            ],
+            ..Policy::default()
+        };
         policy.acls.insert(
             "acl-1".into(),
             vec![

@@ -515,7 +515,10 @@ async fn security_groups_are_set_as_ec2_sets_them() {
             break;
         }
         assert!(err(&o).contains("DependencyViolation"), "{}", err(&o));
-        assert!(start.elapsed() < Duration::from_secs(30), "the interface never went");
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "the interface never went"
+        );
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
 }

@@ -8,7 +8,7 @@
 use natd_tests::app::application;
 use natd_tests::cli::{natctl, snapshot};
 use natd_tests::emulator::Emulator;
-use natd_tests::lab::{Event, Lab};
+use natd_tests::lab::{Event, Groups, Lab};
 use natd_tests::world::{IMAGE, text};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -273,8 +273,8 @@ async fn an_instance_whose_forwarding_or_natd_breaks_is_replaced() {
     egress(&lab, Duration::from_secs(10)).await;
 }
 
-/// doctor's answer to "does the function `app` reach the internet?", as JSON.
-fn doctor_internet(lab: &Lab) -> serde_json::Value {
+/// doctor's answers for the function `app` (internet, secret, databases), as JSON.
+fn doctor_answers(lab: &Lab) -> serde_json::Value {
     let out = natctl(
         &lab.emu,
         &[
@@ -289,7 +289,17 @@ fn doctor_internet(lab: &Lab) -> serde_json::Value {
     );
     let v: serde_json::Value =
         serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", text(&out)));
-    v["answers"][0]["internet"].clone()
+    v["answers"][0].clone()
+}
+
+/// doctor's answer to "does the function reach the internet?".
+fn doctor_internet(lab: &Lab) -> serde_json::Value {
+    doctor_answers(lab)["internet"].clone()
+}
+
+/// doctor's answer to "does the function reach its database app-db?".
+fn doctor_database(lab: &Lab) -> serde_json::Value {
+    doctor_answers(lab)["databases"]["app-db"].clone()
 }
 
 /// Waits until requests from private subnet `i` pass (`yes`) or fail.
@@ -330,6 +340,82 @@ async fn doctor_says_where_packets_break_and_its_fix_lets_them_through() {
     egress(&lab, Duration::from_secs(90)).await;
     let clean = doctor_internet(&lab);
     assert_eq!(clean["ok"], true, "{clean}\n{}", lab_log(&lab));
+
+    // The database: PostgreSQL with the secret's value as password, the DB instance's
+    // groups enforced. The function reaches it from both subnets; another host of the
+    // VPC, without LambdaSG, does not (defense in depth).
+    let db = lab.database("app-db", "app/db");
+    let other_sg = lab.emu.aws(&[
+        "ec2",
+        "create-security-group",
+        "--group-name",
+        "other",
+        "--description",
+        "another workload",
+        "--vpc-id",
+        &lab.world.vpc,
+    ]);
+    let other_sg = other_sg["GroupId"].as_str().unwrap().to_string();
+    let other = lab.host("other", 0, "10.20.1.20", Groups::Fixed(vec![other_sg]));
+    let select = "select 'answered'";
+    for (_, ns) in &lab.private {
+        assert_eq!(db.query(ns, select), Ok("answered".into()));
+    }
+    let refused = db.query(&other, select);
+    assert!(
+        refused.as_ref().is_err_and(|e| e.contains("timeout")),
+        "{refused:?}"
+    );
+    assert_eq!(doctor_database(&lab)["ok"], true);
+    let group_id = |name: &str| {
+        let filter = format!("Name=group-name,Values={name}");
+        lab.emu
+            .aws(&["ec2", "describe-security-groups", "--filters", &filter])["SecurityGroups"][0]
+            ["GroupId"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    let (db_sg, lambda_sg) = (group_id("natd-app-database"), group_id("natd-app-lambda"));
+    // As natctl wrote it (the emulator matches the description too).
+    let rule = format!(
+        "IpProtocol=tcp,FromPort=5432,ToPort=5432,UserIdGroupPairs=[{{GroupId={lambda_sg},Description=LambdaSG}}]"
+    );
+    lab.emu.aws(&[
+        "ec2",
+        "revoke-security-group-ingress",
+        "--group-id",
+        &db_sg,
+        "--ip-permissions",
+        &rule,
+    ]);
+    until(
+        "the function cut off from its database",
+        Duration::from_secs(15),
+        async || db.query(&lab.private[0].1, select).is_err().then_some(()),
+    )
+    .await;
+    let v = doctor_database(&lab);
+    assert_eq!(v["ok"], false, "{v}");
+    assert!(
+        v["broken"].to_string().contains(&db_sg),
+        "doctor names DatabaseSG: {v}"
+    );
+    lab.emu.aws(&[
+        "ec2",
+        "authorize-security-group-ingress",
+        "--group-id",
+        &db_sg,
+        "--ip-permissions",
+        &rule,
+    ]);
+    until(
+        "the function back at its database",
+        Duration::from_secs(15),
+        async || db.query(&lab.private[0].1, select).is_ok().then_some(()),
+    )
+    .await;
+    assert_eq!(doctor_database(&lab)["ok"], true);
 
     // A security group: the NAT instance's group stops admitting subnet a.
     let (instance, _) = lab.instances().into_iter().next().unwrap();

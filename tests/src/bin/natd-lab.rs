@@ -10,7 +10,7 @@
 #![allow(clippy::unwrap_used, missing_docs)]
 
 use natd_tests::emulator::Emulator;
-use natd_tests::lab::{Event, Lab, SERVER};
+use natd_tests::lab::{Event, Groups, Lab, SERVER};
 use natd_tests::world::IMAGE;
 use std::io::Write;
 use std::sync::Arc;
@@ -224,6 +224,43 @@ async fn story(summary: &mut Vec<(String, String)>) {
     )
     .await;
     summary.push(("after setup: doctor".into(), doctor_summary(&lab)));
+
+    say("\n   The database: PostgreSQL for app-db in private-a (its password is the secret's");
+    say("   value), with the DB instance's security groups (DatabaseSG admits LambdaSG only):");
+    let db = lab.database("app-db", "app/db");
+    let other_sg = lab.emu.aws(&[
+        "ec2",
+        "create-security-group",
+        "--group-name",
+        "other-workload",
+        "--description",
+        "another workload of the VPC",
+        "--vpc-id",
+        &lab.world.vpc,
+    ])["GroupId"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    let other = lab.host("other", 0, "10.20.1.20", Groups::Fixed(vec![other_sg]));
+    let answer = |r: Result<String, String>| match r {
+        Ok(v) => format!("answered ({v})"),
+        Err(e) => format!("failed ({})", e.lines().next().unwrap_or_default()),
+    };
+    let select = "select current_user || ' on ' || split_part(version(), ' ', 2)";
+    let (fn_db, other_db) = (
+        answer(db.query(&lab.private[0].1, select)),
+        answer(db.query(&other, select)),
+    );
+    say(&format!("   function (private-a) -> database: {fn_db}"));
+    say(&format!(
+        "   another host of private-a (10.20.1.20, without LambdaSG) -> database: {other_db}"
+    ));
+    summary.push(("function -> database".into(), fn_db));
+    summary.push(("other host -> database".into(), other_db));
+    summary.push((
+        "function -> internet".into(),
+        answer(lab.fetch(0).map(|seen| format!("the server saw {seen}"))),
+    ));
     summary.push(("dev: setup to egress working".into(), secs(ready)));
     summary.push(("dev: server sees".into(), format!("{seen} ({first})")));
 
