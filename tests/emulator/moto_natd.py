@@ -51,7 +51,9 @@ Extensions, each matching documented AWS behaviour:
   those groups and a public IP (moto gives it the default group and no public IP); a
   terminated instance's primary network interface is deleted
   NATD_EMU_INSTANCE_ENI_RELEASE_SECS (default 2) after it (moto keeps it), and until
-  then holds its groups (DeleteSecurityGroup answers DependencyViolation).
+  then holds its groups (DeleteSecurityGroup answers DependencyViolation); an interface
+  endpoint's network interfaces have addresses of their subnets and the endpoint's
+  groups (moto: random addresses, no groups).
 - Strictness, as on AWS: CreateAutoScalingGroup validates its launch template (an image
   that does not exist, an unknown instance type, or an image whose architecture the
   type does not run is a ValidationError), and RunInstances likewise
@@ -855,6 +857,33 @@ def _terminate(self):
 
 
 ec2_instances.Instance.terminate = _terminate
+
+_endpoint_inner = VPCBackend.create_vpc_endpoint
+
+
+def _create_vpc_endpoint_enis(self, vpc_id, service_name, endpoint_type, *args, **kwargs):
+    # An interface endpoint's network interfaces get addresses from their subnets and
+    # carry the endpoint's security groups, as on AWS (PrivateLink User Guide, "Security
+    # groups"); moto gives them random 10.x addresses outside the subnet and no groups.
+    endpoint = _endpoint_inner(self, vpc_id, service_name, endpoint_type, *args, **kwargs)
+    if endpoint_type and endpoint_type.lower() == "interface":
+        groups = list(endpoint.security_group_ids) or [self.get_default_security_group(vpc_id).id]
+        ids = []
+        for eni_id in endpoint.network_interface_ids:
+            old = self.enis.pop(eni_id)
+            subnet = old.subnet
+            eni = self.create_network_interface(
+                subnet,
+                subnet.get_available_subnet_ip("vpc-endpoint"),
+                group_ids=groups,
+                description=f"VPC Endpoint Interface {endpoint.id}",
+            )
+            ids.append(eni.id)
+        endpoint.network_interface_ids = ids
+    return endpoint
+
+
+VPCBackend.create_vpc_endpoint = _create_vpc_endpoint_enis
 
 # --- IAM: resource ARNs and tag conditions --------------------------------------------
 

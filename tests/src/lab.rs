@@ -49,6 +49,8 @@ pub const TICK: Duration = Duration::from_millis(100);
 pub const INTERNET: &str = "198.51.100.1";
 /// The server in the internet namespace.
 pub const SERVER: &str = "198.51.100.1:8080";
+/// Secrets Manager's regional name, as the function's SDK resolves it.
+pub const SECRETS_MANAGER: &str = "secretsmanager.eu-west-1.amazonaws.com";
 /// The VPC router's address on every link.
 const ROUTER: &str = "10.20.0.1";
 
@@ -133,6 +135,8 @@ struct Shared {
     routes: BTreeMap<String, String>,
     /// Hosts the test added in private subnets ([`Lab::host`], [`Lab::database`]).
     extra: Vec<ExtraHost>,
+    /// Namespaces that resolve names through the VPC (private DNS), with their subnet.
+    dns_hosts: Vec<(String, String)>,
 }
 
 /// Where a host's security groups come from.
@@ -269,6 +273,9 @@ impl Lab {
         crate::dataplane::serve_peer_address(&internet, SERVER);
         let api: SocketAddr = format!("{INTERNET}:{}", emu.port).parse().unwrap();
         internet.forward(api, emu.port);
+        // The public side of Secrets Manager (what its name resolves to without private
+        // DNS): HTTPS's port on the internet, answered by the emulator.
+        internet.forward(format!("{INTERNET}:443").parse().unwrap(), emu.port);
         let vpc = Netns::new("vpc");
         vpc.sh(
             "sysctl -qw net.ipv4.ip_forward=1 net.ipv4.conf.all.rp_filter=0 net.ipv4.conf.default.rp_filter=0\n\
@@ -292,7 +299,13 @@ impl Lab {
             ));
             private.push((subnet.clone(), ns));
         }
-        let shared = Arc::new(Mutex::new(Shared::default()));
+        let shared = Arc::new(Mutex::new(Shared {
+            dns_hosts: private
+                .iter()
+                .map(|(subnet, ns): &(String, Netns)| (ns.name.clone(), subnet.clone()))
+                .collect(),
+            ..Shared::default()
+        }));
         let stop = Arc::new(AtomicBool::new(false));
         let fabric = {
             let (emu, shared, stop) = (emu.clone(), shared.clone(), stop.clone());
@@ -324,6 +337,54 @@ impl Lab {
         }
     }
 
+    /// What the function's init does first: reads `secret` from `ns` by Secrets
+    /// Manager's regional name, resolved as the VPC resolves it (to the interface
+    /// endpoint with private DNS on, otherwise to the public side, reachable through a
+    /// NAT): its value, or why it failed.
+    pub fn secret_from(&self, ns: &Netns, secret: &str) -> Result<String, String> {
+        let out = ns
+            .command(&crate::python().with_file_name("aws"))
+            .args([
+                "--endpoint-url",
+                &format!("http://{SECRETS_MANAGER}:443"),
+                "--region",
+                "eu-west-1",
+                "--cli-connect-timeout",
+                "2",
+                "--cli-read-timeout",
+                "5",
+                "--output",
+                "text",
+                "secretsmanager",
+                "get-secret-value",
+                "--secret-id",
+                secret,
+                "--query",
+                "SecretString",
+            ])
+            .envs(natd_env())
+            .env("AWS_MAX_ATTEMPTS", "1")
+            .env_remove("AWS_PROFILE")
+            .output()
+            .map_err(|e| e.to_string())?;
+        if out.status.success() {
+            Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+        } else {
+            Err(String::from_utf8_lossy(&out.stderr).trim().to_string())
+        }
+    }
+
+    /// The address Secrets Manager's name resolves to in `ns` (the VPC's DNS as the
+    /// lab plays it).
+    pub fn resolves(&self, ns: &Netns) -> Option<String> {
+        let hosts = std::fs::read_to_string(format!("/etc/netns/{}/hosts", ns.name)).ok()?;
+        hosts
+            .lines()
+            .find(|l| l.ends_with(SECRETS_MANAGER))
+            .and_then(|l| l.split_whitespace().next())
+            .map(str::to_string)
+    }
+
     /// A host at `ip` in private subnet `subnet` (an index of `world.private_subnets`)
     /// with `groups`: its own namespace and link to the router (which answers ARP for it
     /// in the subnet), registered for the security groups and ACLs. It goes with the
@@ -346,12 +407,17 @@ impl Lab {
         self.vpc.sh(&format!(
             "ip route add {ip}/32 dev {link} && sysctl -qw net.ipv4.conf.s{n}.proxy_arp=1"
         ));
-        self.shared.lock().unwrap().extra.push(ExtraHost {
+        let mut shared = self.shared.lock().unwrap();
+        shared.extra.push(ExtraHost {
             link,
             ip: ip.to_string(),
             subnet: self.world.private_subnets[subnet].clone(),
             groups,
         });
+        shared
+            .dns_hosts
+            .push((ns.name.clone(), self.world.private_subnets[subnet].clone()));
+        drop(shared);
         ns
     }
 
@@ -596,6 +662,10 @@ struct Fabric {
     booting: BTreeMap<String, Instant>,
     /// The security group and network ACL ruleset last applied, and its chains.
     policy: (String, BTreeSet<String>),
+    /// Interface endpoints' network interfaces, as hosts: ENI id -> (namespace, link).
+    endpoints: BTreeMap<String, (Netns, String)>,
+    /// Namespace -> the hosts file written for it (private DNS).
+    resolved: BTreeMap<String, String>,
 }
 
 fn borrowed(name: &str) -> Netns {
@@ -632,6 +702,8 @@ impl Fabric {
             boot_delay: Duration::ZERO,
             booting: BTreeMap::new(),
             policy: Default::default(),
+            endpoints: BTreeMap::new(),
+            resolved: BTreeMap::new(),
         }
     }
 
@@ -656,6 +728,10 @@ impl Fabric {
             }
         }
         self.gateways.clear();
+        self.endpoints.clear();
+        for ns in self.resolved.keys() {
+            let _ = std::fs::remove_dir_all(format!("/etc/netns/{ns}"));
+        }
     }
 
     async fn tick(&mut self) -> Result<(), String> {
@@ -1016,6 +1092,33 @@ impl Fabric {
                 eni_groups.insert(id.to_string(), ids);
             }
         }
+        let azs: BTreeMap<String, String> = subnets
+            .subnets()
+            .iter()
+            .filter_map(|s| {
+                Some((
+                    s.subnet_id()?.to_string(),
+                    s.availability_zone()?.to_string(),
+                ))
+            })
+            .collect();
+        self.endpoints(&enis, &azs).await?;
+        for (eni, (_, link)) in &self.endpoints {
+            let Some(n) = enis
+                .network_interfaces()
+                .iter()
+                .find(|n| n.network_interface_id() == Some(eni.as_str()))
+            else {
+                continue;
+            };
+            let subnet = n.subnet_id().unwrap_or_default();
+            policy.hosts.push(Host {
+                link: link.clone(),
+                subnet_cidr: cidr.get(subnet).cloned().unwrap_or_default(),
+                acl: acl(subnet),
+                groups: Some(eni_groups.get(eni).cloned().unwrap_or_default()),
+            });
+        }
         for (n, subnet) in self.subnets.iter().enumerate() {
             let groups = function_groups
                 .get(subnet)
@@ -1103,6 +1206,126 @@ impl Fabric {
             ));
         }
         self.policy = (rules, chains);
+        Ok(())
+    }
+
+    /// Secrets Manager's interface endpoints: a host for each of their network
+    /// interfaces in the lab's private subnets (at the interface's address, answering
+    /// HTTPS's port with the emulator), and private DNS for the lab's hosts: with the
+    /// endpoint's private DNS on and the VPC's DNS support and hostnames on, the
+    /// service's name resolves to the endpoint (its interface in the host's AZ first);
+    /// otherwise to the public side, on the internet.
+    async fn endpoints(
+        &mut self,
+        enis: &aws_sdk_ec2::operation::describe_network_interfaces::DescribeNetworkInterfacesOutput,
+        azs: &BTreeMap<String, String>,
+    ) -> Result<(), String> {
+        use aws_sdk_ec2::types::{Filter, VpcAttributeName};
+        let in_vpc = Filter::builder()
+            .name("vpc-id")
+            .values(&self.vpc_id)
+            .build();
+        let found = self
+            .ec2
+            .describe_vpc_endpoints()
+            .filters(in_vpc)
+            .send()
+            .await
+            .map_err(|e| format!("DescribeVpcEndpoints: {e:?}"))?;
+        let mut private_dns = false;
+        let mut wanted: BTreeMap<String, (String, String)> = BTreeMap::new();
+        for e in found.vpc_endpoints() {
+            let live = e.state().is_some_and(|s| {
+                matches!(s.as_str().to_lowercase().as_str(), "available" | "pending")
+            });
+            if !live
+                || !e
+                    .service_name()
+                    .is_some_and(|n| n.ends_with(".secretsmanager"))
+            {
+                continue;
+            }
+            private_dns |= e.private_dns_enabled() == Some(true);
+            for id in e.network_interface_ids() {
+                let Some(n) = enis
+                    .network_interfaces()
+                    .iter()
+                    .find(|n| n.network_interface_id() == Some(id.as_str()))
+                else {
+                    continue;
+                };
+                let subnet = n.subnet_id().unwrap_or_default().to_string();
+                if self.subnets.contains(&subnet) {
+                    let ip = n.private_ip_address().unwrap_or_default().to_string();
+                    wanted.insert(id.clone(), (ip, subnet));
+                }
+            }
+        }
+        self.endpoints.retain(|id, (_, link)| {
+            let keep = wanted.contains_key(id);
+            if !keep {
+                let _ = self.vpc.sh_status(&format!("ip link del {link}"));
+            }
+            keep
+        });
+        for (id, (ip, subnet)) in &wanted {
+            if self.endpoints.contains_key(id) {
+                continue;
+            }
+            let (link, k) = self.new_link();
+            let ns = Netns::new(&format!("e{k}"));
+            self.inside(&ns, ip, &link);
+            ns.sh(&format!("ip route add default via {ROUTER} dev in0 onlink"));
+            if let Some(n) = self.subnets.iter().position(|s| s == subnet) {
+                self.vpc
+                    .sh(&format!("sysctl -qw net.ipv4.conf.s{}.proxy_arp=1", n + 1));
+            }
+            ns.forward(format!("{ip}:443").parse().unwrap(), self.emu.port);
+            self.endpoints.insert(id.clone(), (ns, link));
+        }
+        // Private DNS needs the VPC's DNS support and DNS hostnames.
+        let mut dns = true;
+        for a in [
+            VpcAttributeName::EnableDnsSupport,
+            VpcAttributeName::EnableDnsHostnames,
+        ] {
+            let r = self
+                .ec2
+                .describe_vpc_attribute()
+                .vpc_id(&self.vpc_id)
+                .attribute(a)
+                .send()
+                .await
+                .map_err(|e| format!("DescribeVpcAttribute: {e:?}"))?;
+            let on = r
+                .enable_dns_support()
+                .or(r.enable_dns_hostnames())
+                .and_then(|v| v.value())
+                .unwrap_or(false);
+            dns &= on;
+        }
+        let endpoint_ips: Vec<(String, String)> = wanted.values().cloned().collect();
+        let hosts = self.shared.lock().unwrap().dns_hosts.clone();
+        for (ns, subnet) in hosts {
+            let target = if private_dns && dns && !endpoint_ips.is_empty() {
+                endpoint_ips
+                    .iter()
+                    .find(|(_, s)| azs.get(s) == azs.get(&subnet))
+                    .or(endpoint_ips.first())
+                    .map(|(ip, _)| ip.clone())
+                    .unwrap_or_default()
+            } else {
+                INTERNET.to_string()
+            };
+            let content = format!("127.0.0.1 localhost\n{target} {SECRETS_MANAGER}\n");
+            if self.resolved.get(&ns) != Some(&content) {
+                let dir = format!("/etc/netns/{ns}");
+                std::fs::create_dir_all(&dir).map_err(|e| format!("{dir}: {e}"))?;
+                std::fs::write(format!("{dir}/hosts"), &content)
+                    .map_err(|e| format!("{dir}: {e}"))?;
+                self.resolved.insert(ns, content);
+            }
+        }
         Ok(())
     }
 

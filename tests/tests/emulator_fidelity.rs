@@ -499,6 +499,41 @@ async fn security_groups_are_set_as_ec2_sets_them() {
     assert_eq!(i["NetworkInterfaces"][0]["Groups"][0]["GroupId"], sg, "{i}");
     assert!(i["PublicIpAddress"].is_string(), "and a public IP: {i}");
 
+    // An interface endpoint's interfaces: addresses of their subnets, the endpoint's
+    // groups.
+    let e = emu.aws(&[
+        "ec2",
+        "create-vpc-endpoint",
+        "--vpc-id",
+        &w.vpc,
+        "--vpc-endpoint-type",
+        "Interface",
+        "--service-name",
+        "com.amazonaws.eu-west-1.secretsmanager",
+        "--subnet-ids",
+        &w.private_subnets[1],
+        "--security-group-ids",
+        sg,
+    ]);
+    let eni = e["VpcEndpoint"]["NetworkInterfaceIds"][0].as_str().unwrap();
+    let n = emu.aws(&[
+        "ec2",
+        "describe-network-interfaces",
+        "--network-interface-ids",
+        eni,
+    ]);
+    let n = &n["NetworkInterfaces"][0];
+    assert!(
+        n["PrivateIpAddress"]
+            .as_str()
+            .unwrap()
+            .starts_with("10.20.2."),
+        "{n}"
+    );
+    assert_eq!(n["Groups"][0]["GroupId"], sg, "{n}");
+    let id = e["VpcEndpoint"]["VpcEndpointId"].as_str().unwrap();
+    emu.aws(&["ec2", "delete-vpc-endpoints", "--vpc-endpoint-ids", id]);
+
     // Terminated, the instance's interface holds the group a moment longer.
     let id = i["InstanceId"].as_str().unwrap();
     emu.aws(&["ec2", "terminate-instances", "--instance-ids", id]);

@@ -417,6 +417,61 @@ async fn doctor_says_where_packets_break_and_its_fix_lets_them_through() {
     .await;
     assert_eq!(doctor_database(&lab)["ok"], true);
 
+    // The secret, by Secrets Manager's regional name: private DNS sends it to the
+    // endpoint's interface in the function's subnet. When the endpoint's group stops
+    // admitting the function, the read fails although a NAT is there (the name still
+    // resolves to the endpoint), exactly when doctor says the secret is unreachable.
+    for (_, ns) in &lab.private {
+        let value = lab.secret_from(ns, "app/db");
+        assert!(
+            value.as_ref().is_ok_and(|v| v.contains("password")),
+            "{value:?}"
+        );
+    }
+    assert_eq!(doctor_answers(&lab)["secret"]["ok"], true);
+    let sm_sg = group_id("natd-app-secretsmanager");
+    let filter = format!("Name=group-id,Values={sm_sg}");
+    let perms = lab
+        .emu
+        .aws(&["ec2", "describe-security-groups", "--filters", &filter])["SecurityGroups"][0]
+        ["IpPermissions"]
+        .to_string();
+    lab.emu.aws(&[
+        "ec2",
+        "revoke-security-group-ingress",
+        "--group-id",
+        &sm_sg,
+        "--ip-permissions",
+        &perms,
+    ]);
+    until("the secret cut off", Duration::from_secs(20), async || {
+        lab.secret_from(&lab.private[0].1, "app/db")
+            .is_err()
+            .then_some(())
+    })
+    .await;
+    let v = doctor_answers(&lab)["secret"].clone();
+    assert_eq!(v["ok"], false, "{v}");
+    assert!(
+        v["broken"].to_string().contains(&sm_sg),
+        "doctor names SecretsManagerSG: {v}"
+    );
+    lab.emu.aws(&[
+        "ec2",
+        "authorize-security-group-ingress",
+        "--group-id",
+        &sm_sg,
+        "--ip-permissions",
+        &perms,
+    ]);
+    until("the secret back", Duration::from_secs(20), async || {
+        lab.secret_from(&lab.private[0].1, "app/db")
+            .is_ok()
+            .then_some(())
+    })
+    .await;
+    assert_eq!(doctor_answers(&lab)["secret"]["ok"], true);
+
     // A security group: the NAT instance's group stops admitting subnet a.
     let (instance, _) = lab.instances().into_iter().next().unwrap();
     let d = lab

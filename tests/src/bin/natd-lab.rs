@@ -10,7 +10,7 @@
 #![allow(clippy::unwrap_used, missing_docs)]
 
 use natd_tests::emulator::Emulator;
-use natd_tests::lab::{Event, Groups, Lab, SERVER};
+use natd_tests::lab::{Event, Groups, Lab, SECRETS_MANAGER, SERVER};
 use natd_tests::world::IMAGE;
 use std::io::Write;
 use std::sync::Arc;
@@ -255,6 +255,16 @@ async fn story(summary: &mut Vec<(String, String)>) {
     say(&format!(
         "   another host of private-a (10.20.1.20, without LambdaSG) -> database: {other_db}"
     ));
+    let secret = lab.secret_from(&lab.private[0].1, "app/db");
+    let via = lab.resolves(&lab.private[0].1).unwrap_or_default();
+    let fn_secret = answer(
+        secret
+            .map(|_| format!("read by name; {SECRETS_MANAGER} is {via} in the VPC, the endpoint")),
+    );
+    say(&format!(
+        "   function (private-a) -> secret app/db: {fn_secret}"
+    ));
+    summary.push(("function -> secret".into(), fn_secret));
     summary.push(("function -> database".into(), fn_db));
     summary.push(("other host -> database".into(), other_db));
     summary.push((
