@@ -101,3 +101,15 @@ pub fn snapshot(emu: &Emulator, vpc: &str) -> serde_json::Value {
     );
     serde_json::from_slice(&out.stdout).unwrap()
 }
+
+/// `natctl doctor --vpc VPC --lambda FUNCTION --output json`, parsed (`None` when it
+/// printed no JSON).
+pub fn doctor_json(emu: &Emulator, vpc: &str, function: &str) -> Option<serde_json::Value> {
+    let out = natctl(
+        emu,
+        &[
+            "doctor", "--vpc", vpc, "--lambda", function, "--output", "json",
+        ],
+    );
+    serde_json::from_slice(&out.stdout).ok()
+}

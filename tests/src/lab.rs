@@ -180,6 +180,42 @@ impl Drop for Database {
     }
 }
 
+/// Links `ns` (interface `in0`, address `ip`) to the VPC router `vpc` (interface
+/// `link`), with the VPC's addresses behind the router.
+fn attach(vpc: &Netns, ns: &Netns, ip: &str, link: &str) {
+    ns.link(
+        "in0",
+        &format!("{ip}/32"),
+        vpc,
+        link,
+        &format!("{ROUTER}/32"),
+    );
+    ns.sh(&format!(
+        "ip route add {ROUTER} dev in0 && ip route add 10.20.0.0/16 via {ROUTER} dev in0 onlink"
+    ));
+    vpc.sh(&format!("ip route add {ip}/32 dev {link}"));
+}
+
+/// [`attach`] for a host in private subnet number `n` (1-based, router interface
+/// `s{n}`): everything else behind the router too, which answers ARP for the host in
+/// the subnet.
+fn subnet_host(vpc: &Netns, ns: &Netns, ip: &str, link: &str, n: usize) {
+    attach(vpc, ns, ip, link);
+    ns.sh(&format!("ip route add default via {ROUTER} dev in0 onlink"));
+    vpc.sh(&format!("sysctl -qw net.ipv4.conf.s{n}.proxy_arp=1"));
+}
+
+/// A command's answer (stdout) or why it failed (stderr), trimmed.
+fn answer(out: std::io::Result<std::process::Output>) -> Result<String, String> {
+    let out = out.map_err(|e| e.to_string())?;
+    let text = |b: &[u8]| String::from_utf8_lossy(b).trim().to_string();
+    if out.status.success() {
+        Ok(text(&out.stdout))
+    } else {
+        Err(text(&out.stderr))
+    }
+}
+
 /// PostgreSQL's programs (Debian keeps them under /usr/lib/postgresql/VERSION/bin).
 fn pg_bin(program: &str) -> PathBuf {
     let mut versions: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
@@ -211,13 +247,8 @@ impl Database {
             ))
             .args(["-tAc", sql])
             .env("PGPASSWORD", &self.password)
-            .output()
-            .map_err(|e| e.to_string())?;
-        if out.status.success() {
-            Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
-        } else {
-            Err(String::from_utf8_lossy(&out.stderr).trim().to_string())
-        }
+            .output();
+        answer(out)
     }
 }
 
@@ -365,13 +396,8 @@ impl Lab {
             .envs(natd_env())
             .env("AWS_MAX_ATTEMPTS", "1")
             .env_remove("AWS_PROFILE")
-            .output()
-            .map_err(|e| e.to_string())?;
-        if out.status.success() {
-            Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
-        } else {
-            Err(String::from_utf8_lossy(&out.stderr).trim().to_string())
-        }
+            .output();
+        answer(out)
     }
 
     /// The address Secrets Manager's name resolves to in `ns` (the VPC's DNS as the
@@ -394,19 +420,7 @@ impl Lab {
         let k = self.hosts.fetch_add(1, Ordering::SeqCst) + 1;
         let link = format!("x{k}");
         let ns = Netns::new(role);
-        ns.link(
-            "eth0",
-            &format!("{ip}/32"),
-            &self.vpc,
-            &link,
-            &format!("{ROUTER}/32"),
-        );
-        ns.sh(&format!(
-            "ip route add {ROUTER} dev eth0 && ip route add default via {ROUTER} dev eth0 onlink"
-        ));
-        self.vpc.sh(&format!(
-            "ip route add {ip}/32 dev {link} && sysctl -qw net.ipv4.conf.s{n}.proxy_arp=1"
-        ));
+        subnet_host(&self.vpc, &ns, ip, &link, n);
         let mut shared = self.shared.lock().unwrap();
         shared.extra.push(ExtraHost {
             link,
@@ -1274,12 +1288,9 @@ impl Fabric {
             }
             let (link, k) = self.new_link();
             let ns = Netns::new(&format!("e{k}"));
-            self.inside(&ns, ip, &link);
-            ns.sh(&format!("ip route add default via {ROUTER} dev in0 onlink"));
-            if let Some(n) = self.subnets.iter().position(|s| s == subnet) {
-                self.vpc
-                    .sh(&format!("sysctl -qw net.ipv4.conf.s{}.proxy_arp=1", n + 1));
-            }
+            // `wanted` holds only the lab's subnets.
+            let n = self.subnets.iter().position(|s| s == subnet).unwrap_or(0);
+            subnet_host(&self.vpc, &ns, ip, &link, n + 1);
             ns.forward(format!("{ip}:443").parse().unwrap(), self.emu.port);
             self.endpoints.insert(id.clone(), (ns, link));
         }
@@ -1336,17 +1347,7 @@ impl Fabric {
 
     /// Links `ns` (interface `in0`, address `ip`) to the VPC router (interface `link`).
     fn inside(&self, ns: &Netns, ip: &str, link: &str) {
-        ns.link(
-            "in0",
-            &format!("{ip}/32"),
-            &self.vpc,
-            link,
-            &format!("{ROUTER}/32"),
-        );
-        ns.sh(&format!(
-            "ip route add {ROUTER} dev in0 && ip route add 10.20.0.0/16 via {ROUTER} dev in0 onlink"
-        ));
-        self.vpc.sh(&format!("ip route add {ip}/32 dev {link}"));
+        attach(&self.vpc, ns, ip, link);
     }
 
     /// A public interface `dev` in `ns` (with `mac` when given) on the internet's bridge,

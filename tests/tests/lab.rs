@@ -6,7 +6,7 @@
 #![allow(clippy::unwrap_used, missing_docs)]
 
 use natd_tests::app::application;
-use natd_tests::cli::{natctl, snapshot};
+use natd_tests::cli::{doctor_json, natctl, snapshot};
 use natd_tests::emulator::Emulator;
 use natd_tests::lab::{Event, Groups, Lab};
 use natd_tests::world::{IMAGE, text};
@@ -275,20 +275,7 @@ async fn an_instance_whose_forwarding_or_natd_breaks_is_replaced() {
 
 /// doctor's answers for the function `app` (internet, secret, databases), as JSON.
 fn doctor_answers(lab: &Lab) -> serde_json::Value {
-    let out = natctl(
-        &lab.emu,
-        &[
-            "doctor",
-            "--vpc",
-            &lab.world.vpc,
-            "--lambda",
-            "app",
-            "--output",
-            "json",
-        ],
-    );
-    let v: serde_json::Value =
-        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", text(&out)));
+    let v = doctor_json(&lab.emu, &lab.world.vpc, "app").expect("doctor answers in JSON");
     v["answers"][0].clone()
 }
 
@@ -300,6 +287,19 @@ fn doctor_internet(lab: &Lab) -> serde_json::Value {
 /// doctor's answer to "does the function reach its database app-db?".
 fn doctor_database(lab: &Lab) -> serde_json::Value {
     doctor_answers(lab)["databases"]["app-db"].clone()
+}
+
+/// `action` ("revoke" or "authorize") the ingress `permissions` (the AWS CLI's form) on
+/// `group`.
+fn ingress(lab: &Lab, action: &str, group: &str, permissions: &str) {
+    lab.emu.aws(&[
+        "ec2",
+        &format!("{action}-security-group-ingress"),
+        "--group-id",
+        group,
+        "--ip-permissions",
+        permissions,
+    ]);
 }
 
 /// Waits until requests from private subnet `i` pass (`yes`) or fail.
@@ -381,14 +381,7 @@ async fn doctor_says_where_packets_break_and_its_fix_lets_them_through() {
     let rule = format!(
         "IpProtocol=tcp,FromPort=5432,ToPort=5432,UserIdGroupPairs=[{{GroupId={lambda_sg},Description=LambdaSG}}]"
     );
-    lab.emu.aws(&[
-        "ec2",
-        "revoke-security-group-ingress",
-        "--group-id",
-        &db_sg,
-        "--ip-permissions",
-        &rule,
-    ]);
+    ingress(&lab, "revoke", &db_sg, &rule);
     until(
         "the function cut off from its database",
         Duration::from_secs(15),
@@ -401,14 +394,7 @@ async fn doctor_says_where_packets_break_and_its_fix_lets_them_through() {
         v["broken"].to_string().contains(&db_sg),
         "doctor names DatabaseSG: {v}"
     );
-    lab.emu.aws(&[
-        "ec2",
-        "authorize-security-group-ingress",
-        "--group-id",
-        &db_sg,
-        "--ip-permissions",
-        &rule,
-    ]);
+    ingress(&lab, "authorize", &db_sg, &rule);
     until(
         "the function back at its database",
         Duration::from_secs(15),
@@ -436,14 +422,7 @@ async fn doctor_says_where_packets_break_and_its_fix_lets_them_through() {
         .aws(&["ec2", "describe-security-groups", "--filters", &filter])["SecurityGroups"][0]
         ["IpPermissions"]
         .to_string();
-    lab.emu.aws(&[
-        "ec2",
-        "revoke-security-group-ingress",
-        "--group-id",
-        &sm_sg,
-        "--ip-permissions",
-        &perms,
-    ]);
+    ingress(&lab, "revoke", &sm_sg, &perms);
     until("the secret cut off", Duration::from_secs(20), async || {
         lab.secret_from(&lab.private[0].1, "app/db")
             .is_err()
@@ -456,14 +435,7 @@ async fn doctor_says_where_packets_break_and_its_fix_lets_them_through() {
         v["broken"].to_string().contains(&sm_sg),
         "doctor names SecretsManagerSG: {v}"
     );
-    lab.emu.aws(&[
-        "ec2",
-        "authorize-security-group-ingress",
-        "--group-id",
-        &sm_sg,
-        "--ip-permissions",
-        &perms,
-    ]);
+    ingress(&lab, "authorize", &sm_sg, &perms);
     until("the secret back", Duration::from_secs(20), async || {
         lab.secret_from(&lab.private[0].1, "app/db")
             .is_ok()
@@ -482,14 +454,7 @@ async fn doctor_says_where_packets_break_and_its_fix_lets_them_through() {
         .unwrap()
         .to_string();
     let rule = "IpProtocol=-1,IpRanges=[{CidrIp=10.20.1.0/24}]";
-    lab.emu.aws(&[
-        "ec2",
-        "revoke-security-group-ingress",
-        "--group-id",
-        &nat_sg,
-        "--ip-permissions",
-        rule,
-    ]);
+    ingress(&lab, "revoke", &nat_sg, rule);
     reaches(&lab, 0, false).await;
     reaches(&lab, 1, true).await;
     let v = doctor_internet(&lab);
@@ -499,14 +464,7 @@ async fn doctor_says_where_packets_break_and_its_fix_lets_them_through() {
         broken.contains(&nat_sg) && broken.contains("10.20.1.0/24") && !broken.contains("10.20.2."),
         "doctor names the NAT's group and subnet a only: {v}"
     );
-    lab.emu.aws(&[
-        "ec2",
-        "authorize-security-group-ingress",
-        "--group-id",
-        &nat_sg,
-        "--ip-permissions",
-        rule,
-    ]);
+    ingress(&lab, "authorize", &nat_sg, rule);
     reaches(&lab, 0, true).await;
     let v = doctor_internet(&lab);
     assert_eq!(v["ok"], true, "{v}");

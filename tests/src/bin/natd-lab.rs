@@ -67,19 +67,7 @@ async fn wait<T>(
 /// doctor's verdict in a line: its answers for the function and how many findings
 /// break something.
 fn doctor_summary(lab: &Lab) -> String {
-    let out = natd_tests::cli::natctl(
-        &lab.emu,
-        &[
-            "doctor",
-            "--vpc",
-            &lab.world.vpc,
-            "--lambda",
-            "app",
-            "--output",
-            "json",
-        ],
-    );
-    let Ok(v) = serde_json::from_slice::<serde_json::Value>(&out.stdout) else {
+    let Some(v) = natd_tests::cli::doctor_json(&lab.emu, &lab.world.vpc, "app") else {
         return "no answer".into();
     };
     let a = &v["answers"][0];
