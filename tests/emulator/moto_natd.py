@@ -54,6 +54,9 @@ Extensions, each matching documented AWS behaviour:
   then holds its groups (DeleteSecurityGroup answers DependencyViolation); an interface
   endpoint's network interfaces have addresses of their subnets and the endpoint's
   groups (moto: random addresses, no groups).
+- Elastic IPs as AWS gives them: AllocateAddress answers a unique address of a public
+  pool (moto: a random 127.x.y.z loopback address, which no network routes), so the
+  lab's internet gateway can translate it.
 - Strictness, as on AWS: CreateAutoScalingGroup validates its launch template (an image
   that does not exist, an unknown instance type, or an image whose architecture the
   type does not run is a ValidationError), and RunInstances likewise
@@ -95,6 +98,30 @@ from moto.ec2.models.route_tables import Route
 from moto.iam import access_control
 
 LAUNCHING = "autoscaling:EC2_INSTANCE_LAUNCHING"
+
+
+# --- EC2: public addresses -------------------------------------------------------------
+
+import random as _random  # noqa: E402
+
+from moto.ec2.models import elastic_ip_addresses as _eip_models  # noqa: E402
+
+_issued_eips = set()
+_issued_eips_lock = threading.Lock()
+
+
+def _random_public_eip():
+    """An Elastic IP from a public pool (52.208.0.0/12 is an Amazon eu-west-1 range),
+    never one already handed out by this emulator."""
+    with _issued_eips_lock:
+        while True:
+            a = f"52.{_random.randint(208, 223)}.{_random.randint(0, 255)}.{_random.randint(1, 254)}"
+            if a not in _issued_eips:
+                _issued_eips.add(a)
+                return a
+
+
+_eip_models.random_ip = _random_public_eip
 
 
 # --- EC2: blackhole routes -------------------------------------------------------------

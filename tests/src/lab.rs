@@ -2,17 +2,27 @@
 //! that a mistake in natd or natctl shows up as broken traffic.
 //!
 //! ```text
-//!  private-a 10.20.1.10 ─┐                ┌─ NAT instance ns (natd) ─┐
-//!  private-b 10.20.2.10 ─┤ vpc (router) ──┤                          ├── internet 198.51.100.1
-//!                        │  policy routes └─ NAT gateway stand-in ───┘   (server :8080,
-//!                        │  per subnet                                    AWS API :emu)
+//!  private-a 10.20.1.10 ─┐                ┌─ NAT instance (natd), one ENI
+//!  private-b 10.20.2.10 ─┤ vpc (router) ──┼─ NAT gateway stand-ins
+//!  endpoint, database,  ─┘  policy routes └─ internet gateway ── internet 198.51.100.1
+//!  other hosts              per subnet       (1:1 NAT of public     (server :8080,
+//!                                             and Elastic IPs)       AWS API :emu)
 //! ```
 //!
 //! - **The route tables drive the packets.** A fabric thread reads the emulator's route
 //!   tables every [`TICK`] and programs, in the `vpc` router namespace, one routing
-//!   table per private subnet (selected by source address) whose default route follows
-//!   the subnet's route table: to a NAT instance's namespace, to a NAT gateway stand-in,
-//!   a kernel blackhole for a `blackhole` route, nothing when there is no route.
+//!   table per subnet (selected by source address) whose default route follows the
+//!   subnet's route table: to a NAT instance's namespace, to a NAT gateway stand-in, to
+//!   the internet gateway, a kernel blackhole for a `blackhole` route, nothing when
+//!   there is no route. A NAT gateway's own traffic follows its subnet's table.
+//! - **Only public addresses reach the internet.** NAT instances have one interface
+//!   with private addresses only, as on EC2: what they forward leaves through the same
+//!   interface, back to the router, and by their subnet's table to the internet
+//!   gateway, which translates each public IP and Elastic IP the emulator associates
+//!   with a private address 1:1 (both ways) and drops everything else: the internet
+//!   sees the Elastic IP when natd holds one, and an instance without a public address
+//!   (or in a subnet without a route to the gateway) does not reach the internet, nor
+//!   the AWS API.
 //! - **Source/dest check is enforced** outside the instance, as EC2 does: while an
 //!   ENI's check is on, the router drops packets to or from that instance that are not
 //!   addressed to or sent by the instance itself.
@@ -29,8 +39,7 @@
 //!   and natd under a small supervisor that behaves like the systemd unit (restart on
 //!   failure; after 5 failures in a row or exit status 2, `natd --report-unhealthy`).
 //!   An instance that leaves `running` loses its namespace and processes.
-//! - NAT instances and gateways reach the internet, and the AWS API (the emulator), over
-//!   their public side, as on AWS.
+//! - The AWS API (the emulator) is on the internet, as on AWS.
 
 use crate::emulator::{Emulator, Imds, TEST_KEY};
 use crate::netns::Netns;
@@ -53,6 +62,12 @@ pub const SERVER: &str = "198.51.100.1:8080";
 pub const SECRETS_MANAGER: &str = "secretsmanager.eu-west-1.amazonaws.com";
 /// The VPC router's address on every link.
 const ROUTER: &str = "10.20.0.1";
+/// The internet gateway's address on its link to the VPC router.
+const IGW_INSIDE: &str = "169.254.255.2";
+/// The internet gateway's address on the internet.
+const IGW_OUTSIDE: &str = "198.51.100.2";
+/// The router's routing table whose default route is the internet gateway.
+const IGW_TABLE: u32 = 200;
 
 /// Something the lab saw happen, with when.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -122,6 +137,8 @@ struct Gateway {
     _ns: Netns,
     link: String,
     ip: String,
+    /// Its Elastic IP, as the internet gateway translates it.
+    public: String,
     subnet: Option<String>,
 }
 
@@ -183,15 +200,14 @@ impl Drop for Database {
 /// Links `ns` (interface `in0`, address `ip`) to the VPC router `vpc` (interface
 /// `link`), with the VPC's addresses behind the router.
 fn attach(vpc: &Netns, ns: &Netns, ip: &str, link: &str) {
-    ns.link(
-        "in0",
-        &format!("{ip}/32"),
-        vpc,
-        link,
-        &format!("{ROUTER}/32"),
-    );
+    attach_dev(vpc, ns, "in0", ip, link);
+}
+
+/// [`attach`] with the host's interface named `dev`.
+fn attach_dev(vpc: &Netns, ns: &Netns, dev: &str, ip: &str, link: &str) {
+    ns.link(dev, &format!("{ip}/32"), vpc, link, &format!("{ROUTER}/32"));
     ns.sh(&format!(
-        "ip route add {ROUTER} dev in0 && ip route add 10.20.0.0/16 via {ROUTER} dev in0 onlink"
+        "ip route add {ROUTER} dev {dev} && ip route add 10.20.0.0/16 via {ROUTER} dev {dev} onlink"
     ));
     vpc.sh(&format!("ip route add {ip}/32 dev {link}"));
 }
@@ -266,6 +282,7 @@ pub struct Lab {
     pub internet: Netns,
     /// The VPC router namespace.
     pub vpc: Netns,
+    _igw: Netns,
     shared: Arc<Mutex<Shared>>,
     stop: Arc<AtomicBool>,
     fabric: Option<std::thread::JoinHandle<()>>,
@@ -312,6 +329,26 @@ impl Lab {
             "sysctl -qw net.ipv4.ip_forward=1 net.ipv4.conf.all.rp_filter=0 net.ipv4.conf.default.rp_filter=0\n\
              ip rule add to 10.20.0.0/16 lookup main priority 900",
         );
+        // The internet gateway: between the router and the internet, translating the
+        // VPC's public and Elastic IPs 1:1 to private addresses (the fabric programs
+        // the translations); everything else it drops.
+        let igw = Netns::new("igw");
+        attach(&vpc, &igw, IGW_INSIDE, "igw0");
+        igw.sh(&format!(
+            "ip link add eth1 type veth peer name igw1 netns {inet}\n\
+             ip addr add {IGW_OUTSIDE}/24 dev eth1 && ip link set eth1 up && ip route add default via {INTERNET}\n\
+             sysctl -qw net.ipv4.ip_forward=1 net.ipv4.conf.all.rp_filter=0 net.ipv4.conf.default.rp_filter=0\n\
+             iptables -t nat -N IGW-PRE && iptables -t nat -A PREROUTING -j IGW-PRE\n\
+             iptables -t nat -N IGW-POST && iptables -t nat -A POSTROUTING -j IGW-POST\n\
+             iptables -N IGW-FWD && iptables -A FORWARD -j IGW-FWD && iptables -A IGW-FWD -j DROP",
+            inet = internet.name
+        ));
+        internet.sh(&format!(
+            "ip link set igw1 master br0 && ip link set igw1 up && ip route add default via {IGW_OUTSIDE}"
+        ));
+        vpc.sh(&format!(
+            "ip route add default via {IGW_INSIDE} dev igw0 onlink table {IGW_TABLE}"
+        ));
         let mut private = Vec::new();
         for (i, subnet) in world.private_subnets.iter().enumerate() {
             let ns = Netns::new(&format!("priv{i}"));
@@ -340,7 +377,7 @@ impl Lab {
         let stop = Arc::new(AtomicBool::new(false));
         let fabric = {
             let (emu, shared, stop) = (emu.clone(), shared.clone(), stop.clone());
-            let (vpc_name, inet_name) = (vpc.name.clone(), internet.name.clone());
+            let names = (vpc.name.clone(), igw.name.clone());
             let subnets: Vec<String> = world.private_subnets.clone();
             let vpc_id = world.vpc.clone();
             std::thread::spawn(move || {
@@ -348,7 +385,7 @@ impl Lab {
                     .enable_all()
                     .build()
                     .unwrap();
-                let mut fabric = Fabric::new(emu, shared, vpc_id, vpc_name, inet_name, subnets);
+                let mut fabric = Fabric::new(emu, shared, vpc_id, names, subnets);
                 fabric.boot_delay = boot_delay;
                 rt.block_on(fabric.run(stop));
             })
@@ -360,6 +397,7 @@ impl Lab {
             private,
             internet,
             vpc,
+            _igw: igw,
             shared,
             stop,
             fabric: Some(fabric),
@@ -584,6 +622,21 @@ impl Lab {
         self.shared.lock().unwrap().events.clone()
     }
 
+    /// `instance`'s public address (a public IP given at launch or an Elastic IP), as
+    /// the emulator has it: what the internet sees of it.
+    pub async fn public_ip(&self, instance: &str) -> Option<String> {
+        aws_sdk_ec2::Client::new(&self.emu.sdk())
+            .describe_instances()
+            .instance_ids(instance)
+            .send()
+            .await
+            .ok()?
+            .reservations()
+            .iter()
+            .flat_map(|r| r.instances())
+            .find_map(|i| i.public_ip_address().map(str::to_string))
+    }
+
     /// The running instances: id -> namespace name.
     pub fn instances(&self) -> BTreeMap<String, String> {
         self.shared
@@ -660,8 +713,15 @@ struct Fabric {
     shared: Arc<Mutex<Shared>>,
     vpc_id: String,
     vpc: Netns,
-    internet: Netns,
+    igw: Netns,
+    /// The lab's private subnets, in order (routing tables 101, 102, ...).
     subnets: Vec<String>,
+    /// Every subnet of the VPC: its CIDR and AZ.
+    subnet_info: BTreeMap<String, (String, String)>,
+    /// The routing tables of the VPC's other subnets (public ones): subnet -> table.
+    tables: BTreeMap<String, u32>,
+    /// The internet gateway's translations as applied: private address -> public.
+    translations: BTreeMap<String, String>,
     instances: BTreeMap<String, Instance>,
     gateways: BTreeMap<String, Gateway>,
     programmed: BTreeMap<String, String>,
@@ -691,8 +751,7 @@ impl Fabric {
         emu: Arc<Emulator>,
         shared: Arc<Mutex<Shared>>,
         vpc_id: String,
-        vpc: String,
-        internet: String,
+        (vpc, igw): (String, String),
         subnets: Vec<String>,
     ) -> Self {
         let ec2 = aws_sdk_ec2::Client::new(&emu.sdk());
@@ -704,8 +763,11 @@ impl Fabric {
             shared,
             vpc_id,
             vpc: borrowed(&vpc),
-            internet: borrowed(&internet),
+            igw: borrowed(&igw),
             subnets,
+            subnet_info: BTreeMap::new(),
+            tables: BTreeMap::new(),
+            translations: BTreeMap::new(),
             instances: BTreeMap::new(),
             gateways: BTreeMap::new(),
             programmed: BTreeMap::new(),
@@ -752,6 +814,43 @@ impl Fabric {
         use aws_sdk_ec2::types::Filter;
         let vpc_id = self.vpc_id.clone();
         let in_vpc = || Filter::builder().name("vpc-id").values(&vpc_id).build();
+        // Subnets: each routes by its own table, selected by source address.
+        let subnets = self
+            .ec2
+            .describe_subnets()
+            .filters(in_vpc())
+            .send()
+            .await
+            .map_err(|e| format!("DescribeSubnets: {e:?}"))?;
+        self.subnet_info = subnets
+            .subnets()
+            .iter()
+            .filter_map(|s| {
+                Some((
+                    s.subnet_id()?.to_string(),
+                    (
+                        s.cidr_block()?.to_string(),
+                        s.availability_zone().unwrap_or_default().to_string(),
+                    ),
+                ))
+            })
+            .collect();
+        for (id, (cidr, _)) in &self.subnet_info {
+            if self.subnets.contains(id) || self.tables.contains_key(id) {
+                continue;
+            }
+            let table = 120 + self.tables.len() as u32;
+            if self
+                .vpc
+                .sh_status(&format!(
+                    "ip rule add from {cidr} lookup {table} priority 1000"
+                ))
+                .status
+                .success()
+            {
+                self.tables.insert(id.clone(), table);
+            }
+        }
         // Instances.
         let r = self
             .ec2
@@ -848,17 +947,21 @@ impl Fabric {
             .send()
             .await
             .map_err(|e| format!("DescribeNatGateways: {e:?}"))?;
-        let available: BTreeMap<String, (String, Option<String>)> = g
+        let available: BTreeMap<String, (String, String, Option<String>)> = g
             .nat_gateways()
             .iter()
             .filter(|g| g.state().is_some_and(|s| s.as_str() == "available"))
             .map(|g| {
+                let address = g.nat_gateway_addresses().first();
                 (
                     g.nat_gateway_id().unwrap_or_default().to_string(),
                     (
-                        g.nat_gateway_addresses()
-                            .first()
+                        address
                             .and_then(|a| a.private_ip())
+                            .unwrap_or_default()
+                            .to_string(),
+                        address
+                            .and_then(|a| a.public_ip())
                             .unwrap_or_default()
                             .to_string(),
                         g.subnet_id().map(str::to_string),
@@ -874,12 +977,15 @@ impl Fabric {
             .collect();
         for id in old {
             if let Some(g) = self.gateways.remove(&id) {
-                self.vpc.sh_status(&format!("ip link del {}", g.link));
+                self.vpc.sh_status(&format!(
+                    "ip link del {}; ip rule del from {} priority 950",
+                    g.link, g.ip
+                ));
             }
         }
-        for (id, (ip, subnet)) in &available {
+        for (id, (ip, public, subnet)) in &available {
             if !self.gateways.contains_key(id) {
-                self.gateway(id, ip, subnet.clone());
+                self.gateway(id, ip, public, subnet.clone());
             }
         }
         // Routes: each private subnet follows its route table.
@@ -891,7 +997,15 @@ impl Fabric {
             .await
             .map_err(|e| format!("DescribeRouteTables: {e:?}"))?;
         let tables = t.route_tables();
-        for (n, subnet) in self.subnets.clone().iter().enumerate() {
+        let routed: Vec<(String, u32, bool)> = self
+            .subnets
+            .iter()
+            .enumerate()
+            .map(|(n, s)| (s.clone(), 101 + n as u32, true))
+            .chain(self.tables.iter().map(|(s, t)| (s.clone(), *t, false)))
+            .collect();
+        for (subnet, table_no, private) in &routed {
+            let subnet = subnet.as_str();
             let table = tables
                 .iter()
                 .find(|t| {
@@ -921,13 +1035,14 @@ impl Fabric {
                             .find(|(_, i)| i.eni == e)
                             .map(|(id, _)| id.clone())
                             .unwrap_or_else(|| "blackhole".into())
+                    } else if let Some(g) = r.gateway_id().filter(|g| g.starts_with("igw-")) {
+                        g.to_string()
                     } else {
                         "none".to_string()
                     }
                 }
             };
-            if self.programmed.get(subnet) != Some(&hop) {
-                let table_no = 101 + n;
+            if self.programmed.get(subnet).map(String::as_str) != Some(hop.as_str()) {
                 let via = self
                     .instances
                     .get(&hop)
@@ -936,12 +1051,16 @@ impl Fabric {
                         self.gateways
                             .get(&hop)
                             .map(|g| (g.ip.clone(), g.link.clone()))
+                    })
+                    .or_else(|| {
+                        hop.starts_with("igw-")
+                            .then(|| (IGW_INSIDE.to_string(), "igw0".to_string()))
                     });
                 // A target the lab does not run yet (it appeared between this tick's
                 // reads) keeps the current path for a few ticks, like AWS's route
                 // propagation; one that never runs drops, like a blackhole.
                 if via.is_none() && hop != "none" && hop != "blackhole" {
-                    let waited = self.unknown.entry(subnet.clone()).or_insert(0);
+                    let waited = self.unknown.entry(subnet.to_string()).or_insert(0);
                     *waited += 1;
                     if *waited < 10 {
                         continue;
@@ -958,13 +1077,15 @@ impl Fabric {
                     _ => format!("ip route replace blackhole default table {table_no}"),
                 };
                 if self.vpc.sh_status(&cmd).status.success() {
-                    self.programmed.insert(subnet.clone(), hop.clone());
-                    self.shared
-                        .lock()
-                        .unwrap()
-                        .routes
-                        .insert(subnet.clone(), hop.clone());
-                    self.event(Event::Route(subnet.clone(), hop));
+                    self.programmed.insert(subnet.to_string(), hop.clone());
+                    if *private {
+                        self.shared
+                            .lock()
+                            .unwrap()
+                            .routes
+                            .insert(subnet.to_string(), hop.clone());
+                        self.event(Event::Route(subnet.to_string(), hop));
+                    }
                 }
             }
         }
@@ -982,17 +1103,10 @@ impl Fabric {
                 .values(&self.vpc_id)
                 .build()
         };
-        let subnets = self
-            .ec2
-            .describe_subnets()
-            .filters(in_vpc())
-            .send()
-            .await
-            .map_err(|e| format!("DescribeSubnets: {e:?}"))?;
-        let cidr: BTreeMap<String, String> = subnets
-            .subnets()
+        let cidr: BTreeMap<String, String> = self
+            .subnet_info
             .iter()
-            .filter_map(|s| Some((s.subnet_id()?.to_string(), s.cidr_block()?.to_string())))
+            .map(|(id, (c, _))| (id.clone(), c.clone()))
             .collect();
         let acls = self
             .ec2
@@ -1106,17 +1220,37 @@ impl Fabric {
                 eni_groups.insert(id.to_string(), ids);
             }
         }
-        let azs: BTreeMap<String, String> = subnets
-            .subnets()
+        let azs: BTreeMap<String, String> = self
+            .subnet_info
             .iter()
-            .filter_map(|s| {
-                Some((
-                    s.subnet_id()?.to_string(),
-                    s.availability_zone()?.to_string(),
-                ))
-            })
+            .map(|(id, (_, az))| (id.clone(), az.clone()))
             .collect();
         self.endpoints(&enis, &azs).await?;
+        // The internet gateway translates every public address the VPC's interfaces
+        // hold (a public IP given at launch, an Elastic IP) and the gateways' addresses.
+        let mut translations = BTreeMap::new();
+        for n in enis.network_interfaces() {
+            // The interface's association is its primary address's; each address may
+            // carry its own (an Elastic IP on a secondary address).
+            if let (Some(private), Some(public)) = (
+                n.private_ip_address(),
+                n.association().and_then(|x| x.public_ip()),
+            ) {
+                translations.insert(private.to_string(), public.to_string());
+            }
+            for a in n.private_ip_addresses() {
+                if let (Some(private), Some(public)) = (
+                    a.private_ip_address(),
+                    a.association().and_then(|x| x.public_ip()),
+                ) {
+                    translations.insert(private.to_string(), public.to_string());
+                }
+            }
+        }
+        for g in self.gateways.values() {
+            translations.insert(g.ip.clone(), g.public.clone());
+        }
+        self.translate(translations)?;
         for (eni, (_, link)) in &self.endpoints {
             let Some(n) = enis
                 .network_interfaces()
@@ -1350,33 +1484,71 @@ impl Fabric {
         attach(&self.vpc, ns, ip, link);
     }
 
-    /// A public interface `dev` in `ns` (with `mac` when given) on the internet's bridge,
-    /// and the default route through it.
-    fn uplink(&self, ns: &Netns, dev: &str, mac: Option<&str>, public: &str, k: u32) {
-        ns.sh(&format!(
-            "ip link add {dev} type veth peer name u{k} netns {}",
-            self.internet.name
-        ));
-        if let Some(mac) = mac {
-            ns.sh(&format!("ip link set {dev} address {mac}"));
+    /// Programs the internet gateway's 1:1 translations (private address -> public),
+    /// when they changed: a translated address reaches the internet and is reachable
+    /// from it; other addresses do neither. Connections through a translation that
+    /// went or changed are forgotten, as their packets now translate differently.
+    fn translate(&mut self, wanted: BTreeMap<String, String>) -> Result<(), String> {
+        if wanted == self.translations {
+            return Ok(());
         }
-        ns.sh(&format!(
-            "ip addr add {public}/24 dev {dev} && ip link set {dev} up && ip route add default via {INTERNET}"
+        let mut nat = String::from("*nat\n-F IGW-PRE\n-F IGW-POST\n");
+        let mut filter = String::from(
+            "*filter\n-F IGW-FWD\n-A IGW-FWD -m conntrack --ctstate ESTABLISHED,RELATED -j ACCEPT\n",
+        );
+        let mut routes = String::new();
+        for (private, public) in &wanted {
+            nat.push_str(&format!(
+                "-A IGW-PRE -i eth1 -d {public}/32 -j DNAT --to-destination {private}\n\
+                 -A IGW-POST -o eth1 -s {private}/32 -j SNAT --to-source {public}\n"
+            ));
+            filter.push_str(&format!(
+                "-A IGW-FWD -i in0 -o eth1 -s {private}/32 -j ACCEPT\n\
+                 -A IGW-FWD -i eth1 -o in0 -d {private}/32 -j ACCEPT\n"
+            ));
+            if !private.starts_with("10.20.") {
+                routes.push_str(&format!(
+                    "ip route replace {private}/32 via {ROUTER} dev in0 onlink\n"
+                ));
+            }
+        }
+        nat.push_str("COMMIT\n");
+        filter.push_str("-A IGW-FWD -j DROP\nCOMMIT\n");
+        let out = self.igw.sh_status(&format!(
+            "printf '%s' '{nat}{filter}' | iptables-restore --noflush\n{routes}"
         ));
-        self.internet.sh(&format!(
-            "ip link set u{k} master br0 && ip link set u{k} up"
-        ));
+        if !out.status.success() {
+            return Err(format!(
+                "internet gateway: {}",
+                String::from_utf8_lossy(&out.stderr)
+            ));
+        }
+        let mut forget = String::new();
+        for (private, public) in &self.translations {
+            if wanted.get(private) != Some(public) {
+                forget.push_str(&format!(
+                    "conntrack -D -s {private} 2>/dev/null; conntrack -D -d {public} 2>/dev/null; "
+                ));
+            }
+        }
+        if !forget.is_empty() {
+            self.igw.sh_status(&format!("{forget}true"));
+        }
+        self.translations = wanted;
+        Ok(())
     }
 
     /// Gives a running instance its namespace, IMDS fixture and natd.
     fn boot(&mut self, id: &str, stack: &str, eni: &str, mac: &str, ip: &str, subnet: &str) {
         let (link, k) = self.new_link();
         let ns = Netns::new(&format!("i{k}"));
-        // Inside: the instance's private address, behind the VPC router.
-        self.inside(&ns, ip, &link);
-        // Outside: the ENI's MAC and a public address on the internet's bridge.
-        let public = format!("198.51.100.{}", 10 + (k % 180));
-        self.uplink(&ns, "ens5", Some(mac), &public, k);
+        // One interface, as on EC2: the ENI (its MAC, its private address) behind the
+        // VPC router, which is also the way out; the internet gateway translates the
+        // instance's public or Elastic IP.
+        attach_dev(&self.vpc, &ns, "ens5", ip, &link);
+        ns.sh(&format!(
+            "ip link set ens5 address {mac} && ip route add default via {ROUTER} dev ens5 onlink"
+        ));
         let imds = self.emu.imds(id);
         ns.forward_loopback(imds.port);
         let config = self.dir.path().join(format!("{id}.toml"));
@@ -1413,25 +1585,44 @@ impl Fabric {
         self.event(Event::Booted(id.to_string()));
     }
 
-    /// A NAT gateway stand-in: masquerades the VPC out of its public address.
-    fn gateway(&mut self, id: &str, ip: &str, subnet: Option<String>) {
+    /// A NAT gateway stand-in: masquerades the VPC to its private address and sends
+    /// it on by its subnet's route table (a regional gateway, in no subnet, straight to
+    /// the internet gateway), which translates its Elastic IP.
+    fn gateway(&mut self, id: &str, ip: &str, public: &str, subnet: Option<String>) {
         let (link, k) = self.new_link();
         let ip = if ip.is_empty() {
             format!("10.20.0.{}", 200 + (k % 50))
         } else {
             ip.to_string()
         };
+        let public = if public.is_empty() {
+            format!("203.0.113.{}", 1 + (k % 250))
+        } else {
+            public.to_string()
+        };
         let ns = Netns::new(&format!("g{k}"));
         self.inside(&ns, &ip, &link);
-        let public = format!("198.51.100.{}", 200 + (k % 50));
-        self.uplink(&ns, "eth1", None, &public, k);
-        ns.sh("sysctl -qw net.ipv4.ip_forward=1 && iptables -t nat -A POSTROUTING -o eth1 -j MASQUERADE");
+        ns.sh(&format!(
+            "ip route add default via {ROUTER} dev in0 onlink && sysctl -qw net.ipv4.ip_forward=1\n\
+             iptables -t nat -A POSTROUTING -s 10.20.0.0/16 ! -d 10.20.0.0/16 -j MASQUERADE"
+        ));
+        let table = subnet
+            .as_ref()
+            .and_then(|s| {
+                let n = self.subnets.iter().position(|p| p == s);
+                n.map(|n| 101 + n as u32).or(self.tables.get(s).copied())
+            })
+            .unwrap_or(IGW_TABLE);
+        self.vpc.sh(&format!(
+            "ip rule add from {ip} lookup {table} priority 950"
+        ));
         self.gateways.insert(
             id.to_string(),
             Gateway {
                 _ns: ns,
                 link,
                 ip,
+                public,
                 subnet,
             },
         );

@@ -220,16 +220,38 @@ impl World {
         })
     }
 
-    /// A plain instance in the public subnet tagged `natd:stack=<stack>`.
+    /// A plain instance in the public subnet tagged `natd:stack=<stack>`, without a
+    /// public IP (the subnet does not map one on launch).
     pub async fn instance(&self, stack: &str) -> String {
-        let r = self
+        self.launch(stack, false).await
+    }
+
+    /// [`World::instance`] with a public IP, as natctl's launch template asks: without
+    /// one an instance reaches neither the internet nor the AWS API.
+    pub async fn instance_with_public_ip(&self, stack: &str) -> String {
+        self.launch(stack, true).await
+    }
+
+    async fn launch(&self, stack: &str, public_ip: bool) -> String {
+        let run = self
             .ec2
             .run_instances()
             .image_id(IMAGE)
             .instance_type(aws_sdk_ec2::types::InstanceType::T4gMicro)
             .min_count(1)
-            .max_count(1)
-            .subnet_id(&self.public_subnet)
+            .max_count(1);
+        let run = if public_ip {
+            run.network_interfaces(
+                aws_sdk_ec2::types::InstanceNetworkInterfaceSpecification::builder()
+                    .device_index(0)
+                    .subnet_id(&self.public_subnet)
+                    .associate_public_ip_address(true)
+                    .build(),
+            )
+        } else {
+            run.subnet_id(&self.public_subnet)
+        };
+        let r = run
             .tag_specifications(tags(ResourceType::Instance, &[(STACK_TAG, stack)]))
             // As natctl's launch template tags the NAT instance's ENI.
             .tag_specifications(tags(ResourceType::NetworkInterface, &[(STACK_TAG, stack)]))
