@@ -268,6 +268,65 @@ impl Database {
     }
 }
 
+/// The function's stand-in running in a lab namespace (`lab-function`): its init read
+/// the secret and opened the database connection once; each [`Function::invoke`]
+/// reuses them. Stops when dropped.
+pub struct Function {
+    child: Child,
+    input: std::process::ChildStdin,
+    lines: std::sync::mpsc::Receiver<String>,
+    /// From the process's start to the end of its init.
+    pub init: Duration,
+    /// How long init took to read the secret.
+    pub secret: Duration,
+    /// How long init took to open the database connection.
+    pub connect: Duration,
+}
+
+/// One invocation's answer.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Invocation {
+    /// The database's answer (or why none, in parentheses).
+    pub db: String,
+    /// The address the internet server saw (or why none, in parentheses).
+    pub internet: String,
+    /// How long the invocation took inside the handler.
+    pub took: Duration,
+}
+
+impl Function {
+    /// One invocation: a query on the open connection and a request to the internet.
+    /// `Err` carries the handler's words when either failed.
+    pub fn invoke(&mut self) -> Result<Invocation, String> {
+        use std::io::Write;
+        writeln!(self.input, "invoke").map_err(|e| format!("handler gone: {e}"))?;
+        let line = self
+            .lines
+            .recv_timeout(Duration::from_secs(10))
+            .map_err(|_| "handler silent".to_string())?;
+        let field = |k: &str| {
+            line.split_whitespace()
+                .find_map(|w| w.strip_prefix(&format!("{k}=")).map(str::to_string))
+                .unwrap_or_default()
+        };
+        if !line.starts_with("ok ") {
+            return Err(line);
+        }
+        Ok(Invocation {
+            db: field("db"),
+            internet: field("internet"),
+            took: Duration::from_secs_f64(field("ms").parse::<f64>().unwrap_or(0.0) / 1000.0),
+        })
+    }
+}
+
+impl Drop for Function {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 /// The lab: namespaces, the fabric thread, and the emulator's VPC they follow.
 pub struct Lab {
     /// The emulator.
@@ -436,6 +495,65 @@ impl Lab {
             .env_remove("AWS_PROFILE")
             .output();
         answer(out)
+    }
+
+    /// Starts the function's handler in `ns` (a stand-in namespace, carrying the
+    /// function's groups): its init reads `secret` (by Secrets Manager's regional name,
+    /// resolved and routed as the VPC does) and connects to `db` with the secret's
+    /// password, once. The handler, or why its init failed.
+    pub fn function(&self, ns: &Netns, secret: &str, db: &Database) -> Result<Function, String> {
+        use std::io::BufRead;
+        let started = Instant::now();
+        let mut child = ns
+            .command(&crate::bin("lab-function"))
+            .args([secret, &db.ip, &db.user, SERVER])
+            .envs(natd_env())
+            .env("LAB_PSQL", pg_bin("psql"))
+            .env_remove("AWS_ENDPOINT_URL")
+            .env_remove("AWS_PROFILE")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|e| format!("lab-function: {e}"))?;
+        let (tx, lines) = std::sync::mpsc::channel();
+        let out = child.stdout.take().ok_or("lab-function: no stdout")?;
+        std::thread::spawn(move || {
+            for l in std::io::BufReader::new(out).lines().map_while(Result::ok) {
+                if tx.send(l).is_err() {
+                    return;
+                }
+            }
+        });
+        let input = child.stdin.take().ok_or("lab-function: no stdin")?;
+        let mut f = Function {
+            child,
+            input,
+            lines,
+            init: Duration::ZERO,
+            secret: Duration::ZERO,
+            connect: Duration::ZERO,
+        };
+        let ready = f
+            .lines
+            .recv_timeout(Duration::from_secs(20))
+            .map_err(|_| "init: no answer".to_string())?;
+        f.init = started.elapsed();
+        let ms = |k: &str| {
+            ready
+                .split_whitespace()
+                .find_map(|w| w.strip_prefix(&format!("{k}=")))
+                .and_then(|v| v.parse::<u64>().ok())
+                .map(Duration::from_millis)
+        };
+        match (ms("secret_ms"), ms("db_ms")) {
+            (Some(s), Some(d)) if ready.starts_with("ready ") => {
+                f.secret = s;
+                f.connect = d;
+                Ok(f)
+            }
+            _ => Err(ready),
+        }
     }
 
     /// The address Secrets Manager's name resolves to in `ns` (the VPC's DNS as the

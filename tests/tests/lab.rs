@@ -388,6 +388,19 @@ async fn doctor_says_where_packets_break_and_its_fix_lets_them_through() {
         "{refused:?}"
     );
     assert_eq!(doctor_database(&lab)["ok"], true);
+    // The function's handler in each subnet: its init reads the secret (through the
+    // endpoint) and connects to the database once; every invocation reuses both and
+    // reaches the internet through natd, whose public IP the server sees.
+    let (instance, _) = lab.instances().into_iter().next().unwrap();
+    let public = lab.public_ip(&instance).await;
+    for (_, ns) in &lab.private {
+        let mut f = lab.function(ns, "app/db", &db).expect("the function's init");
+        for _ in 0..3 {
+            let i = f.invoke().expect("an invocation");
+            assert_eq!(i.db, "answered");
+            assert_eq!(Some(i.internet), public);
+        }
+    }
     let group_id = |name: &str| {
         let filter = format!("Name=group-name,Values={name}");
         lab.emu
