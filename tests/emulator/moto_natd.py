@@ -63,7 +63,8 @@ Extensions, each matching documented AWS behaviour:
   (InvalidAMIID.NotFound, InvalidParameterValue); IAM role and instance profile names
   over 64 characters are a ValidationError; an interface endpoint with private DNS
   needs the VPC's enableDnsSupport and enableDnsHostnames, and only one per service
-  and VPC may have it (InvalidParameter).
+  and VPC may have it (InvalidParameter), at creation and when ModifyVpcEndpoint turns
+  it on (moto ignores PrivateDnsEnabled there).
 - Every API call is recorded by operation name; GET /natd-test/calls answers the list
   (JSON), so tests and benchmarks can count calls and prove a run made no mutating one.
 - GET /natd-test/cut?after=K makes every mutating call after the next K answer 503
@@ -730,6 +731,44 @@ def _create_vpc_endpoint(self, vpc_id, service_name, endpoint_type, *args, **kwa
 
 
 VPCBackend.create_vpc_endpoint = _create_vpc_endpoint
+
+from moto.ec2.responses import vpcs as _vpc_responses  # noqa: E402
+
+_orig_modify_vpc_endpoint = _vpc_responses.VPCs.modify_vpc_endpoint
+
+
+def _modify_vpc_endpoint(self):
+    """ModifyVpcEndpoint PrivateDnsEnabled, which moto ignores: turning it on has the
+    same conditions as at creation (the VPC's DNS support and hostnames, no other
+    endpoint of the service in the VPC with private DNS)."""
+    wanted = self._get_param("PrivateDnsEnabled")
+    if wanted is not None:
+        on = str(wanted).lower() == "true"
+        endpoint_id = self._get_param("VpcEndpointId")
+        endpoint = self.ec2_backend.describe_vpc_endpoints(vpc_end_point_ids=[endpoint_id])[0]
+        if on and not endpoint.private_dns_enabled:
+            vpc = self.ec2_backend.get_vpc(endpoint.vpc_id)
+            if not (vpc.enable_dns_support and vpc.enable_dns_hostnames):
+                raise EC2ClientError(
+                    "InvalidParameter",
+                    f"Enabling private DNS requires both enableDnsSupport and enableDnsHostnames VPC attributes set to true for {endpoint.vpc_id}",
+                )
+            for e in self.ec2_backend.vpc_end_points.values():
+                if (
+                    e is not endpoint
+                    and e.vpc_id == endpoint.vpc_id
+                    and e.service_name == endpoint.service_name
+                    and e.private_dns_enabled
+                ):
+                    raise EC2ClientError(
+                        "InvalidParameter",
+                        f"private-dns-enabled cannot be set because there is already a conflicting DNS domain for {endpoint.service_name} in the VPC {endpoint.vpc_id}",
+                    )
+        endpoint.private_dns_enabled = on
+    return _orig_modify_vpc_endpoint(self)
+
+
+_vpc_responses.VPCs.modify_vpc_endpoint = _modify_vpc_endpoint
 
 
 # --- Lambda's network interfaces; security groups in use -----------------------------

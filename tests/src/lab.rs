@@ -1546,8 +1546,9 @@ impl Fabric {
             ns.forward(format!("{ip}:443").parse().unwrap(), self.emu.port);
             self.endpoints.insert(id.clone(), (ns, link));
         }
-        // Private DNS needs the VPC's DNS support and DNS hostnames.
-        let mut dns = true;
+        // The VPC's resolver answers only with DNS support on; private DNS needs DNS
+        // hostnames too.
+        let mut dns = Vec::new();
         for a in [
             VpcAttributeName::EnableDnsSupport,
             VpcAttributeName::EnableDnsHostnames,
@@ -1565,12 +1566,15 @@ impl Fabric {
                 .or(r.enable_dns_hostnames())
                 .and_then(|v| v.value())
                 .unwrap_or(false);
-            dns &= on;
+            dns.push(on);
         }
+        let (support, hostnames) = (dns[0], dns[1]);
         let endpoint_ips: Vec<(String, String)> = wanted.values().cloned().collect();
         let hosts = self.shared.lock().unwrap().dns_hosts.clone();
         for (ns, subnet) in hosts {
-            let target = if private_dns && dns && !endpoint_ips.is_empty() {
+            let target = if !support {
+                String::new()
+            } else if private_dns && hostnames && !endpoint_ips.is_empty() {
                 endpoint_ips
                     .iter()
                     .find(|(_, s)| azs.get(s) == azs.get(&subnet))
@@ -1580,12 +1584,24 @@ impl Fabric {
             } else {
                 INTERNET.to_string()
             };
-            let content = format!("127.0.0.1 localhost\n{target} {SECRETS_MANAGER}\n");
+            // Without DNS support the name does not resolve at all.
+            let content = if target.is_empty() {
+                "127.0.0.1 localhost\n".to_string()
+            } else {
+                format!("127.0.0.1 localhost\n{target} {SECRETS_MANAGER}\n")
+            };
             if self.resolved.get(&ns) != Some(&content) {
                 let dir = format!("/etc/netns/{ns}");
                 std::fs::create_dir_all(&dir).map_err(|e| format!("{dir}: {e}"))?;
                 std::fs::write(format!("{dir}/hosts"), &content)
                     .map_err(|e| format!("{dir}: {e}"))?;
+                // The lab's names are in the hosts file only: a name not there fails at
+                // once instead of waiting on the machine's own resolver.
+                std::fs::write(
+                    format!("{dir}/resolv.conf"),
+                    "nameserver 127.0.0.1\noptions timeout:1 attempts:1\n",
+                )
+                .map_err(|e| format!("{dir}: {e}"))?;
                 self.resolved.insert(ns, content);
             }
         }

@@ -394,7 +394,9 @@ async fn doctor_says_where_packets_break_and_its_fix_lets_them_through() {
     let (instance, _) = lab.instances().into_iter().next().unwrap();
     let public = lab.public_ip(&instance).await;
     for (_, ns) in &lab.private {
-        let mut f = lab.function(ns, "app/db", &db).expect("the function's init");
+        let mut f = lab
+            .function(ns, "app/db", &db)
+            .expect("the function's init");
         for _ in 0..3 {
             let i = f.invoke().expect("an invocation");
             assert_eq!(i.db, "answered");
@@ -625,4 +627,113 @@ async fn doctor_says_where_packets_break_and_its_fix_lets_them_through() {
     egress(&lab, Duration::from_secs(90)).await;
     let v = doctor_internet(&lab);
     assert_eq!(v["ok"], true, "{v}");
+
+    // The endpoint's private DNS off: the name resolves to the public side, so the
+    // secret goes through the NAT. When the NAT's group then stops admitting subnet a,
+    // the function's init fails there, as doctor says (private DNS off, and the NAT's
+    // group), and doctor's fix (private DNS on) brings the secret back through the
+    // endpoint while the internet stays broken.
+    let (a, secret_ok) = (&lab.private[0].1, |r: Result<String, String>| {
+        r.is_ok_and(|v| v.contains("password"))
+    });
+    let filter = format!("Name=vpc-id,Values={}", lab.world.vpc);
+    let endpoint = lab
+        .emu
+        .aws(&["ec2", "describe-vpc-endpoints", "--filters", &filter])["VpcEndpoints"][0]
+        ["VpcEndpointId"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let private_dns = |on: bool| {
+        let flag = if on {
+            "--private-dns-enabled"
+        } else {
+            "--no-private-dns-enabled"
+        };
+        lab.emu.aws(&[
+            "ec2",
+            "modify-vpc-endpoint",
+            "--vpc-endpoint-id",
+            &endpoint,
+            flag,
+        ]);
+    };
+    private_dns(false);
+    until(
+        "the name to resolve publicly",
+        Duration::from_secs(10),
+        async || (lab.resolves(a).as_deref() == Some(natd_tests::lab::INTERNET)).then_some(()),
+    )
+    .await;
+    assert!(secret_ok(lab.secret_from(a, "app/db")), "through the NAT");
+    let v = doctor_answers(&lab)["secret"].clone();
+    assert_eq!(v["ok"], true, "{v}");
+    assert!(v.to_string().contains("private DNS off"), "{v}");
+    let nat_sg = lab.emu.aws(&[
+        "ec2",
+        "describe-instances",
+        "--instance-ids",
+        lab.instances().keys().next().unwrap(),
+    ])["Reservations"][0]["Instances"][0]["SecurityGroups"][0]["GroupId"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let nat_rule = "IpProtocol=-1,IpRanges=[{CidrIp=10.20.1.0/24}]";
+    ingress(&lab, "revoke", &nat_sg, nat_rule);
+    reaches(&lab, 0, false).await;
+    assert!(!secret_ok(lab.secret_from(a, "app/db")));
+    let v = doctor_answers(&lab)["secret"].clone();
+    assert_eq!(v["ok"], false, "{v}");
+    let broken = v["broken"].to_string();
+    assert!(
+        broken.contains("private DNS off") && broken.contains(&nat_sg),
+        "doctor names private DNS and the NAT's group: {v}"
+    );
+    private_dns(true);
+    until(
+        "the secret back through the endpoint",
+        Duration::from_secs(15),
+        async || secret_ok(lab.secret_from(a, "app/db")).then_some(()),
+    )
+    .await;
+    assert!(lab.fetch(0).is_err(), "the internet is still cut off");
+    assert_eq!(doctor_answers(&lab)["secret"]["ok"], true);
+    ingress(&lab, "authorize", &nat_sg, nat_rule);
+    reaches(&lab, 0, true).await;
+
+    // The VPC's DNS support off: the name resolves nowhere, the secret fails from both
+    // subnets, as doctor says, until DNS support is back.
+    let dns_support = |on: bool| {
+        let flag = if on {
+            "--enable-dns-support"
+        } else {
+            "--no-enable-dns-support"
+        };
+        lab.emu.aws(&[
+            "ec2",
+            "modify-vpc-attribute",
+            "--vpc-id",
+            &lab.world.vpc,
+            flag,
+        ]);
+    };
+    dns_support(false);
+    until(
+        "the name not to resolve",
+        Duration::from_secs(10),
+        async || lab.resolves(a).is_none().then_some(()),
+    )
+    .await;
+    for (_, ns) in &lab.private {
+        assert!(!secret_ok(lab.secret_from(ns, "app/db")));
+    }
+    let v = doctor_answers(&lab)["secret"].clone();
+    assert_eq!(v["ok"], false, "{v}");
+    assert!(v["broken"].to_string().contains("enableDnsSupport"), "{v}");
+    dns_support(true);
+    until("the secret back", Duration::from_secs(15), async || {
+        secret_ok(lab.secret_from(a, "app/db")).then_some(())
+    })
+    .await;
+    assert_eq!(doctor_answers(&lab)["secret"]["ok"], true);
 }

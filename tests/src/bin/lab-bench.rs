@@ -20,6 +20,13 @@
 //! 3. Conntrack capacity: with `nf_conntrack_max` set to `NATD_BENCH_CONNTRACK` (default
 //!    512; the setting is machine-wide, and restored afterwards), how many concurrent
 //!    connections the NAT namespace holds before new ones are refused.
+//! 4. The function (`NATD_BENCH_ONLY=function` runs only this): after `natctl setup
+//!    --env dev --lambda app --secret app/db --db-instance app-db`, the function's
+//!    handler (`lab-function`) is started `NATD_BENCH_STARTS` times (default 10) in
+//!    private-a; each start's cold path (process start to init done: the secret through
+//!    the Secrets Manager endpoint, the database connection) and first invocation,
+//!    against its warm invocations (20 per start: a query on the open connection and a
+//!    request to the internet through natd), all in the same run.
 
 #![allow(clippy::unwrap_used, missing_docs)]
 
@@ -516,8 +523,89 @@ async fn main() {
         .ok()
         .and_then(|v| v.parse::<f64>().ok())
         .unwrap_or(25.0);
-    if std::env::var("NATD_BENCH_ONLY").as_deref() != Ok("dataplane") {
+    let starts = std::env::var("NATD_BENCH_STARTS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(10);
+    let only = std::env::var("NATD_BENCH_ONLY").ok();
+    if only.is_none() {
         failover(kills, Duration::from_secs_f64(boot_delay)).await;
     }
-    dataplane(rounds).await;
+    if only.is_none() || only.as_deref() == Some("function") {
+        function(starts).await;
+    }
+    if only.is_none() || only.as_deref() == Some("dataplane") {
+        dataplane(rounds).await;
+    }
+}
+
+/// The function's cold start against its warm invocations, through the lab.
+async fn function(starts: usize) {
+    let lab = Lab::new(Arc::new(Emulator::start())).await;
+    natd_tests::app::application(&lab.emu, &lab.world);
+    let out = natd_tests::cli::natctl(
+        &lab.emu,
+        &[
+            "setup",
+            "--env",
+            "dev",
+            "--vpc",
+            &lab.world.vpc,
+            "--name",
+            "bench",
+            "--ami",
+            IMAGE,
+            "--lambda",
+            "app",
+            "--secret",
+            "app/db",
+            "--db-instance",
+            "app-db",
+        ],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    let db = lab.database("app-db", "app/db");
+    let ns = &lab.private[0].1;
+    // Egress through natd and the function's groups in place before measuring.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while lab
+        .function(ns, "app/db", &db)
+        .and_then(|mut f| f.invoke())
+        .is_err()
+    {
+        assert!(Instant::now() < deadline, "the function never worked");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let us = |d: Duration| d.as_micros();
+    let (mut init, mut secret, mut connect, mut first, mut warm) =
+        (vec![], vec![], vec![], vec![], vec![]);
+    for _ in 0..starts {
+        let mut f = lab.function(ns, "app/db", &db).unwrap();
+        init.push(us(f.init));
+        secret.push(us(f.secret));
+        connect.push(us(f.connect));
+        first.push(us(f.invoke().unwrap().took));
+        for _ in 0..20 {
+            warm.push(us(f.invoke().unwrap().took));
+        }
+    }
+    let median = |v: &mut Vec<u128>| {
+        v.sort_unstable();
+        v[v.len() / 2]
+    };
+    let (cold, hot) = (median(&mut init.clone()), median(&mut warm.clone()));
+    println!(
+        "\nThe function ({starts} starts, 20 warm invocations each; dev egress, endpoint, PostgreSQL), µs\n"
+    );
+    println!("| phase | median | min | max |");
+    println!("|---|---|---|---|");
+    stats("cold: process start to init done", &mut init);
+    stats("cold: init's secret read (endpoint)", &mut secret);
+    stats("cold: init's database connection", &mut connect);
+    stats("first invocation", &mut first);
+    stats("warm invocation (query + internet request)", &mut warm);
+    println!(
+        "\ncold start (init) / warm invocation, medians: {:.0}x",
+        cold as f64 / hot.max(1) as f64
+    );
 }

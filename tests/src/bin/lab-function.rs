@@ -125,7 +125,7 @@ async fn init(secret: &str, host: &str, user: &str) -> Result<(Connection, u128,
         .secret_id(secret)
         .send()
         .await
-        .map_err(|e| format!("secret {secret}: {}", aws_sdk_secretsmanager::error::DisplayErrorContext(e)))?;
+        .map_err(|e| format!("secret {secret}: {}", root_cause(&e)))?;
     let value = value.secret_string().ok_or("the secret has no string")?;
     let password = serde_json::from_str::<serde_json::Value>(value)
         .ok()
@@ -133,14 +133,30 @@ async fn init(secret: &str, host: &str, user: &str) -> Result<(Connection, u128,
         .ok_or("the secret has no password field")?;
     let secret_ms = t.elapsed().as_millis();
     let t = Instant::now();
-    let connection = Connection::open(host, user, &password).map_err(|e| format!("database {host}: {e}"))?;
+    let connection =
+        Connection::open(host, user, &password).map_err(|e| format!("database {host}: {e}"))?;
     Ok((connection, secret_ms, t.elapsed().as_millis()))
+}
+
+/// What an error comes down to: its innermost cause, or the service's own message.
+fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut cause = e;
+    while let Some(next) = cause.source() {
+        cause = next;
+    }
+    let words = cause.to_string();
+    if words.contains("service error") {
+        format!("{}", aws_sdk_secretsmanager::error::DisplayErrorContext(e))
+    } else {
+        words
+    }
 }
 
 /// One request to the internet server: the address it saw.
 fn internet(addr: SocketAddr) -> Result<String, String> {
     let mut s = TcpStream::connect_timeout(&addr, TIMEOUT).map_err(|e| e.to_string())?;
-    s.set_read_timeout(Some(TIMEOUT)).map_err(|e| e.to_string())?;
+    s.set_read_timeout(Some(TIMEOUT))
+        .map_err(|e| e.to_string())?;
     let mut seen = String::new();
     s.read_to_string(&mut seen).map_err(|e| e.to_string())?;
     Ok(seen)
@@ -156,7 +172,10 @@ fn main() {
         eprintln!("lab-function: INTERNET_ADDR {server:?} is not an address:port");
         std::process::exit(2);
     };
-    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("lab-function: {e}");
@@ -186,7 +205,11 @@ fn main() {
             Ok(v) => v.clone(),
             Err(e) => format!("({})", e.replace(' ', "_")),
         };
-        let verdict = if db.is_ok() && net.is_ok() { "ok" } else { "error" };
+        let verdict = if db.is_ok() && net.is_ok() {
+            "ok"
+        } else {
+            "error"
+        };
         let _ = writeln!(
             out,
             "{verdict} db={} internet={} ms={:.2}",

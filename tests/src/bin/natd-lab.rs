@@ -147,11 +147,21 @@ async fn story(summary: &mut Vec<(String, String)>) {
         },
     )
     .await;
+    // The function's database: PostgreSQL for app-db (its password is the secret's value).
+    let db = lab.database("app-db", "app/db");
     let before = lab.fetch(0);
     say(&format!(
         "   function (private-a) -> internet: {}",
         before.as_ref().err().cloned().unwrap_or_default()
     ));
+    // The handler's init reads the secret first (the database password): nothing in
+    // the VPC leads to it, so the database is out of reach too.
+    let cold = match lab.function(&lab.private[0].1, "app/db", &db) {
+        Ok(_) => "init read the secret and connected to the database".to_string(),
+        Err(e) => format!("init failed, no database password ({e})"),
+    };
+    say(&format!("   function (private-a) handler: {cold}"));
+    summary.push(("before setup: function init".into(), cold));
     say("   natctl doctor says why:");
     natctl(
         &lab,
@@ -215,7 +225,6 @@ async fn story(summary: &mut Vec<(String, String)>) {
 
     say("\n   The database: PostgreSQL for app-db in private-a (its password is the secret's");
     say("   value), with the DB instance's security groups (DatabaseSG admits LambdaSG only):");
-    let db = lab.database("app-db", "app/db");
     let other_sg = lab.emu.aws(&[
         "ec2",
         "create-security-group",
@@ -251,6 +260,38 @@ async fn story(summary: &mut Vec<(String, String)>) {
     );
     say(&format!(
         "   function (private-a) -> secret app/db: {fn_secret}"
+    ));
+    // The handler as Lambda runs it: init once, then warm invocations.
+    let (init, warm) = match lab.function(&lab.private[0].1, "app/db", &db) {
+        Ok(mut f) => {
+            let init = format!(
+                "{} ms (secret {} ms, database connection {} ms)",
+                f.init.as_millis(),
+                f.secret.as_millis(),
+                f.connect.as_millis()
+            );
+            let mut warm = Vec::new();
+            for _ in 0..3 {
+                warm.push(match f.invoke() {
+                    Ok(i) => format!(
+                        "{:.1} ms (db {}, server saw {})",
+                        i.took.as_secs_f64() * 1000.0,
+                        i.db,
+                        i.internet
+                    ),
+                    Err(e) => format!("failed ({e})"),
+                });
+            }
+            (init, warm.join("; "))
+        }
+        Err(e) => (format!("failed ({e})"), "-".into()),
+    };
+    say(&format!("   function (private-a) handler init: {init}"));
+    say(&format!("   function (private-a) warm invocations: {warm}"));
+    summary.push(("function: init (cold start)".into(), init));
+    summary.push((
+        "function: warm invocation".into(),
+        warm.split("; ").next().unwrap_or_default().to_string(),
     ));
     summary.push(("function -> secret".into(), fn_secret));
     summary.push(("function -> database".into(), fn_db));
