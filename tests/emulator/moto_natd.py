@@ -53,7 +53,8 @@ Extensions, each matching documented AWS behaviour:
   NATD_EMU_INSTANCE_ENI_RELEASE_SECS (default 2) after it (moto keeps it), and until
   then holds its groups (DeleteSecurityGroup answers DependencyViolation); an interface
   endpoint's network interfaces have addresses of their subnets and the endpoint's
-  groups (moto: random addresses, no groups).
+  groups (moto: random addresses, no groups), one per subnet as ModifyVpcEndpoint adds
+  and removes subnets and changes groups (moto leaves the interfaces as they were).
 - Elastic IPs as AWS gives them: AllocateAddress answers a unique address of a public
   pool (moto: a random 127.x.y.z loopback address, which no network routes), so the
   lab's internet gateway can translate it.
@@ -950,6 +951,47 @@ def _create_vpc_endpoint_enis(self, vpc_id, service_name, endpoint_type, *args, 
 
 
 VPCBackend.create_vpc_endpoint = _create_vpc_endpoint_enis
+
+_endpoint_modify_inner = VPCBackend.modify_vpc_endpoint
+
+
+def _modify_vpc_endpoint_enis(self, vpc_id, *args, **kwargs):
+    # An interface endpoint has one network interface per subnet, with the endpoint's
+    # groups: ModifyVpcEndpoint adding a subnet creates one there, removing a subnet
+    # deletes it, and a change of groups applies to all of them (moto changes only the
+    # endpoint's lists). `vpc_id` is moto's name for the endpoint id.
+    _endpoint_modify_inner(self, vpc_id, *args, **kwargs)
+    endpoint = self.describe_vpc_endpoints(vpc_end_point_ids=[vpc_id])[0]
+    if str(endpoint.vpc_endpoint_type).lower() != "interface":
+        return
+    groups = list(endpoint.security_group_ids) or [
+        self.get_default_security_group(endpoint.vpc_id).id
+    ]
+    kept, have = [], set()
+    for eni_id in endpoint.network_interface_ids:
+        eni = self.enis.get(eni_id)
+        if eni is None:
+            continue
+        if eni.subnet.id in endpoint.subnet_ids:
+            eni._group_set = [self.get_security_group_from_id(g) for g in groups]
+            kept.append(eni_id)
+            have.add(eni.subnet.id)
+        else:
+            self.enis.pop(eni_id, None)
+    for subnet_id in endpoint.subnet_ids:
+        if subnet_id not in have:
+            subnet = self.get_subnet(subnet_id)
+            eni = self.create_network_interface(
+                subnet,
+                subnet.get_available_subnet_ip("vpc-endpoint"),
+                group_ids=groups,
+                description=f"VPC Endpoint Interface {endpoint.id}",
+            )
+            kept.append(eni.id)
+    endpoint.network_interface_ids = kept
+
+
+VPCBackend.modify_vpc_endpoint = _modify_vpc_endpoint_enis
 
 # --- IAM: resource ARNs and tag conditions --------------------------------------------
 

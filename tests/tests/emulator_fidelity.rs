@@ -532,6 +532,99 @@ async fn security_groups_are_set_as_ec2_sets_them() {
     );
     assert_eq!(n["Groups"][0]["GroupId"], sg, "{n}");
     let id = e["VpcEndpoint"]["VpcEndpointId"].as_str().unwrap();
+    // One interface per subnet as subnets are added and removed.
+    emu.aws(&[
+        "ec2",
+        "modify-vpc-endpoint",
+        "--vpc-endpoint-id",
+        id,
+        "--add-subnet-ids",
+        &w.private_subnets[0],
+        "--remove-subnet-ids",
+        &w.private_subnets[1],
+    ]);
+    let e2 = emu.aws(&["ec2", "describe-vpc-endpoints", "--vpc-endpoint-ids", id]);
+    let enis = e2["VpcEndpoints"][0]["NetworkInterfaceIds"]
+        .as_array()
+        .unwrap()
+        .clone();
+    assert_eq!(enis.len(), 1, "{e2}");
+    let n = emu.aws(&[
+        "ec2",
+        "describe-network-interfaces",
+        "--network-interface-ids",
+        enis[0].as_str().unwrap(),
+    ]);
+    let n = &n["NetworkInterfaces"][0];
+    assert!(
+        n["PrivateIpAddress"]
+            .as_str()
+            .unwrap()
+            .starts_with("10.20.1."),
+        "{n}"
+    );
+    assert_eq!(n["Groups"][0]["GroupId"], sg, "{n}");
+    let gone = aws_raw(
+        &emu,
+        &[
+            "ec2",
+            "describe-network-interfaces",
+            "--network-interface-ids",
+            eni,
+        ],
+    );
+    assert!(
+        !gone.status.success(),
+        "the removed subnet's interface is gone"
+    );
+    // Private DNS turned on by ModifyVpcEndpoint needs the VPC's DNS attributes.
+    emu.aws(&[
+        "ec2",
+        "modify-vpc-endpoint",
+        "--vpc-endpoint-id",
+        id,
+        "--no-private-dns-enabled",
+    ]);
+    let e3 = emu.aws(&["ec2", "describe-vpc-endpoints", "--vpc-endpoint-ids", id]);
+    assert_eq!(e3["VpcEndpoints"][0]["PrivateDnsEnabled"], false, "{e3}");
+    emu.aws(&[
+        "ec2",
+        "modify-vpc-attribute",
+        "--vpc-id",
+        &w.vpc,
+        "--no-enable-dns-hostnames",
+    ]);
+    let refused = aws_raw(
+        &emu,
+        &[
+            "ec2",
+            "modify-vpc-endpoint",
+            "--vpc-endpoint-id",
+            id,
+            "--private-dns-enabled",
+        ],
+    );
+    assert!(
+        !refused.status.success() && err(&refused).contains("enableDnsHostnames"),
+        "{}",
+        err(&refused)
+    );
+    emu.aws(&[
+        "ec2",
+        "modify-vpc-attribute",
+        "--vpc-id",
+        &w.vpc,
+        "--enable-dns-hostnames",
+    ]);
+    emu.aws(&[
+        "ec2",
+        "modify-vpc-endpoint",
+        "--vpc-endpoint-id",
+        id,
+        "--private-dns-enabled",
+    ]);
+    let e3 = emu.aws(&["ec2", "describe-vpc-endpoints", "--vpc-endpoint-ids", id]);
+    assert_eq!(e3["VpcEndpoints"][0]["PrivateDnsEnabled"], true, "{e3}");
     emu.aws(&["ec2", "delete-vpc-endpoints", "--vpc-endpoint-ids", id]);
 
     // Terminated, the instance's interface holds the group a moment longer.

@@ -736,4 +736,58 @@ async fn doctor_says_where_packets_break_and_its_fix_lets_them_through() {
     })
     .await;
     assert_eq!(doctor_answers(&lab)["secret"]["ok"], true);
+
+    // The endpoint without subnet b: from b the name resolves to the interface in a,
+    // across AZs (it works, billed, and fails with AZ a), which doctor flags; its fix
+    // puts an interface in b again and b's calls stay in b's AZ.
+    let (b, subnet_b) = (&lab.private[1].1, lab.world.private_subnets[1].clone());
+    let endpoint_subnet = |flag: &str| {
+        lab.emu.aws(&[
+            "ec2",
+            "modify-vpc-endpoint",
+            "--vpc-endpoint-id",
+            &endpoint,
+            flag,
+            &subnet_b,
+        ]);
+    };
+    let missing_az = || {
+        let v = doctor_json(&lab.emu, &lab.world.vpc, "app").unwrap();
+        v["findings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|f| f["check"] == "endpoint_missing_az" && f["resource"] == endpoint.as_str())
+    };
+    endpoint_subnet("--remove-subnet-ids");
+    until(
+        "b to resolve across AZs",
+        Duration::from_secs(10),
+        async || {
+            lab.resolves(b)
+                .is_some_and(|ip| ip.starts_with("10.20.1."))
+                .then_some(())
+        },
+    )
+    .await;
+    assert!(secret_ok(lab.secret_from(b, "app/db")), "across AZs");
+    assert!(missing_az(), "doctor flags the missing AZ");
+    endpoint_subnet("--add-subnet-ids");
+    until(
+        "b to resolve in its AZ",
+        Duration::from_secs(10),
+        async || {
+            lab.resolves(b)
+                .is_some_and(|ip| ip.starts_with("10.20.2."))
+                .then_some(())
+        },
+    )
+    .await;
+    until(
+        "the secret from b in its AZ",
+        Duration::from_secs(15),
+        async || secret_ok(lab.secret_from(b, "app/db")).then_some(()),
+    )
+    .await;
+    assert!(!missing_az());
 }
