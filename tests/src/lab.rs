@@ -591,6 +591,29 @@ impl Lab {
         ns
     }
 
+    /// A host at `ip` (10.20.0.x) in the first public subnet with `groups`, like
+    /// [`Lab::host`]: what runs there leaves by the public subnet's route table, to the
+    /// internet gateway, which drops it unless the host's address has a public IP.
+    pub fn public_host(&self, role: &str, ip: &str, groups: Groups) -> Netns {
+        let k = self.hosts.fetch_add(1, Ordering::SeqCst) + 1;
+        let link = format!("x{k}");
+        let ns = Netns::new(role);
+        attach(&self.vpc, &ns, ip, &link);
+        ns.sh(&format!("ip route add default via {ROUTER} dev in0 onlink"));
+        let mut shared = self.shared.lock().unwrap();
+        shared.extra.push(ExtraHost {
+            link,
+            ip: ip.to_string(),
+            subnet: self.world.public_subnet.clone(),
+            groups,
+        });
+        shared
+            .dns_hosts
+            .push((ns.name.clone(), self.world.public_subnet.clone()));
+        drop(shared);
+        ns
+    }
+
     /// PostgreSQL for DB instance `id` of the emulator: in the first of its subnet
     /// group's subnets that the lab has (at .50), with the instance's security groups,
     /// its master user, and the value of `secret` (its `password` field when it is JSON)

@@ -790,4 +790,64 @@ async fn doctor_says_where_packets_break_and_its_fix_lets_them_through() {
     )
     .await;
     assert!(!missing_az());
+
+    // The function moved to the public subnets: its stand-in there (LambdaSG and a
+    // private address only, as a Lambda ENI) is dropped by the internet gateway, where
+    // doctor says (the subnet is public); its fix (private subnets) brings egress back.
+    let move_function = async |subnets: &[&str]| {
+        let config = format!(
+            "SubnetIds={},SecurityGroupIds={lambda_sg}",
+            subnets.join(",")
+        );
+        until(
+            "Lambda to take the VPC config",
+            Duration::from_secs(30),
+            async || {
+                let out = lab
+                    .emu
+                    .aws_command(&[
+                        "lambda",
+                        "update-function-configuration",
+                        "--function-name",
+                        "app",
+                        "--vpc-config",
+                        &config,
+                    ])
+                    .output()
+                    .ok()?;
+                out.status.success().then_some(())
+            },
+        )
+        .await;
+    };
+    move_function(&[&lab.world.public_subnet, &lab.public_b]).await;
+    let public_fn = lab.public_host(
+        "fnpub",
+        "10.20.0.77",
+        Groups::Fixed(vec![lambda_sg.clone()]),
+    );
+    let r = natd_tests::dataplane::fetch(&public_fn, natd_tests::lab::SERVER);
+    assert!(r.is_err(), "{r:?}");
+    let v = doctor_internet(&lab);
+    assert_eq!(v["ok"], false, "{v}");
+    let broken = v["broken"].to_string();
+    assert!(
+        broken.contains("is public") && broken.contains(&lab.world.public_subnet),
+        "doctor names the public subnet: {v}"
+    );
+    let private: Vec<&str> = lab
+        .world
+        .private_subnets
+        .iter()
+        .map(String::as_str)
+        .collect();
+    move_function(&private).await;
+    until(
+        "doctor to see the function back",
+        Duration::from_secs(30),
+        async || (doctor_internet(&lab)["ok"] == true).then_some(()),
+    )
+    .await;
+    reaches(&lab, 0, true).await;
+    reaches(&lab, 1, true).await;
 }
