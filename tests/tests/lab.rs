@@ -850,4 +850,64 @@ async fn doctor_says_where_packets_break_and_its_fix_lets_them_through() {
     .await;
     reaches(&lab, 0, true).await;
     reaches(&lab, 1, true).await;
+
+    // A blackhole: subnet b gets a route table of its own, not tagged for natd, whose
+    // default route points at an interface that is gone. b's requests die at that
+    // route, as doctor says; its fix (tag the table for natd) lets natd take it over
+    // and b reaches again.
+    let table_b = lab.world.route_table(None).await;
+    let tag = natd::contract::EGRESS_TAG;
+    let gone = lab.emu.aws(&[
+        "ec2",
+        "create-network-interface",
+        "--subnet-id",
+        &lab.world.public_subnet,
+    ])["NetworkInterface"]["NetworkInterfaceId"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    lab.emu.aws(&[
+        "ec2",
+        "create-route",
+        "--route-table-id",
+        &table_b,
+        "--destination-cidr-block",
+        "0.0.0.0/0",
+        "--network-interface-id",
+        &gone,
+    ]);
+    lab.emu.aws(&[
+        "ec2",
+        "delete-network-interface",
+        "--network-interface-id",
+        &gone,
+    ]);
+    lab.emu.aws(&[
+        "ec2",
+        "associate-route-table",
+        "--route-table-id",
+        &table_b,
+        "--subnet-id",
+        &subnet_b,
+    ]);
+    reaches(&lab, 1, false).await;
+    reaches(&lab, 0, true).await;
+    assert_eq!(lab.routes()[&subnet_b], "blackhole");
+    let v = doctor_internet(&lab);
+    assert_eq!(v["ok"], false, "{v}");
+    let broken = v["broken"].to_string();
+    assert!(
+        broken.contains("blackhole") && broken.contains(&table_b),
+        "doctor names b's table and the blackhole: {v}"
+    );
+    lab.emu.aws(&[
+        "ec2",
+        "create-tags",
+        "--resources",
+        &table_b,
+        "--tags",
+        &format!("Key={tag},Value=app"),
+    ]);
+    egress(&lab, Duration::from_secs(60)).await;
+    assert_eq!(doctor_internet(&lab)["ok"], true);
 }
