@@ -35,34 +35,58 @@ async fn egress(lab: &Lab, limit: Duration) -> String {
     .await
 }
 
-async fn dev(lab: &Lab) -> String {
-    let out = natctl(
-        &lab.emu,
-        &[
-            "setup",
-            "--env",
-            "dev",
-            "--vpc",
-            &lab.world.vpc,
-            "--name",
-            "lab",
-            "--ami",
-            IMAGE,
-        ],
-    );
+/// `natctl setup --env dev` (with `--eip` when `eip`): the NAT instance, once egress
+/// works.
+async fn dev(lab: &Lab, eip: bool) -> String {
+    let mut args = vec![
+        "setup",
+        "--env",
+        "dev",
+        "--vpc",
+        &lab.world.vpc,
+        "--name",
+        "lab",
+        "--ami",
+        IMAGE,
+    ];
+    if eip {
+        args.push("--eip");
+    }
+    let out = natctl(&lab.emu, &args);
     assert!(out.status.success(), "{}", text(&out));
     let seen = egress(lab, Duration::from_secs(90)).await;
     let instances = lab.instances();
     assert_eq!(instances.len(), 1, "{instances:?}");
     let id = instances.keys().next().unwrap().clone();
-    // One ENI with private addresses only: the internet gateway translates the
-    // instance's public IP.
-    assert_eq!(
-        Some(seen),
-        lab.public_ip(&id).await,
-        "the server sees the NAT instance's public IP"
-    );
+    if eip {
+        // natd associates the stack's Elastic IP; the internet gateway translates it.
+        let address = stack_eip(lab);
+        until(
+            "the server to see the Elastic IP",
+            Duration::from_secs(30),
+            async || (lab.fetch_async(0).await.ok()? == address).then_some(()),
+        )
+        .await;
+    } else {
+        // One ENI with private addresses only: the internet gateway translates the
+        // instance's public IP.
+        assert_eq!(
+            Some(seen),
+            lab.public_ip(&id).await,
+            "the server sees the NAT instance's public IP"
+        );
+    }
     id
+}
+
+/// The public address of the Elastic IP tagged for the stack `lab`.
+fn stack_eip(lab: &Lab) -> String {
+    let filter = format!("Name=tag:{},Values=lab", natd::contract::EGRESS_TAG);
+    lab.emu
+        .aws(&["ec2", "describe-addresses", "--filters", &filter])["Addresses"][0]["PublicIp"]
+        .as_str()
+        .expect("the stack's Elastic IP")
+        .to_string()
 }
 
 /// A NAT gateway's Elastic IP.
@@ -101,7 +125,7 @@ async fn dev_egress_fails_over_then_switches_to_prod_and_tears_down_to_nothing()
     // No NAT yet: the private subnets have no default route, traffic goes nowhere.
     assert!(lab.fetch(0).is_err());
 
-    let first = dev(&lab).await;
+    let first = dev(&lab, false).await;
     let nat_address = lab.fetch(0).unwrap();
     assert_eq!(
         lab.routes()[&lab.world.private_subnets[0]],
@@ -207,13 +231,21 @@ async fn dev_egress_fails_over_then_switches_to_prod_and_tears_down_to_nothing()
 #[tokio::test]
 async fn an_instance_whose_forwarding_or_natd_breaks_is_replaced() {
     let lab = Lab::new(Arc::new(Emulator::start())).await;
-    let first = dev(&lab).await;
+    let first = dev(&lab, true).await;
+    let eip = stack_eip(&lab);
 
-    // Forwarding breaks in a way natd cannot repair: the internet drops this NAT's
-    // traffic. natd's probe fails, it reports Unhealthy, the group replaces it.
-    let public = lab.fetch(0).unwrap();
-    lab.internet.sh(&format!(
-        "iptables -I INPUT -s {public} -p tcp --dport 8080 -j DROP"
+    // Forwarding breaks in a way natd cannot repair: the VPC drops this NAT's traffic
+    // to the server (not its AWS API calls). natd's probe fails, it reports Unhealthy,
+    // the group replaces it.
+    let private = lab
+        .emu
+        .aws(&["ec2", "describe-instances", "--instance-ids", &first])["Reservations"][0]
+        ["Instances"][0]["PrivateIpAddress"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    lab.vpc.sh(&format!(
+        "iptables -I FORWARD -s {private} -p tcp --dport 8080 -j DROP"
     ));
     assert!(lab.fetch(0).is_err());
     let second = until(
@@ -225,7 +257,14 @@ async fn an_instance_whose_forwarding_or_natd_breaks_is_replaced() {
         },
     )
     .await;
-    egress(&lab, Duration::from_secs(30)).await;
+    // The replacement's natd takes the stack's Elastic IP over: the server sees the
+    // same address as before.
+    until(
+        "the Elastic IP on the replacement",
+        Duration::from_secs(30),
+        async || (lab.fetch_async(0).await.ok()? == eip).then_some(()),
+    )
+    .await;
     let log = lab
         .events()
         .iter()
