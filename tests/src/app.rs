@@ -110,3 +110,35 @@ pub fn application(emu: &Emulator, w: &World) -> String {
     ]);
     secret["ARN"].as_str().unwrap().to_string()
 }
+
+/// What `natctl setup` needs to wire [`application`]'s function: its name, secret and
+/// database, as setup's arguments.
+pub const WIRING: [&str; 6] = [
+    "--lambda",
+    "app",
+    "--secret",
+    "app/db",
+    "--db-instance",
+    "app-db",
+];
+
+/// One try at putting [`application`]'s function into `subnets` with `groups`: false
+/// while Lambda is still busy with its last update (ResourceConflictException), so
+/// callers retry with their own patience.
+pub fn put_in_vpc(emu: &Emulator, subnets: &[&str], groups: &[&str]) -> bool {
+    let config = format!(
+        "SubnetIds={},SecurityGroupIds={}",
+        subnets.join(","),
+        groups.join(",")
+    );
+    emu.aws_command(&[
+        "lambda",
+        "update-function-configuration",
+        "--function-name",
+        "app",
+        "--vpc-config",
+        &config,
+    ])
+    .output()
+    .is_ok_and(|o| o.status.success())
+}

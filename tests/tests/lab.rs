@@ -5,7 +5,7 @@
 
 #![allow(clippy::unwrap_used, missing_docs)]
 
-use natd_tests::app::application;
+use natd_tests::app::{WIRING, application, put_in_vpc};
 use natd_tests::cli::{doctor_json, natctl, snapshot};
 use natd_tests::emulator::Emulator;
 use natd_tests::lab::{Event, Groups, Lab};
@@ -387,13 +387,10 @@ async fn doctor_says_where_packets_break_and_its_fix_lets_them_through() {
             "app",
             "--ami",
             IMAGE,
-            "--lambda",
-            "app",
-            "--secret",
-            "app/db",
-            "--db-instance",
-            "app-db",
-        ],
+        ]
+        .into_iter()
+        .chain(WIRING)
+        .collect::<Vec<_>>(),
     );
     assert!(out.status.success(), "{}", text(&out));
     // The function's stand-ins now carry LambdaSG (its ENIs' groups in the emulator).
@@ -798,30 +795,20 @@ async fn doctor_says_where_packets_break_and_its_fix_lets_them_through() {
             .iter()
             .any(|f| f["check"] == "endpoint_missing_az" && f["resource"] == endpoint.as_str())
     };
-    endpoint_subnet("--remove-subnet-ids");
-    until(
-        "b to resolve across AZs",
-        Duration::from_secs(10),
-        async || {
+    let resolving_to = async |prefix: &str, what: &str| {
+        until(what, Duration::from_secs(10), async || {
             lab.resolves(b)
-                .is_some_and(|ip| ip.starts_with("10.20.1."))
+                .is_some_and(|ip| ip.starts_with(prefix))
                 .then_some(())
-        },
-    )
-    .await;
+        })
+        .await;
+    };
+    endpoint_subnet("--remove-subnet-ids");
+    resolving_to("10.20.1.", "b to resolve across AZs").await;
     assert!(secret_ok(lab.secret_from(b, "app/db")), "across AZs");
     assert!(missing_az(), "doctor flags the missing AZ");
     endpoint_subnet("--add-subnet-ids");
-    until(
-        "b to resolve in its AZ",
-        Duration::from_secs(10),
-        async || {
-            lab.resolves(b)
-                .is_some_and(|ip| ip.starts_with("10.20.2."))
-                .then_some(())
-        },
-    )
-    .await;
+    resolving_to("10.20.2.", "b to resolve in its AZ").await;
     until(
         "the secret from b in its AZ",
         Duration::from_secs(15),
@@ -834,28 +821,10 @@ async fn doctor_says_where_packets_break_and_its_fix_lets_them_through() {
     // private address only, as a Lambda ENI) is dropped by the internet gateway, where
     // doctor says (the subnet is public); its fix (private subnets) brings egress back.
     let move_function = async |subnets: &[&str]| {
-        let config = format!(
-            "SubnetIds={},SecurityGroupIds={lambda_sg}",
-            subnets.join(",")
-        );
         until(
             "Lambda to take the VPC config",
             Duration::from_secs(30),
-            async || {
-                let out = lab
-                    .emu
-                    .aws_command(&[
-                        "lambda",
-                        "update-function-configuration",
-                        "--function-name",
-                        "app",
-                        "--vpc-config",
-                        &config,
-                    ])
-                    .output()
-                    .ok()?;
-                out.status.success().then_some(())
-            },
+            async || put_in_vpc(&lab.emu, subnets, &[&lambda_sg]).then_some(()),
         )
         .await;
     };

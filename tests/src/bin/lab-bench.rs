@@ -58,23 +58,27 @@ fn stats(name: &str, v: &mut [u128]) {
     );
 }
 
+/// `natctl setup --env dev` for the stack `bench` in the lab, with `extra` arguments.
+fn setup_dev(lab: &Lab, extra: &[&str]) {
+    let mut args = vec![
+        "setup",
+        "--env",
+        "dev",
+        "--vpc",
+        &lab.world.vpc,
+        "--name",
+        "bench",
+        "--ami",
+        IMAGE,
+    ];
+    args.extend(extra);
+    let out = natd_tests::cli::natctl(&lab.emu, &args);
+    assert!(out.status.success(), "{}", text(&out));
+}
+
 async fn failover(kills: usize, boot_delay: Duration) {
     let lab = Lab::with_boot_delay(Arc::new(Emulator::start()), boot_delay).await;
-    let out = natd_tests::cli::natctl(
-        &lab.emu,
-        &[
-            "setup",
-            "--env",
-            "dev",
-            "--vpc",
-            &lab.world.vpc,
-            "--name",
-            "bench",
-            "--ami",
-            IMAGE,
-        ],
-    );
-    assert!(out.status.success(), "{}", text(&out));
+    setup_dev(&lab, &[]);
     let subnet = lab.world.private_subnets[0].clone();
     let private = Netns::named(&lab.private[0].1.name);
     let wait_hop = |not: Option<String>| {
@@ -543,27 +547,7 @@ async fn main() {
 async fn function(starts: usize) {
     let lab = Lab::new(Arc::new(Emulator::start())).await;
     natd_tests::app::application(&lab.emu, &lab.world);
-    let out = natd_tests::cli::natctl(
-        &lab.emu,
-        &[
-            "setup",
-            "--env",
-            "dev",
-            "--vpc",
-            &lab.world.vpc,
-            "--name",
-            "bench",
-            "--ami",
-            IMAGE,
-            "--lambda",
-            "app",
-            "--secret",
-            "app/db",
-            "--db-instance",
-            "app-db",
-        ],
-    );
-    assert!(out.status.success(), "{}", text(&out));
+    setup_dev(&lab, &natd_tests::app::WIRING);
     let db = lab.database("app-db", "app/db");
     let ns = &lab.private[0].1;
     // Egress through natd and the function's groups in place before measuring.

@@ -123,28 +123,16 @@ async fn story(summary: &mut Vec<(String, String)>) {
         .as_str()
         .unwrap_or_default()
         .to_string();
-    let vpc_config = format!(
-        "SubnetIds={},SecurityGroupIds={default_sg}",
-        lab.world.private_subnets.join(",")
-    );
+    let private: Vec<&str> = lab
+        .world
+        .private_subnets
+        .iter()
+        .map(String::as_str)
+        .collect();
     wait(
         "Lambda to take the VPC config",
         Duration::from_secs(30),
-        async || {
-            let out = lab
-                .emu
-                .aws_command(&[
-                    "lambda",
-                    "update-function-configuration",
-                    "--function-name",
-                    "app",
-                    "--vpc-config",
-                    &vpc_config,
-                ])
-                .output()
-                .ok()?;
-            out.status.success().then_some(())
-        },
+        async || natd_tests::app::put_in_vpc(&lab.emu, &private, &[&default_sg]).then_some(()),
     )
     .await;
     // The function's database: PostgreSQL for app-db (its password is the secret's value).
@@ -190,13 +178,10 @@ async fn story(summary: &mut Vec<(String, String)>) {
         "demo",
         "--ami",
         IMAGE,
-        "--lambda",
-        "app",
-        "--secret",
-        "app/db",
-        "--db-instance",
-        "app-db",
-    ];
+    ]
+    .into_iter()
+    .chain(natd_tests::app::WIRING)
+    .collect::<Vec<_>>();
     assert!(natctl(&lab, &dev).await, "natctl setup --env dev failed");
     let ((first, seen), ready) = wait(
         "natd to take the routes",
