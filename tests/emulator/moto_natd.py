@@ -55,6 +55,14 @@ Extensions, each matching documented AWS behaviour:
   endpoint's network interfaces have addresses of their subnets and the endpoint's
   groups (moto: random addresses, no groups), one per subnet as ModifyVpcEndpoint adds
   and removes subnets and changes groups (moto leaves the interfaces as they were).
+- Elastic IPs on any private address, and addresses that move, as on AWS:
+  AssociateAddress PrivateIpAddress puts the Elastic IP on that (secondary) address and
+  leaves the primary's public IP alone; an Elastic IP moved away (AllowReassociation)
+  leaves its old interface; AssignPrivateIpAddresses refuses an address another
+  interface of the VPC holds (PrivateIpAddressInUse) unless AllowReassignment, which
+  moves it with its Elastic IP; an unassigned address loses its Elastic IP (moto: every
+  association on the primary address, the old interface keeps the public IP, addresses
+  assigned twice).
 - Elastic IPs as AWS gives them: AllocateAddress answers a unique address of a public
   pool (moto: a random 127.x.y.z loopback address, which no network routes), so the
   lab's internet gateway can translate it.
@@ -124,6 +132,188 @@ def _random_public_eip():
 
 
 _eip_models.random_ip = _random_public_eip
+
+
+# --- EC2: Elastic IPs on secondary private addresses, and addresses that move ----------
+#
+# AWS (AssociateAddress, AssignPrivateIpAddresses, API Reference): an Elastic IP is
+# associated with one private address of an interface (the primary unless
+# PrivateIpAddress names a secondary one), and the other addresses keep theirs; moving
+# an Elastic IP away from an interface takes its association off that interface; "when
+# you move a secondary private IP address to another network interface, any Elastic IP
+# address that is associated with the IP address is also moved" (AllowReassignment),
+# while without AllowReassignment an address in use is refused. moto associates every
+# Elastic IP with the primary address, leaves the old interface's public IP in place
+# when an Elastic IP moves, and assigns secondary addresses without looking at other
+# interfaces.
+
+from moto.ec2.exceptions import EC2ClientError as _EC2ClientError  # noqa: E402
+from moto.ec2.exceptions import ResourceAlreadyAssociatedError  # noqa: E402
+from moto.ec2.models.elastic_ip_addresses import ElasticAddress, ElasticAddressBackend  # noqa: E402
+from moto.ec2.responses import elastic_ip_addresses as _eip_responses  # noqa: E402
+from moto.ec2.responses import elastic_network_interfaces as _eni_responses  # noqa: E402
+
+
+def _eip_private_ip(self):
+    ip = getattr(self, "_natd_private_ip", None)
+    if ip and self.eni is not None:
+        return ip
+    return self.eni.private_ip_address if self.eni else None
+
+
+ElasticAddress.private_ip_address = property(_eip_private_ip)
+
+
+def _ip_entry(eni, ip):
+    return next((d for d in eni.private_ip_addresses if d.get("PrivateIpAddress") == ip), None)
+
+
+def _eip_unbind(eip):
+    """Takes `eip`'s association off the private address it is on."""
+    eni = eip.eni
+    if eni is None:
+        return
+    ip = getattr(eip, "_natd_private_ip", None)
+    if ip and ip != eni.private_ip_address:
+        entry = _ip_entry(eni, ip)
+        if entry is not None:
+            entry.pop("Association", None)
+    elif eni.public_ip == eip.public_ip:
+        eni.public_ip = None
+        if eni.instance is not None and eni.instance._state.name == "running":
+            eni.check_auto_public_ip()
+    eip._natd_private_ip = None
+
+
+_orig_eip_associate = ElasticAddressBackend.associate_address
+
+
+def _eip_associate(self, instance=None, eni=None, address=None, allocation_id=None, reassociate=False):
+    eip = (self.address_by_ip([address]) if address else self.address_by_allocation([allocation_id]))[0]
+    target = eni if eni is not None else (instance.nics[0] if instance is not None else None)
+    if eip.eni is not None:
+        if target is not None and eip.eni.id != target.id and not reassociate:
+            raise ResourceAlreadyAssociatedError(eip.public_ip)
+        _eip_unbind(eip)
+    return _orig_eip_associate(
+        self, instance=instance, eni=eni, address=address, allocation_id=allocation_id, reassociate=True
+    )
+
+
+ElasticAddressBackend.associate_address = _eip_associate
+
+_orig_eip_disassociate = ElasticAddressBackend.disassociate_address
+
+
+def _eip_disassociate(self, address=None, association_id=None):
+    eip = (self.address_by_ip([address]) if address else self.address_by_association([association_id]))[0]
+    ip = getattr(eip, "_natd_private_ip", None)
+    if ip and eip.eni is not None and ip != eip.eni.private_ip_address:
+        _eip_unbind(eip)
+        eip.eni = None
+        eip.instance = None
+        eip.association_id = None
+        return None
+    return _orig_eip_disassociate(self, address=address, association_id=association_id)
+
+
+ElasticAddressBackend.disassociate_address = _eip_disassociate
+
+_orig_associate_response = _eip_responses.ElasticIPAddresses.associate_address
+
+
+def _associate_response(self):
+    ip = self._get_param("PrivateIpAddress")
+    if not ip:
+        return _orig_associate_response(self)
+    backend = self.ec2_backend
+    if self._get_param("InstanceId"):
+        eni = backend.get_instance(self._get_param("InstanceId")).nics[0]
+    else:
+        eni = backend.get_network_interface(self._get_param("NetworkInterfaceId"))
+    entry = _ip_entry(eni, ip)
+    if entry is None:
+        raise _EC2ClientError(
+            "InvalidParameterValue",
+            f"The private IP address {ip} is not assigned to {eni.id}",
+        )
+    if ip == eni.private_ip_address:
+        return _orig_associate_response(self)
+    kept = eni.public_ip
+    result = _orig_associate_response(self)
+    eip = (
+        backend.address_by_allocation([self._get_param("AllocationId")])
+        if self._get_param("AllocationId")
+        else backend.address_by_ip([self._get_param("PublicIp")])
+    )[0]
+    # moto put the Elastic IP on the primary address: it belongs to the secondary one.
+    eni.public_ip = kept
+    eip._natd_private_ip = ip
+    entry["Association"] = {
+        "allocationId": eip.allocation_id,
+        "associationId": eip.association_id,
+        "ipOwnerId": backend.account_id,
+        "publicIp": eip.public_ip,
+    }
+    return result
+
+
+_eip_responses.ElasticIPAddresses.associate_address = _associate_response
+
+_orig_assign_response = _eni_responses.ElasticNetworkInterfaces.assign_private_ip_addresses
+
+
+def _assign_response(self):
+    backend = self.ec2_backend
+    eni = backend.get_network_interface(self._get_param("NetworkInterfaceId"))
+    allow = str(self._get_param("AllowReassignment", False)).lower() == "true"
+    moved = {}
+    for ip in self._get_param("PrivateIpAddresses", []):
+        for other in list(backend.enis.values()):
+            if other is eni or other.subnet.vpc_id != eni.subnet.vpc_id:
+                continue
+            entry = _ip_entry(other, ip)
+            if entry is None:
+                continue
+            if ip == other.private_ip_address or not allow:
+                raise _EC2ClientError(
+                    "PrivateIpAddressInUse",
+                    f"The specified private IP address {ip} is already assigned to {other.id}",
+                )
+            other.private_ip_addresses.remove(entry)
+            moved[ip] = entry.get("Association")
+            for eip in backend.addresses:
+                if getattr(eip, "_natd_private_ip", None) == ip and eip.eni is other:
+                    eip.eni = eni
+                    eip.instance = eni.instance
+    result = _orig_assign_response(self)
+    for ip, association in moved.items():
+        entry = _ip_entry(eni, ip)
+        if association and entry is not None:
+            entry["Association"] = association
+    return result
+
+
+_eni_responses.ElasticNetworkInterfaces.assign_private_ip_addresses = _assign_response
+
+_orig_unassign_response = _eni_responses.ElasticNetworkInterfaces.unassign_private_ip_addresses
+
+
+def _unassign_response(self):
+    # An Elastic IP on an address that goes is disassociated with it.
+    backend = self.ec2_backend
+    eni = backend.get_network_interface(self._get_param("NetworkInterfaceId"))
+    for ip in self._get_param("PrivateIpAddresses", []):
+        for eip in backend.addresses:
+            if getattr(eip, "_natd_private_ip", None) == ip and eip.eni is eni:
+                _eip_unbind(eip)
+                eip.eni = None
+                eip.instance = None
+                eip.association_id = None
+    return _orig_unassign_response(self)
+
+
+_eni_responses.ElasticNetworkInterfaces.unassign_private_ip_addresses = _unassign_response
 
 
 # --- EC2: blackhole routes -------------------------------------------------------------
