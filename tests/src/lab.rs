@@ -122,6 +122,8 @@ struct Instance {
     _imds: Imds,
     link: String,
     ip: String,
+    /// The ENI's secondary private addresses, as the router delivers them.
+    secondary: BTreeSet<String>,
     eni: String,
     subnet: String,
     natd: Option<Child>,
@@ -868,7 +870,8 @@ struct Fabric {
     programmed: BTreeMap<String, String>,
     /// Subnets whose route targets something the lab does not run: ticks waited.
     unknown: BTreeMap<String, u32>,
-    checks: BTreeSet<String>,
+    /// The source/dest check chains and rules last applied, per instance.
+    checks: BTreeSet<(String, String)>,
     next_link: u32,
     dir: tempfile::TempDir,
     /// How long an instance takes from `running` to reachable with natd started.
@@ -1023,6 +1026,14 @@ impl Fabric {
                         i.private_ip_address().unwrap_or_default().to_string(),
                         eni.and_then(|n| n.source_dest_check()).unwrap_or(true),
                         i.subnet_id().unwrap_or_default().to_string(),
+                        eni.map(|n| {
+                            n.private_ip_addresses()
+                                .iter()
+                                .filter(|a| a.primary() != Some(true))
+                                .filter_map(|a| a.private_ip_address().map(str::to_string))
+                                .collect::<BTreeSet<String>>()
+                        })
+                        .unwrap_or_default(),
                     ),
                 );
             }
@@ -1047,7 +1058,7 @@ impl Fabric {
         }
         self.booting.retain(|id, _| running.contains_key(id));
         let now = Instant::now();
-        for (id, (stack, eni, mac, ip, _, subnet)) in &running {
+        for (id, (stack, eni, mac, ip, _, subnet, _)) in &running {
             if !self.instances.contains_key(id) {
                 let seen = *self.booting.entry(id.clone()).or_insert(now);
                 if now.duration_since(seen) >= self.boot_delay {
@@ -1056,21 +1067,62 @@ impl Fabric {
                 }
             }
         }
-        // Source/dest check, enforced by the router.
-        let checks: BTreeSet<String> = running
+        // Secondary private addresses: the VPC delivers each to the interface that holds
+        // it now (an address moved between interfaces follows within a tick).
+        for (id, v) in &running {
+            let Some(i) = self.instances.get_mut(id) else {
+                continue;
+            };
+            if i.secondary == v.6 {
+                continue;
+            }
+            let mut cmd = String::new();
+            for ip in i.secondary.difference(&v.6) {
+                cmd.push_str(&format!(
+                    "ip route del {ip}/32 dev {} 2>/dev/null; ",
+                    i.link
+                ));
+            }
+            for ip in v.6.difference(&i.secondary) {
+                cmd.push_str(&format!("ip route replace {ip}/32 dev {}; ", i.link));
+            }
+            if self.vpc.sh_status(&format!("{cmd}true")).status.success() {
+                i.secondary = v.6.clone();
+            }
+        }
+        // Source/dest check, enforced by the router: an instance with the check on
+        // sends and receives only with its own addresses (a chain per direction and
+        // instance, so one instance's verdict does not skip another's).
+        let checks: BTreeSet<(String, String)> = running
             .iter()
             .filter(|(id, v)| v.4 && self.instances.contains_key(*id))
-            .map(|(id, _)| id.clone())
+            .map(|(id, _)| {
+                let i = &self.instances[id];
+                let own: Vec<&String> = std::iter::once(&i.ip).chain(&i.secondary).collect();
+                let (mut chains, mut rules) = (String::new(), String::new());
+                for (dir, side, c) in [("-o", "-d", "O"), ("-i", "-s", "I")] {
+                    let chain = format!("LAB-SDC{c}-{}", i.link);
+                    chains.push_str(&format!(":{chain} - [0:0]\n"));
+                    rules.push_str(&format!("-F {chain}\n"));
+                    for ip in &own {
+                        rules.push_str(&format!("-A {chain} {side} {ip} -j RETURN\n"));
+                    }
+                    rules.push_str(&format!(
+                        "-A {chain} -j DROP\n-A LAB-SDC {dir} {l} -j {chain}\n",
+                        l = i.link
+                    ));
+                }
+                (chains, rules)
+            })
             .collect();
         if checks != self.checks {
-            let mut rules = String::from("*filter\n:LAB-SDC - [0:0]\n-F LAB-SDC\n");
-            for id in &checks {
-                let i = &self.instances[id];
-                rules.push_str(&format!(
-                    "-A LAB-SDC -o {l} ! -d {ip} -j DROP\n-A LAB-SDC -i {l} ! -s {ip} -j DROP\n",
-                    l = i.link,
-                    ip = i.ip
-                ));
+            let mut rules = String::from("*filter\n:LAB-SDC - [0:0]\n");
+            for (chains, _) in &checks {
+                rules.push_str(chains);
+            }
+            rules.push_str("-F LAB-SDC\n");
+            for (_, r) in &checks {
+                rules.push_str(r);
             }
             rules.push_str("COMMIT\n");
             let out = self.vpc.sh_status(&format!(
@@ -1723,6 +1775,7 @@ impl Fabric {
             _imds: imds,
             link,
             ip: ip.to_string(),
+            secondary: BTreeSet::new(),
             eni: eni.to_string(),
             subnet: subnet.to_string(),
             natd: None,

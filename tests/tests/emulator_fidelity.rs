@@ -650,3 +650,112 @@ async fn security_groups_are_set_as_ec2_sets_them() {
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
 }
+
+#[tokio::test]
+async fn elastic_ips_sit_on_secondary_addresses_and_move_with_them() {
+    let emu = Emulator::start();
+    let w = World::new(&emu.sdk()).await;
+    let eni = |emu: &Emulator| {
+        emu.aws(&[
+            "ec2",
+            "create-network-interface",
+            "--subnet-id",
+            &w.public_subnet,
+        ])["NetworkInterface"]["NetworkInterfaceId"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    let (a, b) = (eni(&emu), eni(&emu));
+    let ip = "10.20.0.250";
+    emu.aws(&[
+        "ec2",
+        "assign-private-ip-addresses",
+        "--network-interface-id",
+        &a,
+        "--private-ip-addresses",
+        ip,
+    ]);
+    let alloc = emu.aws(&["ec2", "allocate-address", "--domain", "vpc"]);
+    let (alloc, public) = (
+        alloc["AllocationId"].as_str().unwrap().to_string(),
+        alloc["PublicIp"].as_str().unwrap().to_string(),
+    );
+    assert!(!public.starts_with("127."), "a public pool: {public}");
+    emu.aws(&[
+        "ec2",
+        "associate-address",
+        "--allocation-id",
+        &alloc,
+        "--network-interface-id",
+        &a,
+        "--private-ip-address",
+        ip,
+    ]);
+    // On the secondary address, not the primary.
+    let describe = |eni: &str| {
+        emu.aws(&[
+            "ec2",
+            "describe-network-interfaces",
+            "--network-interface-ids",
+            eni,
+        ])["NetworkInterfaces"][0]
+            .clone()
+    };
+    let on = |n: &serde_json::Value| -> Option<String> {
+        n["PrivateIpAddresses"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|x| x["Association"]["PublicIp"] == public.as_str())
+            .map(|x| x["PrivateIpAddress"].as_str().unwrap().to_string())
+    };
+    let n = describe(&a);
+    assert_eq!(on(&n).as_deref(), Some(ip), "{n}");
+    assert!(n["Association"].is_null(), "the primary keeps none: {n}");
+    let addr = emu.aws(&["ec2", "describe-addresses", "--allocation-ids", &alloc]);
+    assert_eq!(addr["Addresses"][0]["PrivateIpAddress"], ip, "{addr}");
+    // Another interface cannot take the address without AllowReassignment.
+    let take = |allow: bool| {
+        let mut args = vec![
+            "ec2",
+            "assign-private-ip-addresses",
+            "--network-interface-id",
+            &b,
+            "--private-ip-addresses",
+            ip,
+        ];
+        if allow {
+            args.push("--allow-reassignment");
+        }
+        aws_raw(&emu, &args)
+    };
+    let refused = take(false);
+    assert!(
+        !refused.status.success() && err(&refused).contains("PrivateIpAddressInUse"),
+        "{}",
+        err(&refused)
+    );
+    // With it, the address moves, and its Elastic IP with it.
+    assert!(take(true).status.success());
+    assert_eq!(on(&describe(&b)).as_deref(), Some(ip));
+    assert_eq!(on(&describe(&a)), None);
+    let addr = emu.aws(&["ec2", "describe-addresses", "--allocation-ids", &alloc]);
+    assert_eq!(
+        addr["Addresses"][0]["NetworkInterfaceId"],
+        b.as_str(),
+        "{addr}"
+    );
+    // An Elastic IP moved to another interface's primary address leaves the old one.
+    emu.aws(&[
+        "ec2",
+        "associate-address",
+        "--allocation-id",
+        &alloc,
+        "--network-interface-id",
+        &a,
+        "--allow-reassociation",
+    ]);
+    assert_eq!(describe(&a)["Association"]["PublicIp"], public.as_str());
+    assert_eq!(on(&describe(&b)), None);
+}
