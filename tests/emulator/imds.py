@@ -58,7 +58,16 @@ def main():
             nic + "vpc-id": eni["VpcId"],
             nic + "vpc-ipv4-cidr-block": vpc["CidrBlock"],
             nic + "vpc-ipv4-cidr-blocks": "\n".join(cidrs),
-            nic + "local-ipv4s": eni.get("PrivateIpAddress", ""),
+            # Every private address of the interface, the primary first, as IMDS lists
+            # them (where AWS says to confirm that a moved address has arrived).
+            nic + "local-ipv4s": "\n".join(
+                [eni.get("PrivateIpAddress", "")]
+                + [
+                    a["PrivateIpAddress"]
+                    for a in eni.get("PrivateIpAddresses", [])
+                    if not a.get("Primary") and a.get("PrivateIpAddress") != eni.get("PrivateIpAddress")
+                ]
+            ),
         }
 
     class Handler(BaseHTTPRequestHandler):
