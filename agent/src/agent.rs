@@ -21,6 +21,7 @@ use crate::imds::{self, Identity, Imds};
 use crate::kernel::apply::{self as kapply, Kernel};
 use crate::kernel::{self, Facts, Ruleset, Sysctl};
 use crate::metrics::{Metrics, Snapshot};
+use crate::pair;
 use crate::routes::{self, Decision, Me, Target};
 use backon::{BackoffBuilder, ExponentialBackoff, ExponentialBuilder, Retryable};
 use ipnet::Ipv4Net;
@@ -111,6 +112,21 @@ struct DataPlane {
     skipped_logged: bool,
     conntrack_tool_missing_logged: bool,
     port_range: (u16, u16),
+    pair: Option<PairPlane>,
+}
+
+/// The data plane's share of pair mode: the overlay link and conntrackd follow the
+/// peer, the SNAT rules follow the egress addresses.
+#[derive(Debug)]
+struct PairPlane {
+    view: pair::Shared,
+    sync: std::sync::Arc<pair::Sync>,
+    overlay_port: u16,
+    /// `(us, peer)` the overlay link was made for.
+    overlay_for: Option<(std::net::Ipv4Addr, std::net::Ipv4Addr)>,
+    /// conntrackd was (re)started: a standby asks the holder for its whole table.
+    resync_due: bool,
+    trouble: Option<String>,
 }
 
 impl DataPlane {
@@ -119,6 +135,7 @@ impl DataPlane {
         self.passes += 1;
         let first = self.passes == 1;
         let mut problems = Vec::new();
+        self.follow_pair().await;
         match self.kernel.ensure(&self.plan, &self.rules).await {
             Ok(changes) => {
                 if changes.any() {
@@ -183,6 +200,78 @@ impl DataPlane {
         failed.into_iter().map(|(_, f)| f).collect()
     }
 
+    /// Pair mode: SNAT to the egress addresses as last read, the overlay link and
+    /// conntrackd to the peer as last read. Trouble here is logged (on change), not
+    /// counted against health: it costs the fast takeover, not forwarding.
+    async fn follow_pair(&mut self) {
+        let Some(p) = self.pair.as_mut() else { return };
+        let (ips, ends, holder) = {
+            let v = p.view.lock().expect("pair view");
+            (
+                v.egress_ips(),
+                v.me_ip.zip(v.peer.as_ref().map(|p| p.ip)),
+                v.holder,
+            )
+        };
+        let mut changed = false;
+        if ips != self.facts.egress_ips {
+            info!(
+                "SNAT to the egress address(es) [{}]",
+                ips.iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+            self.facts.egress_ips = ips;
+            changed = true;
+        }
+        let mut trouble = Vec::new();
+        if let Some((me, peer)) = ends {
+            if p.overlay_for != Some((me, peer)) || !pair::overlay_present() {
+                match pair::ensure_overlay(&self.facts.egress_interface, me, peer, p.overlay_port)
+                    .await
+                {
+                    Ok(net) => {
+                        info!("pair: VXLAN link {} to {peer} ({net})", pair::OVERLAY_DEV);
+                        p.overlay_for = Some((me, peer));
+                        if self.facts.overlay.as_ref().map(|o| o.1) != Some(net) {
+                            self.facts.overlay = Some((pair::OVERLAY_DEV.to_string(), net));
+                            changed = true;
+                        }
+                    }
+                    Err(e) => trouble.push(e),
+                }
+            }
+            match p.sync.ensure(&self.facts.egress_interface, me, peer).await {
+                Ok(true) => {
+                    info!("pair: conntrackd syncing with {peer}");
+                    p.resync_due = true;
+                }
+                Ok(false) if p.resync_due && !holder => {
+                    // The holder sends its whole table when asked.
+                    match p.sync.ctl(&["-n"]).await {
+                        Ok(_) => p.resync_due = false,
+                        Err(e) => trouble.push(e),
+                    }
+                }
+                Ok(false) => {}
+                Err(e) => trouble.push(e),
+            }
+        }
+        let trouble = (!trouble.is_empty()).then(|| trouble.join("; "));
+        if trouble != p.trouble {
+            match &trouble {
+                Some(t) => warn!("pair: {t} (forwarding is not affected; the fast takeover is)"),
+                None if p.trouble.is_some() => info!("pair: state sync and overlay in order again"),
+                None => {}
+            }
+            p.trouble = trouble;
+        }
+        if changed {
+            self.rules = kernel::ruleset(&self.facts);
+        }
+    }
+
     /// Adopts a new set of VPC CIDRs: the ruleset is rebuilt; the next check applies it.
     fn set_cidrs(&mut self, cidrs: Vec<Ipv4Net>) {
         self.facts.vpc_cidrs = cidrs;
@@ -222,6 +311,7 @@ pub struct ControlPlane {
     passes: u64,
     published: Option<(String, Instant)>,
     ever_ready: bool,
+    pair: Option<pair::Shared>,
 }
 
 /// What a control pass is told.
@@ -291,13 +381,19 @@ impl ControlPlane {
         if input.forwards && sdc_off {
             // Make before break: routes and the address move only to an instance that
             // has just been verified to forward.
-            if self.ensure_me(report).await {
-                self.ensure_routes(report).await;
+            if self.pair.is_some() {
+                self.ensure_pair(true, report).await;
+            } else if self.ensure_me(report).await {
+                self.ensure_routes(report, None).await;
                 self.ensure_address(report).await;
             }
             if report.problems.is_empty() {
                 self.complete_launch(report).await;
             }
+        }
+        if self.pair.is_some() && !(input.forwards && sdc_off) {
+            // The standby-to-be still learns its peer and the addresses.
+            self.ensure_pair(false, report).await;
         }
         if report.problems.is_empty() && input.forwards {
             self.ever_ready = true;
@@ -406,21 +502,233 @@ impl ControlPlane {
         }
     }
 
-    async fn ensure_routes(&mut self, report: &mut ControlReport) {
-        let tables = match self
-            .cloud
-            .tagged_tables(&self.id.vpc_id, &self.cfg.stack)
-            .await
+    /// Pair mode: learns the peer, the egress addresses and the tables; claims an
+    /// address no one holds (`ready`: we forward), holds what the holder holds, and
+    /// takes or yields the routes by the pair's rule (see [`crate::pair`]).
+    async fn ensure_pair(&mut self, ready: bool, report: &mut ControlReport) {
+        let Some(view) = self.pair.clone() else {
+            return;
+        };
+        let started = Instant::now();
+        let stack = self.cfg.stack.clone();
+        let (members, egress, tables) = match tokio::try_join!(
+            self.cloud.stack_instances(&self.id.vpc_id, &stack),
+            self.cloud.egress_addresses(&stack),
+            self.cloud.tagged_tables(&self.id.vpc_id, &stack),
+        ) {
+            Ok(r) => r,
+            Err(e) => return self.note(report, "pair", &e),
+        };
+        let mut egress = egress;
+        egress.truncate(self.cfg.egress_ips as usize);
+        let me_id = self.id.instance_id.clone();
+        let eni = self.id.eni_id.clone();
+        let peer = pair::choose_peer(&members, &me_id, &egress);
+        let me_ip = members
+            .iter()
+            .find(|m| m.instance_id == me_id)
+            .map(|m| m.ip);
+        if egress.is_empty() {
+            report.problems.push(format!(
+                "pair: no Elastic IP tagged {}={stack}: the pair's egress address is missing (natctl setup allocates it)",
+                crate::contract::EGRESS_TAG
+            ));
+        } else if egress.len() < self.cfg.egress_ips as usize {
+            warn!(
+                "pair: {} Elastic IP(s) tagged {}={stack}, egress_ips = {}",
+                egress.len(),
+                crate::contract::EGRESS_TAG,
+                self.cfg.egress_ips
+            );
+        }
+        let lock = egress.first().and_then(|e| e.eni.clone());
+        let mut holder = lock.as_deref() == Some(eni.as_str());
+        if ready && !holder && lock.is_none() && !egress.is_empty() {
+            let claim = {
+                let v = view.lock().expect("pair view");
+                pair::should_claim(&me_id, peer.as_ref(), &v, Instant::now(), &self.cfg)
+            };
+            if claim {
+                match self.claim(&mut egress).await {
+                    Ok(won) => holder = won,
+                    Err(e) => self.note(report, "pair: claim the egress address", &e),
+                }
+            }
+        }
+        if ready
+            && holder
+            && let Err(e) = self.hold_all(&mut egress).await
         {
-            Ok(t) => t,
-            Err(e) => return self.note(report, "routes", &e),
-        };
+            self.note(report, "pair: egress addresses", &e);
+        }
+        let lock = egress.first().and_then(|e| e.eni.clone());
+        let peer_holds = peer
+            .as_ref()
+            .is_some_and(|p| lock.as_deref() == Some(p.eni.as_str()));
+        {
+            let mut v = view.lock().expect("pair view");
+            let fast_path_since = v.took_at.is_some_and(|t| t >= started);
+            if fast_path_since {
+                // The heartbeat loop took over while this pass was reading: its view wins.
+                holder = true;
+            } else {
+                if v.holder && !holder && peer_holds {
+                    warn!(
+                        "pair: {} took the egress address over; standing by (no fast takeover until it is heard again)",
+                        peer.as_ref()
+                            .map(|p| p.instance_id.as_str())
+                            .unwrap_or("the peer")
+                    );
+                    v.lost_role = v.silence(Instant::now()).is_none_or(|s| {
+                        s > self.cfg.heartbeat_interval() * self.cfg.heartbeat_misses
+                    });
+                }
+                if v.peer.as_ref().map(|p| &p.instance_id) != peer.as_ref().map(|p| &p.instance_id)
+                {
+                    match &peer {
+                        Some(p) => info!("pair: peer is {} ({})", p.instance_id, p.ip),
+                        None => warn!("pair: no peer instance running"),
+                    }
+                    v.last_beat = None;
+                    v.last_check_ok = None;
+                    v.silent_logged = false;
+                }
+                if v.holder != holder {
+                    info!(
+                        "pair: {}",
+                        if holder {
+                            "holder of the egress address"
+                        } else {
+                            "standby"
+                        }
+                    );
+                }
+                v.holder = holder;
+                v.peer_holds = peer_holds;
+                v.egress = egress.clone();
+            }
+            v.peer = peer.clone();
+            v.me_ip = me_ip;
+            v.tables = tables.iter().map(|t| t.id.clone()).collect();
+        }
+        if ready {
+            self.ensure_routes(report, Some((holder, peer, tables)))
+                .await;
+        }
+    }
+
+    /// Claims unheld egress addresses onto our ENI: a secondary private address for
+    /// each, then AssociateAddress without reassociation, the lock a second claimant
+    /// loses. `Ok(false)`: the other instance won.
+    async fn claim(&mut self, egress: &mut [pair::Egress]) -> Result<bool, aws::Error> {
+        let eni = self.id.eni_id.clone();
+        let mine = self.cloud.secondary_ips(&eni).await?;
+        let carrying: Vec<std::net::Ipv4Addr> = egress
+            .iter()
+            .filter(|e| e.eni.as_deref() == Some(eni.as_str()))
+            .filter_map(|e| e.private_ip)
+            .collect();
+        let mut free: Vec<std::net::Ipv4Addr> = mine
+            .into_iter()
+            .filter(|ip| !carrying.contains(ip))
+            .collect();
+        let needed = egress
+            .iter()
+            .filter(|e| e.eni.as_deref() != Some(eni.as_str()))
+            .count();
+        let mut added = Vec::new();
+        if free.len() < needed {
+            added = self
+                .cloud
+                .new_private_ips(&eni, needed - free.len())
+                .await?;
+            free.extend(added.iter().copied());
+        }
+        for e in egress
+            .iter_mut()
+            .filter(|e| e.eni.as_deref() != Some(eni.as_str()))
+        {
+            let ip = free.remove(0);
+            match self
+                .cloud
+                .associate_address_at(&e.allocation_id, &eni, ip, false)
+                .await
+            {
+                Ok(()) => {
+                    info!(
+                        "pair: claimed Elastic IP {} ({}) on {eni} {ip}",
+                        e.public_ip, e.allocation_id
+                    );
+                    e.eni = Some(eni.clone());
+                    e.private_ip = Some(ip);
+                }
+                Err(err) if err.code() == Some("Resource.AlreadyAssociated") => {
+                    info!(
+                        "pair: Elastic IP {} was claimed by the other instance first; standing by",
+                        e.public_ip
+                    );
+                    if !added.is_empty() {
+                        let _ = self.cloud.release_private_ips(&eni, &added).await;
+                    }
+                    return Ok(false);
+                }
+                Err(err) => return Err(err),
+            }
+        }
+        Ok(true)
+    }
+
+    /// The holder holds every egress address: one on the other ENI moves here (with
+    /// its Elastic IP), an unassociated one is associated to a new address of ours.
+    async fn hold_all(&mut self, egress: &mut [pair::Egress]) -> Result<(), aws::Error> {
+        let eni = self.id.eni_id.clone();
+        let moving: Vec<std::net::Ipv4Addr> = egress
+            .iter()
+            .filter(|e| e.eni.is_some() && e.eni.as_deref() != Some(eni.as_str()))
+            .filter_map(|e| e.private_ip)
+            .collect();
+        if !moving.is_empty() {
+            self.cloud.move_private_ips(&eni, &moving).await?;
+            for e in egress
+                .iter_mut()
+                .filter(|e| e.private_ip.is_some_and(|ip| moving.contains(&ip)))
+            {
+                info!(
+                    "pair: Elastic IP {} moved to {eni} with {:?}",
+                    e.public_ip, e.private_ip
+                );
+                e.eni = Some(eni.clone());
+            }
+        }
+        if egress.iter().any(|e| e.eni.is_none()) {
+            self.claim(egress).await?;
+        }
+        Ok(())
+    }
+
+    async fn ensure_routes(
+        &mut self,
+        report: &mut ControlReport,
+        pair: Option<(bool, Option<pair::Member>, Vec<routes::Table>)>,
+    ) {
         let me = self.me();
-        let holders = match self.resolve_holders(&me, &tables).await {
-            Ok(h) => h,
-            Err(e) => return self.note(report, "routes", &e),
+        let decisions = if let Some((holder, peer, tables)) = pair {
+            pair::route_plan(&me, &tables, holder, peer.as_ref())
+        } else {
+            let tables = match self
+                .cloud
+                .tagged_tables(&self.id.vpc_id, &self.cfg.stack)
+                .await
+            {
+                Ok(t) => t,
+                Err(e) => return self.note(report, "routes", &e),
+            };
+            let holders = match self.resolve_holders(&me, &tables).await {
+                Ok(h) => h,
+                Err(e) => return self.note(report, "routes", &e),
+            };
+            routes::plan(&me, &tables, &holders)
         };
-        let decisions = routes::plan(&me, &tables, &holders);
         let writes: Vec<(String, Decision)> = decisions
             .iter()
             .filter(|(_, d)| matches!(d, Decision::Create | Decision::Replace { .. }))
@@ -472,9 +780,7 @@ impl ControlPlane {
             if self.decisions.get(&table) != Some(&decision) {
                 match &decision {
                     Decision::Yield { holder } => {
-                        info!(
-                            "route table {table}: newer natd {holder} holds 0.0.0.0/0; standing by"
-                        )
+                        info!("route table {table}: natd {holder} holds 0.0.0.0/0; standing by")
                     }
                     Decision::Ours if !self.decisions.contains_key(&table) => {
                         info!(
@@ -737,7 +1043,54 @@ impl Agent {
         .await?;
         let sdk = crate::cloud::sdk_config(&id.region, cfg.aws_endpoint_url.as_deref()).await;
         let port_range = kernel::parse_port_range(&cfg.local_port_range).unwrap_or((1024, 65535));
-        let plan = kernel::sysctl_plan(&facts, port_range, cfg.conntrack_max);
+        let mut plan = kernel::sysctl_plan(&facts, port_range, cfg.conntrack_max);
+        if cfg.pair {
+            // Connections committed from the peer's state arrive mid-stream: TCP window
+            // tracking must not call their packets invalid.
+            plan.push(Sysctl {
+                key: "net/netfilter/nf_conntrack_tcp_be_liberal".into(),
+                value: "1".into(),
+                required: false,
+            });
+        }
+        let cloud = Cloud::new(&sdk);
+        let pair_parts = if cfg.pair {
+            let view = pair::Shared::default();
+            let sync = std::sync::Arc::new(pair::Sync::new(&cfg));
+            let endpoint = match &cfg.aws_endpoint_url {
+                Some(u) => u
+                    .split_once("://")
+                    .map(|(_, rest)| rest)
+                    .unwrap_or(u)
+                    .trim_end_matches('/')
+                    .to_string(),
+                None => format!("ec2.{}.amazonaws.com:443", id.region),
+            };
+            let endpoint = if endpoint.contains(':') {
+                endpoint
+            } else {
+                format!("{endpoint}:443")
+            };
+            tokio::spawn(pair::run(pair::Ctx {
+                cfg: cfg.clone(),
+                instance_id: id.instance_id.clone(),
+                eni: id.eni_id.clone(),
+                cloud: cloud.clone(),
+                view: view.clone(),
+                sync: sync.clone(),
+                targets: cfg.probes(),
+                endpoint,
+            }));
+            info!(
+                heartbeat_port = cfg.heartbeat_port,
+                sync_port = cfg.sync_port,
+                overlay_port = cfg.overlay_port,
+                "pair mode: hot standby with state sync"
+            );
+            Some((view, sync))
+        } else {
+            None
+        };
         let rules = kernel::ruleset(&facts);
         info!(
             interface = %facts.egress_interface,
@@ -755,11 +1108,19 @@ impl Agent {
             skipped_logged: false,
             conntrack_tool_missing_logged: false,
             port_range,
+            pair: pair_parts.as_ref().map(|(view, sync)| PairPlane {
+                view: view.clone(),
+                sync: sync.clone(),
+                overlay_port: cfg.overlay_port,
+                overlay_for: None,
+                resync_due: false,
+                trouble: None,
+            }),
         };
         let control = ControlPlane {
             cfg: cfg.clone(),
             id: id.clone(),
-            cloud: Cloud::new(&sdk),
+            cloud,
             imds: Imds::new(cfg.imds_endpoint.as_deref())?,
             launch_time: None,
             cidrs: id.vpc_cidrs.clone(),
@@ -769,6 +1130,7 @@ impl Agent {
             passes: 0,
             published: None,
             ever_ready: false,
+            pair: pair_parts.map(|(view, _)| view),
         };
         Ok(Self {
             metrics: cfg.metrics_file.clone().map(Metrics::new),
@@ -804,6 +1166,9 @@ impl Agent {
         let problems = self.data.check(self.sdc, &self.id.eni_id).await;
         let (next, notes) = self.health.after_data(&problems, self.cfg.unhealthy_after);
         self.health = next;
+        if let Some(p) = &self.data.pair {
+            p.view.lock().expect("pair view").forwards = self.health.forwarding();
+        }
         for n in notes {
             self.log_note(n);
         }
@@ -978,6 +1343,10 @@ impl Agent {
         if let Some((held, _)) = self.view.routes {
             s.push_str(&format!(" routes={held}"));
         }
+        if let Some(p) = self.pair_summary() {
+            s.push(' ');
+            s.push_str(&p);
+        }
         if let Some((lasted, ended)) = self.view.last_outage {
             s.push_str(&format!(
                 " api-outage={}s@{}",
@@ -988,11 +1357,38 @@ impl Agent {
         s
     }
 
+    /// Pair mode, in words for the health tag: `pair=holder|standby peer=<id>
+    /// beat=<ms>ms ago|never` and the last takeover.
+    fn pair_summary(&self) -> Option<String> {
+        let p = self.data.pair.as_ref()?;
+        let v = p.view.lock().expect("pair view");
+        let mut s = format!("pair={}", if v.holder { "holder" } else { "standby" });
+        if let Some(peer) = &v.peer {
+            s.push_str(&format!(" peer={}", peer.instance_id));
+            match v.silence(Instant::now()) {
+                // Rounded to a second so the tag is not rewritten for every beat.
+                Some(d) => s.push_str(&format!(" beat={}s", d.as_secs())),
+                None => s.push_str(" beat=never"),
+            }
+        }
+        if let Some(t) = &v.last_takeover {
+            s.push_str(&format!(
+                " takeover={}ms@{}",
+                t.took.as_millis(),
+                humantime::format_rfc3339_seconds(t.at)
+            ));
+        }
+        Some(s)
+    }
+
     /// A one-line state for sd_notify STATUS: the data plane first, then the control
     /// plane when it is in trouble.
     pub fn status_line(&self) -> String {
         let mut s = if self.health.forwarding() {
             let mut s = format!("forwarding via {}", self.data.facts.egress_interface);
+            if let Some(p) = self.pair_summary() {
+                s.push_str(&format!(" ({p})"));
+            }
             if let Some((held, yielded)) = self.view.routes {
                 s.push_str(&format!(
                     "; holding {held} route table(s), {yielded} held by a newer natd"

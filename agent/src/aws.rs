@@ -99,6 +99,18 @@ pub enum Error {
         /// The service error.
         source: ApiError,
     },
+    /// A pair-mode EC2 call (DescribeInstances of the pair, DescribeAddresses,
+    /// AssignPrivateIpAddresses, UnassignPrivateIpAddresses, AssociateAddress to a
+    /// private address).
+    #[error("{op} {target}: {source}")]
+    Pair {
+        /// The operation.
+        op: &'static str,
+        /// What it was about.
+        target: String,
+        /// The service error.
+        source: ApiError,
+    },
     /// An Auto Scaling call.
     #[error("{op} {target}: {source}")]
     AutoScaling {
@@ -112,6 +124,24 @@ pub enum Error {
 }
 
 impl Error {
+    /// The service's error code, when the service answered with one.
+    pub fn code(&self) -> Option<&str> {
+        match self {
+            Error::DescribeInstances { source, .. }
+            | Error::DescribeInterfaces { source, .. }
+            | Error::ReadSourceDestCheck { source, .. }
+            | Error::DisableSourceDestCheck { source, .. }
+            | Error::DescribeRouteTables { source, .. }
+            | Error::WriteRoute { source, .. }
+            | Error::DescribeAddresses { source, .. }
+            | Error::AssociateAddress { source, .. }
+            | Error::Tag { source, .. }
+            | Error::Pair { source, .. }
+            | Error::AutoScaling { source, .. } => source.code.as_deref(),
+            Error::NoSuchInstance(_) | Error::NoSuchAddress(_) => None,
+        }
+    }
+
     /// Whether retrying cannot help.
     pub fn is_permanent(&self) -> bool {
         match self {
@@ -124,6 +154,7 @@ impl Error {
             | Error::DescribeAddresses { source, .. }
             | Error::AssociateAddress { source, .. }
             | Error::Tag { source, .. }
+            | Error::Pair { source, .. }
             | Error::AutoScaling { source, .. } => source.is_permanent(),
             Error::NoSuchInstance(_) | Error::NoSuchAddress(_) => true,
         }
@@ -419,6 +450,201 @@ impl Cloud {
         Ok(())
     }
 
+    /// The stack's other live NAT instances (pending or running, in `vpc`), for pair
+    /// mode: `(instance id, primary private IP, primary ENI, launch time)`.
+    pub async fn stack_instances(
+        &self,
+        vpc: &str,
+        stack: &str,
+    ) -> Result<Vec<crate::pair::Member>, Error> {
+        let mut out = Vec::new();
+        let mut pages = self
+            .ec2
+            .describe_instances()
+            .filters(tag_filter(STACK_TAG, stack))
+            .filters(Filter::builder().name("vpc-id").values(vpc).build())
+            .filters(
+                Filter::builder()
+                    .name("instance-state-name")
+                    .values("pending")
+                    .values("running")
+                    .build(),
+            )
+            .into_paginator()
+            .send();
+        while let Some(page) = pages.next().await {
+            let page = page.map_err(|e| Error::Pair {
+                op: "DescribeInstances",
+                target: format!("tag {STACK_TAG}={stack}"),
+                source: e.into(),
+            })?;
+            for i in page.reservations().iter().flat_map(|r| r.instances()) {
+                let (Some(id), Some(ip)) = (
+                    i.instance_id(),
+                    i.private_ip_address().and_then(|a| a.parse().ok()),
+                ) else {
+                    continue;
+                };
+                let eni = i
+                    .network_interfaces()
+                    .iter()
+                    .find(|n| n.attachment().and_then(|a| a.device_index()) == Some(0))
+                    .or_else(|| i.network_interfaces().first())
+                    .and_then(|n| n.network_interface_id())
+                    .unwrap_or_default()
+                    .to_string();
+                out.push(crate::pair::Member {
+                    instance_id: id.to_string(),
+                    ip,
+                    eni,
+                    launch_time: i.launch_time().map(|t| t.secs()).unwrap_or(0),
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    /// Every Elastic IP tagged `natd:egress=<stack>`, by allocation id, with the
+    /// interface and private address each is associated with.
+    pub async fn egress_addresses(&self, stack: &str) -> Result<Vec<crate::pair::Egress>, Error> {
+        let resp = self
+            .ec2
+            .describe_addresses()
+            .filters(tag_filter(EGRESS_TAG, stack))
+            .send()
+            .await
+            .map_err(|e| Error::DescribeAddresses {
+                what: format!("tag {EGRESS_TAG}={stack}"),
+                source: e.into(),
+            })?;
+        let mut out: Vec<crate::pair::Egress> = resp
+            .addresses()
+            .iter()
+            .map(|a| crate::pair::Egress {
+                allocation_id: a.allocation_id().unwrap_or_default().to_string(),
+                public_ip: a.public_ip().unwrap_or_default().to_string(),
+                eni: a.network_interface_id().map(str::to_string),
+                private_ip: a.private_ip_address().and_then(|p| p.parse().ok()),
+            })
+            .collect();
+        out.sort_by(|a, b| a.allocation_id.cmp(&b.allocation_id));
+        Ok(out)
+    }
+
+    /// The secondary private addresses of `eni`.
+    pub async fn secondary_ips(&self, eni: &str) -> Result<Vec<std::net::Ipv4Addr>, Error> {
+        let resp = self
+            .ec2
+            .describe_network_interfaces()
+            .network_interface_ids(eni)
+            .send()
+            .await
+            .map_err(|e| Error::DescribeInterfaces {
+                ids: eni.to_string(),
+                source: e.into(),
+            })?;
+        Ok(resp
+            .network_interfaces()
+            .iter()
+            .flat_map(|n| n.private_ip_addresses())
+            .filter(|a| a.primary() != Some(true))
+            .filter_map(|a| a.private_ip_address().and_then(|p| p.parse().ok()))
+            .collect())
+    }
+
+    /// Moves `ips` to `eni` (`AllowReassignment`): on AWS an Elastic IP associated with
+    /// a moved address moves with it, in the same call.
+    pub async fn move_private_ips(
+        &self,
+        eni: &str,
+        ips: &[std::net::Ipv4Addr],
+    ) -> Result<(), Error> {
+        self.ec2
+            .assign_private_ip_addresses()
+            .network_interface_id(eni)
+            .set_private_ip_addresses(Some(ips.iter().map(ToString::to_string).collect()))
+            .allow_reassignment(true)
+            .send()
+            .await
+            .map_err(|e| Error::Pair {
+                op: "AssignPrivateIpAddresses",
+                target: format!("{} -> {eni} (AllowReassignment)", join_ips(ips)),
+                source: e.into(),
+            })?;
+        Ok(())
+    }
+
+    /// Gives `eni` `count` new secondary private addresses; returns them.
+    pub async fn new_private_ips(
+        &self,
+        eni: &str,
+        count: usize,
+    ) -> Result<Vec<std::net::Ipv4Addr>, Error> {
+        let resp = self
+            .ec2
+            .assign_private_ip_addresses()
+            .network_interface_id(eni)
+            .secondary_private_ip_address_count(count as i32)
+            .send()
+            .await
+            .map_err(|e| Error::Pair {
+                op: "AssignPrivateIpAddresses",
+                target: format!("{count} new address(es) on {eni}"),
+                source: e.into(),
+            })?;
+        Ok(resp
+            .assigned_private_ip_addresses()
+            .iter()
+            .filter_map(|a| a.private_ip_address().and_then(|p| p.parse().ok()))
+            .collect())
+    }
+
+    /// Takes `ips` off `eni`.
+    pub async fn release_private_ips(
+        &self,
+        eni: &str,
+        ips: &[std::net::Ipv4Addr],
+    ) -> Result<(), Error> {
+        self.ec2
+            .unassign_private_ip_addresses()
+            .network_interface_id(eni)
+            .set_private_ip_addresses(Some(ips.iter().map(ToString::to_string).collect()))
+            .send()
+            .await
+            .map_err(|e| Error::Pair {
+                op: "UnassignPrivateIpAddresses",
+                target: format!("{} on {eni}", join_ips(ips)),
+                source: e.into(),
+            })?;
+        Ok(())
+    }
+
+    /// Associates `allocation_id` with the private address `ip` of `eni`; refused
+    /// (`Resource.AlreadyAssociated`) when it is associated elsewhere and `reassociate`
+    /// is false: the pair's claim on a free address is first come, first served.
+    pub async fn associate_address_at(
+        &self,
+        allocation_id: &str,
+        eni: &str,
+        ip: std::net::Ipv4Addr,
+        reassociate: bool,
+    ) -> Result<(), Error> {
+        self.ec2
+            .associate_address()
+            .allocation_id(allocation_id)
+            .network_interface_id(eni)
+            .private_ip_address(ip.to_string())
+            .allow_reassociation(reassociate)
+            .send()
+            .await
+            .map_err(|e| Error::AssociateAddress {
+                allocation_id: allocation_id.to_string(),
+                eni: format!("{eni} {ip}"),
+                source: e.into(),
+            })?;
+        Ok(())
+    }
+
     /// Our Auto Scaling group and lifecycle state, or `None` outside a group.
     pub async fn membership(&self, instance_id: &str) -> Result<Option<Membership>, Error> {
         let resp = self
@@ -545,6 +771,13 @@ pub fn route_target(r: &aws_sdk_ec2::types::Route) -> Option<&str> {
     .into_iter()
     .flatten()
     .next()
+}
+
+fn join_ips(ips: &[std::net::Ipv4Addr]) -> String {
+    ips.iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 /// Whether a lifecycle state means a launch hook waits for us.

@@ -53,6 +53,9 @@ pub const BOUNDS: &[(&str, u64, u64, &str)] = &[
     ("control_deadline_secs", 5, 300, "seconds"),
     ("control_backoff_max_secs", 1, 600, "seconds"),
     ("conntrack_max", 1024, 67_108_864, "entries"),
+    ("egress_ips", 1, 32, "addresses"),
+    ("heartbeat_interval_ms", 20, 1000, "milliseconds"),
+    ("heartbeat_misses", 2, 50, "beats"),
 ];
 
 /// The whole configuration, with defaults filled in.
@@ -103,6 +106,31 @@ pub struct Config {
     /// Whether natd publishes its health in the `natd:health` tag of its instance, which
     /// `natctl status` reads.
     pub publish_health: bool,
+    /// Hot standby: this instance is one of a pair (two Auto Scaling groups of one). The
+    /// holder of the stack's Elastic IPs (on secondary private addresses of its ENI)
+    /// SNATs to those addresses and holds the routes; the other keeps a copy of its
+    /// connection state (conntrackd) and takes everything over when the holder stops
+    /// forwarding. See `natd::pair`.
+    pub pair: bool,
+    /// Pair mode: how many egress addresses (secondary private IPs, each with one of the
+    /// stack's Elastic IPs) the holder SNATs across.
+    pub egress_ips: u32,
+    /// Pair mode: UDP port of the heartbeats between the pair.
+    pub heartbeat_port: u16,
+    /// Pair mode: milliseconds between heartbeats.
+    pub heartbeat_interval_ms: u64,
+    /// Pair mode: heartbeats missed before the standby checks whether the holder still
+    /// forwards (and takes over only if it does not).
+    pub heartbeat_misses: u32,
+    /// Pair mode: UDP port of conntrackd's state sync.
+    pub sync_port: u16,
+    /// Pair mode: UDP port of the VXLAN link the standby checks the holder's forwarding
+    /// through.
+    pub overlay_port: u16,
+    /// Pair mode: the conntrackd binary (conntrack-tools).
+    pub conntrackd: PathBuf,
+    /// Pair mode: where natd keeps conntrackd's configuration, socket and log.
+    pub state_dir: PathBuf,
 }
 
 impl Default for Config {
@@ -128,6 +156,15 @@ impl Default for Config {
             control_backoff_max_secs: 60,
             metrics_file: None,
             publish_health: true,
+            pair: false,
+            egress_ips: 1,
+            heartbeat_port: 4790,
+            heartbeat_interval_ms: 100,
+            heartbeat_misses: 3,
+            sync_port: 3780,
+            overlay_port: 4789,
+            conntrackd: PathBuf::from("conntrackd"),
+            state_dir: PathBuf::from("/run/natd"),
         }
     }
 }
@@ -180,6 +217,9 @@ impl Config {
                 Some(self.control_backoff_max_secs),
             ),
             ("conntrack_max", self.conntrack_max),
+            ("egress_ips", Some(u64::from(self.egress_ips))),
+            ("heartbeat_interval_ms", Some(self.heartbeat_interval_ms)),
+            ("heartbeat_misses", Some(u64::from(self.heartbeat_misses))),
         ];
         for (key, value) in numbers {
             let Some(value) = value else { continue };
@@ -235,6 +275,43 @@ impl Config {
                 "expected \"LOW HIGH\" with 1024 <= LOW < HIGH <= 65535".into(),
             ));
         }
+        let ports = [
+            ("heartbeat_port", self.heartbeat_port),
+            ("sync_port", self.sync_port),
+            ("overlay_port", self.overlay_port),
+        ];
+        for (i, (key, port)) in ports.iter().enumerate() {
+            if *port == 0 {
+                return Err(bad(
+                    key,
+                    "0".into(),
+                    "must be a UDP port, 1 to 65535".into(),
+                ));
+            }
+            if let Some((other, _)) = ports[..i].iter().find(|(_, p)| p == port) {
+                return Err(bad(
+                    key,
+                    port.to_string(),
+                    format!(
+                        "already used by {other}: the pair's three channels need their own ports"
+                    ),
+                ));
+            }
+        }
+        if self.pair && self.eip_allocation_id.is_some() {
+            return Err(bad(
+                "eip_allocation_id",
+                format!("{:?}", self.eip_allocation_id.as_deref().unwrap_or_default()),
+                "a pair holds the Elastic IPs tagged natd:egress=<stack> (egress_ips of them); leave eip_allocation_id out".into(),
+            ));
+        }
+        if !self.state_dir.is_absolute() {
+            return Err(bad(
+                "state_dir",
+                format!("{:?}", self.state_dir.display().to_string()),
+                "must be an absolute directory, e.g. /run/natd".into(),
+            ));
+        }
         if let Some(p) = &self.metrics_file
             && (!p.is_absolute() || p.file_name().is_none())
         {
@@ -263,6 +340,11 @@ impl Config {
     /// The longest wait between control passes while AWS cannot be reached.
     pub fn control_backoff_max(&self) -> Duration {
         Duration::from_secs(self.control_backoff_max_secs)
+    }
+
+    /// The heartbeat interval.
+    pub fn heartbeat_interval(&self) -> Duration {
+        Duration::from_millis(self.heartbeat_interval_ms)
     }
 
     /// The reconcile interval.

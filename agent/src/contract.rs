@@ -86,7 +86,9 @@ pub const LAUNCHING_TRANSITION: &str = "autoscaling:EC2_INSTANCE_LAUNCHING";
 /// calls only on groups tagged `natd:stack=<stack>`, and the network-interface calls
 /// (source/dest check, the ENI side of associating the Elastic IP) only on ENIs tagged
 /// `natd:stack=<stack>`: the launch template tags the NAT instance's ENI at launch, so a
-/// compromised NAT instance cannot change any other ENI of the account.
+/// compromised NAT instance cannot change any other ENI of the account. A hot standby
+/// pair moves its egress addresses (secondary private IPs) between its two ENIs, tagged
+/// alike.
 pub fn agent_policy(stack: &str) -> Value {
     json!({
         "Version": "2012-10-17",
@@ -130,6 +132,13 @@ pub fn agent_policy(stack: &str) -> Value {
                 "Sid": "AssociateElasticIpToOwnEni",
                 "Effect": "Allow",
                 "Action": "ec2:AssociateAddress",
+                "Resource": "arn:aws:ec2:*:*:network-interface/*",
+                "Condition": {"StringEquals": {format!("ec2:ResourceTag/{STACK_TAG}"): stack}}
+            },
+            {
+                "Sid": "MoveEgressAddressesBetweenOwnEnis",
+                "Effect": "Allow",
+                "Action": ["ec2:AssignPrivateIpAddresses", "ec2:UnassignPrivateIpAddresses"],
                 "Resource": "arn:aws:ec2:*:*:network-interface/*",
                 "Condition": {"StringEquals": {format!("ec2:ResourceTag/{STACK_TAG}"): stack}}
             },

@@ -10,4 +10,5 @@ pub mod health;
 pub mod imds;
 pub mod kernel;
 pub mod metrics;
+pub mod pair;
 pub mod routes;

@@ -286,12 +286,22 @@ def _assign_response(self):
                 if getattr(eip, "_natd_private_ip", None) == ip and eip.eni is other:
                     eip.eni = eni
                     eip.instance = eni.instance
+    before = {e.get("PrivateIpAddress") for e in eni.private_ip_addresses}
     result = _orig_assign_response(self)
     for ip, association in moved.items():
         entry = _ip_entry(eni, ip)
         if association and entry is not None:
             entry["Association"] = association
-    return result
+    # AWS answers with the addresses this call assigned (AssignedPrivateIpAddresses),
+    # not every address of the interface as moto does.
+    from moto.core.responses import ActionResult
+
+    assigned = [
+        {"PrivateIpAddress": e.get("PrivateIpAddress")}
+        for e in eni.private_ip_addresses
+        if e.get("PrivateIpAddress") not in before
+    ]
+    return ActionResult({"NetworkInterfaceId": eni.id, "AssignedPrivateIpAddresses": assigned})
 
 
 _eni_responses.ElasticNetworkInterfaces.assign_private_ip_addresses = _assign_response
@@ -1231,7 +1241,11 @@ def _resources(req):
     action = req._action
     if action in ("ec2:ReplaceRoute", "ec2:CreateRoute"):
         return [_ec2_resource(region, account, "route-table", _param(data, "RouteTableId"))]
-    if action == "ec2:ModifyNetworkInterfaceAttribute":
+    if action in (
+        "ec2:ModifyNetworkInterfaceAttribute",
+        "ec2:AssignPrivateIpAddresses",
+        "ec2:UnassignPrivateIpAddresses",
+    ):
         return [_ec2_resource(region, account, "network-interface", _param(data, "NetworkInterfaceId"))]
     if action == "ec2:AssociateAddress":
         out = [_ec2_resource(region, account, "elastic-ip", _param(data, "AllocationId"))]

@@ -668,7 +668,7 @@ async fn elastic_ips_sit_on_secondary_addresses_and_move_with_them() {
     };
     let (a, b) = (eni(&emu), eni(&emu));
     let ip = "10.20.0.250";
-    emu.aws(&[
+    let assigned = emu.aws(&[
         "ec2",
         "assign-private-ip-addresses",
         "--network-interface-id",
@@ -676,6 +676,28 @@ async fn elastic_ips_sit_on_secondary_addresses_and_move_with_them() {
         "--private-ip-addresses",
         ip,
     ]);
+    // The answer lists what this call assigned, not the primary address too.
+    assert_eq!(
+        assigned["AssignedPrivateIpAddresses"],
+        serde_json::json!([{"PrivateIpAddress": ip}]),
+        "{assigned}"
+    );
+    let counted = emu.aws(&[
+        "ec2",
+        "assign-private-ip-addresses",
+        "--network-interface-id",
+        &b,
+        "--secondary-private-ip-address-count",
+        "2",
+    ]);
+    let new: Vec<&str> = counted["AssignedPrivateIpAddresses"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["PrivateIpAddress"].as_str().unwrap())
+        .collect();
+    assert_eq!(new.len(), 2, "{counted}");
+    assert!(!new.contains(&ip), "{counted}");
     let alloc = emu.aws(&["ec2", "allocate-address", "--domain", "vpc"]);
     let (alloc, public) = (
         alloc["AllocationId"].as_str().unwrap().to_string(),

@@ -276,6 +276,8 @@ pub fn read_facts(mac: &str, vpc_cidrs: Vec<ipnet::Ipv4Net>) -> Result<Facts, Er
     Ok(Facts {
         egress_interface: interface_with_mac(Path::new("/sys/class/net"), mac)?,
         vpc_cidrs,
+        egress_ips: Vec::new(),
+        overlay: None,
         mem_total_kb: mem_total_kb()?,
     })
 }

@@ -31,6 +31,14 @@ pub struct Facts {
     pub vpc_cidrs: Vec<Ipv4Net>,
     /// MemTotal in kB, from /proc/meminfo.
     pub mem_total_kb: u64,
+    /// Pair mode: the egress addresses (secondary private IPs carrying the stack's
+    /// Elastic IPs) natd SNATs to, spread evenly over new connections. Empty: masquerade
+    /// to the interface's own address.
+    pub egress_ips: Vec<std::net::Ipv4Addr>,
+    /// Pair mode: the VXLAN link to the other instance and its /30, over which the
+    /// standby checks that the holder forwards (the holder forwards what arrives on it
+    /// like traffic from the VPC).
+    pub overlay: Option<(String, Ipv4Net)>,
 }
 
 /// One sysctl natd sets.
@@ -112,14 +120,36 @@ pub fn ruleset(facts: &Facts) -> Ruleset {
     for c in &facts.vpc_cidrs {
         nat.push(format!("-d {c} -j RETURN"));
     }
-    for c in &facts.vpc_cidrs {
-        nat.push(format!("-s {c} -o {o} -j MASQUERADE"));
+    let sources: Vec<String> = facts
+        .vpc_cidrs
+        .iter()
+        .chain(facts.overlay.as_ref().map(|(_, net)| net))
+        .map(ToString::to_string)
+        .collect();
+    let n = facts.egress_ips.len();
+    for c in &sources {
+        if n == 0 {
+            nat.push(format!("-s {c} -o {o} -j MASQUERADE"));
+            continue;
+        }
+        // New connections only reach the nat table: rule i takes every (n-i)th of the
+        // ones that fall through to it, so each address gets 1/n of them.
+        for (i, ip) in facts.egress_ips.iter().enumerate() {
+            let left = n - i;
+            if left > 1 {
+                nat.push(format!(
+                    "-s {c} -o {o} -m statistic --mode nth --every {left} --packet 0 -j SNAT --to-source {ip}"
+                ));
+            } else {
+                nat.push(format!("-s {c} -o {o} -j SNAT --to-source {ip}"));
+            }
+        }
     }
     let mut filter = vec![
         "-m conntrack --ctstate INVALID -j DROP".to_string(),
         "-m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT".to_string(),
     ];
-    for c in &facts.vpc_cidrs {
+    for c in &sources {
         filter.push(format!("-s {c} -o {o} -j ACCEPT"));
     }
     filter.push("-j DROP".to_string());
@@ -287,6 +317,8 @@ mod tests {
     fn facts() -> Facts {
         Facts {
             egress_interface: "ens5".into(),
+            egress_ips: Vec::new(),
+            overlay: None,
             vpc_cidrs: vec![
                 "10.20.0.0/16".parse().expect("cidr"),
                 "100.64.0.0/20".parse().expect("cidr"),

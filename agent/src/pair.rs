@@ -1,0 +1,949 @@
+//! The hot standby pair: two natd instances, each in its own Auto Scaling group of one.
+//!
+//! **Egress identity.** The stack's Elastic IPs (tagged `natd:egress=<stack>`, `egress_ips`
+//! of them) sit on secondary private addresses of the *holder's* ENI; natd SNATs to
+//! those addresses (never MASQUERADE: the mapping must be the same on both instances,
+//! and survive an address moving). `AssignPrivateIpAddresses` with `AllowReassignment`
+//! moves an address to the other ENI and its Elastic IP follows in the same call, so the
+//! internet sees the same address before and after a failover.
+//!
+//! **Roles.** The holder is the instance whose ENI carries the first Elastic IP (by
+//! allocation id): it takes every tagged route table and every egress address. The
+//! other instance is the standby: it yields every table, keeps its kernel ready
+//! (forwarding, the same SNAT rules, source/dest check off) and keeps a copy of the
+//! holder's connection tracking table (conntrackd, FTFW over unicast UDP in the VPC).
+//! When no instance holds the address (the first start, or the holder's ENI is gone),
+//! the first instance that forwards claims it; AssociateAddress without
+//! `AllowReassociation` is the lock, so two claims cannot both win.
+//!
+//! **Takeover.** The pair exchange heartbeats (UDP, `heartbeat_interval_ms`). The standby
+//! acts when the holder is silent for `heartbeat_misses` beats, or says it no longer
+//! forwards, **and** its own check finds the holder does not forward: a TCP connection
+//! to a probe target (or the EC2 endpoint) sent *through the holder* over a VXLAN link
+//! between the two (`overlay_port`; the holder forwards and SNATs what arrives on it like
+//! traffic from the VPC). A lost heartbeat alone never moves anything. Then it commits
+//! the state copy into its kernel, moves the egress addresses and replaces the default
+//! route of every tagged table, all at once (the state first: make before break).
+//!
+//! **No flapping, no split brain.** The holder keeps the routes and the addresses while
+//! it forwards: nothing but the standby's failed check moves them, and the holder itself
+//! never takes them back. An instance that lost the role stays standby without a fast
+//! takeover until it hears the new holder's heartbeats again (so a partition that cuts
+//! every packet between the pair moves the routes at most once); it may still claim an
+//! address that no one holds. A replacement starts as the standby: the address is held.
+//!
+//! Single-instance stacks keep the rule in [`crate::routes`] (the newest live natd keeps
+//! the routes: an instance refresh launches the replacement first). A pair never uses
+//! it: there, age says nothing about who forwards, and the holder is whoever holds the
+//! address.
+
+use crate::aws::Cloud;
+use crate::config::Config;
+use crate::routes::{Decision, Me, Table, Target};
+use ipnet::Ipv4Net;
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+use tokio::net::UdpSocket;
+use tokio::time::Instant;
+use tracing::{error, info, warn};
+
+/// The VXLAN link between the pair.
+pub const OVERLAY_DEV: &str = "natd-pair";
+/// Its VXLAN network identifier.
+const OVERLAY_VNI: u32 = 4242;
+/// The routing table (and rule priority) that sends the check through the holder.
+const OVERLAY_TABLE: u32 = 4242;
+/// The link's /30: the instance with the lower private address takes the first host.
+const OVERLAY_NET: Ipv4Addr = Ipv4Addr::new(169, 254, 42, 0);
+/// After a check found the holder forwarding, the next one waits at least this long
+/// (a partition that drops only heartbeats is checked once a second, not every beat).
+const CHECK_SPACING: Duration = Duration::from_secs(1);
+/// Longest a conntrackd control command may take.
+const CTL_TIMEOUT: Duration = Duration::from_secs(5);
+/// Heartbeat wire format: `natd-pair 1 <instance-id> <seq> <holder 0|1> <forwards 0|1>`.
+const BEAT_MAGIC: &str = "natd-pair";
+
+/// A NAT instance of the stack, as DescribeInstances shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Member {
+    /// `i-...`
+    pub instance_id: String,
+    /// Its primary private address.
+    pub ip: Ipv4Addr,
+    /// Its primary ENI.
+    pub eni: String,
+    /// Launch time, seconds since the epoch.
+    pub launch_time: i64,
+}
+
+/// One of the stack's Elastic IPs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Egress {
+    /// `eipalloc-...`
+    pub allocation_id: String,
+    /// The public address.
+    pub public_ip: String,
+    /// The ENI it is associated with.
+    pub eni: Option<String>,
+    /// The private address it is associated with.
+    pub private_ip: Option<Ipv4Addr>,
+}
+
+/// The last takeover this instance made.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Takeover {
+    /// When it was decided.
+    pub at: SystemTime,
+    /// From the decision to the last call's answer.
+    pub took: Duration,
+    /// Tables whose route moved.
+    pub tables: usize,
+    /// Why.
+    pub reason: String,
+}
+
+/// What the pair's two halves (the control pass, the heartbeat loop) share.
+#[derive(Debug, Default)]
+pub struct View {
+    /// Our primary private address, once read.
+    pub me_ip: Option<Ipv4Addr>,
+    /// The other instance.
+    pub peer: Option<Member>,
+    /// The stack's Elastic IPs (first: the lock), as last read or moved.
+    pub egress: Vec<Egress>,
+    /// Tagged route tables, as last read.
+    pub tables: Vec<String>,
+    /// We hold the address (and so the routes).
+    pub holder: bool,
+    /// The peer holds the address.
+    pub peer_holds: bool,
+    /// Our data plane forwards.
+    pub forwards: bool,
+    /// We lost the role to the peer and have not heard it since.
+    pub lost_role: bool,
+    /// The last heartbeat from the peer, and what it said.
+    pub last_beat: Option<Instant>,
+    /// The peer says it holds the address.
+    pub peer_says_holder: bool,
+    /// The peer says it forwards.
+    pub peer_says_forwards: bool,
+    /// Heartbeats received.
+    pub beats: u64,
+    /// A check (and maybe a takeover) is running.
+    pub busy: bool,
+    /// The last check through the holder that found it forwarding.
+    pub last_check_ok: Option<Instant>,
+    /// The last takeover we made, and when our fast path last acted.
+    pub last_takeover: Option<Takeover>,
+    /// When the fast path last moved things (the control pass must not undo it with
+    /// what it read before).
+    pub took_at: Option<Instant>,
+    /// Whether the "holder forwards though silent" note was logged.
+    pub silent_logged: bool,
+}
+
+impl View {
+    /// The egress private addresses known.
+    pub fn egress_ips(&self) -> Vec<Ipv4Addr> {
+        self.egress.iter().filter_map(|e| e.private_ip).collect()
+    }
+
+    /// How long the peer has been silent (`None`: never heard).
+    pub fn silence(&self, now: Instant) -> Option<Duration> {
+        self.last_beat.map(|t| now.saturating_duration_since(t))
+    }
+}
+
+/// The shared view.
+pub type Shared = Arc<Mutex<View>>;
+
+/// The peer among the stack's instances: the one holding the address if any, else the
+/// newest other one (during a replacement the one going away is older).
+pub fn choose_peer(members: &[Member], me: &str, egress: &[Egress]) -> Option<Member> {
+    let others: Vec<&Member> = members.iter().filter(|m| m.instance_id != me).collect();
+    let lock = egress.first().and_then(|e| e.eni.as_deref());
+    if let Some(h) = others.iter().find(|m| Some(m.eni.as_str()) == lock) {
+        return Some((*h).clone());
+    }
+    others
+        .into_iter()
+        .max_by(|a, b| (a.launch_time, &a.instance_id).cmp(&(b.launch_time, &b.instance_id)))
+        .cloned()
+}
+
+/// Whether we claim an address no one holds: when there is no peer, when the peer is
+/// silent or says it does not forward, or, both forwarding, when our id is the lower.
+pub fn should_claim(
+    me: &str,
+    peer: Option<&Member>,
+    view: &View,
+    now: Instant,
+    cfg: &Config,
+) -> bool {
+    let Some(peer) = peer else { return true };
+    let silent = view
+        .silence(now)
+        .is_none_or(|s| s >= cfg.heartbeat_interval() * cfg.heartbeat_misses);
+    silent || !view.peer_says_forwards || me < peer.instance_id.as_str()
+}
+
+/// The route decision for a pair: the holder takes every table, the standby none.
+pub fn route_plan(
+    me: &Me,
+    tables: &[Table],
+    holder: bool,
+    peer: Option<&Member>,
+) -> Vec<(String, Decision)> {
+    let mut out = Vec::new();
+    for t in tables {
+        let ours = t.default_route.as_ref().is_some_and(|r| {
+            !r.blackhole
+                && match &r.target {
+                    Target::Interface(e) => *e == me.eni_id,
+                    Target::Instance(i) => *i == me.instance_id,
+                    Target::Other(_) => false,
+                }
+        });
+        let d = if ours {
+            Decision::Ours
+        } else if holder {
+            match &t.default_route {
+                None => Decision::Create,
+                Some(r) => Decision::Replace {
+                    from: r.target.clone(),
+                    blackhole: r.blackhole,
+                },
+            }
+        } else {
+            Decision::Yield {
+                holder: peer
+                    .map(|p| format!("{} (the pair's holder)", p.instance_id))
+                    .unwrap_or_else(|| "the pair's holder".into()),
+            }
+        };
+        out.push((t.id.clone(), d));
+    }
+    out
+}
+
+/// Why the standby should check the holder now, if it should: the holder is silent
+/// for `heartbeat_misses` beats or says it does not forward; we forward, hold nothing,
+/// did not lose the role unheard, and know what to move.
+pub fn check_due(view: &View, now: Instant, cfg: &Config) -> Option<String> {
+    if view.busy || view.holder || view.lost_role || !view.forwards || !view.peer_holds {
+        return None;
+    }
+    let peer = view.peer.as_ref()?;
+    if view.egress_ips().is_empty() || view.me_ip.is_none() {
+        return None;
+    }
+    if view
+        .last_check_ok
+        .is_some_and(|t| now.saturating_duration_since(t) < CHECK_SPACING)
+    {
+        return None;
+    }
+    let limit = cfg.heartbeat_interval() * cfg.heartbeat_misses;
+    match view.silence(now) {
+        None => Some(format!("no heartbeat ever heard from {}", peer.instance_id)),
+        Some(s) if s >= limit => Some(format!(
+            "{} silent for {} ms ({} beats)",
+            peer.instance_id,
+            s.as_millis(),
+            s.as_millis() / cfg.heartbeat_interval().as_millis().max(1)
+        )),
+        Some(_) if !view.peer_says_forwards => {
+            Some(format!("{} says it does not forward", peer.instance_id))
+        }
+        Some(_) => None,
+    }
+}
+
+/// One heartbeat.
+fn beat(instance: &str, seq: u64, holder: bool, forwards: bool) -> String {
+    format!(
+        "{BEAT_MAGIC} 1 {instance} {seq} {} {}",
+        u8::from(holder),
+        u8::from(forwards)
+    )
+}
+
+/// Parses a heartbeat: `(instance, holder, forwards)`.
+fn parse_beat(s: &str) -> Option<(String, bool, bool)> {
+    let mut it = s.split_whitespace();
+    if it.next()? != BEAT_MAGIC || it.next()? != "1" {
+        return None;
+    }
+    let id = it.next()?.to_string();
+    it.next()?.parse::<u64>().ok()?;
+    let flag = |f: Option<&str>| match f {
+        Some("1") => Some(true),
+        Some("0") => Some(false),
+        _ => None,
+    };
+    Some((id, flag(it.next())?, flag(it.next())?))
+}
+
+/// The overlay addresses `(ours, the peer's)` and the link's /30.
+pub fn overlay_addresses(me: Ipv4Addr, peer: Ipv4Addr) -> (Ipv4Addr, Ipv4Addr, Ipv4Net) {
+    let base = u32::from(OVERLAY_NET);
+    let (a, b) = (Ipv4Addr::from(base + 1), Ipv4Addr::from(base + 2));
+    let net = Ipv4Net::new(OVERLAY_NET, 30).expect("a /30");
+    if me < peer { (a, b, net) } else { (b, a, net) }
+}
+
+/// Makes the VXLAN link to `peer` (idempotent for the same peer); returns its /30.
+pub async fn ensure_overlay(
+    iface: &str,
+    me: Ipv4Addr,
+    peer: Ipv4Addr,
+    port: u16,
+) -> Result<Ipv4Net, String> {
+    let (mine, theirs, net) = overlay_addresses(me, peer);
+    let script = format!(
+        "ip link del {OVERLAY_DEV} 2>/dev/null; \
+         ip link add {OVERLAY_DEV} type vxlan id {OVERLAY_VNI} local {me} remote {peer} dstport {port} dev {iface} && \
+         ip addr add {mine}/30 dev {OVERLAY_DEV} && \
+         echo 0 > /proc/sys/net/ipv4/conf/{OVERLAY_DEV}/rp_filter && \
+         ip link set {OVERLAY_DEV} up && \
+         ip route replace default via {theirs} dev {OVERLAY_DEV} table {OVERLAY_TABLE} && \
+         (ip rule del priority {OVERLAY_TABLE} 2>/dev/null; ip rule add oif {OVERLAY_DEV} lookup {OVERLAY_TABLE} priority {OVERLAY_TABLE})"
+    );
+    let out = tokio::process::Command::new("sh")
+        .args(["-c", &script])
+        .output()
+        .await
+        .map_err(|e| format!("ip: {e}"))?;
+    if out.status.success() {
+        Ok(net)
+    } else {
+        Err(format!(
+            "VXLAN link to {peer}: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
+    }
+}
+
+/// Whether the overlay link is still there.
+pub fn overlay_present() -> bool {
+    std::path::Path::new("/sys/class/net")
+        .join(OVERLAY_DEV)
+        .exists()
+}
+
+/// A TCP connection to `target` through the holder (over the overlay link).
+pub async fn check_through_holder(target: SocketAddrV4, timeout: Duration) -> Result<(), String> {
+    let attempt = async {
+        let sock = tokio::net::TcpSocket::new_v4().map_err(|e| e.to_string())?;
+        sock.bind_device(Some(OVERLAY_DEV.as_bytes()))
+            .map_err(|e| format!("bind to {OVERLAY_DEV}: {e}"))?;
+        sock.connect(target.into())
+            .await
+            .map(drop)
+            .map_err(|e| e.to_string())
+    };
+    tokio::time::timeout(timeout, attempt)
+        .await
+        .map_err(|_| format!("no answer within {timeout:?}"))?
+}
+
+/// conntrackd, configured and supervised by natd.
+#[derive(Debug)]
+pub struct Sync {
+    bin: PathBuf,
+    dir: PathBuf,
+    port: u16,
+    child: tokio::sync::Mutex<Option<(tokio::process::Child, Ipv4Addr)>>,
+}
+
+impl Sync {
+    /// conntrackd `bin`, its files in `dir`, syncing over UDP `port`.
+    pub fn new(cfg: &Config) -> Self {
+        Self {
+            bin: cfg.conntrackd.clone(),
+            dir: cfg.state_dir.clone(),
+            port: cfg.sync_port,
+            child: tokio::sync::Mutex::new(None),
+        }
+    }
+
+    fn conf(&self) -> PathBuf {
+        self.dir.join("conntrackd.conf")
+    }
+
+    /// conntrackd's configuration: FTFW (reliable) sync over unicast UDP to the peer,
+    /// the peer's state kept in the external cache until a takeover commits it; only
+    /// forwarded connections (not the pair's own traffic) are synced.
+    pub fn config_text(&self, iface: &str, me: Ipv4Addr, peer: Ipv4Addr) -> String {
+        let d = self.dir.display();
+        format!(
+            r#"# Written by natd (pair mode); rewritten when the peer changes.
+Sync {{
+    Mode FTFW {{
+        ResendQueueSize 131072
+        PurgeTimeout 60
+        ACKWindowSize 300
+        DisableExternalCache Off
+    }}
+    UDP {{
+        IPv4_address {me}
+        IPv4_Destination_Address {peer}
+        Port {port}
+        Interface {iface}
+        SndSocketBuffer 1249280
+        RcvSocketBuffer 1249280
+        Checksum on
+    }}
+}}
+General {{
+    Systemd off
+    HashSize 32768
+    HashLimit 262144
+    LogFile {d}/conntrackd.log
+    Syslog off
+    LockFile {d}/conntrackd.lock
+    UNIX {{
+        Path {d}/conntrackd.ctl
+    }}
+    NetlinkBufferSize 2097152
+    NetlinkBufferSizeMaxGrowth 8388608
+    NetlinkOverrunResync On
+    NetlinkEventsReliable Off
+    Filter From Userspace {{
+        Protocol Accept {{
+            TCP
+            UDP
+            ICMP
+        }}
+        Address Ignore {{
+            IPv4_address 127.0.0.0/8
+            IPv4_address {me}
+            IPv4_address {peer}
+            IPv4_address {OVERLAY_NET}/30
+        }}
+    }}
+}}
+"#,
+            port = self.port
+        )
+    }
+
+    /// Starts conntrackd for `peer` unless it runs for it already; `Ok(true)` when it
+    /// was (re)started.
+    pub async fn ensure(&self, iface: &str, me: Ipv4Addr, peer: Ipv4Addr) -> Result<bool, String> {
+        let mut child = self.child.lock().await;
+        if let Some((c, p)) = child.as_mut() {
+            match c.try_wait() {
+                Ok(None) if *p == peer => return Ok(false),
+                Ok(None) => {
+                    info!("conntrackd: the peer is now {peer}; restarting");
+                    let _ = c.kill().await;
+                }
+                Ok(Some(status)) => warn!("conntrackd exited ({status}); restarting"),
+                Err(e) => warn!("conntrackd: {e}; restarting"),
+            }
+            *child = None;
+        }
+        std::fs::create_dir_all(&self.dir).map_err(|e| format!("{}: {e}", self.dir.display()))?;
+        std::fs::write(self.conf(), self.config_text(iface, me, peer))
+            .map_err(|e| format!("{}: {e}", self.conf().display()))?;
+        // A lock left by a killed conntrackd would stop the new one.
+        let _ = std::fs::remove_file(self.dir.join("conntrackd.lock"));
+        let _ = std::fs::remove_file(self.dir.join("conntrackd.ctl"));
+        let c = tokio::process::Command::new(&self.bin)
+            .arg("-C")
+            .arg(self.conf())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|e| format!("cannot start {}: {e}", self.bin.display()))?;
+        *child = Some((c, peer));
+        Ok(true)
+    }
+
+    /// Runs `conntrackd -C conf <args>`; its output.
+    pub async fn ctl(&self, args: &[&str]) -> Result<String, String> {
+        let run = tokio::process::Command::new(&self.bin)
+            .arg("-C")
+            .arg(self.conf())
+            .args(args)
+            .stdin(Stdio::null())
+            .output();
+        let out = tokio::time::timeout(CTL_TIMEOUT, run)
+            .await
+            .map_err(|_| format!("conntrackd {} took over {CTL_TIMEOUT:?}", args.join(" ")))?
+            .map_err(|e| format!("conntrackd {}: {e}", args.join(" ")))?;
+        if out.status.success() {
+            Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        } else {
+            Err(format!(
+                "conntrackd {}: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stderr).trim()
+            ))
+        }
+    }
+
+    /// Whether conntrackd runs.
+    pub async fn running(&self) -> bool {
+        let mut child = self.child.lock().await;
+        child
+            .as_mut()
+            .is_some_and(|(c, _)| matches!(c.try_wait(), Ok(None)))
+    }
+
+    /// Entries in the external cache (the peer's state we hold), when conntrackd answers.
+    pub async fn external_entries(&self) -> Option<u64> {
+        let out = self.ctl(&["-s", "external"]).await.ok()?;
+        // "cache:external  active objects:                 42"
+        out.lines()
+            .find(|l| l.contains("active objects"))
+            .and_then(|l| l.split(':').next_back())
+            .and_then(|n| n.trim().parse().ok())
+    }
+}
+
+/// What the heartbeat loop needs to act alone.
+#[derive(Debug, Clone)]
+pub struct Ctx {
+    /// The configuration.
+    pub cfg: Config,
+    /// Our instance.
+    pub instance_id: String,
+    /// Our ENI.
+    pub eni: String,
+    /// EC2.
+    pub cloud: Cloud,
+    /// The shared view.
+    pub view: Shared,
+    /// conntrackd.
+    pub sync: Arc<Sync>,
+    /// Where the check through the holder connects: the probe targets...
+    pub targets: Vec<SocketAddrV4>,
+    /// ... or, without them, the EC2 endpoint (`host:port`), which natd must reach
+    /// anyway.
+    pub endpoint: String,
+}
+
+/// The heartbeat loop: sends our beat to the peer every interval, takes the peer's,
+/// and runs the check (and the takeover) when one is due. Runs for natd's lifetime.
+pub async fn run(ctx: Ctx) {
+    let port = ctx.cfg.heartbeat_port;
+    let sock = match UdpSocket::bind((Ipv4Addr::UNSPECIFIED, port)).await {
+        Ok(s) => s,
+        Err(e) => {
+            error!("pair: cannot listen for heartbeats on UDP {port}: {e}; no fast takeover");
+            return;
+        }
+    };
+    let mut tick = tokio::time::interval(ctx.cfg.heartbeat_interval());
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut seq = 0u64;
+    let mut buf = [0u8; 512];
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {
+                seq += 1;
+                let now = Instant::now();
+                let (peer, msg, due) = {
+                    let mut v = ctx.view.lock().expect("pair view");
+                    let due = check_due(&v, now, &ctx.cfg);
+                    if due.is_some() {
+                        v.busy = true;
+                    }
+                    (
+                        v.peer.as_ref().map(|p| p.ip),
+                        beat(&ctx.instance_id, seq, v.holder, v.forwards),
+                        due,
+                    )
+                };
+                if let Some(ip) = peer {
+                    let _ = sock.send_to(msg.as_bytes(), (ip, port)).await;
+                }
+                if let Some(reason) = due {
+                    tokio::spawn(check_and_take_over(ctx.clone(), reason, now));
+                }
+            }
+            r = sock.recv_from(&mut buf) => {
+                let Ok((n, from)) = r else { continue };
+                let Some((id, holder, forwards)) = std::str::from_utf8(&buf[..n]).ok().and_then(parse_beat) else {
+                    continue;
+                };
+                let mut v = ctx.view.lock().expect("pair view");
+                let ours = v.peer.as_ref().is_some_and(|p| p.instance_id == id && std::net::IpAddr::V4(p.ip) == from.ip());
+                if !ours {
+                    continue;
+                }
+                if v.lost_role {
+                    info!("pair: heard {id} again; fast takeover re-armed");
+                    v.lost_role = false;
+                }
+                if v.silent_logged {
+                    v.silent_logged = false;
+                    info!("pair: heartbeats from {id} again");
+                }
+                v.last_beat = Some(Instant::now());
+                v.peer_says_holder = holder;
+                v.peer_says_forwards = forwards;
+                v.beats += 1;
+            }
+        }
+    }
+}
+
+/// Checks the holder through the overlay; takes over when it does not forward.
+async fn check_and_take_over(ctx: Ctx, reason: String, decided: Instant) {
+    let timeout = Duration::from_millis(ctx.cfg.probe_timeout_ms).min(Duration::from_secs(1));
+    let mut targets = ctx.targets.clone();
+    if targets.is_empty() {
+        let resolved =
+            tokio::time::timeout(timeout, tokio::net::lookup_host(ctx.endpoint.as_str())).await;
+        targets = match resolved {
+            Ok(Ok(addrs)) => addrs
+                .filter_map(|a| match a {
+                    std::net::SocketAddr::V4(a) => Some(a),
+                    std::net::SocketAddr::V6(_) => None,
+                })
+                .take(1)
+                .collect(),
+            _ => Vec::new(),
+        };
+        if targets.is_empty() {
+            // Without a target the holder's forwarding cannot be checked: never move
+            // on silence alone.
+            let mut v = ctx.view.lock().expect("pair view");
+            v.busy = false;
+            v.last_check_ok = Some(Instant::now());
+            warn!(
+                "pair: {reason}, but {} does not resolve: cannot check the holder; staying standby",
+                ctx.endpoint
+            );
+            return;
+        }
+    }
+    let mut failures = Vec::new();
+    for t in &targets {
+        match check_through_holder(*t, timeout).await {
+            Ok(()) => {
+                let mut v = ctx.view.lock().expect("pair view");
+                v.last_check_ok = Some(Instant::now());
+                v.busy = false;
+                if !v.silent_logged {
+                    v.silent_logged = true;
+                    warn!(
+                        "pair: {reason}, but it forwards (a connection to {t} through it succeeded): staying standby"
+                    );
+                }
+                return;
+            }
+            Err(e) => failures.push(format!("{t}: {e}")),
+        }
+    }
+    let (ips, tables, peer) = {
+        let v = ctx.view.lock().expect("pair view");
+        (v.egress_ips(), v.tables.clone(), v.peer.clone())
+    };
+    let peer = peer.map(|p| p.instance_id).unwrap_or_default();
+    warn!(
+        "pair: taking over from {peer}: {reason}, and it does not forward ({})",
+        failures.join("; ")
+    );
+    let committed = ctx.sync.ctl(&["-c"]).await;
+    match &committed {
+        Ok(_) => info!(
+            "pair: connection state committed into the kernel ({} ms after the decision)",
+            decided.elapsed().as_millis()
+        ),
+        Err(e) => error!("pair: could not commit the peer's connection state: {e}"),
+    }
+    let eni = ctx.eni.clone();
+    let moved = ctx.cloud.move_private_ips(&eni, &ips);
+    let routes = futures_util::future::join_all(tables.iter().map(|t| {
+        let (cloud, eni) = (ctx.cloud.clone(), eni.clone());
+        async move { (t.clone(), cloud.write_route(t, &eni, false).await) }
+    }));
+    let (moved, routes) = tokio::join!(moved, routes);
+    let took = decided.elapsed();
+    let ok_tables = routes.iter().filter(|(_, r)| r.is_ok()).count();
+    for (t, r) in &routes {
+        match r {
+            Ok(()) => info!("route table {t}: 0.0.0.0/0 now targets {eni} (took over from {peer})"),
+            Err(e) => error!("pair: route table {t}: {e}"),
+        }
+    }
+    let mut v = ctx.view.lock().expect("pair view");
+    v.busy = false;
+    match moved {
+        Ok(()) => {
+            let list: Vec<String> = ips.iter().map(ToString::to_string).collect();
+            info!(
+                "pair: egress address(es) {} now on {eni}, their Elastic IP(s) with them; takeover took {} ms",
+                list.join(", "),
+                took.as_millis()
+            );
+            v.holder = true;
+            v.peer_holds = false;
+            for e in &mut v.egress {
+                if e.private_ip.is_some() {
+                    e.eni = Some(eni.clone());
+                }
+            }
+            v.took_at = Some(Instant::now());
+            v.last_takeover = Some(Takeover {
+                at: SystemTime::now() - took,
+                took,
+                tables: ok_tables,
+                reason,
+            });
+        }
+        Err(e) => error!("pair: could not move the egress addresses: {e}; retrying"),
+    }
+    drop(v);
+    // Our state is now the truth: resynchronise the caches and send it all to the peer
+    // (the replacement, when it comes).
+    let sync = ctx.sync.clone();
+    tokio::spawn(async move {
+        for args in [["-f"], ["-R"], ["-B"]] {
+            if let Err(e) = sync.ctl(&args).await {
+                warn!("pair: {e}");
+            }
+        }
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeMap;
+
+    fn member(id: &str, ip: [u8; 4], eni: &str, t: i64) -> Member {
+        Member {
+            instance_id: id.into(),
+            ip: Ipv4Addr::from(ip),
+            eni: eni.into(),
+            launch_time: t,
+        }
+    }
+
+    fn egress(eni: Option<&str>) -> Egress {
+        Egress {
+            allocation_id: "eipalloc-1".into(),
+            public_ip: "52.208.0.1".into(),
+            eni: eni.map(str::to_string),
+            private_ip: eni.map(|_| Ipv4Addr::new(10, 0, 0, 9)),
+        }
+    }
+
+    fn cfg() -> Config {
+        Config {
+            pair: true,
+            ..Config::default()
+        }
+    }
+
+    fn standby(now: Instant) -> View {
+        View {
+            me_ip: Some(Ipv4Addr::new(10, 0, 0, 5)),
+            peer: Some(member("i-b", [10, 0, 0, 6], "eni-b", 1)),
+            egress: vec![egress(Some("eni-b"))],
+            peer_holds: true,
+            forwards: true,
+            last_beat: Some(now),
+            peer_says_forwards: true,
+            peer_says_holder: true,
+            ..View::default()
+        }
+    }
+
+    #[test]
+    fn the_peer_is_the_holder_else_the_newest_other_instance() {
+        let ms = vec![
+            member("i-me", [10, 0, 0, 5], "eni-me", 5),
+            member("i-old", [10, 0, 0, 6], "eni-old", 1),
+            member("i-new", [10, 0, 0, 7], "eni-new", 9),
+        ];
+        assert_eq!(
+            choose_peer(&ms, "i-me", &[egress(Some("eni-old"))])
+                .expect("a peer")
+                .instance_id,
+            "i-old"
+        );
+        assert_eq!(
+            choose_peer(&ms, "i-me", &[egress(None)])
+                .expect("a peer")
+                .instance_id,
+            "i-new"
+        );
+        assert_eq!(choose_peer(&ms[..1], "i-me", &[]), None);
+    }
+
+    #[test]
+    fn beats_in_time_never_trigger_a_check() {
+        let now = Instant::now();
+        let v = standby(now);
+        assert_eq!(
+            check_due(&v, now + Duration::from_millis(250), &cfg()),
+            None
+        );
+    }
+
+    #[test]
+    fn silence_or_a_holder_that_says_it_fails_triggers_a_check() {
+        let now = Instant::now();
+        let v = standby(now);
+        let due = check_due(&v, now + Duration::from_millis(300), &cfg()).expect("due");
+        assert!(due.contains("silent for 300 ms"), "{due}");
+        let v = View {
+            peer_says_forwards: false,
+            ..standby(now)
+        };
+        assert!(
+            check_due(&v, now, &cfg())
+                .expect("due")
+                .contains("does not forward")
+        );
+    }
+
+    #[test]
+    fn no_check_by_the_holder_a_loser_unheard_a_broken_standby_or_right_after_a_good_check() {
+        let now = Instant::now();
+        let later = now + Duration::from_secs(2);
+        for v in [
+            View {
+                holder: true,
+                ..standby(now)
+            },
+            View {
+                lost_role: true,
+                ..standby(now)
+            },
+            View {
+                forwards: false,
+                ..standby(now)
+            },
+            View {
+                busy: true,
+                ..standby(now)
+            },
+            View {
+                peer_holds: false,
+                ..standby(now)
+            },
+            View {
+                egress: vec![egress(None)],
+                ..standby(now)
+            },
+            View {
+                last_check_ok: Some(later - Duration::from_millis(500)),
+                ..standby(now)
+            },
+        ] {
+            assert_eq!(check_due(&v, later, &cfg()), None, "{v:?}");
+        }
+    }
+
+    #[test]
+    fn an_unheld_address_is_claimed_by_the_lower_id_while_both_forward() {
+        let now = Instant::now();
+        let peer = member("i-b", [10, 0, 0, 6], "eni-b", 1);
+        let v = standby(now);
+        assert!(should_claim("i-a", Some(&peer), &v, now, &cfg()));
+        assert!(!should_claim("i-c", Some(&peer), &v, now, &cfg()));
+        // The lower id is silent: the higher claims.
+        assert!(should_claim(
+            "i-c",
+            Some(&peer),
+            &v,
+            now + Duration::from_secs(1),
+            &cfg()
+        ));
+        assert!(should_claim("i-c", None, &v, now, &cfg()));
+    }
+
+    #[test]
+    fn the_holder_takes_every_table_and_the_standby_none() {
+        let me = Me {
+            instance_id: "i-a".into(),
+            eni_id: "eni-a".into(),
+            launch_time: 1,
+            stack: "s".into(),
+        };
+        let route = |t: &str, blackhole| {
+            Some(crate::routes::Route {
+                target: Target::Interface(t.into()),
+                blackhole,
+            })
+        };
+        let tables = vec![
+            Table {
+                id: "rtb-1".into(),
+                default_route: route("eni-b", false),
+            },
+            Table {
+                id: "rtb-2".into(),
+                default_route: None,
+            },
+            Table {
+                id: "rtb-3".into(),
+                default_route: route("eni-a", false),
+            },
+            Table {
+                id: "rtb-4".into(),
+                default_route: route("eni-a", true),
+            },
+        ];
+        let held: BTreeMap<_, _> = route_plan(&me, &tables, true, None).into_iter().collect();
+        assert!(matches!(
+            held["rtb-1"],
+            Decision::Replace {
+                blackhole: false,
+                ..
+            }
+        ));
+        assert_eq!(held["rtb-2"], Decision::Create);
+        assert_eq!(held["rtb-3"], Decision::Ours);
+        assert!(matches!(
+            held["rtb-4"],
+            Decision::Replace {
+                blackhole: true,
+                ..
+            }
+        ));
+        let standing: BTreeMap<_, _> = route_plan(&me, &tables, false, None).into_iter().collect();
+        assert_eq!(standing["rtb-3"], Decision::Ours);
+        for t in ["rtb-1", "rtb-2", "rtb-4"] {
+            assert!(matches!(standing[t], Decision::Yield { .. }), "{t}");
+        }
+    }
+
+    #[test]
+    fn heartbeats_round_trip_and_garbage_is_ignored() {
+        assert_eq!(
+            parse_beat(&beat("i-a", 7, true, false)),
+            Some(("i-a".into(), true, false))
+        );
+        for bad in [
+            "",
+            "natd-pair 2 i-a 1 1 1",
+            "natd-pair 1 i-a x 1 1",
+            "hello",
+        ] {
+            assert_eq!(parse_beat(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn both_ends_agree_on_the_overlay_addresses() {
+        let (a, b) = (Ipv4Addr::new(10, 0, 0, 5), Ipv4Addr::new(10, 0, 0, 6));
+        let (a1, a2, n) = overlay_addresses(a, b);
+        let (b1, b2, m) = overlay_addresses(b, a);
+        assert_eq!((a1, a2), (b2, b1));
+        assert_eq!(n, m);
+        assert_ne!(a1, a2);
+    }
+}
