@@ -519,8 +519,8 @@ impl ControlPlane {
             Ok(r) => r,
             Err(e) => return self.note(report, "pair", &e),
         };
+        // Every tagged address is used: natctl adds addresses to a running pair.
         let mut egress = egress;
-        egress.truncate(self.cfg.egress_ips as usize);
         let me_id = self.id.instance_id.clone();
         let eni = self.id.eni_id.clone();
         let peer = pair::choose_peer(&members, &me_id, &egress);

@@ -113,7 +113,8 @@ pub struct Config {
     /// forwarding. See `natd::pair`.
     pub pair: bool,
     /// Pair mode: how many egress addresses (secondary private IPs, each with one of the
-    /// stack's Elastic IPs) the holder SNATs across.
+    /// stack's Elastic IPs) natctl allocated; natd SNATs across every Elastic IP tagged
+    /// for the stack and warns when fewer than this are.
     pub egress_ips: u32,
     /// Pair mode: UDP port of the heartbeats between the pair.
     pub heartbeat_port: u16,

@@ -155,6 +155,24 @@ pub struct SetupArgs {
     /// dev: an Elastic IP natd holds, for a stable egress address.
     #[arg(long)]
     pub eip: bool,
+    /// dev: a hot standby pair instead of one instance: two NAT instances, each in its
+    /// own Auto Scaling group of one, in the same public subnet; the stack's Elastic IP
+    /// on a secondary private address moves to the standby, which holds a copy of the
+    /// connection state, when the active stops forwarding (about a second; open
+    /// connections kept).
+    #[arg(long)]
+    pub ha: bool,
+    /// dev --ha: the second instance in another AZ's public subnet: the pair survives
+    /// an AZ loss, but the egress address cannot follow across subnets, so a failover
+    /// resets open connections and changes the egress address.
+    #[arg(long, requires = "ha")]
+    pub ha_spread: bool,
+    /// dev --ha: egress addresses (Elastic IPs, 1 to 8) the pair spreads new
+    /// connections across: each allows about 64k connections to one destination.
+    /// Without the flag a pair keeps what it has (one for a new pair); setup never
+    /// releases one.
+    #[arg(long, value_name = "N", requires = "ha", value_parser = clap::value_parser!(u32).range(1..=8))]
+    pub egress_ips: Option<u32>,
     /// Wire this Lambda function into the VPC: LambdaSG, its private subnets, an
     /// execution role with the least it needs. One function per stack.
     #[arg(long, value_name = "FUNCTION")]

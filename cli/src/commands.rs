@@ -187,12 +187,55 @@ async fn subnets_cmd(ctx: &Ctx, vpc: &str, env: Env, subnets: &SubnetLists) -> R
     }
 }
 
+/// Where a pair's two instances go: the first public subnet (by AZ) for both, or with
+/// `spread` the first of the next AZ that has one for the second.
+fn pair_of(
+    topo: &crate::topology::Topology,
+    spread: bool,
+    egress_ips: Option<u32>,
+) -> Result<nat_instance::Pair, Failure> {
+    let mut by_az = topo
+        .azs
+        .iter()
+        .filter_map(|(az, z)| z.public.first().map(|s| (az, s)));
+    let Some((az_a, a)) = by_az.next() else {
+        return Err(Failure::BadInput(format!(
+            "VPC {} has no public subnet for the pair",
+            topo.vpc_id
+        )));
+    };
+    let b = if spread {
+        match by_az.next() {
+            Some((_, b)) => b.clone(),
+            None => {
+                return Err(Failure::BadInput(format!(
+                    "--ha-spread needs public subnets in two AZs; VPC {} has them only in {az_a}",
+                    topo.vpc_id
+                )));
+            }
+        }
+    } else {
+        a.clone()
+    };
+    Ok(nat_instance::Pair {
+        subnet_a: a.clone(),
+        subnet_b: b,
+        spread,
+        egress_ips,
+    })
+}
+
 /// setup and plan: validate everything before any change, then plan, render, apply,
 /// and read back.
 async fn setup(ctx: &Ctx, a: &SetupArgs, dry_run: bool) -> Result<(), Failure> {
     if a.eip && a.env == Env::Prod {
         return Err(Failure::BadInput(
             "--eip is for --env dev (prod NAT gateways always get one Elastic IP per AZ)".into(),
+        ));
+    }
+    if a.ha && a.env == Env::Prod {
+        return Err(Failure::BadInput(
+            "--ha is for --env dev (prod NAT gateways are AWS's managed, per-AZ redundancy)".into(),
         ));
     }
     if let (Some(g), Env::Dev) = (a.gateway, a.env) {
@@ -314,13 +357,11 @@ async fn setup(ctx: &Ctx, a: &SetupArgs, dry_run: bool) -> Result<(), Failure> {
                     nat_instance::Invalid::Api(e) => Failure::aws(e, &ctx.settings),
                     other => Failure::BadInput(other.to_string()),
                 })?;
-            Egress::Dev(nat_instance::Spec::new(
-                &a.stack,
-                &topo,
-                &ami,
-                &a.instance_type,
-                a.eip,
-            ))
+            let mut spec = nat_instance::Spec::new(&a.stack, &topo, &ami, &a.instance_type, a.eip);
+            if a.ha {
+                spec.pair = Some(pair_of(&topo, a.ha_spread, a.egress_ips)?);
+            }
+            Egress::Dev(spec)
         }
         Env::Prod if regional => Egress::Prod(nat_gateways::Spec::regional(&a.stack, &topo)),
         Env::Prod => Egress::Prod(nat_gateways::Spec::new(&a.stack, &topo)),

@@ -80,7 +80,30 @@ fn nat_instance_action(a: &nat_instance::Action, spec: &nat_instance::Spec) -> S
         ),
         Action::CreateGroup => format!(
             "Auto Scaling group {name} in {}",
-            list(&spec.public_subnets)
+            list(&spec.group_subnets())
+        ),
+        Action::CreateStandbyGroup { subnets } => format!(
+            "Auto Scaling group {} in {} (the pair's second instance)",
+            spec.standby_name(),
+            list(subnets)
+        ),
+        Action::UpdateStandbyGroupSubnets { subnets } => {
+            format!("{}: launch in {}", spec.standby_name(), list(subnets))
+        }
+        Action::PutStandbyLifecycleHook => format!(
+            "launch lifecycle hook {} on {} ({} s)",
+            nat_instance::HOOK,
+            spec.standby_name(),
+            nat_instance::HOOK_TIMEOUT_SECS
+        ),
+        Action::ScaleStandbyToOne => format!("{}: min = max = desired = 1", spec.standby_name()),
+        Action::AuthorizePair => format!(
+            "admit UDP {} on {name} from {name} itself (heartbeats, state sync, forwarding check: the pair only)",
+            nat_instance::PAIR_PORTS
+                .iter()
+                .map(|(p, _)| p.to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
         ),
         Action::UpdateGroupSubnets { subnets } => {
             format!("{name}: launch in {}", list(subnets))
@@ -91,6 +114,10 @@ fn nat_instance_action(a: &nat_instance::Action, spec: &nat_instance::Spec) -> S
             nat_instance::HOOK_TIMEOUT_SECS
         ),
         Action::ScaleToOne => format!("{name}: min = max = desired = 1"),
+        Action::AllocateAddress if spec.pair.is_some() => format!(
+            "Elastic IP tagged {EGRESS_TAG}={} (an egress address of the pair: on a secondary private address that moves with the holder)",
+            spec.stack
+        ),
         Action::AllocateAddress => format!(
             "Elastic IP tagged {EGRESS_TAG}={} (natd holds it: a stable egress address)",
             spec.stack

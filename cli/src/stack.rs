@@ -524,6 +524,7 @@ mod tests {
                 ami: "ami-1".into(),
                 instance_type: "t4g.micro".into(),
                 eip: false,
+                pair: None,
             }),
             lambda: None,
             drain_secs: 30,
@@ -569,6 +570,7 @@ mod tests {
                 live: true,
             }],
             group: true,
+            standby_group: false,
             launch_templates: vec![("lt-1".into(), "natd-s".into())],
             security_groups: vec![("sg-1".into(), "natd-s".into())],
             role: true,
@@ -783,6 +785,9 @@ mod tests {
                     subnets: ["subnet-pub".to_string()].into(),
                 }),
                 hook: Some(nat_instance::HOOK_TIMEOUT_SECS),
+                standby: None,
+                address_count: 0,
+                pair_rule: false,
                 table_tags: [(
                     "rtb-a".to_string(),
                     nat_instance::TableTags {

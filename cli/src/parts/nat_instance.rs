@@ -57,7 +57,34 @@ pub struct Spec {
     pub instance_type: String,
     /// Give the NAT instance a stable egress address (an Elastic IP natd holds).
     pub eip: bool,
+    /// A hot standby pair instead of one instance.
+    pub pair: Option<Pair>,
 }
+
+/// A hot standby pair: two groups of one, the stack's Elastic IPs on secondary
+/// addresses that move between them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Pair {
+    /// The first instance's subnet.
+    pub subnet_a: String,
+    /// The second instance's subnet: the same one by default (the egress address, a
+    /// private address of that subnet, moves between them), another AZ's with spread.
+    pub subnet_b: String,
+    /// The two are in different AZs: an AZ loss is survived, but the egress address
+    /// cannot move across subnets, so connections reset on failover.
+    pub spread: bool,
+    /// Egress addresses (Elastic IPs) the pair SNATs across; `None` keeps the stack's
+    /// (one for a new pair).
+    pub egress_ips: Option<u32>,
+}
+
+/// UDP ports the pair's security group admits from its own members: heartbeats,
+/// conntrackd's sync, the VXLAN link of the forwarding check (natd's defaults).
+pub const PAIR_PORTS: [(i32, &str); 3] = [
+    (4790, "natd pair heartbeats"),
+    (3780, "natd pair state sync (conntrackd)"),
+    (4789, "natd pair forwarding check (VXLAN)"),
+];
 
 impl Spec {
     /// The spec for `topo`.
@@ -72,6 +99,28 @@ impl Spec {
             ami: ami.to_string(),
             instance_type: instance_type.to_string(),
             eip,
+            pair: None,
+        }
+    }
+
+    /// The standby's group (pair mode).
+    pub fn standby_name(&self) -> String {
+        format!("{}-b", self.name())
+    }
+
+    /// Where the (first) group launches.
+    pub fn group_subnets(&self) -> Vec<String> {
+        match &self.pair {
+            Some(p) => vec![p.subnet_a.clone()],
+            None => self.public_subnets.clone(),
+        }
+    }
+
+    /// Elastic IPs the stack holds, given `have` of them now.
+    pub fn addresses(&self, have: usize) -> usize {
+        match &self.pair {
+            Some(p) => p.egress_ips.map_or(have.max(1), |n| n as usize),
+            None => usize::from(self.eip),
         }
     }
 
@@ -140,6 +189,12 @@ pub struct Observed {
     pub group: Option<Group>,
     /// Heartbeat timeout of natd's launch hook, when the group has it.
     pub hook: Option<i32>,
+    /// The standby's group and its hook's timeout (pair mode).
+    pub standby: Option<(Group, Option<i32>)>,
+    /// How many Elastic IPs are tagged for the stack.
+    pub address_count: usize,
+    /// The security group admits the pair's UDP ports from itself.
+    pub pair_rule: bool,
     /// Tags of each private route table.
     pub table_tags: BTreeMap<String, TableTags>,
     /// The stack's Elastic IP for natd (`natd:egress=<stack>`).
@@ -185,7 +240,24 @@ pub enum Action {
     PutLifecycleHook,
     /// Set min = max = desired = 1.
     ScaleToOne,
-    /// Allocate the Elastic IP natd holds (`natd:egress=<stack>`).
+    /// Admit the pair's UDP ports (heartbeats, state sync, forwarding check) from the
+    /// security group itself: the pair only.
+    AuthorizePair,
+    /// Create the standby's group (pair mode; capacity 0 until its hook exists).
+    CreateStandbyGroup {
+        /// Its subnet.
+        subnets: Vec<String>,
+    },
+    /// Put the standby's group in its subnet.
+    UpdateStandbyGroupSubnets {
+        /// The subnets.
+        subnets: Vec<String>,
+    },
+    /// natd's launch lifecycle hook on the standby's group.
+    PutStandbyLifecycleHook,
+    /// The standby's group: min = max = desired = 1.
+    ScaleStandbyToOne,
+    /// Allocate an Elastic IP natd holds (`natd:egress=<stack>`).
     AllocateAddress,
     /// Tag a private route table `natd:egress=<stack>`.
     TagRouteTable {
@@ -214,6 +286,26 @@ pub enum Refusal {
     /// A resource with the stack's name exists and is not the stack's.
     #[error(transparent)]
     Foreign(#[from] super::Foreign),
+    /// The stack is a hot standby pair and `--ha` was left out.
+    #[error(
+        "the dev egress of this stack is a hot standby pair (--ha): run setup with --ha, or teardown first to go back to one instance"
+    )]
+    PairToSingle,
+    /// The stack is one NAT instance and `--ha` was given.
+    #[error(
+        "the dev egress of this stack is one NAT instance: --ha builds a pair from scratch (teardown, then setup --env dev --ha); its running natd would not join a pair"
+    )]
+    SingleToPair,
+    /// `--egress-ips` below what the pair holds.
+    #[error(
+        "--egress-ips {asked}: the pair holds {have} egress addresses, and releasing one would cut the connections on it; setup only adds addresses (teardown releases them all)"
+    )]
+    FewerEgressIps {
+        /// Addresses the stack holds.
+        have: usize,
+        /// What was asked.
+        asked: usize,
+    },
 }
 
 /// The changes that turn `o` into `spec`, in dependency order.
@@ -268,18 +360,52 @@ pub fn plan(spec: &Spec, o: &Observed) -> Result<Vec<Action>, Refusal> {
             }
         }
     }
-    let wanted_subnets: BTreeSet<String> = spec.public_subnets.iter().cloned().collect();
+    match (&spec.pair, &o.standby) {
+        (None, Some(_)) => return Err(Refusal::PairToSingle),
+        (Some(_), None) if o.group.is_some() => return Err(Refusal::SingleToPair),
+        _ => {}
+    }
+    if spec.pair.is_some() && !o.pair_rule {
+        out.push(Action::AuthorizePair);
+    }
+    let wanted_subnets: BTreeSet<String> = spec.group_subnets().into_iter().collect();
     match &o.group {
         None => out.push(Action::CreateGroup),
         Some(g) if g.subnets != wanted_subnets => out.push(Action::UpdateGroupSubnets {
-            subnets: spec.public_subnets.clone(),
+            subnets: spec.group_subnets(),
         }),
         Some(_) => {}
     }
     if o.hook != Some(HOOK_TIMEOUT_SECS) {
         out.push(Action::PutLifecycleHook);
     }
-    if spec.eip && o.address.is_none() {
+    if let Some(p) = &spec.pair {
+        let wanted = vec![p.subnet_b.clone()];
+        match &o.standby {
+            None => out.push(Action::CreateStandbyGroup {
+                subnets: wanted.clone(),
+            }),
+            Some((g, _)) if g.subnets != wanted.iter().cloned().collect() => {
+                out.push(Action::UpdateStandbyGroupSubnets {
+                    subnets: wanted.clone(),
+                })
+            }
+            Some(_) => {}
+        }
+        if o.standby
+            .as_ref()
+            .is_none_or(|(_, h)| *h != Some(HOOK_TIMEOUT_SECS))
+        {
+            out.push(Action::PutStandbyLifecycleHook);
+        }
+    }
+    if spec.pair.is_some() && spec.addresses(o.address_count) < o.address_count {
+        return Err(Refusal::FewerEgressIps {
+            have: o.address_count,
+            asked: spec.addresses(o.address_count),
+        });
+    }
+    for _ in o.address_count..spec.addresses(o.address_count) {
         out.push(Action::AllocateAddress);
     }
     if o.group
@@ -287,6 +413,13 @@ pub fn plan(spec: &Spec, o: &Observed) -> Result<Vec<Action>, Refusal> {
         .is_none_or(|g| g.desired != 1 || g.min_max != (1, 1))
     {
         out.push(Action::ScaleToOne);
+    }
+    if spec.pair.is_some()
+        && o.standby
+            .as_ref()
+            .is_none_or(|(g, _)| g.desired != 1 || g.min_max != (1, 1))
+    {
+        out.push(Action::ScaleStandbyToOne);
     }
     for t in &spec.private_tables {
         if o.table_tags.get(t).is_none_or(|x| x.egress.is_none()) {
@@ -296,6 +429,20 @@ pub fn plan(spec: &Spec, o: &Observed) -> Result<Vec<Action>, Refusal> {
         }
     }
     Ok(out)
+}
+
+fn group_of(g: &aws_sdk_autoscaling::types::AutoScalingGroup) -> Group {
+    Group {
+        desired: g.desired_capacity().unwrap_or(0),
+        min_max: (g.min_size().unwrap_or(0), g.max_size().unwrap_or(0)),
+        subnets: g
+            .vpc_zone_identifier()
+            .unwrap_or_default()
+            .split(',')
+            .filter(|s| !s.is_empty())
+            .map(str::to_string)
+            .collect(),
+    }
 }
 
 /// Reads what exists of the part.
@@ -316,6 +463,16 @@ pub async fn read(c: &Clients, spec: &Spec) -> Result<Observed, Error> {
             .flat_map(|p| p.ip_ranges())
             .filter_map(|r| r.cidr_ip().map(str::to_string))
             .collect();
+        o.pair_rule = PAIR_PORTS.iter().all(|(port, _)| {
+            g.ip_permissions().iter().any(|p| {
+                p.ip_protocol() == Some("udp")
+                    && p.from_port() == Some(*port)
+                    && p.to_port() == Some(*port)
+                    && p.user_id_group_pairs()
+                        .iter()
+                        .any(|u| u.group_id() == Some(id.as_str()))
+            })
+        });
         o.security_group = Some(GroupRules { id, cidrs });
     }
     if let Some((_, tags)) = read::role(c, &name).await? {
@@ -386,19 +543,31 @@ pub async fn read(c: &Clients, spec: &Spec) -> Result<Observed, Error> {
                 .unwrap_or_default(),
         });
     }
+    let standby = spec.standby_name();
+    if let Some(g) = read::auto_scaling_group(c, &standby).await? {
+        if read::group_of_stack(&g, stack) {
+            let hooks = c
+                .asg
+                .describe_lifecycle_hooks()
+                .auto_scaling_group_name(&standby)
+                .send()
+                .await
+                .map_err(err("DescribeLifecycleHooks", &standby))?;
+            o.standby = Some((
+                group_of(&g),
+                hooks
+                    .lifecycle_hooks()
+                    .iter()
+                    .find(|h| h.lifecycle_hook_name() == Some(HOOK))
+                    .map(|h| h.heartbeat_timeout().unwrap_or(0)),
+            ));
+        } else {
+            o.foreign.push(("Auto Scaling group", standby.clone()));
+        }
+    }
     if let Some(g) = read::auto_scaling_group(c, &name).await? {
         if read::group_of_stack(&g, stack) {
-            o.group = Some(Group {
-                desired: g.desired_capacity().unwrap_or(0),
-                min_max: (g.min_size().unwrap_or(0), g.max_size().unwrap_or(0)),
-                subnets: g
-                    .vpc_zone_identifier()
-                    .unwrap_or_default()
-                    .split(',')
-                    .filter(|s| !s.is_empty())
-                    .map(str::to_string)
-                    .collect(),
-            });
+            o.group = Some(group_of(&g));
             let hooks = c
                 .asg
                 .describe_lifecycle_hooks()
@@ -415,12 +584,15 @@ pub async fn read(c: &Clients, spec: &Spec) -> Result<Observed, Error> {
             o.foreign.push(("Auto Scaling group", name.clone()));
         }
     }
-    o.address = read::stack_addresses(c, stack)
+    let addresses: Vec<String> = read::stack_addresses(c, stack)
         .await?
         .iter()
-        .find(|a| tag_value(a.tags(), EGRESS_TAG) == Some(stack))
-        .and_then(|a| a.allocation_id())
-        .map(str::to_string);
+        .filter(|a| tag_value(a.tags(), EGRESS_TAG) == Some(stack))
+        .filter_map(|a| a.allocation_id())
+        .map(str::to_string)
+        .collect();
+    o.address = addresses.first().cloned();
+    o.address_count = addresses.len();
     if !spec.private_tables.is_empty() {
         let ids: Vec<&str> = spec.private_tables.iter().map(String::as_str).collect();
         let tables = read::route_tables(
@@ -561,13 +733,113 @@ fn profile_not_propagated(e: &crate::aws::ApiFailure) -> bool {
 
 /// The cloud-config that tells natd its stack (written before network-online, so
 /// before natd.service starts).
-fn user_data(stack: &str) -> String {
-    let config = format!("stack = \"{stack}\"\n");
+fn user_data(spec: &Spec) -> String {
+    let mut config = format!("stack = \"{}\"\n", spec.stack);
+    if let Some(p) = &spec.pair {
+        config.push_str(&format!(
+            "pair = true\negress_ips = {}\n",
+            p.egress_ips.unwrap_or(1)
+        ));
+    }
     let cloud_config = format!(
         "#cloud-config\nwrite_files:\n  - path: /etc/natd/natd.toml\n    permissions: '0644'\n    content: |\n      {}\n",
-        config.trim_end()
+        config.trim_end().replace('\n', "\n      ")
     );
     aws_smithy_types::base64::encode(cloud_config)
+}
+
+/// Creates Auto Scaling group `group` (capacity 0: natd's hook must exist before the
+/// first launch) from the stack's launch template.
+async fn create_group(
+    c: &Clients,
+    spec: &Spec,
+    group: &str,
+    subnets: &[String],
+    lt_id: Option<&str>,
+    progress: Progress<'_>,
+) -> Result<(), Error> {
+    let asg_tag = |key: &str, value: &str| {
+        aws_sdk_autoscaling::types::Tag::builder()
+            .key(key)
+            .value(value)
+            .propagate_at_launch(true)
+            .resource_id(group)
+            .resource_type("auto-scaling-group")
+            .build()
+    };
+    let lt = aws_sdk_autoscaling::types::LaunchTemplateSpecification::builder()
+        .launch_template_id(lt_id.unwrap_or_default())
+        .version("$Default")
+        .build();
+    // A new instance profile takes seconds to propagate in IAM; until it has, AWS
+    // refuses a group whose template names it.
+    wait::retry_while(
+        "the instance profile to propagate in IAM",
+        group,
+        IAM_PROPAGATION_WAIT,
+        progress,
+        profile_not_propagated,
+        || async {
+            c.asg
+                .create_auto_scaling_group()
+                .auto_scaling_group_name(group)
+                .launch_template(lt.clone())
+                .min_size(0)
+                .max_size(1)
+                .desired_capacity(0)
+                .vpc_zone_identifier(subnets.join(","))
+                .set_tags(Some(
+                    [
+                        vec![asg_tag(STACK_TAG, &spec.stack), asg_tag(NAME_TAG, group)],
+                        extra_tags().iter().map(|(k, v)| asg_tag(k, v)).collect(),
+                    ]
+                    .concat(),
+                ))
+                .send()
+                .await
+                .map_err(err("CreateAutoScalingGroup", group))
+        },
+    )
+    .await?;
+    Ok(())
+}
+
+async fn group_subnets(c: &Clients, group: &str, subnets: &[String]) -> Result<(), Error> {
+    c.asg
+        .update_auto_scaling_group()
+        .auto_scaling_group_name(group)
+        .vpc_zone_identifier(subnets.join(","))
+        .send()
+        .await
+        .map_err(err("UpdateAutoScalingGroup", group))?;
+    Ok(())
+}
+
+async fn put_hook(c: &Clients, group: &str) -> Result<(), Error> {
+    c.asg
+        .put_lifecycle_hook()
+        .auto_scaling_group_name(group)
+        .lifecycle_hook_name(HOOK)
+        .lifecycle_transition(LAUNCHING_TRANSITION)
+        .heartbeat_timeout(HOOK_TIMEOUT_SECS)
+        .default_result("ABANDON")
+        .send()
+        .await
+        .map_err(err("PutLifecycleHook", group))?;
+    Ok(())
+}
+
+async fn scale_to_one(c: &Clients, group: &str) -> Result<(), Error> {
+    c.asg
+        .update_auto_scaling_group()
+        .auto_scaling_group_name(group)
+        .min_size(1)
+        .max_size(1)
+        .desired_capacity(1)
+        .send()
+        .await
+        .map_err(err("UpdateAutoScalingGroup", group))?;
+    Ok(())
 }
 
 /// Carries out `actions` in order.
@@ -612,7 +884,7 @@ pub async fn apply(
                     .groups(sg)
                     .build(),
             )
-            .user_data(user_data(&spec.stack))
+            .user_data(user_data(spec))
             // natd's policy lets it change only ENIs carrying the stack's tag.
             .tag_specifications(
                 aws_sdk_ec2::types::LaunchTemplateTagSpecificationRequest::builder()
@@ -639,15 +911,6 @@ pub async fn apply(
             );
         }
         perm.build()
-    };
-    let asg_tag = |key: &str, value: &str| {
-        aws_sdk_autoscaling::types::Tag::builder()
-            .key(key)
-            .value(value)
-            .propagate_at_launch(true)
-            .resource_id(&name)
-            .resource_type("auto-scaling-group")
-            .build()
     };
     for a in actions {
         match a {
@@ -784,72 +1047,64 @@ pub async fn apply(
                     .map_err(err("ModifyLaunchTemplate", &id))?;
             }
             Action::CreateGroup => {
-                let lt = aws_sdk_autoscaling::types::LaunchTemplateSpecification::builder()
-                    .launch_template_id(lt_id.clone().unwrap_or_default())
-                    .version("$Default")
-                    .build();
-                // A new instance profile takes seconds to propagate in IAM; until it
-                // has, AWS refuses a group whose template names it.
-                wait::retry_while(
-                    "the instance profile to propagate in IAM",
+                create_group(
+                    c,
+                    spec,
                     &name,
-                    IAM_PROPAGATION_WAIT,
+                    &spec.group_subnets(),
+                    lt_id.as_deref(),
                     progress,
-                    profile_not_propagated,
-                    || async {
-                        c.asg
-                            .create_auto_scaling_group()
-                            .auto_scaling_group_name(&name)
-                            .launch_template(lt.clone())
-                            .min_size(0)
-                            .max_size(1)
-                            .desired_capacity(0)
-                            .vpc_zone_identifier(spec.public_subnets.join(","))
-                            .set_tags(Some(
-                                [
-                                    vec![asg_tag(STACK_TAG, &spec.stack), asg_tag(NAME_TAG, &name)],
-                                    extra_tags().iter().map(|(k, v)| asg_tag(k, v)).collect(),
-                                ]
-                                .concat(),
-                            ))
-                            .send()
-                            .await
-                            .map_err(err("CreateAutoScalingGroup", &name))
-                    },
                 )
                 .await?;
             }
-            Action::UpdateGroupSubnets { subnets } => {
-                c.asg
-                    .update_auto_scaling_group()
-                    .auto_scaling_group_name(&name)
-                    .vpc_zone_identifier(subnets.join(","))
-                    .send()
-                    .await
-                    .map_err(err("UpdateAutoScalingGroup", &name))?;
+            Action::CreateStandbyGroup { subnets } => {
+                let standby = spec.standby_name();
+                create_group(c, spec, &standby, subnets, lt_id.as_deref(), progress).await?;
             }
-            Action::PutLifecycleHook => {
-                c.asg
-                    .put_lifecycle_hook()
-                    .auto_scaling_group_name(&name)
-                    .lifecycle_hook_name(HOOK)
-                    .lifecycle_transition(LAUNCHING_TRANSITION)
-                    .heartbeat_timeout(HOOK_TIMEOUT_SECS)
-                    .default_result("ABANDON")
-                    .send()
-                    .await
-                    .map_err(err("PutLifecycleHook", &name))?;
+            Action::UpdateGroupSubnets { subnets } => group_subnets(c, &name, subnets).await?,
+            Action::UpdateStandbyGroupSubnets { subnets } => {
+                group_subnets(c, &spec.standby_name(), subnets).await?
             }
-            Action::ScaleToOne => {
-                c.asg
-                    .update_auto_scaling_group()
-                    .auto_scaling_group_name(&name)
-                    .min_size(1)
-                    .max_size(1)
-                    .desired_capacity(1)
+            Action::PutLifecycleHook => put_hook(c, &name).await?,
+            Action::PutStandbyLifecycleHook => put_hook(c, &spec.standby_name()).await?,
+            Action::ScaleToOne => scale_to_one(c, &name).await?,
+            Action::ScaleStandbyToOne => scale_to_one(c, &spec.standby_name()).await?,
+            Action::AuthorizePair => {
+                let sg = sg_id.clone().unwrap_or_default();
+                let perms: Vec<IpPermission> = PAIR_PORTS
+                    .iter()
+                    .map(|(port, what)| {
+                        IpPermission::builder()
+                            .ip_protocol("udp")
+                            .from_port(*port)
+                            .to_port(*port)
+                            .user_id_group_pairs(
+                                aws_sdk_ec2::types::UserIdGroupPair::builder()
+                                    .group_id(&sg)
+                                    .description(*what)
+                                    .build(),
+                            )
+                            .build()
+                    })
+                    .collect();
+                let r = c
+                    .ec2
+                    .authorize_security_group_ingress()
+                    .group_id(&sg)
+                    .set_ip_permissions(Some(perms))
                     .send()
-                    .await
-                    .map_err(err("UpdateAutoScalingGroup", &name))?;
+                    .await;
+                // A rule another run added first is as good as ours.
+                if let Err(e) = r {
+                    let failure: crate::aws::ApiFailure = e.into();
+                    if !failure.is("InvalidPermission.Duplicate") {
+                        return Err(Error::Call {
+                            op: "AuthorizeSecurityGroupIngress",
+                            target: sg,
+                            source: failure,
+                        });
+                    }
+                }
             }
             Action::AllocateAddress => {
                 c.ec2
@@ -941,6 +1196,8 @@ pub struct Existing {
     pub instances: Vec<InstanceState>,
     /// The group, when it is the stack's.
     pub group: bool,
+    /// The pair's second group, when it is the stack's.
+    pub standby_group: bool,
     /// The stack's launch templates: (id, name).
     pub launch_templates: Vec<(String, String)>,
     /// The NAT security groups: (id, name).
@@ -1041,6 +1298,10 @@ pub async fn read_existing(c: &Clients, stack: &str) -> Result<Existing, Error> 
     e.group = read::auto_scaling_group(c, &name)
         .await?
         .is_some_and(|g| read::group_of_stack(&g, stack));
+    let standby = format!("{name}-b");
+    e.standby_group = read::auto_scaling_group(c, &standby)
+        .await?
+        .is_some_and(|g| read::group_of_stack(&g, stack));
     e.launch_templates = read::launch_templates_named(c, &name)
         .await?
         .iter()
@@ -1115,6 +1376,11 @@ pub fn plan_remove(stack: &str, e: &Existing, taken: Option<&BTreeSet<String>>) 
     }
     if e.group {
         out.push(Removal::DeleteGroup { name: name.clone() });
+    }
+    if e.standby_group {
+        out.push(Removal::DeleteGroup {
+            name: format!("{name}-b"),
+        });
     }
     let live: Vec<String> = e
         .instances
@@ -1265,6 +1531,7 @@ mod tests {
             ami: "ami-1".into(),
             instance_type: "t4g.micro".into(),
             eip: false,
+            pair: None,
         }
     }
 
@@ -1289,6 +1556,9 @@ mod tests {
                 subnets: ["subnet-pub".to_string()].into(),
             }),
             hook: Some(HOOK_TIMEOUT_SECS),
+            standby: None,
+            address_count: 0,
+            pair_rule: false,
             table_tags: [(
                 "rtb-a".to_string(),
                 TableTags {
@@ -1322,6 +1592,93 @@ mod tests {
         assert!(p.contains(&Action::AuthorizeIngress {
             cidrs: vec!["10.0.1.0/24".into(), "10.0.2.0/24".into()]
         }));
+    }
+
+    fn pair_spec(egress_ips: Option<u32>) -> Spec {
+        Spec {
+            pair: Some(Pair {
+                subnet_a: "subnet-pub".into(),
+                subnet_b: "subnet-pub".into(),
+                spread: false,
+                egress_ips,
+            }),
+            ..spec()
+        }
+    }
+
+    fn complete_pair(s: &Spec, addresses: usize) -> Observed {
+        let mut o = complete(s);
+        o.standby = Some((
+            Group {
+                desired: 1,
+                min_max: (1, 1),
+                subnets: ["subnet-pub".to_string()].into(),
+            },
+            Some(HOOK_TIMEOUT_SECS),
+        ));
+        o.pair_rule = true;
+        o.address_count = addresses;
+        o.address = Some("eipalloc-1".into());
+        o
+    }
+
+    #[test]
+    fn a_pair_is_two_groups_of_one_the_pair_rule_and_its_addresses() {
+        let s = pair_spec(Some(3));
+        let p = plan(&s, &Observed::default()).expect("plan");
+        let pos = |a: &Action| p.iter().position(|x| x == a).expect("planned");
+        assert!(pos(&Action::CreateSecurityGroup) < pos(&Action::AuthorizePair));
+        assert!(
+            pos(&Action::CreateStandbyGroup {
+                subnets: vec!["subnet-pub".into()]
+            }) < pos(&Action::PutStandbyLifecycleHook)
+        );
+        assert!(pos(&Action::PutStandbyLifecycleHook) < pos(&Action::ScaleStandbyToOne));
+        assert_eq!(
+            p.iter().filter(|a| **a == Action::AllocateAddress).count(),
+            3
+        );
+        // Re-running converges; without --egress-ips the pair keeps what it has.
+        assert_eq!(plan(&s, &complete_pair(&s, 3)).expect("plan"), vec![]);
+        assert_eq!(
+            plan(&pair_spec(None), &complete_pair(&s, 3)).expect("plan"),
+            vec![]
+        );
+        assert_eq!(
+            plan(&pair_spec(Some(4)), &complete_pair(&s, 3)).expect("plan"),
+            vec![Action::AllocateAddress]
+        );
+    }
+
+    #[test]
+    fn a_pair_is_never_shrunk_nor_switched_to_or_from_one_instance_by_setup() {
+        let s = pair_spec(Some(1));
+        assert!(matches!(
+            plan(&s, &complete_pair(&s, 2)),
+            Err(Refusal::FewerEgressIps { have: 2, asked: 1 })
+        ));
+        assert!(matches!(
+            plan(&spec(), &complete_pair(&s, 1)),
+            Err(Refusal::PairToSingle)
+        ));
+        assert!(matches!(
+            plan(&s, &complete(&spec())),
+            Err(Refusal::SingleToPair)
+        ));
+    }
+
+    #[test]
+    fn a_pairs_user_data_turns_natd_pair_mode_on() {
+        let decoded = |s: &Spec| {
+            String::from_utf8(aws_smithy_types::base64::decode(user_data(s)).expect("base64"))
+                .expect("utf-8")
+        };
+        let pair = decoded(&pair_spec(Some(2)));
+        assert!(
+            pair.contains("      pair = true\n      egress_ips = 2\n"),
+            "{pair}"
+        );
+        assert!(!decoded(&spec()).contains("pair"));
     }
 
     #[test]
@@ -1429,6 +1786,7 @@ mod tests {
                 live: true,
             }],
             group: true,
+            standby_group: false,
             launch_templates: vec![("lt-1".into(), "natd-s".into())],
             security_groups: vec![("sg-1".into(), "natd-s".into())],
             role: true,
