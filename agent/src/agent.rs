@@ -258,6 +258,11 @@ impl DataPlane {
                 Err(e) => trouble.push(e),
             }
         }
+        let ready = ends.is_some()
+            && p.overlay_for == ends
+            && pair::overlay_present()
+            && p.sync.running().await;
+        p.view.lock().expect("pair view").ready = ready;
         let trouble = (!trouble.is_empty()).then(|| trouble.join("; "));
         if trouble != p.trouble {
             match &trouble {
@@ -593,7 +598,8 @@ impl ControlPlane {
                     v.last_check_ok = None;
                     v.silent_logged = false;
                 }
-                if v.holder != holder {
+                if v.holder != holder || !v.role_logged {
+                    v.role_logged = true;
                     info!(
                         "pair: {}",
                         if holder {

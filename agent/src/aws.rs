@@ -523,7 +523,11 @@ impl Cloud {
             .map(|a| crate::pair::Egress {
                 allocation_id: a.allocation_id().unwrap_or_default().to_string(),
                 public_ip: a.public_ip().unwrap_or_default().to_string(),
-                eni: a.network_interface_id().map(str::to_string),
+                // An unassociated address has no interface (some endpoints answer "").
+                eni: a
+                    .network_interface_id()
+                    .filter(|e| !e.is_empty())
+                    .map(str::to_string),
                 private_ip: a.private_ip_address().and_then(|p| p.parse().ok()),
             })
             .collect();

@@ -61,6 +61,14 @@ const OVERLAY_NET: Ipv4Addr = Ipv4Addr::new(169, 254, 42, 0);
 /// After a check found the holder forwarding, the next one waits at least this long
 /// (a partition that drops only heartbeats is checked once a second, not every beat).
 const CHECK_SPACING: Duration = Duration::from_secs(1);
+/// While heartbeats are in order the standby still checks the holder's forwarding this
+/// often: a holder that beats but no longer forwards (its forwarding broken where it
+/// cannot see) is taken over after [`ROUTINE_FAILURES`] failed checks in a row.
+const ROUTINE_EVERY: Duration = Duration::from_secs(2);
+/// Failed routine checks in a row before a takeover.
+const ROUTINE_FAILURES: u32 = 2;
+/// The longest a check through the holder waits for its connection.
+const CHECK_TIMEOUT: Duration = Duration::from_millis(400);
 /// Longest a conntrackd control command may take.
 const CTL_TIMEOUT: Duration = Duration::from_secs(5);
 /// Heartbeat wire format: `natd-pair 1 <instance-id> <seq> <holder 0|1> <forwards 0|1>`.
@@ -122,6 +130,9 @@ pub struct View {
     pub peer_holds: bool,
     /// Our data plane forwards.
     pub forwards: bool,
+    /// We can check the holder and take over: the overlay link is up and conntrackd
+    /// runs.
+    pub ready: bool,
     /// We lost the role to the peer and have not heard it since.
     pub lost_role: bool,
     /// The last heartbeat from the peer, and what it said.
@@ -136,11 +147,17 @@ pub struct View {
     pub busy: bool,
     /// The last check through the holder that found it forwarding.
     pub last_check_ok: Option<Instant>,
+    /// The last check through the holder, whatever it found.
+    pub last_check: Option<Instant>,
+    /// Routine checks failed in a row.
+    pub check_failures: u32,
     /// The last takeover we made, and when our fast path last acted.
     pub last_takeover: Option<Takeover>,
     /// When the fast path last moved things (the control pass must not undo it with
     /// what it read before).
     pub took_at: Option<Instant>,
+    /// The role was logged once.
+    pub role_logged: bool,
     /// Whether the "holder forwards though silent" note was logged.
     pub silent_logged: bool,
 }
@@ -233,7 +250,13 @@ pub fn route_plan(
 /// for `heartbeat_misses` beats or says it does not forward; we forward, hold nothing,
 /// did not lose the role unheard, and know what to move.
 pub fn check_due(view: &View, now: Instant, cfg: &Config) -> Option<String> {
-    if view.busy || view.holder || view.lost_role || !view.forwards || !view.peer_holds {
+    if view.busy
+        || view.holder
+        || view.lost_role
+        || !view.forwards
+        || !view.ready
+        || !view.peer_holds
+    {
         return None;
     }
     let peer = view.peer.as_ref()?;
@@ -247,6 +270,7 @@ pub fn check_due(view: &View, now: Instant, cfg: &Config) -> Option<String> {
         return None;
     }
     let limit = cfg.heartbeat_interval() * cfg.heartbeat_misses;
+    let since_check = view.last_check.map(|t| now.saturating_duration_since(t));
     match view.silence(now) {
         None => Some(format!("no heartbeat ever heard from {}", peer.instance_id)),
         Some(s) if s >= limit => Some(format!(
@@ -258,9 +282,16 @@ pub fn check_due(view: &View, now: Instant, cfg: &Config) -> Option<String> {
         Some(_) if !view.peer_says_forwards => {
             Some(format!("{} says it does not forward", peer.instance_id))
         }
+        Some(_) if view.check_failures > 0 && since_check.is_none_or(|d| d >= limit) => {
+            Some(format!("{} failed a routine check", peer.instance_id))
+        }
+        Some(_) if since_check.is_none_or(|d| d >= ROUTINE_EVERY) => Some(ROUTINE.to_string()),
         Some(_) => None,
     }
 }
+
+/// The reason of a routine check (heartbeats in order).
+const ROUTINE: &str = "routine check";
 
 /// One heartbeat.
 fn beat(instance: &str, seq: u64, holder: bool, forwards: bool) -> String {
@@ -598,7 +629,8 @@ pub async fn run(ctx: Ctx) {
 
 /// Checks the holder through the overlay; takes over when it does not forward.
 async fn check_and_take_over(ctx: Ctx, reason: String, decided: Instant) {
-    let timeout = Duration::from_millis(ctx.cfg.probe_timeout_ms).min(Duration::from_secs(1));
+    let timeout = Duration::from_millis(ctx.cfg.probe_timeout_ms).min(CHECK_TIMEOUT);
+    let routine = reason == ROUTINE || reason.ends_with("failed a routine check");
     let mut targets = ctx.targets.clone();
     if targets.is_empty() {
         let resolved =
@@ -619,6 +651,7 @@ async fn check_and_take_over(ctx: Ctx, reason: String, decided: Instant) {
             let mut v = ctx.view.lock().expect("pair view");
             v.busy = false;
             v.last_check_ok = Some(Instant::now());
+            v.last_check = v.last_check_ok;
             warn!(
                 "pair: {reason}, but {} does not resolve: cannot check the holder; staying standby",
                 ctx.endpoint
@@ -626,13 +659,26 @@ async fn check_and_take_over(ctx: Ctx, reason: String, decided: Instant) {
             return;
         }
     }
+    if !overlay_present() {
+        // Not a verdict on the holder: without the link there is no check.
+        ctx.view.lock().expect("pair view").busy = false;
+        return;
+    }
     let mut failures = Vec::new();
     for t in &targets {
         match check_through_holder(*t, timeout).await {
             Ok(()) => {
                 let mut v = ctx.view.lock().expect("pair view");
                 v.last_check_ok = Some(Instant::now());
+                v.last_check = v.last_check_ok;
                 v.busy = false;
+                if v.check_failures > 0 {
+                    info!("pair: the holder forwards again (a check through it succeeded)");
+                    v.check_failures = 0;
+                }
+                if routine {
+                    return;
+                }
                 if !v.silent_logged {
                     v.silent_logged = true;
                     warn!(
@@ -645,7 +691,23 @@ async fn check_and_take_over(ctx: Ctx, reason: String, decided: Instant) {
         }
     }
     let (ips, tables, peer) = {
-        let v = ctx.view.lock().expect("pair view");
+        let mut v = ctx.view.lock().expect("pair view");
+        v.last_check = Some(Instant::now());
+        if routine {
+            // The holder beats and says it forwards: a failed check here may as well be
+            // our own path's fault, and moving on it could make the pair take turns.
+            // Said, not acted on.
+            v.check_failures += 1;
+            if v.check_failures == ROUTINE_FAILURES {
+                warn!(
+                    "pair: checks through the holder fail ({}) while it beats and says it forwards; not taking over (the holder's own probes decide)",
+                    failures.join("; ")
+                );
+            }
+            v.busy = false;
+            return;
+        }
+        v.check_failures = 0;
         (v.egress_ips(), v.tables.clone(), v.peer.clone())
     };
     let peer = peer.map(|p| p.instance_id).unwrap_or_default();
@@ -753,6 +815,7 @@ mod tests {
             egress: vec![egress(Some("eni-b"))],
             peer_holds: true,
             forwards: true,
+            ready: true,
             last_beat: Some(now),
             peer_says_forwards: true,
             peer_says_holder: true,
@@ -785,10 +848,22 @@ mod tests {
     #[test]
     fn beats_in_time_never_trigger_a_check() {
         let now = Instant::now();
-        let v = standby(now);
+        let v = View {
+            last_check: Some(now),
+            ..standby(now)
+        };
         assert_eq!(
             check_due(&v, now + Duration::from_millis(250), &cfg()),
             None
+        );
+        // ... but a routine check of the holder's forwarding comes every 2 s.
+        let later = View {
+            last_beat: Some(now + Duration::from_millis(1900)),
+            ..v
+        };
+        assert_eq!(
+            check_due(&later, now + Duration::from_millis(2000), &cfg()).as_deref(),
+            Some(ROUTINE)
         );
     }
 
@@ -824,6 +899,10 @@ mod tests {
             },
             View {
                 forwards: false,
+                ..standby(now)
+            },
+            View {
+                ready: false,
                 ..standby(now)
             },
             View {

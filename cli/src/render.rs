@@ -80,7 +80,7 @@ fn nat_instance_action(a: &nat_instance::Action, spec: &nat_instance::Spec) -> S
         ),
         Action::CreateGroup => format!(
             "Auto Scaling group {name} in {}",
-            list(&spec.group_subnets())
+            list(spec.group_subnets())
         ),
         Action::CreateStandbyGroup { subnets } => format!(
             "Auto Scaling group {} in {} (the pair's second instance)",

@@ -98,3 +98,85 @@ pub fn fetch_from(ns: &Netns, src: Option<&str>, addr: &str) -> Result<String, S
         Ok(out)
     })
 }
+
+/// A TCP server in `ns` at `addr` for long-lived connections: it first sends the peer
+/// address it sees (one line), then echoes every line back.
+pub fn serve_echo(ns: &Netns, addr: &str) {
+    let addr: SocketAddr = addr.parse().expect("address");
+    let listener = ns.run(move || TcpListener::bind(addr).expect("bind"));
+    std::thread::spawn(move || {
+        for c in listener.incoming().flatten() {
+            std::thread::spawn(move || {
+                let peer = c
+                    .peer_addr()
+                    .map(|p| p.ip().to_string())
+                    .unwrap_or_default();
+                let mut w = match c.try_clone() {
+                    Ok(w) => w,
+                    Err(_) => return,
+                };
+                if writeln!(w, "{peer}").is_err() {
+                    return;
+                }
+                let mut r = std::io::BufReader::new(c);
+                let mut line = String::new();
+                while std::io::BufRead::read_line(&mut r, &mut line).is_ok_and(|n| n > 0) {
+                    if w.write_all(line.as_bytes()).is_err() {
+                        return;
+                    }
+                    line.clear();
+                }
+            });
+        }
+    });
+}
+
+/// One long-lived connection to a [`serve_echo`] server.
+#[derive(Debug)]
+pub struct Stream {
+    reader: std::io::BufReader<TcpStream>,
+    writer: TcpStream,
+    /// The address the server saw when the connection opened.
+    pub seen: String,
+    sent: u64,
+}
+
+impl Stream {
+    /// Opens a connection from `ns` to `addr`.
+    pub fn open(ns: &Netns, addr: &str) -> Result<Self, String> {
+        let addr: SocketAddr = addr.parse().expect("address");
+        let s = ns.run(move || {
+            TcpStream::connect_timeout(&addr, Duration::from_millis(800)).map_err(|e| e.to_string())
+        })?;
+        // Long enough to ride out a failover's retransmissions; a reset or an end of
+        // stream fails at once.
+        s.set_read_timeout(Some(Duration::from_secs(15)))
+            .map_err(|e| e.to_string())?;
+        let writer = s.try_clone().map_err(|e| e.to_string())?;
+        let mut reader = std::io::BufReader::new(s);
+        let mut seen = String::new();
+        std::io::BufRead::read_line(&mut reader, &mut seen).map_err(|e| e.to_string())?;
+        Ok(Self {
+            reader,
+            writer,
+            seen: seen.trim().to_string(),
+            sent: 0,
+        })
+    }
+
+    /// Sends one line and reads it back.
+    pub fn exchange(&mut self) -> Result<(), String> {
+        self.sent += 1;
+        let msg = format!("line {}\n", self.sent);
+        self.writer
+            .write_all(msg.as_bytes())
+            .map_err(|e| format!("send: {e}"))?;
+        let mut back = String::new();
+        match std::io::BufRead::read_line(&mut self.reader, &mut back) {
+            Ok(0) => Err("closed by the other end".into()),
+            Ok(_) if back == msg => Ok(()),
+            Ok(_) => Err(format!("echo {back:?} for {msg:?}")),
+            Err(e) => Err(format!("receive: {e}")),
+        }
+    }
+}

@@ -58,6 +58,8 @@ pub const TICK: Duration = Duration::from_millis(100);
 pub const INTERNET: &str = "198.51.100.1";
 /// The server in the internet namespace.
 pub const SERVER: &str = "198.51.100.1:8080";
+/// The internet's echo server for long-lived connections ([`Lab::streams`]).
+pub const ECHO: &str = "198.51.100.1:7000";
 /// Secrets Manager's regional name, as the function's SDK resolves it.
 pub const SECRETS_MANAGER: &str = "secretsmanager.eu-west-1.amazonaws.com";
 /// The VPC router's address on every link.
@@ -156,6 +158,10 @@ struct Shared {
     extra: Vec<ExtraHost>,
     /// Namespaces that resolve names through the VPC (private DNS), with their subnet.
     dns_hosts: Vec<(String, String)>,
+    /// Instances that died ([`Lab::crash`]): EC2 still says running, nothing answers.
+    crashed: BTreeSet<String>,
+    /// Instance id -> the router's side of its interface.
+    links: BTreeMap<String, String>,
 }
 
 /// Where a host's security groups come from.
@@ -380,6 +386,7 @@ impl Lab {
             "ip link add br0 address 02:00:00:00:00:01 type bridge && ip addr add {INTERNET}/24 dev br0 && ip link set br0 up"
         ));
         crate::dataplane::serve_peer_address(&internet, SERVER);
+        crate::dataplane::serve_echo(&internet, ECHO);
         let api: SocketAddr = format!("{INTERNET}:{}", emu.port).parse().unwrap();
         internet.forward(api, emu.port);
         // The public side of Secrets Manager (what its name resolves to without private
@@ -826,6 +833,44 @@ impl Lab {
             .collect()
     }
 
+    /// Opens `n` long-lived connections from private subnet `i` to the internet's echo
+    /// server ([`ECHO`]).
+    pub fn streams(&self, i: usize, n: usize) -> Result<Vec<crate::dataplane::Stream>, String> {
+        (0..n)
+            .map(|_| crate::dataplane::Stream::open(&self.private[i].1, ECHO))
+            .collect()
+    }
+
+    /// The VPC router's side of `instance`'s interface (for faults played at the router).
+    pub fn link(&self, instance: &str) -> Option<String> {
+        self.shared.lock().unwrap().links.get(instance).cloned()
+    }
+
+    /// The instance dies at once, as a machine does: everything in its namespace is
+    /// killed and the namespace (its interface with it) is gone; EC2 still says running
+    /// (until, as on AWS, its group finds out or someone terminates it). Returns when.
+    pub fn crash(&self, instance: &str) -> Instant {
+        let ns = self.instances().get(instance).cloned().unwrap_or_default();
+        // The interface first, from the router's side (at once: a namespace being
+        // deleted lingers while the kernel cleans it up), then everything inside.
+        if let Some(link) = self.link(instance) {
+            self.vpc.sh_status(&format!("ip link del {link}"));
+        }
+        let at = Instant::now();
+        let _ = std::process::Command::new("sh")
+            .args([
+                "-c",
+                &format!("ip netns pids {ns} | xargs -r kill -9; ip netns del {ns}"),
+            ])
+            .status();
+        self.shared
+            .lock()
+            .unwrap()
+            .crashed
+            .insert(instance.to_string());
+        at
+    }
+
     /// Kills (SIGKILL) natd on `instance`, as a crash would.
     pub fn kill_natd(&self, instance: &str) {
         for p in self.natd_pids(instance) {
@@ -1038,10 +1083,11 @@ impl Fabric {
                 );
             }
         }
+        let crashed = self.shared.lock().unwrap().crashed.clone();
         let gone: Vec<String> = self
             .instances
             .keys()
-            .filter(|k| !running.contains_key(*k))
+            .filter(|k| !running.contains_key(*k) || crashed.contains(*k))
             .cloned()
             .collect();
         for id in gone {
@@ -1059,11 +1105,12 @@ impl Fabric {
         self.booting.retain(|id, _| running.contains_key(id));
         let now = Instant::now();
         for (id, (stack, eni, mac, ip, _, subnet, _)) in &running {
-            if !self.instances.contains_key(id) {
+            if !self.instances.contains_key(id) && !crashed.contains(id) {
                 let seen = *self.booting.entry(id.clone()).or_insert(now);
                 if now.duration_since(seen) >= self.boot_delay {
                     self.booting.remove(id);
-                    self.boot(id, stack, eni, mac, ip, subnet);
+                    let config = self.user_config(id).await;
+                    self.boot(id, stack, eni, mac, ip, subnet, &config);
                 }
             }
         }
@@ -1083,8 +1130,14 @@ impl Fabric {
                     i.link
                 ));
             }
+            // By the interface's own address as next hop: the VPC delivers a secondary
+            // address to its interface without the instance answering ARP for it (the
+            // OS need not configure it to forward or to NAT for it).
             for ip in v.6.difference(&i.secondary) {
-                cmd.push_str(&format!("ip route replace {ip}/32 dev {}; ", i.link));
+                cmd.push_str(&format!(
+                    "ip route replace {ip}/32 via {} dev {}; ",
+                    i.ip, i.link
+                ));
             }
             if self.vpc.sh_status(&format!("{cmd}true")).status.success() {
                 i.secondary = v.6.clone();
@@ -1747,8 +1800,51 @@ impl Fabric {
         Ok(())
     }
 
+    /// natd's configuration from the instance's user data (the cloud-config natctl's
+    /// launch template writes), without the stack (the lab writes its own keys).
+    async fn user_config(&self, id: &str) -> String {
+        let data = self
+            .ec2
+            .describe_instance_attribute()
+            .instance_id(id)
+            .attribute(aws_sdk_ec2::types::InstanceAttributeName::UserData)
+            .send()
+            .await
+            .ok()
+            .and_then(|r| r.user_data().and_then(|u| u.value()).map(str::to_string))
+            .and_then(|b| aws_smithy_types::base64::decode(b).ok())
+            .and_then(|b| String::from_utf8(b).ok())
+            .unwrap_or_default();
+        let mut out = String::new();
+        let mut inside = false;
+        for line in data.lines() {
+            if line.trim_start().starts_with("content: |") {
+                inside = true;
+            } else if inside && line.starts_with("      ") {
+                let kv = line.trim();
+                if !kv.starts_with("stack") {
+                    out.push_str(kv);
+                    out.push('\n');
+                }
+            } else {
+                inside = false;
+            }
+        }
+        out
+    }
+
     /// Gives a running instance its namespace, IMDS fixture and natd.
-    fn boot(&mut self, id: &str, stack: &str, eni: &str, mac: &str, ip: &str, subnet: &str) {
+    #[allow(clippy::too_many_arguments)]
+    fn boot(
+        &mut self,
+        id: &str,
+        stack: &str,
+        eni: &str,
+        mac: &str,
+        ip: &str,
+        subnet: &str,
+        user_config: &str,
+    ) {
         let (link, k) = self.new_link();
         let ns = Netns::new(&format!("i{k}"));
         // One interface, as on EC2: the ENI (its MAC, its private address) behind the
@@ -1764,8 +1860,10 @@ impl Fabric {
         std::fs::write(
             &config,
             format!(
-                "stack = \"{stack}\"\nimds_endpoint = \"http://127.0.0.1:{}\"\naws_endpoint_url = \"http://{INTERNET}:{}\"\ninterval_secs = 1\nunhealthy_after = 3\nprobe_targets = [\"{SERVER}\"]\nprobe_timeout_ms = 500\nstartup_attempts = 5\n",
-                imds.port, self.emu.port
+                "stack = \"{stack}\"\nimds_endpoint = \"http://127.0.0.1:{}\"\naws_endpoint_url = \"http://{INTERNET}:{}\"\ninterval_secs = 1\nunhealthy_after = 3\nprobe_targets = [\"{SERVER}\"]\nprobe_timeout_ms = 500\nstartup_attempts = 5\nstate_dir = \"{}\"\n{user_config}",
+                imds.port,
+                self.emu.port,
+                self.dir.path().join(id).display()
             ),
         )
         .unwrap();
@@ -1786,11 +1884,13 @@ impl Fabric {
             gave_up: false,
         };
         start_natd(&mut i);
-        self.shared
-            .lock()
-            .unwrap()
-            .instances
-            .insert(id.to_string(), (i.ns.name.clone(), log));
+        {
+            let mut shared = self.shared.lock().unwrap();
+            shared
+                .instances
+                .insert(id.to_string(), (i.ns.name.clone(), log));
+            shared.links.insert(id.to_string(), i.link.clone());
+        }
         self.instances.insert(id.to_string(), i);
         self.event(Event::Booted(id.to_string()));
     }

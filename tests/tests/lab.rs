@@ -919,3 +919,200 @@ async fn doctor_says_where_packets_break_and_its_fix_lets_them_through() {
     egress(&lab, Duration::from_secs(60)).await;
     assert_eq!(doctor_internet(&lab)["ok"], true);
 }
+
+/// `natctl setup --env dev --ha` (with `extra` flags): `(holder, standby)` once egress
+/// leaves by the stack's Elastic IP and the standby syncs the holder's state.
+async fn pair(lab: &Lab, extra: &[&str]) -> (String, String) {
+    let mut args = vec![
+        "setup",
+        "--env",
+        "dev",
+        "--ha",
+        "--vpc",
+        &lab.world.vpc,
+        "--name",
+        "lab",
+        "--ami",
+        IMAGE,
+    ];
+    args.extend_from_slice(extra);
+    let out = natctl(&lab.emu, &args);
+    assert!(out.status.success(), "{}", text(&out));
+    let eip = stack_eip(lab);
+    let start = Instant::now();
+    loop {
+        let a = lab.fetch_async(0).await;
+        let b = lab.fetch_async(1).await;
+        if a.as_deref() == Ok(eip.as_str()) && b.as_deref() == Ok(eip.as_str()) {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(90),
+            "no egress by the Elastic IP {eip} ({a:?}, {b:?}):\n{}\naddresses: {}",
+            lab_log(lab),
+            lab.emu.aws(&["ec2", "describe-addresses"])
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let holder = until("a holder", Duration::from_secs(30), async || {
+        lab.routes().get(&lab.world.private_subnets[0]).cloned()
+    })
+    .await;
+    let standby = until("the standby syncing", Duration::from_secs(60), async || {
+        let instances = lab.instances();
+        let standby = instances.keys().find(|i| **i != holder)?.clone();
+        (lab.natd_log(&standby).contains("conntrackd syncing")
+            && lab.natd_log(&standby).contains("VXLAN link")
+            && lab.natd_log(&holder).contains("VXLAN link"))
+        .then_some(standby)
+    })
+    .await;
+    (holder, standby)
+}
+
+/// Every stream sends and receives once; the failures.
+fn exchange_all(streams: &mut [natd_tests::dataplane::Stream]) -> Vec<String> {
+    std::thread::scope(|s| {
+        let handles: Vec<_> = streams
+            .iter_mut()
+            .enumerate()
+            .map(|(n, st)| s.spawn(move || st.exchange().map_err(|e| format!("stream {n}: {e}"))))
+            .collect();
+        handles
+            .into_iter()
+            .filter_map(|h| h.join().unwrap().err())
+            .collect()
+    })
+}
+
+/// Route changes of the private subnets between two snapshots of the lab's routes.
+fn holders(lab: &Lab) -> Vec<String> {
+    lab.world
+        .private_subnets
+        .iter()
+        .map(|s| lab.routes().get(s).cloned().unwrap_or_default())
+        .collect()
+}
+
+#[tokio::test]
+async fn a_hot_standby_pair_fails_over_in_a_second_keeping_address_and_connections() {
+    let mut lab = Lab::new(Arc::new(Emulator::start())).await;
+    let (holder, standby) = pair(&lab, &[]).await;
+    let eip = stack_eip(&lab);
+    assert_eq!(lab.instances().len(), 2, "two NAT instances");
+
+    // Long-lived connections from both private subnets, opened before the kill.
+    let mut streams = lab.streams(0, 30).unwrap();
+    streams.extend(lab.streams(1, 30).unwrap());
+    assert!(
+        streams.iter().all(|s| s.seen == eip),
+        "the server sees the Elastic IP"
+    );
+    assert_eq!(exchange_all(&mut streams), Vec::<String>::new());
+    // The standby holds a copy of the holder's connections.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    // The holder dies at once (its namespace gone); EC2 still says it runs.
+    let killed = lab.crash(&holder);
+    let seen = until(
+        "egress after the kill",
+        Duration::from_secs(20),
+        async || lab.fetch_async(0).await.ok(),
+    )
+    .await;
+    let gap = killed.elapsed();
+    println!("egress gap after the holder died: {gap:?}");
+    assert_eq!(seen, eip, "the same Elastic IP after the failover");
+    assert_eq!(holders(&lab), vec![standby.clone(), standby.clone()]);
+    let failed = exchange_all(&mut streams);
+    assert!(
+        failed.is_empty(),
+        "every connection opened before the kill lives on: {failed:?}\n{}",
+        lab_log(&lab)
+    );
+    assert!(
+        lab.natd_log(&standby).contains("pair: taking over from"),
+        "{}",
+        lab.natd_log(&standby)
+    );
+
+    // As on AWS once the group sees the dead instance: it goes and is replaced; the
+    // replacement becomes the standby, and the routes do not move again.
+    lab.world
+        .ec2
+        .terminate_instances()
+        .instance_ids(&holder)
+        .send()
+        .await
+        .unwrap();
+    let third = until(
+        "the replacement syncing",
+        Duration::from_secs(90),
+        async || {
+            let instances = lab.instances();
+            let third = instances
+                .keys()
+                .find(|i| **i != standby && **i != holder)?
+                .clone();
+            lab.natd_log(&third)
+                .contains("conntrackd syncing")
+                .then_some(third)
+        },
+    )
+    .await;
+    for _ in 0..30 {
+        assert_eq!(holders(&lab), vec![standby.clone(), standby.clone()]);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        lab.natd_log(&third).contains("pair: standby"),
+        "{}",
+        lab.natd_log(&third)
+    );
+    assert_eq!(exchange_all(&mut streams), Vec::<String>::new());
+
+    // Heartbeats dropped between the pair while both forward: nothing moves (the
+    // standby's check through the holder finds it forwarding).
+    let drop_beats = "-p udp --dport 4790 -j DROP";
+    lab.vpc.sh(&format!("iptables -I FORWARD {drop_beats}"));
+    for _ in 0..50 {
+        assert_eq!(holders(&lab), vec![standby.clone(), standby.clone()]);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        lab.natd_log(&third).contains("but it forwards"),
+        "{}",
+        lab.natd_log(&third)
+    );
+    assert_eq!(lab.fetch_async(1).await.unwrap(), eip);
+    lab.vpc.sh(&format!("iptables -D FORWARD {drop_beats}"));
+
+    // The holder's forwarding breaks while it lives (the VPC drops what it sends over
+    // TCP; heartbeats still pass): the standby takes over, once.
+    let link = lab.link(&standby).unwrap();
+    let broken = format!("-i {link} -p tcp -j DROP");
+    lab.vpc.sh(&format!("iptables -I FORWARD {broken}"));
+    until(
+        "the standby taking over",
+        Duration::from_secs(15),
+        async || (holders(&lab) == vec![third.clone(), third.clone()]).then_some(()),
+    )
+    .await;
+    until(
+        "egress by the new holder",
+        Duration::from_secs(10),
+        async || (lab.fetch_async(0).await.ok()? == eip).then_some(()),
+    )
+    .await;
+    assert_eq!(exchange_all(&mut streams), Vec::<String>::new());
+    lab.vpc.sh(&format!("iptables -D FORWARD {broken}"));
+    for _ in 0..30 {
+        assert_eq!(
+            holders(&lab),
+            vec![third.clone(), third.clone()],
+            "no flapping"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    lab.shutdown();
+}

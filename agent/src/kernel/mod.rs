@@ -133,15 +133,20 @@ pub fn ruleset(facts: &Facts) -> Ruleset {
             continue;
         }
         // New connections only reach the nat table: rule i takes every (n-i)th of the
-        // ones that fall through to it, so each address gets 1/n of them.
+        // ones that fall through to it, so each address gets 1/n of them. The
+        // instance's own traffic (natd's API calls, probes, the pair's channels) keeps
+        // its own address: only forwarded traffic leaves by the egress addresses,
+        // which move between the pair.
         for (i, ip) in facts.egress_ips.iter().enumerate() {
             let left = n - i;
             if left > 1 {
                 nat.push(format!(
-                    "-s {c} -o {o} -m statistic --mode nth --every {left} --packet 0 -j SNAT --to-source {ip}"
+                    "-s {c} -o {o} -m addrtype ! --src-type LOCAL -m statistic --mode nth --every {left} --packet 0 -j SNAT --to-source {ip}"
                 ));
             } else {
-                nat.push(format!("-s {c} -o {o} -j SNAT --to-source {ip}"));
+                nat.push(format!(
+                    "-s {c} -o {o} -m addrtype ! --src-type LOCAL -j SNAT --to-source {ip}"
+                ));
             }
         }
     }
