@@ -262,6 +262,10 @@ impl DataPlane {
             && p.overlay_for == ends
             && pair::overlay_present()
             && p.sync.running().await;
+        if ready && self.passes % 10 == 1 {
+            let n = p.sync.external_entries().await;
+            p.view.lock().expect("pair view").synced = n;
+        }
         p.view.lock().expect("pair view").ready = ready;
         let trouble = (!trouble.is_empty()).then(|| trouble.join("; "));
         if trouble != p.trouble {
@@ -317,6 +321,7 @@ pub struct ControlPlane {
     published: Option<(String, Instant)>,
     ever_ready: bool,
     pair: Option<pair::Shared>,
+    sync: Option<std::sync::Arc<pair::Sync>>,
 }
 
 /// What a control pass is told.
@@ -570,6 +575,32 @@ impl ControlPlane {
         let peer_holds = peer
             .as_ref()
             .is_some_and(|p| lock.as_deref() == Some(p.eni.as_str()));
+        // A planned handover (natctl rotate tags the holder): once the standby is heard
+        // and forwards, send it the whole state, then say so in the heartbeats.
+        let asked = holder && members.iter().any(|m| m.instance_id == me_id && m.handover);
+        let start_handover = {
+            let v = view.lock().expect("pair view");
+            asked
+                && !v.handing_over
+                && v.peer_says_forwards
+                && v.silence(Instant::now())
+                    .is_some_and(|s| s < self.cfg.heartbeat_interval() * self.cfg.heartbeat_misses)
+        };
+        if start_handover {
+            if let Some(sync) = &self.sync
+                && let Err(e) = sync.ctl(&["-B"]).await
+            {
+                warn!("pair: could not send the state before the handover: {e}");
+            }
+            info!(
+                "pair: handing over to {} (asked by {})",
+                peer.as_ref()
+                    .map(|p| p.instance_id.as_str())
+                    .unwrap_or("the peer"),
+                crate::contract::HANDOVER_TAG
+            );
+            view.lock().expect("pair view").handing_over = true;
+        }
         {
             let mut v = view.lock().expect("pair view");
             let fast_path_since = v.took_at.is_some_and(|t| t >= started);
@@ -577,7 +608,15 @@ impl ControlPlane {
                 // The heartbeat loop took over while this pass was reading: its view wins.
                 holder = true;
             } else {
-                if v.holder && !holder && peer_holds {
+                if v.holder && !holder && peer_holds && v.handing_over {
+                    info!(
+                        "pair: handed over to {}; standing by",
+                        peer.as_ref()
+                            .map(|p| p.instance_id.as_str())
+                            .unwrap_or("the peer")
+                    );
+                    v.handing_over = false;
+                } else if v.holder && !holder && peer_holds {
                     warn!(
                         "pair: {} took the egress address over; standing by (no fast takeover until it is heard again)",
                         peer.as_ref()
@@ -1136,6 +1175,7 @@ impl Agent {
             passes: 0,
             published: None,
             ever_ready: false,
+            sync: pair_parts.as_ref().map(|(_, sync)| sync.clone()),
             pair: pair_parts.map(|(view, _)| view),
         };
         Ok(Self {
@@ -1364,18 +1404,23 @@ impl Agent {
     }
 
     /// Pair mode, in words for the health tag: `pair=holder|standby peer=<id>
-    /// beat=<ms>ms ago|never` and the last takeover.
+    /// beat=ok|lost|never synced=<entries>` and the last takeover.
     fn pair_summary(&self) -> Option<String> {
         let p = self.data.pair.as_ref()?;
         let v = p.view.lock().expect("pair view");
         let mut s = format!("pair={}", if v.holder { "holder" } else { "standby" });
         if let Some(peer) = &v.peer {
             s.push_str(&format!(" peer={}", peer.instance_id));
-            match v.silence(Instant::now()) {
-                // Rounded to a second so the tag is not rewritten for every beat.
-                Some(d) => s.push_str(&format!(" beat={}s", d.as_secs())),
-                None => s.push_str(" beat=never"),
-            }
+            let limit = self.cfg.heartbeat_interval() * self.cfg.heartbeat_misses;
+            s.push_str(match v.silence(Instant::now()) {
+                Some(d) if d < limit => " beat=ok",
+                Some(_) => " beat=lost",
+                None => " beat=never",
+            });
+        }
+        if let Some(n) = v.synced {
+            // Rounded so the tag is not rewritten for every connection.
+            s.push_str(&format!(" synced={}", round2(n)));
         }
         if let Some(t) = &v.last_takeover {
             s.push_str(&format!(
@@ -1480,6 +1525,15 @@ impl Agent {
             warn!("cannot write metrics: {e}");
         }
     }
+}
+
+/// `n` rounded to two significant digits.
+fn round2(n: u64) -> u64 {
+    let mut scale = 1;
+    while n / scale >= 100 {
+        scale *= 10;
+    }
+    n / scale * scale
 }
 
 fn cidr_list(c: &[Ipv4Net]) -> String {

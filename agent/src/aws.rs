@@ -498,6 +498,10 @@ impl Cloud {
                     ip,
                     eni,
                     launch_time: i.launch_time().map(|t| t.secs()).unwrap_or(0),
+                    handover: i
+                        .tags()
+                        .iter()
+                        .any(|t| t.key() == Some(crate::contract::HANDOVER_TAG)),
                 });
             }
         }

@@ -12,6 +12,10 @@ pub const EGRESS_TAG: &str = "natd:egress";
 /// anything; natctl's teardown deletes exactly what carries this tag.
 pub const STACK_TAG: &str = "natd:stack";
 
+/// Tag `natctl rotate` puts on the holder of a hot standby pair to ask it to hand over
+/// to the standby (its value: when it was asked); natd only reads it.
+pub const HANDOVER_TAG: &str = "natd:handover";
+
 /// Tag natd writes on its own instance: its health summary, read by `natctl status`
 /// (`data=ok control=ok routes=1 at=2026-11-25T10:00:00Z`, see `natd::agent`).
 pub const HEALTH_TAG: &str = "natd:health";

@@ -71,7 +71,8 @@ const ROUTINE_FAILURES: u32 = 2;
 const CHECK_TIMEOUT: Duration = Duration::from_millis(400);
 /// Longest a conntrackd control command may take.
 const CTL_TIMEOUT: Duration = Duration::from_secs(5);
-/// Heartbeat wire format: `natd-pair 1 <instance-id> <seq> <holder 0|1> <forwards 0|1>`.
+/// Heartbeat wire format: `natd-pair 1 <instance-id> <seq> <holder 0|1|2> <forwards 0|1>`
+/// (holder 2: holding, and handing over).
 const BEAT_MAGIC: &str = "natd-pair";
 
 /// A NAT instance of the stack, as DescribeInstances shows it.
@@ -85,6 +86,8 @@ pub struct Member {
     pub eni: String,
     /// Launch time, seconds since the epoch.
     pub launch_time: i64,
+    /// `natctl rotate` asked it to hand over (the `natd:handover` tag).
+    pub handover: bool,
 }
 
 /// One of the stack's Elastic IPs.
@@ -141,6 +144,10 @@ pub struct View {
     pub peer_says_holder: bool,
     /// The peer says it forwards.
     pub peer_says_forwards: bool,
+    /// The peer (the holder) hands over: take over now, without a check.
+    pub peer_hands_over: bool,
+    /// We hold and were asked to hand over: our heartbeats say so.
+    pub handing_over: bool,
     /// Heartbeats received.
     pub beats: u64,
     /// A check (and maybe a takeover) is running.
@@ -156,6 +163,8 @@ pub struct View {
     /// When the fast path last moved things (the control pass must not undo it with
     /// what it read before).
     pub took_at: Option<Instant>,
+    /// Connections of the peer held in conntrackd's external cache, as last asked.
+    pub synced: Option<u64>,
     /// The role was logged once.
     pub role_logged: bool,
     /// Whether the "holder forwards though silent" note was logged.
@@ -263,6 +272,13 @@ pub fn check_due(view: &View, now: Instant, cfg: &Config) -> Option<String> {
     if view.egress_ips().is_empty() || view.me_ip.is_none() {
         return None;
     }
+    if view.peer_hands_over
+        && view
+            .silence(now)
+            .is_some_and(|s| s < cfg.heartbeat_interval() * cfg.heartbeat_misses)
+    {
+        return Some(HANDOVER.to_string());
+    }
     if view
         .last_check_ok
         .is_some_and(|t| now.saturating_duration_since(t) < CHECK_SPACING)
@@ -290,32 +306,45 @@ pub fn check_due(view: &View, now: Instant, cfg: &Config) -> Option<String> {
     }
 }
 
+/// The reason of a planned handover (the holder asks for it).
+const HANDOVER: &str = "the holder hands over (natctl rotate)";
+
 /// The reason of a routine check (heartbeats in order).
 const ROUTINE: &str = "routine check";
 
 /// One heartbeat.
-fn beat(instance: &str, seq: u64, holder: bool, forwards: bool) -> String {
+fn beat(instance: &str, seq: u64, holder: bool, handing_over: bool, forwards: bool) -> String {
     format!(
         "{BEAT_MAGIC} 1 {instance} {seq} {} {}",
-        u8::from(holder),
+        match (holder, handing_over) {
+            (true, true) => 2,
+            (true, false) => 1,
+            _ => 0,
+        },
         u8::from(forwards)
     )
 }
 
-/// Parses a heartbeat: `(instance, holder, forwards)`.
-fn parse_beat(s: &str) -> Option<(String, bool, bool)> {
+/// Parses a heartbeat: `(instance, holder, handing over, forwards)`.
+fn parse_beat(s: &str) -> Option<(String, bool, bool, bool)> {
     let mut it = s.split_whitespace();
     if it.next()? != BEAT_MAGIC || it.next()? != "1" {
         return None;
     }
     let id = it.next()?.to_string();
     it.next()?.parse::<u64>().ok()?;
-    let flag = |f: Option<&str>| match f {
-        Some("1") => Some(true),
-        Some("0") => Some(false),
-        _ => None,
+    let (holder, handing_over) = match it.next()? {
+        "0" => (false, false),
+        "1" => (true, false),
+        "2" => (true, true),
+        _ => return None,
     };
-    Some((id, flag(it.next())?, flag(it.next())?))
+    let forwards = match it.next()? {
+        "1" => true,
+        "0" => false,
+        _ => return None,
+    };
+    Some((id, holder, handing_over, forwards))
 }
 
 /// The overlay addresses `(ours, the peer's)` and the link's /30.
@@ -530,10 +559,10 @@ General {{
 
     /// Entries in the external cache (the peer's state we hold), when conntrackd answers.
     pub async fn external_entries(&self) -> Option<u64> {
-        let out = self.ctl(&["-s", "external"]).await.ok()?;
-        // "cache:external  active objects:                 42"
+        let out = self.ctl(&["-s", "cache"]).await.ok()?;
+        // "cache:external\tactive objects:\t\t          42"
         out.lines()
-            .find(|l| l.contains("active objects"))
+            .find(|l| l.starts_with("cache:external") && l.contains("active objects"))
             .and_then(|l| l.split(':').next_back())
             .and_then(|n| n.trim().parse().ok())
     }
@@ -589,7 +618,7 @@ pub async fn run(ctx: Ctx) {
                     }
                     (
                         v.peer.as_ref().map(|p| p.ip),
-                        beat(&ctx.instance_id, seq, v.holder, v.forwards),
+                        beat(&ctx.instance_id, seq, v.holder, v.handing_over, v.forwards),
                         due,
                     )
                 };
@@ -602,7 +631,7 @@ pub async fn run(ctx: Ctx) {
             }
             r = sock.recv_from(&mut buf) => {
                 let Ok((n, from)) = r else { continue };
-                let Some((id, holder, forwards)) = std::str::from_utf8(&buf[..n]).ok().and_then(parse_beat) else {
+                let Some((id, holder, handing_over, forwards)) = std::str::from_utf8(&buf[..n]).ok().and_then(parse_beat) else {
                     continue;
                 };
                 let mut v = ctx.view.lock().expect("pair view");
@@ -620,6 +649,7 @@ pub async fn run(ctx: Ctx) {
                 }
                 v.last_beat = Some(Instant::now());
                 v.peer_says_holder = holder;
+                v.peer_hands_over = handing_over;
                 v.peer_says_forwards = forwards;
                 v.beats += 1;
             }
@@ -631,6 +661,10 @@ pub async fn run(ctx: Ctx) {
 async fn check_and_take_over(ctx: Ctx, reason: String, decided: Instant) {
     let timeout = Duration::from_millis(ctx.cfg.probe_timeout_ms).min(CHECK_TIMEOUT);
     let routine = reason == ROUTINE || reason.ends_with("failed a routine check");
+    if reason == HANDOVER {
+        // Planned: the holder forwards until the routes have moved; no check.
+        return take_over(ctx, reason, decided, Vec::new()).await;
+    }
     let mut targets = ctx.targets.clone();
     if targets.is_empty() {
         let resolved =
@@ -690,7 +724,7 @@ async fn check_and_take_over(ctx: Ctx, reason: String, decided: Instant) {
             Err(e) => failures.push(format!("{t}: {e}")),
         }
     }
-    let (ips, tables, peer) = {
+    {
         let mut v = ctx.view.lock().expect("pair view");
         v.last_check = Some(Instant::now());
         if routine {
@@ -708,13 +742,25 @@ async fn check_and_take_over(ctx: Ctx, reason: String, decided: Instant) {
             return;
         }
         v.check_failures = 0;
+    }
+    take_over(ctx, reason, decided, failures).await;
+}
+
+/// Commits the peer's state, moves the egress addresses and every route here.
+async fn take_over(ctx: Ctx, reason: String, decided: Instant, failures: Vec<String>) {
+    let (ips, tables, peer) = {
+        let v = ctx.view.lock().expect("pair view");
         (v.egress_ips(), v.tables.clone(), v.peer.clone())
     };
     let peer = peer.map(|p| p.instance_id).unwrap_or_default();
-    warn!(
-        "pair: taking over from {peer}: {reason}, and it does not forward ({})",
-        failures.join("; ")
-    );
+    if failures.is_empty() {
+        info!("pair: taking over from {peer}: {reason}");
+    } else {
+        warn!(
+            "pair: taking over from {peer}: {reason}, and it does not forward ({})",
+            failures.join("; ")
+        );
+    }
     let committed = ctx.sync.ctl(&["-c"]).await;
     match &committed {
         Ok(_) => info!(
@@ -789,7 +835,22 @@ mod tests {
             ip: Ipv4Addr::from(ip),
             eni: eni.into(),
             launch_time: t,
+            handover: false,
         }
+    }
+
+    #[test]
+    fn a_handover_is_taken_at_once_while_the_holder_beats() {
+        let now = Instant::now();
+        let v = View {
+            peer_hands_over: true,
+            last_check: Some(now),
+            ..standby(now)
+        };
+        assert_eq!(check_due(&v, now, &cfg()).as_deref(), Some(HANDOVER));
+        // A stale handover flag from a silent holder is an ordinary silence.
+        let late = now + Duration::from_secs(1);
+        assert_ne!(check_due(&v, late, &cfg()).as_deref(), Some(HANDOVER));
     }
 
     fn egress(eni: Option<&str>) -> Egress {
@@ -1003,8 +1064,17 @@ mod tests {
     #[test]
     fn heartbeats_round_trip_and_garbage_is_ignored() {
         assert_eq!(
-            parse_beat(&beat("i-a", 7, true, false)),
-            Some(("i-a".into(), true, false))
+            parse_beat(&beat("i-a", 7, true, false, false)),
+            Some(("i-a".into(), true, false, false))
+        );
+        assert_eq!(
+            parse_beat(&beat("i-a", 8, true, true, true)),
+            Some(("i-a".into(), true, true, true))
+        );
+        assert_eq!(
+            parse_beat(&beat("i-a", 9, false, true, true)),
+            Some(("i-a".into(), false, false, true)),
+            "only a holder hands over"
         );
         for bad in [
             "",

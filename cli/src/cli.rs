@@ -275,6 +275,15 @@ pub enum Cmd {
     Setup(SetupArgs),
     /// Show what setup would change, and change nothing.
     Plan(SetupArgs),
+    /// Hand a hot standby pair (setup --env dev --ha) over to new instances with no
+    /// connection lost: the standby is replaced first, then the holder hands its
+    /// connection state, egress address and routes to it, then the old holder is
+    /// replaced. Run it after setup changed the AMI or instance type.
+    Rotate {
+        /// Stack name.
+        #[arg(long = "name", default_value = natd::contract::DEFAULT_STACK, value_parser = stack_name)]
+        stack: String,
+    },
     /// Show a stack's egress: its NAT instances or gateways and each managed route
     /// table's default route; exit status 3 when egress is broken, 2 when there is no
     /// such stack.

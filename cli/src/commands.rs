@@ -39,6 +39,7 @@ pub fn run(args: &Args) -> Result<(), Failure> {
         Cmd::Setup(a) => ctx.block_on(setup(&ctx, a, a.dry_run)),
         Cmd::Plan(a) => ctx.block_on(setup(&ctx, a, true)),
         Cmd::Status { stack } => ctx.block_on(status_cmd(&ctx, stack)),
+        Cmd::Rotate { stack } => ctx.block_on(rotate_cmd(&ctx, stack)),
         Cmd::Doctor {
             vpc,
             lambda,
@@ -131,19 +132,20 @@ fn cost(ctx: &Ctx, env: Option<Env>, azs: u32, gb: f64, prices: &[String]) -> Re
         p.set(assignment).map_err(Failure::BadInput)?;
     }
     let dev = cost::dev(&p, azs, gb);
+    let dev_ha = cost::dev_ha(&p, azs, gb, 1);
     let prod = cost::prod(&p, azs, gb);
     let regional = cost::prod_regional(&p, azs, gb);
     if ctx.json() {
-        emit(&render::json(&render::cost_json(
-            &dev, &prod, &regional, azs, gb, &p,
-        ))?)
+        let mut v = render::cost_json(&dev, &prod, &regional, azs, gb, &p);
+        v["dev_ha"] = serde_json::to_value(&dev_ha).unwrap_or_default();
+        emit(&render::json(&v)?)
     } else {
         let highlight = env.map(|e| match e {
             Env::Dev => "dev",
             Env::Prod => "prod",
         });
         emit(&render::cost_text(
-            &[&dev, &prod, &regional],
+            &[&dev, &dev_ha, &prod, &regional],
             highlight,
             azs,
             gb,
@@ -553,6 +555,31 @@ async fn doctor_cmd(
         )))
     } else {
         Ok(())
+    }
+}
+
+async fn rotate_cmd(ctx: &Ctx, stack: &str) -> Result<(), Failure> {
+    let c = ctx.clients().await?;
+    let outcome = ctx
+        .locked(&c, stack, async {
+            crate::rotate::rotate(&c, stack, &mut progress)
+                .await
+                .map_err(|e| match e {
+                    crate::rotate::Refused::Api(e) => Failure::aws(e, &ctx.settings),
+                    other => Failure::BadInput(other.to_string()),
+                })
+        })
+        .await?;
+    if ctx.json() {
+        emit(&render::json(&outcome)?)
+    } else {
+        emit(&format!(
+            "Rotated {}: replaced {}; {} holds the routes and the egress address (handover {:.1} s after the request), no connection moved off a live instance.",
+            outcome.stack,
+            outcome.replaced.join(" and "),
+            outcome.holder_after,
+            outcome.handover_secs
+        ))
     }
 }
 

@@ -139,6 +139,28 @@ pub fn dev(p: &Prices, azs: u32, gb: f64) -> Estimate {
     )
 }
 
+/// Dev with a hot standby (`--ha`): two NAT instances in one AZ, each with its own public
+/// address (natd's API calls), plus the pair's egress Elastic IP(s); heartbeats and state
+/// sync stay inside the AZ (free). Cross-AZ transfer as for dev.
+pub fn dev_ha(p: &Prices, azs: u32, gb: f64, egress_ips: u32) -> Estimate {
+    let mut e = dev(p, azs, gb);
+    e.env = "dev-ha";
+    e.lines[0] = Line {
+        item: "NAT instances (2)".into(),
+        usd: 2.0 * p.instance_hour * HOURS_PER_MONTH,
+    };
+    e.lines[1] = Line {
+        item: "root volumes".into(),
+        usd: 2.0 * p.ebs_gb_month * p.ebs_gb,
+    };
+    let addresses = 2 + egress_ips;
+    e.lines[2] = Line {
+        item: format!("public IPv4 ({addresses})"),
+        usd: f64::from(addresses) * p.public_ipv4_hour * HOURS_PER_MONTH,
+    };
+    estimate("dev-ha", e.lines)
+}
+
 /// Prod: one NAT gateway and one public address per AZ; AZ-local routes, so no
 /// cross-AZ transfer.
 pub fn prod(p: &Prices, azs: u32, gb: f64) -> Estimate {
@@ -218,6 +240,20 @@ mod tests {
         let r = prod_regional(&p, 3, 0.0);
         // 3 x 0.05 x 730 + 3 x 0.005 x 730
         assert!((r.total_usd - (109.5 + 10.95)).abs() < 1e-9, "{r:?}");
+    }
+
+    #[test]
+    fn a_pair_is_two_instances_and_its_addresses() {
+        let p = Prices::default();
+        let one = dev(&p, 3, 100.0);
+        let pair = dev_ha(&p, 3, 100.0, 1);
+        assert_eq!(pair.lines.len(), one.lines.len());
+        assert!((pair.lines[0].usd - 2.0 * one.lines[0].usd).abs() < 1e-9);
+        assert!((pair.lines[2].usd - 3.0 * one.lines[2].usd).abs() < 1e-9);
+        assert_eq!(pair.lines[4], one.lines[4]);
+        assert!(dev_ha(&p, 3, 100.0, 4).total_usd > pair.total_usd);
+        // Still far below prod's gateways.
+        assert!(pair.total_usd < prod(&p, 3, 100.0).total_usd);
     }
 
     #[test]

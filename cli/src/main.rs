@@ -33,6 +33,7 @@ mod error;
 mod man;
 mod parts;
 mod render;
+mod rotate;
 mod stack;
 mod status;
 mod topology;

@@ -476,6 +476,24 @@ fn natd_line(n: &crate::status::NatdReport) -> String {
         },
         n.age_secs
     );
+    if let Some(p) = &n.pair {
+        s.push_str(&format!(
+            "; pair: {}{}, heartbeats {}{}{}",
+            p.role,
+            p.peer
+                .as_ref()
+                .map(|x| format!(" (peer {x})"))
+                .unwrap_or_default(),
+            p.heartbeats,
+            p.synced_entries
+                .map(|e| format!(", holds {e} of the peer's connections"))
+                .unwrap_or_default(),
+            p.last_takeover
+                .as_ref()
+                .map(|t| format!(", last takeover {t}"))
+                .unwrap_or_default(),
+        ));
+    }
     if let Some(o) = &n.api_outage {
         s.push_str(&format!(
             "; last AWS API outage {} s, ended {}",
@@ -694,6 +712,7 @@ pub fn cost_text(
         "\nPrices used (override with --price KEY=VALUE): nat_gateway_hour={} nat_gateway_gb={} \
 regional_nat_gateway_az_hour={} public_ipv4_hour={} instance_hour={} ebs_gb_month={} ebs_gb={} cross_az_gb={}\n\
 A regional NAT gateway is billed per hour in each AZ it is active in, with an AWS-provided address per AZ.\n\
+dev-ha is the hot standby pair (setup --env dev --ha; one egress address, add one public IPv4 per --egress-ips): failover in about a second, open connections kept.\n\
 Internet data transfer out is charged the same for all and not included.",
         p.nat_gateway_hour,
         p.nat_gateway_gb,

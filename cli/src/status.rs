@@ -48,6 +48,24 @@ pub struct NatdReport {
     pub stale: bool,
     /// The last time natd could not reach AWS: how long, and when it ended.
     pub api_outage: Option<ApiOutage>,
+    /// In a hot standby pair: this instance's part in it.
+    pub pair: Option<PairReport>,
+}
+
+/// One instance of a hot standby pair, as its natd reported it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PairReport {
+    /// `holder` (routes and egress address) or `standby`.
+    pub role: String,
+    /// The other instance.
+    pub peer: Option<String>,
+    /// Heartbeats from the peer: `ok`, `lost`, `never` (heard).
+    pub heartbeats: String,
+    /// Connections of the peer this instance holds a copy of (conntrackd's external
+    /// cache), when it reported them.
+    pub synced_entries: Option<u64>,
+    /// The last takeover this instance made: `<ms>ms@<RFC 3339>`.
+    pub last_takeover: Option<String>,
 }
 
 /// One period natd could not reach AWS.
@@ -86,6 +104,13 @@ pub fn parse_natd_health(value: &str, now: std::time::SystemTime) -> Option<Natd
         age_secs,
         stale: age_secs > 2 * natd::contract::HEALTH_TAG_REFRESH_SECS,
         api_outage,
+        pair: field("pair").map(|role| PairReport {
+            role: role.to_string(),
+            peer: field("peer").map(str::to_string),
+            heartbeats: field("beat").unwrap_or("never").to_string(),
+            synced_entries: field("synced").and_then(|n| n.parse().ok()),
+            last_takeover: field("takeover").map(str::to_string),
+        }),
     })
 }
 
@@ -258,9 +283,14 @@ pub fn assess(f: Facts) -> Status {
 pub async fn read(c: &Clients, stack: &str) -> Result<Facts, Error> {
     let name = Names(stack).nat();
     let mut instances = Vec::new();
-    if let Some(g) = read::auto_scaling_group(c, &name).await?
-        && read::group_of_stack(&g, stack)
-    {
+    // A hot standby pair's second group is `<name>-b`.
+    for group in [name.clone(), format!("{name}-b")] {
+        let Some(g) = read::auto_scaling_group(c, &group).await? else {
+            continue;
+        };
+        if !read::group_of_stack(&g, stack) {
+            continue;
+        }
         for i in g.instances() {
             instances.push(Instance {
                 id: i.instance_id().unwrap_or_default().to_string(),
@@ -444,6 +474,28 @@ mod tests {
             eni: eni.map(Into::into),
             natd: None,
         }
+    }
+
+    #[test]
+    fn a_pair_members_health_tag() {
+        let now = humantime::parse_rfc3339("2026-11-25T10:01:00Z").expect("time");
+        let r = parse_natd_health(
+            "data=ok control=ok pair=standby peer=i-1 beat=ok synced=42 takeover=812ms@2026-11-25T09:00:00Z routes=0 at=2026-11-25T10:00:00Z",
+            now,
+        )
+        .expect("parses");
+        assert_eq!(
+            r.pair,
+            Some(PairReport {
+                role: "standby".into(),
+                peer: Some("i-1".into()),
+                heartbeats: "ok".into(),
+                synced_entries: Some(42),
+                last_takeover: Some("812ms@2026-11-25T09:00:00Z".into()),
+            })
+        );
+        let single = parse_natd_health("data=ok control=ok at=2026-11-25T10:00:00Z", now);
+        assert_eq!(single.expect("parses").pair, None);
     }
 
     #[test]

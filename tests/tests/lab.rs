@@ -938,17 +938,26 @@ async fn pair(lab: &Lab, extra: &[&str]) -> (String, String) {
     args.extend_from_slice(extra);
     let out = natctl(&lab.emu, &args);
     assert!(out.status.success(), "{}", text(&out));
-    let eip = stack_eip(lab);
+    let filter = format!("Name=tag:{},Values=lab", natd::contract::EGRESS_TAG);
+    let eips: Vec<String> = lab
+        .emu
+        .aws(&["ec2", "describe-addresses", "--filters", &filter])["Addresses"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["PublicIp"].as_str().unwrap().to_string())
+        .collect();
     let start = Instant::now();
     loop {
         let a = lab.fetch_async(0).await;
         let b = lab.fetch_async(1).await;
-        if a.as_deref() == Ok(eip.as_str()) && b.as_deref() == Ok(eip.as_str()) {
+        let ours = |r: &Result<String, String>| r.as_ref().is_ok_and(|ip| eips.contains(ip));
+        if ours(&a) && ours(&b) {
             break;
         }
         assert!(
             start.elapsed() < Duration::from_secs(90),
-            "no egress by the Elastic IP {eip} ({a:?}, {b:?}):\n{}\naddresses: {}",
+            "no egress by the Elastic IPs {eips:?} ({a:?}, {b:?}):\n{}\naddresses: {}",
             lab_log(lab),
             lab.emu.aws(&["ec2", "describe-addresses"])
         );
@@ -1114,5 +1123,82 @@ async fn a_hot_standby_pair_fails_over_in_a_second_keeping_address_and_connectio
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    lab.shutdown();
+}
+
+#[tokio::test]
+async fn a_planned_rotation_of_the_pair_loses_no_connection() {
+    let mut lab = Lab::new(Arc::new(Emulator::start())).await;
+    let (holder, standby) = pair(&lab, &["--egress-ips", "2"]).await;
+    let filter = format!("Name=tag:{},Values=lab", natd::contract::EGRESS_TAG);
+    let addresses: Vec<String> = lab
+        .emu
+        .aws(&["ec2", "describe-addresses", "--filters", &filter])["Addresses"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["PublicIp"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(addresses.len(), 2, "two egress addresses");
+    // New connections spread over both addresses.
+    let mut streams = lab.streams(0, 20).unwrap();
+    streams.extend(lab.streams(1, 20).unwrap());
+    for a in &addresses {
+        assert!(
+            streams.iter().any(|s| s.seen == *a),
+            "some connection leaves by {a}: {:?}",
+            streams.iter().map(|s| &s.seen).collect::<Vec<_>>()
+        );
+    }
+    assert_eq!(exchange_all(&mut streams), Vec::<String>::new());
+    let status = natctl(&lab.emu, &["status", "--name", "lab"]);
+    let said = text(&status);
+    assert!(
+        said.contains("pair: holder") && said.contains("pair: standby"),
+        "{said}"
+    );
+
+    // Traffic flows all through the rotation.
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let traffic = {
+        let stop = stop.clone();
+        let mut streams = streams;
+        std::thread::spawn(move || {
+            let mut failures = Vec::new();
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                failures.extend(exchange_all(&mut streams));
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            (streams, failures)
+        })
+    };
+    let out = tokio::task::spawn_blocking({
+        let emu = lab.emu.clone();
+        move || natctl(&emu, &["rotate", "--name", "lab"])
+    })
+    .await
+    .unwrap();
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let (mut streams, failures) = traffic.join().unwrap();
+    assert!(out.status.success(), "{}\n{}", text(&out), lab_log(&lab));
+    assert_eq!(failures, Vec::<String>::new(), "{}", lab_log(&lab));
+    assert_eq!(exchange_all(&mut streams), Vec::<String>::new());
+    // Both instances are new; the one that replaced the standby holds.
+    let now = lab.instances();
+    assert!(
+        !now.contains_key(&holder) && !now.contains_key(&standby),
+        "{now:?}"
+    );
+    let held = holders(&lab);
+    assert!(now.contains_key(&held[0]) && held[0] == held[1], "{held:?}");
+    assert!(text(&out).contains(&held[0]), "{}", text(&out));
+    // Rotating a stack that is not a pair is refused before any change.
+    let single = natctl(&lab.emu, &["rotate", "--name", "nosuch"]);
+    assert_eq!(single.status.code(), Some(2), "{}", text(&single));
+    assert!(
+        text(&single).contains("not a hot standby pair"),
+        "{}",
+        text(&single)
+    );
     lab.shutdown();
 }

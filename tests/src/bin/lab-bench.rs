@@ -20,6 +20,16 @@
 //! 3. Conntrack capacity: with `nf_conntrack_max` set to `NATD_BENCH_CONNTRACK` (default
 //!    512; the setting is machine-wide, and restored afterwards), how many concurrent
 //!    connections the NAT namespace holds before new ones are refused.
+//! 5. The hot standby pair (`NATD_BENCH_ONLY=pair` runs only this and, side by side in
+//!    the same run, the single-instance failover): `natctl setup --env dev --ha`, 60
+//!    long-lived connections (30 per private subnet) to the internet's echo server,
+//!    then `NATD_BENCH_PAIR_KILLS` times (default 10) the holder dies at once
+//!    ([`Lab::crash`]: its namespace and interface gone; EC2 terminates it 5 s later, as
+//!    its group would once it notices, and a replacement boots as the standby). Per kill:
+//!    the egress gap (kill to the first new connection answered, probing every 50 ms),
+//!    how many of the connections still send and receive, whether the server still
+//!    sees the stack's Elastic IP, and how often each route table's default route
+//!    changed (sampled every 50 ms for 3 s after egress is back).
 //! 4. The function (`NATD_BENCH_ONLY=function` runs only this): after `natctl setup
 //!    --env dev --lambda app --secret app/db --db-instance app-db`, the function's
 //!    handler (`lab-function`) is started `NATD_BENCH_STARTS` times (default 10) in
@@ -532,7 +542,14 @@ async fn main() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(10);
     let only = std::env::var("NATD_BENCH_ONLY").ok();
-    if only.is_none() {
+    if only.is_none() || only.as_deref() == Some("pair") {
+        let pair_kills = std::env::var("NATD_BENCH_PAIR_KILLS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(10);
+        pair_failover(pair_kills, Duration::from_secs_f64(boot_delay)).await;
+    }
+    if only.is_none() || only.as_deref() == Some("pair") {
         failover(kills, Duration::from_secs_f64(boot_delay)).await;
     }
     if only.is_none() || only.as_deref() == Some("function") {
@@ -592,4 +609,151 @@ async fn function(starts: usize) {
         "\ncold start (init) / warm invocation, medians: {:.0}x",
         cold as f64 / hot.max(1) as f64
     );
+}
+
+/// Every stream sends and receives once; how many did.
+fn exchange_all(streams: &mut [natd_tests::dataplane::Stream]) -> usize {
+    std::thread::scope(|s| {
+        let handles: Vec<_> = streams
+            .iter_mut()
+            .map(|st| s.spawn(move || st.exchange().is_ok()))
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().unwrap_or(false))
+            .filter(|ok| *ok)
+            .count()
+    })
+}
+
+/// The hot standby pair: the holder dies `kills` times.
+async fn pair_failover(kills: usize, boot_delay: Duration) {
+    let lab = Lab::with_boot_delay(Arc::new(Emulator::start()), boot_delay).await;
+    setup_dev(&lab, &["--ha"]);
+    let filter = format!("Name=tag:{},Values=bench", natd::contract::EGRESS_TAG);
+    let eip = lab
+        .emu
+        .aws(&["ec2", "describe-addresses", "--filters", &filter])["Addresses"][0]["PublicIp"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let subnets = lab.world.private_subnets.clone();
+    let holders = |lab: &Lab| -> Vec<String> {
+        let routes = lab.routes();
+        subnets
+            .iter()
+            .map(|s| routes.get(s).cloned().unwrap_or_default())
+            .collect()
+    };
+    // Both instances up, the standby syncing.
+    let ready = |lab: &Lab, holder: &str| {
+        let instances = lab.instances();
+        instances
+            .keys()
+            .find(|i| i.as_str() != holder)
+            .filter(|s| {
+                let log = lab.natd_log(s);
+                log.contains("conntrackd syncing") && log.contains("pair: standby")
+            })
+            .cloned()
+    };
+    let start = Instant::now();
+    let mut holder = loop {
+        let h = holders(&lab);
+        if h[0].starts_with("i-")
+            && h.iter().all(|x| *x == h[0])
+            && lab.fetch_async(0).await.ok().as_deref() == Some(eip.as_str())
+            && ready(&lab, &h[0]).is_some()
+        {
+            break h[0].clone();
+        }
+        assert!(start.elapsed() < Duration::from_secs(300), "no pair");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let mut streams = lab.streams(0, 30).unwrap();
+    streams.extend(lab.streams(1, 30).unwrap());
+    let total_streams = streams.len();
+    assert_eq!(exchange_all(&mut streams), total_streams);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let private = Netns::named(&lab.private[0].1.name);
+    let (mut gaps, mut survived, mut same_ip, mut changes) = (vec![], vec![], 0, vec![]);
+    for n in 0..kills {
+        let before = holders(&lab);
+        let killed = lab.crash(&holder);
+        let restored = loop {
+            if probe(&private) {
+                break Instant::now();
+            }
+            assert!(
+                killed.elapsed() < Duration::from_secs(60),
+                "no egress after kill {n}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        let gap = restored - killed;
+        // Route changes per table over the next 3 s.
+        let mut last = before.clone();
+        let mut changed = vec![0u32; before.len()];
+        let sample_until = Instant::now() + Duration::from_secs(3);
+        while Instant::now() < sample_until {
+            let now = holders(&lab);
+            for (i, (a, b)) in last.iter().zip(&now).enumerate() {
+                if a != b && !b.is_empty() {
+                    changed[i] += 1;
+                }
+            }
+            last = now;
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let alive = exchange_all(&mut streams);
+        let seen = lab.fetch_async(0).await.unwrap_or_default();
+        if seen == eip {
+            same_ip += 1;
+        }
+        let next = last[0].clone();
+        eprintln!(
+            "pair kill {}: {holder} -> {next}, gap {} ms, {alive}/{total_streams} connections alive, server sees {seen}, route changes per table {changed:?}",
+            n + 1,
+            ms(gap)
+        );
+        gaps.push(ms(gap));
+        survived.push(alive);
+        changes.extend(changed);
+        // As its group would once it notices: the dead instance goes, a replacement
+        // boots and becomes the standby.
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        lab.world
+            .ec2
+            .terminate_instances()
+            .instance_ids(&holder)
+            .send()
+            .await
+            .unwrap();
+        holder = next;
+        let waiting = Instant::now();
+        while ready(&lab, &holder).is_none() {
+            assert!(
+                waiting.elapsed() < Duration::from_secs(240),
+                "no replacement standby"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        // Its copy of the holder's state arrives by conntrackd's resync.
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+    println!(
+        "\nHot standby pair ({kills} kills of the holder, boot delay {} s), {total_streams} long-lived connections\n",
+        boot_delay.as_secs_f64()
+    );
+    println!("| measure | median | min | max |");
+    println!("|---|---|---|---|");
+    stats("egress gap, kill to first new connection (ms)", &mut gaps);
+    let mut alive: Vec<u128> = survived.iter().map(|a| *a as u128).collect();
+    stats(
+        &format!("connections alive after the failover (of {total_streams})"),
+        &mut alive,
+    );
+    let mut per_table: Vec<u128> = changes.iter().map(|c| u128::from(*c)).collect();
+    stats("route changes per table per failover", &mut per_table);
+    println!("\nServer saw the stack's Elastic IP after {same_ip} of {kills} failovers.");
 }
