@@ -68,7 +68,7 @@ const ROUTINE_EVERY: Duration = Duration::from_secs(2);
 /// Failed routine checks in a row before a takeover.
 const ROUTINE_FAILURES: u32 = 2;
 /// The longest a check through the holder waits for its connection.
-const CHECK_TIMEOUT: Duration = Duration::from_millis(400);
+const CHECK_TIMEOUT: Duration = Duration::from_millis(250);
 /// Longest a conntrackd control command may take.
 const CTL_TIMEOUT: Duration = Duration::from_secs(5);
 /// Heartbeat wire format: `natd-pair 1 <instance-id> <seq> <holder 0|1|2> <forwards 0|1>`

@@ -417,6 +417,19 @@ pub fn setup_plan(req: &Request, vpc: &str, steps: &[Step]) -> String {
         };
         s.push_str(&format!("  {sign} {}\n", step(Some(req), st)));
     }
+    if let Egress::Dev(nat_instance::Spec { pair: Some(p), .. }) = &req.egress {
+        s.push_str(&if p.spread {
+            format!(
+                "Note: --ha-spread puts the pair in {} and {} (two AZs): it survives an AZ loss, but the egress address cannot follow across subnets, so a failover resets open connections and changes the egress address.\n",
+                p.subnet_a, p.subnet_b
+            )
+        } else {
+            format!(
+                "Note: both instances of the pair run in {} (one AZ), so the egress address and open connections follow a failover; an outage of that AZ takes both (--ha-spread trades that for connection resets).\n",
+                p.subnet_a
+            )
+        });
+    }
     s.trim_end().to_string()
 }
 
@@ -535,6 +548,9 @@ pub fn status_text(st: &Status) -> String {
     }
     if st.instances.is_empty() && st.gateways.is_empty() {
         s.push_str("  no NAT instance or NAT gateway\n");
+    }
+    if let Some(w) = crate::status::pair_warning(&st.instances) {
+        s.push_str(&format!("  pair: {w}\n"));
     }
     for t in &st.route_tables {
         s.push_str(&format!(

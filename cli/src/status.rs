@@ -114,6 +114,38 @@ pub fn parse_natd_health(value: &str, now: std::time::SystemTime) -> Option<Natd
     })
 }
 
+/// For a hot standby pair, what keeps it from failing over in a second, if anything:
+/// no standby reporting, a standby that does not hear the holder, or no holder.
+pub fn pair_warning(instances: &[Instance]) -> Option<String> {
+    let reports: Vec<(&Instance, &PairReport)> = instances
+        .iter()
+        .filter_map(|i| {
+            i.natd
+                .as_ref()
+                .filter(|n| !n.stale)
+                .and_then(|n| n.pair.as_ref())
+                .map(|p| (i, p))
+        })
+        .collect();
+    if reports.is_empty() {
+        return None;
+    }
+    let holders = reports.iter().filter(|(_, p)| p.role == "holder").count();
+    let standby = reports.iter().find(|(_, p)| p.role == "standby");
+    match (holders, standby) {
+        (0, _) => Some("no instance reports holding the egress address".into()),
+        (_, None) => Some(
+            "no standby reports: a failover waits for a replacement to boot (as with one instance)"
+                .into(),
+        ),
+        (_, Some((i, p))) if p.heartbeats != "ok" => Some(format!(
+            "the standby {} does not hear the holder (heartbeats {}): check the security group admits the pair's UDP ports from itself",
+            i.id, p.heartbeats
+        )),
+        _ => None,
+    }
+}
+
 impl Instance {
     /// Whether natd on it says, recently, that it does not forward.
     pub fn natd_says_broken(&self) -> bool {
@@ -474,6 +506,33 @@ mod tests {
             eni: eni.map(Into::into),
             natd: None,
         }
+    }
+
+    #[test]
+    fn a_pair_without_a_working_standby_is_said() {
+        let now = humantime::parse_rfc3339("2026-11-25T10:01:00Z").expect("time");
+        let member = |id: &str, tag: &str| Instance {
+            natd: parse_natd_health(
+                &format!("data=ok control=ok {tag} at=2026-11-25T10:00:00Z"),
+                now,
+            ),
+            ..instance(Some(id))
+        };
+        let holder = member("eni-1", "pair=holder peer=i-2 beat=ok");
+        let standby = member("eni-2", "pair=standby peer=i-1 beat=ok");
+        assert_eq!(pair_warning(&[holder.clone(), standby]), None);
+        assert!(
+            pair_warning(std::slice::from_ref(&holder))
+                .expect("said")
+                .contains("no standby")
+        );
+        let deaf = member("eni-2", "pair=standby peer=i-1 beat=lost");
+        assert!(
+            pair_warning(&[holder, deaf])
+                .expect("said")
+                .contains("does not hear")
+        );
+        assert_eq!(pair_warning(&[instance(Some("eni-1"))]), None, "not a pair");
     }
 
     #[test]

@@ -677,6 +677,7 @@ async fn pair_failover(kills: usize, boot_delay: Duration) {
     tokio::time::sleep(Duration::from_secs(2)).await;
     let private = Netns::named(&lab.private[0].1.name);
     let (mut gaps, mut survived, mut same_ip, mut changes) = (vec![], vec![], 0, vec![]);
+    let (mut silent, mut took) = (vec![], vec![]);
     for n in 0..kills {
         let before = holders(&lab);
         let killed = lab.crash(&holder);
@@ -711,6 +712,23 @@ async fn pair_failover(kills: usize, boot_delay: Duration) {
             same_ip += 1;
         }
         let next = last[0].clone();
+        // natd's own share, from the new holder's log: how long the holder was silent
+        // when the check started, and the decision to the last call's answer.
+        let log = lab.natd_log(&next);
+        let number_before = |line: &str, unit: &str| -> Option<u128> {
+            let at = line.find(unit)?;
+            line[..at].rsplit(' ').next()?.parse().ok()
+        };
+        if let Some(line) = log
+            .lines()
+            .rev()
+            .find(|l| l.contains("pair: taking over from"))
+        {
+            silent.extend(number_before(line, " ms ("));
+        }
+        if let Some(line) = log.lines().rev().find(|l| l.contains("takeover took")) {
+            took.extend(number_before(line, " ms"));
+        }
         eprintln!(
             "pair kill {}: {holder} -> {next}, gap {} ms, {alive}/{total_streams} connections alive, server sees {seen}, route changes per table {changed:?}",
             n + 1,
@@ -755,5 +773,17 @@ async fn pair_failover(kills: usize, boot_delay: Duration) {
     );
     let mut per_table: Vec<u128> = changes.iter().map(|c| u128::from(*c)).collect();
     stats("route changes per table per failover", &mut per_table);
+    if !silent.is_empty() {
+        stats(
+            "natd: holder silent when the standby checked it (ms)",
+            &mut silent,
+        );
+    }
+    if !took.is_empty() {
+        stats(
+            "natd: decision to the last takeover call answered, check included (ms)",
+            &mut took,
+        );
+    }
     println!("\nServer saw the stack's Elastic IP after {same_ip} of {kills} failovers.");
 }

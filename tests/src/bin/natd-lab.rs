@@ -2,7 +2,8 @@
 //! nothing and doctor says why; natctl builds the dev egress and the function's wiring,
 //! natd forwards a private subnet's requests, the NAT instance is killed and replaced
 //! (the egress gap measured), the stack switches to prod NAT gateways while requests
-//! keep flowing, and teardown leaves nothing.
+//! keep flowing, teardown; then a hot standby pair whose holder dies (gap, connections
+//! kept, same Elastic IP), and teardown leaves nothing.
 //!
 //! Run as root: `tests/demo` (installs what it needs first). Leaves no namespace or
 //! process behind, also when interrupted (Ctrl-C or SIGTERM).
@@ -394,6 +395,102 @@ async fn story(summary: &mut Vec<(String, String)>) {
         "   private-a -> internet: {}",
         lab.fetch(0).err().unwrap_or_default()
     ));
+
+    say("\n6. The hot standby pair: failover in a second, connections kept");
+    let ha = [
+        "setup",
+        "--env",
+        "dev",
+        "--ha",
+        "--vpc",
+        &lab.world.vpc,
+        "--name",
+        "demo",
+    ];
+    assert!(
+        natctl(&lab, &ha).await,
+        "natctl setup --env dev --ha failed"
+    );
+    let filter = format!("Name=tag:{},Values=demo", natd::contract::EGRESS_TAG);
+    let eip = lab
+        .emu
+        .aws(&["ec2", "describe-addresses", "--filters", &filter])["Addresses"][0]["PublicIp"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    let (holder, _) = wait(
+        "the pair: egress by the Elastic IP, the standby syncing",
+        Duration::from_secs(180),
+        async || {
+            let holder = lab.routes().get(&lab.world.private_subnets[0]).cloned()?;
+            let instances = lab.instances();
+            let standby = instances.keys().find(|i| **i != holder)?;
+            let log = lab.natd_log(standby);
+            (lab.fetch_async(0).await.ok()? == eip
+                && log.contains("conntrackd syncing")
+                && log.contains("pair: standby"))
+            .then_some(holder)
+        },
+    )
+    .await;
+    let mut streams = lab.streams(0, 20).unwrap_or_default();
+    streams.extend(lab.streams(1, 20).unwrap_or_default());
+    say(&format!(
+        "   {holder} holds the routes and {eip}; {} long-lived connections open through it",
+        streams.len()
+    ));
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let killed = lab.crash(&holder);
+    say(&format!(
+        "   {holder} dies (its namespace and interface gone at once); probing every 100 ms"
+    ));
+    wait(
+        "egress through the standby",
+        Duration::from_secs(30),
+        async || lab.fetch_async(0).await.ok(),
+    )
+    .await;
+    let pair_gap = killed.elapsed();
+    let seen = lab.fetch(0).unwrap_or_default();
+    let alive = streams.iter_mut().map(|s| s.exchange()).filter(Result::is_ok).count();
+    say(&format!(
+        "   egress is back after {}: the server sees {seen}; {alive} of {} connections still send and receive",
+        secs(pair_gap),
+        streams.len()
+    ));
+    summary.push((
+        "pair failover: egress gap (holder killed)".into(),
+        secs(pair_gap),
+    ));
+    summary.push((
+        "pair failover: connections alive".into(),
+        format!("{alive} / {}", streams.len()),
+    ));
+    summary.push((
+        "pair failover: egress address".into(),
+        if seen == eip {
+            format!("{seen} (unchanged)")
+        } else {
+            format!("{seen} (was {eip})")
+        },
+    ));
+    drop(streams);
+    let _ = lab
+        .world
+        .ec2
+        .terminate_instances()
+        .instance_ids(&holder)
+        .send()
+        .await;
+    natctl(&lab, &["status", "--name", "demo"]).await;
+    assert!(
+        natctl(&lab, &["teardown", "--name", "demo"]).await,
+        "teardown failed"
+    );
+    wait("the lab to follow", Duration::from_secs(30), async || {
+        lab.instances().is_empty().then_some(())
+    })
+    .await;
     summary.push((
         "after teardown: NAT namespaces left".into(),
         lab.instances().len().to_string(),
