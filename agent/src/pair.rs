@@ -152,7 +152,9 @@ pub struct View {
     pub beats: u64,
     /// A check (and maybe a takeover) is running.
     pub busy: bool,
-    /// The last check through the holder that found it forwarding.
+    /// The last check made because the holder was silent (or said it failed) that
+    /// found it forwarding: the next such check waits [`CHECK_SPACING`]. Routine checks
+    /// never set it, so one just before the holder dies does not delay the takeover.
     pub last_check_ok: Option<Instant>,
     /// The last check through the holder, whatever it found.
     pub last_check: Option<Instant>,
@@ -703,8 +705,7 @@ async fn check_and_take_over(ctx: Ctx, reason: String, decided: Instant) {
         match check_through_holder(*t, timeout).await {
             Ok(()) => {
                 let mut v = ctx.view.lock().expect("pair view");
-                v.last_check_ok = Some(Instant::now());
-                v.last_check = v.last_check_ok;
+                v.last_check = Some(Instant::now());
                 v.busy = false;
                 if v.check_failures > 0 {
                     info!("pair: the holder forwards again (a check through it succeeded)");
@@ -713,6 +714,7 @@ async fn check_and_take_over(ctx: Ctx, reason: String, decided: Instant) {
                 if routine {
                     return;
                 }
+                v.last_check_ok = v.last_check;
                 if !v.silent_logged {
                     v.silent_logged = true;
                     warn!(
@@ -933,6 +935,20 @@ mod tests {
         let now = Instant::now();
         let v = standby(now);
         let due = check_due(&v, now + Duration::from_millis(300), &cfg()).expect("due");
+        // A routine check that found the holder forwarding just before it went silent
+        // does not delay the check.
+        let routine_just_before = View {
+            last_check: Some(now),
+            ..standby(now)
+        };
+        assert!(
+            check_due(
+                &routine_just_before,
+                now + Duration::from_millis(300),
+                &cfg()
+            )
+            .is_some()
+        );
         assert!(due.contains("silent for 300 ms"), "{due}");
         let v = View {
             peer_says_forwards: false,

@@ -452,7 +452,11 @@ async fn story(summary: &mut Vec<(String, String)>) {
     .await;
     let pair_gap = killed.elapsed();
     let seen = lab.fetch(0).unwrap_or_default();
-    let alive = streams.iter_mut().map(|s| s.exchange()).filter(Result::is_ok).count();
+    let alive = streams
+        .iter_mut()
+        .map(|s| s.exchange())
+        .filter(Result::is_ok)
+        .count();
     say(&format!(
         "   egress is back after {}: the server sees {seen}; {alive} of {} connections still send and receive",
         secs(pair_gap),
