@@ -72,6 +72,7 @@ fn policy_is_natds_contract() {
             "autoscaling:DescribeAutoScalingInstances",
             "autoscaling:DescribeLifecycleHooks",
             "autoscaling:SetInstanceHealth",
+            "ec2:AssignPrivateIpAddresses",
             "ec2:AssociateAddress",
             "ec2:CreateRoute",
             // Its own instance's natd:health tag only (a condition on the key).
@@ -83,6 +84,7 @@ fn policy_is_natds_contract() {
             "ec2:DescribeRouteTables",
             "ec2:ModifyNetworkInterfaceAttribute",
             "ec2:ReplaceRoute",
+            "ec2:UnassignPrivateIpAddresses",
         ]
     );
     // Another stack's policy differs only in the stack it names.
