@@ -726,28 +726,14 @@ impl ControlPlane {
     /// The holder holds every egress address: one on the other ENI moves here (with
     /// its Elastic IP), an unassociated one is associated to a new address of ours.
     async fn hold_all(&mut self, egress: &mut [pair::Egress]) -> Result<(), aws::Error> {
-        let eni = self.id.eni_id.clone();
-        let moving: Vec<std::net::Ipv4Addr> = egress
+        if egress
             .iter()
-            .filter(|e| e.eni.is_some() && e.eni.as_deref() != Some(eni.as_str()))
-            .filter_map(|e| e.private_ip)
-            .collect();
-        if !moving.is_empty() {
-            self.cloud.move_private_ips(&eni, &moving).await?;
-            for e in egress
-                .iter_mut()
-                .filter(|e| e.private_ip.is_some_and(|ip| moving.contains(&ip)))
-            {
-                info!(
-                    "pair: Elastic IP {} moved to {eni} with {:?}",
-                    e.public_ip, e.private_ip
-                );
-                e.eni = Some(eni.clone());
-            }
+            .all(|e| e.eni.as_deref() == Some(self.id.eni_id.as_str()) && e.private_ip.is_some())
+        {
+            return Ok(());
         }
-        if egress.iter().any(|e| e.eni.is_none()) {
-            self.claim(egress).await?;
-        }
+        let how = pair::bring_egress_here(&self.cloud, &self.id.eni_id, egress).await?;
+        info!("pair: {how}");
         Ok(())
     }
 

@@ -748,11 +748,83 @@ async fn check_and_take_over(ctx: Ctx, reason: String, decided: Instant) {
     take_over(ctx, reason, decided, failures).await;
 }
 
+/// Brings every egress Elastic IP to `eni`: the secondary addresses they sit on move
+/// here (`AllowReassignment`, the Elastic IPs with them) when they can; when they
+/// cannot (another subnet: a pair spread over two AZs), each Elastic IP is associated
+/// with a new secondary address of ours instead: the same public address, but the
+/// connections on the old one are lost. Says what it did.
+pub async fn bring_egress_here(
+    cloud: &Cloud,
+    eni: &str,
+    egress: &mut [Egress],
+) -> Result<String, crate::aws::Error> {
+    let moving: Vec<Ipv4Addr> = egress
+        .iter()
+        .filter(|e| e.eni.as_deref() != Some(eni))
+        .filter_map(|e| e.private_ip.filter(|_| e.eni.is_some()))
+        .collect();
+    let list = |ips: &[Ipv4Addr]| {
+        ips.iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let moved = if moving.is_empty() {
+        Ok(())
+    } else {
+        cloud.move_private_ips(eni, &moving).await
+    };
+    match moved {
+        Ok(()) => {
+            for e in egress
+                .iter_mut()
+                .filter(|e| e.private_ip.is_some_and(|ip| moving.contains(&ip)))
+            {
+                e.eni = Some(eni.to_string());
+            }
+            if egress
+                .iter()
+                .all(|e| e.eni.as_deref() == Some(eni) && e.private_ip.is_some())
+            {
+                return Ok(format!(
+                    "egress address(es) {} now on {eni}, their Elastic IP(s) with them",
+                    list(&moving)
+                ));
+            }
+        }
+        Err(e) => warn!(
+            "pair: the egress addresses cannot move to {eni} ({e}); associating the Elastic IP(s) with new addresses here (open connections on them are lost)"
+        ),
+    }
+    let mut reassociated = Vec::new();
+    for e in egress
+        .iter_mut()
+        .filter(|e| e.eni.as_deref() != Some(eni) || e.private_ip.is_none())
+    {
+        let ip = cloud
+            .new_private_ips(eni, 1)
+            .await?
+            .first()
+            .copied()
+            .ok_or_else(|| crate::aws::Error::NoSuchAddress(format!("a new address on {eni}")))?;
+        cloud
+            .associate_address_at(&e.allocation_id, eni, ip, true)
+            .await?;
+        e.eni = Some(eni.to_string());
+        e.private_ip = Some(ip);
+        reassociated.push(format!("{} on {ip}", e.public_ip));
+    }
+    Ok(format!(
+        "Elastic IP(s) {} associated with {eni}",
+        reassociated.join(", ")
+    ))
+}
+
 /// Commits the peer's state, moves the egress addresses and every route here.
 async fn take_over(ctx: Ctx, reason: String, decided: Instant, failures: Vec<String>) {
-    let (ips, tables, peer) = {
+    let (tables, peer) = {
         let v = ctx.view.lock().expect("pair view");
-        (v.egress_ips(), v.tables.clone(), v.peer.clone())
+        (v.tables.clone(), v.peer.clone())
     };
     let peer = peer.map(|p| p.instance_id).unwrap_or_default();
     if failures.is_empty() {
@@ -772,7 +844,8 @@ async fn take_over(ctx: Ctx, reason: String, decided: Instant, failures: Vec<Str
         Err(e) => error!("pair: could not commit the peer's connection state: {e}"),
     }
     let eni = ctx.eni.clone();
-    let moved = ctx.cloud.move_private_ips(&eni, &ips);
+    let mut egress = ctx.view.lock().expect("pair view").egress.clone();
+    let moved = bring_egress_here(&ctx.cloud, &eni, &mut egress);
     let routes = futures_util::future::join_all(tables.iter().map(|t| {
         let (cloud, eni) = (ctx.cloud.clone(), eni.clone());
         async move { (t.clone(), cloud.write_route(t, &eni, false).await) }
@@ -789,20 +862,11 @@ async fn take_over(ctx: Ctx, reason: String, decided: Instant, failures: Vec<Str
     let mut v = ctx.view.lock().expect("pair view");
     v.busy = false;
     match moved {
-        Ok(()) => {
-            let list: Vec<String> = ips.iter().map(ToString::to_string).collect();
-            info!(
-                "pair: egress address(es) {} now on {eni}, their Elastic IP(s) with them; takeover took {} ms",
-                list.join(", "),
-                took.as_millis()
-            );
+        Ok(how) => {
+            info!("pair: {how}; takeover took {} ms", took.as_millis());
             v.holder = true;
             v.peer_holds = false;
-            for e in &mut v.egress {
-                if e.private_ip.is_some() {
-                    e.eni = Some(eni.clone());
-                }
-            }
+            v.egress = egress;
             v.took_at = Some(Instant::now());
             v.last_takeover = Some(Takeover {
                 at: SystemTime::now() - took,

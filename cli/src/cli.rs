@@ -163,8 +163,9 @@ pub struct SetupArgs {
     #[arg(long)]
     pub ha: bool,
     /// dev --ha: the second instance in another AZ's public subnet: the pair survives
-    /// an AZ loss, but the egress address cannot follow across subnets, so a failover
-    /// resets open connections and changes the egress address.
+    /// an AZ loss, but a private address cannot follow across subnets: on failover the
+    /// Elastic IP is re-associated with an address of the standby (same public address)
+    /// and open connections reset.
     #[arg(long, requires = "ha")]
     pub ha_spread: bool,
     /// dev --ha: egress addresses (Elastic IPs, 1 to 8) the pair spreads new

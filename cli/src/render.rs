@@ -420,7 +420,7 @@ pub fn setup_plan(req: &Request, vpc: &str, steps: &[Step]) -> String {
     if let Egress::Dev(nat_instance::Spec { pair: Some(p), .. }) = &req.egress {
         s.push_str(&if p.spread {
             format!(
-                "Note: --ha-spread puts the pair in {} and {} (two AZs): it survives an AZ loss, but the egress address cannot follow across subnets, so a failover resets open connections and changes the egress address.\n",
+                "Note: --ha-spread puts the pair in {} and {} (two AZs): it survives an AZ loss, but a private address cannot follow across subnets: on failover the Elastic IP is re-associated with an address of the standby (the same public address), and open connections reset.\n",
                 p.subnet_a, p.subnet_b
             )
         } else {

@@ -268,6 +268,17 @@ def _assign_response(self):
     eni = backend.get_network_interface(self._get_param("NetworkInterfaceId"))
     allow = str(self._get_param("AllowReassignment", False)).lower() == "true"
     moved = {}
+    # AWS: a secondary address belongs to the interface's subnet; another subnet's
+    # address is refused (InvalidParameterValue), moved or not.
+    import ipaddress
+
+    subnet = ipaddress.ip_network(eni.subnet.cidr_block)
+    for ip in self._get_param("PrivateIpAddresses", []):
+        if ipaddress.ip_address(ip) not in subnet:
+            raise _EC2ClientError(
+                "InvalidParameterValue",
+                f"Address {ip} does not fall within the subnet's address range",
+            )
     for ip in self._get_param("PrivateIpAddresses", []):
         for other in list(backend.enis.values()):
             if other is eni or other.subnet.vpc_id != eni.subnet.vpc_id:

@@ -758,6 +758,25 @@ async fn elastic_ips_sit_on_secondary_addresses_and_move_with_them() {
         "{}",
         err(&refused)
     );
+    // An address of another subnet is never the interface's, moved or not (a pair
+    // spread over two AZs cannot move its egress address).
+    let foreign = aws_raw(
+        &emu,
+        &[
+            "ec2",
+            "assign-private-ip-addresses",
+            "--network-interface-id",
+            &b,
+            "--private-ip-addresses",
+            "10.20.250.9",
+            "--allow-reassignment",
+        ],
+    );
+    assert!(
+        !foreign.status.success() && err(&foreign).contains("InvalidParameterValue"),
+        "{}",
+        err(&foreign)
+    );
     // With it, the address moves, and its Elastic IP with it.
     assert!(take(true).status.success());
     assert_eq!(on(&describe(&b)).as_deref(), Some(ip));

@@ -1202,3 +1202,53 @@ async fn a_planned_rotation_of_the_pair_loses_no_connection() {
     );
     lab.shutdown();
 }
+
+#[tokio::test]
+async fn a_pair_spread_over_two_azs_fails_over_with_the_same_address() {
+    let mut lab = Lab::new(Arc::new(Emulator::start())).await;
+    let (holder, standby) = pair(&lab, &["--ha-spread"]).await;
+    let eip = stack_eip(&lab);
+    let out = natctl(
+        &lab.emu,
+        &[
+            "plan",
+            "--env",
+            "dev",
+            "--ha",
+            "--ha-spread",
+            "--vpc",
+            &lab.world.vpc,
+            "--name",
+            "lab",
+            "--ami",
+            IMAGE,
+        ],
+    );
+    assert!(
+        text(&out).contains("No changes necessary"),
+        "{}",
+        text(&out)
+    );
+    let subnet = |id: &str| {
+        lab.emu.aws(&["ec2", "describe-instances", "--instance-ids", id])["Reservations"][0]
+            ["Instances"][0]["SubnetId"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    assert_ne!(subnet(&holder), subnet(&standby), "two subnets");
+    lab.crash(&holder);
+    until(
+        "egress by the same Elastic IP",
+        Duration::from_secs(20),
+        async || (lab.fetch_async(0).await.ok()? == eip).then_some(()),
+    )
+    .await;
+    assert_eq!(holders(&lab), vec![standby.clone(), standby.clone()]);
+    assert!(
+        lab.natd_log(&standby).contains("cannot move"),
+        "{}",
+        lab.natd_log(&standby)
+    );
+    lab.shutdown();
+}
