@@ -406,6 +406,8 @@ async fn story(summary: &mut Vec<(String, String)>) {
         &lab.world.vpc,
         "--name",
         "demo",
+        "--ami",
+        IMAGE,
     ];
     assert!(
         natctl(&lab, &ha).await,
