@@ -811,7 +811,13 @@ impl ControlPlane {
             if self.decisions.get(&table) != Some(&decision) {
                 match &decision {
                     Decision::Yield { holder } => {
-                        info!("route table {table}: natd {holder} holds 0.0.0.0/0; standing by")
+                        if self.pair.is_some() {
+                            info!("route table {table}: natd {holder} holds 0.0.0.0/0; standing by")
+                        } else {
+                            info!(
+                                "route table {table}: newer natd {holder} holds 0.0.0.0/0; standing by"
+                            )
+                        }
                     }
                     Decision::Ours if !self.decisions.contains_key(&table) => {
                         info!(
