@@ -1192,6 +1192,88 @@ async fn a_planned_rotation_of_the_pair_loses_no_connection() {
     let held = holders(&lab);
     assert!(now.contains_key(&held[0]) && held[0] == held[1], "{held:?}");
     assert!(text(&out).contains(&held[0]), "{}", text(&out));
+    // doctor reads the pair: healthy after the rotation; its heartbeat port closed,
+    // named with its fix; the fix (re-running setup) clears it.
+    let pair_findings = |lab: &Lab| -> Vec<serde_json::Value> {
+        let out = natctl(
+            &lab.emu,
+            &["doctor", "--vpc", &lab.world.vpc, "--output", "json"],
+        );
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|e| panic!("doctor JSON: {e}: {}", text(&out)));
+        v["findings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|f| f["check"].as_str().unwrap().starts_with("pair_"))
+            .cloned()
+            .collect()
+    };
+    let healthy = until(
+        "doctor: a healthy pair",
+        Duration::from_secs(30),
+        async || {
+            let found = pair_findings(&lab);
+            found.is_empty().then_some(found)
+        },
+    )
+    .await;
+    assert_eq!(healthy, Vec::<serde_json::Value>::new());
+    let group = lab.emu.aws(&[
+        "ec2",
+        "describe-security-groups",
+        "--filters",
+        "Name=group-name,Values=natd-lab",
+    ])["SecurityGroups"][0]
+        .clone();
+    // The heartbeat rule, as EC2 describes it, revoked.
+    let heartbeats = group["IpPermissions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["IpProtocol"] == "udp" && p["FromPort"] == 4790)
+        .unwrap_or_else(|| panic!("no heartbeat rule: {group:#}"))
+        .clone();
+    ingress(
+        &lab,
+        "revoke",
+        group["GroupId"].as_str().unwrap(),
+        &serde_json::json!([heartbeats]).to_string(),
+    );
+    let closed = pair_findings(&lab);
+    let ports = closed
+        .iter()
+        .find(|f| f["check"] == "pair_ports_closed")
+        .unwrap_or_else(|| panic!("no pair_ports_closed: {closed:#?}"));
+    assert!(ports.to_string().contains("UDP 4790"), "{ports:#}");
+    assert!(
+        ports["fix"]
+            .as_str()
+            .unwrap()
+            .contains("natctl setup --env dev --ha --name lab"),
+        "{ports:#}"
+    );
+    let again = natctl(
+        &lab.emu,
+        &[
+            "setup",
+            "--env",
+            "dev",
+            "--ha",
+            "--vpc",
+            &lab.world.vpc,
+            "--name",
+            "lab",
+            "--ami",
+            IMAGE,
+        ],
+    );
+    assert!(again.status.success(), "{}", text(&again));
+    let fixed = pair_findings(&lab);
+    assert!(
+        !fixed.iter().any(|f| f["check"] == "pair_ports_closed"),
+        "{fixed:#?}"
+    );
     // Rotating a stack that is not a pair is refused before any change.
     let single = natctl(&lab.emu, &["rotate", "--name", "nosuch"]);
     assert_eq!(single.status.code(), Some(2), "{}", text(&single));

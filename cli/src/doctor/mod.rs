@@ -12,6 +12,7 @@
 
 pub mod iam;
 pub mod net;
+pub mod pairs;
 mod reader;
 
 pub use reader::{Invalid, read};
@@ -181,6 +182,8 @@ pub struct Facts {
     /// ([`NATD_START_WINDOW_SECS`]): table -> instance. Its natd takes the table when it
     /// starts; until then the missing route is the stack converging, not a mistake.
     pub natd_pending: BTreeMap<String, String>,
+    /// The hot standby pairs whose route tables are in the VPC.
+    pub pairs: Vec<pairs::Pair>,
     /// What the account and region say about logging and capacity, where doctor could
     /// read it.
     pub region: RegionFacts,
@@ -1153,6 +1156,7 @@ pub fn diagnose(f: &Facts) -> Diagnosis {
         });
     }
     out.extend(vpc_findings(f));
+    out.extend(pairs::findings(f));
     // One finding per (check, resource, problem).
     let mut seen = BTreeSet::new();
     out.retain(|x| seen.insert((x.check, x.resource.clone(), x.problem.clone())));

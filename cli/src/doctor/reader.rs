@@ -258,6 +258,7 @@ pub async fn read(c: &Clients, vpc: &str, function: Option<&str>) -> Result<Fact
             );
         }
     }
+    f.pairs = pairs(c, &tables).await?;
     let acls = c
         .ec2
         .describe_network_acls()
@@ -656,4 +657,99 @@ async fn region_facts(c: &Clients, vpc: &str, subnets: &[String]) -> RegionFacts
         }
     }
     r
+}
+
+/// The hot standby pairs of the stacks whose tables are tagged in the VPC: a stack is a
+/// pair when its standby's Auto Scaling group exists.
+async fn pairs(
+    c: &Clients,
+    tables: &[aws_sdk_ec2::types::RouteTable],
+) -> Result<Vec<super::pairs::Pair>, Invalid> {
+    use super::pairs::{Address, Member, Pair};
+    let mut stacks: std::collections::BTreeMap<String, Vec<String>> = Default::default();
+    for t in tables {
+        if let Some(stack) = tag_value(t.tags(), natd::contract::EGRESS_TAG) {
+            stacks
+                .entry(stack.to_string())
+                .or_default()
+                .push(t.route_table_id().unwrap_or_default().to_string());
+        }
+    }
+    let mut out = Vec::new();
+    for (stack, tables) in stacks {
+        let standby = format!("{}-b", crate::aws::names::Names(&stack).nat());
+        // Without permission to read Auto Scaling, natd's own reports tell.
+        let group = read::auto_scaling_group(c, &standby)
+            .await
+            .ok()
+            .flatten()
+            .is_some_and(|g| read::group_of_stack(&g, &stack));
+        let now = std::time::SystemTime::now();
+        let mut members = Vec::new();
+        for i in read::stack_instances(c, &stack).await? {
+            if !i
+                .state()
+                .and_then(|s| s.name())
+                .is_some_and(|n| n.as_str() == "running")
+            {
+                continue;
+            }
+            let Some(n) = i
+                .network_interfaces()
+                .iter()
+                .find(|n| n.attachment().and_then(|a| a.device_index()) == Some(0))
+            else {
+                continue;
+            };
+            let Some(address) = n
+                .private_ip_address()
+                .and_then(|a| a.parse::<std::net::Ipv4Addr>().ok())
+            else {
+                continue;
+            };
+            members.push(Member {
+                instance: i.instance_id().unwrap_or_default().to_string(),
+                eni: n.network_interface_id().unwrap_or_default().to_string(),
+                address: IpNet::from(std::net::IpAddr::V4(address)),
+                subnet: n.subnet_id().unwrap_or_default().to_string(),
+                groups: n
+                    .groups()
+                    .iter()
+                    .filter_map(|g| g.group_id().map(str::to_string))
+                    .collect(),
+                source_dest_check: n.source_dest_check() == Some(true),
+                natd: tag_value(i.tags(), natd::contract::HEALTH_TAG)
+                    .and_then(|v| crate::status::parse_natd_health(v, now)),
+            });
+        }
+        members.sort_by(|a, b| a.instance.cmp(&b.instance));
+        let reported = members
+            .iter()
+            .any(|m| m.natd.as_ref().is_some_and(|n| n.pair.is_some()));
+        if !group && !reported {
+            continue;
+        }
+        let mut addresses: Vec<Address> = read::stack_addresses(c, &stack)
+            .await?
+            .iter()
+            .filter(|a| tag_value(a.tags(), natd::contract::EGRESS_TAG) == Some(stack.as_str()))
+            .map(|a| Address {
+                allocation: a.allocation_id().unwrap_or_default().to_string(),
+                public_ip: a.public_ip().unwrap_or_default().to_string(),
+                eni: a
+                    .network_interface_id()
+                    .filter(|e| !e.is_empty())
+                    .map(str::to_string),
+                private_ip: a.private_ip_address().map(str::to_string),
+            })
+            .collect();
+        addresses.sort_by(|a, b| a.allocation.cmp(&b.allocation));
+        out.push(Pair {
+            stack,
+            members,
+            addresses,
+            tables,
+        });
+    }
+    Ok(out)
 }

@@ -202,6 +202,7 @@ fn good() -> Facts {
         )]
         .into(),
         natd_pending: BTreeMap::new(),
+        pairs: Vec::new(),
         region: RegionFacts {
             flow_logs: Some(true),
             trail_logging: Some(true),
