@@ -263,8 +263,9 @@ impl DataPlane {
             && pair::overlay_present()
             && p.sync.running().await;
         if ready && self.passes % 10 == 1 {
-            let n = p.sync.external_entries().await;
-            p.view.lock().expect("pair view").synced = n;
+            let (held, synced) = p.sync.cache_entries().await;
+            let mut v = p.view.lock().expect("pair view");
+            (v.held, v.synced) = (held, synced);
         }
         p.view.lock().expect("pair view").ready = ready;
         let trouble = (!trouble.is_empty()).then(|| trouble.join("; "));
@@ -1396,7 +1397,7 @@ impl Agent {
     }
 
     /// Pair mode, in words for the health tag: `pair=holder|standby peer=<id>
-    /// beat=ok|lost|never synced=<entries>` and the last takeover.
+    /// beat=ok|lost|never held=<entries> synced=<entries>` and the last takeover.
     fn pair_summary(&self) -> Option<String> {
         let p = self.data.pair.as_ref()?;
         let v = p.view.lock().expect("pair view");
@@ -1410,8 +1411,11 @@ impl Agent {
                 None => " beat=never",
             });
         }
+        // Rounded so the tag is not rewritten for every connection.
+        if let Some(n) = v.held {
+            s.push_str(&format!(" held={}", round2(n)));
+        }
         if let Some(n) = v.synced {
-            // Rounded so the tag is not rewritten for every connection.
             s.push_str(&format!(" synced={}", round2(n)));
         }
         if let Some(t) = &v.last_takeover {

@@ -167,6 +167,8 @@ pub struct View {
     pub took_at: Option<Instant>,
     /// Connections of the peer held in conntrackd's external cache, as last asked.
     pub synced: Option<u64>,
+    /// Connections this instance forwards that conntrackd tracks (its internal cache).
+    pub held: Option<u64>,
     /// The role was logged once.
     pub role_logged: bool,
     /// Whether the "holder forwards though silent" note was logged.
@@ -559,15 +561,26 @@ General {{
             .is_some_and(|(c, _)| matches!(c.try_wait(), Ok(None)))
     }
 
-    /// Entries in the external cache (the peer's state we hold), when conntrackd answers.
-    pub async fn external_entries(&self) -> Option<u64> {
-        let out = self.ctl(&["-s", "cache"]).await.ok()?;
-        // "cache:external\tactive objects:\t\t          42"
+    /// Entries in conntrackd's caches, when it answers: (internal: the connections
+    /// this instance forwards, external: the peer's state it holds).
+    pub async fn cache_entries(&self) -> (Option<u64>, Option<u64>) {
+        match self.ctl(&["-s", "cache"]).await {
+            Ok(out) => cache_entries(&out),
+            Err(_) => (None, None),
+        }
+    }
+}
+
+/// Parses `conntrackd -s cache` ("cache:internal\tactive objects:\t\t   42", then the
+/// same for `cache:external`).
+pub fn cache_entries(out: &str) -> (Option<u64>, Option<u64>) {
+    let count = |cache: &str| {
         out.lines()
-            .find(|l| l.starts_with("cache:external") && l.contains("active objects"))
+            .find(|l| l.starts_with(cache) && l.contains("active objects"))
             .and_then(|l| l.split(':').next_back())
             .and_then(|n| n.trim().parse().ok())
-    }
+    };
+    (count("cache:internal"), count("cache:external"))
 }
 
 /// What the heartbeat loop needs to act alone.
@@ -892,6 +905,13 @@ async fn take_over(ctx: Ctx, reason: String, decided: Instant, failures: Vec<Str
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn conntrackds_cache_counts_are_read() {
+        let out = "cache:internal \tactive objects:\t\t    1234\n\tactive/total entries:\t\t    1234/\t    1240\n\tcreation OK/failed:\t\t    1240/\t       0\n\ncache:external \tactive objects:\t\t      17\n\tactive/total entries:\t\t      17/\t      17\n";
+        assert_eq!(cache_entries(out), (Some(1234), Some(17)));
+        assert_eq!(cache_entries("conntrackd: cannot connect"), (None, None));
+    }
+
     use super::*;
     use std::collections::BTreeMap;
 

@@ -491,15 +491,24 @@ fn natd_line(n: &crate::status::NatdReport) -> String {
     );
     if let Some(p) = &n.pair {
         s.push_str(&format!(
-            "; pair: {}{}, heartbeats {}{}{}",
+            "; pair: {}{}, heartbeats {}{}{}{}",
             p.role,
             p.peer
                 .as_ref()
                 .map(|x| format!(" (peer {x})"))
                 .unwrap_or_default(),
             p.heartbeats,
+            p.held_entries
+                .filter(|e| *e > 0)
+                .map(|e| format!(", forwards {e} synced connection(s)"))
+                .unwrap_or_default(),
             p.synced_entries
-                .map(|e| format!(", holds {e} of the peer's connections"))
+                .map(|e| format!(
+                    ", holds {e} of the peer's connections{}",
+                    p.behind_entries
+                        .map(|b| format!(" (about {b} behind the holder)"))
+                        .unwrap_or_default()
+                ))
                 .unwrap_or_default(),
             p.last_takeover
                 .as_ref()

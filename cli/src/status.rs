@@ -64,6 +64,12 @@ pub struct PairReport {
     /// Connections of the peer this instance holds a copy of (conntrackd's external
     /// cache), when it reported them.
     pub synced_entries: Option<u64>,
+    /// Connections this instance forwards that its conntrackd tracks (its internal
+    /// cache), when it reported them.
+    pub held_entries: Option<u64>,
+    /// The standby's lag: connections the holder reports forwarding that the standby
+    /// holds no copy of (both counts as reported, rounded to two digits).
+    pub behind_entries: Option<u64>,
     /// The last takeover this instance made: `<ms>ms@<RFC 3339>`.
     pub last_takeover: Option<String>,
 }
@@ -109,9 +115,38 @@ pub fn parse_natd_health(value: &str, now: std::time::SystemTime) -> Option<Natd
             peer: field("peer").map(str::to_string),
             heartbeats: field("beat").unwrap_or("never").to_string(),
             synced_entries: field("synced").and_then(|n| n.parse().ok()),
+            held_entries: field("held").and_then(|n| n.parse().ok()),
+            behind_entries: None,
             last_takeover: field("takeover").map(str::to_string),
         }),
     })
+}
+
+/// For a hot standby pair: how far the standby's copy of the holder's connections is
+/// behind, from the two members' reports (set on the standby's report).
+pub fn fill_pair_lag(instances: &mut [Instance]) {
+    let fresh = |i: &Instance| {
+        i.natd
+            .as_ref()
+            .filter(|n| !n.stale)
+            .and_then(|n| n.pair.clone())
+    };
+    let held = instances
+        .iter()
+        .filter_map(fresh)
+        .find(|p| p.role == "holder")
+        .and_then(|p| p.held_entries);
+    for i in instances.iter_mut() {
+        if let Some(p) = i
+            .natd
+            .as_mut()
+            .filter(|n| !n.stale)
+            .and_then(|n| n.pair.as_mut())
+            .filter(|p| p.role == "standby")
+        {
+            p.behind_entries = held.zip(p.synced_entries).map(|(h, s)| h.saturating_sub(s));
+        }
+    }
 }
 
 /// For a hot standby pair, what keeps it from failing over in a second, if anything:
@@ -365,6 +400,7 @@ pub async fn read(c: &Clients, stack: &str) -> Result<Facts, Error> {
             }
         }
     }
+    fill_pair_lag(&mut instances);
     let gateways: Vec<Gateway> = read::stack_gateways(c, stack)
         .await?
         .iter()
@@ -536,6 +572,55 @@ mod tests {
     }
 
     #[test]
+    fn the_standbys_lag_is_the_holders_connections_it_has_no_copy_of() {
+        let at = humantime::format_rfc3339_seconds(std::time::SystemTime::now());
+        let member = |id: &str, tag: &str| Instance {
+            natd: parse_natd_health(tag, std::time::SystemTime::now()),
+            ..instance(Some(id))
+        };
+        let mut pair = vec![
+            member(
+                "eni-1",
+                &format!(
+                    "data=ok control=ok pair=holder peer=i-2 beat=ok held=1200 synced=0 at={at}"
+                ),
+            ),
+            member(
+                "eni-2",
+                &format!(
+                    "data=ok control=ok pair=standby peer=i-1 beat=ok held=0 synced=1100 at={at}"
+                ),
+            ),
+        ];
+        fill_pair_lag(&mut pair);
+        let lag = |i: &Instance| {
+            i.natd
+                .as_ref()
+                .and_then(|n| n.pair.as_ref())
+                .and_then(|p| p.behind_entries)
+        };
+        assert_eq!((lag(&pair[0]), lag(&pair[1])), (None, Some(100)));
+        // A standby ahead of a stale count is not behind; without the holder's count
+        // nothing is said.
+        pair[1] = member(
+            "eni-2",
+            &format!("data=ok control=ok pair=standby beat=ok synced=1300 at={at}"),
+        );
+        fill_pair_lag(&mut pair);
+        assert_eq!(lag(&pair[1]), Some(0));
+        pair[0] = member(
+            "eni-1",
+            &format!("data=ok control=ok pair=holder beat=ok at={at}"),
+        );
+        pair[1] = member(
+            "eni-2",
+            &format!("data=ok control=ok pair=standby beat=ok synced=1300 at={at}"),
+        );
+        fill_pair_lag(&mut pair);
+        assert_eq!(lag(&pair[1]), None);
+    }
+
+    #[test]
     fn a_pair_members_health_tag() {
         let now = humantime::parse_rfc3339("2026-11-25T10:01:00Z").expect("time");
         let r = parse_natd_health(
@@ -550,6 +635,8 @@ mod tests {
                 peer: Some("i-1".into()),
                 heartbeats: "ok".into(),
                 synced_entries: Some(42),
+                held_entries: None,
+                behind_entries: None,
                 last_takeover: Some("812ms@2026-11-25T09:00:00Z".into()),
             })
         );

@@ -841,6 +841,33 @@ impl Lab {
             .collect()
     }
 
+    /// `hosts` hosts in private subnet `subnet` (at .60, .61, ...) in the VPC's default
+    /// security group, for many connections at once ([`crate::flows::Flows`]): each
+    /// host's ports to one destination are limited, as each process's descriptors.
+    pub fn flow_hosts(&self, subnet: usize, hosts: usize) -> Vec<Netns> {
+        let vpc = self.world.vpc.clone();
+        let default_sg = self.emu.aws(&[
+            "ec2",
+            "describe-security-groups",
+            "--filters",
+            &format!("Name=vpc-id,Values={vpc}"),
+            "Name=group-name,Values=default",
+        ])["SecurityGroups"][0]["GroupId"]
+            .as_str()
+            .expect("the VPC's default group")
+            .to_string();
+        (0..hosts)
+            .map(|h| {
+                self.host(
+                    &format!("flows{h}"),
+                    subnet,
+                    &format!("10.20.{}.{}", subnet + 1, 60 + h),
+                    Groups::Fixed(vec![default_sg.clone()]),
+                )
+            })
+            .collect()
+    }
+
     /// The VPC router's side of `instance`'s interface (for faults played at the router).
     pub fn link(&self, instance: &str) -> Option<String> {
         self.shared.lock().unwrap().links.get(instance).cloned()

@@ -11,6 +11,7 @@ pub mod app;
 pub mod cli;
 pub mod dataplane;
 pub mod emulator;
+pub mod flows;
 pub mod lab;
 pub mod netns;
 pub mod vpc_policy;

@@ -687,11 +687,11 @@ async fn pairs(
         let now = std::time::SystemTime::now();
         let mut members = Vec::new();
         for i in read::stack_instances(c, &stack).await? {
-            if !i
+            let running = i
                 .state()
                 .and_then(|s| s.name())
-                .is_some_and(|n| n.as_str() == "running")
-            {
+                .is_some_and(|n| n.as_str() == "running");
+            if !running {
                 continue;
             }
             let Some(n) = i

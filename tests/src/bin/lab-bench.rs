@@ -30,6 +30,15 @@
 //!    how many of the connections still send and receive, whether the server still
 //!    sees the stack's Elastic IP, and how often each route table's default route
 //!    changed (sampled every 50 ms for 3 s after egress is back).
+//! 6. Egress addresses (`NATD_BENCH_ONLY=ports` runs only this): a pair with
+//!    `--egress-ips 1`, then in a fresh lab one with `--egress-ips 2`; each time
+//!    `NATD_BENCH_FLOWS` (default 70,000: more than the 64,512 source ports one
+//!    address has for one destination) concurrent TCP connections to one destination
+//!    (the internet's 198.51.100.1:7001), opened from 4 hosts of a private subnet
+//!    ([`natd_tests::flows`]: `lab-flows` processes on each side, as one process may
+//!    hold only so many descriptors).
+//!    Reported: how many are open at once, by the public address the server saw, and
+//!    why the others failed.
 //! 4. The function (`NATD_BENCH_ONLY=function` runs only this): after `natctl setup
 //!    --env dev --lambda app --secret app/db --db-instance app-db`, the function's
 //!    handler (`lab-function`) is started `NATD_BENCH_STARTS` times (default 10) in
@@ -552,6 +561,15 @@ async fn main() {
     if only.is_none() || only.as_deref() == Some("pair") {
         failover(kills, Duration::from_secs_f64(boot_delay)).await;
     }
+    if only.is_none() || only.as_deref() == Some("ports") {
+        let flows = std::env::var("NATD_BENCH_FLOWS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(70_000);
+        for ips in [1, 2] {
+            egress_ports(ips, flows).await;
+        }
+    }
     if only.is_none() || only.as_deref() == Some("function") {
         function(starts).await;
     }
@@ -786,4 +804,110 @@ async fn pair_failover(kills: usize, boot_delay: Duration) {
         );
     }
     println!("\nServer saw the stack's Elastic IP after {same_ip} of {kills} failovers.");
+}
+
+/// `flows` concurrent connections to one destination through a pair with `ips` egress
+/// addresses.
+async fn egress_ports(ips: usize, flows: usize) {
+    const HOSTS: usize = 4;
+    let mut lab = Lab::new(Arc::new(Emulator::start())).await;
+    setup_dev(&lab, &["--ha", "--egress-ips", &ips.to_string()]);
+    let filter = format!("Name=tag:{},Values=bench", natd::contract::EGRESS_TAG);
+    let eips: Vec<String> = lab
+        .emu
+        .aws(&["ec2", "describe-addresses", "--filters", &filter])["Addresses"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["PublicIp"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(eips.len(), ips);
+    // The holder SNATs across all of them, and the standby syncs.
+    let start = Instant::now();
+    loop {
+        let routes = lab.routes();
+        let holder = routes
+            .get(&lab.world.private_subnets[0])
+            .filter(|h| h.starts_with("i-"));
+        let snat_all = holder.is_some_and(|h| {
+            lab.natd_log(h)
+                .lines()
+                .rfind(|l| l.contains("SNAT to the egress address(es)"))
+                .is_some_and(|l| l.matches("10.20.").count() == ips)
+        });
+        let syncing = lab
+            .instances()
+            .keys()
+            .filter(|i| Some(*i) != holder)
+            .any(|s| lab.natd_log(s).contains("conntrackd syncing"));
+        if snat_all && syncing && lab.fetch_async(0).await.is_ok_and(|ip| eips.contains(&ip)) {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(180),
+            "no pair with {ips} addresses"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let hosts = lab.flow_hosts(0, HOSTS);
+    // The router learns the new hosts' groups on its next tick.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let per_host = flows.div_ceil(HOSTS);
+    let internet = lab.internet.name.clone();
+    let f = tokio::task::spawn_blocking({
+        let hosts: Vec<Netns> = hosts.iter().map(|h| Netns::named(&h.name)).collect();
+        move || natd_tests::flows::Flows::open(&internet, &hosts, per_host)
+    })
+    .await
+    .unwrap();
+    let nat_entries = lab
+        .routes()
+        .get(&lab.world.private_subnets[0])
+        .and_then(|h| lab.instances().get(h).cloned())
+        .map(|ns| {
+            Netns::named(&ns)
+                .sh("cat /proc/sys/net/netfilter/nf_conntrack_count")
+                .trim()
+                .to_string()
+        })
+        .unwrap_or_default();
+    println!(
+        "\nEgress addresses: --egress-ips {ips}, {} connections asked to {} from {HOSTS} hosts ({:.1} s)\n",
+        HOSTS * per_host,
+        natd_tests::flows::DEST,
+        f.secs
+    );
+    println!(
+        "| open at once | failed | seen by the server | why the others failed | NAT's conntrack entries |"
+    );
+    println!("|---|---|---|---|---|");
+    println!(
+        "| {} | {} | {} | {} | {nat_entries} |",
+        f.open,
+        f.failed,
+        f.seen
+            .iter()
+            .map(|(ip, n)| format!(
+                "{ip}: {n}{}",
+                if eips.contains(ip) {
+                    ""
+                } else {
+                    " (not the stack's)"
+                }
+            ))
+            .collect::<Vec<_>>()
+            .join(", "),
+        if f.errors.is_empty() {
+            "-".to_string()
+        } else {
+            f.errors
+                .iter()
+                .map(|(e, n)| format!("{e}: {n}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        }
+    );
+    drop(f);
+    drop(hosts);
+    lab.shutdown();
 }
