@@ -132,6 +132,11 @@ fn main() {
         .expect("runtime");
     let local = tokio::task::LocalSet::new();
     exit_when_stdin_closes();
+    // As many descriptors as this process may have.
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    if let Ok((_, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
+        let _ = setrlimit(Resource::RLIMIT_NOFILE, hard, hard);
+    }
     match args.first().map(String::as_str) {
         Some("serve") => local.block_on(&rt, serve(addr(args.get(1)))),
         Some("open") => {
