@@ -7,6 +7,35 @@ use crate::routes::{Holder, Route, Table, Target};
 use aws_sdk_autoscaling::types::LifecycleState;
 use aws_sdk_ec2::types::{AttributeBooleanValue, Filter, NetworkInterfaceAttribute};
 use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+
+/// A NAT instance of the stack, as DescribeInstances shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Member {
+    /// `i-...`
+    pub instance_id: String,
+    /// Its primary private address.
+    pub ip: Ipv4Addr,
+    /// Its primary ENI.
+    pub eni: String,
+    /// Launch time, seconds since the epoch.
+    pub launch_time: i64,
+    /// `natctl rotate` asked it to hand over (the `natd:handover` tag).
+    pub handover: bool,
+}
+
+/// One of the stack's Elastic IPs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Egress {
+    /// `eipalloc-...`
+    pub allocation_id: String,
+    /// The public address.
+    pub public_ip: String,
+    /// The ENI it is associated with.
+    pub eni: Option<String>,
+    /// The private address it is associated with.
+    pub private_ip: Option<Ipv4Addr>,
+}
 
 /// AWS adapter errors, named after the failed call, carrying the resource id.
 #[derive(Debug, thiserror::Error)]
@@ -452,11 +481,7 @@ impl Cloud {
 
     /// The stack's other live NAT instances (pending or running, in `vpc`), for pair
     /// mode: `(instance id, primary private IP, primary ENI, launch time)`.
-    pub async fn stack_instances(
-        &self,
-        vpc: &str,
-        stack: &str,
-    ) -> Result<Vec<crate::pair::Member>, Error> {
+    pub async fn stack_instances(&self, vpc: &str, stack: &str) -> Result<Vec<Member>, Error> {
         let mut out = Vec::new();
         let mut pages = self
             .ec2
@@ -493,7 +518,7 @@ impl Cloud {
                     .and_then(|n| n.network_interface_id())
                     .unwrap_or_default()
                     .to_string();
-                out.push(crate::pair::Member {
+                out.push(Member {
                     instance_id: id.to_string(),
                     ip,
                     eni,
@@ -510,7 +535,7 @@ impl Cloud {
 
     /// Every Elastic IP tagged `natd:egress=<stack>`, by allocation id, with the
     /// interface and private address each is associated with.
-    pub async fn egress_addresses(&self, stack: &str) -> Result<Vec<crate::pair::Egress>, Error> {
+    pub async fn egress_addresses(&self, stack: &str) -> Result<Vec<Egress>, Error> {
         let resp = self
             .ec2
             .describe_addresses()
@@ -521,10 +546,10 @@ impl Cloud {
                 what: format!("tag {EGRESS_TAG}={stack}"),
                 source: e.into(),
             })?;
-        let mut out: Vec<crate::pair::Egress> = resp
+        let mut out: Vec<Egress> = resp
             .addresses()
             .iter()
-            .map(|a| crate::pair::Egress {
+            .map(|a| Egress {
                 allocation_id: a.allocation_id().unwrap_or_default().to_string(),
                 public_ip: a.public_ip().unwrap_or_default().to_string(),
                 // An unassociated address has no interface (some endpoints answer "").

@@ -38,6 +38,7 @@
 //! address.
 
 use crate::aws::Cloud;
+pub use crate::aws::{Egress, Member};
 use crate::config::Config;
 use crate::routes::{Decision, Me, Table, Target};
 use ipnet::Ipv4Net;
@@ -74,34 +75,6 @@ const CTL_TIMEOUT: Duration = Duration::from_secs(5);
 /// Heartbeat wire format: `natd-pair 1 <instance-id> <seq> <holder 0|1|2> <forwards 0|1>`
 /// (holder 2: holding, and handing over).
 const BEAT_MAGIC: &str = "natd-pair";
-
-/// A NAT instance of the stack, as DescribeInstances shows it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Member {
-    /// `i-...`
-    pub instance_id: String,
-    /// Its primary private address.
-    pub ip: Ipv4Addr,
-    /// Its primary ENI.
-    pub eni: String,
-    /// Launch time, seconds since the epoch.
-    pub launch_time: i64,
-    /// `natctl rotate` asked it to hand over (the `natd:handover` tag).
-    pub handover: bool,
-}
-
-/// One of the stack's Elastic IPs.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Egress {
-    /// `eipalloc-...`
-    pub allocation_id: String,
-    /// The public address.
-    pub public_ip: String,
-    /// The ENI it is associated with.
-    pub eni: Option<String>,
-    /// The private address it is associated with.
-    pub private_ip: Option<Ipv4Addr>,
-}
 
 /// The last takeover this instance made.
 #[derive(Debug, Clone, PartialEq, Eq)]
