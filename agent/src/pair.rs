@@ -878,15 +878,15 @@ async fn take_over(ctx: Ctx, reason: String, decided: Instant, failures: Vec<Str
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+    use std::collections::BTreeMap;
+
     #[test]
     fn conntrackds_cache_counts_are_read() {
         let out = "cache:internal \tactive objects:\t\t    1234\n\tactive/total entries:\t\t    1234/\t    1240\n\tcreation OK/failed:\t\t    1240/\t       0\n\ncache:external \tactive objects:\t\t      17\n\tactive/total entries:\t\t      17/\t      17\n";
         assert_eq!(cache_entries(out), (Some(1234), Some(17)));
         assert_eq!(cache_entries("conntrackd: cannot connect"), (None, None));
     }
-
-    use super::*;
-    use std::collections::BTreeMap;
 
     fn member(id: &str, ip: [u8; 4], eni: &str, t: i64) -> Member {
         Member {

@@ -122,18 +122,19 @@ pub fn parse_natd_health(value: &str, now: std::time::SystemTime) -> Option<Natd
     })
 }
 
+impl NatdReport {
+    /// Its part in a hot standby pair, when the report is recent enough to go by.
+    pub fn current_pair(&self) -> Option<&PairReport> {
+        self.pair.as_ref().filter(|_| !self.stale)
+    }
+}
+
 /// For a hot standby pair: how far the standby's copy of the holder's connections is
 /// behind, from the two members' reports (set on the standby's report).
 pub fn fill_pair_lag(instances: &mut [Instance]) {
-    let fresh = |i: &Instance| {
-        i.natd
-            .as_ref()
-            .filter(|n| !n.stale)
-            .and_then(|n| n.pair.clone())
-    };
     let held = instances
         .iter()
-        .filter_map(fresh)
+        .filter_map(|i| i.natd.as_ref()?.current_pair())
         .find(|p| p.role == "holder")
         .and_then(|p| p.held_entries);
     for i in instances.iter_mut() {
@@ -154,13 +155,7 @@ pub fn fill_pair_lag(instances: &mut [Instance]) {
 pub fn pair_warning(instances: &[Instance]) -> Option<String> {
     let reports: Vec<(&Instance, &PairReport)> = instances
         .iter()
-        .filter_map(|i| {
-            i.natd
-                .as_ref()
-                .filter(|n| !n.stale)
-                .and_then(|n| n.pair.as_ref())
-                .map(|p| (i, p))
-        })
+        .filter_map(|i| Some((i, i.natd.as_ref()?.current_pair()?)))
         .collect();
     if reports.is_empty() {
         return None;

@@ -841,6 +841,36 @@ impl Lab {
             .collect()
     }
 
+    /// The public addresses of the Elastic IPs tagged `natd:egress=<stack>` (the
+    /// stack's egress addresses), in EC2's order.
+    pub fn egress_ips(&self, stack: &str) -> Vec<String> {
+        let filter = format!("Name=tag:{},Values={stack}", natd::contract::EGRESS_TAG);
+        self.emu
+            .aws(&["ec2", "describe-addresses", "--filters", &filter])["Addresses"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|x| x["PublicIp"].as_str().map(str::to_string))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// How many egress addresses natd on `instance` last said it SNATs to (pair mode).
+    pub fn snat_addresses(&self, instance: &str) -> usize {
+        self.natd_log(instance)
+            .lines()
+            .rfind(|l| l.contains("SNAT to the egress address(es)"))
+            .and_then(|l| l.rsplit_once('['))
+            .map(|(_, ips)| {
+                ips.trim_end_matches(']')
+                    .split(", ")
+                    .filter(|ip| !ip.is_empty())
+                    .count()
+            })
+            .unwrap_or(0)
+    }
+
     /// `hosts` hosts in private subnet `subnet` (at .60, .61, ...) in the VPC's default
     /// security group, for many connections at once ([`crate::flows::Flows`]): each
     /// host's ports to one destination are limited, as each process's descriptors.

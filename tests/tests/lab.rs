@@ -94,12 +94,10 @@ async fn dev(lab: &Lab, eip: bool) -> String {
 
 /// The public address of the Elastic IP tagged for the stack `lab`.
 fn stack_eip(lab: &Lab) -> String {
-    let filter = format!("Name=tag:{},Values=lab", natd::contract::EGRESS_TAG);
-    lab.emu
-        .aws(&["ec2", "describe-addresses", "--filters", &filter])["Addresses"][0]["PublicIp"]
-        .as_str()
+    lab.egress_ips("lab")
+        .into_iter()
+        .next()
         .expect("the stack's Elastic IP")
-        .to_string()
 }
 
 /// A NAT gateway's Elastic IP.
@@ -936,9 +934,8 @@ async fn doctor_says_where_packets_break_and_its_fix_lets_them_through() {
     assert_eq!(doctor_internet(&lab)["ok"], true);
 }
 
-/// `natctl setup --env dev --ha` (with `extra` flags): `(holder, standby)` once egress
-/// leaves by the stack's Elastic IP and the standby syncs the holder's state.
-async fn pair(lab: &Lab, extra: &[&str]) -> (String, String) {
+/// `natctl setup --env dev --ha` for the stack `lab`, with `extra` arguments.
+fn setup_pair(lab: &Lab, extra: &[&str]) -> std::process::Output {
     let mut args = vec![
         "setup",
         "--env",
@@ -952,17 +949,15 @@ async fn pair(lab: &Lab, extra: &[&str]) -> (String, String) {
         IMAGE,
     ];
     args.extend_from_slice(extra);
-    let out = natctl(&lab.emu, &args);
+    natctl(&lab.emu, &args)
+}
+
+/// `natctl setup --env dev --ha` (with `extra` flags): `(holder, standby)` once egress
+/// leaves by the stack's Elastic IP and the standby syncs the holder's state.
+async fn pair(lab: &Lab, extra: &[&str]) -> (String, String) {
+    let out = setup_pair(lab, extra);
     assert!(out.status.success(), "{}", text(&out));
-    let filter = format!("Name=tag:{},Values=lab", natd::contract::EGRESS_TAG);
-    let eips: Vec<String> = lab
-        .emu
-        .aws(&["ec2", "describe-addresses", "--filters", &filter])["Addresses"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|a| a["PublicIp"].as_str().unwrap().to_string())
-        .collect();
+    let eips = lab.egress_ips("lab");
     let start = Instant::now();
     loop {
         let a = lab.fetch_async(0).await;
@@ -1148,15 +1143,7 @@ async fn a_planned_rotation_of_the_pair_loses_no_connection() {
     let _turn = beside().await;
     let mut lab = Lab::new(Arc::new(Emulator::start())).await;
     let (holder, standby) = pair(&lab, &["--egress-ips", "2"]).await;
-    let filter = format!("Name=tag:{},Values=lab", natd::contract::EGRESS_TAG);
-    let addresses: Vec<String> = lab
-        .emu
-        .aws(&["ec2", "describe-addresses", "--filters", &filter])["Addresses"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|a| a["PublicIp"].as_str().unwrap().to_string())
-        .collect();
+    let addresses = lab.egress_ips("lab");
     assert_eq!(addresses.len(), 2, "two egress addresses");
     // New connections spread over both addresses.
     let mut streams = lab.streams(0, 20).unwrap();
@@ -1271,21 +1258,7 @@ async fn a_planned_rotation_of_the_pair_loses_no_connection() {
             .contains("natctl setup --env dev --ha --name lab"),
         "{ports:#}"
     );
-    let again = natctl(
-        &lab.emu,
-        &[
-            "setup",
-            "--env",
-            "dev",
-            "--ha",
-            "--vpc",
-            &lab.world.vpc,
-            "--name",
-            "lab",
-            "--ami",
-            IMAGE,
-        ],
-    );
+    let again = setup_pair(&lab, &[]);
     assert!(again.status.success(), "{}", text(&again));
     let fixed = pair_findings(&lab);
     assert!(
@@ -1365,25 +1338,11 @@ async fn a_pair_with_two_egress_addresses_holds_more_connections_to_one_destinat
     let _turn = alone().await;
     let mut lab = Lab::new(Arc::new(Emulator::start())).await;
     let (holder, _) = pair(&lab, &["--egress-ips", "2"]).await;
-    let filter = format!("Name=tag:{},Values=lab", natd::contract::EGRESS_TAG);
-    let eips: Vec<String> = lab
-        .emu
-        .aws(&["ec2", "describe-addresses", "--filters", &filter])["Addresses"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|a| a["PublicIp"].as_str().unwrap().to_string())
-        .collect();
+    let eips = lab.egress_ips("lab");
     until(
         "SNAT across both addresses",
         Duration::from_secs(30),
-        async || {
-            lab.natd_log(&holder)
-                .lines()
-                .rfind(|l| l.contains("SNAT to the egress address(es)"))
-                .filter(|l| l.matches("10.20.").count() == 2)
-                .map(|_| ())
-        },
+        async || (lab.snat_addresses(&holder) == 2).then_some(()),
     )
     .await;
     let hosts = lab.flow_hosts(0, HOSTS);

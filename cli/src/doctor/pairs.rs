@@ -60,11 +60,7 @@ pub struct Address {
 impl Member {
     /// Its role, when its natd reported recently.
     fn role(&self) -> Option<&str> {
-        self.natd
-            .as_ref()
-            .filter(|n| !n.stale)
-            .and_then(|n| n.pair.as_ref())
-            .map(|p| p.role.as_str())
+        Some(self.natd.as_ref()?.current_pair()?.role.as_str())
     }
 
     fn end(&self) -> End {
@@ -233,14 +229,11 @@ pub fn findings(f: &Facts) -> Vec<Finding> {
             let Some(report) = m
                 .natd
                 .as_ref()
-                .filter(|n| !n.stale)
-                .and_then(|n| n.pair.as_ref())
+                .and_then(|n| n.current_pair())
+                .filter(|p| p.role == "standby")
             else {
                 continue;
             };
-            if report.role != "standby" {
-                continue;
-            }
             if report.heartbeats != "ok" {
                 out.push(Finding {
                     severity: Severity::Risk,

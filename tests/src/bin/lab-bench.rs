@@ -648,13 +648,7 @@ fn exchange_all(streams: &mut [natd_tests::dataplane::Stream]) -> usize {
 async fn pair_failover(kills: usize, boot_delay: Duration) {
     let lab = Lab::with_boot_delay(Arc::new(Emulator::start()), boot_delay).await;
     setup_dev(&lab, &["--ha"]);
-    let filter = format!("Name=tag:{},Values=bench", natd::contract::EGRESS_TAG);
-    let eip = lab
-        .emu
-        .aws(&["ec2", "describe-addresses", "--filters", &filter])["Addresses"][0]["PublicIp"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let eip = lab.egress_ips("bench").remove(0);
     let subnets = lab.world.private_subnets.clone();
     let holders = |lab: &Lab| -> Vec<String> {
         let routes = lab.routes();
@@ -812,15 +806,7 @@ async fn egress_ports(ips: usize, flows: usize) {
     const HOSTS: usize = 4;
     let mut lab = Lab::new(Arc::new(Emulator::start())).await;
     setup_dev(&lab, &["--ha", "--egress-ips", &ips.to_string()]);
-    let filter = format!("Name=tag:{},Values=bench", natd::contract::EGRESS_TAG);
-    let eips: Vec<String> = lab
-        .emu
-        .aws(&["ec2", "describe-addresses", "--filters", &filter])["Addresses"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|a| a["PublicIp"].as_str().unwrap().to_string())
-        .collect();
+    let eips = lab.egress_ips("bench");
     assert_eq!(eips.len(), ips);
     // The holder SNATs across all of them, and the standby syncs.
     let start = Instant::now();
@@ -829,12 +815,7 @@ async fn egress_ports(ips: usize, flows: usize) {
         let holder = routes
             .get(&lab.world.private_subnets[0])
             .filter(|h| h.starts_with("i-"));
-        let snat_all = holder.is_some_and(|h| {
-            lab.natd_log(h)
-                .lines()
-                .rfind(|l| l.contains("SNAT to the egress address(es)"))
-                .is_some_and(|l| l.matches("10.20.").count() == ips)
-        });
+        let snat_all = holder.is_some_and(|h| lab.snat_addresses(h) == ips);
         let syncing = lab
             .instances()
             .keys()

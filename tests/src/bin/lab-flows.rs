@@ -14,7 +14,6 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::Duration;
-use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpSocket, TcpStream};
 
 fn usage() -> ! {
@@ -71,9 +70,6 @@ async fn one(addr: SocketAddr, timeout: Duration) -> Result<(TcpStream, String),
                 Err(e) => return Err(format!("read: {}", e.kind())),
             }
         }
-        s.flush()
-            .await
-            .map_err(|e| format!("flush: {}", e.kind()))?;
         Ok((s, String::from_utf8_lossy(&line).into_owned()))
     };
     tokio::time::timeout(timeout, attempt)
@@ -112,8 +108,8 @@ async fn open(addr: SocketAddr, n: usize, concurrency: usize, timeout: Duration)
         json(&by_ip),
         json(&errors)
     );
-    std::future::pending::<()>().await;
-    drop(held);
+    // `held` stays open until stdin closes and the process exits.
+    std::future::pending::<()>().await
 }
 
 fn json(m: &BTreeMap<String, usize>) -> String {

@@ -413,13 +413,11 @@ async fn story(summary: &mut Vec<(String, String)>) {
         natctl(&lab, &ha).await,
         "natctl setup --env dev --ha failed"
     );
-    let filter = format!("Name=tag:{},Values=demo", natd::contract::EGRESS_TAG);
     let eip = lab
-        .emu
-        .aws(&["ec2", "describe-addresses", "--filters", &filter])["Addresses"][0]["PublicIp"]
-        .as_str()
-        .unwrap_or_default()
-        .to_string();
+        .egress_ips("demo")
+        .into_iter()
+        .next()
+        .unwrap_or_default();
     let (holder, _) = wait(
         "the pair: egress by the Elastic IP, the standby syncing",
         Duration::from_secs(180),
