@@ -337,6 +337,122 @@ def _unassign_response(self):
 _eni_responses.ElasticNetworkInterfaces.unassign_private_ip_addresses = _unassign_response
 
 
+# --- EC2: private addresses the subnet can give --------------------------------------
+#
+# AWS (VPC User Guide, "Subnet CIDR blocks"): the first four addresses of a subnet and
+# its last are reserved (network, VPC router, DNS, future use, broadcast) and are never
+# given to an interface; an address is given to one interface at a time; a request the
+# subnet cannot satisfy fails with InsufficientFreeAddressesInSubnet, and an address in
+# the reserved range named explicitly is refused (InvalidParameterValue). moto picks
+# secondary addresses and the primary of a new interface at random over the whole CIDR,
+# reserved and used addresses included (a secondary address could be the VPC router's
+# or another instance's), and its instance allocator does not see interface addresses.
+
+import ipaddress as _ipaddress  # noqa: E402
+import random as _random  # noqa: E402
+
+from moto.ec2.models.elastic_network_interfaces import NetworkInterfaceBackend  # noqa: E402
+
+
+def _reserved_range(subnet):
+    net = _ipaddress.ip_network(subnet.cidr_block)
+    return {str(net.network_address + k) for k in range(4)} | {str(net.broadcast_address)}
+
+
+def _addresses_in_use(backend, subnet):
+    used = set(subnet._subnet_ips)
+    for eni in backend.enis.values():
+        if getattr(eni.subnet, "id", None) != subnet.id:
+            continue
+        used.add(eni.private_ip_address)
+        used.update(d.get("PrivateIpAddress") for d in eni.private_ip_addresses)
+    return used
+
+
+def _take(subnet, ips, owner):
+    """Marks `ips` used in `subnet`, so that instances launched later do not get them."""
+    for ip in ips:
+        subnet._subnet_ips[ip] = owner
+        subnet._unused_ips.discard(ip)
+
+
+def _free_addresses(backend, subnet, count):
+    taken = _addresses_in_use(backend, subnet) | _reserved_range(subnet)
+    net = _ipaddress.ip_network(subnet.cidr_block)
+    free = [str(h) for h in net.hosts() if str(h) not in taken]
+    if len(free) < count:
+        raise _EC2ClientError(
+            "InsufficientFreeAddressesInSubnet",
+            f"The specified subnet {subnet.id} has {len(free)} free address(es); {count} requested.",
+        )
+    return _random.sample(free, count)
+
+
+def _refuse_reserved(subnet, ips):
+    reserved = _reserved_range(subnet)
+    for ip in ips:
+        if ip in reserved:
+            raise _EC2ClientError(
+                "InvalidParameterValue",
+                f"Address {ip} is in subnet's reserved address range",
+            )
+
+
+_orig_assign_model = NetworkInterfaceBackend.assign_private_ip_addresses
+
+
+def _assign_model(self, eni_id, private_ip_addresses=None, secondary_ips_count=None):
+    eni = self.get_network_interface(eni_id)
+    if private_ip_addresses:
+        _refuse_reserved(eni.subnet, private_ip_addresses)
+    elif secondary_ips_count:
+        private_ip_addresses = _free_addresses(self, eni.subnet, int(secondary_ips_count))
+    result = _orig_assign_model(self, eni_id, private_ip_addresses=private_ip_addresses)
+    _take(eni.subnet, private_ip_addresses or [], eni)
+    return result
+
+
+NetworkInterfaceBackend.assign_private_ip_addresses = _assign_model
+
+_orig_unassign_model = NetworkInterfaceBackend.unassign_private_ip_addresses
+
+
+def _unassign_model(self, eni_id=None, private_ip_address=None):
+    eni = self.get_network_interface(eni_id)
+    result = _orig_unassign_model(self, eni_id=eni_id, private_ip_address=private_ip_address)
+    for ip in private_ip_address or []:
+        if eni.subnet._subnet_ips.get(ip) is eni:
+            eni.subnet.del_subnet_ip(ip)
+    return result
+
+
+NetworkInterfaceBackend.unassign_private_ip_addresses = _unassign_model
+
+_orig_create_eni = NetworkInterfaceBackend.create_network_interface
+
+
+def _create_eni(self, subnet, private_ip_address, private_ip_addresses=None, *args, **kwargs):
+    if isinstance(subnet, str):
+        subnet = self.get_subnet(subnet)
+    named = private_ip_address if isinstance(private_ip_address, list) else [private_ip_address]
+    named = [ip for ip in named if ip]
+    named += [
+        (d.get("PrivateIpAddress") if isinstance(d, dict) else d) for d in (private_ip_addresses or [])
+    ]
+    _refuse_reserved(subnet, named)
+    if not named:
+        private_ip_address = _free_addresses(self, subnet, 1)[0]
+    secondary = kwargs.pop("secondary_ips_count", None)
+    eni = _orig_create_eni(self, subnet, private_ip_address, private_ip_addresses, *args, **kwargs)
+    _take(subnet, [d.get("PrivateIpAddress") for d in eni.private_ip_addresses], eni)
+    if secondary:
+        self.assign_private_ip_addresses(eni.id, secondary_ips_count=int(secondary))
+    return eni
+
+
+NetworkInterfaceBackend.create_network_interface = _create_eni
+
+
 # --- EC2: blackhole routes -------------------------------------------------------------
 
 def _route_state(self):

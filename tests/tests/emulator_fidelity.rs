@@ -800,3 +800,120 @@ async fn elastic_ips_sit_on_secondary_addresses_and_move_with_them() {
     assert_eq!(describe(&a)["Association"]["PublicIp"], public.as_str());
     assert_eq!(on(&describe(&b)), None);
 }
+
+/// AWS gives an address to one interface at a time and never one of a subnet's five
+/// reserved addresses (the first four and the last: the VPC router is the first host);
+/// a request the subnet cannot satisfy fails with InsufficientFreeAddressesInSubnet.
+#[tokio::test]
+async fn a_subnet_gives_each_address_once_and_never_a_reserved_one() {
+    let emu = Emulator::start();
+    let w = World::new(&emu.sdk()).await;
+    // A /28: 16 addresses, 11 an interface may hold (.4 to .14).
+    let subnet = emu.aws(&[
+        "ec2",
+        "create-subnet",
+        "--vpc-id",
+        &w.vpc,
+        "--cidr-block",
+        "10.20.200.0/28",
+        "--availability-zone",
+        "eu-west-1a",
+    ])["Subnet"]["SubnetId"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let eni = || {
+        emu.aws(&["ec2", "create-network-interface", "--subnet-id", &subnet])["NetworkInterface"]
+            ["NetworkInterfaceId"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    let count = |eni: &str, n: usize| {
+        aws_raw(
+            &emu,
+            &[
+                "ec2",
+                "assign-private-ip-addresses",
+                "--network-interface-id",
+                eni,
+                "--secondary-private-ip-address-count",
+                &n.to_string(),
+            ],
+        )
+    };
+    let held = |eni: &str| -> Vec<String> {
+        emu.aws(&[
+            "ec2",
+            "describe-network-interfaces",
+            "--network-interface-ids",
+            eni,
+        ])["NetworkInterfaces"][0]["PrivateIpAddresses"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| a["PrivateIpAddress"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let (a, b) = (eni(), eni());
+    assert!(count(&a, 6).status.success());
+    // b has 1 address, a 7: 3 of the 11 remain.
+    let short = count(&b, 4);
+    assert!(
+        !short.status.success() && err(&short).contains("InsufficientFreeAddressesInSubnet"),
+        "{}",
+        err(&short)
+    );
+    assert!(count(&b, 3).status.success());
+    let mut all: Vec<String> = held(&a).into_iter().chain(held(&b)).collect();
+    all.sort_by_key(|ip| ip.parse::<std::net::Ipv4Addr>().unwrap());
+    let usable: Vec<String> = (4..=14).map(|h| format!("10.20.200.{h}")).collect();
+    assert_eq!(all, usable, "each usable address once, no reserved one");
+    // The subnet is full.
+    let full = count(&a, 1);
+    assert!(
+        err(&full).contains("InsufficientFreeAddressesInSubnet"),
+        "{}",
+        err(&full)
+    );
+    // A reserved address named explicitly is refused.
+    let router = aws_raw(
+        &emu,
+        &[
+            "ec2",
+            "assign-private-ip-addresses",
+            "--network-interface-id",
+            &a,
+            "--private-ip-addresses",
+            "10.20.200.1",
+        ],
+    );
+    assert!(
+        !router.status.success() && err(&router).contains("reserved"),
+        "{}",
+        err(&router)
+    );
+    // An address given back is given again.
+    let back = held(&a).into_iter().find(|ip| ip != &held(&a)[0]).unwrap();
+    emu.aws(&[
+        "ec2",
+        "unassign-private-ip-addresses",
+        "--network-interface-id",
+        &a,
+        "--private-ip-addresses",
+        &back,
+    ]);
+    let again = emu.aws(&[
+        "ec2",
+        "assign-private-ip-addresses",
+        "--network-interface-id",
+        &b,
+        "--secondary-private-ip-address-count",
+        "1",
+    ]);
+    assert_eq!(
+        again["AssignedPrivateIpAddresses"][0]["PrivateIpAddress"],
+        back.as_str(),
+        "{again}"
+    );
+}
