@@ -667,7 +667,24 @@ async fn elastic_ips_sit_on_secondary_addresses_and_move_with_them() {
             .to_string()
     };
     let (a, b) = (eni(&emu), eni(&emu));
-    let ip = "10.20.0.250";
+    // An address neither interface holds (each got a free one of the subnet).
+    let primaries: Vec<serde_json::Value> = [&a, &b]
+        .iter()
+        .map(|e| {
+            emu.aws(&[
+                "ec2",
+                "describe-network-interfaces",
+                "--network-interface-ids",
+                e,
+            ])["NetworkInterfaces"][0]["PrivateIpAddress"]
+                .clone()
+        })
+        .collect();
+    let ip = &(240..=250)
+        .map(|h| format!("10.20.0.{h}"))
+        .find(|ip| !primaries.iter().any(|p| p == ip.as_str()))
+        .unwrap();
+    let ip = ip.as_str();
     let assigned = emu.aws(&[
         "ec2",
         "assign-private-ip-addresses",
