@@ -347,6 +347,7 @@ _eni_responses.ElasticNetworkInterfaces.unassign_private_ip_addresses = _unassig
 # secondary addresses and the primary of a new interface at random over the whole CIDR,
 # reserved and used addresses included (a secondary address could be the VPC router's
 # or another instance's), and its instance allocator does not see interface addresses.
+# A Lambda function's interfaces take free addresses the same way.
 
 import ipaddress as _ipaddress  # noqa: E402
 import random as _random  # noqa: E402
@@ -360,7 +361,9 @@ def _reserved_range(subnet):
 
 
 def _addresses_in_use(backend, subnet):
-    used = set(subnet._subnet_ips)
+    # Explicit subnet CIDR reservations are the owner's to assign; AWS assigns none of
+    # their addresses automatically (VPC User Guide, "Subnet CIDR reservations").
+    used = set(subnet._subnet_ips) | {str(ip) for ip in subnet._reserved_ips}
     for eni in backend.enis.values():
         if getattr(eni.subnet, "id", None) != subnet.id:
             continue
@@ -1105,7 +1108,6 @@ from moto.ec2.exceptions import DependencyViolationError  # noqa: E402
 from moto.ec2.models import ec2_backends  # noqa: E402
 from moto.ec2.models.elastic_network_interfaces import NetworkInterfaceBackend  # noqa: E402
 from moto.ec2.models.security_groups import SecurityGroupBackend  # noqa: E402
-from moto.ec2.utils import random_private_ip  # noqa: E402
 
 LAMBDA_ENI_RELEASE_SECS = float(os.environ.get("NATD_EMU_LAMBDA_ENI_RELEASE_SECS", "3"))
 _eni_release_at = {}
@@ -1136,7 +1138,7 @@ def _update_configuration_enis(self, config_updates):
                 subnet = ec2.get_subnet(subnet_id)
                 eni = ec2.create_network_interface(
                     subnet,
-                    random_private_ip(subnet.cidr_block),
+                    _free_addresses(ec2, subnet, 1)[0],
                     group_ids=list(wanted[1]),
                     description=f"AWS Lambda VPC ENI-{self.function_name}",
                 )

@@ -229,6 +229,43 @@ fn subnet_host(vpc: &Netns, ns: &Netns, ip: &str, link: &str, n: usize) {
     vpc.sh(&format!("sysctl -qw net.ipv4.conf.s{n}.proxy_arp=1"));
 }
 
+/// The lab places its own hosts at fixed addresses between .8 and .79 of a subnet (the
+/// function's stand-ins at .10 and .20, the database at .50, flow hosts from .60, a
+/// public host at .77): each subnet of the VPC gets explicit CIDR reservations for them,
+/// so that EC2 assigns none of them to an interface (an instance, an egress address, a
+/// Lambda ENI), as on AWS ("Subnet CIDR reservations", explicit).
+fn reserve_host_addresses(emu: &Emulator, vpc: &str) {
+    let subnets = emu.aws(&[
+        "ec2",
+        "describe-subnets",
+        "--filters",
+        &format!("Name=vpc-id,Values={vpc}"),
+    ]);
+    for s in subnets["Subnets"].as_array().into_iter().flatten() {
+        let (Some(id), Some(cidr)) = (s["SubnetId"].as_str(), s["CidrBlock"].as_str()) else {
+            continue;
+        };
+        let Some(prefix) = cidr
+            .strip_suffix(".0/24")
+            .filter(|p| p.starts_with("10.20."))
+        else {
+            continue;
+        };
+        for block in ["8/29", "16/28", "32/27", "64/28"] {
+            emu.aws(&[
+                "ec2",
+                "create-subnet-cidr-reservation",
+                "--subnet-id",
+                id,
+                "--cidr",
+                &format!("{prefix}.{block}"),
+                "--reservation-type",
+                "explicit",
+            ]);
+        }
+    }
+}
+
 /// A command's answer (stdout) or why it failed (stderr), trimmed.
 fn answer(out: std::io::Result<std::process::Output>) -> Result<String, String> {
     let out = out.map_err(|e| e.to_string())?;
@@ -379,6 +416,7 @@ impl Lab {
     pub async fn with_boot_delay(emu: Arc<Emulator>, boot_delay: Duration) -> Self {
         let world = World::new(&emu.sdk()).await;
         let public_b = world.public_subnet_b().await;
+        reserve_host_addresses(&emu, &world.vpc);
         let internet = Netns::new("inet");
         internet.sh(&format!(
             // A fixed MAC: a bridge otherwise takes its lowest port's, which changes as
