@@ -149,9 +149,10 @@ pub struct SetupArgs {
     /// The natd AMI (default: the newest image of this account tagged natd:ami).
     #[arg(long)]
     pub ami: Option<String>,
-    /// NAT instance type (dev).
-    #[arg(long, default_value = "t4g.micro")]
-    pub instance_type: String,
+    /// NAT instance type (dev). Without it: t4g.micro, or for a pair the smallest t4g
+    /// type whose interface holds 1 + --egress-ips addresses.
+    #[arg(long)]
+    pub instance_type: Option<String>,
     /// dev: an Elastic IP natd holds, for a stable egress address.
     #[arg(long)]
     pub eip: bool,

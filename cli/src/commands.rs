@@ -224,6 +224,7 @@ fn pair_of(
         subnet_b: b,
         spread,
         egress_ips,
+        addresses_per_interface: None,
     })
 }
 
@@ -353,16 +354,57 @@ async fn setup(ctx: &Ctx, a: &SetupArgs, dry_run: bool) -> Result<(), Failure> {
                 Some(ami) => ami.clone(),
                 None => newest_natd_ami(ctx, &c).await?,
             };
-            nat_instance::validate(&c, &ami, &a.instance_type)
+            let asked = a
+                .instance_type
+                .clone()
+                .unwrap_or_else(|| DEFAULT_INSTANCE_TYPE.to_string());
+            nat_instance::validate(&c, &ami, &asked)
                 .await
                 .map_err(|e| match e {
                     nat_instance::Invalid::Api(e) => Failure::aws(e, &ctx.settings),
                     other => Failure::BadInput(other.to_string()),
                 })?;
-            let mut spec = nat_instance::Spec::new(&a.stack, &topo, &ami, &a.instance_type, a.eip);
+            let mut pair = None;
+            let mut instance_type = asked.clone();
             if a.ha {
-                spec.pair = Some(pair_of(&topo, a.ha_spread, a.egress_ips)?);
+                let mut p = pair_of(&topo, a.ha_spread, a.egress_ips)?;
+                let held = aws::read::stack_addresses(&c, &a.stack)
+                    .await
+                    .map_err(ctx.aws())?
+                    .len();
+                let egress = p.egress_ips.map_or(held.max(1), |n| n as usize);
+                let chosen = crate::limits::type_limits(&c, &asked)
+                    .await
+                    .map_err(ctx.aws())?
+                    .ok_or_else(|| {
+                        Failure::BadInput(format!(
+                            "instance type {asked} does not exist in this region (--instance-type)"
+                        ))
+                    })?;
+                let family = if chosen.ipv4_per_interface >= crate::limits::pair_need(egress) {
+                    Vec::new()
+                } else {
+                    crate::limits::family_limits(&c, crate::limits::family(&asked))
+                        .await
+                        .map_err(ctx.aws())?
+                };
+                let fits =
+                    crate::limits::pair_type(&chosen, &family, egress, a.instance_type.is_some())
+                        .map_err(|e| Failure::BadInput(e.to_string()))?;
+                if fits.name != asked {
+                    nat_instance::validate(&c, &ami, &fits.name)
+                        .await
+                        .map_err(|e| match e {
+                            nat_instance::Invalid::Api(e) => Failure::aws(e, &ctx.settings),
+                            other => Failure::BadInput(other.to_string()),
+                        })?;
+                }
+                instance_type = fits.name.clone();
+                p.addresses_per_interface = Some(fits.ipv4_per_interface);
+                pair = Some(p);
             }
+            let mut spec = nat_instance::Spec::new(&a.stack, &topo, &ami, &instance_type, a.eip);
+            spec.pair = pair;
             Egress::Dev(spec)
         }
         Env::Prod if regional => Egress::Prod(nat_gateways::Spec::regional(&a.stack, &topo)),
@@ -403,6 +445,7 @@ async fn setup(ctx: &Ctx, a: &SetupArgs, dry_run: bool) -> Result<(), Failure> {
         flow_logs,
     };
     let (_, steps) = plan_now(ctx, &c, &req).await?;
+    check_limits(ctx, &c, &req, &steps).await?;
     if steps.is_empty() && !dry_run {
         aws::lock::Lock::clear_stale(&c, &a.stack)
             .await
@@ -421,6 +464,87 @@ async fn setup(ctx: &Ctx, a: &SetupArgs, dry_run: bool) -> Result<(), Failure> {
     // never takes the lock, so it makes no mutating call at all.
     ctx.locked(&c, &a.stack, plan_and_apply(ctx, &c, a, &req))
         .await
+}
+
+/// The instance type of a dev stack when `--instance-type` is not given (a pair's may
+/// be larger: the smallest t4g type that holds its egress addresses).
+const DEFAULT_INSTANCE_TYPE: &str = "t4g.micro";
+
+/// Refuses a plan that AWS would stop partway at one of its limits (see
+/// [`crate::limits`]): the Elastic IPs it allocates, the NAT gateways it adds per AZ,
+/// the interface endpoint it adds. Read before any change; nothing is read when the
+/// plan adds none of them.
+async fn check_limits(
+    ctx: &Ctx,
+    c: &Clients,
+    req: &Request,
+    steps: &[stack::Step],
+) -> Result<(), Failure> {
+    use crate::parts::{lambda as lp, nat_gateways as ng, nat_instance as ni};
+    use stack::{Build, Step};
+    let mut new_addresses = 0;
+    let mut gateways_in: Vec<&str> = Vec::new();
+    let mut endpoint = false;
+    for st in steps {
+        match st {
+            Step::Build(Build::NatInstance(ni::Action::AllocateAddress))
+            | Step::Build(Build::NatGateways(ng::Action::AllocateAddress { .. })) => {
+                new_addresses += 1
+            }
+            Step::Build(Build::NatGateways(ng::Action::CreateNatGateway { az, .. })) => {
+                gateways_in.push(az)
+            }
+            Step::Build(Build::Lambda(lp::Action::CreateEndpoint)) => endpoint = true,
+            _ => {}
+        }
+    }
+    let bad = |e: crate::limits::Refusal| Failure::BadInput(e.to_string());
+    if new_addresses > 0 {
+        let quota = crate::limits::elastic_ip_quota(c)
+            .await
+            .map_err(ctx.aws())?;
+        let held = crate::limits::account_elastic_ips(c)
+            .await
+            .map_err(ctx.aws())?;
+        let region = c.region().unwrap_or_default();
+        crate::limits::elastic_ips(&region, quota, held, 0, new_addresses).map_err(bad)?;
+    }
+    if !gateways_in.is_empty() {
+        let quota = crate::limits::vpc_quota(
+            c,
+            crate::limits::NAT_GATEWAY_QUOTA,
+            crate::limits::DEFAULT_NAT_GATEWAYS_PER_AZ,
+        )
+        .await;
+        let live = crate::limits::nat_gateways_by_az(c)
+            .await
+            .map_err(ctx.aws())?;
+        for az in gateways_in {
+            crate::limits::nat_gateways_in_az(az, live.get(az).copied().unwrap_or(0), quota)
+                .map_err(bad)?;
+        }
+    }
+    if endpoint && let Some(l) = &req.lambda {
+        let quota = crate::limits::vpc_quota(
+            c,
+            crate::limits::INTERFACE_ENDPOINT_QUOTA,
+            crate::limits::DEFAULT_INTERFACE_ENDPOINTS,
+        )
+        .await;
+        let live = aws::read::vpc_endpoints(
+            c,
+            vec![
+                aws::names::filter("vpc-id", &[&l.vpc]),
+                aws::names::filter("vpc-endpoint-type", &["Interface"]),
+            ],
+            &l.vpc,
+        )
+        .await
+        .map_err(ctx.aws())?
+        .len();
+        crate::limits::interface_endpoints(&l.vpc, live, quota).map_err(bad)?;
+    }
+    Ok(())
 }
 
 /// Reads the stack and plans `req`, reporting what the plan found but does not change.

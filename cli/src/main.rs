@@ -30,6 +30,7 @@ mod commands;
 mod cost;
 mod doctor;
 mod error;
+mod limits;
 mod man;
 mod parts;
 mod render;

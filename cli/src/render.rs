@@ -417,7 +417,20 @@ pub fn setup_plan(req: &Request, vpc: &str, steps: &[Step]) -> String {
         };
         s.push_str(&format!("  {sign} {}\n", step(Some(req), st)));
     }
-    if let Egress::Dev(nat_instance::Spec { pair: Some(p), .. }) = &req.egress {
+    if let Egress::Dev(nat_instance::Spec {
+        pair: Some(p),
+        instance_type,
+        ..
+    }) = &req.egress
+    {
+        if let Some(limit) = p.addresses_per_interface {
+            let n = p
+                .egress_ips
+                .map_or_else(|| "its".to_string(), |n| n.to_string());
+            s.push_str(&format!(
+                "Note: each member runs on {instance_type}, which holds {limit} IPv4 addresses per network interface: its own and {n} egress address(es), all of which the standby receives at a takeover.\n"
+            ));
+        }
         s.push_str(&if p.spread {
             format!(
                 "Note: --ha-spread puts the pair in {} and {} (two AZs): it survives an AZ loss, but a private address cannot follow across subnets: on failover the Elastic IP is re-associated with an address of the standby (the same public address), and open connections reset.\n",

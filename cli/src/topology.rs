@@ -259,11 +259,27 @@ pub fn classify(
             seen.entry(t).or_default().insert(name);
         }
     }
-    let shared_private_tables = seen
+    let mut shared_private_tables: BTreeSet<String> = seen
         .into_iter()
         .filter(|(_, a)| a.len() > 1)
         .map(|(t, _)| t.clone())
         .collect();
+    // With --private-subnets, a table of a named subnet that also serves a subnet that
+    // was not named is shared too: routing it in place would change that subnet's
+    // egress, so the named subnets get a table of their own (as for a table shared
+    // across AZs).
+    if private.is_some() {
+        let named_tables: BTreeSet<&String> =
+            azs.values().flat_map(|a| &a.private_tables).collect();
+        for s in &facts.subnets {
+            if subnets.contains_key(&s.id) {
+                continue;
+            }
+            if let Some(t) = table_of(s).filter(|t| named_tables.contains(t)) {
+                shared_private_tables.insert(t);
+            }
+        }
+    }
     Ok(Topology {
         vpc_id: facts.vpc_id.clone(),
         azs,
@@ -437,6 +453,30 @@ mod tests {
         assert!(
             !t.private().any(|s| s == "subnet-pub-b"),
             "a discovered public subnet does not turn private"
+        );
+    }
+
+    #[test]
+    fn a_table_a_named_subnet_shares_with_an_unnamed_one_is_shared() {
+        let f = facts();
+        let pr = ["subnet-priv-b".to_string()];
+        let t = classify(&f, Some(&pr), None, PublicNeed::PerAz).expect("private named");
+        let table = t.subnets["subnet-priv-b"].table.clone();
+        let others: Vec<_> = f
+            .subnets
+            .iter()
+            .filter(|s| s.id != "subnet-priv-b")
+            .filter(|s| f.associations.table_of(&s.id) == Some(table.as_str()))
+            .map(|s| s.id.clone())
+            .collect();
+        assert!(!others.is_empty(), "the fixture shares {table}");
+        assert!(
+            t.shared_private_tables.contains(&table),
+            "{table} also serves {others:?}, which were not named: it must not be routed in place"
+        );
+        assert!(
+            t.azs.get("a").is_none_or(|a| a.private.is_empty()),
+            "AZ a has no named private subnet"
         );
     }
 

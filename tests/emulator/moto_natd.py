@@ -74,6 +74,18 @@ Extensions, each matching documented AWS behaviour:
   needs the VPC's enableDnsSupport and enableDnsHostnames, and only one per service
   and VPC may have it (InvalidParameter), at creation and when ModifyVpcEndpoint turns
   it on (moto ignores PrivateDnsEnabled there).
+- Limits AWS enforces: IPv4 addresses per network interface and interfaces per
+  instance by instance type (PrivateIpAddressLimitExceeded, AttachmentLimitExceeded),
+  Elastic IPs per region (AddressLimitExceeded; vpc-max-elastic-ips, NATD_EMU_MAX_EIPS,
+  default 5), NAT gateways per AZ (NatGatewayLimitExceeded, 5), interface endpoints per
+  VPC (VpcEndpointLimitExceeded, 50); rules per security group moto enforces itself.
+- CreateLaunchTemplate honours ClientToken: a retry with the same token answers the
+  template the first request created (moto ignores the token).
+- Every request is checked against the service's API model before it is acted on, as
+  AWS does (validate.py: required members at every level, enums, lengths, patterns,
+  ranges, list lengths), and refused with AWS's error (MissingParameter /
+  InvalidParameterValue, ValidationError, ValidationException,
+  InvalidParameterValueException); GET /natd-test/refused lists what was refused.
 - Every API call is recorded by operation name; GET /natd-test/calls answers the list
   (JSON), so tests and benchmarks can count calls and prove a run made no mutating one.
 - GET /natd-test/cut?after=K makes every mutating call after the next K answer 503
@@ -96,6 +108,7 @@ Extensions, each matching documented AWS behaviour:
 import fnmatch
 import io
 import json
+import os
 import sys
 import threading
 import time
@@ -1483,11 +1496,227 @@ def _create_aws_request(self):
 access_control.IAMRequestBase._create_aws_request = _create_aws_request
 
 
+# --- Limits AWS enforces ----------------------------------------------------------------
+#
+# moto ships the numbers but enforces none of these (it does enforce 60 rules per VPC
+# security group, RulesPerSecurityGroupLimitExceeded, as AWS's default quota):
+# - IPv4 addresses per network interface and interfaces per instance, by instance type
+#   (EC2 User Guide, "Maximum IP addresses per network interface"; the numbers are
+#   DescribeInstanceTypes' NetworkInfo, as moto ships them): AssignPrivateIpAddresses
+#   beyond Ipv4AddressesPerInterface fails with PrivateIpAddressLimitExceeded, an
+#   interface attached beyond MaximumNetworkInterfaces with AttachmentLimitExceeded.
+# - Elastic IPs per region (VPC User Guide, "Elastic IP address quotas": 5 by default,
+#   the account attribute vpc-max-elastic-ips): AllocateAddress past it fails with
+#   AddressLimitExceeded. NATD_EMU_MAX_EIPS sets the quota (and the attribute).
+# - NAT gateways per Availability Zone (VPC User Guide, "Amazon VPC quotas": 5):
+#   CreateNatGateway past it fails with NatGatewayLimitExceeded (NATD_EMU_MAX_NAT_PER_AZ).
+# - Interface VPC endpoints per VPC (PrivateLink quotas: 50): CreateVpcEndpoint past it
+#   fails with VpcEndpointLimitExceeded (NATD_EMU_MAX_INTERFACE_ENDPOINTS).
+
+from moto.ec2.models.instance_types import INSTANCE_TYPES as _INSTANCE_TYPES  # noqa: E402
+from moto.ec2.responses import account_attributes as _acct_responses  # noqa: E402
+
+MAX_EIPS = int(os.environ.get("NATD_EMU_MAX_EIPS", "5"))
+MAX_NAT_PER_AZ = int(os.environ.get("NATD_EMU_MAX_NAT_PER_AZ", "5"))
+MAX_INTERFACE_ENDPOINTS = int(os.environ.get("NATD_EMU_MAX_INTERFACE_ENDPOINTS", "50"))
+
+
+def _network_info(instance):
+    kind = _INSTANCE_TYPES.get(getattr(instance, "instance_type", None) or "", {})
+    return kind.get("NetworkInfo", {})
+
+
+def _check_address_limit(eni, adding):
+    instance = getattr(eni, "instance", None)
+    if instance is None or adding <= 0:
+        return
+    limit = _network_info(instance).get("Ipv4AddressesPerInterface")
+    have = len(eni.private_ip_addresses) or 1
+    if limit and have + adding > limit:
+        raise _EC2ClientError(
+            "PrivateIpAddressLimitExceeded",
+            f"Number of private addresses will exceed limit: {instance.instance_type} allows "
+            f"{limit} IPv4 addresses per network interface; {eni.id} has {have}, {adding} requested.",
+        )
+
+
+_limit_assign_inner = _eni_responses.ElasticNetworkInterfaces.assign_private_ip_addresses
+
+
+def _assign_limited(self):
+    eni = self.ec2_backend.get_network_interface(self._get_param("NetworkInterfaceId"))
+    named = [ip for ip in self._get_param("PrivateIpAddresses", []) if _ip_entry(eni, ip) is None]
+    count = int(self._get_param("SecondaryPrivateIpAddressCount") or 0)
+    _check_address_limit(eni, len(named) + count)
+    return _limit_assign_inner(self)
+
+
+_eni_responses.ElasticNetworkInterfaces.assign_private_ip_addresses = _assign_limited
+
+_orig_attach_eni = NetworkInterfaceBackend.attach_network_interface
+
+
+def _attach_limited(self, eni_id, instance_id, device_index, *args, **kwargs):
+    instance = self.get_instance(instance_id)
+    info = _network_info(instance)
+    most = info.get("MaximumNetworkInterfaces")
+    if most and len(instance.nics) >= most:
+        raise _EC2ClientError(
+            "AttachmentLimitExceeded",
+            f"Interface count {len(instance.nics) + 1} exceeds the limit for {instance.instance_type}",
+        )
+    eni = self.get_network_interface(eni_id)
+    per = info.get("Ipv4AddressesPerInterface")
+    if per and len(eni.private_ip_addresses) > per:
+        raise _EC2ClientError(
+            "PrivateIpAddressLimitExceeded",
+            f"{eni_id} has {len(eni.private_ip_addresses)} private addresses; {instance.instance_type} allows {per} per interface",
+        )
+    return _orig_attach_eni(self, eni_id, instance_id, device_index, *args, **kwargs)
+
+
+NetworkInterfaceBackend.attach_network_interface = _attach_limited
+
+_orig_allocate = ElasticAddressBackend.allocate_address
+
+
+def _allocate_limited(self, *args, **kwargs):
+    if len(self.addresses) >= MAX_EIPS:
+        raise _EC2ClientError("AddressLimitExceeded", "The maximum number of addresses has been reached.")
+    return _orig_allocate(self, *args, **kwargs)
+
+
+ElasticAddressBackend.allocate_address = _allocate_limited
+
+_orig_account_attributes = _acct_responses.AccountAttributes.describe_account_attributes
+
+
+def _account_attributes(self):
+    from moto.core.responses import ActionResult
+
+    result = _orig_account_attributes(self)
+    wanted = self._get_param("AttributeNames", []) or []
+    attrs = []
+    for a in result.result["AccountAttributes"]:
+        if a["AttributeName"] in ("vpc-max-elastic-ips", "max-elastic-ips"):
+            a = {"AttributeName": a["AttributeName"], "AttributeValues": [{"AttributeValue": str(MAX_EIPS)}]}
+        if not wanted or a["AttributeName"] in wanted:
+            attrs.append(a)
+    return ActionResult({"AccountAttributes": attrs})
+
+
+_acct_responses.AccountAttributes.describe_account_attributes = _account_attributes
+
+
+def _refuse_nat_past_quota(backend, subnet_id):
+    subnet = backend.get_subnet(subnet_id)
+    live = [
+        g
+        for g in backend.nat_gateways.values()
+        if g.state not in ("deleted", "failed")
+        and getattr(g, "subnet_id", None)
+        and backend.get_subnet(g.subnet_id).availability_zone == subnet.availability_zone
+    ]
+    if len(live) >= MAX_NAT_PER_AZ:
+        raise _EC2ClientError(
+            "NatGatewayLimitExceeded",
+            f"The maximum number of NAT gateways has been reached ({MAX_NAT_PER_AZ} in {subnet.availability_zone}).",
+        )
+
+
+_nat_quota_inner = nat_responses.NatGateways.create_nat_gateway
+
+
+def _create_nat_gateway_limited(self):
+    subnet_id = self._get_param("SubnetId")
+    token = self._get_param("ClientToken")
+    if subnet_id and not (token and (self.current_account, self.region, token) in _nat_tokens):
+        _refuse_nat_past_quota(self.ec2_backend, subnet_id)
+    return _nat_quota_inner(self)
+
+
+nat_responses.NatGateways.create_nat_gateway = _create_nat_gateway_limited
+
+_endpoint_quota_inner = VPCBackend.create_vpc_endpoint
+
+
+def _create_vpc_endpoint_limited(self, vpc_id, service_name, endpoint_type, *args, **kwargs):
+    if (endpoint_type or "").lower() == "interface":
+        live = [
+            e
+            for e in self.vpc_end_points.values()
+            if e.vpc_id == vpc_id
+            and (e.vpc_endpoint_type or "").lower() == "interface"
+            and getattr(e, "state", "available") not in ("deleted", "deleting")
+        ]
+        if len(live) >= MAX_INTERFACE_ENDPOINTS:
+            raise _EC2ClientError(
+                "VpcEndpointLimitExceeded",
+                f"The maximum number of interface endpoints per VPC ({MAX_INTERFACE_ENDPOINTS}) has been reached for {vpc_id}.",
+            )
+    return _endpoint_quota_inner(self, vpc_id, service_name, endpoint_type, *args, **kwargs)
+
+
+VPCBackend.create_vpc_endpoint = _create_vpc_endpoint_limited
+
+
+# --- EC2: CreateLaunchTemplate is idempotent by ClientToken ---------------------------
+#
+# AWS (CreateLaunchTemplate, "ClientToken": "Unique, case-sensitive identifier you
+# provide to ensure the idempotency of the request"; EC2 API Reference, "Ensuring
+# idempotency"): a retried request with the same token answers the template the first
+# one created instead of failing with InvalidLaunchTemplateName.AlreadyExistsException.
+# moto ignores the token.
+
+from moto.ec2.models.launch_templates import LaunchTemplateBackend as _LTBackend  # noqa: E402
+from moto.ec2.responses import launch_templates as _lt_responses  # noqa: E402
+
+_lt_tokens = {}
+_lt_token = threading.local()
+_orig_create_lt_model = _LTBackend.create_launch_template
+
+
+def _create_lt_model(self, name, description, template_data, tag_spec):
+    token = getattr(_lt_token, "key", None)
+    if token is not None:
+        known = _lt_tokens.get(token)
+        if known is not None and known in self.launch_templates:
+            return self.launch_templates[known]
+    template = _orig_create_lt_model(self, name, description, template_data, tag_spec)
+    if token is not None:
+        _lt_tokens[token] = template.id
+    return template
+
+
+_LTBackend.create_launch_template = _create_lt_model
+_orig_create_lt_response = _lt_responses.LaunchTemplates.create_launch_template
+
+
+def _create_lt_response(self):
+    token = self._get_param("ClientToken")
+    _lt_token.key = (self.current_account, self.region, token) if token else None
+    try:
+        return _orig_create_lt_response(self)
+    finally:
+        _lt_token.key = None
+
+
+_lt_responses.LaunchTemplates.create_launch_template = _create_lt_response
+
+
 # --- Call log ------------------------------------------------------------------------
 
 from moto.moto_server.werkzeug_app import DomainDispatcherApplication  # noqa: E402
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import validate as _validate  # noqa: E402
+
 _calls = []
+# Requests refused by the API-model check (validate.py): operation, code, AWS's answer.
+_refusals = []
+# NATD_EMU_REFUSALS_LOG=FILE appends each refusal to FILE, to find every request of a
+# whole test run that AWS would refuse.
+_REFUSALS_LOG = os.environ.get("NATD_EMU_REFUSALS_LOG")
 _orig_dispatch = DomainDispatcherApplication.__call__
 
 
@@ -1524,6 +1753,8 @@ def _dispatch(self, environ, start_response):
     path = environ.get("PATH_INFO", "")
     if path == "/natd-test/calls":
         return _answer(start_response, "200 OK", json.dumps(_calls).encode())
+    if path == "/natd-test/refused":
+        return _answer(start_response, "200 OK", json.dumps(_refusals).encode())
     if path == "/natd-test/cut":
         after = int(urllib.parse.parse_qs(environ.get("QUERY_STRING", "")).get("after", ["-1"])[0])
         _cut["left"] = None if after < 0 else after
@@ -1543,6 +1774,18 @@ def _dispatch(self, environ, start_response):
         _raw.body = body
         op = _operation(environ, body)
         _calls.append(op)
+        refused = _validate.check(environ, body)
+        if refused is not None:
+            status, content_type, answer, code = refused
+            _refusals.append({"op": op, "code": code, "message": answer.decode("utf-8", "replace")})
+            if _REFUSALS_LOG:
+                with open(_REFUSALS_LOG, "a") as f:
+                    f.write(f"{op} {code} {answer.decode('utf-8', 'replace')}\n")
+            headers = [("Content-Type", content_type), ("Content-Length", str(len(answer)))]
+            if content_type == "application/json":
+                headers.append(("x-amzn-ErrorType", code))
+            start_response(status, headers)
+            return [answer]
         agent = environ.get("HTTP_USER_AGENT", "") + " " + environ.get("HTTP_X_AMZ_USER_AGENT", "")
         left = _outage["until"] - time.monotonic()
         if left > 0 and _outage["agent"] in agent:

@@ -169,6 +169,12 @@ impl Emulator {
         serde_json::from_str(&self.get("/natd-test/calls")).expect("call log")
     }
 
+    /// The requests the emulator refused because they break the service's API model
+    /// (`tests/emulator/validate.py`), in order: each `{"op", "code", "message"}`.
+    pub fn refused(&self) -> Vec<serde_json::Value> {
+        serde_json::from_str(&self.get("/natd-test/refused")).expect("refusals")
+    }
+
     /// From now on, carries out only the next `after` mutating calls and answers every
     /// later one 503 without carrying it out, as if the client died after its change
     /// number `after`; `None` ends that.

@@ -934,3 +934,355 @@ async fn a_subnet_gives_each_address_once_and_never_a_reserved_one() {
         "{again}"
     );
 }
+
+/// The error code of a failed SDK call, or "ok".
+fn code<T, E: aws_smithy_types::error::metadata::ProvideErrorMetadata>(r: &Result<T, E>) -> String {
+    match r {
+        Ok(_) => "ok".into(),
+        Err(e) => e.code().unwrap_or("no code").to_string(),
+    }
+}
+
+/// Each request is checked against the service's API model before it is carried out,
+/// as AWS checks it: one malformed request of each protocol the project uses (ec2,
+/// query, json, rest-json), through the Rust SDK as natctl and natd send them, each
+/// refused with AWS's error and not carried out; a well-formed one passes.
+#[tokio::test]
+async fn every_request_is_checked_against_its_api_model() {
+    use aws_sdk_ec2::types::{RequestLaunchTemplateData, VpcEndpointType};
+    let emu = Emulator::start();
+    let sdk = emu.sdk();
+    let w = World::new(&sdk).await;
+    let ec2 = aws_sdk_ec2::Client::new(&sdk);
+
+    // ec2: a required structure the SDK writes nothing for when it is empty.
+    let r = ec2
+        .create_launch_template()
+        .launch_template_name("natd-empty")
+        .launch_template_data(RequestLaunchTemplateData::builder().build())
+        .send()
+        .await;
+    assert_eq!(code(&r), "MissingParameter", "{r:?}");
+    let named = emu.aws(&[
+        "ec2",
+        "describe-launch-templates",
+        "--filters",
+        "Name=launch-template-name,Values=natd-empty",
+    ]);
+    assert_eq!(
+        named["LaunchTemplates"],
+        serde_json::json!([]),
+        "not carried out"
+    );
+    // ec2: an enum value the model does not have.
+    let r = ec2
+        .create_vpc_endpoint()
+        .vpc_id(&w.vpc)
+        .service_name("com.amazonaws.eu-west-1.secretsmanager")
+        .vpc_endpoint_type(VpcEndpointType::from("Wormhole"))
+        .send()
+        .await;
+    assert_eq!(code(&r), "InvalidParameterValue", "{r:?}");
+    let endpoints = emu.aws(&["ec2", "describe-vpc-endpoints"]);
+    assert_eq!(endpoints["VpcEndpoints"], serde_json::json!([]));
+    // ec2: well formed, with a client token: carried out once, answered twice.
+    let good = || {
+        ec2.create_launch_template()
+            .launch_template_name("natd-good")
+            .client_token("natd-fidelity-1")
+            .launch_template_data(
+                RequestLaunchTemplateData::builder()
+                    .disable_api_termination(false)
+                    .build(),
+            )
+            .send()
+    };
+    let first = good().await.expect("a valid request passes");
+    let again = good()
+        .await
+        .expect("the same token answers the same template");
+    let id = |r: &aws_sdk_ec2::operation::create_launch_template::CreateLaunchTemplateOutput| {
+        r.launch_template()
+            .and_then(|t| t.launch_template_id())
+            .map(str::to_string)
+    };
+    assert_eq!(id(&first), id(&again));
+
+    // query (Auto Scaling): a name longer than the model allows.
+    let asg = aws_sdk_autoscaling::Client::new(&sdk);
+    let long = "g".repeat(256);
+    let r = asg
+        .create_auto_scaling_group()
+        .auto_scaling_group_name(&long)
+        .min_size(0)
+        .max_size(1)
+        .vpc_zone_identifier(&w.public_subnet)
+        .send()
+        .await;
+    assert_eq!(code(&r), "ValidationError", "{r:?}");
+    let groups = emu.aws(&["autoscaling", "describe-auto-scaling-groups"]);
+    assert_eq!(groups["AutoScalingGroups"], serde_json::json!([]));
+    // query (IAM): a required member missing.
+    let iam = aws_sdk_iam::Client::new(&sdk);
+    let r = iam.create_role().role_name("natd-no-trust").send().await;
+    assert_eq!(code(&r), "ValidationError", "{r:?}");
+    let roles = emu.aws(&["iam", "list-roles"]);
+    assert!(
+        !roles.to_string().contains("natd-no-trust"),
+        "not carried out: {roles}"
+    );
+
+    // json (Secrets Manager): a number out of range, a name too long.
+    let sm = aws_sdk_secretsmanager::Client::new(&sdk);
+    let r = sm.list_secrets().max_results(1000).send().await;
+    assert_eq!(code(&r), "ValidationException", "{r:?}");
+    let r = sm
+        .create_secret()
+        .name("s".repeat(513))
+        .secret_string("x")
+        .send()
+        .await;
+    assert_eq!(code(&r), "ValidationException", "{r:?}");
+    let secrets = emu.aws(&["secretsmanager", "list-secrets"]);
+    assert_eq!(secrets["SecretList"], serde_json::json!([]));
+
+    // rest-json (Lambda): a number out of range in the body, one in the query string.
+    let lambda = aws_sdk_lambda::Client::new(&sdk);
+    let r = lambda
+        .update_function_configuration()
+        .function_name("natd-fn")
+        .timeout(0)
+        .send()
+        .await;
+    assert_eq!(code(&r), "InvalidParameterValueException", "{r:?}");
+    let r = lambda.list_functions().max_items(100_000).send().await;
+    assert_eq!(code(&r), "InvalidParameterValueException", "{r:?}");
+
+    let refused: Vec<(String, String)> = emu
+        .refused()
+        .iter()
+        .map(|r| {
+            (
+                r["op"].as_str().unwrap_or_default().to_string(),
+                r["code"].as_str().unwrap_or_default().to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(refused.len(), 8, "{refused:?}");
+    assert!(refused.contains(&("CreateLaunchTemplate".into(), "MissingParameter".into())));
+    assert!(refused.contains(&("CreateRole".into(), "ValidationError".into())));
+}
+
+fn run_instance(emu: &Emulator, subnet: &str, kind: &str) -> (String, String) {
+    let r = emu.aws(&[
+        "ec2",
+        "run-instances",
+        "--image-id",
+        IMAGE,
+        "--instance-type",
+        kind,
+        "--subnet-id",
+        subnet,
+        "--count",
+        "1",
+    ]);
+    let i = &r["Instances"][0];
+    (
+        i["InstanceId"].as_str().unwrap().to_string(),
+        i["NetworkInterfaces"][0]["NetworkInterfaceId"]
+            .as_str()
+            .unwrap()
+            .to_string(),
+    )
+}
+
+/// The limits AWS enforces: IPv4 addresses per interface and interfaces per instance by
+/// instance type, Elastic IPs per region (the account attribute says the quota), NAT
+/// gateways per AZ, interface endpoints per VPC, rules per security group; each refused
+/// with AWS's error code.
+#[tokio::test]
+async fn limits_are_enforced_as_aws_enforces_them() {
+    let emu = Emulator::start_env(
+        None,
+        &[
+            ("NATD_EMU_MAX_EIPS", "7"),
+            ("NATD_EMU_MAX_NAT_PER_AZ", "2"),
+            ("NATD_EMU_MAX_INTERFACE_ENDPOINTS", "1"),
+            ("NATD_EMU_NAT_PENDING_SECS", "0"),
+        ],
+    );
+    let w = World::new(&emu.sdk()).await;
+    let assign = |eni: &str, n: u32| {
+        aws_raw(
+            &emu,
+            &[
+                "ec2",
+                "assign-private-ip-addresses",
+                "--network-interface-id",
+                eni,
+                "--secondary-private-ip-address-count",
+                &n.to_string(),
+            ],
+        )
+    };
+    // A t4g.micro holds 2 IPv4 addresses per interface: one secondary.
+    let (micro, micro_eni) = run_instance(&emu, &w.public_subnet, "t4g.micro");
+    assert!(assign(&micro_eni, 1).status.success());
+    let over = assign(&micro_eni, 1);
+    assert!(
+        !over.status.success() && err(&over).contains("PrivateIpAddressLimitExceeded"),
+        "{}",
+        err(&over)
+    );
+    // A t4g.small holds 4: three secondary.
+    let (_, small_eni) = run_instance(&emu, &w.public_subnet, "t4g.small");
+    assert!(assign(&small_eni, 3).status.success());
+    assert!(!assign(&small_eni, 1).status.success());
+    // A t4g.micro takes 2 interfaces.
+    let eni = || {
+        emu.aws(&[
+            "ec2",
+            "create-network-interface",
+            "--subnet-id",
+            &w.public_subnet,
+        ])["NetworkInterface"]["NetworkInterfaceId"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    let attach = |eni: &str, index: &str| {
+        aws_raw(
+            &emu,
+            &[
+                "ec2",
+                "attach-network-interface",
+                "--network-interface-id",
+                eni,
+                "--instance-id",
+                &micro,
+                "--device-index",
+                index,
+            ],
+        )
+    };
+    assert!(attach(&eni(), "1").status.success());
+    let third = attach(&eni(), "2");
+    assert!(
+        !third.status.success() && err(&third).contains("AttachmentLimitExceeded"),
+        "{}",
+        err(&third)
+    );
+
+    // Elastic IPs: the quota the account attribute answers, counting all the account holds.
+    let attrs = emu.aws(&[
+        "ec2",
+        "describe-account-attributes",
+        "--attribute-names",
+        "vpc-max-elastic-ips",
+    ]);
+    assert_eq!(
+        attrs["AccountAttributes"][0]["AttributeValues"][0]["AttributeValue"],
+        "7"
+    );
+    let allocate = || aws_raw(&emu, &["ec2", "allocate-address", "--domain", "vpc"]);
+    let mut allocations = Vec::new();
+    for _ in 0..7 {
+        let o = allocate();
+        assert!(o.status.success(), "{}", err(&o));
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        allocations.push(v["AllocationId"].as_str().unwrap().to_string());
+    }
+    let eighth = allocate();
+    assert!(
+        !eighth.status.success() && err(&eighth).contains("AddressLimitExceeded"),
+        "{}",
+        err(&eighth)
+    );
+
+    // NAT gateways per AZ (2 here).
+    let nat = |alloc: &str| {
+        aws_raw(
+            &emu,
+            &[
+                "ec2",
+                "create-nat-gateway",
+                "--subnet-id",
+                &w.public_subnet,
+                "--allocation-id",
+                alloc,
+            ],
+        )
+    };
+    assert!(nat(&allocations[0]).status.success());
+    assert!(nat(&allocations[1]).status.success());
+    let third = nat(&allocations[2]);
+    assert!(
+        !third.status.success() && err(&third).contains("NatGatewayLimitExceeded"),
+        "{}",
+        err(&third)
+    );
+
+    // Interface endpoints per VPC (1 here).
+    let endpoint = |service: &str| {
+        aws_raw(
+            &emu,
+            &[
+                "ec2",
+                "create-vpc-endpoint",
+                "--vpc-id",
+                &w.vpc,
+                "--vpc-endpoint-type",
+                "Interface",
+                "--service-name",
+                &format!("com.amazonaws.{REGION}.{service}"),
+                "--subnet-ids",
+                &w.private_subnets[0],
+                "--no-private-dns-enabled",
+            ],
+        )
+    };
+    assert!(endpoint("secretsmanager").status.success());
+    let second = endpoint("sts");
+    assert!(
+        !second.status.success() && err(&second).contains("VpcEndpointLimitExceeded"),
+        "{}",
+        err(&second)
+    );
+
+    // Rules per security group: 60 inbound.
+    let sg = emu.aws(&[
+        "ec2",
+        "create-security-group",
+        "--group-name",
+        "natd-full",
+        "--description",
+        "full",
+        "--vpc-id",
+        &w.vpc,
+    ])["GroupId"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let ranges: Vec<String> = (0..61)
+        .map(|i| format!("{{CidrIp=10.99.{i}.0/24}}"))
+        .collect();
+    let full = aws_raw(
+        &emu,
+        &[
+            "ec2",
+            "authorize-security-group-ingress",
+            "--group-id",
+            &sg,
+            "--ip-permissions",
+            &format!(
+                "IpProtocol=tcp,FromPort=443,ToPort=443,IpRanges=[{}]",
+                ranges.join(",")
+            ),
+        ],
+    );
+    assert!(
+        !full.status.success() && err(&full).contains("RulesPerSecurityGroupLimitExceeded"),
+        "{}",
+        err(&full)
+    );
+}

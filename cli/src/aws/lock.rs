@@ -50,6 +50,25 @@ fn died_here(holder: &str) -> bool {
         .unwrap_or(true)
 }
 
+/// The lock template's content. EC2 requires `LaunchTemplateData` (MissingParameter
+/// without it), and the SDK's query serializer writes nothing for an empty structure,
+/// so the template carries one harmless setting. Nothing is ever launched from it.
+fn lock_template_data() -> aws_sdk_ec2::types::RequestLaunchTemplateData {
+    aws_sdk_ec2::types::RequestLaunchTemplateData::builder()
+        .disable_api_termination(false)
+        .build()
+}
+
+/// CreateLaunchTemplate's idempotency token for one try: the holder and the expiry it
+/// writes (a new try writes a new expiry, and EC2 refuses a token reused with other
+/// parameters). At most 128 ASCII characters, as EC2 allows.
+fn client_token(me: &str, expires: &str) -> String {
+    let mut token = format!("natctl-{expires}-{me}");
+    token.retain(|c| c.is_ascii_graphic());
+    token.truncate(128);
+    token
+}
+
 /// A held lock; renewed in the background until [`Lock::release`].
 #[derive(Debug)]
 pub struct Lock {
@@ -79,21 +98,21 @@ impl Lock {
         let name = format!("{}-lock", Names(stack).nat());
         let me = format!("{}:{}", hostname(), std::process::id());
         let id = wait::until("the stack's lock", &name, limit, progress, || async {
+            let expires = (now() + TTL.as_secs()).to_string();
             let r = c
                 .ec2
                 .create_launch_template()
                 .launch_template_name(&name)
-                .launch_template_data(
-                    aws_sdk_ec2::types::RequestLaunchTemplateData::builder().build(),
-                )
+                // The SDK retries a create whose answer it lost: with the same token
+                // EC2 answers the template the first try made, instead of
+                // AlreadyExists for a lock that is in fact ours.
+                .client_token(client_token(&me, &expires))
+                .launch_template_data(lock_template_data())
                 .tag_specifications(ec2_tags(
                     aws_sdk_ec2::types::ResourceType::LaunchTemplate,
                     stack,
                     &name,
-                    &[
-                        (HOLDER_TAG, &me),
-                        (EXPIRES_TAG, &(now() + TTL.as_secs()).to_string()),
-                    ],
+                    &[(HOLDER_TAG, &me), (EXPIRES_TAG, &expires)],
                 ))
                 .send()
                 .await
@@ -111,6 +130,13 @@ impl Lock {
                         return Ok(Poll::Waiting("released".into()));
                     };
                     let (who, expires) = holder(t);
+                    if who == me {
+                        // Made by an earlier try of this very run whose answer was
+                        // lost (a token that EC2 no longer matched): it is ours.
+                        return Ok(Poll::Ready(
+                            t.launch_template_id().unwrap_or_default().to_string(),
+                        ));
+                    }
                     if expires < now() || died_here(&who) {
                         // Its holder died: take it over.
                         let id = t.launch_template_id().unwrap_or_default();
@@ -194,6 +220,21 @@ impl Lock {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_lock_template_is_never_empty_and_its_token_fits() {
+        let data = lock_template_data();
+        assert_eq!(data.disable_api_termination(), Some(false));
+        let long = "h".repeat(300);
+        let t = client_token(&format!("{long}:12"), "1790000000");
+        assert_eq!(t.len(), 128);
+        assert!(t.starts_with("natctl-1790000000-"));
+        assert_ne!(
+            client_token("host:1", "1790000000"),
+            client_token("host:1", "1790000060"),
+            "each try has its own token"
+        );
+    }
 
     #[test]
     fn a_holder_gone_from_this_host_is_dead_others_are_not_judged() {

@@ -89,6 +89,11 @@ impl Spec {
     pub fn new(stack: &str, topo: &Topology) -> Self {
         let mut azs = BTreeMap::new();
         for (az, z) in &topo.azs {
+            // An AZ with no private subnet of the stack (--private-subnets naming
+            // others) gets no gateway and no Elastic IP: nothing would route to it.
+            if z.private.is_empty() {
+                continue;
+            }
             let Some(public_subnet) = z.public.first().cloned() else {
                 continue;
             };

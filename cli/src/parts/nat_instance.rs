@@ -76,6 +76,9 @@ pub struct Pair {
     /// Egress addresses (Elastic IPs) the pair SNATs across; `None` keeps the stack's
     /// (one for a new pair).
     pub egress_ips: Option<u32>,
+    /// IPv4 addresses the instance type holds per network interface (each member
+    /// needs 1 + the egress addresses), when setup read it.
+    pub addresses_per_interface: Option<u32>,
 }
 
 /// UDP ports the pair's security group admits from its own members: heartbeats,
@@ -1601,6 +1604,7 @@ mod tests {
                 subnet_b: "subnet-pub".into(),
                 spread: false,
                 egress_ips,
+                addresses_per_interface: None,
             }),
             ..spec()
         }
