@@ -1095,19 +1095,21 @@ impl Agent {
         let pair_parts = if cfg.pair {
             let view = pair::Shared::default();
             let sync = std::sync::Arc::new(pair::Sync::new(&cfg));
-            let endpoint = match &cfg.aws_endpoint_url {
-                Some(u) => u
-                    .split_once("://")
-                    .map(|(_, rest)| rest)
-                    .unwrap_or(u)
-                    .trim_end_matches('/')
-                    .to_string(),
-                None => format!("ec2.{}.amazonaws.com:443", id.region),
-            };
-            let endpoint = if endpoint.contains(':') {
-                endpoint
-            } else {
-                format!("{endpoint}:443")
+            let endpoints = match &cfg.aws_endpoint_url {
+                Some(u) => {
+                    let e = u
+                        .split_once("://")
+                        .map(|(_, rest)| rest)
+                        .unwrap_or(u)
+                        .trim_end_matches('/')
+                        .to_string();
+                    vec![if e.contains(':') {
+                        e
+                    } else {
+                        format!("{e}:443")
+                    }]
+                }
+                None => pair::default_check_endpoints(&id.region),
             };
             tokio::spawn(pair::run(pair::Ctx {
                 cfg: cfg.clone(),
@@ -1117,7 +1119,9 @@ impl Agent {
                 view: view.clone(),
                 sync: sync.clone(),
                 targets: cfg.probes(),
-                endpoint,
+                endpoint_given: cfg.aws_endpoint_url.is_some(),
+                endpoints,
+                vpc_cidrs: facts.vpc_cidrs.clone(),
             }));
             info!(
                 heartbeat_port = cfg.heartbeat_port,

@@ -49,7 +49,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 use tokio::net::UdpSocket;
 use tokio::time::Instant;
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
 /// The VXLAN link between the pair.
 pub const OVERLAY_DEV: &str = "natd-pair";
@@ -573,9 +573,52 @@ pub struct Ctx {
     pub sync: Arc<Sync>,
     /// Where the check through the holder connects: the probe targets...
     pub targets: Vec<SocketAddrV4>,
-    /// ... or, without them, the EC2 endpoint (`host:port`), which natd must reach
-    /// anyway.
-    pub endpoint: String,
+    /// ... or, without them, the first of these AWS endpoints (`host:port`) that
+    /// resolves to an address outside the VPC: the EC2 endpoint natd must reach anyway
+    /// first. In a VPC with an interface endpoint (private DNS) for a service, its name
+    /// resolves to the endpoint's private addresses, which the check through the holder
+    /// can never reach: those names are passed over ([`public_target`]).
+    pub endpoints: Vec<String>,
+    /// The VPC's CIDRs (what an interface endpoint's address is in).
+    pub vpc_cidrs: Vec<ipnet::Ipv4Net>,
+    /// Whether the endpoints were given (aws_endpoint_url): then they are used as they
+    /// resolve.
+    pub endpoint_given: bool,
+}
+
+/// The AWS endpoints the check through the holder may connect to when no probe target
+/// is configured, in order: EC2 (which natd reaches anyway), then services whose
+/// public names an interface endpoint of EC2 does not capture.
+pub fn default_check_endpoints(region: &str) -> Vec<String> {
+    ["ec2", "sts", "autoscaling", "s3"]
+        .iter()
+        .map(|s| format!("{s}.{region}.amazonaws.com:443"))
+        .collect()
+}
+
+/// The first resolved address (by endpoint, in order) that a connection through the
+/// holder's NAT can test: outside the VPC's CIDRs and outside the private and shared
+/// ranges an interface endpoint's addresses come from. With `given`, the first address
+/// as it resolves (an endpoint URL the operator chose).
+pub fn public_target(
+    resolved: &[(String, Vec<SocketAddrV4>)],
+    vpc_cidrs: &[ipnet::Ipv4Net],
+    given: bool,
+) -> Option<(String, SocketAddrV4)> {
+    let cgnat = ipnet::Ipv4Net::new(Ipv4Addr::new(100, 64, 0, 0), 10).ok();
+    resolved.iter().find_map(|(name, addrs)| {
+        addrs
+            .iter()
+            .find(|a| {
+                given
+                    || !(a.ip().is_private()
+                        || a.ip().is_loopback()
+                        || a.ip().is_link_local()
+                        || cgnat.is_some_and(|n| n.contains(a.ip()))
+                        || vpc_cidrs.iter().any(|n| n.contains(a.ip())))
+            })
+            .map(|a| (name.clone(), *a))
+    })
 }
 
 /// The heartbeat loop: sends our beat to the peer every interval, takes the peer's,
@@ -655,18 +698,42 @@ async fn check_and_take_over(ctx: Ctx, reason: String, decided: Instant) {
     }
     let mut targets = ctx.targets.clone();
     if targets.is_empty() {
-        let resolved =
-            tokio::time::timeout(timeout, tokio::net::lookup_host(ctx.endpoint.as_str())).await;
-        targets = match resolved {
-            Ok(Ok(addrs)) => addrs
-                .filter_map(|a| match a {
-                    std::net::SocketAddr::V4(a) => Some(a),
-                    std::net::SocketAddr::V6(_) => None,
-                })
-                .take(1)
-                .collect(),
-            _ => Vec::new(),
-        };
+        let mut resolved = Vec::new();
+        for name in &ctx.endpoints {
+            let found = tokio::time::timeout(timeout, tokio::net::lookup_host(name.as_str())).await;
+            let addrs: Vec<SocketAddrV4> = match found {
+                Ok(Ok(addrs)) => addrs
+                    .filter_map(|a| match a {
+                        std::net::SocketAddr::V4(a) => Some(a),
+                        std::net::SocketAddr::V6(_) => None,
+                    })
+                    .collect(),
+                _ => Vec::new(),
+            };
+            let done = public_target(
+                &[(name.clone(), addrs.clone())],
+                &ctx.vpc_cidrs,
+                ctx.endpoint_given,
+            )
+            .is_some();
+            resolved.push((name.clone(), addrs));
+            if done {
+                break;
+            }
+        }
+        let picked = public_target(&resolved, &ctx.vpc_cidrs, ctx.endpoint_given);
+        if let Some((name, _)) = &picked
+            && ctx.endpoints.first() != Some(name)
+        {
+            debug!(
+                "pair: {} resolves inside the VPC (an interface endpoint); checking the holder with {name}",
+                ctx.endpoints
+                    .first()
+                    .map(String::as_str)
+                    .unwrap_or_default()
+            );
+        }
+        targets = picked.map(|(_, a)| a).into_iter().collect();
         if targets.is_empty() {
             // Without a target the holder's forwarding cannot be checked: never move
             // on silence alone.
@@ -675,8 +742,8 @@ async fn check_and_take_over(ctx: Ctx, reason: String, decided: Instant) {
             v.last_check_ok = Some(Instant::now());
             v.last_check = v.last_check_ok;
             warn!(
-                "pair: {reason}, but {} does not resolve: cannot check the holder; staying standby",
-                ctx.endpoint
+                "pair: {reason}, but none of {} resolves to an address outside the VPC: cannot check the holder (set probe_targets); staying standby",
+                ctx.endpoints.join(", ")
             );
             return;
         }
@@ -880,6 +947,43 @@ async fn take_over(ctx: Ctx, reason: String, decided: Instant, failures: Vec<Str
 mod tests {
     use super::*;
     use std::collections::BTreeMap;
+
+    #[test]
+    fn the_check_through_the_holder_never_targets_an_interface_endpoint() {
+        let vpc: Vec<Ipv4Net> = vec!["10.20.0.0/16".parse().expect("cidr")];
+        let a = |s: &str| s.parse::<SocketAddrV4>().expect("addr");
+        let ec2 = "ec2.eu-west-1.amazonaws.com:443".to_string();
+        let sts = "sts.eu-west-1.amazonaws.com:443".to_string();
+        // EC2's name resolves to an interface endpoint of the VPC: STS's public one wins.
+        let resolved = vec![
+            (ec2.clone(), vec![a("10.20.3.17:443"), a("10.20.4.9:443")]),
+            (sts.clone(), vec![a("52.94.5.100:443")]),
+        ];
+        assert_eq!(
+            public_target(&resolved, &vpc, false),
+            Some((sts.clone(), a("52.94.5.100:443")))
+        );
+        // Public: EC2 itself.
+        let resolved = vec![(ec2.clone(), vec![a("52.95.120.1:443")])];
+        assert_eq!(
+            public_target(&resolved, &vpc, false).map(|(n, _)| n),
+            Some(ec2.clone())
+        );
+        // Private ranges outside the VPC's CIDRs are endpoints too (a peered or shared
+        // VPC's), and CGNAT space; nothing public: no target.
+        let resolved = vec![
+            (ec2.clone(), vec![a("172.31.0.5:443"), a("100.64.1.1:443")]),
+            (sts, vec![]),
+        ];
+        assert_eq!(public_target(&resolved, &vpc, false), None);
+        // An endpoint URL the operator gave is used as it resolves.
+        let resolved = vec![(ec2, vec![a("10.20.0.2:443")])];
+        assert!(public_target(&resolved, &vpc, true).is_some());
+        assert_eq!(
+            default_check_endpoints("eu-west-1")[0],
+            "ec2.eu-west-1.amazonaws.com:443"
+        );
+    }
 
     #[test]
     fn conntrackds_cache_counts_are_read() {

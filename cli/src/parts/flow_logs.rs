@@ -135,7 +135,8 @@ pub fn trust_policy(spec: &Spec) -> serde_json::Value {
     })
 }
 
-/// What the delivery role may do: write streams of the stack's log group, nothing else.
+/// What the delivery role may do: write streams of the stack's log group, and list log
+/// groups (an action that takes no resource), nothing else.
 pub fn role_policy(spec: &Spec) -> serde_json::Value {
     let group = spec.log_group_arn();
     serde_json::json!({
@@ -143,8 +144,15 @@ pub fn role_policy(spec: &Spec) -> serde_json::Value {
         "Statement": [{
             "Sid": "StackFlowLogGroup",
             "Effect": "Allow",
-            "Action": ["logs:CreateLogStream", "logs:PutLogEvents", "logs:DescribeLogStreams", "logs:DescribeLogGroups"],
+            "Action": ["logs:CreateLogStream", "logs:PutLogEvents", "logs:DescribeLogStreams"],
             "Resource": [group.clone(), format!("{group}:*")]
+        }, {
+            // DescribeLogGroups supports no resource ARN (Service Authorization
+            // Reference, CloudWatch Logs): granted on one group it is never allowed.
+            "Sid": "DescribeLogGroups",
+            "Effect": "Allow",
+            "Action": ["logs:DescribeLogGroups"],
+            "Resource": "*"
         }]
     })
 }

@@ -36,8 +36,10 @@ const LAMBDA_WAIT: Duration = Duration::from_secs(300);
 /// seconds, occasionally a minute or two.
 const IAM_PROPAGATION_WAIT: Duration = Duration::from_secs(180);
 /// How long teardown waits for Lambda to release a function's network interfaces:
-/// AWS documents up to 20 minutes.
-const ENI_RELEASE_WAIT: Duration = Duration::from_secs(25 * 60);
+/// AWS documents up to 20 minutes, and releases of up to 45 minutes are reported; an
+/// hour covers those with room. Progress is said every poll that changes and at least
+/// every minute.
+const ENI_RELEASE_WAIT: Duration = Duration::from_secs(60 * 60);
 /// How long teardown retries deleting a security group something still uses (an
 /// endpoint's, Lambda's or a terminated instance's interfaces going away).
 pub(crate) const GROUP_IN_USE_WAIT: Duration = Duration::from_secs(5 * 60);
@@ -109,12 +111,15 @@ async fn update_function(
     settled(c, function, progress).await
 }
 
-/// EC2 calls a VPC function's execution role needs for its network interfaces. AWS
-/// does not scope them to resources (its AWSLambdaVPCAccessExecutionRole grants them
-/// on `*`), so these are the only actions `doctor` accepts on `*`.
-pub const ENI_ACTIONS: [&str; 5] = [
+/// EC2 calls a VPC function's execution role needs for its network interfaces, as
+/// AWS's managed AWSLambdaVPCAccessExecutionRole grants them (DescribeSubnets included:
+/// Lambda reads the function's subnets with the role). AWS does not scope them to
+/// resources (the managed policy grants them on `*`), so these are the only actions
+/// `doctor` accepts on `*`.
+pub const ENI_ACTIONS: [&str; 6] = [
     "ec2:CreateNetworkInterface",
     "ec2:DescribeNetworkInterfaces",
+    "ec2:DescribeSubnets",
     "ec2:DeleteNetworkInterface",
     "ec2:AssignPrivateIpAddresses",
     "ec2:UnassignPrivateIpAddresses",
@@ -1780,6 +1785,20 @@ pub async fn remove(
                 found(r, "DeleteVpcEndpoints", id)?;
             }
             Removal::WaitInterfacesReleased { function, group } => {
+                // Lambda keeps a VPC configuration's interfaces while any version of
+                // the function uses it: published versions keep the configuration
+                // they were published with, so their interfaces are never released.
+                let holding = versions_in_vpc(c, function, group).await?;
+                if !holding.is_empty() {
+                    return Err(Error::Failed {
+                        what: "Lambda function",
+                        target: function.clone(),
+                        reason: format!(
+                            "published version(s) {} still carry the VPC configuration with security group {group}, so Lambda keeps their network interfaces and the group cannot go: delete those versions (aws lambda delete-function --function-name {function} --qualifier N) or point their aliases elsewhere first, then run teardown again",
+                            holding.join(", ")
+                        ),
+                    });
+                }
                 wait::until(
                     "Lambda to release the function's network interfaces",
                     function,
@@ -1799,9 +1818,14 @@ pub async fn remove(
                         Ok(if held.is_empty() {
                             wait::Poll::Ready(())
                         } else {
+                            let ids: Vec<&str> = held
+                                .iter()
+                                .filter_map(|i| i.network_interface_id())
+                                .collect();
                             wait::Poll::Waiting(format!(
-                                "{} network interface(s) still hold {group}",
-                                held.len()
+                                "{} network interface(s) still hold {group} ({}); Lambda releases them within 20 minutes, sometimes 45, after the function leaves the VPC",
+                                held.len(),
+                                ids.join(", ")
                             ))
                         })
                     },
@@ -1826,6 +1850,42 @@ pub async fn remove(
         }
     }
     Ok(())
+}
+
+/// The published versions of `function` whose VPC configuration carries `group` (not
+/// `$LATEST`, which teardown has just taken out of the VPC). None when the function is
+/// gone.
+async fn versions_in_vpc(c: &Clients, function: &str, group: &str) -> Result<Vec<String>, Error> {
+    let r = c
+        .lambda
+        .list_versions_by_function()
+        .function_name(function)
+        .into_paginator()
+        .items()
+        .send()
+        .collect::<Result<Vec<_>, _>>()
+        .await
+        .map_err(ApiFailure::from);
+    let versions = match r {
+        Ok(v) => v,
+        Err(e) if e.is("ResourceNotFoundException") => return Ok(Vec::new()),
+        Err(source) => {
+            return Err(Error::Call {
+                op: "ListVersionsByFunction",
+                target: function.to_string(),
+                source,
+            });
+        }
+    };
+    Ok(versions
+        .iter()
+        .filter(|v| v.version().is_some_and(|v| v != "$LATEST"))
+        .filter(|v| {
+            v.vpc_config()
+                .is_some_and(|vpc| vpc.security_group_ids().iter().any(|g| g == group))
+        })
+        .filter_map(|v| v.version().map(str::to_string))
+        .collect())
 }
 
 #[cfg(test)]
