@@ -96,7 +96,10 @@ fn nat_instance_action(a: &nat_instance::Action, spec: &nat_instance::Spec) -> S
             spec.standby_name(),
             nat_instance::HOOK_TIMEOUT_SECS
         ),
-        Action::ScaleStandbyToOne => format!("{}: min = max = desired = 1", spec.standby_name()),
+        Action::ScaleStandbyToOne => format!(
+            "{}: min = max = desired = 1, a replacement launches before the old instance goes",
+            spec.standby_name()
+        ),
         Action::AuthorizePair => format!(
             "admit UDP {} on {name} from {name} itself (heartbeats, state sync, forwarding check: the pair only)",
             nat_instance::PAIR_PORTS
@@ -113,7 +116,9 @@ fn nat_instance_action(a: &nat_instance::Action, spec: &nat_instance::Spec) -> S
             nat_instance::HOOK,
             nat_instance::HOOK_TIMEOUT_SECS
         ),
-        Action::ScaleToOne => format!("{name}: min = max = desired = 1"),
+        Action::ScaleToOne => format!(
+            "{name}: min = max = desired = 1, a replacement launches before the old instance goes"
+        ),
         Action::AllocateAddress if spec.pair.is_some() => format!(
             "Elastic IP tagged {EGRESS_TAG}={} (an egress address of the pair: on a secondary private address that moves with the holder)",
             spec.stack

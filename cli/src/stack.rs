@@ -783,6 +783,7 @@ mod tests {
                     desired: 1,
                     min_max: (1, 1),
                     subnets: ["subnet-pub".to_string()].into(),
+                    launches_first: true,
                 }),
                 hook: Some(nat_instance::HOOK_TIMEOUT_SECS),
                 standby: None,

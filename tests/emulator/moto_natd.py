@@ -79,6 +79,7 @@ Extensions, each matching documented AWS behaviour:
   Elastic IPs per region (AddressLimitExceeded; vpc-max-elastic-ips, NATD_EMU_MAX_EIPS,
   default 5), NAT gateways per AZ (NatGatewayLimitExceeded, 5), interface endpoints per
   VPC (VpcEndpointLimitExceeded, 50); rules per security group moto enforces itself.
+- Auto Scaling groups keep their InstanceMaintenancePolicy and answer it (moto ignores it).
 - CreateLaunchTemplate honours ClientToken: a retry with the same token answers the
   template the first request created (moto ignores the token).
 - Every request is checked against the service's API model before it is acted on, as
@@ -1658,6 +1659,47 @@ def _create_vpc_endpoint_limited(self, vpc_id, service_name, endpoint_type, *arg
 
 
 VPCBackend.create_vpc_endpoint = _create_vpc_endpoint_limited
+
+
+# --- Auto Scaling: instance maintenance policies ----------------------------------------
+#
+# AWS (CreateAutoScalingGroup / UpdateAutoScalingGroup, InstanceMaintenancePolicy;
+# Auto Scaling User Guide, "Instance maintenance policies"): MinHealthyPercentage 100 and
+# MaxHealthyPercentage 200 make the group launch a replacement before it terminates the
+# instance it replaces (health replacement, instance refresh), and DescribeAutoScalingGroups
+# answers the policy. moto ignores the parameter.
+
+_imp_create_inner = asg_responses.AutoScalingResponse.create_auto_scaling_group
+_imp_update_inner = asg_responses.AutoScalingResponse.update_auto_scaling_group
+
+
+def _keep_maintenance_policy(self):
+    policy = self._get_param("InstanceMaintenancePolicy")
+    if not policy:
+        return
+    group = self.autoscaling_backend.autoscaling_groups.get(self._get_param("AutoScalingGroupName"))
+    if group is None:
+        return
+    p = {k: int(v) for k, v in policy.items() if v not in (None, "")}
+    # AWS: -1 clears a bound.
+    group.instance_maintenance_policy = {k: v for k, v in p.items() if v != -1} or None
+
+
+def _create_asg_imp(self):
+    result = _imp_create_inner(self)
+    _keep_maintenance_policy(self)
+    return result
+
+
+def _update_asg_imp(self):
+    result = _imp_update_inner(self)
+    _keep_maintenance_policy(self)
+    return result
+
+
+asg_responses.AutoScalingResponse.create_auto_scaling_group = _create_asg_imp
+asg_responses.AutoScalingResponse.update_auto_scaling_group = _update_asg_imp
+asg_models.FakeAutoScalingGroup.instance_maintenance_policy = None
 
 
 # --- EC2: CreateLaunchTemplate is idempotent by ClientToken ---------------------------

@@ -601,7 +601,18 @@ mod tests {
         let p = role_policy(&s).to_string();
         assert!(p.contains("log-group:/natd/s/vpc-flow-logs\""));
         assert!(p.contains("log-group:/natd/s/vpc-flow-logs:*\""));
-        assert!(!p.contains("\"*\""));
+        // Only DescribeLogGroups, which takes no resource, is granted on "*".
+        let v = role_policy(&s);
+        for st in v["Statement"].as_array().expect("statements") {
+            if st["Resource"] == "*" {
+                assert_eq!(st["Action"], serde_json::json!(["logs:DescribeLogGroups"]));
+            } else {
+                assert!(
+                    !st["Action"].to_string().contains("DescribeLogGroups"),
+                    "{st}"
+                );
+            }
+        }
         let t = trust_policy(&s).to_string();
         assert!(t.contains("vpc-flow-logs.amazonaws.com"));
         assert!(t.contains("aws:SourceAccount"));

@@ -164,6 +164,9 @@ pub struct Group {
     pub min_max: (i32, i32),
     /// Its subnets.
     pub subnets: BTreeSet<String>,
+    /// Its instance maintenance policy launches a replacement before terminating the
+    /// instance it replaces ([`launch_first`]).
+    pub launches_first: bool,
 }
 
 /// The tags of a private route table that say who manages it.
@@ -413,14 +416,14 @@ pub fn plan(spec: &Spec, o: &Observed) -> Result<Vec<Action>, Refusal> {
     }
     if o.group
         .as_ref()
-        .is_none_or(|g| g.desired != 1 || g.min_max != (1, 1))
+        .is_none_or(|g| g.desired != 1 || g.min_max != (1, 1) || !g.launches_first)
     {
         out.push(Action::ScaleToOne);
     }
     if spec.pair.is_some()
         && o.standby
             .as_ref()
-            .is_none_or(|(g, _)| g.desired != 1 || g.min_max != (1, 1))
+            .is_none_or(|(g, _)| g.desired != 1 || g.min_max != (1, 1) || !g.launches_first)
     {
         out.push(Action::ScaleStandbyToOne);
     }
@@ -445,7 +448,27 @@ fn group_of(g: &aws_sdk_autoscaling::types::AutoScalingGroup) -> Group {
             .filter(|s| !s.is_empty())
             .map(str::to_string)
             .collect(),
+        launches_first: g.instance_maintenance_policy().is_some_and(|p| {
+            p.min_healthy_percentage() == Some(MIN_HEALTHY)
+                && p.max_healthy_percentage() == Some(MAX_HEALTHY)
+        }),
     }
+}
+
+/// The group's instance maintenance policy: at least 100 % healthy, up to 200 %, so
+/// that a group of one launches the replacement first (instance refresh, health
+/// replacement) and its natd takes over before the old instance goes (Auto Scaling
+/// User Guide, "Instance maintenance policies"; without one a group of one
+/// terminates first).
+pub const MIN_HEALTHY: i32 = 100;
+/// See [`MIN_HEALTHY`].
+pub const MAX_HEALTHY: i32 = 200;
+
+fn launch_first() -> aws_sdk_autoscaling::types::InstanceMaintenancePolicy {
+    aws_sdk_autoscaling::types::InstanceMaintenancePolicy::builder()
+        .min_healthy_percentage(MIN_HEALTHY)
+        .max_healthy_percentage(MAX_HEALTHY)
+        .build()
 }
 
 /// Reads what exists of the part.
@@ -790,6 +813,7 @@ async fn create_group(
                 .min_size(0)
                 .max_size(1)
                 .desired_capacity(0)
+                .instance_maintenance_policy(launch_first())
                 .vpc_zone_identifier(subnets.join(","))
                 .set_tags(Some(
                     [
@@ -839,6 +863,7 @@ async fn scale_to_one(c: &Clients, group: &str) -> Result<(), Error> {
         .min_size(1)
         .max_size(1)
         .desired_capacity(1)
+        .instance_maintenance_policy(launch_first())
         .send()
         .await
         .map_err(err("UpdateAutoScalingGroup", group))?;
@@ -1557,6 +1582,7 @@ mod tests {
                 desired: 1,
                 min_max: (1, 1),
                 subnets: ["subnet-pub".to_string()].into(),
+                launches_first: true,
             }),
             hook: Some(HOOK_TIMEOUT_SECS),
             standby: None,
@@ -1617,6 +1643,7 @@ mod tests {
                 desired: 1,
                 min_max: (1, 1),
                 subnets: ["subnet-pub".to_string()].into(),
+                launches_first: true,
             },
             Some(HOOK_TIMEOUT_SECS),
         ));
