@@ -39,6 +39,38 @@ const STARTUP_MAX_DELAY: Duration = Duration::from_secs(10);
 pub const HEALTH_TAG_REFRESH: Duration =
     Duration::from_secs(crate::contract::HEALTH_TAG_REFRESH_SECS);
 
+/// What decides how soon the next control pass runs after one that succeeded.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Cadence {
+    /// The data plane has been verified to forward at least once.
+    pub ever_ready: bool,
+    /// No launch lifecycle action waits for us (completed, or none).
+    pub launch_settled: bool,
+    /// The pass just moved a route or an address.
+    pub took_over: bool,
+    /// Pair mode: the pair is not settled (no peer known, no recent heartbeat, no
+    /// holder of the address, a fast-path move in the last minute).
+    pub pair_unsettled: bool,
+}
+
+/// How long after a successful pass the next one runs: at the next tick (every
+/// `interval`) until natd is settled, then `drift` with ±20 % jitter (`jitter` in 0..1 picks where), so that
+/// passes of many instances spread out.
+pub fn next_control_in(c: Cadence, interval: Duration, drift: Duration, jitter: f64) -> Duration {
+    if !c.ever_ready || !c.launch_settled || c.took_over || c.pair_unsettled {
+        return Duration::ZERO;
+    }
+    let factor = 0.8 + 0.4 * jitter.clamp(0.0, 1.0);
+    drift.mul_f64(factor).max(interval)
+}
+
+/// A pair whose peer has been silent this long is not settled (ten missed beats at
+/// the default 100 ms: well past a takeover's detection).
+const PAIR_SILENCE_UNSETTLED: Duration = Duration::from_secs(1);
+/// For this long after the fast path moved routes or addresses, the control pass runs
+/// every tick to read the new state back.
+const PAIR_MOVE_UNSETTLED: Duration = Duration::from_secs(60);
+
 /// Why natd could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -1041,6 +1073,11 @@ pub struct Agent {
     view: ControlView,
     backoff: Option<ExponentialBackoff>,
     next_control: Instant,
+    /// The wait until `next_control` is the steady-state one (an urgent need ends it
+    /// early), not a backoff after a failure.
+    steady_wait: bool,
+    /// The data plane's verdict when the last control pass started.
+    last_forwards: bool,
     metrics: Option<Metrics>,
 }
 
@@ -1186,6 +1223,8 @@ impl Agent {
             view: ControlView::default(),
             backoff: None,
             next_control: Instant::now(),
+            steady_wait: false,
+            last_forwards: false,
         })
     }
 
@@ -1224,9 +1263,16 @@ impl Agent {
         &mut self,
     ) -> Option<impl std::future::Future<Output = (ControlPlane, ControlReport)> + use<>> {
         if Instant::now() < self.next_control {
-            return None;
+            let urgent = self.steady_wait
+                && (self.health.report_due()
+                    || self.health.forwarding() != self.last_forwards
+                    || self.pair_unsettled());
+            if !urgent {
+                return None;
+            }
         }
         let cp = self.control.take()?;
+        self.last_forwards = self.health.forwarding();
         self.view.running_since = Some(Instant::now());
         let input = ControlInput {
             forwards: self.health.forwarding(),
@@ -1234,6 +1280,22 @@ impl Agent {
             health: self.health_summary(),
         };
         Some(control_pass(cp, input, self.cfg.control_deadline()))
+    }
+
+    /// Pair mode: whether the pair needs the control pass at every tick: no peer known,
+    /// its heartbeats missing, nobody holding the address, or the fast path moved
+    /// things in the last minute (the control pass learns the new state).
+    fn pair_unsettled(&self) -> bool {
+        let Some(p) = &self.data.pair else {
+            return false;
+        };
+        let v = p.view.lock().expect("pair view");
+        let now = Instant::now();
+        v.peer.is_none()
+            || v.silence(now).is_none_or(|s| s > PAIR_SILENCE_UNSETTLED)
+            || !(v.holder || v.peer_holds)
+            || v.took_at
+                .is_some_and(|t| now.saturating_duration_since(t) < PAIR_MOVE_UNSETTLED)
     }
 
     /// Takes the control plane back after a pass and accounts for what it found.
@@ -1275,7 +1337,20 @@ impl Agent {
             if let Some(since) = self.view.trouble_since.take() {
                 self.view.last_outage = Some((now.duration_since(since).unwrap_or_default(), now));
             }
-            self.next_control = Instant::now();
+            let cadence = Cadence {
+                ever_ready: cp.ever_ready,
+                launch_settled: cp.launch_completed,
+                took_over: report.took_over,
+                pair_unsettled: self.pair_unsettled(),
+            };
+            let wait = next_control_in(
+                cadence,
+                self.cfg.interval(),
+                self.cfg.drift_check(),
+                fastrand::f64(),
+            );
+            self.steady_wait = !wait.is_zero();
+            self.next_control = Instant::now() + wait;
             self.view.next_try = None;
         } else {
             self.view.errors_total += report.problems.len() as u64;
@@ -1293,6 +1368,7 @@ impl Agent {
                 .unwrap_or(self.cfg.control_backoff_max())
                 .min(self.cfg.control_backoff_max());
             self.next_control = Instant::now() + wait;
+            self.steady_wait = false;
             self.view.next_try = Some(wait);
         }
         for n in notes {
@@ -1567,4 +1643,59 @@ fn describe_kernel_changes(c: &kapply::Changes) -> String {
         }
     }
     parts.join(", ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_control_pass_runs_every_tick_until_settled_then_at_the_drift_cadence() {
+        let interval = Duration::from_secs(5);
+        let drift = Duration::from_secs(60);
+        let settled = Cadence {
+            ever_ready: true,
+            launch_settled: true,
+            took_over: false,
+            pair_unsettled: false,
+        };
+        for unsettled in [
+            Cadence {
+                ever_ready: false,
+                ..settled
+            },
+            Cadence {
+                launch_settled: false,
+                ..settled
+            },
+            Cadence {
+                took_over: true,
+                ..settled
+            },
+            Cadence {
+                pair_unsettled: true,
+                ..settled
+            },
+        ] {
+            assert_eq!(
+                next_control_in(unsettled, interval, drift, 0.5),
+                Duration::ZERO,
+                "{unsettled:?}"
+            );
+        }
+        assert_eq!(next_control_in(settled, interval, drift, 0.5), drift);
+        assert_eq!(
+            next_control_in(settled, interval, drift, 0.0),
+            Duration::from_secs(48)
+        );
+        assert_eq!(
+            next_control_in(settled, interval, drift, 1.0),
+            Duration::from_secs(72)
+        );
+        // Never faster than the interval.
+        assert_eq!(
+            next_control_in(settled, interval, Duration::from_secs(5), 0.0),
+            interval
+        );
+    }
 }

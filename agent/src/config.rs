@@ -52,6 +52,7 @@ pub const BOUNDS: &[(&str, u64, u64, &str)] = &[
     ("startup_attempts", 1, 60, "attempts"),
     ("control_deadline_secs", 5, 300, "seconds"),
     ("control_backoff_max_secs", 1, 600, "seconds"),
+    ("drift_check_secs", 1, 600, "seconds"),
     ("conntrack_max", 1024, 67_108_864, "entries"),
     ("egress_ips", 1, 32, "addresses"),
     ("heartbeat_interval_ms", 20, 1000, "milliseconds"),
@@ -100,6 +101,14 @@ pub struct Config {
     /// Longest wait between control passes while AWS cannot be reached (the wait
     /// doubles from `interval_secs` up to this).
     pub control_backoff_max_secs: u64,
+    /// How often the control pass reads EC2 in steady state (±20 % jitter): drift made
+    /// outside natd (a route, the source/dest check, an address moved by hand) is found
+    /// and repaired within this (plus the jitter). Until natd is settled (starting, its
+    /// launch action not completed, a takeover just made, a pair without a peer or
+    /// heartbeats, the data plane's verdict changed, an Unhealthy report due) it runs
+    /// every `interval_secs`. EC2 throttles Describe calls per account and region, so
+    /// a fleet of natd instances polling every few seconds starves every other tool.
+    pub drift_check_secs: u64,
     /// Where natd writes its metrics in Prometheus text format, every pass (atomically,
     /// mode 0644; node_exporter's textfile collector reads it). Off when absent.
     pub metrics_file: Option<PathBuf>,
@@ -155,6 +164,7 @@ impl Default for Config {
             startup_attempts: 16,
             control_deadline_secs: 30,
             control_backoff_max_secs: 60,
+            drift_check_secs: 60,
             metrics_file: None,
             publish_health: true,
             pair: false,
@@ -217,6 +227,7 @@ impl Config {
                 "control_backoff_max_secs",
                 Some(self.control_backoff_max_secs),
             ),
+            ("drift_check_secs", Some(self.drift_check_secs)),
             ("conntrack_max", self.conntrack_max),
             ("egress_ips", Some(u64::from(self.egress_ips))),
             ("heartbeat_interval_ms", Some(self.heartbeat_interval_ms)),
@@ -242,6 +253,13 @@ impl Config {
                     "must be shorter than interval_secs ({} s): a probe must end within its pass",
                     self.interval_secs
                 ),
+            ));
+        }
+        if self.drift_check_secs < self.interval_secs {
+            return Err(bad(
+                "drift_check_secs",
+                self.drift_check_secs.to_string(),
+                format!("must be at least interval_secs ({} s)", self.interval_secs),
             ));
         }
         if self.control_backoff_max_secs < self.interval_secs {
@@ -343,6 +361,11 @@ impl Config {
         Duration::from_secs(self.control_backoff_max_secs)
     }
 
+    /// The steady-state wait between control passes.
+    pub fn drift_check(&self) -> Duration {
+        Duration::from_secs(self.drift_check_secs)
+    }
+
     /// The heartbeat interval.
     pub fn heartbeat_interval(&self) -> Duration {
         Duration::from_millis(self.heartbeat_interval_ms)
@@ -421,6 +444,12 @@ mod tests {
             ("startup_attempts = 1000", "startup_attempts"),
             ("control_deadline_secs = 3000", "control_deadline_secs"),
             ("control_backoff_max_secs = 0", "control_backoff_max_secs"),
+            ("drift_check_secs = 0", "drift_check_secs"),
+            ("drift_check_secs = 601", "drift_check_secs"),
+            (
+                "interval_secs = 10\ndrift_check_secs = 5",
+                "drift_check_secs",
+            ),
             (
                 "interval_secs = 30\ncontrol_backoff_max_secs = 10",
                 "at least interval_secs",

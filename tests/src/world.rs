@@ -474,8 +474,15 @@ impl NatHost {
         } else {
             "interval_secs = 1\n"
         };
+        // ... and read EC2 for drift at every pass too (natd's steady cadence is a
+        // minute), unless `extra` sets either (then natd's defaults apply).
+        let drift = if extra.contains("drift_check_secs") || extra.contains("interval_secs") {
+            ""
+        } else {
+            "drift_check_secs = 1\n"
+        };
         let text = format!(
-            "stack = \"{stack}\"\nimds_endpoint = \"http://127.0.0.1:{}\"\naws_endpoint_url = \"{}\"\n{interval}startup_attempts = 3\n{extra}\n",
+            "stack = \"{stack}\"\nimds_endpoint = \"http://127.0.0.1:{}\"\naws_endpoint_url = \"{}\"\n{interval}{drift}startup_attempts = 3\n{extra}\n",
             self.imds_port, self.emulator_url
         );
         std::fs::write(&path, text).unwrap();

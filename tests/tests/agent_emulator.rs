@@ -186,6 +186,54 @@ async fn drift_in_ec2_is_repaired_and_sigterm_leaves_routes() {
     assert_eq!(w.default_route(&rtb).await.unwrap().0, eni);
 }
 
+/// Settled, natd reads EC2 once per `drift_check_secs` (±20 %), not every pass, and
+/// still repairs drift within that.
+#[tokio::test]
+async fn a_settled_natd_reads_ec2_at_its_drift_cadence_and_still_repairs_drift() {
+    let emu = Emulator::start();
+    let w = World::new(&emu.sdk()).await;
+    let nat = w.instance("dev").await;
+    let rtb = w.route_table(Some("dev")).await;
+    let mut host = NatHost::new(&emu, &w, &nat).await;
+    host.uplink_egress();
+    let _natd = host.spawn(&host.config("dev", "interval_secs = 1\ndrift_check_secs = 8"));
+    let eni = host.eni.clone();
+    eventually(Duration::from_secs(20), "route takeover", || async {
+        (w.default_route(&rtb).await.map(|r| r.0) == Some(eni.clone())).then_some(())
+    })
+    .await;
+    // One read of the source/dest check per control pass.
+    let passes = |emu: &Emulator| {
+        emu.calls()
+            .iter()
+            .filter(|c| *c == "DescribeNetworkInterfaceAttribute")
+            .count()
+    };
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let before = passes(&emu);
+    tokio::time::sleep(Duration::from_secs(16)).await;
+    let during = passes(&emu) - before;
+    // Every second would be 16; every 6.4-9.6 s is at most 3.
+    assert!(
+        (1..=3).contains(&during),
+        "{during} control passes in 16 s at an 8 s drift cadence"
+    );
+    w.ec2
+        .replace_route()
+        .route_table_id(&rtb)
+        .destination_cidr_block("0.0.0.0/0")
+        .gateway_id(&w.igw)
+        .send()
+        .await
+        .unwrap();
+    eventually(
+        Duration::from_secs(14),
+        "drift repair within the cadence",
+        || async { (w.default_route(&rtb).await.map(|r| r.0) == Some(eni.clone())).then_some(()) },
+    )
+    .await;
+}
+
 #[tokio::test]
 async fn a_second_natd_does_not_make_routes_flap() {
     let emu = Emulator::start();
