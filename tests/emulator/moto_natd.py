@@ -88,7 +88,7 @@ Extensions, each matching documented AWS behaviour:
   InvalidParameterValue, ValidationError, ValidationException,
   InvalidParameterValueException); GET /natd-test/refused lists what was refused.
 - Every API call is recorded by operation name; GET /natd-test/calls answers the list
-  (JSON), so tests and benchmarks can count calls and prove a run made no mutating one.
+  (JSON; ?agent=app/natd only the calls whose user agent carries it), so tests and benchmarks can count calls and prove a run made no mutating one.
 - GET /natd-test/cut?after=K makes every mutating call after the next K answer 503
   without being carried out, as if the client had died after its K-th change (the
   state is exactly what K changes made); GET /natd-test/cut?after=-1 ends that. Tests
@@ -1754,6 +1754,9 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import validate as _validate  # noqa: E402
 
 _calls = []
+# The same calls with the caller's user agent (GET /natd-test/calls?agent=app/natd
+# answers natd's alone, without the IMDS fixture's or the tests' own).
+_calls_agents = []
 # Requests refused by the API-model check (validate.py): operation, code, AWS's answer.
 _refusals = []
 # NATD_EMU_REFUSALS_LOG=FILE appends each refusal to FILE, to find every request of a
@@ -1794,7 +1797,11 @@ def _answer(start_response, status, body):
 def _dispatch(self, environ, start_response):
     path = environ.get("PATH_INFO", "")
     if path == "/natd-test/calls":
-        return _answer(start_response, "200 OK", json.dumps(_calls).encode())
+        agent = urllib.parse.parse_qs(environ.get("QUERY_STRING", "")).get("agent", [None])[0]
+        if agent is None:
+            return _answer(start_response, "200 OK", json.dumps(_calls).encode())
+        mine = [op for op, ua in _calls_agents if agent in ua]
+        return _answer(start_response, "200 OK", json.dumps(mine).encode())
     if path == "/natd-test/refused":
         return _answer(start_response, "200 OK", json.dumps(_refusals).encode())
     if path == "/natd-test/cut":
@@ -1816,6 +1823,9 @@ def _dispatch(self, environ, start_response):
         _raw.body = body
         op = _operation(environ, body)
         _calls.append(op)
+        _calls_agents.append(
+            (op, environ.get("HTTP_USER_AGENT", "") + " " + environ.get("HTTP_X_AMZ_USER_AGENT", ""))
+        )
         refused = _validate.check(environ, body)
         if refused is not None:
             status, content_type, answer, code = refused

@@ -175,6 +175,12 @@ impl Emulator {
         serde_json::from_str(&self.get("/natd-test/refused")).expect("refusals")
     }
 
+    /// The calls whose user agent carries `agent` (natd's carry "app/natd"), in order.
+    pub fn calls_by(&self, agent: &str) -> Vec<String> {
+        serde_json::from_str(&self.get(&format!("/natd-test/calls?agent={agent}")))
+            .expect("call log")
+    }
+
     /// From now on, carries out only the next `after` mutating calls and answers every
     /// later one 503 without carrying it out, as if the client died after its change
     /// number `after`; `None` ends that.
