@@ -366,6 +366,8 @@ pub struct ControlInput {
     pub report_unhealthy: bool,
     /// The health summary to publish (without its timestamp).
     pub health: String,
+    /// This pass reads EC2 and Auto Scaling (else IMDS only).
+    pub aws: bool,
 }
 
 /// What a control pass found and did.
@@ -387,6 +389,8 @@ pub struct ControlReport {
     pub reported: bool,
     /// The pass hit its deadline.
     pub timed_out: bool,
+    /// The pass read EC2 and Auto Scaling (else IMDS only).
+    pub aws: bool,
 }
 
 /// Runs one control pass on `cp` within `deadline`; gives `cp` back with the report.
@@ -417,6 +421,10 @@ impl ControlPlane {
         match self.imds.vpc_cidrs(&self.id.mac).await {
             Ok(c) => report.cidrs = Some(c),
             Err(e) => report.problems.push(format!("IMDS: {e}")),
+        }
+        report.aws = input.aws;
+        if !input.aws {
+            return;
         }
         let Some(sdc_off) = self.ensure_source_dest_check(report).await else {
             return;
@@ -1073,9 +1081,9 @@ pub struct Agent {
     view: ControlView,
     backoff: Option<ExponentialBackoff>,
     next_control: Instant,
-    /// The wait until `next_control` is the steady-state one (an urgent need ends it
-    /// early), not a backoff after a failure.
-    steady_wait: bool,
+    /// When the control pass next reads EC2 and Auto Scaling (the drift cadence; an
+    /// urgent need reads them sooner).
+    next_aws: Instant,
     /// The data plane's verdict when the last control pass started.
     last_forwards: bool,
     metrics: Option<Metrics>,
@@ -1223,7 +1231,7 @@ impl Agent {
             view: ControlView::default(),
             backoff: None,
             next_control: Instant::now(),
-            steady_wait: false,
+            next_aws: Instant::now(),
             last_forwards: false,
         })
     }
@@ -1262,22 +1270,27 @@ impl Agent {
     pub fn start_control(
         &mut self,
     ) -> Option<impl std::future::Future<Output = (ControlPlane, ControlReport)> + use<>> {
-        if Instant::now() < self.next_control {
-            let urgent = self.steady_wait
-                && (self.health.report_due()
-                    || self.health.forwarding() != self.last_forwards
-                    || self.pair_unsettled());
-            if !urgent {
-                return None;
-            }
+        let now = Instant::now();
+        if now < self.next_control {
+            return None;
         }
+        // IMDS (the VPC's CIDRs) is read at every pass: it is local and not throttled
+        // per account. EC2 and Auto Scaling only when the drift cadence says so, or at
+        // once when something needs them.
+        let urgent = self.health.report_due()
+            || self.health.forwarding() != self.last_forwards
+            || self.pair_unsettled();
+        let aws = now >= self.next_aws || urgent;
         let cp = self.control.take()?;
-        self.last_forwards = self.health.forwarding();
-        self.view.running_since = Some(Instant::now());
+        if aws {
+            self.last_forwards = self.health.forwarding();
+        }
+        self.view.running_since = Some(now);
         let input = ControlInput {
             forwards: self.health.forwarding(),
             report_unhealthy: self.health.report_due(),
             health: self.health_summary(),
+            aws,
         };
         Some(control_pass(cp, input, self.cfg.control_deadline()))
     }
@@ -1343,14 +1356,16 @@ impl Agent {
                 took_over: report.took_over,
                 pair_unsettled: self.pair_unsettled(),
             };
-            let wait = next_control_in(
-                cadence,
-                self.cfg.interval(),
-                self.cfg.drift_check(),
-                fastrand::f64(),
-            );
-            self.steady_wait = !wait.is_zero();
-            self.next_control = Instant::now() + wait;
+            if report.aws {
+                let wait = next_control_in(
+                    cadence,
+                    self.cfg.interval(),
+                    self.cfg.drift_check(),
+                    fastrand::f64(),
+                );
+                self.next_aws = Instant::now() + wait;
+            }
+            self.next_control = Instant::now();
             self.view.next_try = None;
         } else {
             self.view.errors_total += report.problems.len() as u64;
@@ -1368,7 +1383,8 @@ impl Agent {
                 .unwrap_or(self.cfg.control_backoff_max())
                 .min(self.cfg.control_backoff_max());
             self.next_control = Instant::now() + wait;
-            self.steady_wait = false;
+            // The retry reads AWS too.
+            self.next_aws = self.next_control;
             self.view.next_try = Some(wait);
         }
         for n in notes {

@@ -101,7 +101,8 @@ pub struct Config {
     /// Longest wait between control passes while AWS cannot be reached (the wait
     /// doubles from `interval_secs` up to this).
     pub control_backoff_max_secs: u64,
-    /// How often the control pass reads EC2 in steady state (±20 % jitter): drift made
+    /// How often the control pass reads EC2 and Auto Scaling in steady state (±20 %
+    /// jitter; IMDS is read at every pass): drift made
     /// outside natd (a route, the source/dest check, an address moved by hand) is found
     /// and repaired within this (plus the jitter). Until natd is settled (starting, its
     /// launch action not completed, a takeover just made, a pair without a peer or
