@@ -39,6 +39,20 @@ const STARTUP_MAX_DELAY: Duration = Duration::from_secs(10);
 pub const HEALTH_TAG_REFRESH: Duration =
     Duration::from_secs(crate::contract::HEALTH_TAG_REFRESH_SECS);
 
+/// The health summary without what changes by itself (connection counts, the last
+/// outage's time): when this changes, the tag is worth a control pass at once.
+pub fn summary_shape(summary: &str) -> String {
+    summary
+        .split_whitespace()
+        .filter(|w| {
+            !["held=", "synced=", "api-outage="]
+                .iter()
+                .any(|p| w.starts_with(p))
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
 /// What decides how soon the next control pass runs after one that succeeded.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Cadence {
@@ -70,6 +84,11 @@ const PAIR_SILENCE_UNSETTLED: Duration = Duration::from_secs(1);
 /// For this long after the fast path moved routes or addresses, the control pass runs
 /// every tick to read the new state back.
 const PAIR_MOVE_UNSETTLED: Duration = Duration::from_secs(60);
+
+/// For this long after the peer changed (a replacement, or `natctl rotate`, which
+/// replaces the standby and then tags the holder for a handover), the control pass
+/// reads EC2 at every pass, so the holder sees its handover tag within a pass.
+const PAIR_NEW_PEER_UNSETTLED: Duration = Duration::from_secs(600);
 
 /// Why natd could not start.
 #[derive(Debug, thiserror::Error)]
@@ -693,6 +712,9 @@ impl ControlPlane {
                 v.peer_holds = peer_holds;
                 v.egress = egress.clone();
             }
+            if v.peer.as_ref().map(|p| &p.instance_id) != peer.as_ref().map(|p| &p.instance_id) {
+                v.peer_since = Some(Instant::now());
+            }
             v.peer = peer.clone();
             v.me_ip = me_ip;
             v.tables = tables.iter().map(|t| t.id.clone()).collect();
@@ -1084,8 +1106,11 @@ pub struct Agent {
     /// When the control pass next reads EC2 and Auto Scaling (the drift cadence; an
     /// urgent need reads them sooner).
     next_aws: Instant,
-    /// The data plane's verdict when the last control pass started.
+    /// The data plane's verdict when the last control pass that read AWS started.
     last_forwards: bool,
+    /// The health summary's words (not its counts) then: a change is published at
+    /// once (`natctl status` and `doctor` read the tag).
+    last_shape: String,
     metrics: Option<Metrics>,
 }
 
@@ -1233,6 +1258,7 @@ impl Agent {
             next_control: Instant::now(),
             next_aws: Instant::now(),
             last_forwards: false,
+            last_shape: String::new(),
         })
     }
 
@@ -1277,13 +1303,16 @@ impl Agent {
         // IMDS (the VPC's CIDRs) is read at every pass: it is local and not throttled
         // per account. EC2 and Auto Scaling only when the drift cadence says so, or at
         // once when something needs them.
+        let shape = summary_shape(&self.health_summary());
         let urgent = self.health.report_due()
             || self.health.forwarding() != self.last_forwards
+            || shape != self.last_shape
             || self.pair_unsettled();
         let aws = now >= self.next_aws || urgent;
         let cp = self.control.take()?;
         if aws {
             self.last_forwards = self.health.forwarding();
+            self.last_shape = shape;
         }
         self.view.running_since = Some(now);
         let input = ControlInput {
@@ -1295,9 +1324,10 @@ impl Agent {
         Some(control_pass(cp, input, self.cfg.control_deadline()))
     }
 
-    /// Pair mode: whether the pair needs the control pass at every tick: no peer known,
-    /// its heartbeats missing, nobody holding the address, or the fast path moved
-    /// things in the last minute (the control pass learns the new state).
+    /// Pair mode: whether the pair needs EC2 read at every pass: no peer known, its
+    /// heartbeats missing, nobody holding the address, the fast path moved things in
+    /// the last minute (the control pass learns the new state), or a new peer in the
+    /// last ten minutes (a rotation's handover tag follows it).
     fn pair_unsettled(&self) -> bool {
         let Some(p) = &self.data.pair else {
             return false;
@@ -1309,6 +1339,8 @@ impl Agent {
             || !(v.holder || v.peer_holds)
             || v.took_at
                 .is_some_and(|t| now.saturating_duration_since(t) < PAIR_MOVE_UNSETTLED)
+            || v.peer_since
+                .is_some_and(|t| now.saturating_duration_since(t) < PAIR_NEW_PEER_UNSETTLED)
     }
 
     /// Takes the control plane back after a pass and accounts for what it found.
@@ -1707,6 +1739,18 @@ mod tests {
         assert_eq!(
             next_control_in(settled, interval, drift, 1.0),
             Duration::from_secs(72)
+        );
+        assert_eq!(
+            summary_shape(
+                "data=ok control=ok routes=1 pair=standby peer=i-1 beat=ok held=1200 synced=3400"
+            ),
+            summary_shape(
+                "data=ok control=ok routes=1 pair=standby peer=i-1 beat=ok held=1300 synced=3500"
+            )
+        );
+        assert_ne!(
+            summary_shape("data=ok control=ok pair=standby peer=i-1 beat=never"),
+            summary_shape("data=ok control=ok pair=standby peer=i-1 beat=ok")
         );
         // Never faster than the interval.
         assert_eq!(

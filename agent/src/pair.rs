@@ -96,6 +96,8 @@ pub struct View {
     pub me_ip: Option<Ipv4Addr>,
     /// The other instance.
     pub peer: Option<Member>,
+    /// When the peer last changed (another instance, or the first one found).
+    pub peer_since: Option<Instant>,
     /// The stack's Elastic IPs (first: the lock), as last read or moved.
     pub egress: Vec<Egress>,
     /// Tagged route tables, as last read.
