@@ -278,7 +278,18 @@ impl DataPlane {
         }
         let mut trouble = Vec::new();
         if let Some((me, peer)) = ends {
-            if p.overlay_for != Some((me, peer)) || !pair::overlay_present() {
+            let missing = if p.overlay_for == Some((me, peer)) {
+                pair::overlay_missing().await
+            } else {
+                Vec::new()
+            };
+            if !missing.is_empty() {
+                warn!(
+                    "pair: the VXLAN link's {} was gone (a networkd reload removes rules it did not make); restoring it",
+                    missing.join(", ")
+                );
+            }
+            if p.overlay_for != Some((me, peer)) || !missing.is_empty() {
                 match pair::ensure_overlay(&self.facts.egress_interface, me, peer, p.overlay_port)
                     .await
                 {
@@ -311,7 +322,7 @@ impl DataPlane {
         }
         let ready = ends.is_some()
             && p.overlay_for == ends
-            && pair::overlay_present()
+            && pair::overlay_missing().await.is_empty()
             && p.sync.running().await;
         if ready && self.passes % 10 == 1 {
             let (held, synced) = p.sync.cache_entries().await;

@@ -373,6 +373,61 @@ pub fn overlay_present() -> bool {
         .exists()
 }
 
+/// What of the overlay is missing, in words; empty when the link, its routing rule and
+/// its route through the holder are all in place. A rule gone alone is the dangerous
+/// case: a check bound to the link would then leave by the main table (straight out,
+/// not through the holder) and pass while the holder is dead. systemd-networkd removes
+/// routing rules it did not make on a reload (Amazon Linux 2023's amazon-ec2-net-utils
+/// reloads it when addresses change), so natd checks all three every pass.
+pub async fn overlay_missing() -> Vec<&'static str> {
+    if !overlay_present() {
+        return vec!["link"];
+    }
+    let ip = |args: Vec<String>| async move {
+        tokio::process::Command::new("ip")
+            .args(&args)
+            .output()
+            .await
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+    };
+    let mut missing = Vec::new();
+    let rules = ip(vec![
+        "rule".into(),
+        "show".into(),
+        "priority".into(),
+        OVERLAY_TABLE.to_string(),
+    ])
+    .await;
+    if !overlay_rule_in(rules.as_deref().unwrap_or_default()) {
+        missing.push("routing rule");
+    }
+    let routes = ip(vec![
+        "route".into(),
+        "show".into(),
+        "table".into(),
+        OVERLAY_TABLE.to_string(),
+    ])
+    .await;
+    if !routes
+        .as_deref()
+        .unwrap_or_default()
+        .lines()
+        .any(|l| l.starts_with("default"))
+    {
+        missing.push("route through the holder");
+    }
+    missing
+}
+
+/// Whether `ip rule show` output has the overlay's rule.
+fn overlay_rule_in(rules: &str) -> bool {
+    rules.lines().any(|l| {
+        l.contains(&format!("oif {OVERLAY_DEV}")) && l.contains(&format!("lookup {OVERLAY_TABLE}"))
+    })
+}
+
 /// A TCP connection to `target` through the holder (over the overlay link).
 pub async fn check_through_holder(target: SocketAddrV4, timeout: Duration) -> Result<(), String> {
     let attempt = async {
@@ -750,8 +805,9 @@ async fn check_and_take_over(ctx: Ctx, reason: String, decided: Instant) {
             return;
         }
     }
-    if !overlay_present() {
-        // Not a verdict on the holder: without the link there is no check.
+    if !overlay_missing().await.is_empty() {
+        // Not a verdict on the holder: without the link (its device, rule and route)
+        // there is no check; the data pass repairs it.
         ctx.view.lock().expect("pair view").busy = false;
         return;
     }
@@ -949,6 +1005,17 @@ async fn take_over(ctx: Ctx, reason: String, decided: Instant, failures: Vec<Str
 mod tests {
     use super::*;
     use std::collections::BTreeMap;
+
+    #[test]
+    fn the_overlay_rule_is_recognised_in_ip_rule_output() {
+        assert!(overlay_rule_in(&format!(
+            "{OVERLAY_TABLE}:\tfrom all oif {OVERLAY_DEV} lookup {OVERLAY_TABLE}\n"
+        )));
+        assert!(!overlay_rule_in(""));
+        assert!(!overlay_rule_in(
+            "0:\tfrom all lookup local\n32766:\tfrom all lookup main\n"
+        ));
+    }
 
     #[test]
     fn the_check_through_the_holder_never_targets_an_interface_endpoint() {

@@ -1386,3 +1386,73 @@ async fn a_pair_with_two_egress_addresses_holds_more_connections_to_one_destinat
     drop(hosts);
     lab.shutdown();
 }
+
+/// A systemd-networkd reload (Amazon Linux 2023's net-utils triggers one when addresses
+/// change) removes routing rules and routes networkd did not make: the pair's overlay
+/// rule and its route through the holder go, on both members. Nothing moves wrongly
+/// (the holder keeps the routes, egress goes on), natd puts its rule and route back
+/// within a pass, and the check through the holder works again: when the holder dies
+/// afterwards, the standby takes over.
+#[tokio::test]
+async fn a_networkd_reload_that_drops_the_pairs_rules_moves_nothing_and_the_check_comes_back() {
+    let _turn = beside().await;
+    let mut lab = Lab::new(Arc::new(Emulator::start())).await;
+    let (holder, standby) = pair(&lab, &[]).await;
+    let eip = stack_eip(&lab);
+    let instances = lab.instances();
+    let in_ns = |instance: &str, cmd: &str| {
+        let ns = &instances[instance];
+        std::process::Command::new("sh")
+            .args(["-c", &format!("ip netns exec {ns} {cmd}")])
+            .output()
+            .unwrap()
+    };
+    for i in [&holder, &standby] {
+        // What networkd does to foreign rules and routes on a reload.
+        in_ns(i, "ip rule del priority 4242");
+        in_ns(i, "ip route flush table 4242");
+        let rules =
+            String::from_utf8_lossy(&in_ns(i, "ip rule show priority 4242").stdout).into_owned();
+        assert!(rules.trim().is_empty(), "rule removed on {i}: {rules}");
+    }
+    // natd restores both within a pass or two.
+    for i in [&holder, &standby] {
+        until(
+            "the overlay rule and route back",
+            Duration::from_secs(20),
+            async || {
+                let rules = String::from_utf8_lossy(&in_ns(i, "ip rule show priority 4242").stdout)
+                    .into_owned();
+                let routes = String::from_utf8_lossy(&in_ns(i, "ip route show table 4242").stdout)
+                    .into_owned();
+                (rules.contains("natd-pair") && routes.starts_with("default")).then_some(())
+            },
+        )
+        .await;
+        assert!(
+            lab.natd_log(i).contains("was gone (a networkd reload"),
+            "{}",
+            lab.natd_log(i)
+        );
+    }
+    // Nothing moved, and egress went on by the Elastic IP.
+    assert_eq!(holders(&lab), vec![holder.clone(), holder.clone()]);
+    assert_eq!(lab.fetch_async(0).await.as_deref(), Ok(eip.as_str()));
+    assert!(
+        !lab.natd_log(&standby).contains("taking over"),
+        "{}",
+        lab.natd_log(&standby)
+    );
+    // The check through the holder is real again: the holder dies, the standby takes
+    // over.
+    lab.crash(&holder);
+    let seen = until(
+        "egress after the kill",
+        Duration::from_secs(20),
+        async || lab.fetch_async(0).await.ok(),
+    )
+    .await;
+    assert_eq!(seen, eip);
+    assert_eq!(holders(&lab), vec![standby.clone(), standby.clone()]);
+    lab.shutdown();
+}
