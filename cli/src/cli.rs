@@ -38,6 +38,11 @@ pub struct Args {
     /// (the stack's lock) before they give up.
     #[arg(long, global = true, value_name = "SECS", default_value_t = 1200, value_parser = clap::value_parser!(u64).range(0..=86400))]
     pub lock_wait: u64,
+    /// Seconds natctl allows AWS to show a change to every reader (EC2 and IAM are
+    /// eventually consistent): a run that takes over the lock of a run that died waits
+    /// this long before it reads, so it sees what the dead run made.
+    #[arg(long, global = true, value_name = "SECS", env = "NATCTL_SETTLE_SECS", default_value_t = 5, value_parser = clap::value_parser!(u64).range(0..=600))]
+    pub settle: u64,
     /// The command.
     #[command(subcommand)]
     pub command: Cmd,

@@ -26,6 +26,7 @@ pub fn run(args: &Args) -> Result<(), Failure> {
         output: args.output,
         settings,
         lock_wait: Duration::from_secs(args.lock_wait),
+        settle: Duration::from_secs(args.settle),
     };
     match &args.command {
         Cmd::Policy { stack } => emit(&render::json(&natd::contract::agent_policy(stack))?),
@@ -60,6 +61,7 @@ struct Ctx {
     output: Output,
     settings: Settings,
     lock_wait: Duration,
+    settle: Duration,
 }
 
 impl Ctx {
@@ -102,6 +104,15 @@ impl Ctx {
         let lock = aws::lock::Lock::acquire(c, stack, self.lock_wait, &mut progress)
             .await
             .map_err(self.aws())?;
+        if lock.taken_over() && !self.settle.is_zero() {
+            // The dead run's last changes may not show in reads yet (eventual
+            // consistency): reading at once could plan them again.
+            progress(&format!(
+                "the last run on this stack stopped mid-way; giving AWS {} s to show its changes (--settle)",
+                self.settle.as_secs()
+            ));
+            tokio::time::sleep(self.settle).await;
+        }
         let result = work.await;
         let released = lock.release().await.map_err(self.aws());
         let value = result?;
@@ -583,7 +594,9 @@ async fn plan_and_apply(
     stack::apply(c, req, &observed, &steps, &mut progress)
         .await
         .map_err(ctx.aws())?;
-    let left = stack::left_after_apply(c, req).await.map_err(ctx.aws())?;
+    let left = stack::left_after_apply(c, req, &mut progress)
+        .await
+        .map_err(ctx.aws())?;
     if !left.is_empty() {
         return Err(Failure::Internal(format!(
             "after applying, these changes are still needed: {}",
@@ -726,6 +739,19 @@ async fn teardown(ctx: &Ctx, stack: &str, dry_run: bool) -> Result<(), Failure> 
         stack::teardown(&c, &steps, &mut progress)
             .await
             .map_err(ctx.aws())?;
+        let still = stack::left_after_teardown(&c, stack, &mut progress)
+            .await
+            .map_err(ctx.aws())?;
+        if !still.is_empty() {
+            return Err(Failure::Internal(format!(
+                "after removing, these are still there: {}",
+                still
+                    .iter()
+                    .map(|s| render::step(None, s))
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            )));
+        }
         show_teardown(ctx, stack, &steps, !steps.is_empty(), false)
     })
     .await

@@ -4,6 +4,7 @@
 //! ([`Step`]s): `plan --output json` and `teardown --dry-run` show exactly what apply
 //! will do, and the text rendering is made from the same steps.
 
+use crate::aws::wait::{self, Poll};
 use crate::aws::{Clients, Error};
 use crate::parts::{Progress, flow_logs, lambda, nat_gateways, nat_instance};
 use serde::Serialize;
@@ -395,22 +396,89 @@ pub async fn apply(
     Ok(())
 }
 
+/// How long the read-back after applying waits for AWS to show what was applied: EC2
+/// and IAM reads are eventually consistent ("might not be immediately visible to all
+/// subsequent commands"), usually for a second or less, at times for several.
+pub const READ_BACK_LIMIT: Duration = Duration::from_secs(60);
+
 /// What is still needed after applying: the plan made from a fresh read, less the
-/// steps that are waits by nature.
-pub async fn left_after_apply(c: &Clients, req: &Request) -> Result<Vec<Step>, Error> {
-    let o = read(c, req).await?;
-    let left = plan(req, &o).unwrap_or_default();
-    Ok(left
-        .into_iter()
-        .filter(|s| {
-            !matches!(
-                s,
-                Step::Build(Build::NatInstance(nat_instance::Action::WaitForTakeover))
-                    | Step::Build(Build::NatGateways(nat_gateways::Action::MoveSubnet { .. }))
-                    | Step::Drain { .. }
-            )
-        })
-        .collect())
+/// steps that are waits by nature. Read again (with backoff, up to [`READ_BACK_LIMIT`])
+/// while something still shows as needed, since a change just made may not show yet.
+pub async fn left_after_apply(
+    c: &Clients,
+    req: &Request,
+    progress: Progress<'_>,
+) -> Result<Vec<Step>, Error> {
+    let last = std::cell::RefCell::new(Vec::new());
+    let r = wait::until(
+        "AWS to show the changes",
+        "",
+        READ_BACK_LIMIT,
+        progress,
+        || {
+            let last = &last;
+            async move {
+                let o = read(c, req).await?;
+                let left: Vec<Step> = plan(req, &o)
+                    .unwrap_or_default()
+                    .into_iter()
+                    .filter(|s| {
+                        !matches!(
+                            s,
+                            Step::Build(Build::NatInstance(nat_instance::Action::WaitForTakeover))
+                                | Step::Drain { .. }
+                        )
+                    })
+                    .collect();
+                if left.is_empty() {
+                    return Ok(Poll::Ready(()));
+                }
+                let n = left.len();
+                *last.borrow_mut() = left;
+                Ok(Poll::Waiting(format!("{n} change(s) not visible yet")))
+            }
+        },
+    )
+    .await;
+    match r {
+        Ok(()) => Ok(Vec::new()),
+        Err(Error::Timeout { .. }) => Ok(last.into_inner()),
+        Err(e) => Err(e),
+    }
+}
+
+/// What a teardown left, read back (with backoff, up to [`READ_BACK_LIMIT`]) until
+/// AWS shows the removals: a re-run right after a teardown then finds nothing to do.
+pub async fn left_after_teardown(
+    c: &Clients,
+    stack: &str,
+    progress: Progress<'_>,
+) -> Result<Vec<Step>, Error> {
+    let last = std::cell::RefCell::new(Vec::new());
+    let r = wait::until(
+        "AWS to show the removals",
+        stack,
+        READ_BACK_LIMIT,
+        progress,
+        || {
+            let last = &last;
+            async move {
+                let left = plan_teardown(stack, &read_leftovers(c, stack).await?);
+                if left.is_empty() {
+                    return Ok(Poll::Ready(()));
+                }
+                let n = left.len();
+                *last.borrow_mut() = left;
+                Ok(Poll::Waiting(format!("{n} removal(s) not visible yet")))
+            }
+        },
+    )
+    .await;
+    match r {
+        Ok(()) => Ok(Vec::new()),
+        Err(Error::Timeout { .. }) => Ok(last.into_inner()),
+        Err(e) => Err(e),
+    }
 }
 
 fn same_part(a: &Step, b: &Step) -> bool {

@@ -23,6 +23,10 @@ Extensions, each matching documented AWS behaviour:
   only, one AWS-provided address per AZ of the VPC (automatic mode); they take the same
   time as zonal ones and end `failed` (Gateway.NotAttached) in a VPC without an attached
   internet gateway. DescribeNatGateways answers AvailabilityMode for every gateway.
+- EC2 and IAM reads are eventually consistent, as on AWS: within NATD_EMU_STALE_SECS of
+  a change, natd's and natctl's DescribeAddresses/RouteTables/NetworkInterfaces/
+  Instances and IAM Get*/List* answer the state from before it (see "Eventual
+  consistency" below).
 - IAM is eventually consistent, as on AWS: a role or instance profile is not usable for
   NATD_EMU_IAM_PROPAGATION_SECS (default 2) after it was created (a profile: after its
   role was added). CreateAutoScalingGroup with a launch template naming such a profile
@@ -1794,6 +1798,86 @@ def _answer(start_response, status, body):
     return [body]
 
 
+# --- Eventual consistency -------------------------------------------------------------
+# AWS: "The Amazon EC2 API follows an eventual consistency model ... the result of an
+# API command you run that affects your Amazon EC2 resources might not be immediately
+# visible to all subsequent commands you run"
+# (https://docs.aws.amazon.com/ec2/latest/devguide/eventual-consistency.html), and IAM:
+# "changes are not immediately visible ... (eventual consistency)"
+# (https://docs.aws.amazon.com/IAM/latest/UserGuide/troubleshoot_general.html).
+# Modelled for the reads natd and natctl decide on: within NATD_EMU_STALE_SECS (default
+# 0: off; the test harness turns it on) of a mutating request, a read from a client whose
+# user agent carries one of NATD_EMU_STALE_AGENTS (default "app/natd,app/natctl") is
+# answered from the state as it was that long ago: the answer the same request got
+# before the mutations of the window, when one was given (a read never seen before is
+# answered fresh). The worst case, deterministically: a reader that polls sees every
+# change exactly the window late.
+STALE_SECS = float(os.environ.get("NATD_EMU_STALE_SECS", "0"))
+STALE_AGENTS = [a for a in os.environ.get("NATD_EMU_STALE_AGENTS", "app/natd,app/natctl").split(",") if a]
+_STALE_EC2 = {"DescribeAddresses", "DescribeRouteTables", "DescribeNetworkInterfaces", "DescribeInstances"}
+# Per kind ("ec2": every service but IAM, whose changes show in EC2's reads; "iam"): the
+# times of the mutating requests, in order.
+_mutations = {"ec2": [], "iam": []}
+# (kind, request) -> [(mutations seen when answered, status, headers, body)], oldest first.
+_answers = {}
+_stale_lock = threading.Lock()
+_stale_served = {"n": 0}
+
+
+def _service(environ):
+    auth = environ.get("HTTP_AUTHORIZATION", "")
+    if "Credential=" in auth:
+        scope = auth.split("Credential=", 1)[1].split(",", 1)[0].split("/")
+        if len(scope) >= 4:
+            return scope[3]
+    return ""
+
+
+def _stale_kind(op, service):
+    if service == "iam":
+        return "iam" if op.startswith(("Get", "List")) else None
+    return "ec2" if op in _STALE_EC2 else None
+
+
+def _consistent(self, environ, start_response, op, body, agent):
+    """Dispatches a request, answering the reads named above up to the window late."""
+    service = _service(environ)
+    kind = "iam" if service == "iam" else "ec2"
+    if _mutating(op):
+        with _stale_lock:
+            _mutations[kind].append(time.monotonic())
+        return _orig_dispatch(self, environ, start_response)
+    read = _stale_kind(op, service)
+    if STALE_SECS <= 0 or read is None or not any(a in agent for a in STALE_AGENTS):
+        return _orig_dispatch(self, environ, start_response)
+    import bisect
+
+    with _stale_lock:
+        times = _mutations[read]
+        seen = len(times)
+        visible = bisect.bisect_right(times, time.monotonic() - STALE_SECS)
+    got = {}
+
+    def capture(status, headers, exc_info=None):
+        got["status"], got["headers"] = status, headers
+        return lambda data: None
+
+    fresh = b"".join(_orig_dispatch(self, environ, capture))
+    key = (read, environ.get("PATH_INFO", ""), environ.get("QUERY_STRING", ""), body)
+    answer = (got["status"], got["headers"], fresh)
+    with _stale_lock:
+        kept = [a for a in _answers.get(key, []) if a[0] >= visible]
+        old = [a for a in _answers.get(key, []) if a[0] == visible]
+        if got["status"].startswith("200"):
+            kept = [a for a in kept if a[0] != seen] + [(seen,) + answer]
+        _answers[key] = kept
+        if visible < seen and old:
+            answer = old[-1][1:]
+            _stale_served["n"] += 1
+    start_response(answer[0], answer[1])
+    return [answer[2]]
+
+
 def _dispatch(self, environ, start_response):
     path = environ.get("PATH_INFO", "")
     if path == "/natd-test/calls":
@@ -1802,6 +1886,8 @@ def _dispatch(self, environ, start_response):
             return _answer(start_response, "200 OK", json.dumps(_calls).encode())
         mine = [op for op, ua in _calls_agents if agent in ua]
         return _answer(start_response, "200 OK", json.dumps(mine).encode())
+    if path == "/natd-test/stale":
+        return _answer(start_response, "200 OK", json.dumps({"window_secs": STALE_SECS, "served": _stale_served["n"]}).encode())
     if path == "/natd-test/refused":
         return _answer(start_response, "200 OK", json.dumps(_refusals).encode())
     if path == "/natd-test/cut":
@@ -1852,6 +1938,7 @@ def _dispatch(self, environ, start_response):
             if _cut["left"] == 0:
                 return _answer(start_response, "503 Service Unavailable", b'{"message": "cut off"}')
             _cut["left"] -= 1
+        return _consistent(self, environ, start_response, op, body, agent)
     return _orig_dispatch(self, environ, start_response)
 
 

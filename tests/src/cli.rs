@@ -14,6 +14,11 @@ pub fn command(emu: &Emulator, args: &[&str]) -> Command {
         .env("AWS_SECRET_ACCESS_KEY", TEST_KEY.1)
         .env("AWS_EC2_METADATA_DISABLED", "true")
         .env_remove("AWS_PROFILE");
+    // natctl allows AWS this long to show a change (`--settle`): the emulator's window
+    // of eventual consistency (emulator::STALE_SECS) and a second of margin.
+    if std::env::var_os("NATCTL_SETTLE_SECS").is_none() {
+        c.env("NATCTL_SETTLE_SECS", "2");
+    }
     c
 }
 
@@ -77,6 +82,9 @@ pub async fn take_over_like_natd(
         }
         first.get_or_insert(table);
     }
+    // As after natd's takeover on AWS: natctl's reads show it once the window of
+    // eventual consistency has passed.
+    emu.settle().await;
     (instance, eni, first.expect("a tagged table"))
 }
 

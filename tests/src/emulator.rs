@@ -60,6 +60,11 @@ fn spawn_server(mut cmd: Command, what: &str) -> (Proc, u16) {
     (Proc(child), port)
 }
 
+/// The tests' default window of eventual consistency, in seconds: natd's and natctl's
+/// EC2 and IAM reads answer the state this long ago after a change (AWS gives no
+/// bound; most changes show within a second, some take several).
+pub const STALE_SECS: &str = "1";
+
 /// One emulator server, private to the test that started it.
 #[derive(Debug)]
 pub struct Emulator {
@@ -85,6 +90,11 @@ impl Emulator {
     /// `NATD_EMU_IAM_PROPAGATION_SECS`).
     pub fn start_env(enforce_iam_after: Option<u32>, env: &[(&str, &str)]) -> Self {
         let mut cmd = Command::new(crate::python());
+        // Eventual consistency on in every test (`NATD_EMU_STALE_SECS`, moto_natd.py):
+        // natd's and natctl's reads see each change STALE_SECS late.
+        if std::env::var_os("NATD_EMU_STALE_SECS").is_none() {
+            cmd.env("NATD_EMU_STALE_SECS", STALE_SECS);
+        }
         cmd.envs(env.iter().copied());
         cmd.arg(crate::root().join("tests/emulator/moto_natd.py"))
             .args(["-H", "127.0.0.1", "-p", "0"]);
@@ -173,6 +183,33 @@ impl Emulator {
     /// (`tests/emulator/validate.py`), in order: each `{"op", "code", "message"}`.
     pub fn refused(&self) -> Vec<serde_json::Value> {
         serde_json::from_str(&self.get("/natd-test/refused")).expect("refusals")
+    }
+
+    /// How many reads the emulator answered from an older state (eventual consistency,
+    /// `NATD_EMU_STALE_SECS`), and the window.
+    pub fn stale_served(&self) -> (f64, u64) {
+        let v: serde_json::Value =
+            serde_json::from_str(&self.get("/natd-test/stale")).expect("stale reads");
+        (
+            v["window_secs"].as_f64().unwrap_or_default(),
+            v["served"].as_u64().unwrap_or_default(),
+        )
+    }
+
+    /// Waits out the window of eventual consistency (`NATD_EMU_STALE_SECS`), so the
+    /// changes made so far show in natd's and natctl's reads.
+    pub async fn settle(&self) {
+        let (window, _) = self.stale_served();
+        tokio::time::sleep(std::time::Duration::from_secs_f64(window + 0.1)).await;
+    }
+
+    /// SDK configuration as natd's: its user agent carries "app/natd", so its reads see
+    /// the emulator's eventual consistency.
+    pub fn sdk_as_natd(&self) -> SdkConfig {
+        self.sdk()
+            .into_builder()
+            .app_name(aws_config::AppName::new("natd").expect("app name"))
+            .build()
     }
 
     /// The calls whose user agent carries `agent` (natd's carry "app/natd"), in order.

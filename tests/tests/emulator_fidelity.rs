@@ -1286,3 +1286,87 @@ async fn limits_are_enforced_as_aws_enforces_them() {
         err(&full)
     );
 }
+
+/// EC2 is eventually consistent ("the result of an API command ... might not be
+/// immediately visible to all subsequent commands", AWS's EC2 developer guide): natd's
+/// reads answer the state as it was a window ago; the tests' own reads (no "app/natd"
+/// in their user agent) see the truth at once.
+#[tokio::test]
+async fn natds_reads_see_a_change_only_after_the_consistency_window() {
+    let emu = Emulator::start_env(None, &[("NATD_EMU_STALE_SECS", "2")]);
+    let sdk = emu.sdk();
+    let w = World::new(&sdk).await;
+    let natd = aws_sdk_ec2::Client::new(&emu.sdk_as_natd());
+    let table = w
+        .ec2
+        .create_route_table()
+        .vpc_id(&w.vpc)
+        .send()
+        .await
+        .unwrap()
+        .route_table
+        .unwrap()
+        .route_table_id
+        .unwrap();
+    let routes = |c: aws_sdk_ec2::Client, t: String| async move {
+        c.describe_route_tables()
+            .route_table_ids(t)
+            .send()
+            .await
+            .unwrap()
+            .route_tables()[0]
+            .routes()
+            .iter()
+            .filter_map(|r| r.destination_cidr_block().map(str::to_string))
+            .collect::<Vec<_>>()
+    };
+    // Two seconds after the table's creation: natd reads it as it is.
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    assert!(
+        !routes(natd.clone(), table.clone())
+            .await
+            .contains(&"0.0.0.0/0".to_string())
+    );
+    w.ec2
+        .create_route()
+        .route_table_id(&table)
+        .destination_cidr_block("0.0.0.0/0")
+        .gateway_id(&w.igw)
+        .send()
+        .await
+        .unwrap();
+    let changed = std::time::Instant::now();
+    assert!(
+        routes(w.ec2.clone(), table.clone())
+            .await
+            .contains(&"0.0.0.0/0".to_string()),
+        "the tests' own read sees the route at once"
+    );
+    assert!(
+        !routes(natd.clone(), table.clone())
+            .await
+            .contains(&"0.0.0.0/0".to_string()),
+        "natd's read, right after the change, answers the state before it"
+    );
+    let (window, served) = emu.stale_served();
+    assert_eq!(window, 2.0);
+    assert!(served >= 1, "the stale answer is counted");
+    loop {
+        if routes(natd.clone(), table.clone())
+            .await
+            .contains(&"0.0.0.0/0".to_string())
+        {
+            break;
+        }
+        assert!(
+            changed.elapsed() < Duration::from_secs(4),
+            "the change shows once the window has passed"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        changed.elapsed() >= Duration::from_millis(1900),
+        "natd saw the change {:?} after it, inside the 2 s window",
+        changed.elapsed()
+    );
+}

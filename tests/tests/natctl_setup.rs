@@ -436,6 +436,7 @@ async fn status_tells_working_from_broken_egress() {
         .send()
         .await
         .unwrap();
+    emu.settle().await;
     let st = natctl(&emu, &["status", "--name", "dev1"]);
     assert_eq!(st.status.code(), Some(3), "{}", text(&st));
     assert!(stdout(&st).contains("blackhole"), "{}", text(&st));

@@ -76,6 +76,7 @@ pub struct Lock {
     id: String,
     name: String,
     renew: tokio::task::JoinHandle<()>,
+    taken_over: bool,
 }
 
 /// Who holds a lock we could not take.
@@ -97,6 +98,7 @@ impl Lock {
     ) -> Result<Lock, Error> {
         let name = format!("{}-lock", Names(stack).nat());
         let me = format!("{}:{}", hostname(), std::process::id());
+        let taken_over = std::sync::atomic::AtomicBool::new(false);
         let id = wait::until("the stack's lock", &name, limit, progress, || async {
             let expires = (now() + TTL.as_secs()).to_string();
             let r = c
@@ -142,6 +144,7 @@ impl Lock {
                         let id = t.launch_template_id().unwrap_or_default();
                         let r = c.ec2.delete_launch_template().launch_template_id(id).send().await;
                         found(r, "DeleteLaunchTemplate", id)?;
+                        taken_over.store(true, std::sync::atomic::Ordering::Relaxed);
                         return Ok(Poll::Waiting(format!("{who} left it; taking it over")));
                     }
                     Ok(Poll::Waiting(format!(
@@ -179,7 +182,14 @@ impl Lock {
             id,
             name,
             renew,
+            taken_over: taken_over.into_inner(),
         })
+    }
+
+    /// Whether this lock was taken over from a holder that died (rather than found
+    /// free): its last changes may be moments old.
+    pub fn taken_over(&self) -> bool {
+        self.taken_over
     }
 
     /// Removes the stack's lock when its holder is gone (expired, or a natctl of this

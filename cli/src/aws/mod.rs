@@ -96,6 +96,8 @@ impl Clients {
         use aws_config::timeout::TimeoutConfig;
         let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest())
             .http_client(natd::cloud::http_client())
+            // "app/natctl" in every request's user agent: CloudTrail shows natctl's calls.
+            .app_name(aws_config::AppName::new("natctl").expect("a valid app name"))
             .retry_config(
                 aws_config::retry::RetryConfig::standard().with_max_attempts(MAX_ATTEMPTS),
             )
