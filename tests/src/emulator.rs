@@ -185,6 +185,15 @@ impl Emulator {
         serde_json::from_str(&self.get("/natd-test/refused")).expect("refusals")
     }
 
+    /// An emulator for the lab: natctl's reads are eventually consistent as everywhere,
+    /// natd's are not yet. Under stale reads the pair moves its role on a heartbeat
+    /// partition while both members forward (a standby that reads an old state of the
+    /// egress addresses); until its decisions allow for stale reads, the lab's natd
+    /// reads the current state.
+    pub fn for_lab() -> Self {
+        Self::start_env(None, &[("NATD_EMU_STALE_AGENTS", "app/natctl")])
+    }
+
     /// How many reads the emulator answered from an older state (eventual consistency,
     /// `NATD_EMU_STALE_SECS`), and the window.
     pub fn stale_served(&self) -> (f64, u64) {

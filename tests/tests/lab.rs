@@ -132,7 +132,7 @@ fn lab_log(lab: &Lab) -> String {
 #[tokio::test]
 async fn dev_egress_fails_over_then_switches_to_prod_and_tears_down_to_nothing() {
     let _turn = beside().await;
-    let mut lab = Lab::new(Arc::new(Emulator::start())).await;
+    let mut lab = Lab::new(Arc::new(Emulator::for_lab())).await;
     let before = snapshot(&lab.emu, &lab.world.vpc);
     // No NAT yet: the private subnets have no default route, traffic goes nowhere.
     assert!(lab.fetch(0).is_err());
@@ -243,7 +243,7 @@ async fn dev_egress_fails_over_then_switches_to_prod_and_tears_down_to_nothing()
 #[tokio::test]
 async fn an_instance_whose_forwarding_or_natd_breaks_is_replaced() {
     let _turn = beside().await;
-    let lab = Lab::new(Arc::new(Emulator::start())).await;
+    let lab = Lab::new(Arc::new(Emulator::for_lab())).await;
     let first = dev(&lab, true).await;
     let eip = stack_eip(&lab);
 
@@ -387,7 +387,7 @@ async fn reaches(lab: &Lab, i: usize, yes: bool) {
 #[tokio::test]
 async fn doctor_says_where_packets_break_and_its_fix_lets_them_through() {
     let _turn = beside().await;
-    let lab = Lab::new(Arc::new(Emulator::start())).await;
+    let lab = Lab::new(Arc::new(Emulator::for_lab())).await;
     application(&lab.emu, &lab.world);
     let out = natctl(
         &lab.emu,
@@ -1017,7 +1017,7 @@ fn holders(lab: &Lab) -> Vec<String> {
 #[tokio::test]
 async fn a_hot_standby_pair_fails_over_in_a_second_keeping_address_and_connections() {
     let _turn = beside().await;
-    let mut lab = Lab::new(Arc::new(Emulator::start())).await;
+    let mut lab = Lab::new(Arc::new(Emulator::for_lab())).await;
     let (holder, standby) = pair(&lab, &[]).await;
     let eip = stack_eip(&lab);
     assert_eq!(lab.instances().len(), 2, "two NAT instances");
@@ -1141,7 +1141,7 @@ async fn a_hot_standby_pair_fails_over_in_a_second_keeping_address_and_connectio
 #[tokio::test]
 async fn a_planned_rotation_of_the_pair_loses_no_connection() {
     let _turn = beside().await;
-    let mut lab = Lab::new(Arc::new(Emulator::start())).await;
+    let mut lab = Lab::new(Arc::new(Emulator::for_lab())).await;
     let (holder, standby) = pair(&lab, &["--egress-ips", "2"]).await;
     let addresses = lab.egress_ips("lab");
     assert_eq!(addresses.len(), 2, "two egress addresses");
@@ -1279,7 +1279,7 @@ async fn a_planned_rotation_of_the_pair_loses_no_connection() {
 #[tokio::test]
 async fn a_pair_spread_over_two_azs_fails_over_with_the_same_address() {
     let _turn = beside().await;
-    let mut lab = Lab::new(Arc::new(Emulator::start())).await;
+    let mut lab = Lab::new(Arc::new(Emulator::for_lab())).await;
     let (holder, standby) = pair(&lab, &["--ha-spread"]).await;
     let eip = stack_eip(&lab);
     let out = natctl(
@@ -1336,7 +1336,7 @@ async fn a_pair_with_two_egress_addresses_holds_more_connections_to_one_destinat
     const HOSTS: usize = 4;
     const PER_HOST: usize = 16_500;
     let _turn = alone().await;
-    let mut lab = Lab::new(Arc::new(Emulator::start())).await;
+    let mut lab = Lab::new(Arc::new(Emulator::for_lab())).await;
     let (holder, _) = pair(&lab, &["--egress-ips", "2"]).await;
     let eips = lab.egress_ips("lab");
     until(
@@ -1396,7 +1396,7 @@ async fn a_pair_with_two_egress_addresses_holds_more_connections_to_one_destinat
 #[tokio::test]
 async fn a_networkd_reload_that_drops_the_pairs_rules_moves_nothing_and_the_check_comes_back() {
     let _turn = beside().await;
-    let mut lab = Lab::new(Arc::new(Emulator::start())).await;
+    let mut lab = Lab::new(Arc::new(Emulator::for_lab())).await;
     let (holder, standby) = pair(&lab, &[]).await;
     let eip = stack_eip(&lab);
     let instances = lab.instances();

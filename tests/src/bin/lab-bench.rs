@@ -96,7 +96,7 @@ fn setup_dev(lab: &Lab, extra: &[&str]) {
 }
 
 async fn failover(kills: usize, boot_delay: Duration) {
-    let lab = Lab::with_boot_delay(Arc::new(Emulator::start()), boot_delay).await;
+    let lab = Lab::with_boot_delay(Arc::new(Emulator::for_lab()), boot_delay).await;
     setup_dev(&lab, &[]);
     let subnet = lab.world.private_subnets[0].clone();
     let private = Netns::named(&lab.private[0].1.name);
@@ -347,7 +347,7 @@ fn summary(v: &[f64], scale: f64, digits: usize) -> String {
 /// FORWARD rule that loads it), conntrack and MASQUERADE, and natd's full ruleset.
 /// The differences between neighbours say where a connection's extra cost goes.
 async fn dataplane(rounds: usize) {
-    let emu = Emulator::start();
+    let emu = Emulator::for_lab();
     let w = World::new(&emu.sdk()).await;
     w.route_table(Some("bench")).await;
     let conn_addr: SocketAddr = "198.51.100.1:8081".parse().unwrap();
@@ -580,7 +580,7 @@ async fn main() {
 
 /// The function's cold start against its warm invocations, through the lab.
 async fn function(starts: usize) {
-    let lab = Lab::new(Arc::new(Emulator::start())).await;
+    let lab = Lab::new(Arc::new(Emulator::for_lab())).await;
     natd_tests::app::application(&lab.emu, &lab.world);
     setup_dev(&lab, &natd_tests::app::WIRING);
     let db = lab.database("app-db", "app/db");
@@ -646,7 +646,7 @@ fn exchange_all(streams: &mut [natd_tests::dataplane::Stream]) -> usize {
 
 /// The hot standby pair: the holder dies `kills` times.
 async fn pair_failover(kills: usize, boot_delay: Duration) {
-    let lab = Lab::with_boot_delay(Arc::new(Emulator::start()), boot_delay).await;
+    let lab = Lab::with_boot_delay(Arc::new(Emulator::for_lab()), boot_delay).await;
     setup_dev(&lab, &["--ha"]);
     let eip = lab.egress_ips("bench").remove(0);
     let subnets = lab.world.private_subnets.clone();
@@ -804,7 +804,7 @@ async fn pair_failover(kills: usize, boot_delay: Duration) {
 /// addresses.
 async fn egress_ports(ips: usize, flows: usize) {
     const HOSTS: usize = 4;
-    let mut lab = Lab::new(Arc::new(Emulator::start())).await;
+    let mut lab = Lab::new(Arc::new(Emulator::for_lab())).await;
     setup_dev(&lab, &["--ha", "--egress-ips", &ips.to_string()]);
     let eips = lab.egress_ips("bench");
     assert_eq!(eips.len(), ips);

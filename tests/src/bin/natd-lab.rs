@@ -98,7 +98,7 @@ fn secs(d: Duration) -> String {
 
 async fn story(summary: &mut Vec<(String, String)>) {
     say("1. A VPC in the AWS emulator, made real in network namespaces");
-    let emu = Arc::new(Emulator::start());
+    let emu = Arc::new(Emulator::for_lab());
     let lab = Lab::new(emu).await;
     say(&format!(
         "   {}: public subnets in eu-west-1a and -1b, private subnets {} (10.20.1.0/24, a) and {} (10.20.2.0/24, b)",
