@@ -29,7 +29,7 @@ use std::collections::BTreeMap;
 use std::net::SocketAddrV4;
 use std::time::{Duration, SystemTime};
 use tokio::time::Instant;
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
 /// First wait between start-up attempts; doubles up to [`STARTUP_MAX_DELAY`], with jitter.
 const STARTUP_MIN_DELAY: Duration = Duration::from_millis(500);
@@ -623,29 +623,73 @@ impl ControlPlane {
             );
         }
         let lock = egress.first().and_then(|e| e.eni.clone());
-        let mut holder = lock.as_deref() == Some(eni.as_str());
-        if ready && !holder && lock.is_none() && !egress.is_empty() {
+        let read_holder = lock.as_deref() == Some(eni.as_str());
+        let read_peer_holds = peer
+            .as_ref()
+            .is_some_and(|p| lock.as_deref() == Some(p.eni.as_str()));
+        let window = self.cfg.consistency_window();
+        let belief = {
+            let v = view.lock().expect("pair view");
+            let b = pair::believe(read_holder, read_peer_holds, started, &v, window);
+            if b == pair::Belief::OursNotYetRead && !v.egress.is_empty() {
+                // What we moved, as we moved it: the read does not show it yet.
+                egress = v.egress.clone();
+            }
+            b
+        };
+        if belief != pair::Belief::Read {
+            debug!("pair: EC2's read does not show the latest move yet ({belief:?})");
+        }
+        let mut holder = match belief {
+            pair::Belief::Read => read_holder,
+            pair::Belief::OursNotYetRead => true,
+            pair::Belief::PeersNotYetRead => false,
+        };
+        // Tables the holder read on the peer: taken back only once reads can show who
+        // holds (the peer may have taken over, and the address read lag behind).
+        let on_peer = holder
+            && peer
+                .as_ref()
+                .is_some_and(|p| tables.iter().any(|t| pair::on_peer(t, p)));
+        let take_from_peer = {
+            let mut v = view.lock().expect("pair view");
+            if on_peer {
+                v.peer_route_seen.get_or_insert(started);
+            } else {
+                v.peer_route_seen = None;
+            }
+            !on_peer || pair::may_take_from_peer(v.peer_route_seen, started, window)
+        };
+        if belief == pair::Belief::Read && ready && !holder && lock.is_none() && !egress.is_empty()
+        {
             let claim = {
                 let v = view.lock().expect("pair view");
                 pair::should_claim(&me_id, peer.as_ref(), &v, Instant::now(), &self.cfg)
             };
             if claim {
                 match self.claim(&mut egress).await {
-                    Ok(won) => holder = won,
+                    Ok(won) => {
+                        holder = won;
+                        if won {
+                            view.lock().expect("pair view").moved_here = Some(Instant::now());
+                        }
+                    }
                     Err(e) => self.note(report, "pair: claim the egress address", &e),
                 }
             }
         }
         if ready
             && holder
+            && take_from_peer
             && let Err(e) = self.hold_all(&mut egress).await
         {
             self.note(report, "pair: egress addresses", &e);
         }
         let lock = egress.first().and_then(|e| e.eni.clone());
-        let peer_holds = peer
-            .as_ref()
-            .is_some_and(|p| lock.as_deref() == Some(p.eni.as_str()));
+        let peer_holds = belief == pair::Belief::PeersNotYetRead
+            || peer
+                .as_ref()
+                .is_some_and(|p| lock.as_deref() == Some(p.eni.as_str()));
         // A planned handover (natctl rotate tags the holder): once the standby is heard
         // and forwards, send it the whole state, then say so in the heartbeats.
         let asked = holder && members.iter().any(|m| m.instance_id == me_id && m.handover);
@@ -707,6 +751,8 @@ impl ControlPlane {
                     v.last_beat = None;
                     v.last_check_ok = None;
                     v.silent_logged = false;
+                    v.peer_says_holder = false;
+                    v.peer_claim_heard = None;
                 }
                 if v.holder != holder || !v.role_logged {
                     v.role_logged = true;
@@ -731,7 +777,7 @@ impl ControlPlane {
             v.tables = tables.iter().map(|t| t.id.clone()).collect();
         }
         if ready {
-            self.ensure_routes(report, Some((holder, peer, tables)))
+            self.ensure_routes(report, Some((holder, peer, tables, take_from_peer)))
                 .await;
         }
     }
@@ -814,11 +860,11 @@ impl ControlPlane {
     async fn ensure_routes(
         &mut self,
         report: &mut ControlReport,
-        pair: Option<(bool, Option<pair::Member>, Vec<routes::Table>)>,
+        pair: Option<(bool, Option<pair::Member>, Vec<routes::Table>, bool)>,
     ) {
         let me = self.me();
-        let decisions = if let Some((holder, peer, tables)) = pair {
-            pair::route_plan(&me, &tables, holder, peer.as_ref())
+        let decisions = if let Some((holder, peer, tables, take_from_peer)) = pair {
+            pair::route_plan(&me, &tables, holder, peer.as_ref(), take_from_peer)
         } else {
             let tables = match self
                 .cloud
@@ -1348,8 +1394,10 @@ impl Agent {
         v.peer.is_none()
             || v.silence(now).is_none_or(|s| s > PAIR_SILENCE_UNSETTLED)
             || !(v.holder || v.peer_holds)
-            || v.took_at
-                .is_some_and(|t| now.saturating_duration_since(t) < PAIR_MOVE_UNSETTLED)
+            || [v.took_at, v.peer_claim_heard]
+                .into_iter()
+                .flatten()
+                .any(|t| now.saturating_duration_since(t) < PAIR_MOVE_UNSETTLED)
             || v.peer_since
                 .is_some_and(|t| now.saturating_duration_since(t) < PAIR_NEW_PEER_UNSETTLED)
     }

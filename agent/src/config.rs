@@ -57,6 +57,7 @@ pub const BOUNDS: &[(&str, u64, u64, &str)] = &[
     ("egress_ips", 1, 32, "addresses"),
     ("heartbeat_interval_ms", 20, 1000, "milliseconds"),
     ("heartbeat_misses", 2, 50, "beats"),
+    ("consistency_window_ms", 0, 60_000, "milliseconds"),
 ];
 
 /// The whole configuration, with defaults filled in.
@@ -133,6 +134,11 @@ pub struct Config {
     /// Pair mode: heartbeats missed before the standby checks whether the holder still
     /// forwards (and takes over only if it does not).
     pub heartbeat_misses: u32,
+    /// Pair mode: how late EC2's reads may show a change (its API is eventually
+    /// consistent). A read made within this long of a move it contradicts — our own
+    /// takeover, or the peer heard claiming the address — is not believed, and the holder
+    /// waits this long before taking back a route it finds on the peer.
+    pub consistency_window_ms: u64,
     /// Pair mode: UDP port of conntrackd's state sync.
     pub sync_port: u16,
     /// Pair mode: UDP port of the VXLAN link the standby checks the holder's forwarding
@@ -173,6 +179,7 @@ impl Default for Config {
             heartbeat_port: 4790,
             heartbeat_interval_ms: 100,
             heartbeat_misses: 3,
+            consistency_window_ms: 5000,
             sync_port: 3780,
             overlay_port: 4789,
             conntrackd: PathBuf::from("conntrackd"),
@@ -233,6 +240,7 @@ impl Config {
             ("egress_ips", Some(u64::from(self.egress_ips))),
             ("heartbeat_interval_ms", Some(self.heartbeat_interval_ms)),
             ("heartbeat_misses", Some(u64::from(self.heartbeat_misses))),
+            ("consistency_window_ms", Some(self.consistency_window_ms)),
         ];
         for (key, value) in numbers {
             let Some(value) = value else { continue };
@@ -372,6 +380,11 @@ impl Config {
         Duration::from_millis(self.heartbeat_interval_ms)
     }
 
+    /// Pair mode: how late EC2's reads may show a change.
+    pub fn consistency_window(&self) -> Duration {
+        Duration::from_millis(self.consistency_window_ms)
+    }
+
     /// The reconcile interval.
     pub fn interval(&self) -> Duration {
         Duration::from_secs(self.interval_secs)
@@ -498,7 +511,8 @@ mod tests {
     #[test]
     fn every_bound_is_enforced_at_both_ends() {
         for (key, least, most, _) in BOUNDS {
-            for v in [least.saturating_sub(1), most + 1] {
+            // A bound of 0 has nothing below it.
+            for v in [least.checked_sub(1), Some(most + 1)].into_iter().flatten() {
                 if *key == "interval_secs" {
                     continue;
                 }

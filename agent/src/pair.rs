@@ -140,6 +140,16 @@ pub struct View {
     /// When the fast path last moved things (the control pass must not undo it with
     /// what it read before).
     pub took_at: Option<Instant>,
+    /// When we last moved the lock (the first egress address) to our ENI: a takeover or
+    /// a claim. Reads made within the consistency window of it may not show it yet.
+    pub moved_here: Option<Instant>,
+    /// When the peer's heartbeats began to say it holds (since they last said it
+    /// stands by): its claim, first hand, which reads may not show yet.
+    pub peer_claim_heard: Option<Instant>,
+    /// While we hold: when a pass first read a tagged route on the peer. A holder takes
+    /// such a route back only once reads have had the consistency window to show who
+    /// holds (the peer may have taken over, and the address read not yet show it).
+    pub peer_route_seen: Option<Instant>,
     /// Connections of the peer held in conntrackd's external cache, as last asked.
     pub synced: Option<u64>,
     /// Connections this instance forwards that conntrackd tracks (its internal cache).
@@ -179,6 +189,49 @@ pub fn choose_peer(members: &[Member], me: &str, egress: &[Egress]) -> Option<Me
         .cloned()
 }
 
+/// Who holds the address, as a control pass should believe it: EC2's answer, unless a
+/// move it does not show yet happened within `window` (EC2's reads are eventually
+/// consistent) of the moment the pass began reading. The latest first-hand event wins:
+/// our own move of the lock here, or the peer's heartbeats starting to say it holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Belief {
+    /// What EC2 answered.
+    Read,
+    /// We moved the lock here after the read could show it: we hold (with the
+    /// addresses as we left them).
+    OursNotYetRead,
+    /// The peer said it took the address after the read could show it: it holds.
+    PeersNotYetRead,
+}
+
+/// See [`Belief`]: `read_at` is when the pass began reading.
+pub fn believe(
+    read_holder: bool,
+    read_peer_holds: bool,
+    read_at: Instant,
+    view: &View,
+    window: Duration,
+) -> Belief {
+    let recent = |t: Option<Instant>| t.filter(|t| read_at < *t + window);
+    let ours = recent(view.moved_here);
+    let theirs = recent(view.peer_claim_heard).filter(|_| view.peer_says_holder);
+    match (ours, theirs) {
+        (Some(o), Some(t)) if t > o && !read_peer_holds => Belief::PeersNotYetRead,
+        (Some(o), Some(t)) if o >= t && !read_holder => Belief::OursNotYetRead,
+        (Some(_), None) if !read_holder => Belief::OursNotYetRead,
+        (None, Some(_)) if !read_peer_holds => Belief::PeersNotYetRead,
+        _ => Belief::Read,
+    }
+}
+
+/// Whether a holder may write the default route of tables it read on the peer: only
+/// once a read made `window` after it first saw them there (`seen`) still says we hold.
+/// Before that the peer may have taken over and the address read not show it yet; a
+/// holder never takes routes back from a peer that did.
+pub fn may_take_from_peer(seen: Option<Instant>, read_at: Instant, window: Duration) -> bool {
+    seen.is_some_and(|s| read_at >= s + window)
+}
+
 /// Whether we claim an address no one holds: when there is no peer, when the peer is
 /// silent or says it does not forward, or, both forwarding, when our id is the lower.
 pub fn should_claim(
@@ -195,12 +248,26 @@ pub fn should_claim(
     silent || !view.peer_says_forwards || me < peer.instance_id.as_str()
 }
 
-/// The route decision for a pair: the holder takes every table, the standby none.
+/// Whether the table's default route targets the peer.
+pub fn on_peer(t: &Table, peer: &Member) -> bool {
+    t.default_route.as_ref().is_some_and(|r| {
+        !r.blackhole
+            && match &r.target {
+                Target::Interface(e) => *e == peer.eni,
+                Target::Instance(i) => *i == peer.instance_id,
+                Target::Other(_) => false,
+            }
+    })
+}
+
+/// The route decision for a pair: the holder takes every table, the standby none; a
+/// table on the peer only when `take_from_peer` (see [`may_take_from_peer`]).
 pub fn route_plan(
     me: &Me,
     tables: &[Table],
     holder: bool,
     peer: Option<&Member>,
+    take_from_peer: bool,
 ) -> Vec<(String, Decision)> {
     let mut out = Vec::new();
     for t in tables {
@@ -212,8 +279,16 @@ pub fn route_plan(
                     Target::Other(_) => false,
                 }
         });
+        let on_peer = peer.is_some_and(|p| on_peer(t, p));
         let d = if ours {
             Decision::Ours
+        } else if holder && on_peer && !take_from_peer {
+            Decision::Yield {
+                holder: format!(
+                    "{} (the peer; until EC2's reads can show who holds the address)",
+                    peer.map(|p| p.instance_id.as_str()).unwrap_or_default()
+                ),
+            }
         } else if holder {
             match &t.default_route {
                 None => Decision::Create,
@@ -736,6 +811,9 @@ pub async fn run(ctx: Ctx) {
                     info!("pair: heartbeats from {id} again");
                 }
                 v.last_beat = Some(Instant::now());
+                if holder && !v.peer_says_holder {
+                    v.peer_claim_heard = v.last_beat;
+                }
                 v.peer_says_holder = holder;
                 v.peer_hands_over = handing_over;
                 v.peer_says_forwards = forwards;
@@ -979,6 +1057,7 @@ async fn take_over(ctx: Ctx, reason: String, decided: Instant, failures: Vec<Str
             v.peer_holds = false;
             v.egress = egress;
             v.took_at = Some(Instant::now());
+            v.moved_here = v.took_at;
             v.last_takeover = Some(Takeover {
                 at: SystemTime::now() - took,
                 took,
@@ -1283,7 +1362,9 @@ mod tests {
                 default_route: route("eni-a", true),
             },
         ];
-        let held: BTreeMap<_, _> = route_plan(&me, &tables, true, None).into_iter().collect();
+        let held: BTreeMap<_, _> = route_plan(&me, &tables, true, None, true)
+            .into_iter()
+            .collect();
         assert!(matches!(
             held["rtb-1"],
             Decision::Replace {
@@ -1300,11 +1381,151 @@ mod tests {
                 ..
             }
         ));
-        let standing: BTreeMap<_, _> = route_plan(&me, &tables, false, None).into_iter().collect();
+        let standing: BTreeMap<_, _> = route_plan(&me, &tables, false, None, true)
+            .into_iter()
+            .collect();
         assert_eq!(standing["rtb-3"], Decision::Ours);
         for t in ["rtb-1", "rtb-2", "rtb-4"] {
             assert!(matches!(standing[t], Decision::Yield { .. }), "{t}");
         }
+    }
+
+    #[test]
+    fn a_read_that_cannot_show_the_latest_move_is_not_believed() {
+        let w = Duration::from_secs(5);
+        let t0 = Instant::now();
+        let s = |n: u64| t0 + Duration::from_millis(n);
+        // Nothing moved lately: EC2's answer, whatever it says.
+        let quiet = View::default();
+        for (h, p) in [(true, false), (false, true), (false, false)] {
+            assert_eq!(believe(h, p, s(0), &quiet, w), Belief::Read);
+        }
+        // Our takeover at t0: a read within the window that still shows the peer is
+        // stale; one after the window is believed (the peer may really hold it again).
+        let took = View {
+            moved_here: Some(t0),
+            ..View::default()
+        };
+        assert_eq!(
+            believe(false, true, s(1000), &took, w),
+            Belief::OursNotYetRead
+        );
+        assert_eq!(
+            believe(false, false, s(1000), &took, w),
+            Belief::OursNotYetRead
+        );
+        assert_eq!(believe(true, false, s(1000), &took, w), Belief::Read);
+        assert_eq!(believe(false, true, s(5000), &took, w), Belief::Read);
+        // The peer heard saying it took the address over: a read that still shows us
+        // is stale, for the window; a heartbeat saying holder that no move went with
+        // (it has always held) is not a claim.
+        let claimed = || View {
+            peer_says_holder: true,
+            peer_claim_heard: Some(t0),
+            ..View::default()
+        };
+        assert_eq!(
+            believe(true, false, s(200), &claimed(), w),
+            Belief::PeersNotYetRead
+        );
+        assert_eq!(
+            believe(false, false, s(200), &claimed(), w),
+            Belief::PeersNotYetRead
+        );
+        assert_eq!(believe(false, true, s(200), &claimed(), w), Belief::Read);
+        assert_eq!(believe(true, false, s(6000), &claimed(), w), Belief::Read);
+        let since_says_standby = View {
+            peer_says_holder: false,
+            ..claimed()
+        };
+        assert_eq!(
+            believe(true, false, s(200), &since_says_standby, w),
+            Belief::Read
+        );
+        // Both moved within the window: the later one wins (two takeovers in a
+        // partition, a handover back).
+        let ours_later = View {
+            moved_here: Some(s(300)),
+            ..claimed()
+        };
+        assert_eq!(
+            believe(false, true, s(400), &ours_later, w),
+            Belief::OursNotYetRead
+        );
+        let theirs_later = View {
+            moved_here: Some(t0),
+            peer_claim_heard: Some(s(300)),
+            ..claimed()
+        };
+        assert_eq!(
+            believe(true, false, s(400), &theirs_later, w),
+            Belief::PeersNotYetRead
+        );
+        // A zero window believes every read.
+        assert_eq!(
+            believe(false, true, s(1), &took, Duration::ZERO),
+            Belief::Read
+        );
+    }
+
+    #[test]
+    fn a_holder_takes_a_route_back_from_the_peer_only_once_reads_can_show_who_holds() {
+        let w = Duration::from_secs(5);
+        let t0 = Instant::now();
+        assert!(!may_take_from_peer(None, t0, w));
+        assert!(!may_take_from_peer(
+            Some(t0),
+            t0 + Duration::from_secs(4),
+            w
+        ));
+        assert!(may_take_from_peer(Some(t0), t0 + w, w));
+        let me = Me {
+            instance_id: "i-a".into(),
+            eni_id: "eni-a".into(),
+            launch_time: 1,
+            stack: "s".into(),
+        };
+        let peer = member("i-b", [10, 0, 0, 6], "eni-b", 1);
+        let on = |target: Target, blackhole| Table {
+            id: "rtb-1".into(),
+            default_route: Some(crate::routes::Route { target, blackhole }),
+        };
+        let tables = vec![
+            on(Target::Interface("eni-b".into()), false),
+            Table {
+                id: "rtb-2".into(),
+                ..on(Target::Instance("i-b".into()), false)
+            },
+            Table {
+                id: "rtb-3".into(),
+                ..on(Target::Interface("eni-b".into()), true)
+            },
+            Table {
+                id: "rtb-4".into(),
+                ..on(Target::Interface("eni-x".into()), false)
+            },
+        ];
+        let waiting: BTreeMap<_, _> = route_plan(&me, &tables, true, Some(&peer), false)
+            .into_iter()
+            .collect();
+        for t in ["rtb-1", "rtb-2"] {
+            assert!(
+                matches!(&waiting[t], Decision::Yield { holder } if holder.starts_with("i-b")),
+                "{t}"
+            );
+        }
+        // A blackhole on the peer, or a route elsewhere, is no sign of a takeover.
+        for t in ["rtb-3", "rtb-4"] {
+            assert!(matches!(waiting[t], Decision::Replace { .. }), "{t}");
+        }
+        let taking: BTreeMap<_, _> = route_plan(&me, &tables, true, Some(&peer), true)
+            .into_iter()
+            .collect();
+        assert!(
+            taking
+                .values()
+                .all(|d| matches!(d, Decision::Replace { .. }))
+        );
     }
 
     #[test]

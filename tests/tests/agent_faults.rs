@@ -175,6 +175,9 @@ async fn an_api_outage_while_the_nat_forwards_does_not_get_it_replaced() {
     })
     .await;
     assert_eq!(after["instances"][0]["id"], nat.as_str(), "{after}");
+    // natctl's reads are eventually consistent (and, as on AWS, not monotonic): once the
+    // window has passed, every read shows the tag it saw.
+    emu.settle().await;
     let text =
         natd_tests::cli::stdout(&natd_tests::cli::natctl(&emu, &["status", "--name", "dev"]));
     assert!(
