@@ -185,13 +185,10 @@ impl Emulator {
         serde_json::from_str(&self.get("/natd-test/refused")).expect("refusals")
     }
 
-    /// An emulator for the lab: natctl's reads are eventually consistent as everywhere,
-    /// natd's are not yet. Under stale reads the pair moves its role on a heartbeat
-    /// partition while both members forward (a standby that reads an old state of the
-    /// egress addresses); until its decisions allow for stale reads, the lab's natd
-    /// reads the current state.
+    /// An emulator for the lab: natctl's and natd's reads are eventually consistent, as
+    /// in every test (the pair's decisions allow for it: `consistency_window_ms`).
     pub fn for_lab() -> Self {
-        Self::start_env(None, &[("NATD_EMU_STALE_AGENTS", "app/natctl")])
+        Self::start()
     }
 
     /// How many reads the emulator answered from an older state (eventual consistency,
