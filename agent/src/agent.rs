@@ -164,6 +164,9 @@ struct DataPlane {
     conntrack_tool_missing_logged: bool,
     port_range: (u16, u16),
     pair: Option<PairPlane>,
+    /// The kernel forwards new connections: the last apply succeeded with
+    /// `facts.forward_new` on.
+    open_applied: bool,
 }
 
 /// The data plane's share of pair mode: the overlay link and conntrackd follow the
@@ -189,6 +192,14 @@ impl DataPlane {
         self.follow_pair().await;
         match self.kernel.ensure(&self.plan, &self.rules).await {
             Ok(changes) => {
+                self.open_applied = self.facts.forward_new;
+                if let Some(p) = &self.pair {
+                    p.view.lock().expect("pair view").kernel_egress = if self.facts.forward_new {
+                        self.facts.egress_ips.clone()
+                    } else {
+                        Vec::new()
+                    };
+                }
                 if changes.any() {
                     let what = describe_kernel_changes(&changes);
                     if first {
@@ -259,20 +270,32 @@ impl DataPlane {
         let (ips, ends, holder) = {
             let v = p.view.lock().expect("pair view");
             (
-                v.egress_ips(),
+                // Until EC2 has been read, what the previous run left.
+                if v.egress_read {
+                    v.egress_ips()
+                } else {
+                    self.facts.egress_ips.clone()
+                },
                 v.me_ip.zip(v.peer.as_ref().map(|p| p.ip)),
                 v.holder,
             )
         };
         let mut changed = false;
         if ips != self.facts.egress_ips {
-            info!(
-                "SNAT to the egress address(es) [{}]",
-                ips.iter()
-                    .map(ToString::to_string)
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            );
+            if ips.is_empty() {
+                warn!(
+                    "the pair's egress addresses are unknown: forwarding no new connection (they would leave by another public address)"
+                );
+            } else {
+                info!(
+                    "SNAT to the egress address(es) [{}]",
+                    ips.iter()
+                        .map(ToString::to_string)
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                );
+            }
+            self.facts.forward_new = !ips.is_empty();
             self.facts.egress_ips = ips;
             changed = true;
         }
@@ -344,6 +367,23 @@ impl DataPlane {
         }
     }
 
+    /// Single instance with an Elastic IP: new connections are forwarded only while the
+    /// address is on our ENI (else they would leave by the instance's own public IP).
+    fn set_forward_new(&mut self, open: bool) {
+        if self.facts.forward_new == open {
+            return;
+        }
+        if open {
+            info!("the Elastic IP is on this instance: forwarding new connections");
+        } else {
+            warn!(
+                "the Elastic IP is not on this instance: forwarding no new connection (it would leave by another public address)"
+            );
+        }
+        self.facts.forward_new = open;
+        self.rules = kernel::ruleset(&self.facts);
+    }
+
     /// Adopts a new set of VPC CIDRs: the ruleset is rebuilt; the next check applies it.
     fn set_cidrs(&mut self, cidrs: Vec<Ipv4Net>) {
         self.facts.vpc_cidrs = cidrs;
@@ -392,6 +432,9 @@ pub struct ControlPlane {
 pub struct ControlInput {
     /// The data plane has just been verified to forward: routes may move here.
     pub forwards: bool,
+    /// The kernel forwards new connections (a single instance with an Elastic IP: once
+    /// the address is ours and the kernel opened): routes may move here.
+    pub egress_open: bool,
     /// The Unhealthy report is due.
     pub report_unhealthy: bool,
     /// The health summary to publish (without its timestamp).
@@ -421,6 +464,9 @@ pub struct ControlReport {
     pub timed_out: bool,
     /// The pass read EC2 and Auto Scaling (else IMDS only).
     pub aws: bool,
+    /// A single instance that requires its Elastic IP: whether the address is on our
+    /// ENI, when EC2 answered.
+    pub eip_on_us: Option<bool>,
 }
 
 /// Runs one control pass on `cp` within `deadline`; gives `cp` back with the report.
@@ -465,8 +511,18 @@ impl ControlPlane {
             if self.pair.is_some() {
                 self.ensure_pair(true, report).await;
             } else if self.ensure_me(report).await {
-                self.ensure_routes(report, None).await;
-                self.ensure_address(report).await;
+                if self.requires_eip() {
+                    // The address first, then the routes, once the kernel forwards new
+                    // connections (by the address): no connection leaves by another.
+                    let on = self.ensure_address(report).await;
+                    report.eip_on_us = Some(on);
+                    if on && input.egress_open {
+                        self.ensure_routes(report, None).await;
+                    }
+                } else {
+                    self.ensure_routes(report, None).await;
+                    self.ensure_address(report).await;
+                }
             }
             if report.problems.is_empty() {
                 self.complete_launch(report).await;
@@ -768,6 +824,7 @@ impl ControlPlane {
                 v.holder = holder;
                 v.peer_holds = peer_holds;
                 v.egress = egress.clone();
+                v.egress_read = true;
             }
             if v.peer.as_ref().map(|p| &p.instance_id) != peer.as_ref().map(|p| &p.instance_id) {
                 v.peer_since = Some(Instant::now());
@@ -776,7 +833,19 @@ impl ControlPlane {
             v.me_ip = me_ip;
             v.tables = tables.iter().map(|t| t.id.clone()).collect();
         }
-        if ready {
+        // Routes come to the holder only once its kernel SNATs new connections to the
+        // egress address (the first claim, a restart with nothing left in the kernel):
+        // no connection leaves by another public address.
+        let snat_ready = {
+            let v = view.lock().expect("pair view");
+            egress
+                .first()
+                .and_then(|e| e.private_ip)
+                .is_some_and(|ip| v.kernel_egress.contains(&ip))
+        };
+        if ready && holder && !snat_ready {
+            info!("pair: holder; the routes wait until the kernel SNATs to the egress address");
+        } else if ready {
             self.ensure_routes(report, Some((holder, peer, tables, take_from_peer)))
                 .await;
         }
@@ -1016,18 +1085,37 @@ impl ControlPlane {
             .collect())
     }
 
-    async fn ensure_address(&mut self, report: &mut ControlReport) {
+    /// A single instance whose egress is its Elastic IP: configured by allocation id,
+    /// or `require_eip` (natctl sets it with `--eip`).
+    fn requires_eip(&self) -> bool {
+        self.cfg.require_eip || self.cfg.eip_allocation_id.is_some()
+    }
+
+    /// Keeps the Elastic IP on our ENI; whether it is there now.
+    async fn ensure_address(&mut self, report: &mut ControlReport) -> bool {
         let address = match self
             .cloud
             .address(self.cfg.eip_allocation_id.as_deref(), &self.cfg.stack)
             .await
         {
             Ok(Some(a)) => a,
-            Ok(None) => return,
-            Err(e) => return self.note(report, "elastic IP", &e),
+            Ok(None) => {
+                if self.requires_eip() {
+                    report.problems.push(format!(
+                        "elastic IP: none tagged {}={} (natctl setup --eip allocates it); forwarding no new connection",
+                        crate::contract::EGRESS_TAG,
+                        self.cfg.stack
+                    ));
+                }
+                return false;
+            }
+            Err(e) => {
+                self.note(report, "elastic IP", &e);
+                return false;
+            }
         };
         if address.eni_id.as_deref() == Some(self.id.eni_id.as_str()) {
-            return;
+            return true;
         }
         if let Some(other) = &address.eni_id {
             // The same rule as for routes: a newer live natd keeps the address.
@@ -1040,9 +1128,12 @@ impl ControlPlane {
             }
             .await;
             match holder {
-                Ok(Some(h)) if routes::outranks(&h, &self.me()) => return,
+                Ok(Some(h)) if routes::outranks(&h, &self.me()) => return false,
                 Ok(_) => {}
-                Err(e) => return self.note(report, "elastic IP", &e),
+                Err(e) => {
+                    self.note(report, "elastic IP", &e);
+                    return false;
+                }
             }
         }
         match self
@@ -1050,11 +1141,17 @@ impl ControlPlane {
             .associate_address(&address.allocation_id, &self.id.eni_id)
             .await
         {
-            Ok(()) => info!(
-                "elastic IP {} ({}) now on {}",
-                address.public_ip, address.allocation_id, self.id.eni_id
-            ),
-            Err(e) => self.note(report, "elastic IP", &e),
+            Ok(()) => {
+                info!(
+                    "elastic IP {} ({}) now on {}",
+                    address.public_ip, address.allocation_id, self.id.eni_id
+                );
+                true
+            }
+            Err(e) => {
+                self.note(report, "elastic IP", &e);
+                false
+            }
         }
     }
 
@@ -1199,7 +1296,7 @@ impl Agent {
         );
         let cidrs = id.vpc_cidrs.clone();
         let mac = id.mac.clone();
-        let facts = (|| {
+        let mut facts = (|| {
             let (mac, cidrs) = (mac.clone(), cidrs.clone());
             async move { kapply::read_facts(&mac, cidrs) }
         })
@@ -1260,6 +1357,36 @@ impl Agent {
         } else {
             None
         };
+        // A pair, or a single instance that requires its Elastic IP, forwards new
+        // connections only by the stack's address: until natd knows it, nothing new. A
+        // restart starts where the previous run left the kernel, so a crash or an
+        // upgrade changes neither the address nor whether new connections pass.
+        let kernel_io = Kernel::new(cfg.proc_sys_root.clone());
+        let (left_ips, left_open) = match kernel_io.iptables_save().await {
+            Ok(save) => kernel::left_by_previous_run(&kernel::observe(&save)),
+            Err(_) => (Vec::new(), false),
+        };
+        if cfg.pair {
+            facts.forward_new = !left_ips.is_empty();
+            facts.egress_ips = left_ips;
+        } else if cfg.require_eip || cfg.eip_allocation_id.is_some() {
+            facts.forward_new = left_open && left_ips.is_empty();
+        }
+        if !facts.forward_new {
+            warn!(
+                "forwarding no new connection until the stack's egress address is known to be on this instance"
+            );
+        } else if !facts.egress_ips.is_empty() {
+            info!(
+                "SNAT to the egress address(es) the previous run used [{}] until EC2 says otherwise",
+                facts
+                    .egress_ips
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+        }
         let rules = kernel::ruleset(&facts);
         info!(
             interface = %facts.egress_interface,
@@ -1267,7 +1394,8 @@ impl Agent {
             "egress interface found"
         );
         let data = DataPlane {
-            kernel: Kernel::new(cfg.proc_sys_root.clone()),
+            kernel: kernel_io,
+            open_applied: false,
             facts,
             plan,
             rules,
@@ -1364,6 +1492,7 @@ impl Agent {
         let urgent = self.health.report_due()
             || self.health.forwarding() != self.last_forwards
             || shape != self.last_shape
+            || !self.data.open_applied
             || self.pair_unsettled();
         let aws = now >= self.next_aws || urgent;
         let cp = self.control.take()?;
@@ -1374,6 +1503,7 @@ impl Agent {
         self.view.running_since = Some(now);
         let input = ControlInput {
             forwards: self.health.forwarding(),
+            egress_open: self.data.open_applied,
             report_unhealthy: self.health.report_due(),
             health: self.health_summary(),
             aws,
@@ -1394,7 +1524,7 @@ impl Agent {
         v.peer.is_none()
             || v.silence(now).is_none_or(|s| s > PAIR_SILENCE_UNSETTLED)
             || !(v.holder || v.peer_holds)
-            || [v.took_at, v.peer_claim_heard]
+            || [v.took_at, v.moved_here, v.peer_claim_heard]
                 .into_iter()
                 .flatten()
                 .any(|t| now.saturating_duration_since(t) < PAIR_MOVE_UNSETTLED)
@@ -1415,6 +1545,9 @@ impl Agent {
         }
         if report.took_over {
             self.view.last_takeover = Some(now);
+        }
+        if let Some(on) = report.eip_on_us {
+            self.data.set_forward_new(on);
         }
         let mut cidrs_changed = false;
         if let Some(cidrs) = &report.cidrs

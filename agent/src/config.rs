@@ -127,6 +127,11 @@ pub struct Config {
     /// stack's Elastic IPs) natctl allocated; natd SNATs across every Elastic IP tagged
     /// for the stack and warns when fewer than this are.
     pub egress_ips: u32,
+    /// A single instance whose egress is the stack's Elastic IP (natctl sets it with
+    /// `--eip`; implied by `eip_allocation_id`): new connections are forwarded only
+    /// while the address is on the instance's ENI, so none leaves by another public
+    /// address. A pair always behaves so.
+    pub require_eip: bool,
     /// Pair mode: UDP port of the heartbeats between the pair.
     pub heartbeat_port: u16,
     /// Pair mode: milliseconds between heartbeats.
@@ -176,6 +181,7 @@ impl Default for Config {
             publish_health: true,
             pair: false,
             egress_ips: 1,
+            require_eip: false,
             heartbeat_port: 4790,
             heartbeat_interval_ms: 100,
             heartbeat_misses: 3,

@@ -150,6 +150,13 @@ pub struct View {
     /// such a route back only once reads have had the consistency window to show who
     /// holds (the peer may have taken over, and the address read not yet show it).
     pub peer_route_seen: Option<Instant>,
+    /// EC2's egress addresses have been read at least once (until then the kernel keeps
+    /// what the previous run left).
+    pub egress_read: bool,
+    /// The egress addresses the kernel's rules SNAT new connections to, as last applied
+    /// (empty: it forwards nothing new). The holder moves routes here only once the
+    /// lock's address is among them.
+    pub kernel_egress: Vec<Ipv4Addr>,
     /// Connections of the peer held in conntrackd's external cache, as last asked.
     pub synced: Option<u64>,
     /// Connections this instance forwards that conntrackd tracks (its internal cache).
@@ -417,14 +424,25 @@ pub async fn ensure_overlay(
     port: u16,
 ) -> Result<Ipv4Net, String> {
     let (mine, theirs, net) = overlay_addresses(me, peer);
+    // A link that is already right (natd restarted) is kept as it is: recreating it
+    // would fail the peer's checks through us for a moment, and a standby could take
+    // over from a holder that forwards.
     let script = format!(
-        "ip link del {OVERLAY_DEV} 2>/dev/null; \
-         ip link add {OVERLAY_DEV} type vxlan id {OVERLAY_VNI} local {me} remote {peer} dstport {port} dev {iface} && \
-         ip addr add {mine}/30 dev {OVERLAY_DEV} && \
+        "if ip -d -o link show {OVERLAY_DEV} 2>/dev/null | grep -q 'vxlan id {OVERLAY_VNI} remote {peer} local {me} dev {iface} .*dstport {port} ' \
+            && ip -o addr show dev {OVERLAY_DEV} | grep -q ' {mine}/30 '; then \
+           ip link set {OVERLAY_DEV} up; \
+         else \
+           ip link del {OVERLAY_DEV} 2>/dev/null; \
+           ip link add {OVERLAY_DEV} type vxlan id {OVERLAY_VNI} local {me} remote {peer} dstport {port} dev {iface} && \
+           ip addr add {mine}/30 dev {OVERLAY_DEV} && \
+           ip link set {OVERLAY_DEV} up; \
+         fi && \
          echo 0 > /proc/sys/net/ipv4/conf/{OVERLAY_DEV}/rp_filter && \
-         ip link set {OVERLAY_DEV} up && \
          ip route replace default via {theirs} dev {OVERLAY_DEV} table {OVERLAY_TABLE} && \
-         (ip rule del priority {OVERLAY_TABLE} 2>/dev/null; ip rule add oif {OVERLAY_DEV} lookup {OVERLAY_TABLE} priority {OVERLAY_TABLE})"
+         if ! ip rule show priority {OVERLAY_TABLE} | grep -q 'oif {OVERLAY_DEV} lookup {OVERLAY_TABLE}'; then \
+           ip rule del priority {OVERLAY_TABLE} 2>/dev/null; \
+           ip rule add oif {OVERLAY_DEV} lookup {OVERLAY_TABLE} priority {OVERLAY_TABLE}; \
+         fi"
     );
     let out = tokio::process::Command::new("sh")
         .args(["-c", &script])
@@ -438,6 +456,66 @@ pub async fn ensure_overlay(
             "VXLAN link to {peer}: {}",
             String::from_utf8_lossy(&out.stderr).trim()
         ))
+    }
+}
+
+/// Stops a conntrackd a previous natd started with our configuration and left running
+/// (natd killed outside a service manager that stops its children): two conntrackds on
+/// one sync port would leave the pair without state sync.
+async fn stop_leftover(bin: &std::path::Path, conf: &std::path::Path) {
+    let name = bin.file_name().map(|n| n.to_string_lossy().into_owned());
+    let Ok(procs) = std::fs::read_dir("/proc") else {
+        return;
+    };
+    let conf = conf.to_string_lossy().into_owned();
+    let mut stopped = Vec::new();
+    for p in procs.flatten() {
+        let Some(pid) = p.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else {
+            continue;
+        };
+        let Ok(cmdline) = std::fs::read(p.path().join("cmdline")) else {
+            continue;
+        };
+        let args: Vec<String> = cmdline
+            .split(|b| *b == 0)
+            .filter(|a| !a.is_empty())
+            .map(|a| String::from_utf8_lossy(a).into_owned())
+            .collect();
+        let is_conntrackd = args.first().is_some_and(|a| {
+            std::path::Path::new(a)
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                == name
+        });
+        if is_conntrackd && args.len() == 3 && args[1] == "-C" && args[2] == conf {
+            let pid = nix::unistd::Pid::from_raw(pid);
+            if nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).is_ok() {
+                stopped.push(pid);
+            }
+        }
+    }
+    if stopped.is_empty() {
+        return;
+    }
+    warn!(
+        "pair: stopping the conntrackd a previous natd left running ({})",
+        stopped
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    for _ in 0..20 {
+        if stopped
+            .iter()
+            .all(|p| nix::sys::signal::kill(*p, None).is_err())
+        {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for p in stopped {
+        let _ = nix::sys::signal::kill(p, nix::sys::signal::Signal::SIGKILL);
     }
 }
 
@@ -526,6 +604,8 @@ pub struct Sync {
     dir: PathBuf,
     port: u16,
     child: tokio::sync::Mutex<Option<(tokio::process::Child, Ipv4Addr)>>,
+    /// conntrackd was started once by this natd.
+    started: std::sync::atomic::AtomicBool,
 }
 
 impl Sync {
@@ -536,6 +616,7 @@ impl Sync {
             dir: cfg.state_dir.clone(),
             port: cfg.sync_port,
             child: tokio::sync::Mutex::new(None),
+            started: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -615,6 +696,9 @@ General {{
                 Err(e) => warn!("conntrackd: {e}; restarting"),
             }
             *child = None;
+        }
+        if !self.started.swap(true, std::sync::atomic::Ordering::SeqCst) {
+            stop_leftover(&self.bin, &self.conf()).await;
         }
         std::fs::create_dir_all(&self.dir).map_err(|e| format!("{}: {e}", self.dir.display()))?;
         std::fs::write(self.conf(), self.config_text(iface, me, peer))

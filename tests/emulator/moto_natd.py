@@ -54,7 +54,8 @@ Extensions, each matching documented AWS behaviour:
   template whose primary network interface names groups and asks for a public IP gets
   those groups and a public IP (moto gives it the default group and no public IP); a
   terminated instance's primary network interface is deleted
-  NATD_EMU_INSTANCE_ENI_RELEASE_SECS (default 2) after it (moto keeps it), and until
+  NATD_EMU_INSTANCE_ENI_RELEASE_SECS (default 2) after it (moto keeps it), its Elastic
+  IPs disassociated (moto leaves them on the deleted interface), and until
   then holds its groups (DeleteSecurityGroup answers DependencyViolation); an interface
   endpoint's network interfaces have addresses of their subnets and the endpoint's
   groups (moto: random addresses, no groups), one per subnet as ModifyVpcEndpoint adds
@@ -1135,6 +1136,12 @@ def _reap_lambda_enis(ec2):
     now = time.monotonic()
     for eni_id, at in list(_eni_release_at.items()):
         if at <= now and eni_id in ec2.enis:
+            # Its Elastic IPs are disassociated and stay allocated, as on EC2 ("If you
+            # terminate an instance, its Elastic IP address is disassociated", EC2 User
+            # Guide, Elastic IP addresses); moto keeps them on the deleted interface.
+            for eip in list(ec2.addresses):
+                if eip.eni is not None and eip.eni.id == eni_id and eip.association_id:
+                    ec2.disassociate_address(association_id=eip.association_id)
             ec2.delete_network_interface(eni_id)
             del _eni_release_at[eni_id]
 

@@ -970,6 +970,14 @@ async fn pair(lab: &Lab, extra: &[&str]) -> (String, String) {
         if ours(&a) && ours(&b) {
             break;
         }
+        // The first egress is by the stack's Elastic IPs: nothing leaves by another.
+        for ip in [&a, &b].into_iter().flatten() {
+            assert!(
+                eips.contains(ip),
+                "a connection left by {ip}, not the Elastic IPs {eips:?}:\n{}",
+                lab_log(lab)
+            );
+        }
         assert!(
             start.elapsed() < Duration::from_secs(90),
             "no egress by the Elastic IPs {eips:?} ({a:?}, {b:?}):\n{}\naddresses: {}",
@@ -1459,5 +1467,99 @@ async fn a_networkd_reload_that_drops_the_pairs_rules_moves_nothing_and_the_chec
     .await;
     assert_eq!(seen, eip);
     assert_eq!(holders(&lab), vec![standby.clone(), standby.clone()]);
+    lab.shutdown();
+}
+
+#[tokio::test]
+async fn a_pair_egresses_only_by_its_elastic_ip_across_natd_restarts_and_after_losing_both_members()
+{
+    let _turn = beside().await;
+    let mut lab = Lab::new(Arc::new(Emulator::for_lab())).await;
+    let (holder, standby) = pair(&lab, &[]).await;
+    let eip = stack_eip(&lab);
+
+    // natd restarts on the holder, three times (a crash, then the supervisor restarts
+    // it, as systemd does): new connections keep leaving, and only by the Elastic IP.
+    let prober = lab.probe();
+    for _ in 0..3 {
+        let before = lab.natd_pids(&holder);
+        lab.kill_natd(&holder);
+        until(
+            "natd restarted on the holder",
+            Duration::from_secs(20),
+            async || {
+                let now = lab.natd_pids(&holder);
+                (!now.is_empty() && now != before).then_some(())
+            },
+        )
+        .await;
+        tokio::time::sleep(Duration::from_secs(3)).await;
+    }
+    let seen = prober.stop();
+    let left: Vec<&String> = seen.iter().filter_map(|r| r.as_ref().ok()).collect();
+    assert!(left.len() > 50, "egress was exercised: {seen:?}");
+    assert!(
+        left.iter().all(|ip| **ip == eip),
+        "a new connection left by another address than {eip}: {:?}\n{}",
+        left.iter().filter(|ip| ***ip != eip).collect::<Vec<_>>(),
+        lab_log(&lab)
+    );
+    let failed: Vec<&String> = seen.iter().filter_map(|r| r.as_ref().err()).collect();
+    assert!(
+        failed.is_empty(),
+        "a natd restart stopped new connections: {failed:?}"
+    );
+    assert!(
+        lab.natd_log(&holder)
+            .contains("SNAT to the egress address(es) the previous run used"),
+        "{}",
+        lab.natd_log(&holder)
+    );
+    assert_eq!(holders(&lab), vec![holder.clone(), holder.clone()]);
+
+    // Both members lost at once (one host, one AZ): their groups replace them; until the
+    // new pair holds the Elastic IP nothing leaves, then everything by it.
+    let prober = lab.probe();
+    lab.crash(&holder);
+    lab.crash(&standby);
+    lab.world
+        .ec2
+        .terminate_instances()
+        .instance_ids(&holder)
+        .instance_ids(&standby)
+        .send()
+        .await
+        .unwrap();
+    let start = Instant::now();
+    loop {
+        let a = lab.fetch_async(0).await;
+        let b = lab.fetch_async(1).await;
+        if a.as_deref() == Ok(eip.as_str()) && b.as_deref() == Ok(eip.as_str()) {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(120),
+            "no egress by {eip} after losing both members ({a:?}, {b:?}):\n{}\naddresses: {}",
+            lab_log(&lab),
+            lab.emu.aws(&["ec2", "describe-addresses"])
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let seen = prober.stop();
+    let left: Vec<&String> = seen.iter().filter_map(|r| r.as_ref().ok()).collect();
+    assert!(!left.is_empty(), "{seen:?}");
+    assert!(
+        left.iter().all(|ip| **ip == eip),
+        "after losing both members a connection left by another address than {eip}: {:?}\n{}",
+        left.iter().filter(|ip| ***ip != eip).collect::<Vec<_>>(),
+        lab_log(&lab)
+    );
+    let replacements: Vec<String> = lab
+        .instances()
+        .into_keys()
+        .filter(|i| *i != holder && *i != standby)
+        .collect();
+    assert_eq!(replacements.len(), 2, "{replacements:?}");
     lab.shutdown();
 }

@@ -277,6 +277,7 @@ pub fn read_facts(mac: &str, vpc_cidrs: Vec<ipnet::Ipv4Net>) -> Result<Facts, Er
         egress_interface: interface_with_mac(Path::new("/sys/class/net"), mac)?,
         vpc_cidrs,
         egress_ips: Vec::new(),
+        forward_new: true,
         overlay: None,
         mem_total_kb: mem_total_kb()?,
     })

@@ -35,6 +35,12 @@ pub struct Facts {
     /// Elastic IPs) natd SNATs to, spread evenly over new connections. Empty: masquerade
     /// to the interface's own address.
     pub egress_ips: Vec<std::net::Ipv4Addr>,
+    /// Whether new connections are forwarded. Off while the stack's egress address is
+    /// required but not yet ours (a pair before it knows its egress addresses, a single
+    /// instance with an Elastic IP before it is on the instance's ENI): connections
+    /// already tracked keep flowing, new ones are dropped rather than leave by another
+    /// public address.
+    pub forward_new: bool,
     /// Pair mode: the VXLAN link to the other instance and its /30, over which the
     /// standby checks that the holder forwards (the holder forwards what arrives on it
     /// like traffic from the VPC).
@@ -127,7 +133,8 @@ pub fn ruleset(facts: &Facts) -> Ruleset {
         .map(ToString::to_string)
         .collect();
     let n = facts.egress_ips.len();
-    for c in &sources {
+    let opened: &[String] = if facts.forward_new { &sources } else { &[] };
+    for c in opened {
         if n == 0 {
             nat.push(format!("-s {c} -o {o} -j MASQUERADE"));
             continue;
@@ -154,7 +161,7 @@ pub fn ruleset(facts: &Facts) -> Ruleset {
         "-m conntrack --ctstate INVALID -j DROP".to_string(),
         "-m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT".to_string(),
     ];
-    for c in &sources {
+    for c in opened {
         filter.push(format!("-s {c} -o {o} -j ACCEPT"));
     }
     filter.push("-j DROP".to_string());
@@ -212,6 +219,32 @@ pub fn observe(save: &str) -> Observed {
         }
     }
     o
+}
+
+/// What a previous natd left in the kernel: the addresses its nat chain SNATs to (in
+/// rule order, each once) and whether its filter chain forwarded new connections. A
+/// restarted natd starts from them, so a restart (a crash, an upgrade) changes neither
+/// the public address new connections leave by nor whether they are forwarded.
+pub fn left_by_previous_run(observed: &Observed) -> (Vec<std::net::Ipv4Addr>, bool) {
+    let mut ips = Vec::new();
+    for rule in observed.chains.get(NAT_CHAIN).into_iter().flatten() {
+        let mut words = rule.split_whitespace();
+        while let Some(w) = words.next() {
+            if w == "--to-source"
+                && let Some(ip) = words.next().and_then(|a| a.parse().ok())
+                && !ips.contains(&ip)
+            {
+                ips.push(ip);
+            }
+        }
+    }
+    let open = observed
+        .chains
+        .get(FILTER_CHAIN)
+        .into_iter()
+        .flatten()
+        .any(|r| r.starts_with("-s ") && r.ends_with("-j ACCEPT"));
+    (ips, open)
 }
 
 /// The `iptables-restore --noflush` input that turns `observed` into `desired`, or
@@ -323,6 +356,7 @@ mod tests {
         Facts {
             egress_interface: "ens5".into(),
             egress_ips: Vec::new(),
+            forward_new: true,
             overlay: None,
             vpc_cidrs: vec![
                 "10.20.0.0/16".parse().expect("cidr"),
@@ -368,6 +402,51 @@ mod tests {
             got, want,
             "rerun with UPDATE_GOLDEN=1 if the change is intended"
         );
+    }
+
+    #[test]
+    fn held_forwards_no_new_connection_and_a_restart_starts_where_the_last_run_was() {
+        let ip: std::net::Ipv4Addr = "10.20.1.9".parse().expect("ip");
+        let held = ruleset(&Facts {
+            egress_ips: vec![ip],
+            forward_new: false,
+            ..facts()
+        });
+        assert!(
+            !held
+                .nat
+                .iter()
+                .any(|r| r.contains("SNAT") || r.contains("MASQUERADE"))
+        );
+        assert!(
+            !held.filter.iter().any(|r| r.starts_with("-s ")),
+            "{:?}",
+            held.filter
+        );
+        assert_eq!(held.filter.last().map(String::as_str), Some("-j DROP"));
+        assert!(
+            held.filter
+                .iter()
+                .any(|r| r.contains("RELATED,ESTABLISHED -j ACCEPT"))
+        );
+        assert_eq!(
+            left_by_previous_run(&observe(&saved(&held))),
+            (vec![], false)
+        );
+        let second: std::net::Ipv4Addr = "10.20.1.10".parse().expect("ip");
+        let open = ruleset(&Facts {
+            egress_ips: vec![ip, second],
+            ..facts()
+        });
+        assert_eq!(
+            left_by_previous_run(&observe(&saved(&open))),
+            (vec![ip, second], true)
+        );
+        assert_eq!(
+            left_by_previous_run(&observe(&saved(&ruleset(&facts())))),
+            (vec![], true)
+        );
+        assert_eq!(left_by_previous_run(&Observed::default()), (vec![], false));
     }
 
     #[test]

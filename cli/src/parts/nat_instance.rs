@@ -766,6 +766,9 @@ fn user_data(spec: &Spec) -> String {
             "pair = true\negress_ips = {}\n",
             p.egress_ips.unwrap_or(1)
         ));
+    } else if spec.eip {
+        // Egress only by the Elastic IP: nothing new leaves before it is on the instance.
+        config.push_str("require_eip = true\n");
     }
     let cloud_config = format!(
         "#cloud-config\nwrite_files:\n  - path: /etc/natd/natd.toml\n    permissions: '0644'\n    content: |\n      {}\n",
@@ -1710,6 +1713,13 @@ mod tests {
             "{pair}"
         );
         assert!(!decoded(&spec()).contains("pair"));
+        assert!(!decoded(&spec()).contains("require_eip"));
+        let with_eip = Spec {
+            eip: true,
+            ..spec()
+        };
+        assert!(decoded(&with_eip).contains("      require_eip = true\n"));
+        assert!(!decoded(&pair_spec(Some(2))).contains("require_eip"));
     }
 
     #[test]
