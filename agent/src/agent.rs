@@ -287,13 +287,7 @@ impl DataPlane {
                     "the pair's egress addresses are unknown: forwarding no new connection (they would leave by another public address)"
                 );
             } else {
-                info!(
-                    "SNAT to the egress address(es) [{}]",
-                    ips.iter()
-                        .map(ToString::to_string)
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                );
+                info!("SNAT to the egress address(es) [{}]", joined(&ips, ", "));
             }
             self.facts.forward_new = !ips.is_empty();
             self.facts.egress_ips = ips;
@@ -1379,12 +1373,7 @@ impl Agent {
         } else if !facts.egress_ips.is_empty() {
             info!(
                 "SNAT to the egress address(es) the previous run used [{}] until EC2 says otherwise",
-                facts
-                    .egress_ips
-                    .iter()
-                    .map(ToString::to_string)
-                    .collect::<Vec<_>>()
-                    .join(", ")
+                joined(&facts.egress_ips, ", ")
             );
         }
         let rules = kernel::ruleset(&facts);
@@ -1853,10 +1842,16 @@ fn round2(n: u64) -> u64 {
 }
 
 fn cidr_list(c: &[Ipv4Net]) -> String {
-    c.iter()
+    joined(c, ",")
+}
+
+/// `items` in words, separated by `sep`.
+fn joined<T: std::fmt::Display>(items: &[T], sep: &str) -> String {
+    items
+        .iter()
         .map(ToString::to_string)
         .collect::<Vec<_>>()
-        .join(",")
+        .join(sep)
 }
 
 fn describe_kernel_changes(c: &kapply::Changes) -> String {
