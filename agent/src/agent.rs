@@ -800,6 +800,9 @@ impl ControlPlane {
                     }
                     v.last_beat = None;
                     v.last_check_ok = None;
+                    // The link still leads to the previous peer until the data pass
+                    // rebuilds it: no check through it until then.
+                    v.ready = false;
                     v.silent_logged = false;
                     v.peer_says_holder = false;
                     v.peer_claim_heard = None;

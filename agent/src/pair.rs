@@ -581,8 +581,28 @@ fn overlay_rule_in(rules: &str) -> bool {
     })
 }
 
-/// A TCP connection to `target` through the holder (over the overlay link).
+/// A TCP connection to `target` through the holder (over the overlay link): two at
+/// once, from two source ports, so that one packet lost on the way (a neighbour entry
+/// being refreshed, a busy host) is not taken for a holder that does not forward; the
+/// first to connect answers.
 pub async fn check_through_holder(target: SocketAddrV4, timeout: Duration) -> Result<(), String> {
+    let mut set = tokio::task::JoinSet::new();
+    for _ in 0..2 {
+        set.spawn(connect_through_holder(target, timeout));
+    }
+    let mut failed = String::from("no attempt ran");
+    while let Some(done) = set.join_next().await {
+        match done {
+            Ok(Ok(())) => return Ok(()),
+            Ok(Err(e)) => failed = e,
+            Err(e) => failed = e.to_string(),
+        }
+    }
+    Err(failed)
+}
+
+/// One TCP connection to `target` bound to the overlay link.
+async fn connect_through_holder(target: SocketAddrV4, timeout: Duration) -> Result<(), String> {
     let attempt = async {
         let sock = tokio::net::TcpSocket::new_v4().map_err(|e| e.to_string())?;
         sock.bind_device(Some(OVERLAY_DEV.as_bytes()))

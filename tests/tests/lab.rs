@@ -1094,7 +1094,12 @@ async fn a_hot_standby_pair_fails_over_in_a_second_keeping_address_and_connectio
     )
     .await;
     for _ in 0..30 {
-        assert_eq!(holders(&lab), vec![standby.clone(), standby.clone()]);
+        assert_eq!(
+            holders(&lab),
+            vec![standby.clone(), standby.clone()],
+            "{}",
+            lab_log(&lab)
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert!(
@@ -1109,7 +1114,12 @@ async fn a_hot_standby_pair_fails_over_in_a_second_keeping_address_and_connectio
     let drop_beats = "-p udp --dport 4790 -j DROP";
     lab.vpc.sh(&format!("iptables -I FORWARD {drop_beats}"));
     for _ in 0..50 {
-        assert_eq!(holders(&lab), vec![standby.clone(), standby.clone()]);
+        assert_eq!(
+            holders(&lab),
+            vec![standby.clone(), standby.clone()],
+            "{}",
+            lab_log(&lab)
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert!(
