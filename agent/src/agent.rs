@@ -387,18 +387,9 @@ impl DataPlane {
 
 /// One TCP connect to `target`, leaving by `iface`.
 async fn probe(target: SocketAddrV4, iface: &str, timeout: Duration) -> Result<(), String> {
-    let attempt = async {
-        let sock = tokio::net::TcpSocket::new_v4().map_err(|e| e.to_string())?;
-        sock.bind_device(Some(iface.as_bytes()))
-            .map_err(|e| format!("bind to {iface}: {e}"))?;
-        sock.connect(target.into())
-            .await
-            .map(drop)
-            .map_err(|e| e.to_string())
-    };
-    tokio::time::timeout(timeout, attempt)
+    crate::probe::connect(target, iface, timeout)
         .await
-        .map_err(|_| format!("no answer within {timeout:?}"))?
+        .map_err(|e| e.to_string())
 }
 
 /// The AWS half: everything natd does through IMDS, EC2 and Auto Scaling. Moved into
@@ -791,6 +782,7 @@ impl ControlPlane {
                     v.lost_role = v.silence(Instant::now()).is_none_or(|s| {
                         s > self.cfg.heartbeat_interval() * self.cfg.heartbeat_misses
                     });
+                    v.lost_role_at = Some(Instant::now());
                 }
                 if v.peer.as_ref().map(|p| &p.instance_id) != peer.as_ref().map(|p| &p.instance_id)
                 {
@@ -800,6 +792,8 @@ impl ControlPlane {
                     }
                     v.last_beat = None;
                     v.last_check_ok = None;
+                    v.check_failures = 0;
+                    v.not_acted = None;
                     // The link still leads to the previous peer until the data pass
                     // rebuilds it: no check through it until then.
                     v.ready = false;
@@ -1338,6 +1332,7 @@ impl Agent {
                 eni: id.eni_id.clone(),
                 cloud: cloud.clone(),
                 view: view.clone(),
+                iface: facts.egress_interface.clone(),
                 sync: sync.clone(),
                 targets: cfg.probes(),
                 endpoint_given: cfg.aws_endpoint_url.is_some(),

@@ -11,4 +11,5 @@ pub mod imds;
 pub mod kernel;
 pub mod metrics;
 pub mod pair;
+pub mod probe;
 pub mod routes;

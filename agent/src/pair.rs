@@ -66,8 +66,25 @@ const CHECK_SPACING: Duration = Duration::from_secs(1);
 /// often: a holder that beats but no longer forwards (its forwarding broken where it
 /// cannot see) is taken over after [`ROUTINE_FAILURES`] failed checks in a row.
 const ROUTINE_EVERY: Duration = Duration::from_secs(2);
-/// Failed routine checks in a row before a takeover.
+/// Failed routine checks in a row (each with the standby's own path and the link
+/// between the two proven at the same moment) before a takeover: with the check every
+/// [`ROUTINE_EVERY`] and the second one [`heartbeat_misses`] beats after the first, a
+/// holder that stops forwarding while it beats is taken over within about 3 s.
+///
+/// [`heartbeat_misses`]: crate::config::Config::heartbeat_misses
 const ROUTINE_FAILURES: u32 = 2;
+/// After losing the role, an instance takes it back on failed routine checks only this
+/// much later: two instances whose checks through each other fail (and nothing else
+/// does) hand the routes over at most once a minute, never back and forth.
+const ROUTINE_HOLD_DOWN: Duration = Duration::from_secs(60);
+/// A standby whose check through this holder has never once passed (a new link, a
+/// holder whose reads do not show us yet and so beats and tunnels to someone else)
+/// does not take a failed check for a holder that does not forward until the holder
+/// has been silent this long: the check path, not the holder, is the likelier fault.
+const UNPROVEN_SILENCE: Duration = Duration::from_secs(10);
+/// The TCP port the standby connects to on the holder's end of the link to prove the
+/// link itself: nothing listens there, and the reset that comes back is the proof.
+const LINK_PROOF_PORT: u16 = 9;
 /// The longest a check through the holder waits for its connection.
 const CHECK_TIMEOUT: Duration = Duration::from_millis(250);
 /// Longest a conntrackd control command may take.
@@ -90,7 +107,7 @@ pub struct Takeover {
 }
 
 /// What the pair's two halves (the control pass, the heartbeat loop) share.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct View {
     /// Our primary private address, once read.
     pub me_ip: Option<Ipv4Addr>,
@@ -133,8 +150,17 @@ pub struct View {
     pub last_check_ok: Option<Instant>,
     /// The last check through the holder, whatever it found.
     pub last_check: Option<Instant>,
-    /// Routine checks failed in a row.
+    /// Routine checks failed in a row (counted only while our own path and the link
+    /// work: see [`judge_failed_check`]).
     pub check_failures: u32,
+    /// The peer a check through which last passed: the check path through the current
+    /// holder is proven while this is its instance id.
+    pub proven_through: Option<String>,
+    /// When we last lost the role to the peer.
+    pub lost_role_at: Option<Instant>,
+    /// Why the last failed check was not taken for a holder that does not forward (said
+    /// once, when it changes).
+    pub not_acted: Option<NotActed>,
     /// The last takeover we made, and when our fast path last acted.
     pub last_takeover: Option<Takeover>,
     /// When the fast path last moved things (the control pass must not undo it with
@@ -176,6 +202,13 @@ impl View {
     /// How long the peer has been silent (`None`: never heard).
     pub fn silence(&self, now: Instant) -> Option<Duration> {
         self.last_beat.map(|t| now.saturating_duration_since(t))
+    }
+
+    /// Whether a check through the current peer has passed since it became our peer.
+    pub fn proven(&self) -> bool {
+        self.peer
+            .as_ref()
+            .is_some_and(|p| self.proven_through.as_deref() == Some(p.instance_id.as_str()))
     }
 }
 
@@ -316,10 +349,63 @@ pub fn route_plan(
     out
 }
 
+/// Why the standby checks the holder now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Due {
+    /// The holder hands over (`natctl rotate`): taken over without a check.
+    Handover,
+    /// No heartbeat ever heard from the peer (`instance`).
+    NeverHeard(String),
+    /// The holder (`instance`) has been silent this long (`beats` intervals).
+    Silent {
+        /// The holder.
+        instance: String,
+        /// How long.
+        silence: Duration,
+        /// In heartbeat intervals.
+        beats: u128,
+    },
+    /// The holder's heartbeats say it does not forward.
+    SaysItFails(String),
+    /// Heartbeats in order: the routine check of the holder's forwarding.
+    Routine,
+    /// A routine check failed: the next one comes a few beats later, not after
+    /// [`ROUTINE_EVERY`].
+    RoutineAgain(String),
+}
+
+impl Due {
+    /// A check made while the holder beats and says it forwards.
+    pub fn routine(&self) -> bool {
+        matches!(self, Self::Routine | Self::RoutineAgain(_))
+    }
+}
+
+impl std::fmt::Display for Due {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Handover => f.write_str("the holder hands over (natctl rotate)"),
+            Self::NeverHeard(i) => write!(f, "no heartbeat ever heard from {i}"),
+            Self::Silent {
+                instance,
+                silence,
+                beats,
+            } => write!(
+                f,
+                "{instance} silent for {} ms ({beats} beats)",
+                silence.as_millis()
+            ),
+            Self::SaysItFails(i) => write!(f, "{i} says it does not forward"),
+            Self::Routine => f.write_str("routine check"),
+            Self::RoutineAgain(i) => write!(f, "{i} failed a routine check"),
+        }
+    }
+}
+
 /// Why the standby should check the holder now, if it should: the holder is silent
 /// for `heartbeat_misses` beats or says it does not forward; we forward, hold nothing,
 /// did not lose the role unheard, and know what to move.
-pub fn check_due(view: &View, now: Instant, cfg: &Config) -> Option<String> {
+pub fn check_due(view: &View, now: Instant, cfg: &Config) -> Option<Due> {
     if view.busy
         || view.holder
         || view.lost_role
@@ -338,7 +424,7 @@ pub fn check_due(view: &View, now: Instant, cfg: &Config) -> Option<String> {
             .silence(now)
             .is_some_and(|s| s < cfg.heartbeat_interval() * cfg.heartbeat_misses)
     {
-        return Some(HANDOVER.to_string());
+        return Some(Due::Handover);
     }
     if view
         .last_check_ok
@@ -348,30 +434,124 @@ pub fn check_due(view: &View, now: Instant, cfg: &Config) -> Option<String> {
     }
     let limit = cfg.heartbeat_interval() * cfg.heartbeat_misses;
     let since_check = view.last_check.map(|t| now.saturating_duration_since(t));
+    let id = || peer.instance_id.clone();
     match view.silence(now) {
-        None => Some(format!("no heartbeat ever heard from {}", peer.instance_id)),
-        Some(s) if s >= limit => Some(format!(
-            "{} silent for {} ms ({} beats)",
-            peer.instance_id,
-            s.as_millis(),
-            s.as_millis() / cfg.heartbeat_interval().as_millis().max(1)
-        )),
-        Some(_) if !view.peer_says_forwards => {
-            Some(format!("{} says it does not forward", peer.instance_id))
-        }
+        None => Some(Due::NeverHeard(id())),
+        Some(s) if s >= limit => Some(Due::Silent {
+            instance: id(),
+            silence: s,
+            beats: s.as_millis() / cfg.heartbeat_interval().as_millis().max(1),
+        }),
+        Some(_) if !view.peer_says_forwards => Some(Due::SaysItFails(id())),
         Some(_) if view.check_failures > 0 && since_check.is_none_or(|d| d >= limit) => {
-            Some(format!("{} failed a routine check", peer.instance_id))
+            Some(Due::RoutineAgain(id()))
         }
-        Some(_) if since_check.is_none_or(|d| d >= ROUTINE_EVERY) => Some(ROUTINE.to_string()),
+        Some(_) if since_check.is_none_or(|d| d >= ROUTINE_EVERY) => Some(Due::Routine),
         Some(_) => None,
     }
 }
 
-/// The reason of a planned handover (the holder asks for it).
-const HANDOVER: &str = "the holder hands over (natctl rotate)";
+/// What the standby learnt, beside the failed check through the holder, in the same
+/// moment: whether its own path to the same target works (the witness: a connection
+/// leaving by its own interface, not through the holder) and whether the holder's end
+/// of the link between them answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Evidence {
+    /// Our own connection to the target opened.
+    pub own_path: bool,
+    /// The holder's end of the VXLAN link answered (accepted or refused).
+    pub link: bool,
+}
 
-/// The reason of a routine check (heartbeats in order).
-const ROUTINE: &str = "routine check";
+/// Why a failed check through the holder was not taken for a holder that does not
+/// forward.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NotActed {
+    /// Our own path to the target fails too: ours, or the target's, is the fault.
+    OwnPath,
+    /// The holder's end of the link does not answer: the link is the fault.
+    Link,
+    /// No check through this holder has ever passed, and it is not silent long enough.
+    Unproven,
+    /// We lost the role less than [`ROUTINE_HOLD_DOWN`] ago.
+    HoldDown,
+    /// One failed routine check: the next decides.
+    FirstFailure,
+}
+
+impl std::fmt::Display for NotActed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::OwnPath => "our own path to the same target fails too (our fault, or the target's)",
+            Self::Link => "the holder's end of the VXLAN link does not answer (the link between us, not its forwarding)",
+            Self::Unproven => "no check through this holder has passed yet (the check path is unproven)",
+            Self::HoldDown => "we lost the role less than a minute ago",
+            Self::FirstFailure => "one failed check; the next decides",
+        })
+    }
+}
+
+/// What a failed check through the holder means, decided from what else is known:
+/// `Ok(())` to take over, or why not.
+///
+/// - The holder is silent or says it fails: its beats corroborate the failed check.
+///   Taken at once when a check through this holder has passed before (the path is
+///   proven) or the holder itself says it fails; with an unproven path only once the
+///   holder has been silent for [`UNPROVEN_SILENCE`] (or, never heard, been our peer
+///   that long).
+/// - The holder beats and says it forwards (a routine check): only our own evidence
+///   speaks against it, so it must be strong: our own path to the same target works, the
+///   holder's end of the link answers, the path through it is proven, we did not just
+///   lose the role, and the check failed [`ROUTINE_FAILURES`] times in a row. A standby
+///   whose own path or link is broken never moves anything on routine checks, so the
+///   pair cannot take turns.
+pub fn judge_failed_check(
+    due: &Due,
+    view: &View,
+    evidence: Evidence,
+    now: Instant,
+) -> Result<(), NotActed> {
+    let proven = view.proven();
+    match due {
+        Due::Handover | Due::SaysItFails(_) => Ok(()),
+        Due::Silent { silence, .. } => {
+            if proven || *silence >= UNPROVEN_SILENCE {
+                Ok(())
+            } else {
+                Err(NotActed::Unproven)
+            }
+        }
+        Due::NeverHeard(_) => {
+            let peer_for = view
+                .peer_since
+                .map(|t| now.saturating_duration_since(t))
+                .unwrap_or_default();
+            if proven || peer_for >= UNPROVEN_SILENCE {
+                Ok(())
+            } else {
+                Err(NotActed::Unproven)
+            }
+        }
+        Due::Routine | Due::RoutineAgain(_) => {
+            if !evidence.own_path {
+                Err(NotActed::OwnPath)
+            } else if !evidence.link {
+                Err(NotActed::Link)
+            } else if !proven {
+                Err(NotActed::Unproven)
+            } else if view
+                .lost_role_at
+                .is_some_and(|t| now.saturating_duration_since(t) < ROUTINE_HOLD_DOWN)
+            {
+                Err(NotActed::HoldDown)
+            } else if view.check_failures + 1 < ROUTINE_FAILURES {
+                Err(NotActed::FirstFailure)
+            } else {
+                Ok(())
+            }
+        }
+    }
+}
 
 /// One heartbeat.
 fn beat(instance: &str, seq: u64, holder: bool, handing_over: bool, forwards: bool) -> String {
@@ -603,18 +783,9 @@ pub async fn check_through_holder(target: SocketAddrV4, timeout: Duration) -> Re
 
 /// One TCP connection to `target` bound to the overlay link.
 async fn connect_through_holder(target: SocketAddrV4, timeout: Duration) -> Result<(), String> {
-    let attempt = async {
-        let sock = tokio::net::TcpSocket::new_v4().map_err(|e| e.to_string())?;
-        sock.bind_device(Some(OVERLAY_DEV.as_bytes()))
-            .map_err(|e| format!("bind to {OVERLAY_DEV}: {e}"))?;
-        sock.connect(target.into())
-            .await
-            .map(drop)
-            .map_err(|e| e.to_string())
-    };
-    tokio::time::timeout(timeout, attempt)
+    crate::probe::connect(target, OVERLAY_DEV, timeout)
         .await
-        .map_err(|_| format!("no answer within {timeout:?}"))?
+        .map_err(|e| e.to_string())
 }
 
 /// conntrackd, configured and supervised by natd.
@@ -805,6 +976,8 @@ pub struct Ctx {
     pub cloud: Cloud,
     /// The shared view.
     pub view: Shared,
+    /// The interface of our ENI: the standby's own path (the witness) leaves by it.
+    pub iface: String,
     /// conntrackd.
     pub sync: Arc<Sync>,
     /// Where the check through the holder connects: the probe targets...
@@ -892,8 +1065,8 @@ pub async fn run(ctx: Ctx) {
                 if let Some(ip) = peer {
                     let _ = sock.send_to(msg.as_bytes(), (ip, port)).await;
                 }
-                if let Some(reason) = due {
-                    tokio::spawn(check_and_take_over(ctx.clone(), reason, now));
+                if let Some(due) = due {
+                    tokio::spawn(check_and_take_over(ctx.clone(), due, now));
                 }
             }
             r = sock.recv_from(&mut buf) => {
@@ -928,13 +1101,14 @@ pub async fn run(ctx: Ctx) {
 }
 
 /// Checks the holder through the overlay; takes over when it does not forward.
-async fn check_and_take_over(ctx: Ctx, reason: String, decided: Instant) {
+async fn check_and_take_over(ctx: Ctx, due: Due, decided: Instant) {
     let timeout = Duration::from_millis(ctx.cfg.probe_timeout_ms).min(CHECK_TIMEOUT);
-    let routine = reason == ROUTINE || reason.ends_with("failed a routine check");
-    if reason == HANDOVER {
+    let routine = due.routine();
+    if due == Due::Handover {
         // Planned: the holder forwards until the routes have moved; no check.
-        return take_over(ctx, reason, decided, Vec::new()).await;
+        return take_over(ctx, due.to_string(), decided, Vec::new()).await;
     }
+    let reason = due.to_string();
     let mut targets = ctx.targets.clone();
     if targets.is_empty() {
         let mut resolved = Vec::new();
@@ -1000,6 +1174,15 @@ async fn check_and_take_over(ctx: Ctx, reason: String, decided: Instant) {
                 let mut v = ctx.view.lock().expect("pair view");
                 v.last_check = Some(Instant::now());
                 v.busy = false;
+                let through = v.peer.as_ref().map(|p| p.instance_id.clone());
+                if v.proven_through != through {
+                    info!(
+                        "pair: a check through {} passed (to {t}): the check path is proven",
+                        through.as_deref().unwrap_or("the holder")
+                    );
+                    v.proven_through = through;
+                }
+                v.not_acted = None;
                 if v.check_failures > 0 {
                     info!("pair: the holder forwards again (a check through it succeeded)");
                     v.check_failures = 0;
@@ -1019,25 +1202,90 @@ async fn check_and_take_over(ctx: Ctx, reason: String, decided: Instant) {
             Err(e) => failures.push(format!("{t}: {e}")),
         }
     }
+    // The check failed. For a routine check (the holder beats and says it forwards)
+    // learn, in the same moment, whether our own path to the target works and whether
+    // the holder's end of the link answers: without both, the fault is not the
+    // holder's.
+    let evidence = if routine {
+        let holder_end = {
+            let v = ctx.view.lock().expect("pair view");
+            v.me_ip
+                .zip(v.peer.as_ref().map(|p| p.ip))
+                .map(|(me, peer)| overlay_addresses(me, peer).1)
+        };
+        let own = targets.first().copied();
+        let (own_path, link) = tokio::join!(
+            async {
+                match own {
+                    Some(t) => crate::probe::connect(t, &ctx.iface, timeout).await.is_ok(),
+                    None => false,
+                }
+            },
+            async {
+                match holder_end {
+                    Some(ip) => {
+                        crate::probe::answers(
+                            SocketAddrV4::new(ip, LINK_PROOF_PORT),
+                            OVERLAY_DEV,
+                            timeout,
+                        )
+                        .await
+                    }
+                    None => false,
+                }
+            }
+        );
+        Evidence { own_path, link }
+    } else {
+        Evidence {
+            own_path: true,
+            link: true,
+        }
+    };
     {
         let mut v = ctx.view.lock().expect("pair view");
-        v.last_check = Some(Instant::now());
-        if routine {
-            // The holder beats and says it forwards: a failed check here may as well be
-            // our own path's fault, and moving on it could make the pair take turns.
-            // Said, not acted on.
-            v.check_failures += 1;
-            if v.check_failures == ROUTINE_FAILURES {
-                warn!(
-                    "pair: checks through the holder fail ({}) while it beats and says it forwards; not taking over (the holder's own probes decide)",
-                    failures.join("; ")
-                );
+        let now = Instant::now();
+        v.last_check = Some(now);
+        match judge_failed_check(&due, &v, evidence, now) {
+            Ok(()) => {
+                v.check_failures = 0;
+                v.not_acted = None;
             }
-            v.busy = false;
-            return;
+            Err(why) => {
+                if routine && matches!(why, NotActed::FirstFailure) {
+                    v.check_failures += 1;
+                } else if routine {
+                    // Our evidence does not hold: start counting afresh.
+                    v.check_failures = 0;
+                }
+                if !routine {
+                    // Silence goes on: the next check in [`CHECK_SPACING`], not at the
+                    // next beat.
+                    v.last_check_ok = Some(now);
+                }
+                if v.not_acted != Some(why) {
+                    warn!(
+                        "pair: {reason}: checks through {} fail ({}), not taking over: {why}",
+                        v.peer
+                            .as_ref()
+                            .map(|p| p.instance_id.as_str())
+                            .unwrap_or("the holder"),
+                        failures.join("; ")
+                    );
+                    v.not_acted = Some(why);
+                }
+                v.busy = false;
+                return;
+            }
         }
-        v.check_failures = 0;
     }
+    let reason = if routine {
+        format!(
+            "{reason}: it beats and says it forwards, but {ROUTINE_FAILURES} checks through it failed in a row while our own path and the link to it worked"
+        )
+    } else {
+        reason
+    };
     take_over(ctx, reason, decided, failures).await;
 }
 
@@ -1262,10 +1510,10 @@ mod tests {
             last_check: Some(now),
             ..standby(now)
         };
-        assert_eq!(check_due(&v, now, &cfg()).as_deref(), Some(HANDOVER));
+        assert_eq!(check_due(&v, now, &cfg()), Some(Due::Handover));
         // A stale handover flag from a silent holder is an ordinary silence.
         let late = now + Duration::from_secs(1);
-        assert_ne!(check_due(&v, late, &cfg()).as_deref(), Some(HANDOVER));
+        assert_ne!(check_due(&v, late, &cfg()), Some(Due::Handover));
     }
 
     fn egress(eni: Option<&str>) -> Egress {
@@ -1338,8 +1586,8 @@ mod tests {
             ..v
         };
         assert_eq!(
-            check_due(&later, now + Duration::from_millis(2000), &cfg()).as_deref(),
-            Some(ROUTINE)
+            check_due(&later, now + Duration::from_millis(2000), &cfg()),
+            Some(Due::Routine)
         );
     }
 
@@ -1347,7 +1595,9 @@ mod tests {
     fn silence_or_a_holder_that_says_it_fails_triggers_a_check() {
         let now = Instant::now();
         let v = standby(now);
-        let due = check_due(&v, now + Duration::from_millis(300), &cfg()).expect("due");
+        let due = check_due(&v, now + Duration::from_millis(300), &cfg())
+            .expect("due")
+            .to_string();
         // A routine check that found the holder forwarding just before it went silent
         // does not delay the check.
         let routine_just_before = View {
@@ -1370,8 +1620,191 @@ mod tests {
         assert!(
             check_due(&v, now, &cfg())
                 .expect("due")
+                .to_string()
                 .contains("does not forward")
         );
+    }
+
+    #[test]
+    fn a_failed_routine_check_is_checked_again_a_few_beats_later() {
+        let now = Instant::now();
+        let v = View {
+            check_failures: 1,
+            last_check: Some(now),
+            ..standby(now)
+        };
+        let limit = cfg().heartbeat_interval() * cfg().heartbeat_misses;
+        let beat = |t: Instant| View {
+            last_beat: Some(t),
+            ..v.clone()
+        };
+        assert_eq!(check_due(&beat(now), now + limit / 2, &cfg()), None);
+        assert_eq!(
+            check_due(&beat(now + limit), now + limit, &cfg()),
+            Some(Due::RoutineAgain("i-b".into()))
+        );
+    }
+
+    /// The standby of [`standby`] whose checks through the holder have passed before.
+    fn proven(now: Instant) -> View {
+        View {
+            proven_through: Some("i-b".into()),
+            peer_since: Some(now - Duration::from_secs(600)),
+            ..standby(now)
+        }
+    }
+
+    #[test]
+    fn what_a_failed_check_through_the_holder_means() {
+        let now = Instant::now();
+        let good = Evidence {
+            own_path: true,
+            link: true,
+        };
+        let silent = |ms: u64| Due::Silent {
+            instance: "i-b".into(),
+            silence: Duration::from_millis(ms),
+            beats: u128::from(ms / 100),
+        };
+        let again = Due::RoutineAgain("i-b".into());
+        let lost = |ago: u64| View {
+            lost_role_at: Some(now - Duration::from_secs(ago)),
+            ..proven(now)
+        };
+        let cases: Vec<(&str, Due, View, Evidence, Result<(), NotActed>)> = vec![
+            // The holder silent (a death, a frozen host, a full partition).
+            (
+                "silent, path proven",
+                silent(300),
+                proven(now),
+                good,
+                Ok(()),
+            ),
+            (
+                "silent, path never proven (a new link; the holder may not know us yet)",
+                silent(300),
+                standby(now),
+                good,
+                Err(NotActed::Unproven),
+            ),
+            (
+                "silent long enough, path never proven",
+                silent(10_000),
+                standby(now),
+                good,
+                Ok(()),
+            ),
+            (
+                "never heard, a peer for a moment",
+                Due::NeverHeard("i-b".into()),
+                View {
+                    peer_since: Some(now - Duration::from_secs(1)),
+                    ..standby(now)
+                },
+                good,
+                Err(NotActed::Unproven),
+            ),
+            (
+                "never heard, a peer for long",
+                Due::NeverHeard("i-b".into()),
+                View {
+                    peer_since: Some(now - Duration::from_secs(30)),
+                    ..standby(now)
+                },
+                good,
+                Ok(()),
+            ),
+            (
+                "the holder says it fails and the check agrees",
+                Due::SaysItFails("i-b".into()),
+                standby(now),
+                good,
+                Ok(()),
+            ),
+            ("handover", Due::Handover, standby(now), good, Ok(())),
+            // The holder beats and says it forwards.
+            (
+                "one failed routine check",
+                Due::Routine,
+                proven(now),
+                good,
+                Err(NotActed::FirstFailure),
+            ),
+            (
+                "the second in a row: the holder beats but does not forward",
+                again.clone(),
+                View {
+                    check_failures: 1,
+                    ..proven(now)
+                },
+                good,
+                Ok(()),
+            ),
+            (
+                "our own path fails too",
+                again.clone(),
+                View {
+                    check_failures: 1,
+                    ..proven(now)
+                },
+                Evidence {
+                    own_path: false,
+                    link: true,
+                },
+                Err(NotActed::OwnPath),
+            ),
+            (
+                "the link does not answer",
+                again.clone(),
+                View {
+                    check_failures: 1,
+                    ..proven(now)
+                },
+                Evidence {
+                    own_path: true,
+                    link: false,
+                },
+                Err(NotActed::Link),
+            ),
+            (
+                "never proven through this holder",
+                again.clone(),
+                View {
+                    check_failures: 1,
+                    proven_through: Some("i-previous".into()),
+                    ..proven(now)
+                },
+                good,
+                Err(NotActed::Unproven),
+            ),
+            (
+                "we just lost the role",
+                again.clone(),
+                View {
+                    check_failures: 1,
+                    ..lost(10)
+                },
+                good,
+                Err(NotActed::HoldDown),
+            ),
+            (
+                "we lost the role long ago",
+                again.clone(),
+                View {
+                    check_failures: 1,
+                    ..lost(120)
+                },
+                good,
+                Ok(()),
+            ),
+        ];
+        for (what, due, view, evidence, want) in cases {
+            assert_eq!(
+                judge_failed_check(&due, &view, evidence, now),
+                want,
+                "{what}"
+            );
+        }
     }
 
     #[test]

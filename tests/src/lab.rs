@@ -162,6 +162,8 @@ struct Shared {
     crashed: BTreeSet<String>,
     /// Instance id -> the router's side of its interface.
     links: BTreeMap<String, String>,
+    /// natd boots with natctl's configuration alone ([`Lab::as_deployed`]).
+    as_deployed: bool,
 }
 
 /// Where a host's security groups come from.
@@ -410,6 +412,17 @@ impl Lab {
             .filter(|v| v.is_finite() && *v >= 0.0)
             .unwrap_or(0.0);
         Self::with_boot_delay(emu, Duration::from_secs_f64(secs)).await
+    }
+
+    /// As [`Lab::new`], with natd configured exactly as natctl deploys it: the
+    /// configuration natctl writes into the user data, plus only what points natd at
+    /// the lab (the IMDS fixture, the emulator, a state directory). No probe target and
+    /// natd's own pass interval and drift cadence, as on AWS; the tests' faster
+    /// settings are off.
+    pub async fn as_deployed(emu: Arc<Emulator>) -> Self {
+        let lab = Self::new(emu).await;
+        lab.shared.lock().unwrap().as_deployed = true;
+        lab
     }
 
     /// As [`Lab::new`], with instances booting `boot_delay` after they start running.
@@ -934,6 +947,28 @@ impl Lab {
                 )
             })
             .collect()
+    }
+
+    /// Runs `cmd` (a shell command) in `instance`'s namespace: its output, or why it
+    /// failed.
+    pub fn exec(&self, instance: &str, cmd: &str) -> Result<String, String> {
+        let ns = self
+            .instances()
+            .get(instance)
+            .cloned()
+            .ok_or_else(|| format!("no instance {instance} in the lab"))?;
+        let out = std::process::Command::new("ip")
+            .args(["netns", "exec", &ns, "sh", "-c", cmd])
+            .output()
+            .map_err(|e| e.to_string())?;
+        if out.status.success() {
+            Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        } else {
+            Err(format!(
+                "{cmd} on {instance}: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            ))
+        }
     }
 
     /// The VPC router's side of `instance`'s interface (for faults played at the router).
@@ -1955,9 +1990,16 @@ impl Fabric {
         std::fs::write(
             &config,
             format!(
-                "stack = \"{stack}\"\nimds_endpoint = \"http://127.0.0.1:{}\"\naws_endpoint_url = \"http://{INTERNET}:{}\"\ninterval_secs = 1\nunhealthy_after = 3\nprobe_targets = [\"{SERVER}\"]\nprobe_timeout_ms = 500\nstartup_attempts = 5\nstate_dir = \"{}\"\n{user_config}",
+                "stack = \"{stack}\"\nimds_endpoint = \"http://127.0.0.1:{}\"\naws_endpoint_url = \"http://{INTERNET}:{}\"\n{}state_dir = \"{}\"\n{user_config}",
                 imds.port,
                 self.emu.port,
+                if self.shared.lock().unwrap().as_deployed {
+                    String::new()
+                } else {
+                    format!(
+                        "interval_secs = 1\nunhealthy_after = 3\nprobe_targets = [\"{SERVER}\"]\nprobe_timeout_ms = 500\nstartup_attempts = 5\n"
+                    )
+                },
                 self.dir.path().join(id).display()
             ),
         )

@@ -134,6 +134,48 @@ async fn drift_is_repaired_on_the_next_pass() {
     );
 }
 
+#[tokio::test]
+async fn forwarding_switched_off_on_the_interface_alone_is_drift_repaired_on_the_next_pass() {
+    let (_emu, l) = lab().await;
+    let natd = l.host.spawn(&l.host.config("dev", ""));
+    eventually(
+        Duration::from_secs(20),
+        "natd to configure the kernel",
+        || async { fetch(&l.private, SERVER).ok() },
+    )
+    .await;
+    // What a network manager or a stray tool can do: ip_forward stays 1, the
+    // interface's own switch goes off, and nothing it receives is forwarded.
+    l.host.ns.sh("sysctl -qw net.ipv4.conf.ens5.forwarding=0");
+    assert_eq!(l.host.ns.sh("sysctl -n net.ipv4.ip_forward").trim(), "1");
+    assert_eq!(
+        l.host
+            .ns
+            .sh("sysctl -n net.ipv4.conf.ens5.forwarding")
+            .trim(),
+        "0"
+    );
+    eventually(
+        Duration::from_secs(20),
+        "natd to switch the interface's forwarding back on",
+        || async {
+            (l.host
+                .ns
+                .sh("sysctl -n net.ipv4.conf.ens5.forwarding")
+                .trim()
+                == "1"
+                && fetch(&l.private, SERVER).is_ok())
+            .then_some(())
+        },
+    )
+    .await;
+    assert!(
+        natd.log().contains("net/ipv4/conf/ens5/forwarding"),
+        "the repair names the setting: {}",
+        natd.log()
+    );
+}
+
 /// The rules of a built-in chain as `iptables -S` prints them, in order.
 fn chain(ns: &Netns, table: &str, name: &str) -> Vec<String> {
     ns.sh(&format!("iptables -t {table} -S {name}"))

@@ -1160,6 +1160,145 @@ async fn a_hot_standby_pair_fails_over_in_a_second_keeping_address_and_connectio
     lab.shutdown();
 }
 
+/// The pair as natctl deploys it (no probe target, natd's own 5 s pass): a holder that
+/// is alive and beats but no longer forwards is taken over within seconds, keeping its
+/// connections; a standby whose own path, or whose link to the holder, is broken moves
+/// nothing; forwarding switched off on the holder's interface alone is repaired.
+#[tokio::test]
+async fn a_holder_that_beats_but_does_not_forward_is_taken_over_as_deployed() {
+    let _turn = beside().await;
+    let mut lab = Lab::as_deployed(Arc::new(Emulator::for_lab())).await;
+    let (holder, standby) = pair(&lab, &[]).await;
+    let eip = stack_eip(&lab);
+    until(
+        "the standby's check through the holder to pass once",
+        Duration::from_secs(30),
+        async || {
+            lab.natd_log(&standby)
+                .contains("the check path is proven")
+                .then_some(())
+        },
+    )
+    .await;
+    let still = |what: &'static str, secs: u64| {
+        let lab = &lab;
+        let want = vec![holder.clone(), holder.clone()];
+        async move {
+            for _ in 0..secs * 10 {
+                assert_eq!(holders(lab), want, "{what}:\n{}", lab_log(lab));
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    };
+
+    // The standby's own path broken (it hears nothing from the check's target, by
+    // either way): its checks through the holder fail, and so does its own connection:
+    // nothing moves.
+    let target = natd_tests::lab::INTERNET;
+    let own = format!("INPUT -s {target} -p tcp -j DROP");
+    lab.exec(&standby, &format!("iptables -I {own}")).unwrap();
+    still("the standby's own path broken", 7).await;
+    lab.exec(&standby, &format!("iptables -D {own}")).unwrap();
+    assert!(
+        lab.natd_log(&standby)
+            .contains("our own path to the same target fails too"),
+        "{}",
+        lab.natd_log(&standby)
+    );
+    // The link between the two broken on the standby's side: nothing moves.
+    let link = "OUTPUT -o natd-pair -j DROP";
+    lab.exec(&standby, &format!("iptables -I {link}")).unwrap();
+    still("the link to the holder broken", 7).await;
+    lab.exec(&standby, &format!("iptables -D {link}")).unwrap();
+    assert!(
+        lab.natd_log(&standby)
+            .contains("does not answer (the link between us"),
+        "{}",
+        lab.natd_log(&standby)
+    );
+    assert!(
+        !lab.natd_log(&standby).contains("pair: taking over from"),
+        "{}",
+        lab.natd_log(&standby)
+    );
+    tokio::time::sleep(Duration::from_secs(3)).await;
+
+    // The holder loses its default route (a DHCP or networkd mishap) while natd and its
+    // heartbeats go on: the standby takes over, and the connections live on.
+    let mut streams = lab.streams(0, 20).unwrap();
+    streams.extend(lab.streams(1, 20).unwrap());
+    assert_eq!(exchange_all(&mut streams), Vec::<String>::new());
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let gateway = lab.exec(&holder, "ip route show default").unwrap();
+    let broken = Instant::now();
+    lab.exec(&holder, "ip route del default").unwrap();
+    until(
+        "the standby taking over",
+        Duration::from_secs(15),
+        async || (holders(&lab) == vec![standby.clone(), standby.clone()]).then_some(()),
+    )
+    .await;
+    let moved = broken.elapsed();
+    until(
+        "egress by the new holder",
+        Duration::from_secs(10),
+        async || (lab.fetch_async(0).await.ok()? == eip).then_some(()),
+    )
+    .await;
+    println!(
+        "holder without a default route: routes moved after {moved:?}, egress back after {:?}",
+        broken.elapsed()
+    );
+    assert!(
+        lab.natd_log(&standby)
+            .contains("beats and says it forwards, but 2 checks through it failed"),
+        "{}",
+        lab.natd_log(&standby)
+    );
+    let failed = exchange_all(&mut streams);
+    assert!(
+        failed.is_empty(),
+        "every connection lives on: {failed:?}\n{}",
+        lab_log(&lab)
+    );
+    // Its route back: nothing moves back.
+    lab.exec(&holder, &format!("ip route add {}", gateway.trim()))
+        .unwrap();
+    for _ in 0..60 {
+        assert_eq!(
+            holders(&lab),
+            vec![standby.clone(), standby.clone()],
+            "no flapping:\n{}",
+            lab_log(&lab)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // Forwarding switched off on the new holder's interface alone (ip_forward stays
+    // 1): natd's drift repair brings egress back within its pass.
+    lab.exec(&standby, "sysctl -qw net.ipv4.conf.ens5.forwarding=0")
+        .unwrap();
+    let off = Instant::now();
+    until(
+        "egress after the interface's forwarding went off",
+        Duration::from_secs(15),
+        async || (lab.fetch_async(1).await.ok()? == eip).then_some(()),
+    )
+    .await;
+    println!(
+        "interface forwarding off: egress back after {:?}",
+        off.elapsed()
+    );
+    assert_eq!(
+        lab.exec(&standby, "sysctl -n net.ipv4.conf.ens5.forwarding")
+            .unwrap()
+            .trim(),
+        "1"
+    );
+    assert_eq!(exchange_all(&mut streams), Vec::<String>::new());
+    lab.shutdown();
+}
+
 #[tokio::test]
 async fn a_planned_rotation_of_the_pair_loses_no_connection() {
     let _turn = beside().await;

@@ -85,6 +85,10 @@ pub fn sysctl_plan(facts: &Facts, port_range: (u16, u16), conntrack: Option<u64>
     };
     vec![
         req("net/ipv4/ip_forward".into(), "1".into()),
+        // Forwarding is decided per receiving interface: with ip_forward at 1, an
+        // interface whose own switch is off (a tool, a network manager) forwards nothing
+        // it receives, and the instance stops forwarding while ip_forward says it does.
+        req(format!("net/ipv4/conf/{iface}/forwarding"), "1".into()),
         // Loose reverse-path filtering: replies to masqueraded flows and traffic from
         // the private subnets arrive on the same interface they leave by, which strict
         // mode (1) can drop when the routing table has more than one path.
@@ -537,6 +541,7 @@ mod tests {
         let plan = sysctl_plan(&facts(), (1024, 65535), None);
         let get = |k: &str| plan.iter().find(|s| s.key == k).map(|s| s.value.as_str());
         assert_eq!(get("net/ipv4/ip_forward"), Some("1"));
+        assert_eq!(get("net/ipv4/conf/ens5/forwarding"), Some("1"));
         assert_eq!(get("net/ipv4/conf/ens5/rp_filter"), Some("2"));
         assert_eq!(get("net/ipv4/conf/all/send_redirects"), Some("0"));
         assert_eq!(get("net/ipv4/conf/ens5/send_redirects"), Some("0"));
