@@ -1671,7 +1671,8 @@ mod tests {
             lost_role_at: Some(now - Duration::from_secs(ago)),
             ..proven(now)
         };
-        let cases: Vec<(&str, Due, View, Evidence, Result<(), NotActed>)> = vec![
+        type Case = (&'static str, Due, View, Evidence, Result<(), NotActed>);
+        let cases: Vec<Case> = vec![
             // The holder silent (a death, a frozen host, a full partition).
             (
                 "silent, path proven",
