@@ -326,11 +326,30 @@ impl DataPlane {
                     info!("pair: conntrackd syncing with {peer}");
                     p.resync_due = true;
                 }
-                Ok(false) if p.resync_due && !holder => {
-                    // The holder sends its whole table when asked.
-                    match p.sync.ctl(&["-n"]).await {
-                        Ok(_) => p.resync_due = false,
-                        Err(e) => trouble.push(e),
+                Ok(false) if p.resync_due => {
+                    // A standby asks the holder for its whole table. A holder whose
+                    // conntrackd was (re)started (natd restarted, an upgrade, conntrackd
+                    // died) reads the kernel's table again and sends all of it: the
+                    // standby's copy of the connections that existed before must not
+                    // wait for them to change.
+                    let steps: &[&[&str]] = if holder {
+                        &[&["-R"], &["-B"]]
+                    } else {
+                        &[&["-n"]]
+                    };
+                    let mut done = true;
+                    for step in steps {
+                        if let Err(e) = p.sync.ctl(step).await {
+                            trouble.push(e);
+                            done = false;
+                            break;
+                        }
+                    }
+                    if done {
+                        if holder {
+                            info!("pair: conntrackd sent the whole table to the standby");
+                        }
+                        p.resync_due = false;
                     }
                 }
                 Ok(false) => {}
