@@ -1352,6 +1352,8 @@ impl Agent {
                 cloud: cloud.clone(),
                 view: view.clone(),
                 iface: facts.egress_interface.clone(),
+                imds: Imds::new(cfg.imds_endpoint.as_deref())?,
+                mac: id.mac.clone(),
                 sync: sync.clone(),
                 targets: cfg.probes(),
                 endpoint_given: cfg.aws_endpoint_url.is_some(),
@@ -1747,7 +1749,9 @@ impl Agent {
         if let Some(t) = &v.last_takeover {
             s.push_str(&format!(
                 " takeover={}ms@{}",
-                t.took.as_millis(),
+                // Counted done once IMDS lists the moved addresses here (AWS: the remap
+                // is asynchronous), else at the API's answer.
+                t.confirmed.unwrap_or(t.took).as_millis(),
                 humantime::format_rfc3339_seconds(t.at)
             ));
         }

@@ -106,6 +106,24 @@ impl Imds {
             why: "expected one IPv4 CIDR block per line",
         })
     }
+
+    /// Every private IPv4 address of the interface with `mac`, as IMDS lists them: where
+    /// AWS says to confirm that a secondary address moved here by
+    /// AssignPrivateIpAddresses has arrived (the remap is asynchronous).
+    pub async fn local_ipv4s(&self, mac: &str) -> Result<Vec<std::net::Ipv4Addr>, Error> {
+        let path = format!("{MD}/network/interfaces/macs/{mac}/local-ipv4s");
+        let text = self.get(path.clone()).await?;
+        text.lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .map(|l| l.parse().ok())
+            .collect::<Option<Vec<_>>>()
+            .ok_or(Error::Value {
+                path,
+                value: text,
+                why: "expected one IPv4 address per line",
+            })
+    }
 }
 
 /// Reads the identity. One attempt of the whole sequence; the caller retries.

@@ -87,6 +87,12 @@ const UNPROVEN_SILENCE: Duration = Duration::from_secs(10);
 const LINK_PROOF_PORT: u16 = 9;
 /// The longest a check through the holder waits for its connection.
 const CHECK_TIMEOUT: Duration = Duration::from_millis(250);
+/// After a takeover, how long natd waits at most for IMDS to list the moved addresses
+/// on its interface and for the first forwarded packet (AWS: the remap is
+/// asynchronous; confirm it through IMDS `local-ipv4s`).
+const CONFIRM_WITHIN: Duration = Duration::from_secs(15);
+/// How often it looks while it waits.
+const CONFIRM_EVERY: Duration = Duration::from_millis(50);
 /// Longest a conntrackd control command may take.
 const CTL_TIMEOUT: Duration = Duration::from_secs(5);
 /// Heartbeat wire format: `natd-pair 1 <instance-id> <seq> <holder 0|1|2> <forwards 0|1>`
@@ -104,6 +110,13 @@ pub struct Takeover {
     pub tables: usize,
     /// Why.
     pub reason: String,
+    /// From the decision until IMDS listed every moved address on our interface (the
+    /// remap done, as AWS advises to confirm it); `None` until then, or when it never
+    /// did within [`CONFIRM_WITHIN`].
+    pub confirmed: Option<Duration>,
+    /// From the decision until the first packet from the VPC was forwarded here (traffic
+    /// really flows the new way).
+    pub flowing: Option<Duration>,
 }
 
 /// What the pair's two halves (the control pass, the heartbeat loop) share.
@@ -978,6 +991,10 @@ pub struct Ctx {
     pub view: Shared,
     /// The interface of our ENI: the standby's own path (the witness) leaves by it.
     pub iface: String,
+    /// IMDS, where a takeover confirms that the moved addresses have arrived.
+    pub imds: crate::imds::Imds,
+    /// Our interface's MAC (its IMDS path).
+    pub mac: String,
     /// conntrackd.
     pub sync: Arc<Sync>,
     /// Where the check through the holder connects: the probe targets...
@@ -1376,6 +1393,7 @@ async fn take_over(ctx: Ctx, reason: String, decided: Instant, failures: Vec<Str
             failures.join("; ")
         );
     }
+    let forwarded_before = forwarded_packets().await;
     let committed = ctx.sync.ctl(&["-c"]).await;
     match &committed {
         Ok(_) => info!(
@@ -1415,7 +1433,11 @@ async fn take_over(ctx: Ctx, reason: String, decided: Instant, failures: Vec<Str
                 took,
                 tables: ok_tables,
                 reason,
+                confirmed: None,
+                flowing: None,
             });
+            let (ctx, ips) = (ctx.clone(), v.egress_ips());
+            tokio::spawn(confirm(ctx, ips, decided, forwarded_before));
         }
         Err(e) => error!("pair: could not move the egress addresses: {e}; retrying"),
     }
@@ -1430,6 +1452,63 @@ async fn take_over(ctx: Ctx, reason: String, decided: Instant, failures: Vec<Str
             }
         }
     });
+}
+
+/// After a takeover: waits (bounded) until IMDS lists every moved address on our
+/// interface, and until the first packet from the VPC is forwarded here, and says how
+/// long each took from the decision. The takeover is counted done, in the health report
+/// and the log, at the confirmation, not at the API's answer.
+async fn confirm(ctx: Ctx, ips: Vec<Ipv4Addr>, decided: Instant, before: Option<u64>) {
+    let (mut confirmed, mut flowing) = (None, None);
+    let deadline = decided + CONFIRM_WITHIN;
+    while (confirmed.is_none() || flowing.is_none()) && Instant::now() < deadline {
+        if confirmed.is_none()
+            && let Ok(listed) = ctx.imds.local_ipv4s(&ctx.mac).await
+            && ips.iter().all(|ip| listed.contains(ip))
+        {
+            confirmed = Some(decided.elapsed());
+        }
+        if flowing.is_none()
+            && let (Some(b), Some(now)) = (before, forwarded_packets().await)
+            && now > b
+        {
+            flowing = Some(decided.elapsed());
+        }
+        tokio::time::sleep(CONFIRM_EVERY).await;
+    }
+    let ms = |d: Option<Duration>| {
+        d.map(|d| format!("{} ms", d.as_millis()))
+            .unwrap_or_else(|| format!("not within {} s", CONFIRM_WITHIN.as_secs()))
+    };
+    let said = format!(
+        "pair: takeover confirmed: IMDS lists the egress address(es) on our interface after {}; traffic from the VPC forwarded here after {} (from the decision)",
+        ms(confirmed),
+        ms(flowing)
+    );
+    if confirmed.is_some() {
+        info!("{said}");
+    } else {
+        warn!("{said}");
+    }
+    let mut v = ctx.view.lock().expect("pair view");
+    if let Some(t) = v.last_takeover.as_mut() {
+        t.confirmed = confirmed;
+        t.flowing = flowing;
+    }
+}
+
+/// Packets natd's forward chain has passed (every packet forwarded from the VPC crosses
+/// it), or `None` when iptables cannot say.
+async fn forwarded_packets() -> Option<u64> {
+    let out = tokio::process::Command::new("iptables-save")
+        .args(["-c", "-t", "filter"])
+        .output()
+        .await
+        .ok()
+        .filter(|o| o.status.success())?;
+    Some(crate::kernel::forwarded_packets(&String::from_utf8_lossy(
+        &out.stdout,
+    )))
 }
 
 #[cfg(test)]

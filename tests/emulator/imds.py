@@ -1,6 +1,7 @@
 """A small IMDSv2 server answering for one instance of the AWS emulator.
 
 Run as: python imds.py --endpoint http://127.0.0.1:PORT --region R --instance-id i-... [-H 127.0.0.1] [-p 0]
+       [--local-ipv4s-file PATH]
 
 IMDSv2 only: PUT /latest/api/token with X-aws-ec2-metadata-token-ttl-seconds (1-21600)
 returns a token; every GET must carry it in X-aws-ec2-metadata-token (401 otherwise, or
@@ -27,6 +28,11 @@ def main():
     p.add_argument("--instance-id", required=True)
     p.add_argument("-H", "--host", default="127.0.0.1")
     p.add_argument("-p", "--port", type=int, default=0)
+    # The lab's data plane, when it runs one: the secondary addresses its fabric has
+    # delivered to the interface, one per line. AWS documents an address remap as
+    # asynchronous and says to confirm it through local-ipv4s: with this file, IMDS
+    # lists an address once packets for it arrive, not when the API shows it.
+    p.add_argument("--local-ipv4s-file")
     args = p.parse_args()
     ec2 = boto3.client(
         "ec2",
@@ -36,6 +42,19 @@ def main():
         # enforces IAM.
     )
     tokens = {}
+
+    def secondary(eni):
+        if args.local_ipv4s_file:
+            try:
+                with open(args.local_ipv4s_file) as f:
+                    return [line.strip() for line in f if line.strip()]
+            except FileNotFoundError:
+                return []
+        return [
+            a["PrivateIpAddress"]
+            for a in eni.get("PrivateIpAddresses", [])
+            if not a.get("Primary") and a.get("PrivateIpAddress") != eni.get("PrivateIpAddress")
+        ]
 
     def metadata():
         inst = ec2.describe_instances(InstanceIds=[args.instance_id])["Reservations"][0]["Instances"][0]
@@ -60,14 +79,7 @@ def main():
             nic + "vpc-ipv4-cidr-blocks": "\n".join(cidrs),
             # Every private address of the interface, the primary first, as IMDS lists
             # them (where AWS says to confirm that a moved address has arrived).
-            nic + "local-ipv4s": "\n".join(
-                [eni.get("PrivateIpAddress", "")]
-                + [
-                    a["PrivateIpAddress"]
-                    for a in eni.get("PrivateIpAddresses", [])
-                    if not a.get("Primary") and a.get("PrivateIpAddress") != eni.get("PrivateIpAddress")
-                ]
-            ),
+            nic + "local-ipv4s": "\n".join([eni.get("PrivateIpAddress", "")] + secondary(eni)),
         }
 
     class Handler(BaseHTTPRequestHandler):

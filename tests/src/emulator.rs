@@ -251,6 +251,13 @@ impl Emulator {
 
     /// Starts an IMDSv2 fixture answering for `instance_id`, on 127.0.0.1.
     pub fn imds(&self, instance_id: &str) -> Imds {
+        self.imds_with(instance_id, None)
+    }
+
+    /// As [`Emulator::imds`]; with `local_ipv4s`, the interface's secondary addresses
+    /// are those the file lists (the lab's data plane, which delivers a moved address
+    /// some time after the API shows it), not the emulator's.
+    pub fn imds_with(&self, instance_id: &str, local_ipv4s: Option<&std::path::Path>) -> Imds {
         let mut cmd = Command::new(crate::python());
         cmd.arg(crate::root().join("tests/emulator/imds.py"))
             .args([
@@ -262,6 +269,9 @@ impl Emulator {
                 instance_id,
             ])
             .args(["-H", "127.0.0.1", "-p", "0"]);
+        if let Some(f) = local_ipv4s {
+            cmd.arg("--local-ipv4s-file").arg(f);
+        }
         let (id, secret) = self.admin.lock().unwrap().clone();
         cmd.env("AWS_ACCESS_KEY_ID", id)
             .env("AWS_SECRET_ACCESS_KEY", secret);

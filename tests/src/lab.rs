@@ -54,6 +54,13 @@ use std::time::{Duration, Instant};
 
 /// How often the fabric follows the emulator.
 pub const TICK: Duration = Duration::from_millis(100);
+/// How long after the API shows a route change or a secondary address move the lab's
+/// packets follow it, unless `NATD_LAB_DATAPLANE_DELAY_MS` says otherwise. AWS documents
+/// both as asynchronous (an address remap is to be confirmed through IMDS
+/// `local-ipv4s`; route changes propagate) without a figure; half a second is the
+/// tests' stated default, so that nothing in natd can count on the change being
+/// instant.
+pub const DATAPLANE_DELAY: Duration = Duration::from_millis(500);
 /// The internet's router and server address.
 pub const INTERNET: &str = "198.51.100.1";
 /// The server in the internet namespace.
@@ -126,6 +133,8 @@ struct Instance {
     ip: String,
     /// The ENI's secondary private addresses, as the router delivers them.
     secondary: BTreeSet<String>,
+    /// The file the instance's IMDS fixture lists them from.
+    local_ipv4s: PathBuf,
     eni: String,
     subnet: String,
     natd: Option<Child>,
@@ -427,6 +436,16 @@ impl Lab {
 
     /// As [`Lab::new`], with instances booting `boot_delay` after they start running.
     pub async fn with_boot_delay(emu: Arc<Emulator>, boot_delay: Duration) -> Self {
+        Self::with_delays(emu, boot_delay, dataplane_delay()).await
+    }
+
+    /// As [`Lab::with_boot_delay`], with route changes and address moves reaching
+    /// packets `dataplane` after the API shows them ([`DATAPLANE_DELAY`]).
+    pub async fn with_delays(
+        emu: Arc<Emulator>,
+        boot_delay: Duration,
+        dataplane: Duration,
+    ) -> Self {
         let world = World::new(&emu.sdk()).await;
         let public_b = world.public_subnet_b().await;
         reserve_host_addresses(&emu, &world.vpc);
@@ -506,6 +525,7 @@ impl Lab {
                     .unwrap();
                 let mut fabric = Fabric::new(emu, shared, vpc_id, names, subnets);
                 fabric.boot_delay = boot_delay;
+                fabric.propagation = Propagation::new(dataplane);
                 rt.block_on(fabric.run(stop));
             })
         };
@@ -1024,6 +1044,45 @@ impl Drop for Lab {
 }
 
 /// The fabric: follows the emulator, owns instance and gateway namespaces.
+/// The lab's data-plane delay: `NATD_LAB_DATAPLANE_DELAY_MS`, else [`DATAPLANE_DELAY`].
+pub fn dataplane_delay() -> Duration {
+    std::env::var("NATD_LAB_DATAPLANE_DELAY_MS")
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+        .map(Duration::from_millis)
+        .unwrap_or(DATAPLANE_DELAY)
+}
+
+/// Changes the VPC's data plane takes up only some time after the API shows them: per
+/// thing (a subnet's route, an interface's addresses), the value the API shows and since
+/// when; it is applied once it has shown that long.
+#[derive(Debug)]
+struct Propagation {
+    delay: Duration,
+    seen: BTreeMap<String, (String, Instant)>,
+}
+
+impl Propagation {
+    fn new(delay: Duration) -> Self {
+        Self {
+            delay,
+            seen: BTreeMap::new(),
+        }
+    }
+
+    /// Whether `want` for `key`, as the API shows it now, has shown long enough.
+    fn due(&mut self, key: &str, want: &str, now: Instant) -> bool {
+        let e = self
+            .seen
+            .entry(key.to_string())
+            .or_insert_with(|| (want.to_string(), now));
+        if e.0 != want {
+            *e = (want.to_string(), now);
+        }
+        now.duration_since(e.1) >= self.delay
+    }
+}
+
 struct Fabric {
     emu: Arc<Emulator>,
     ec2: aws_sdk_ec2::Client,
@@ -1051,6 +1110,9 @@ struct Fabric {
     dir: tempfile::TempDir,
     /// How long an instance takes from `running` to reachable with natd started.
     boot_delay: Duration,
+    /// Route changes and address moves reach packets this long after the API shows
+    /// them ([`DATAPLANE_DELAY`]).
+    propagation: Propagation,
     /// Instances running but still booting: when the lab first saw them running.
     booting: BTreeMap<String, Instant>,
     /// The security group and network ACL ruleset last applied, and its chains.
@@ -1095,6 +1157,7 @@ impl Fabric {
             next_link: 0,
             dir: tempfile::tempdir().unwrap(),
             boot_delay: Duration::ZERO,
+            propagation: Propagation::new(DATAPLANE_DELAY),
             booting: BTreeMap::new(),
             policy: Default::default(),
             endpoints: BTreeMap::new(),
@@ -1253,6 +1316,10 @@ impl Fabric {
             if i.secondary == v.6 {
                 continue;
             }
+            let want = v.6.iter().cloned().collect::<Vec<_>>().join(" ");
+            if !self.propagation.due(&format!("ips {id}"), &want, now) {
+                continue;
+            }
             let mut cmd = String::new();
             for ip in i.secondary.difference(&v.6) {
                 cmd.push_str(&format!(
@@ -1271,6 +1338,8 @@ impl Fabric {
             }
             if self.vpc.sh_status(&format!("{cmd}true")).status.success() {
                 i.secondary = v.6.clone();
+                // What IMDS lists for the interface: the addresses packets now reach.
+                let _ = std::fs::write(&i.local_ipv4s, want.replace(' ', "\n"));
             }
         }
         // Source/dest check, enforced by the router: an instance with the check on
@@ -1419,6 +1488,12 @@ impl Fabric {
                 }
             };
             if self.programmed.get(subnet).map(String::as_str) != Some(hop.as_str()) {
+                if !self
+                    .propagation
+                    .due(&format!("route {subnet}"), &hop, Instant::now())
+                {
+                    continue;
+                }
                 let via = self
                     .instances
                     .get(&hop)
@@ -1984,7 +2059,9 @@ impl Fabric {
         ns.sh(&format!(
             "ip link set ens5 address {mac} && ip route add default via {ROUTER} dev ens5 onlink"
         ));
-        let imds = self.emu.imds(id);
+        let local_ipv4s = self.dir.path().join(format!("{id}.local-ipv4s"));
+        std::fs::write(&local_ipv4s, "").unwrap();
+        let imds = self.emu.imds_with(id, Some(&local_ipv4s));
         ns.forward_loopback(imds.port);
         let config = self.dir.path().join(format!("{id}.toml"));
         std::fs::write(
@@ -2011,6 +2088,7 @@ impl Fabric {
             link,
             ip: ip.to_string(),
             secondary: BTreeSet::new(),
+            local_ipv4s,
             eni: eni.to_string(),
             subnet: subnet.to_string(),
             natd: None,

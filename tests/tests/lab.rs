@@ -1068,6 +1068,26 @@ async fn a_hot_standby_pair_fails_over_in_a_second_keeping_address_and_connectio
         "{}",
         lab.natd_log(&standby)
     );
+    // natd counts the takeover done once IMDS lists the moved address on its interface
+    // (the lab's IMDS lists what its data plane delivers, the data-plane delay after
+    // the API), and says when traffic from the VPC first crossed it.
+    let confirmed = until(
+        "natd to confirm the takeover",
+        Duration::from_secs(20),
+        async || {
+            lab.natd_log(&standby)
+                .lines()
+                .find(|l| l.contains("takeover confirmed"))
+                .map(str::to_string)
+        },
+    )
+    .await;
+    assert!(
+        confirmed.contains("IMDS lists the egress address(es) on our interface after")
+            && !confirmed.contains("not within"),
+        "{confirmed}"
+    );
+    println!("{}", confirmed.trim());
 
     // As on AWS once the group sees the dead instance: it goes and is replaced; the
     // replacement becomes the standby, and the routes do not move again.
@@ -1656,7 +1676,8 @@ async fn a_pair_egresses_only_by_its_elastic_ip_across_natd_restarts_and_after_l
     let failed: Vec<&String> = seen.iter().filter_map(|r| r.as_ref().err()).collect();
     assert!(
         failed.is_empty(),
-        "a natd restart stopped new connections: {failed:?}"
+        "a natd restart stopped new connections: {failed:?}\n{}",
+        lab_log(&lab)
     );
     assert!(
         lab.natd_log(&holder)

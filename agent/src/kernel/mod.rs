@@ -172,6 +172,19 @@ pub fn ruleset(facts: &Facts) -> Ruleset {
     Ruleset { nat, filter }
 }
 
+/// Packets accepted by natd's forward chain, from `iptables-save -c` output: the sum of
+/// the counters of its ACCEPT rules (every forwarded packet passes one of them).
+pub fn forwarded_packets(save: &str) -> u64 {
+    let prefix = format!("-A {FILTER_CHAIN} ");
+    save.lines()
+        .filter_map(|l| {
+            let (counters, rule) = l.strip_prefix('[')?.split_once("] ")?;
+            (rule.starts_with(&prefix) && rule.ends_with("-j ACCEPT")).then_some(counters)
+        })
+        .filter_map(|c| c.split(':').next()?.parse::<u64>().ok())
+        .sum()
+}
+
 /// What `iptables-save` shows of natd's chains and the jumps into them.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Observed {
@@ -554,6 +567,24 @@ mod tests {
         assert!(!ct.required);
         let fixed = sysctl_plan(&facts(), (1024, 65535), Some(500_000));
         assert!(fixed.iter().any(|s| s.value == "500000"));
+    }
+
+    #[test]
+    fn forwarded_packets_are_counted_from_the_accept_rules_of_natds_chain() {
+        let save = "\
+*filter
+:FORWARD ACCEPT [0:0]
+:NATD-FORWARD - [0:0]
+[900:1000] -A FORWARD -j NATD-FORWARD
+[3:180] -A NATD-FORWARD -m conntrack --ctstate INVALID -j DROP
+[40:4000] -A NATD-FORWARD -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT
+[2:120] -A NATD-FORWARD -s 10.20.0.0/16 -o ens5 -j ACCEPT
+[7:420] -A NATD-FORWARD -j DROP
+[5:300] -A OTHER -j ACCEPT
+COMMIT
+";
+        assert_eq!(forwarded_packets(save), 42);
+        assert_eq!(forwarded_packets(""), 0);
     }
 
     #[test]

@@ -30,6 +30,12 @@
 //!    how many of the connections still send and receive, whether the server still
 //!    sees the stack's Elastic IP, and how often each route table's default route
 //!    changed (sampled every 50 ms for 3 s after egress is back).
+//!    `NATD_BENCH_ONLY=pair-delays` runs this alone twice in one run, with AWS's
+//!    delays off and then on (reads `NATD_EMU_STALE_SECS` late, the data plane
+//!    following route changes and address moves `DATAPLANE_DELAY` after the API), with
+//!    natd's own figures from its log: the decision to the moved address listed by
+//!    IMDS, and to the first packet from the VPC forwarded (`NATD_BENCH_PAIR_KILLS`,
+//!    default 5 here).
 //! 6. Egress addresses (`NATD_BENCH_ONLY=ports` runs only this): a pair with
 //!    `--egress-ips 1`, then in a fresh lab one with `--egress-ips 2`; each time
 //!    `NATD_BENCH_FLOWS` (default 70,000: more than the 64,512 source ports one
@@ -551,6 +557,14 @@ async fn main() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(10);
     let only = std::env::var("NATD_BENCH_ONLY").ok();
+    if only.as_deref() == Some("pair-delays") {
+        let pair_kills = std::env::var("NATD_BENCH_PAIR_KILLS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(5);
+        pair_failover_delays(pair_kills, Duration::from_secs_f64(boot_delay)).await;
+        return;
+    }
     if only.is_none() || only.as_deref() == Some("pair") {
         let pair_kills = std::env::var("NATD_BENCH_PAIR_KILLS")
             .ok()
@@ -645,8 +659,39 @@ fn exchange_all(streams: &mut [natd_tests::dataplane::Stream]) -> usize {
 }
 
 /// The hot standby pair: the holder dies `kills` times.
+/// The pair's failover with AWS's delays off (reads consistent at once, the data plane
+/// following the API within a tick), then on (reads `STALE_SECS` late, routes and
+/// address moves reaching packets [`natd_tests::lab::DATAPLANE_DELAY`] after the API
+/// shows them), in one run.
+async fn pair_failover_delays(kills: usize, boot_delay: Duration) {
+    for (label, stale, dataplane) in [
+        ("delays off", "0", Duration::ZERO),
+        (
+            "delays on",
+            natd_tests::emulator::STALE_SECS,
+            natd_tests::lab::DATAPLANE_DELAY,
+        ),
+    ] {
+        let emu = Emulator::start_env(None, &[("NATD_EMU_STALE_SECS", stale)]);
+        println!(
+            "\n### {label}: reads {stale} s stale, data plane {} ms behind the API",
+            dataplane.as_millis()
+        );
+        pair_failover_in(
+            Lab::with_delays(Arc::new(emu), boot_delay, dataplane).await,
+            kills,
+            boot_delay,
+        )
+        .await;
+    }
+}
+
 async fn pair_failover(kills: usize, boot_delay: Duration) {
     let lab = Lab::with_boot_delay(Arc::new(Emulator::for_lab()), boot_delay).await;
+    pair_failover_in(lab, kills, boot_delay).await;
+}
+
+async fn pair_failover_in(lab: Lab, kills: usize, boot_delay: Duration) {
     setup_dev(&lab, &["--ha"]);
     let eip = lab.egress_ips("bench").remove(0);
     let subnets = lab.world.private_subnets.clone();
@@ -689,7 +734,7 @@ async fn pair_failover(kills: usize, boot_delay: Duration) {
     tokio::time::sleep(Duration::from_secs(2)).await;
     let private = Netns::named(&lab.private[0].1.name);
     let (mut gaps, mut survived, mut same_ip, mut changes) = (vec![], vec![], 0, vec![]);
-    let (mut silent, mut took) = (vec![], vec![]);
+    let (mut silent, mut took, mut confirmed, mut flowing) = (vec![], vec![], vec![], vec![]);
     for n in 0..kills {
         let before = holders(&lab);
         let killed = lab.crash(&holder);
@@ -740,6 +785,23 @@ async fn pair_failover(kills: usize, boot_delay: Duration) {
         }
         if let Some(line) = log.lines().rev().find(|l| l.contains("takeover took")) {
             took.extend(number_before(line, " ms"));
+        }
+        // natd's confirmation comes a little after the takeover: wait for it.
+        let waited = Instant::now();
+        let line = loop {
+            let log = lab.natd_log(&next);
+            if let Some(l) = log.lines().rev().find(|l| l.contains("takeover confirmed")) {
+                break Some(l.to_string());
+            }
+            if waited.elapsed() > Duration::from_secs(20) {
+                break None;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        if let Some(line) = line {
+            let (imds, traffic) = line.split_once("; ").unwrap_or((&line, ""));
+            confirmed.extend(number_before(imds, " ms"));
+            flowing.extend(number_before(traffic, " ms"));
         }
         eprintln!(
             "pair kill {}: {holder} -> {next}, gap {} ms, {alive}/{total_streams} connections alive, server sees {seen}, route changes per table {changed:?}",
@@ -795,6 +857,18 @@ async fn pair_failover(kills: usize, boot_delay: Duration) {
         stats(
             "natd: decision to the last takeover call answered, check included (ms)",
             &mut took,
+        );
+    }
+    if !confirmed.is_empty() {
+        stats(
+            "natd: decision to the moved address listed by IMDS (ms)",
+            &mut confirmed,
+        );
+    }
+    if !flowing.is_empty() {
+        stats(
+            "natd: decision to the first packet from the VPC forwarded (ms)",
+            &mut flowing,
         );
     }
     println!("\nServer saw the stack's Elastic IP after {same_ip} of {kills} failovers.");
