@@ -1219,6 +1219,25 @@ async fn check_and_take_over(ctx: Ctx, due: Due, decided: Instant) {
             Err(e) => failures.push(format!("{t}: {e}")),
         }
     }
+    // A routine check that was under way when the holder fell silent (it died during
+    // the check) is judged as the silence it now is: the takeover must not wait for
+    // the next check.
+    let (due, routine) = {
+        let v = ctx.view.lock().expect("pair view");
+        let limit = ctx.cfg.heartbeat_interval() * ctx.cfg.heartbeat_misses;
+        match (routine, v.silence(Instant::now()), v.peer.as_ref()) {
+            (true, Some(silence), Some(p)) if silence >= limit => (
+                Due::Silent {
+                    instance: p.instance_id.clone(),
+                    silence,
+                    beats: silence.as_millis() / ctx.cfg.heartbeat_interval().as_millis().max(1),
+                },
+                false,
+            ),
+            _ => (due, routine),
+        }
+    };
+    let reason = due.to_string();
     // The check failed. For a routine check (the holder beats and says it forwards)
     // learn, in the same moment, whether our own path to the target works and whether
     // the holder's end of the link answers: without both, the fault is not the
@@ -1393,8 +1412,9 @@ async fn take_over(ctx: Ctx, reason: String, decided: Instant, failures: Vec<Str
             failures.join("; ")
         );
     }
-    let forwarded_before = forwarded_packets().await;
-    let committed = ctx.sync.ctl(&["-c"]).await;
+    // The forward chain's count before anything moves, read beside the commit (not
+    // before it: the takeover's path waits for nothing it does not need).
+    let (forwarded_before, committed) = tokio::join!(forwarded_packets(), ctx.sync.ctl(&["-c"]));
     match &committed {
         Ok(_) => info!(
             "pair: connection state committed into the kernel ({} ms after the decision)",

@@ -36,6 +36,13 @@
 //!    natd's own figures from its log: the decision to the moved address listed by
 //!    IMDS, and to the first packet from the VPC forwarded (`NATD_BENCH_PAIR_KILLS`,
 //!    default 5 here).
+//!    `NATD_BENCH_ONLY=pair-faults` runs the failures other than a clean death, on the
+//!    pair as natctl deploys it ([`Lab::as_deployed`]: no probe target, natd's own 5 s
+//!    pass), `NATD_BENCH_PAIR_KILLS` times each (default 5), with 40 long-lived
+//!    connections open: the holder alive and beating but without its default route
+//!    (fault to the first new connection answered; the roles swap each time, a minute
+//!    apart, as the hold-down requires), then natd restarted on the holder and the
+//!    holder dying 3 s later (its replacement becomes the standby).
 //! 6. Egress addresses (`NATD_BENCH_ONLY=ports` runs only this): a pair with
 //!    `--egress-ips 1`, then in a fresh lab one with `--egress-ips 2`; each time
 //!    `NATD_BENCH_FLOWS` (default 70,000: more than the 64,512 source ports one
@@ -557,6 +564,14 @@ async fn main() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(10);
     let only = std::env::var("NATD_BENCH_ONLY").ok();
+    if only.as_deref() == Some("pair-faults") {
+        let runs = std::env::var("NATD_BENCH_PAIR_KILLS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(5);
+        pair_faults(runs).await;
+        return;
+    }
     if only.as_deref() == Some("pair-delays") {
         let pair_kills = std::env::var("NATD_BENCH_PAIR_KILLS")
             .ok()
@@ -872,6 +887,175 @@ async fn pair_failover_in(lab: Lab, kills: usize, boot_delay: Duration) {
         );
     }
     println!("\nServer saw the stack's Elastic IP after {same_ip} of {kills} failovers.");
+}
+
+/// Polls `f` every 100 ms until it returns `Some`, or panics naming `what` after
+/// `limit`.
+async fn wait<T>(what: &str, limit: Duration, mut f: impl AsyncFnMut() -> Option<T>) -> T {
+    let start = Instant::now();
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(start.elapsed() < limit, "no {what} within {limit:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The failures of a pair other than a clean death, as natctl deploys it.
+async fn pair_faults(runs: usize) {
+    let lab = Lab::as_deployed(Arc::new(Emulator::for_lab())).await;
+    setup_dev(&lab, &["--ha"]);
+    let eip = lab.egress_ips("bench").remove(0);
+    let subnets = lab.world.private_subnets.clone();
+    let routes = |lab: &Lab| -> Vec<String> {
+        let r = lab.routes();
+        subnets
+            .iter()
+            .map(|s| r.get(s).cloned().unwrap_or_default())
+            .collect()
+    };
+    let private = Netns::named(&lab.private[0].1.name);
+    // The holder (both tables on it, egress by the Elastic IP) and a standby whose
+    // check through it has passed.
+    let pair = async |lab: &Lab| -> (String, String) {
+        wait("pair", Duration::from_secs(300), async || {
+            let r = routes(lab);
+            let holder = r[0].clone();
+            if !holder.starts_with("i-") || r.iter().any(|x| *x != holder) {
+                return None;
+            }
+            if lab.fetch_async(0).await.ok()? != eip {
+                return None;
+            }
+            let standby = lab.instances().into_keys().find(|i| *i != holder)?;
+            lab.natd_log(&standby)
+                .contains(&format!("a check through {holder} passed"))
+                .then_some((holder, standby))
+        })
+        .await
+    };
+    let gap_until_egress = |since: Instant| {
+        let private = &private;
+        async move {
+            loop {
+                if probe(private) {
+                    break since.elapsed();
+                }
+                assert!(since.elapsed() < Duration::from_secs(90), "no egress");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    };
+    let mut results: Vec<(&str, Vec<u128>, Vec<u128>, usize)> = Vec::new();
+
+    // 1. The holder alive and beating, without its default route.
+    let (mut gaps, mut alive, mut same) = (vec![], vec![], 0);
+    let mut total = 0;
+    for n in 0..runs {
+        let (holder, standby) = pair(&lab).await;
+        let mut streams = lab.streams(0, 20).unwrap();
+        streams.extend(lab.streams(1, 20).unwrap());
+        total = streams.len();
+        assert_eq!(exchange_all(&mut streams), total);
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let gateway = lab.exec(&holder, "ip route show default").unwrap();
+        let broken = Instant::now();
+        lab.exec(&holder, "ip route del default").unwrap();
+        let gap = gap_until_egress(broken).await;
+        let kept = exchange_all(&mut streams);
+        let seen = lab.fetch_async(0).await.unwrap_or_default();
+        same += usize::from(seen == eip);
+        eprintln!(
+            "holder without a default route {}: {holder} -> {:?}, gap {} ms, {kept}/{total} connections alive, server sees {seen}",
+            n + 1,
+            routes(&lab),
+            ms(gap)
+        );
+        gaps.push(ms(gap));
+        alive.push(kept as u128);
+        lab.exec(&holder, &format!("ip route add {}", gateway.trim()))
+            .unwrap();
+        drop(streams);
+        // The old holder, now the standby, may take the role back on routine checks
+        // only after the hold-down (a minute).
+        if n + 1 < runs {
+            tokio::time::sleep(Duration::from_secs(62)).await;
+            let _ = standby;
+        }
+    }
+    results.push((
+        "holder alive, beating, without its default route",
+        gaps,
+        alive,
+        same,
+    ));
+
+    // 2. natd restarted on the holder, then the holder dies 3 s later.
+    let (mut gaps, mut alive, mut same) = (vec![], vec![], 0);
+    for n in 0..runs {
+        let (holder, standby) = pair(&lab).await;
+        let mut streams = lab.streams(0, 20).unwrap();
+        streams.extend(lab.streams(1, 20).unwrap());
+        total = streams.len();
+        assert_eq!(exchange_all(&mut streams), total);
+        let before = lab.natd_pids(&holder);
+        lab.kill_natd(&holder);
+        wait("natd restarted", Duration::from_secs(30), async || {
+            let now = lab.natd_pids(&holder);
+            (!now.is_empty() && now != before).then_some(())
+        })
+        .await;
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let killed = lab.crash(&holder);
+        let gap = gap_until_egress(killed).await;
+        let kept = exchange_all(&mut streams);
+        let seen = lab.fetch_async(0).await.unwrap_or_default();
+        same += usize::from(seen == eip);
+        eprintln!(
+            "natd restarted, then the holder died {}: {holder} -> {standby}, gap {} ms, {kept}/{total} connections alive, server sees {seen}",
+            n + 1,
+            ms(gap)
+        );
+        gaps.push(ms(gap));
+        alive.push(kept as u128);
+        drop(streams);
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        lab.world
+            .ec2
+            .terminate_instances()
+            .instance_ids(&holder)
+            .send()
+            .await
+            .unwrap();
+    }
+    results.push((
+        "natd restarted on the holder, then the holder died 3 s later",
+        gaps,
+        alive,
+        same,
+    ));
+
+    println!(
+        "\nHot standby pair as natctl deploys it, {runs} runs each, {total} long-lived connections\n"
+    );
+    println!(
+        "| failure | egress gap, median (min-max) ms | connections alive, median (min-max) | same Elastic IP |"
+    );
+    println!("|---|---|---|---|");
+    for (what, mut gaps, mut alive, same) in results {
+        gaps.sort_unstable();
+        alive.sort_unstable();
+        println!(
+            "| {what} | {} ({}-{}) | {} ({}-{}) of {total} | {same} of {runs} |",
+            gaps[gaps.len() / 2],
+            gaps[0],
+            gaps[gaps.len() - 1],
+            alive[alive.len() / 2],
+            alive[0],
+            alive[alive.len() - 1]
+        );
+    }
 }
 
 /// `flows` concurrent connections to one destination through a pair with `ips` egress
