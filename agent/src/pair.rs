@@ -392,6 +392,15 @@ impl Due {
     pub fn routine(&self) -> bool {
         matches!(self, Self::Routine | Self::RoutineAgain(_))
     }
+
+    /// The holder `instance` silent for `silence`.
+    fn silent(instance: &str, silence: Duration, cfg: &Config) -> Self {
+        Self::Silent {
+            instance: instance.to_string(),
+            silence,
+            beats: silence.as_millis() / cfg.heartbeat_interval().as_millis().max(1),
+        }
+    }
 }
 
 impl std::fmt::Display for Due {
@@ -450,11 +459,7 @@ pub fn check_due(view: &View, now: Instant, cfg: &Config) -> Option<Due> {
     let id = || peer.instance_id.clone();
     match view.silence(now) {
         None => Some(Due::NeverHeard(id())),
-        Some(s) if s >= limit => Some(Due::Silent {
-            instance: id(),
-            silence: s,
-            beats: s.as_millis() / cfg.heartbeat_interval().as_millis().max(1),
-        }),
+        Some(s) if s >= limit => Some(Due::silent(&peer.instance_id, s, cfg)),
         Some(_) if !view.peer_says_forwards => Some(Due::SaysItFails(id())),
         Some(_) if view.check_failures > 0 && since_check.is_none_or(|d| d >= limit) => {
             Some(Due::RoutineAgain(id()))
@@ -1226,14 +1231,9 @@ async fn check_and_take_over(ctx: Ctx, due: Due, decided: Instant) {
         let v = ctx.view.lock().expect("pair view");
         let limit = ctx.cfg.heartbeat_interval() * ctx.cfg.heartbeat_misses;
         match (routine, v.silence(Instant::now()), v.peer.as_ref()) {
-            (true, Some(silence), Some(p)) if silence >= limit => (
-                Due::Silent {
-                    instance: p.instance_id.clone(),
-                    silence,
-                    beats: silence.as_millis() / ctx.cfg.heartbeat_interval().as_millis().max(1),
-                },
-                false,
-            ),
+            (true, Some(silence), Some(p)) if silence >= limit => {
+                (Due::silent(&p.instance_id, silence, &ctx.cfg), false)
+            }
             _ => (due, routine),
         }
     };
