@@ -887,6 +887,17 @@ impl Lab {
         self.shared.lock().unwrap().routes.clone()
     }
 
+    /// The next hop of each private subnet, in the order of `world.private_subnets`
+    /// (empty where none is programmed).
+    pub fn private_routes(&self) -> Vec<String> {
+        let routes = self.routes();
+        self.world
+            .private_subnets
+            .iter()
+            .map(|s| routes.get(s).cloned().unwrap_or_default())
+            .collect()
+    }
+
     /// The pids of natd processes in `instance`'s namespace (only that namespace's:
     /// `pgrep` would see every natd on the host).
     pub fn natd_pids(&self, instance: &str) -> Vec<String> {

@@ -1019,11 +1019,7 @@ fn exchange_all(streams: &mut [natd_tests::dataplane::Stream]) -> Vec<String> {
 
 /// Route changes of the private subnets between two snapshots of the lab's routes.
 fn holders(lab: &Lab) -> Vec<String> {
-    lab.world
-        .private_subnets
-        .iter()
-        .map(|s| lab.routes().get(s).cloned().unwrap_or_default())
-        .collect()
+    lab.private_routes()
 }
 
 #[tokio::test]

@@ -709,14 +709,7 @@ async fn pair_failover(kills: usize, boot_delay: Duration) {
 async fn pair_failover_in(lab: Lab, kills: usize, boot_delay: Duration) {
     setup_dev(&lab, &["--ha"]);
     let eip = lab.egress_ips("bench").remove(0);
-    let subnets = lab.world.private_subnets.clone();
-    let holders = |lab: &Lab| -> Vec<String> {
-        let routes = lab.routes();
-        subnets
-            .iter()
-            .map(|s| routes.get(s).cloned().unwrap_or_default())
-            .collect()
-    };
+    let holders = |lab: &Lab| lab.private_routes();
     // Both instances up, the standby syncing.
     let ready = |lab: &Lab, holder: &str| {
         let instances = lab.instances();
@@ -889,37 +882,17 @@ async fn pair_failover_in(lab: Lab, kills: usize, boot_delay: Duration) {
     println!("\nServer saw the stack's Elastic IP after {same_ip} of {kills} failovers.");
 }
 
-/// Polls `f` every 100 ms until it returns `Some`, or panics naming `what` after
-/// `limit`.
-async fn wait<T>(what: &str, limit: Duration, mut f: impl AsyncFnMut() -> Option<T>) -> T {
-    let start = Instant::now();
-    loop {
-        if let Some(v) = f().await {
-            return v;
-        }
-        assert!(start.elapsed() < limit, "no {what} within {limit:?}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 /// The failures of a pair other than a clean death, as natctl deploys it.
 async fn pair_faults(runs: usize) {
     let lab = Lab::as_deployed(Arc::new(Emulator::for_lab())).await;
     setup_dev(&lab, &["--ha"]);
     let eip = lab.egress_ips("bench").remove(0);
-    let subnets = lab.world.private_subnets.clone();
-    let routes = |lab: &Lab| -> Vec<String> {
-        let r = lab.routes();
-        subnets
-            .iter()
-            .map(|s| r.get(s).cloned().unwrap_or_default())
-            .collect()
-    };
+    let routes = |lab: &Lab| lab.private_routes();
     let private = Netns::named(&lab.private[0].1.name);
     // The holder (both tables on it, egress by the Elastic IP) and a standby whose
     // check through it has passed.
     let pair = async |lab: &Lab| -> (String, String) {
-        wait("pair", Duration::from_secs(300), async || {
+        natd_tests::eventually(Duration::from_secs(300), "a pair", async || {
             let r = routes(lab);
             let holder = r[0].clone();
             if !holder.starts_with("i-") || r.iter().any(|x| *x != holder) {
@@ -1001,7 +974,7 @@ async fn pair_faults(runs: usize) {
         assert_eq!(exchange_all(&mut streams), total);
         let before = lab.natd_pids(&holder);
         lab.kill_natd(&holder);
-        wait("natd restarted", Duration::from_secs(30), async || {
+        natd_tests::eventually(Duration::from_secs(30), "natd restarted", async || {
             let now = lab.natd_pids(&holder);
             (!now.is_empty() && now != before).then_some(())
         })
