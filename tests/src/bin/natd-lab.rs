@@ -396,7 +396,7 @@ async fn story(summary: &mut Vec<(String, String)>) {
         lab.fetch(0).err().unwrap_or_default()
     ));
 
-    say("\n6. The hot standby pair: failover in a second, connections kept");
+    say("\n6. The hot standby pair: failover in about a second, connections kept");
     let ha = [
         "setup",
         "--env",
