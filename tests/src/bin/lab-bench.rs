@@ -855,29 +855,28 @@ async fn pair_failover_in(lab: Lab, kills: usize, boot_delay: Duration) {
     );
     let mut per_table: Vec<u128> = changes.iter().map(|c| u128::from(*c)).collect();
     stats("route changes per table per failover", &mut per_table);
-    if !silent.is_empty() {
-        stats(
+    // natd's own share, from its log: a row for each figure it gave.
+    for (what, v) in [
+        (
             "natd: holder silent when the standby checked it (ms)",
             &mut silent,
-        );
-    }
-    if !took.is_empty() {
-        stats(
+        ),
+        (
             "natd: decision to the last takeover call answered, check included (ms)",
             &mut took,
-        );
-    }
-    if !confirmed.is_empty() {
-        stats(
+        ),
+        (
             "natd: decision to the moved address listed by IMDS (ms)",
             &mut confirmed,
-        );
-    }
-    if !flowing.is_empty() {
-        stats(
+        ),
+        (
             "natd: decision to the first packet from the VPC forwarded (ms)",
             &mut flowing,
-        );
+        ),
+    ] {
+        if !v.is_empty() {
+            stats(what, v);
+        }
     }
     println!("\nServer saw the stack's Elastic IP after {same_ip} of {kills} failovers.");
 }
