@@ -1032,6 +1032,18 @@ impl Lab {
         at
     }
 
+    /// Terminates `instance` in EC2, as its Auto Scaling group does once it finds the
+    /// instance dead (the group then launches a replacement).
+    pub async fn terminate(&self, instance: &str) {
+        self.world
+            .ec2
+            .terminate_instances()
+            .instance_ids(instance)
+            .send()
+            .await
+            .unwrap();
+    }
+
     /// Kills (SIGKILL) natd on `instance`, as a crash would.
     pub fn kill_natd(&self, instance: &str) {
         for p in self.natd_pids(instance) {

@@ -1087,13 +1087,7 @@ async fn a_hot_standby_pair_fails_over_in_a_second_keeping_address_and_connectio
 
     // As on AWS once the group sees the dead instance: it goes and is replaced; the
     // replacement becomes the standby, and the routes do not move again.
-    lab.world
-        .ec2
-        .terminate_instances()
-        .instance_ids(&holder)
-        .send()
-        .await
-        .unwrap();
+    lab.terminate(&holder).await;
     let third = until(
         "the replacement syncing",
         Duration::from_secs(90),

@@ -822,13 +822,7 @@ async fn pair_failover_in(lab: Lab, kills: usize, boot_delay: Duration) {
         // As its group would once it notices: the dead instance goes, a replacement
         // boots and becomes the standby.
         tokio::time::sleep(Duration::from_secs(2)).await;
-        lab.world
-            .ec2
-            .terminate_instances()
-            .instance_ids(&holder)
-            .send()
-            .await
-            .unwrap();
+        lab.terminate(&holder).await;
         holder = next;
         let waiting = Instant::now();
         while ready(&lab, &holder).is_none() {
@@ -993,13 +987,7 @@ async fn pair_faults(runs: usize) {
         alive.push(kept as u128);
         drop(streams);
         tokio::time::sleep(Duration::from_secs(2)).await;
-        lab.world
-            .ec2
-            .terminate_instances()
-            .instance_ids(&holder)
-            .send()
-            .await
-            .unwrap();
+        lab.terminate(&holder).await;
     }
     results.push((
         "natd restarted on the holder, then the holder died 3 s later",
