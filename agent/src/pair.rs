@@ -719,9 +719,8 @@ async fn stop_leftover(bin: &std::path::Path, conf: &std::path::Path) {
 
 /// Whether the overlay link is still there.
 pub fn overlay_present() -> bool {
-    std::path::Path::new("/sys/class/net")
-        .join(OVERLAY_DEV)
-        .exists()
+    // Asked of the kernel, not of /sys/class/net (see kernel::interface_with_mac).
+    nix::net::if_::if_nametoindex(OVERLAY_DEV).is_ok()
 }
 
 /// What of the overlay is missing, in words; empty when the link, its routing rule and

@@ -127,6 +127,9 @@ impl Drop for Prober {
 
 /// One NAT instance of the lab.
 struct Instance {
+    /// Under systemd ([`Lab::under_systemd`]): the instance's OS, whose systemd runs
+    /// natd. First, so it is gone before the namespace is deleted.
+    machine: Option<crate::machine::Machine>,
     ns: Netns,
     _imds: Imds,
     link: String,
@@ -173,6 +176,8 @@ struct Shared {
     links: BTreeMap<String, String>,
     /// natd boots with natctl's configuration alone ([`Lab::as_deployed`]).
     as_deployed: bool,
+    /// natd runs under the shipped units, started by systemd ([`Lab::under_systemd`]).
+    systemd: bool,
 }
 
 /// Where a host's security groups come from.
@@ -432,6 +437,33 @@ impl Lab {
         let lab = Self::new(emu).await;
         lab.shared.lock().unwrap().as_deployed = true;
         lab
+    }
+
+    /// Instances booted from now on run natd as the image does: under the shipped
+    /// units, started by a real systemd (PID 1 of a container booted from this
+    /// machine's OS into the instance's namespace; [`crate::machine`]). natd's state
+    /// directory is the unit's (`/run/natd`); the lab counts the unit's restarts and
+    /// its `OnFailure=` report from natd's journal.
+    pub fn under_systemd(self) -> Self {
+        assert!(
+            crate::machine::available(),
+            "systemd-nspawn is missing: install systemd-container (tests/setup does)"
+        );
+        self.shared.lock().unwrap().systemd = true;
+        self
+    }
+
+    /// Runs `systemctl args` on `instance` (under systemd): its output, or why it
+    /// failed.
+    pub fn systemctl(&self, instance: &str, args: &[&str]) -> Result<String, String> {
+        let ns = self
+            .instances()
+            .get(instance)
+            .cloned()
+            .ok_or_else(|| format!("no instance {instance} in the lab"))?;
+        let leader =
+            crate::machine::leader_in(&ns).ok_or_else(|| format!("{instance} runs no systemd"))?;
+        crate::machine::systemctl(leader, args)
     }
 
     /// As [`Lab::new`], with instances booting `boot_delay` after they start running.
@@ -901,6 +933,11 @@ impl Lab {
     /// The pids of natd processes in `instance`'s namespace (only that namespace's:
     /// `pgrep` would see every natd on the host).
     pub fn natd_pids(&self, instance: &str) -> Vec<String> {
+        self.pids(instance, "natd")
+    }
+
+    /// The pids of processes named `comm` in `instance`'s namespace.
+    pub fn pids(&self, instance: &str, comm: &str) -> Vec<String> {
         let ns = self.instances().get(instance).cloned().unwrap_or_default();
         let out = std::process::Command::new("ip")
             .args(["netns", "pids", &ns])
@@ -909,7 +946,7 @@ impl Lab {
         String::from_utf8_lossy(&out.stdout)
             .split_whitespace()
             .filter(|p| {
-                std::fs::read_to_string(format!("/proc/{p}/comm")).is_ok_and(|c| c.trim() == "natd")
+                std::fs::read_to_string(format!("/proc/{p}/comm")).is_ok_and(|c| c.trim() == comm)
             })
             .map(str::to_string)
             .collect()
@@ -1207,6 +1244,9 @@ impl Fabric {
                 let _ = c.kill();
                 let _ = c.wait();
             }
+            if let Some(mut m) = i.machine.take() {
+                m.kill();
+            }
         }
         self.gateways.clear();
         self.endpoints.clear();
@@ -1311,6 +1351,9 @@ impl Fabric {
                 if let Some(mut c) = i.natd.take() {
                     let _ = c.kill();
                     let _ = c.wait();
+                }
+                if let Some(mut m) = i.machine.take() {
+                    m.kill();
                 }
                 self.vpc.sh_status(&format!("ip link del {}", i.link));
                 drop(i);
@@ -2087,10 +2130,11 @@ impl Fabric {
         let imds = self.emu.imds_with(id, Some(&local_ipv4s));
         ns.forward_loopback(imds.port);
         let config = self.dir.path().join(format!("{id}.toml"));
+        let systemd = self.shared.lock().unwrap().systemd;
         std::fs::write(
             &config,
             format!(
-                "stack = \"{stack}\"\nimds_endpoint = \"http://127.0.0.1:{}\"\naws_endpoint_url = \"http://{INTERNET}:{}\"\n{}state_dir = \"{}\"\n{user_config}",
+                "stack = \"{stack}\"\nimds_endpoint = \"http://127.0.0.1:{}\"\naws_endpoint_url = \"http://{INTERNET}:{}\"\n{}{}{user_config}",
                 imds.port,
                 self.emu.port,
                 if self.shared.lock().unwrap().as_deployed {
@@ -2100,12 +2144,18 @@ impl Fabric {
                         "interval_secs = 1\nunhealthy_after = 3\nprobe_targets = [\"{SERVER}\"]\nprobe_timeout_ms = 500\nstartup_attempts = 5\n"
                     )
                 },
-                self.dir.path().join(id).display()
+                if systemd {
+                    // The unit's RuntimeDirectory, natd's default.
+                    String::new()
+                } else {
+                    format!("state_dir = \"{}\"\n", self.dir.path().join(id).display())
+                }
             ),
         )
         .unwrap();
         let log = self.dir.path().join(format!("{id}.log"));
         let mut i = Instance {
+            machine: None,
             ns,
             _imds: imds,
             link,
@@ -2121,7 +2171,17 @@ impl Fabric {
             ready: false,
             gave_up: false,
         };
-        start_natd(&mut i);
+        if systemd {
+            i.machine = Some(crate::machine::Machine::boot(
+                &i.ns.name,
+                &crate::bin("natd"),
+                &i.config,
+                &i.log,
+                self.dir.path(),
+            ));
+        } else {
+            start_natd(&mut i);
+        }
         {
             let mut shared = self.shared.lock().unwrap();
             shared
@@ -2187,6 +2247,22 @@ impl Fabric {
             {
                 i.ready = true;
                 events.push(Event::Ready(id.clone()));
+            }
+            if let Some(m) = i.machine.as_mut() {
+                // systemd restarts natd and runs the OnFailure= report: the lab only
+                // notes them, from the unit's journal.
+                let (restarts, reported) = std::fs::read_to_string(&i.log)
+                    .map(|l| crate::machine::unit_events(&l))
+                    .unwrap_or_default();
+                for _ in m.restarts_seen..restarts {
+                    events.push(Event::Restarted(id.clone(), None));
+                }
+                m.restarts_seen = m.restarts_seen.max(restarts);
+                if reported && !m.reported {
+                    m.reported = true;
+                    events.push(Event::ReportedUnhealthy(id.clone()));
+                }
+                continue;
             }
             let Some(child) = i.natd.as_mut() else {
                 continue;

@@ -13,6 +13,7 @@ pub mod dataplane;
 pub mod emulator;
 pub mod flows;
 pub mod lab;
+pub mod machine;
 pub mod netns;
 pub mod vpc_policy;
 pub mod world;
@@ -44,10 +45,15 @@ pub fn python() -> PathBuf {
     py
 }
 
-/// Path of a workspace binary, built once per test process (a no-op when up to date).
+/// Path of a workspace binary, built once per test process (a no-op when up to date),
+/// unless `NATD_TESTS_BUILT` says the runner built them already (tests/run does: with
+/// one process per test, each would take cargo's lock in turn).
 pub fn bin(name: &str) -> PathBuf {
     static BUILT: OnceLock<()> = OnceLock::new();
     BUILT.get_or_init(|| {
+        if std::env::var_os("NATD_TESTS_BUILT").is_some() {
+            return;
+        }
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let status = std::process::Command::new(cargo)
             .args(["build", "--quiet", "--bins"])

@@ -1633,16 +1633,26 @@ async fn a_networkd_reload_that_drops_the_pairs_rules_moves_nothing_and_the_chec
 async fn a_pair_egresses_only_by_its_elastic_ip_across_natd_restarts_and_after_losing_both_members()
 {
     let _turn = beside().await;
-    let mut lab = Lab::new(Arc::new(Emulator::for_lab())).await;
+    let mut lab = Lab::new(Arc::new(Emulator::for_lab()))
+        .await
+        .under_systemd();
     let (holder, standby) = pair(&lab, &[]).await;
     let eip = stack_eip(&lab);
+    under_its_unit(&lab, &[&holder, &standby]).await;
 
-    // natd restarts on the holder, three times (a crash, then the supervisor restarts
-    // it, as systemd does): new connections keep leaving, and only by the Elastic IP.
+    // natd restarts on the holder, three times, under its unit: a crash (systemd
+    // restarts it, and stops the conntrackd it ran with it), a restart as an upgrade
+    // does it (SIGTERM), a crash again. New connections keep leaving, and only by the
+    // Elastic IP.
     let prober = lab.probe();
-    for _ in 0..3 {
+    for restart in ["crash", "upgrade", "crash"] {
         let before = lab.natd_pids(&holder);
-        lab.kill_natd(&holder);
+        if restart == "crash" {
+            lab.kill_natd(&holder);
+        } else {
+            lab.systemctl(&holder, &["restart", "natd.service"])
+                .unwrap();
+        }
         until(
             "natd restarted on the holder",
             Duration::from_secs(20),
@@ -1721,5 +1731,56 @@ async fn a_pair_egresses_only_by_its_elastic_ip_across_natd_restarts_and_after_l
         .filter(|i| *i != holder && *i != standby)
         .collect();
     assert_eq!(replacements.len(), 2, "{replacements:?}");
+    under_its_unit(
+        &lab,
+        &replacements.iter().map(String::as_str).collect::<Vec<_>>(),
+    )
+    .await;
     lab.shutdown();
+}
+
+/// natd and the conntrackd it runs are up under the shipped unit on each of `instances`
+/// (the lab booted them with [`Lab::under_systemd`]), and the unit's sandbox denied
+/// natd nothing.
+async fn under_its_unit(lab: &Lab, instances: &[&str]) {
+    for i in instances {
+        let conntrackd = until("conntrackd runs", Duration::from_secs(30), async || {
+            let p = lab.pids(i, "conntrackd");
+            (!p.is_empty()).then_some(p)
+        })
+        .await;
+        assert_eq!(
+            lab.systemctl(i, &["is-active", "natd.service"])
+                .map(|s| s.trim().to_string()),
+            Ok("active".to_string()),
+            "{}",
+            lab.natd_log(i)
+        );
+        for p in lab.natd_pids(i).iter().chain(&conntrackd) {
+            let cgroup = std::fs::read_to_string(format!("/proc/{p}/cgroup")).unwrap_or_default();
+            assert!(
+                cgroup.contains("/natd.service"),
+                "{p} runs outside natd.service: {cgroup}"
+            );
+        }
+        // nf_conntrack_max is global: writable from the host's first namespace only,
+        // where natd runs on an instance, never from a lab instance's.
+        let log: String = lab
+            .natd_log(i)
+            .lines()
+            .filter(|l| !l.contains("nf_conntrack_max"))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        for denied in [
+            "Operation not permitted",
+            "Permission denied",
+            "Read-only file system",
+            "Bad system call",
+        ] {
+            assert!(
+                !log.contains(denied),
+                "natd's unit denied something on {i} ({denied}):\n{log}"
+            );
+        }
+    }
 }

@@ -1,8 +1,8 @@
-//! The thin part that reads and writes the real kernel: /proc/sys, /sys/class/net,
+//! The thin part that reads and writes the real kernel: /proc/sys, netlink,
 //! iptables-save and iptables-restore. It decides nothing; see the parent module.
 
 use super::{Facts, NatUse, Ruleset, Sysctl, hook_drift, nat_use, observe, restore_input};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Stdio;
 use tokio::io::AsyncWriteExt;
 use tokio::process::Command;
@@ -66,12 +66,12 @@ pub enum Error {
         remaining: String,
     },
     /// No interface carries the ENI's MAC address.
-    #[error("no network interface has MAC address {mac} (looked in {dir})")]
+    #[error("no network interface has MAC address {mac} (the kernel lists: {seen})")]
     NoInterface {
         /// The MAC from IMDS.
         mac: String,
-        /// Where natd looked.
-        dir: String,
+        /// The interfaces and MACs the kernel listed.
+        seen: String,
     },
     /// /proc/meminfo could not be read or has no MemTotal.
     #[error("cannot read MemTotal from /proc/meminfo: {0}")]
@@ -110,21 +110,46 @@ pub fn mem_total_kb() -> Result<u64, Error> {
         .ok_or_else(|| Error::Meminfo("no MemTotal line".into()))
 }
 
-/// The Linux interface whose MAC address is `mac` (case-insensitive), from `sys_net`
-/// (normally /sys/class/net).
-pub fn interface_with_mac(sys_net: &Path, mac: &str) -> Result<String, Error> {
-    let not_found = || Error::NoInterface {
-        mac: mac.to_string(),
-        dir: sys_net.display().to_string(),
-    };
-    let entries = std::fs::read_dir(sys_net).map_err(|_| not_found())?;
-    for entry in entries.flatten() {
-        let address = std::fs::read_to_string(entry.path().join("address")).unwrap_or_default();
-        if address.trim().eq_ignore_ascii_case(mac.trim()) {
-            return Ok(entry.file_name().to_string_lossy().into_owned());
-        }
-    }
-    Err(not_found())
+/// The Linux interface whose MAC address is `mac` (case-insensitive), asked of the
+/// kernel over netlink (getifaddrs). Not /sys/class/net: sysfs shows the interfaces of
+/// the network namespace that mounted it, which in a container or a sandboxed unit
+/// need not be natd's.
+pub fn interface_with_mac(mac: &str) -> Result<String, Error> {
+    let links = nix::ifaddrs::getifaddrs()
+        .map(|all| {
+            all.filter_map(|a| {
+                let link = a.address?.as_link_addr()?.addr()?;
+                let mac = link
+                    .iter()
+                    .map(|b| format!("{b:02x}"))
+                    .collect::<Vec<_>>()
+                    .join(":");
+                Some((a.interface_name, mac))
+            })
+            .collect::<Vec<_>>()
+        })
+        .unwrap_or_default();
+    with_mac(&links, mac)
+}
+
+/// The interface of `links` (name, MAC) whose MAC is `mac`, case-insensitively.
+fn with_mac(links: &[(String, String)], mac: &str) -> Result<String, Error> {
+    links
+        .iter()
+        .find(|(_, m)| m.trim().eq_ignore_ascii_case(mac.trim()))
+        .map(|(name, _)| name.clone())
+        .ok_or_else(|| Error::NoInterface {
+            mac: mac.to_string(),
+            seen: if links.is_empty() {
+                "none".to_string()
+            } else {
+                links
+                    .iter()
+                    .map(|(n, m)| format!("{n} {m}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            },
+        })
 }
 
 /// The kernel as natd sees it: a sysctl root and the iptables binaries.
@@ -274,7 +299,7 @@ impl Kernel {
 /// The facts the kernel plan needs, read from this host.
 pub fn read_facts(mac: &str, vpc_cidrs: Vec<ipnet::Ipv4Net>) -> Result<Facts, Error> {
     Ok(Facts {
-        egress_interface: interface_with_mac(Path::new("/sys/class/net"), mac)?,
+        egress_interface: interface_with_mac(mac)?,
         vpc_cidrs,
         egress_ips: Vec::new(),
         forward_new: true,
@@ -331,16 +356,16 @@ mod tests {
 
     #[test]
     fn interface_found_by_mac_case_insensitively() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        for (name, mac) in [("lo", "00:00:00:00:00:00"), ("ens5", "0a:1b:2c:3d:4e:5f")] {
-            std::fs::create_dir(dir.path().join(name)).expect("mkdir");
-            std::fs::write(dir.path().join(name).join("address"), format!("{mac}\n")).expect("w");
-        }
+        let links = [
+            ("lo".to_string(), "00:00:00:00:00:00".to_string()),
+            ("ens5".to_string(), "0a:1b:2c:3d:4e:5f".to_string()),
+        ];
         assert_eq!(
-            interface_with_mac(dir.path(), "0A:1B:2C:3D:4E:5F").expect("found"),
+            with_mac(&links, "0A:1B:2C:3D:4E:5F").expect("found"),
             "ens5"
         );
-        let e = interface_with_mac(dir.path(), "02:00:00:00:00:01").expect_err("absent");
-        assert!(e.to_string().contains("02:00:00:00:00:01"));
+        let e = with_mac(&links, "02:00:00:00:00:01").expect_err("absent");
+        assert!(e.to_string().contains("02:00:00:00:00:01"), "{e}");
+        assert!(e.to_string().contains("ens5 0a:1b:2c:3d:4e:5f"), "{e}");
     }
 }
