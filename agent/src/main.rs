@@ -85,6 +85,15 @@ fn main() -> ExitCode {
         println!("{}: ok", args.config.display());
         return ExitCode::SUCCESS;
     }
+    // The AWS SDK's HTTPS client panics when it finds no root certificate: say what is
+    // missing instead, before anything starts.
+    if rustls_native_certs::load_native_certs().certs.is_empty() {
+        let e = "no CA certificates in the system trust store (/etc/pki/tls/certs, \
+                 /etc/ssl/certs): install ca-certificates; natd needs them for HTTPS to AWS";
+        error!("{e}");
+        notify_status(e);
+        return ExitCode::from(EXIT_PERMANENT);
+    }
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

@@ -433,8 +433,10 @@ impl Lab {
     /// the lab (the IMDS fixture, the emulator, a state directory). No probe target and
     /// natd's own pass interval and drift cadence, as on AWS; the tests' faster
     /// settings are off.
+    /// natd runs under the shipped units, started by a real systemd
+    /// ([`Lab::under_systemd`]), as the image runs it.
     pub async fn as_deployed(emu: Arc<Emulator>) -> Self {
-        let lab = Self::new(emu).await;
+        let lab = Self::new(emu).await.under_systemd();
         lab.shared.lock().unwrap().as_deployed = true;
         lab
     }

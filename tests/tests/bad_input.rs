@@ -185,3 +185,31 @@ fn out_of_range_durations_are_refused_naming_the_key() {
         );
     }
 }
+
+#[test]
+fn no_ca_certificates_exits_2_saying_what_to_install_before_changing_anything() {
+    // An empty trust store (rustls-native-certs reads SSL_CERT_FILE instead of the
+    // system's when it is set), in an empty namespace.
+    let ns = Netns::new("nocas");
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("natd.toml");
+    std::fs::write(&path, "imds_endpoint = \"http://127.0.0.1:9\"\n").unwrap();
+    let empty = dir.path().join("empty.pem");
+    std::fs::write(&empty, "").unwrap();
+    let out = ns
+        .command(&natd_tests::bin("natd"))
+        .arg("--config")
+        .arg(&path)
+        .env("SSL_CERT_FILE", &empty)
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .env_remove("SSL_CERT_DIR")
+        .env_remove("JOURNAL_STREAM")
+        .output()
+        .unwrap();
+    let msg = text(&out);
+    assert_eq!(out.status.code(), Some(2), "{msg}");
+    assert!(msg.contains("no CA certificates"), "{msg}");
+    assert!(msg.contains("install ca-certificates"), "{msg}");
+    assert!(!msg.contains("panicked"), "{msg}");
+    assert_eq!(ns.sh("sysctl -n net.ipv4.ip_forward").trim(), "0");
+}

@@ -1025,7 +1025,9 @@ fn holders(lab: &Lab) -> Vec<String> {
 #[tokio::test]
 async fn a_hot_standby_pair_fails_over_in_a_second_keeping_address_and_connections() {
     let _turn = beside().await;
-    let mut lab = Lab::new(Arc::new(Emulator::for_lab())).await;
+    let mut lab = Lab::new(Arc::new(Emulator::for_lab()))
+        .await
+        .under_systemd();
     let (holder, standby) = pair(&lab, &[]).await;
     let eip = stack_eip(&lab);
     assert_eq!(lab.instances().len(), 2, "two NAT instances");
@@ -1567,7 +1569,9 @@ async fn a_pair_with_two_egress_addresses_holds_more_connections_to_one_destinat
 #[tokio::test]
 async fn a_networkd_reload_that_drops_the_pairs_rules_moves_nothing_and_the_check_comes_back() {
     let _turn = beside().await;
-    let mut lab = Lab::new(Arc::new(Emulator::for_lab())).await;
+    let mut lab = Lab::new(Arc::new(Emulator::for_lab()))
+        .await
+        .under_systemd();
     let (holder, standby) = pair(&lab, &[]).await;
     let eip = stack_eip(&lab);
     let instances = lab.instances();
@@ -1600,11 +1604,17 @@ async fn a_networkd_reload_that_drops_the_pairs_rules_moves_nothing_and_the_chec
             },
         )
         .await;
-        assert!(
-            lab.natd_log(i).contains("was gone (a networkd reload"),
-            "{}",
-            lab.natd_log(i)
-        );
+        // Said in natd's log (under systemd it reaches the lab's file through the
+        // journal, a moment later).
+        let said = Instant::now();
+        while !lab.natd_log(i).contains("was gone (a networkd reload") {
+            assert!(
+                said.elapsed() < Duration::from_secs(10),
+                "{}",
+                lab.natd_log(i)
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
     // Nothing moved, and egress went on by the Elastic IP.
     assert_eq!(holders(&lab), vec![holder.clone(), holder.clone()]);
