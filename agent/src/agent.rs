@@ -40,7 +40,8 @@ pub const HEALTH_TAG_REFRESH: Duration =
     Duration::from_secs(crate::contract::HEALTH_TAG_REFRESH_SECS);
 
 /// The health summary without what changes by itself (connection counts, the last
-/// outage's time): when this changes, the tag is worth a control pass at once.
+/// outage's time, how far behind a lagging copy is): when this changes, the tag is
+/// worth a control pass at once.
 pub fn summary_shape(summary: &str) -> String {
     summary
         .split_whitespace()
@@ -48,6 +49,10 @@ pub fn summary_shape(summary: &str) -> String {
             !["held=", "synced=", "api-outage="]
                 .iter()
                 .any(|p| w.starts_with(p))
+        })
+        .map(|w| match w.strip_prefix("lag=") {
+            Some("0") | None => w,
+            Some(_) => "lag=behind",
         })
         .collect::<Vec<_>>()
         .join(" ")
@@ -360,10 +365,39 @@ impl DataPlane {
             && p.overlay_for == ends
             && pair::overlay_missing().await.is_empty()
             && p.sync.running().await;
-        if ready && self.passes % 10 == 1 {
+        if ready {
+            // Every pass: the holder's count rides on its heartbeats, and the standby
+            // measures its copy against it.
             let (held, synced) = p.sync.cache_entries().await;
-            let mut v = p.view.lock().expect("pair view");
-            (v.held, v.synced) = (held, synced);
+            let now = Instant::now();
+            let (before, lag, ask) = {
+                let mut v = p.view.lock().expect("pair view");
+                (v.held, v.synced) = (held, synced);
+                let before = v.lag;
+                v.lag = if holder {
+                    pair::SyncLag::Unknown
+                } else {
+                    pair::sync_lag(v.peer_held, synced, before, now)
+                };
+                let ask = pair::resync_due(v.lag, v.resync_asked, now);
+                if ask {
+                    v.resync_asked = Some(now);
+                }
+                (before, v.lag, ask)
+            };
+            if ask && let Some((entries, behind)) = lag.amount(now) {
+                warn!(
+                    "pair: the standby's copy is {entries} connection(s) behind the holder's table for {}s (the sync channel, UDP {}, lost or delayed updates): asking the holder for a full resync",
+                    behind.as_secs(),
+                    p.sync.port()
+                );
+                if let Err(e) = p.sync.ctl(&["-n"]).await {
+                    trouble.push(e);
+                }
+            }
+            if matches!(before, pair::SyncLag::Behind { .. }) && lag == pair::SyncLag::InStep {
+                info!("pair: the standby's copy is in step with the holder's table again");
+            }
         }
         p.view.lock().expect("pair view").ready = ready;
         let trouble = (!trouble.is_empty()).then(|| trouble.join("; "));
@@ -1746,6 +1780,16 @@ impl Agent {
         if let Some(n) = v.synced {
             s.push_str(&format!(" synced={}", round2(n)));
         }
+        // The standby's lag behind the holder's table: entries (two digits) and how long
+        // (in steps of 15 s), so the tag changes only when the lag does.
+        if let Some((entries, behind)) = v.lag.amount(Instant::now()) {
+            if entries == 0 {
+                s.push_str(" lag=0");
+            } else {
+                let secs = behind.as_secs() / 15 * 15;
+                s.push_str(&format!(" lag={}/{secs}s", round2(entries)));
+            }
+        }
         if let Some(t) = &v.last_takeover {
             s.push_str(&format!(
                 " takeover={}ms@{}",
@@ -1845,6 +1889,11 @@ impl Agent {
             routes_yielded: self.view.routes.map(|r| r.1 as i64),
             last_takeover: unix(self.view.last_takeover),
             vpc_cidrs: self.data.facts.vpc_cidrs.len() as i64,
+            pair_sync_lag: self.data.pair.as_ref().and_then(|p| {
+                let lag = p.view.lock().expect("pair view").lag;
+                lag.amount(Instant::now())
+                    .map(|(e, d)| (e as i64, d.as_secs() as i64))
+            }),
             unhealthy_reported: self.health.report == crate::health::Report::Sent,
         };
         if let Err(e) = m.write(&snap) {
@@ -1959,6 +2008,15 @@ mod tests {
         assert_ne!(
             summary_shape("data=ok control=ok pair=standby peer=i-1 beat=never"),
             summary_shape("data=ok control=ok pair=standby peer=i-1 beat=ok")
+        );
+        // A copy falling behind is worth a pass at once; how far behind it is, not.
+        assert_ne!(
+            summary_shape("data=ok control=ok pair=standby beat=ok lag=0"),
+            summary_shape("data=ok control=ok pair=standby beat=ok lag=1200/0s")
+        );
+        assert_eq!(
+            summary_shape("data=ok control=ok pair=standby beat=ok lag=1200/0s"),
+            summary_shape("data=ok control=ok pair=standby beat=ok lag=3400/45s")
         );
         // Never faster than the interval.
         assert_eq!(

@@ -48,6 +48,9 @@ pub struct Snapshot {
     pub vpc_cidrs: i64,
     /// natd reported this instance Unhealthy.
     pub unhealthy_reported: bool,
+    /// Pair mode, on the standby: how far its copy of the holder's connections is
+    /// behind (entries, seconds), when known.
+    pub pair_sync_lag: Option<(i64, i64)>,
 }
 
 /// Every metric: name, help, value.
@@ -133,6 +136,16 @@ fn rows(s: &Snapshot) -> Vec<(&'static str, &'static str, Option<i64>)> {
             "1 when natd has reported this instance Unhealthy to its group.",
             Some(i64::from(s.unhealthy_reported)),
         ),
+        (
+            "natd_pair_sync_behind_entries",
+            "Pair mode, on the standby: connections the holder tracks that its copy lacks (0 in step); the connections a failover now would reset.",
+            s.pair_sync_lag.map(|l| l.0),
+        ),
+        (
+            "natd_pair_sync_behind_seconds",
+            "Pair mode, on the standby: how long its copy has been behind the holder's table (0 in step).",
+            s.pair_sync_lag.map(|l| l.1),
+        ),
     ]
 }
 
@@ -207,6 +220,20 @@ mod tests {
         assert!(
             !text.contains("natd_routes_held"),
             "unknown is left out: {text}"
+        );
+        assert!(!text.contains("natd_pair_sync_behind"), "{text}");
+        let standby = render(&Snapshot {
+            pair_sync_lag: Some((1200, 45)),
+            ..Snapshot::default()
+        })
+        .expect("render");
+        assert!(
+            standby.contains("natd_pair_sync_behind_entries 1200\n"),
+            "{standby}"
+        );
+        assert!(
+            standby.contains("natd_pair_sync_behind_seconds 45\n"),
+            "{standby}"
         );
     }
 

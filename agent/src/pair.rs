@@ -200,6 +200,12 @@ pub struct View {
     pub synced: Option<u64>,
     /// Connections this instance forwards that conntrackd tracks (its internal cache).
     pub held: Option<u64>,
+    /// The peer's `held`, from its last heartbeat that said it.
+    pub peer_held: Option<u64>,
+    /// On the standby: how far its copy is behind the holder's table.
+    pub lag: SyncLag,
+    /// On the standby: when it last asked the holder for a full resync.
+    pub resync_asked: Option<Instant>,
     /// The role was logged once.
     pub role_logged: bool,
     /// Whether the "holder forwards though silent" note was logged.
@@ -571,26 +577,51 @@ pub fn judge_failed_check(
     }
 }
 
+/// What one heartbeat says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Beat {
+    /// The sender.
+    pub instance: String,
+    /// It holds the address.
+    pub holder: bool,
+    /// It holds and hands over.
+    pub handing_over: bool,
+    /// Its data plane forwards.
+    pub forwards: bool,
+    /// Connections its conntrackd tracks (the internal cache: what a holder syncs to
+    /// the standby), when known. A field after those of the first format: a natd that
+    /// does not know it ignores it, and one that does reads `None` from an older one.
+    pub held: Option<u64>,
+}
+
 /// One heartbeat.
-fn beat(instance: &str, seq: u64, holder: bool, handing_over: bool, forwards: bool) -> String {
+fn beat(
+    instance: &str,
+    seq: u64,
+    holder: bool,
+    handing_over: bool,
+    forwards: bool,
+    held: Option<u64>,
+) -> String {
     format!(
-        "{BEAT_MAGIC} 1 {instance} {seq} {} {}",
+        "{BEAT_MAGIC} 1 {instance} {seq} {} {} {}",
         match (holder, handing_over) {
             (true, true) => 2,
             (true, false) => 1,
             _ => 0,
         },
-        u8::from(forwards)
+        u8::from(forwards),
+        held.map_or_else(|| "-".to_string(), |n| n.to_string())
     )
 }
 
-/// Parses a heartbeat: `(instance, holder, handing over, forwards)`.
-fn parse_beat(s: &str) -> Option<(String, bool, bool, bool)> {
+/// Parses a heartbeat.
+fn parse_beat(s: &str) -> Option<Beat> {
     let mut it = s.split_whitespace();
     if it.next()? != BEAT_MAGIC || it.next()? != "1" {
         return None;
     }
-    let id = it.next()?.to_string();
+    let instance = it.next()?.to_string();
     it.next()?.parse::<u64>().ok()?;
     let (holder, handing_over) = match it.next()? {
         "0" => (false, false),
@@ -603,7 +634,98 @@ fn parse_beat(s: &str) -> Option<(String, bool, bool, bool)> {
         "0" => false,
         _ => return None,
     };
-    Some((id, holder, handing_over, forwards))
+    let held = it.next().and_then(|n| n.parse().ok());
+    Some(Beat {
+        instance,
+        holder,
+        handing_over,
+        forwards,
+        held,
+    })
+}
+
+/// How far the standby's copy of the holder's connections (its conntrackd's external
+/// cache) is behind the holder's table (the holder's internal cache, from its
+/// heartbeats).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SyncLag {
+    /// No count from the holder or from our conntrackd (yet).
+    #[default]
+    Unknown,
+    /// Within [`sync_tolerance`] of the holder.
+    InStep,
+    /// `entries` behind, since `since`.
+    Behind {
+        /// Connections the holder tracks that the copy lacks.
+        entries: u64,
+        /// Since when the copy has been behind.
+        since: Instant,
+    },
+}
+
+impl SyncLag {
+    /// Entries behind and for how long, for reports (`(0, 0)` in step).
+    pub fn amount(&self, now: Instant) -> Option<(u64, Duration)> {
+        match self {
+            Self::Unknown => None,
+            Self::InStep => Some((0, Duration::ZERO)),
+            Self::Behind { entries, since } => {
+                Some((*entries, now.saturating_duration_since(*since)))
+            }
+        }
+    }
+}
+
+/// How many entries apart the two counts may be and still be in step: they are read at
+/// different moments (the holder's up to a pass before its heartbeat carries it), so
+/// connections opened and closed in between differ. 32, or 5% of the holder's table.
+pub fn sync_tolerance(held: u64) -> u64 {
+    (held / 20).max(32)
+}
+
+/// A copy behind for this long is healed with a full resync (the standby asks the
+/// holder's conntrackd for its whole table).
+pub const RESYNC_AFTER: Duration = Duration::from_secs(15);
+
+/// Asked again no sooner than this while the copy stays behind (the channel may still
+/// be broken: each ask is one bulk transfer once it works).
+pub const RESYNC_SPACING: Duration = Duration::from_secs(30);
+
+/// The standby's lag from the holder's count (`peer_held`) and its own copy's
+/// (`synced`), given the lag as it was (`before`).
+pub fn sync_lag(
+    peer_held: Option<u64>,
+    synced: Option<u64>,
+    before: SyncLag,
+    now: Instant,
+) -> SyncLag {
+    let (Some(held), Some(synced)) = (peer_held, synced) else {
+        return SyncLag::Unknown;
+    };
+    let behind = held.saturating_sub(synced);
+    if behind <= sync_tolerance(held) {
+        return SyncLag::InStep;
+    }
+    let since = match before {
+        SyncLag::Behind { since, .. } => since,
+        _ => now,
+    };
+    SyncLag::Behind {
+        entries: behind,
+        since,
+    }
+}
+
+/// Whether the standby asks for a full resync now: behind for [`RESYNC_AFTER`], and
+/// not asked within [`RESYNC_SPACING`].
+pub fn resync_due(lag: SyncLag, last_ask: Option<Instant>, now: Instant) -> bool {
+    match lag {
+        SyncLag::Behind { since, .. } => {
+            now.saturating_duration_since(since) >= RESYNC_AFTER
+                && last_ask.is_none_or(|t| now.saturating_duration_since(t) >= RESYNC_SPACING)
+        }
+        _ => false,
+    }
 }
 
 /// The overlay addresses `(ours, the peer's)` and the link's /30.
@@ -830,6 +952,11 @@ impl Sync {
 
     fn conf(&self) -> PathBuf {
         self.dir.join("conntrackd.conf")
+    }
+
+    /// The UDP port it syncs over.
+    pub fn port(&self) -> u16 {
+        self.port
     }
 
     /// conntrackd's configuration: FTFW (reliable) sync over unicast UDP to the peer,
@@ -1079,7 +1206,7 @@ pub async fn run(ctx: Ctx) {
                     }
                     (
                         v.peer.as_ref().map(|p| p.ip),
-                        beat(&ctx.instance_id, seq, v.holder, v.handing_over, v.forwards),
+                        beat(&ctx.instance_id, seq, v.holder, v.handing_over, v.forwards, v.held),
                         due,
                     )
                 };
@@ -1092,7 +1219,7 @@ pub async fn run(ctx: Ctx) {
             }
             r = sock.recv_from(&mut buf) => {
                 let Ok((n, from)) = r else { continue };
-                let Some((id, holder, handing_over, forwards)) = std::str::from_utf8(&buf[..n]).ok().and_then(parse_beat) else {
+                let Some(Beat { instance: id, holder, handing_over, forwards, held }) = std::str::from_utf8(&buf[..n]).ok().and_then(parse_beat) else {
                     continue;
                 };
                 let mut v = ctx.view.lock().expect("pair view");
@@ -1115,6 +1242,9 @@ pub async fn run(ctx: Ctx) {
                 v.peer_says_holder = holder;
                 v.peer_hands_over = handing_over;
                 v.peer_says_forwards = forwards;
+                if held.is_some() {
+                    v.peer_held = held;
+                }
                 v.beats += 1;
             }
         }
@@ -2166,18 +2296,35 @@ mod tests {
 
     #[test]
     fn heartbeats_round_trip_and_garbage_is_ignored() {
+        let b = |holder, handing_over, forwards, held| Beat {
+            instance: "i-a".into(),
+            holder,
+            handing_over,
+            forwards,
+            held,
+        };
         assert_eq!(
-            parse_beat(&beat("i-a", 7, true, false, false)),
-            Some(("i-a".into(), true, false, false))
+            parse_beat(&beat("i-a", 7, true, false, false, None)),
+            Some(b(true, false, false, None))
         );
         assert_eq!(
-            parse_beat(&beat("i-a", 8, true, true, true)),
-            Some(("i-a".into(), true, true, true))
+            parse_beat(&beat("i-a", 8, true, true, true, Some(1200))),
+            Some(b(true, true, true, Some(1200)))
         );
         assert_eq!(
-            parse_beat(&beat("i-a", 9, false, true, true)),
-            Some(("i-a".into(), false, false, true)),
+            parse_beat(&beat("i-a", 9, false, true, true, Some(0))),
+            Some(b(false, false, true, Some(0))),
             "only a holder hands over"
+        );
+        // A heartbeat of the first format (no count) still reads; one with fields it
+        // does not know yet too.
+        assert_eq!(
+            parse_beat("natd-pair 1 i-a 10 1 1"),
+            Some(b(true, false, true, None))
+        );
+        assert_eq!(
+            parse_beat("natd-pair 1 i-a 11 1 1 42 something-new"),
+            Some(b(true, false, true, Some(42)))
         );
         for bad in [
             "",
@@ -2187,6 +2334,69 @@ mod tests {
         ] {
             assert_eq!(parse_beat(bad), None, "{bad}");
         }
+    }
+
+    #[test]
+    fn the_standbys_copy_is_behind_only_past_the_tolerance_and_is_resynced_after_a_while() {
+        let t0 = Instant::now();
+        let s = |n| Duration::from_secs(n);
+        // Unknown until both counts are known.
+        assert_eq!(
+            sync_lag(None, Some(10), SyncLag::InStep, t0),
+            SyncLag::Unknown
+        );
+        assert_eq!(
+            sync_lag(Some(10), None, SyncLag::InStep, t0),
+            SyncLag::Unknown
+        );
+        // Within 32 entries or 5%: in step (the counts are read at different moments).
+        assert_eq!(
+            sync_lag(Some(40), Some(8), SyncLag::Unknown, t0),
+            SyncLag::InStep
+        );
+        assert_eq!(
+            sync_lag(Some(10_000), Some(9_500), SyncLag::Unknown, t0),
+            SyncLag::InStep
+        );
+        // A copy ahead of the holder (it counted later, after new connections) is in
+        // step.
+        assert_eq!(
+            sync_lag(Some(100), Some(180), SyncLag::Unknown, t0),
+            SyncLag::InStep
+        );
+        // Behind: since the first reading that said so, kept while it stays behind.
+        let behind = sync_lag(Some(10_000), Some(9_000), SyncLag::InStep, t0);
+        assert_eq!(
+            behind,
+            SyncLag::Behind {
+                entries: 1_000,
+                since: t0
+            }
+        );
+        let later = sync_lag(Some(10_000), Some(2_000), behind, t0 + s(20));
+        assert_eq!(
+            later,
+            SyncLag::Behind {
+                entries: 8_000,
+                since: t0
+            }
+        );
+        assert_eq!(later.amount(t0 + s(20)), Some((8_000, s(20))));
+        assert_eq!(SyncLag::InStep.amount(t0), Some((0, Duration::ZERO)));
+        assert_eq!(SyncLag::Unknown.amount(t0), None);
+        // A full resync once behind for RESYNC_AFTER, then no more often than
+        // RESYNC_SPACING; never while in step or unknown.
+        assert!(!resync_due(behind, None, t0 + RESYNC_AFTER - s(1)));
+        assert!(resync_due(behind, None, t0 + RESYNC_AFTER));
+        let asked = t0 + RESYNC_AFTER;
+        assert!(!resync_due(
+            behind,
+            Some(asked),
+            asked + RESYNC_SPACING - s(1)
+        ));
+        assert!(resync_due(behind, Some(asked), asked + RESYNC_SPACING));
+        assert!(!resync_due(SyncLag::InStep, None, t0 + s(600)));
+        assert!(!resync_due(SyncLag::Unknown, None, t0 + s(600)));
     }
 
     #[test]

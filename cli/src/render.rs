@@ -523,9 +523,14 @@ fn natd_line(n: &crate::status::NatdReport) -> String {
             p.synced_entries
                 .map(|e| format!(
                     ", holds {e} of the peer's connections{}",
-                    p.behind_entries
-                        .map(|b| format!(" (about {b} behind the holder)"))
-                        .unwrap_or_default()
+                    match (p.behind_entries, p.behind_secs) {
+                        (Some(0), Some(_)) => " (in step with the holder)".to_string(),
+                        (Some(b), Some(secs)) => format!(
+                            " (about {b} behind the holder for {secs} s or more: a failover now resets those; natd asks for a full resync)"
+                        ),
+                        (Some(b), None) => format!(" (about {b} behind the holder)"),
+                        (None, _) => String::new(),
+                    }
                 ))
                 .unwrap_or_default(),
             p.last_takeover

@@ -67,9 +67,13 @@ pub struct PairReport {
     /// Connections this instance forwards that its conntrackd tracks (its internal
     /// cache), when it reported them.
     pub held_entries: Option<u64>,
-    /// The standby's lag: connections the holder reports forwarding that the standby
-    /// holds no copy of (both counts as reported, rounded to two digits).
+    /// The standby's lag: connections the holder tracks that the standby holds no
+    /// copy of. As the standby's natd measured it against the holder's heartbeats
+    /// (`lag=`), else from the two members' reported counts (rounded to two digits).
     pub behind_entries: Option<u64>,
+    /// How long the standby's copy has been behind (0 in step), as its natd measured
+    /// it (in steps of 15 s).
+    pub behind_secs: Option<u64>,
     /// The last takeover this instance made: `<ms>ms@<RFC 3339>`.
     pub last_takeover: Option<String>,
 }
@@ -101,6 +105,11 @@ pub fn parse_natd_health(value: &str, now: std::time::SystemTime) -> Option<Natd
             ended: ended.to_string(),
         })
     });
+    // `lag=0`, or `lag=<entries>/<secs>s`.
+    let lag = field("lag").and_then(|l| match l.split_once('/') {
+        None => Some((l.parse().ok()?, 0)),
+        Some((e, secs)) => Some((e.parse().ok()?, secs.strip_suffix('s')?.parse().ok()?)),
+    });
     Some(NatdReport {
         data: field("data")?.to_string(),
         control: field("control")?.to_string(),
@@ -116,7 +125,8 @@ pub fn parse_natd_health(value: &str, now: std::time::SystemTime) -> Option<Natd
             heartbeats: field("beat").unwrap_or("never").to_string(),
             synced_entries: field("synced").and_then(|n| n.parse().ok()),
             held_entries: field("held").and_then(|n| n.parse().ok()),
-            behind_entries: None,
+            behind_entries: lag.map(|l| l.0),
+            behind_secs: lag.map(|l| l.1),
             last_takeover: field("takeover").map(str::to_string),
         }),
     })
@@ -145,7 +155,10 @@ pub fn fill_pair_lag(instances: &mut [Instance]) {
             .and_then(|n| n.pair.as_mut())
             .filter(|p| p.role == "standby")
         {
-            p.behind_entries = held.zip(p.synced_entries).map(|(h, s)| h.saturating_sub(s));
+            if p.behind_secs.is_none() {
+                // A natd that does not measure its lag: from the two counts.
+                p.behind_entries = held.zip(p.synced_entries).map(|(h, s)| h.saturating_sub(s));
+            }
         }
     }
 }
@@ -613,6 +626,13 @@ mod tests {
         );
         fill_pair_lag(&mut pair);
         assert_eq!(lag(&pair[1]), None);
+        // What the standby measured itself stands.
+        pair[1] = member(
+            "eni-2",
+            &format!("data=ok control=ok pair=standby beat=ok synced=1300 lag=2400/30s at={at}"),
+        );
+        fill_pair_lag(&mut pair);
+        assert_eq!(lag(&pair[1]), Some(2400));
     }
 
     #[test]
@@ -632,9 +652,24 @@ mod tests {
                 synced_entries: Some(42),
                 held_entries: None,
                 behind_entries: None,
+                behind_secs: None,
                 last_takeover: Some("812ms@2026-11-25T09:00:00Z".into()),
             })
         );
+        // The standby's own measure of its lag.
+        for (lag, want) in [
+            ("lag=0", (Some(0), Some(0))),
+            ("lag=1200/45s", (Some(1200), Some(45))),
+            ("lag=nonsense", (None, None)),
+        ] {
+            let r = parse_natd_health(
+                &format!("data=ok control=ok pair=standby beat=ok synced=42 {lag} at=2026-11-25T10:00:00Z"),
+                now,
+            )
+            .and_then(|r| r.pair)
+            .expect("parses");
+            assert_eq!((r.behind_entries, r.behind_secs), want, "{lag}");
+        }
         let single = parse_natd_health("data=ok control=ok at=2026-11-25T10:00:00Z", now);
         assert_eq!(single.expect("parses").pair, None);
     }

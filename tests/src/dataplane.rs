@@ -100,13 +100,15 @@ pub fn fetch_from(ns: &Netns, src: Option<&str>, addr: &str) -> Result<String, S
 }
 
 /// A TCP server in `ns` at `addr` for long-lived connections: it first sends the peer
-/// address it sees (one line), then echoes every line back.
+/// address it sees (one line), then echoes every line back, except [`PEER_QUERY`],
+/// which it answers with the peer's address and port as it sees them now.
 pub fn serve_echo(ns: &Netns, addr: &str) {
     let addr: SocketAddr = addr.parse().expect("address");
     let listener = ns.run(move || TcpListener::bind(addr).expect("bind"));
     std::thread::spawn(move || {
         for c in listener.incoming().flatten() {
             std::thread::spawn(move || {
+                let peer_addr = c.peer_addr().map(|p| p.to_string()).unwrap_or_default();
                 let peer = c
                     .peer_addr()
                     .map(|p| p.ip().to_string())
@@ -121,7 +123,12 @@ pub fn serve_echo(ns: &Netns, addr: &str) {
                 let mut r = std::io::BufReader::new(c);
                 let mut line = String::new();
                 while std::io::BufRead::read_line(&mut r, &mut line).is_ok_and(|n| n > 0) {
-                    if w.write_all(line.as_bytes()).is_err() {
+                    let answer = if line.trim_end() == PEER_QUERY {
+                        format!("{peer_addr}\n")
+                    } else {
+                        line.clone()
+                    };
+                    if w.write_all(answer.as_bytes()).is_err() {
                         return;
                     }
                     line.clear();
@@ -130,6 +137,9 @@ pub fn serve_echo(ns: &Netns, addr: &str) {
         }
     });
 }
+
+/// The line a [`serve_echo`] server answers with the peer's address and port.
+pub const PEER_QUERY: &str = "peer?";
 
 /// One long-lived connection to a [`serve_echo`] server.
 #[derive(Debug)]
@@ -148,6 +158,11 @@ impl Stream {
         let s = ns.run(move || {
             TcpStream::connect_timeout(&addr, Duration::from_millis(800)).map_err(|e| e.to_string())
         })?;
+        Self::ready(s)
+    }
+
+    /// A connected stream, once the server's first line is read.
+    fn ready(s: TcpStream) -> Result<Self, String> {
         // Long enough to ride out a failover's retransmissions; a reset or an end of
         // stream fails at once.
         s.set_read_timeout(Some(Duration::from_secs(15)))
@@ -162,6 +177,36 @@ impl Stream {
             seen: seen.trim().to_string(),
             sent: 0,
         })
+    }
+
+    /// Opens a connection from `ns` to `addr` from local port `port` (to make the NAT
+    /// remap ports: two hosts using the same port to one destination).
+    pub fn open_from(ns: &Netns, port: u16, addr: &str) -> Result<Self, String> {
+        let addr: SocketAddr = addr.parse().expect("address");
+        let s = ns.run(move || -> Result<TcpStream, String> {
+            let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
+                .map_err(|e| e.to_string())?;
+            sock.set_reuse_address(true).map_err(|e| e.to_string())?;
+            sock.bind(&SocketAddr::from(([0, 0, 0, 0], port)).into())
+                .map_err(|e| format!("bind :{port}: {e}"))?;
+            sock.connect_timeout(&addr.into(), Duration::from_millis(800))
+                .map_err(|e| e.to_string())?;
+            Ok(sock.into())
+        })?;
+        Self::ready(s)
+    }
+
+    /// The address and port the server sees this connection from, now.
+    pub fn seen_from(&mut self) -> Result<String, String> {
+        self.writer
+            .write_all(format!("{PEER_QUERY}\n").as_bytes())
+            .map_err(|e| format!("send: {e}"))?;
+        let mut back = String::new();
+        match std::io::BufRead::read_line(&mut self.reader, &mut back) {
+            Ok(0) => Err("closed by the other end".into()),
+            Ok(_) => Ok(back.trim().to_string()),
+            Err(e) => Err(format!("receive: {e}")),
+        }
     }
 
     /// Sends one line and reads it back.

@@ -1314,7 +1314,9 @@ async fn a_holder_that_beats_but_does_not_forward_is_taken_over_as_deployed() {
 #[tokio::test]
 async fn a_planned_rotation_of_the_pair_loses_no_connection() {
     let _turn = beside().await;
-    let mut lab = Lab::new(Arc::new(Emulator::for_lab())).await;
+    let mut lab = Lab::new(Arc::new(Emulator::for_lab()))
+        .await
+        .under_systemd();
     let (holder, standby) = pair(&lab, &["--egress-ips", "2"]).await;
     let addresses = lab.egress_ips("lab");
     assert_eq!(addresses.len(), 2, "two egress addresses");
@@ -1452,7 +1454,9 @@ async fn a_planned_rotation_of_the_pair_loses_no_connection() {
 #[tokio::test]
 async fn a_pair_spread_over_two_azs_fails_over_with_the_same_address() {
     let _turn = beside().await;
-    let mut lab = Lab::new(Arc::new(Emulator::for_lab())).await;
+    let mut lab = Lab::new(Arc::new(Emulator::for_lab()))
+        .await
+        .under_systemd();
     let (holder, standby) = pair(&lab, &["--ha-spread"]).await;
     let eip = stack_eip(&lab);
     let out = natctl(
@@ -1509,7 +1513,9 @@ async fn a_pair_with_two_egress_addresses_holds_more_connections_to_one_destinat
     const HOSTS: usize = 4;
     const PER_HOST: usize = 16_500;
     let _turn = alone().await;
-    let mut lab = Lab::new(Arc::new(Emulator::for_lab())).await;
+    let mut lab = Lab::new(Arc::new(Emulator::for_lab()))
+        .await
+        .under_systemd();
     let (holder, _) = pair(&lab, &["--egress-ips", "2"]).await;
     let eips = lab.egress_ips("lab");
     until(
@@ -1793,4 +1799,104 @@ async fn under_its_unit(lab: &Lab, instances: &[&str]) {
             );
         }
     }
+}
+
+#[tokio::test]
+async fn a_broken_sync_channel_is_found_reported_and_healed_and_the_copy_keeps_every_translation() {
+    use natd_tests::dataplane::Stream;
+    let _turn = beside().await;
+    let mut lab = Lab::new(Arc::new(Emulator::for_lab()))
+        .await
+        .under_systemd();
+    let (holder, standby) = pair(&lab, &[]).await;
+    let eip = stack_eip(&lab);
+    let sync_port = natd::config::Config::default().sync_port;
+    let hosts = lab.flow_hosts(0, 2);
+
+    // The state sync from the holder stops reaching the standby (a security group or
+    // ACL change, a lossy path).
+    lab.exec(
+        &standby,
+        &format!("iptables -I INPUT -p udp --dport {sync_port} -j DROP"),
+    )
+    .unwrap();
+    // Both hosts open connections to the echo server from the same 60 local ports: on
+    // one address to one destination, the holder's NAT keeps one of each pair on its
+    // port and must give the other another one, a translation only the copy carries to
+    // the standby (a new holder left to pick it up mid-stream would choose afresh).
+    let mut streams = Vec::new();
+    let mut ports = Vec::new();
+    for port in 41000..41060u16 {
+        for h in &hosts {
+            streams.push(Stream::open_from(h, port, natd_tests::lab::ECHO).unwrap());
+            ports.push(port);
+        }
+    }
+    let before: Vec<String> = streams.iter_mut().map(|s| s.seen_from().unwrap()).collect();
+    assert!(
+        before.iter().all(|s| s.starts_with(&format!("{eip}:"))),
+        "{before:?}"
+    );
+    let remapped = before
+        .iter()
+        .zip(&ports)
+        .filter(|(seen, port)| !seen.ends_with(&format!(":{port}")))
+        .count();
+    assert!(
+        remapped >= 60,
+        "ports remapped: {remapped} of {}",
+        before.len()
+    );
+
+    // The standby finds its copy behind, says so, and asks for a full resync.
+    until(
+        "the standby finding its copy behind",
+        Duration::from_secs(60),
+        async || {
+            lab.natd_log(&standby)
+                .contains("behind the holder's table")
+                .then_some(())
+        },
+    )
+    .await;
+    let status = until(
+        "status showing the lag",
+        Duration::from_secs(60),
+        async || {
+            let said = text(&natctl(&lab.emu, &["status", "--name", "lab"]));
+            said.contains("behind the holder for").then_some(said)
+        },
+    )
+    .await;
+    assert!(status.contains("pair: standby"), "{status}");
+
+    // The channel comes back: the copy is whole again.
+    lab.exec(
+        &standby,
+        &format!("iptables -D INPUT -p udp --dport {sync_port} -j DROP"),
+    )
+    .unwrap();
+    until(
+        "the copy in step again",
+        Duration::from_secs(90),
+        async || {
+            lab.natd_log(&standby)
+                .contains("in step with the holder's table again")
+                .then_some(())
+        },
+    )
+    .await;
+
+    // The holder dies: every connection lives on, each by the translation it had.
+    assert_eq!(exchange_all(&mut streams), Vec::<String>::new());
+    lab.crash(&holder);
+    until("the standby holding", Duration::from_secs(30), async || {
+        (lab.private_routes()[0] == standby).then_some(())
+    })
+    .await;
+    let failed = exchange_all(&mut streams);
+    assert!(failed.is_empty(), "{failed:?}\n{}", lab_log(&lab));
+    let after: Vec<String> = streams.iter_mut().map(|s| s.seen_from().unwrap()).collect();
+    assert_eq!(before, after, "translations changed at the failover");
+    lab.shutdown();
 }

@@ -12,6 +12,11 @@ use crate::parts::nat_instance::PAIR_PORTS;
 use crate::status::NatdReport;
 use ipnet::IpNet;
 
+/// A standby's copy behind the holder for this long is a finding (natd asks for a full
+/// resync after 15 s, again every 30 s: a lag that outlives two asks is a broken sync
+/// channel, not churn).
+pub const SYNC_LAG_RISK_SECS: u64 = 60;
+
 /// A hot standby pair of a stack whose route tables are in the VPC.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Pair {
@@ -245,6 +250,22 @@ pub fn findings(f: &Facts) -> Vec<Finding> {
                     ),
                     evidence: vec![format!("{}: pair=standby beat={}", m.instance, report.heartbeats)],
                     fix: "check that the security group admits the pair's UDP ports from itself (4790 heartbeats, 3780 state sync, 4789 forwarding check) and, across subnets, the network ACLs".into(),
+                });
+            }
+            if let (Some(entries), Some(secs)) = (report.behind_entries, report.behind_secs)
+                && entries > 0
+                && secs >= SYNC_LAG_RISK_SECS
+            {
+                out.push(Finding {
+                    severity: Severity::Risk,
+                    check: "pair_sync_behind",
+                    resource: m.instance.clone(),
+                    problem: format!(
+                        "the standby {} of stack {stack} has been missing about {entries} of the holder's connections for {secs} s or more: a failover now resets them (the state sync, UDP 3780, loses or delays updates; natd asks the holder for a full resync every 30 s while it lasts)",
+                        m.instance
+                    ),
+                    evidence: vec![format!("{}: pair=standby lag={entries}/{secs}s", m.instance)],
+                    fix: "check that the security group admits UDP 3780 from the pair itself (and, across subnets, the network ACLs), and natd's log on both members (journalctl -u natd: conntrackd trouble, resyncs)".into(),
                 });
             }
             if m.source_dest_check {
@@ -543,6 +564,35 @@ mod tests {
             "{:?}",
             all[0].evidence
         );
+    }
+
+    #[test]
+    fn a_standby_whose_copy_stays_behind_is_a_risk() {
+        let standby = |lag: &str| {
+            let at = humantime::format_rfc3339_seconds(std::time::SystemTime::now());
+            crate::status::parse_natd_health(
+                &format!(
+                    "data=ok control=ok pair=standby peer=i-a beat=ok synced=12 {lag} at={at}"
+                ),
+                std::time::SystemTime::now(),
+            )
+        };
+        for (lag, found) in [
+            ("lag=0", false),
+            ("lag=1200/45s", false),
+            ("lag=1200/60s", true),
+            ("lag=1200/300s", true),
+            ("", false),
+        ] {
+            let mut f = healthy();
+            f.pairs[0].members[1].natd = standby(lag);
+            let want = if found {
+                vec![("pair_sync_behind", "i-b".to_string())]
+            } else {
+                vec![]
+            };
+            assert_eq!(checks(&f), want, "{lag}");
+        }
     }
 
     #[test]
