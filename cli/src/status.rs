@@ -153,12 +153,10 @@ pub fn fill_pair_lag(instances: &mut [Instance]) {
             .as_mut()
             .filter(|n| !n.stale)
             .and_then(|n| n.pair.as_mut())
-            .filter(|p| p.role == "standby")
+            // A natd that measures its lag says it (`lag=`); else from the two counts.
+            .filter(|p| p.role == "standby" && p.behind_secs.is_none())
         {
-            if p.behind_secs.is_none() {
-                // A natd that does not measure its lag: from the two counts.
-                p.behind_entries = held.zip(p.synced_entries).map(|(h, s)| h.saturating_sub(s));
-            }
+            p.behind_entries = held.zip(p.synced_entries).map(|(h, s)| h.saturating_sub(s));
         }
     }
 }
