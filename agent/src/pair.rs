@@ -1318,40 +1318,87 @@ async fn check_and_take_over(ctx: Ctx, due: Due, decided: Instant) {
         ctx.view.lock().expect("pair view").busy = false;
         return;
     }
+    // The holder's end of the link, and (when it is silent) whether its kernel still
+    // answers there, asked beside the check so a dead holder costs no extra wait.
+    let holder_end = {
+        let v = ctx.view.lock().expect("pair view");
+        v.me_ip
+            .zip(v.peer.as_ref().map(|p| p.ip))
+            .map(|(me, peer)| overlay_addresses(me, peer).1)
+    };
+    let link_answers = |timeout: Duration| async move {
+        match holder_end {
+            Some(ip) => {
+                crate::probe::answers(SocketAddrV4::new(ip, LINK_PROOF_PORT), OVERLAY_DEV, timeout)
+                    .await
+            }
+            None => false,
+        }
+    };
+    let alive = (!routine).then(|| tokio::spawn(link_answers(timeout)));
     let mut failures = Vec::new();
+    let mut passed = None;
     for t in &targets {
         match check_through_holder(*t, timeout).await {
             Ok(()) => {
-                let mut v = ctx.view.lock().expect("pair view");
-                v.last_check = Some(Instant::now());
-                v.busy = false;
-                let through = v.peer.as_ref().map(|p| p.instance_id.clone());
-                if v.proven_through != through {
-                    info!(
-                        "pair: a check through {} passed (to {t}): the check path is proven",
-                        through.as_deref().unwrap_or("the holder")
-                    );
-                    v.proven_through = through;
-                }
-                v.not_acted = None;
-                if v.check_failures > 0 {
-                    info!("pair: the holder forwards again (a check through it succeeded)");
-                    v.check_failures = 0;
-                }
-                if routine {
-                    return;
-                }
-                v.last_check_ok = v.last_check;
-                if !v.silent_logged {
-                    v.silent_logged = true;
-                    warn!(
-                        "pair: {reason}, but it forwards (a connection to {t} through it succeeded): staying standby"
-                    );
-                }
-                return;
+                passed = Some(*t);
+                break;
             }
             Err(e) => failures.push(format!("{t}: {e}")),
         }
+    }
+    // A silent holder whose kernel still answers on the link is alive: its natd may be
+    // restarting (a crash, an upgrade) while it forwards, and a check that timed out on
+    // a loaded machine is not proof enough. Once more, with twice the time, before
+    // moving anything. (A dead holder's end does not answer: no second check.)
+    if passed.is_none()
+        && let Some(alive) = alive
+        && alive.await.unwrap_or(false)
+    {
+        let slower = (timeout * 2).min(CHECK_TIMEOUT * 2);
+        for t in &targets {
+            match check_through_holder(*t, slower).await {
+                Ok(()) => {
+                    passed = Some(*t);
+                    break;
+                }
+                Err(e) => failures.push(format!("{t} (again, {} ms): {e}", slower.as_millis())),
+            }
+        }
+    }
+    if let Some(t) = passed {
+        let mut v = ctx.view.lock().expect("pair view");
+        v.last_check = Some(Instant::now());
+        v.busy = false;
+        let through = v.peer.as_ref().map(|p| p.instance_id.clone());
+        if v.proven_through != through {
+            info!(
+                "pair: a check through {} passed (to {t}): the check path is proven",
+                through.as_deref().unwrap_or("the holder")
+            );
+            v.proven_through = through;
+        }
+        v.not_acted = None;
+        if v.check_failures > 0 {
+            info!("pair: the holder forwards again (a check through it succeeded)");
+            v.check_failures = 0;
+        }
+        if routine {
+            return;
+        }
+        v.last_check_ok = v.last_check;
+        if !v.silent_logged {
+            v.silent_logged = true;
+            warn!(
+                "pair: {reason}, but it forwards (a connection to {t} through it succeeded{}): staying standby",
+                if failures.is_empty() {
+                    String::new()
+                } else {
+                    format!(" after {}", failures.join("; "))
+                }
+            );
+        }
+        return;
     }
     // A routine check that was under way when the holder fell silent (it died during
     // the check) is judged as the silence it now is: the takeover must not wait for
@@ -1372,12 +1419,6 @@ async fn check_and_take_over(ctx: Ctx, due: Due, decided: Instant) {
     // the holder's end of the link answers: without both, the fault is not the
     // holder's.
     let evidence = if routine {
-        let holder_end = {
-            let v = ctx.view.lock().expect("pair view");
-            v.me_ip
-                .zip(v.peer.as_ref().map(|p| p.ip))
-                .map(|(me, peer)| overlay_addresses(me, peer).1)
-        };
         let own = targets.first().copied();
         let (own_path, link) = tokio::join!(
             async {
@@ -1386,19 +1427,7 @@ async fn check_and_take_over(ctx: Ctx, due: Due, decided: Instant) {
                     None => false,
                 }
             },
-            async {
-                match holder_end {
-                    Some(ip) => {
-                        crate::probe::answers(
-                            SocketAddrV4::new(ip, LINK_PROOF_PORT),
-                            OVERLAY_DEV,
-                            timeout,
-                        )
-                        .await
-                    }
-                    None => false,
-                }
-            }
+            link_answers(timeout)
         );
         Evidence { own_path, link }
     } else {

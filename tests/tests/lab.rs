@@ -243,7 +243,11 @@ async fn dev_egress_fails_over_then_switches_to_prod_and_tears_down_to_nothing()
 #[tokio::test]
 async fn an_instance_whose_forwarding_or_natd_breaks_is_replaced() {
     let _turn = beside().await;
-    let lab = Lab::new(Arc::new(Emulator::for_lab())).await;
+    // Under the shipped units: systemd restarts natd and, once it keeps failing, runs
+    // natd-unhealthy.service (OnFailure=).
+    let lab = Lab::new(Arc::new(Emulator::for_lab()))
+        .await
+        .under_systemd();
     let first = dev(&lab, true).await;
     let eip = stack_eip(&lab);
 
@@ -284,11 +288,12 @@ async fn an_instance_whose_forwarding_or_natd_breaks_is_replaced() {
         .any(|(_, e)| *e == Event::Gone(first.clone()));
     assert!(log, "the broken instance is gone: {}", lab_log(&lab));
 
-    // natd itself keeps crashing: the supervisor (as systemd) restarts it; egress keeps
-    // working meanwhile (the kernel forwards without natd); after 5 failures natd
-    // --report-unhealthy gets the instance replaced.
+    // natd itself keeps crashing: systemd restarts it (5 s later); egress keeps
+    // working meanwhile (the kernel forwards without natd); once the unit hits its
+    // start limit, natd-unhealthy.service (natd --report-unhealthy) gets the instance
+    // replaced.
     for n in 0..5 {
-        until("natd running", Duration::from_secs(10), async || {
+        until("natd running", Duration::from_secs(20), async || {
             (!lab.natd_pids(&second).is_empty()).then_some(())
         })
         .await;
@@ -299,17 +304,19 @@ async fn an_instance_whose_forwarding_or_natd_breaks_is_replaced() {
         }
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
-    until(
-        "the crashing instance reported",
-        Duration::from_secs(30),
-        async || {
-            lab.events()
-                .iter()
-                .any(|(_, e)| *e == Event::ReportedUnhealthy(second.clone()))
-                .then_some(())
-        },
-    )
-    .await;
+    let crashed = Instant::now();
+    while !lab
+        .events()
+        .iter()
+        .any(|(_, e)| *e == Event::ReportedUnhealthy(second.clone()))
+    {
+        assert!(
+            crashed.elapsed() < Duration::from_secs(40),
+            "the crashing instance was not reported:\n{}",
+            lab_log(&lab)
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     let third = until(
         "a replacement routing",
         Duration::from_secs(120),
@@ -344,6 +351,11 @@ async fn an_instance_whose_forwarding_or_natd_breaks_is_replaced() {
     );
     assert!(lab.instances().contains_key(&third));
     egress(&lab, Duration::from_secs(10)).await;
+    let reported = lab
+        .events()
+        .iter()
+        .any(|(_, e)| *e == Event::ReportedUnhealthy(second.clone()));
+    assert!(reported, "natd-unhealthy.service ran on {second}");
 }
 
 /// doctor's answers for the function `app` (internet, secret, databases), as JSON.
@@ -934,7 +946,9 @@ async fn doctor_says_where_packets_break_and_its_fix_lets_them_through() {
         "--tags",
         &format!("Key={tag},Value=app"),
     ]);
-    egress(&lab, Duration::from_secs(60)).await;
+    // natd finds a newly tagged table at its next drift read (drift_check_secs, 60 s
+    // ± 20 %).
+    egress(&lab, Duration::from_secs(90)).await;
     assert_eq!(doctor_internet(&lab)["ok"], true);
 }
 
@@ -1787,6 +1801,10 @@ async fn under_its_unit(lab: &Lab, instances: &[&str]) {
             .filter(|l| !l.contains("nf_conntrack_max"))
             .map(|l| format!("{l}\n"))
             .collect();
+        assert!(
+            !log.contains("Watchdog timeout"),
+            "natd's watchdog fired on {i}:\n{log}"
+        );
         for denied in [
             "Operation not permitted",
             "Permission denied",
