@@ -1416,6 +1416,9 @@ impl Agent {
         if cfg.pair {
             facts.forward_new = !left_ips.is_empty();
             facts.egress_ips = left_ips;
+            // The link to the peer, kept from the previous run: checks through us go on
+            // passing while this natd starts.
+            facts.overlay = pair::overlay_left().map(|n| (pair::OVERLAY_DEV.to_string(), n));
         } else if cfg.require_eip || cfg.eip_allocation_id.is_some() {
             facts.forward_new = left_open && left_ips.is_empty();
         }

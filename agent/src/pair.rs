@@ -839,6 +839,21 @@ async fn stop_leftover(bin: &std::path::Path, conf: &std::path::Path) {
     }
 }
 
+/// The overlay link's /30 as a previous natd left it (the link is kept across
+/// restarts): the first ruleset of a restarted natd keeps forwarding what the peer's
+/// checks send over it, so the standby never sees a live holder fail them.
+pub fn overlay_left() -> Option<Ipv4Net> {
+    nix::ifaddrs::getifaddrs().ok()?.find_map(|a| {
+        if a.interface_name != OVERLAY_DEV {
+            return None;
+        }
+        let ip = a.address?.as_sockaddr_in()?.ip();
+        let mask = a.netmask?.as_sockaddr_in()?.ip();
+        let prefix = u32::from(mask).count_ones() as u8;
+        Ipv4Net::new(ip, prefix).ok().map(|n| n.trunc())
+    })
+}
+
 /// Whether the overlay link is still there.
 pub fn overlay_present() -> bool {
     // Asked of the kernel, not of /sys/class/net (see kernel::interface_with_mac).

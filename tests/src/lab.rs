@@ -1354,6 +1354,26 @@ impl Fabric {
                     let _ = c.kill();
                     let _ = c.wait();
                 }
+                // What its units did last: the report that got it replaced reaches the
+                // lab's log through the journal a moment after the group acted on it.
+                let crashing = i
+                    .machine
+                    .as_ref()
+                    .is_some_and(|m| m.restarts_seen > 0 && !m.reported);
+                let deadline = Instant::now() + Duration::from_secs(2);
+                loop {
+                    let events = machine_events(&id, &mut i);
+                    let reported = events
+                        .iter()
+                        .any(|e| matches!(e, Event::ReportedUnhealthy(_)));
+                    for e in events {
+                        self.event(e);
+                    }
+                    if !crashing || reported || Instant::now() > deadline {
+                        break;
+                    }
+                    std::thread::sleep(Duration::from_millis(100));
+                }
                 if let Some(mut m) = i.machine.take() {
                     m.kill();
                 }
@@ -2250,20 +2270,8 @@ impl Fabric {
                 i.ready = true;
                 events.push(Event::Ready(id.clone()));
             }
-            if let Some(m) = i.machine.as_mut() {
-                // systemd restarts natd and runs the OnFailure= report: the lab only
-                // notes them, from the unit's journal.
-                let (restarts, reported) = std::fs::read_to_string(&i.log)
-                    .map(|l| crate::machine::unit_events(&l))
-                    .unwrap_or_default();
-                for _ in m.restarts_seen..restarts {
-                    events.push(Event::Restarted(id.clone(), None));
-                }
-                m.restarts_seen = m.restarts_seen.max(restarts);
-                if reported && !m.reported {
-                    m.reported = true;
-                    events.push(Event::ReportedUnhealthy(id.clone()));
-                }
+            if i.machine.is_some() {
+                events.extend(machine_events(id, i));
                 continue;
             }
             let Some(child) = i.natd.as_mut() else {
@@ -2300,6 +2308,27 @@ impl Fabric {
             self.event(e);
         }
     }
+}
+
+/// Under systemd: what the instance's units did since last asked (systemd restarts
+/// natd and runs the OnFailure= report; the lab only notes them, from the journal).
+fn machine_events(id: &str, i: &mut Instance) -> Vec<Event> {
+    let mut events = Vec::new();
+    let Some(m) = i.machine.as_mut() else {
+        return events;
+    };
+    let (restarts, reported) = std::fs::read_to_string(&i.log)
+        .map(|l| crate::machine::unit_events(&l))
+        .unwrap_or_default();
+    for _ in m.restarts_seen..restarts {
+        events.push(Event::Restarted(id.to_string(), None));
+    }
+    m.restarts_seen = m.restarts_seen.max(restarts);
+    if reported && !m.reported {
+        m.reported = true;
+        events.push(Event::ReportedUnhealthy(id.to_string()));
+    }
+    events
 }
 
 fn natd_env() -> [(&'static str, &'static str); 3] {

@@ -278,8 +278,10 @@ pub fn unit_events(log: &str) -> (usize, bool) {
         .lines()
         .filter(|l| l.contains("natd.service: Scheduled restart job"))
         .count();
-    let reported = log
-        .lines()
-        .any(|l| l.contains("Finished natd-unhealthy.service"));
+    let reported = log.lines().any(|l| {
+        l.contains("Finished natd-unhealthy.service")
+            || l.contains("natd keeps failing: reported Unhealthy")
+            || l.contains("natd keeps failing, and this instance is in no Auto Scaling group")
+    });
     (restarts, reported)
 }
