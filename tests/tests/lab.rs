@@ -1016,6 +1016,16 @@ async fn pair(lab: &Lab, extra: &[&str]) -> (String, String) {
     (holder, standby)
 }
 
+/// A lab whose instances run natd under systemd ([`Lab::under_systemd`]) with a pair
+/// set up by [`pair`]: (the lab, the holder, the standby).
+async fn systemd_pair(extra: &[&str]) -> (Lab, String, String) {
+    let lab = Lab::new(Arc::new(Emulator::for_lab()))
+        .await
+        .under_systemd();
+    let (holder, standby) = pair(&lab, extra).await;
+    (lab, holder, standby)
+}
+
 /// Every stream sends and receives once; the failures.
 fn exchange_all(streams: &mut [natd_tests::dataplane::Stream]) -> Vec<String> {
     std::thread::scope(|s| {
@@ -1039,10 +1049,7 @@ fn holders(lab: &Lab) -> Vec<String> {
 #[tokio::test]
 async fn a_hot_standby_pair_fails_over_in_a_second_keeping_address_and_connections() {
     let _turn = beside().await;
-    let mut lab = Lab::new(Arc::new(Emulator::for_lab()))
-        .await
-        .under_systemd();
-    let (holder, standby) = pair(&lab, &[]).await;
+    let (mut lab, holder, standby) = systemd_pair(&[]).await;
     let eip = stack_eip(&lab);
     assert_eq!(lab.instances().len(), 2, "two NAT instances");
 
@@ -1328,10 +1335,7 @@ async fn a_holder_that_beats_but_does_not_forward_is_taken_over_as_deployed() {
 #[tokio::test]
 async fn a_planned_rotation_of_the_pair_loses_no_connection() {
     let _turn = beside().await;
-    let mut lab = Lab::new(Arc::new(Emulator::for_lab()))
-        .await
-        .under_systemd();
-    let (holder, standby) = pair(&lab, &["--egress-ips", "2"]).await;
+    let (mut lab, holder, standby) = systemd_pair(&["--egress-ips", "2"]).await;
     let addresses = lab.egress_ips("lab");
     assert_eq!(addresses.len(), 2, "two egress addresses");
     // New connections spread over both addresses.
@@ -1468,10 +1472,7 @@ async fn a_planned_rotation_of_the_pair_loses_no_connection() {
 #[tokio::test]
 async fn a_pair_spread_over_two_azs_fails_over_with_the_same_address() {
     let _turn = beside().await;
-    let mut lab = Lab::new(Arc::new(Emulator::for_lab()))
-        .await
-        .under_systemd();
-    let (holder, standby) = pair(&lab, &["--ha-spread"]).await;
+    let (mut lab, holder, standby) = systemd_pair(&["--ha-spread"]).await;
     let eip = stack_eip(&lab);
     let out = natctl(
         &lab.emu,
@@ -1527,10 +1528,7 @@ async fn a_pair_with_two_egress_addresses_holds_more_connections_to_one_destinat
     const HOSTS: usize = 4;
     const PER_HOST: usize = 16_500;
     let _turn = alone().await;
-    let mut lab = Lab::new(Arc::new(Emulator::for_lab()))
-        .await
-        .under_systemd();
-    let (holder, _) = pair(&lab, &["--egress-ips", "2"]).await;
+    let (mut lab, holder, _) = systemd_pair(&["--egress-ips", "2"]).await;
     let eips = lab.egress_ips("lab");
     until(
         "SNAT across both addresses",
@@ -1589,10 +1587,7 @@ async fn a_pair_with_two_egress_addresses_holds_more_connections_to_one_destinat
 #[tokio::test]
 async fn a_networkd_reload_that_drops_the_pairs_rules_moves_nothing_and_the_check_comes_back() {
     let _turn = beside().await;
-    let mut lab = Lab::new(Arc::new(Emulator::for_lab()))
-        .await
-        .under_systemd();
-    let (holder, standby) = pair(&lab, &[]).await;
+    let (mut lab, holder, standby) = systemd_pair(&[]).await;
     let eip = stack_eip(&lab);
     let instances = lab.instances();
     let in_ns = |instance: &str, cmd: &str| {
@@ -1663,10 +1658,7 @@ async fn a_networkd_reload_that_drops_the_pairs_rules_moves_nothing_and_the_chec
 async fn a_pair_egresses_only_by_its_elastic_ip_across_natd_restarts_and_after_losing_both_members()
 {
     let _turn = beside().await;
-    let mut lab = Lab::new(Arc::new(Emulator::for_lab()))
-        .await
-        .under_systemd();
-    let (holder, standby) = pair(&lab, &[]).await;
+    let (mut lab, holder, standby) = systemd_pair(&[]).await;
     let eip = stack_eip(&lab);
     under_its_unit(&lab, &[&holder, &standby]).await;
 
@@ -1823,10 +1815,7 @@ async fn under_its_unit(lab: &Lab, instances: &[&str]) {
 async fn a_broken_sync_channel_is_found_reported_and_healed_and_the_copy_keeps_every_translation() {
     use natd_tests::dataplane::Stream;
     let _turn = beside().await;
-    let mut lab = Lab::new(Arc::new(Emulator::for_lab()))
-        .await
-        .under_systemd();
-    let (holder, standby) = pair(&lab, &[]).await;
+    let (mut lab, holder, standby) = systemd_pair(&[]).await;
     let eip = stack_eip(&lab);
     let sync_port = natd::config::Config::default().sync_port;
     let hosts = lab.flow_hosts(0, 2);
