@@ -1026,6 +1026,14 @@ async fn systemd_pair(extra: &[&str]) -> (Lab, String, String) {
     (lab, holder, standby)
 }
 
+/// Waits until natd's log on `instance` contains `text` (`what`, for the failure).
+async fn until_logged(lab: &Lab, instance: &str, text: &str, what: &str, limit: Duration) {
+    until(what, limit, async || {
+        lab.natd_log(instance).contains(text).then_some(())
+    })
+    .await;
+}
+
 /// Every stream sends and receives once; the failures.
 fn exchange_all(streams: &mut [natd_tests::dataplane::Stream]) -> Vec<String> {
     std::thread::scope(|s| {
@@ -1203,14 +1211,12 @@ async fn a_holder_that_beats_but_does_not_forward_is_taken_over_as_deployed() {
     let mut lab = Lab::as_deployed(Arc::new(Emulator::for_lab())).await;
     let (holder, standby) = pair(&lab, &[]).await;
     let eip = stack_eip(&lab);
-    until(
+    until_logged(
+        &lab,
+        &standby,
+        "the check path is proven",
         "the standby's check through the holder to pass once",
         Duration::from_secs(30),
-        async || {
-            lab.natd_log(&standby)
-                .contains("the check path is proven")
-                .then_some(())
-        },
     )
     .await;
     let still = |what: &'static str, secs: u64| {
@@ -1856,14 +1862,12 @@ async fn a_broken_sync_channel_is_found_reported_and_healed_and_the_copy_keeps_e
     );
 
     // The standby finds its copy behind, says so, and asks for a full resync.
-    until(
+    until_logged(
+        &lab,
+        &standby,
+        "behind the holder's table",
         "the standby finding its copy behind",
         Duration::from_secs(60),
-        async || {
-            lab.natd_log(&standby)
-                .contains("behind the holder's table")
-                .then_some(())
-        },
     )
     .await;
     let status = until(
@@ -1883,14 +1887,12 @@ async fn a_broken_sync_channel_is_found_reported_and_healed_and_the_copy_keeps_e
         &format!("iptables -D INPUT -p udp --dport {sync_port} -j DROP"),
     )
     .unwrap();
-    until(
+    until_logged(
+        &lab,
+        &standby,
+        "in step with the holder's table again",
         "the copy in step again",
         Duration::from_secs(90),
-        async || {
-            lab.natd_log(&standby)
-                .contains("in step with the holder's table again")
-                .then_some(())
-        },
     )
     .await;
 
