@@ -16,6 +16,7 @@
 
 use crate::aws::{self, Cloud, Membership};
 use crate::config::Config;
+use crate::contract::health::{self as health_report, HealthReport, HealthTag};
 use crate::health::{ControlOutcome, Health, Note};
 use crate::imds::{self, Identity, Imds};
 use crate::kernel::apply::{self as kapply, Kernel};
@@ -38,25 +39,6 @@ const STARTUP_MAX_DELAY: Duration = Duration::from_secs(10);
 /// `natctl status` can tell a silent natd from a quiet one.
 pub const HEALTH_TAG_REFRESH: Duration =
     Duration::from_secs(crate::contract::HEALTH_TAG_REFRESH_SECS);
-
-/// The health summary without what changes by itself (connection counts, the last
-/// outage's time, how far behind a lagging copy is): when this changes, the tag is
-/// worth a control pass at once.
-pub fn summary_shape(summary: &str) -> String {
-    summary
-        .split_whitespace()
-        .filter(|w| {
-            !["held=", "synced=", "api-outage="]
-                .iter()
-                .any(|p| w.starts_with(p))
-        })
-        .map(|w| match w.strip_prefix("lag=") {
-            Some("0") | None => w,
-            Some(_) => "lag=behind",
-        })
-        .collect::<Vec<_>>()
-        .join(" ")
-}
 
 /// What decides how soon the next control pass runs after one that succeeded.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -459,7 +441,7 @@ pub struct ControlPlane {
     membership: Option<Option<Membership>>,
     launch_completed: bool,
     passes: u64,
-    published: Option<(String, Instant)>,
+    published: Option<(HealthReport, Instant)>,
     ever_ready: bool,
     pair: Option<pair::Shared>,
     sync: Option<std::sync::Arc<pair::Sync>>,
@@ -475,8 +457,8 @@ pub struct ControlInput {
     pub egress_open: bool,
     /// The Unhealthy report is due.
     pub report_unhealthy: bool,
-    /// The health summary to publish (without its timestamp).
-    pub health: String,
+    /// The health report to publish (without its timestamp).
+    pub health: Option<HealthReport>,
     /// This pass reads EC2 and Auto Scaling (else IMDS only).
     pub aws: bool,
 }
@@ -573,8 +555,10 @@ impl ControlPlane {
         if report.problems.is_empty() && input.forwards {
             self.ever_ready = true;
         }
-        if self.cfg.publish_health {
-            self.publish(&input.health, report).await;
+        if self.cfg.publish_health
+            && let Some(health) = &input.health
+        {
+            self.publish(health, report).await;
         }
     }
 
@@ -1246,13 +1230,12 @@ impl ControlPlane {
 
     /// Writes the health tag when its summary changed or [`HEALTH_TAG_REFRESH`] passed.
     /// Failures here are logged, not counted: the tag is for operators.
-    async fn publish(&mut self, summary: &str, report: &ControlReport) {
-        let summary = if report.problems.is_empty() {
-            summary.to_string()
-        } else {
+    async fn publish(&mut self, summary: &HealthReport, report: &ControlReport) {
+        let mut summary = summary.clone();
+        if !report.problems.is_empty() {
             // AWS answered this call but not others: say so in the tag.
-            summary.replace("control=ok", "control=trouble")
-        };
+            summary.control = health_report::Control::Trouble;
+        }
         let due = match &self.published {
             Some((last, at)) => *last != summary || at.elapsed() >= HEALTH_TAG_REFRESH,
             None => true,
@@ -1260,10 +1243,11 @@ impl ControlPlane {
         if !due {
             return;
         }
-        let value = format!(
-            "{summary} at={}",
-            humantime::format_rfc3339_seconds(SystemTime::now())
-        );
+        let value = HealthTag {
+            report: summary.clone(),
+            at: SystemTime::now(),
+        }
+        .to_string();
         match self
             .cloud
             .publish_health(&self.id.instance_id, &value)
@@ -1308,7 +1292,7 @@ pub struct Agent {
     last_forwards: bool,
     /// The health summary's words (not its counts) then: a change is published at
     /// once (`natctl status` and `doctor` read the tag).
-    last_shape: String,
+    last_shape: Option<health_report::Shape>,
     metrics: Option<Metrics>,
 }
 
@@ -1488,7 +1472,7 @@ impl Agent {
             next_control: Instant::now(),
             next_aws: Instant::now(),
             last_forwards: false,
-            last_shape: String::new(),
+            last_shape: None,
         })
     }
 
@@ -1533,7 +1517,7 @@ impl Agent {
         // IMDS (the VPC's CIDRs) is read at every pass: it is local and not throttled
         // per account. EC2 and Auto Scaling only when the drift cadence says so, or at
         // once when something needs them.
-        let shape = summary_shape(&self.health_summary());
+        let shape = Some(self.health_summary().shape());
         let urgent = self.health.report_due()
             || self.health.forwarding() != self.last_forwards
             || shape != self.last_shape
@@ -1550,7 +1534,7 @@ impl Agent {
             forwards: self.health.forwarding(),
             egress_open: self.data.open_applied,
             report_unhealthy: self.health.report_due(),
-            health: self.health_summary(),
+            health: Some(self.health_summary()),
             aws,
         };
         Some(control_pass(cp, input, self.cfg.control_deadline()))
@@ -1731,78 +1715,70 @@ impl Agent {
         }
     }
 
-    /// The summary natd publishes in its `natd:health` tag (a timestamp is added).
-    fn health_summary(&self) -> String {
-        let mut s = format!(
-            "data={} control={}",
-            self.health.data_word(),
-            self.health.control_word()
-        );
-        if self.health.data_failures > 0 {
-            s.push_str(&format!(
-                " failing={}/{}",
-                self.health.data_failures, self.cfg.unhealthy_after
-            ));
+    /// The report natd publishes in its `natd:health` tag (a timestamp is added).
+    fn health_summary(&self) -> HealthReport {
+        HealthReport {
+            data: self.health.data_state(),
+            control: self.health.control_state(),
+            failing: (self.health.data_failures > 0).then_some(health_report::Failing {
+                count: self.health.data_failures,
+                limit: self.cfg.unhealthy_after,
+            }),
+            routes: self.view.routes.map(|(held, _)| held as u32),
+            pair: self.pair_summary(),
+            api_outage: self
+                .view
+                .last_outage
+                .map(|(lasted, ended)| health_report::Outage {
+                    secs: lasted.as_secs(),
+                    ended,
+                }),
         }
-        if let Some((held, _)) = self.view.routes {
-            s.push_str(&format!(" routes={held}"));
-        }
-        if let Some(p) = self.pair_summary() {
-            s.push(' ');
-            s.push_str(&p);
-        }
-        if let Some((lasted, ended)) = self.view.last_outage {
-            s.push_str(&format!(
-                " api-outage={}s@{}",
-                lasted.as_secs(),
-                humantime::format_rfc3339_seconds(ended)
-            ));
-        }
-        s
     }
 
-    /// Pair mode, in words for the health tag: `pair=holder|standby peer=<id>
-    /// beat=ok|lost|never held=<entries> synced=<entries>` and the last takeover.
-    fn pair_summary(&self) -> Option<String> {
+    /// Pair mode, for the health tag: role, peer and heartbeats, connection counts, the
+    /// standby's lag and the last takeover.
+    fn pair_summary(&self) -> Option<health_report::PairHealth> {
+        use health_report::{Beats, Lag, PairHealth, Peer, Takeover};
         let p = self.data.pair.as_ref()?;
         let v = p.view.lock().expect("pair view");
-        let mut s = format!("pair={}", if v.holder { "holder" } else { "standby" });
-        if let Some(peer) = &v.peer {
-            s.push_str(&format!(" peer={}", peer.instance_id));
-            let limit = self.cfg.heartbeat_interval() * self.cfg.heartbeat_misses;
-            s.push_str(match v.silence(Instant::now()) {
-                Some(d) if d < limit => " beat=ok",
-                Some(_) => " beat=lost",
-                None => " beat=never",
-            });
-        }
-        // Rounded so the tag is not rewritten for every connection.
-        if let Some(n) = v.held {
-            s.push_str(&format!(" held={}", round2(n)));
-        }
-        if let Some(n) = v.synced {
-            s.push_str(&format!(" synced={}", round2(n)));
-        }
-        // The standby's lag behind the holder's table: entries (two digits) and how long
-        // (in steps of 15 s), so the tag changes only when the lag does.
-        if let Some((entries, behind)) = v.lag.amount(Instant::now()) {
-            if entries == 0 {
-                s.push_str(" lag=0");
+        let limit = self.cfg.heartbeat_interval() * self.cfg.heartbeat_misses;
+        Some(PairHealth {
+            role: if v.holder {
+                health_report::Role::Holder
             } else {
-                let secs = behind.as_secs() / 15 * 15;
-                s.push_str(&format!(" lag={}/{secs}s", round2(entries)));
-            }
-        }
-        if let Some(t) = &v.last_takeover {
-            s.push_str(&format!(
-                " takeover={}ms@{}",
+                health_report::Role::Standby
+            },
+            peer: v.peer.as_ref().map(|peer| Peer {
+                instance: peer.instance_id.clone(),
+                beats: match v.silence(Instant::now()) {
+                    Some(d) if d < limit => Beats::Ok,
+                    Some(_) => Beats::Lost,
+                    None => Beats::Never,
+                },
+            }),
+            // Rounded so the tag is not rewritten for every connection.
+            held: v.held.map(round2),
+            synced: v.synced.map(round2),
+            // The standby's lag behind the holder's table: entries (two digits) and how
+            // long (in steps of 15 s), so the tag changes only when the lag does.
+            lag: v
+                .lag
+                .amount(Instant::now())
+                .map(|(entries, behind)| match entries {
+                    0 => Lag::InStep,
+                    _ => Lag::Behind {
+                        entries: round2(entries),
+                        secs: behind.as_secs() / 15 * 15,
+                    },
+                }),
+            takeover: v.last_takeover.as_ref().map(|t| Takeover {
                 // Counted done once IMDS lists the moved addresses here (AWS: the remap
                 // is asynchronous), else at the API's answer.
-                t.confirmed.unwrap_or(t.took).as_millis(),
-                humantime::format_rfc3339_seconds(t.at)
-            ));
-        }
-        Some(s)
+                ms: t.confirmed.unwrap_or(t.took).as_millis() as u64,
+                at: t.at,
+            }),
+        })
     }
 
     /// A one-line state for sd_notify STATUS: the data plane first, then the control
@@ -2000,6 +1976,12 @@ mod tests {
             next_control_in(settled, interval, drift, 1.0),
             Duration::from_secs(72)
         );
+        let summary_shape = |s: &str| {
+            HealthTag::parse(&format!("{s} at=2026-11-25T10:00:00Z"))
+                .expect("a report")
+                .report
+                .shape()
+        };
         assert_eq!(
             summary_shape(
                 "data=ok control=ok routes=1 pair=standby peer=i-1 beat=ok held=1200 synced=3400"

@@ -1,12 +1,9 @@
-//! Building the AWS SDK configuration (the one place that does), and turning SDK
-//! errors into messages that carry the service's own words.
+//! Building the AWS SDK configuration (the one place that does).
 
 use aws_config::retry::RetryConfig;
 use aws_config::timeout::TimeoutConfig;
 use aws_config::{BehaviorVersion, Region, SdkConfig};
 use aws_smithy_http_client::tls::{self, rustls_provider::CryptoMode};
-use aws_smithy_types::error::display::DisplayErrorContext;
-use aws_smithy_types::error::metadata::ProvideErrorMetadata;
 use std::time::Duration;
 
 /// Attempts per AWS call. The SDK's standard mode backs off exponentially with full
@@ -16,17 +13,6 @@ const MAX_ATTEMPTS: u32 = 5;
 /// One call must not hold a reconcile pass for long.
 const OPERATION_TIMEOUT: Duration = Duration::from_secs(20);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
-
-/// Error codes that no retry will fix: permissions and credentials.
-const PERMANENT_CODES: &[&str] = &[
-    "UnauthorizedOperation",
-    "AccessDenied",
-    "AccessDeniedException",
-    "AuthFailure",
-    "InvalidClientTokenId",
-    "SignatureDoesNotMatch",
-    "OptInRequired",
-];
 
 /// The HTTP client every AWS and IMDS call uses: hyper 1 with rustls on ring.
 pub fn http_client() -> aws_smithy_runtime_api::client::http::SharedHttpClient {
@@ -56,38 +42,6 @@ pub async fn sdk_config(region: &str, endpoint_url: Option<&str>) -> SdkConfig {
     loader.load().await
 }
 
-/// An AWS call that failed, with the service's error code and full message.
-#[derive(Debug, Clone, thiserror::Error)]
-#[error("{message}")]
-pub struct ApiError {
-    /// The service's error code, e.g. `UnauthorizedOperation`.
-    pub code: Option<String>,
-    /// The whole error chain, service message included.
-    pub message: String,
-}
-
-impl ApiError {
-    /// Whether retrying cannot help (missing permissions, bad credentials).
-    pub fn is_permanent(&self) -> bool {
-        self.code
-            .as_deref()
-            .is_some_and(|c| PERMANENT_CODES.contains(&c))
-    }
-}
-
-impl<E, R> From<aws_smithy_runtime_api::client::result::SdkError<E, R>> for ApiError
-where
-    E: ProvideErrorMetadata + std::error::Error + 'static,
-    R: std::fmt::Debug,
-{
-    fn from(e: aws_smithy_runtime_api::client::result::SdkError<E, R>) -> Self {
-        let code = e.code().map(str::to_string);
-        // A service error reads best as the service said it; anything else (timeouts,
-        // connection failures) needs the whole chain.
-        let message = match (e.code(), e.message()) {
-            (Some(c), Some(m)) => format!("{c}: {m}"),
-            _ => DisplayErrorContext(&e).to_string(),
-        };
-        Self { code, message }
-    }
-}
+/// An AWS call that failed, with the service's error code and words: the one
+/// conversion both binaries use.
+pub use crate::contract::ApiFailure as ApiError;

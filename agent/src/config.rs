@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 /// Where natd reads its configuration when `--config` is not given.
-pub const DEFAULT_PATH: &str = "/etc/natd/natd.toml";
+pub const DEFAULT_PATH: &str = crate::contract::boot::PATH;
 
 /// Errors reading the configuration. All of them are permanent: exit status 2.
 #[derive(Debug, thiserror::Error)]
@@ -54,7 +54,12 @@ pub const BOUNDS: &[(&str, u64, u64, &str)] = &[
     ("control_backoff_max_secs", 1, 600, "seconds"),
     ("drift_check_secs", 1, 600, "seconds"),
     ("conntrack_max", 1024, 67_108_864, "entries"),
-    ("egress_ips", 1, 32, "addresses"),
+    (
+        "egress_ips",
+        1,
+        crate::contract::boot::EGRESS_IPS_MAX as u64,
+        "addresses",
+    ),
     ("heartbeat_interval_ms", 20, 1000, "milliseconds"),
     ("heartbeat_misses", 2, 50, "beats"),
     ("consistency_window_ms", 0, 60_000, "milliseconds"),
@@ -182,12 +187,12 @@ impl Default for Config {
             pair: false,
             egress_ips: 1,
             require_eip: false,
-            heartbeat_port: 4790,
+            heartbeat_port: crate::contract::pair::HEARTBEAT_PORT,
             heartbeat_interval_ms: 100,
             heartbeat_misses: 3,
             consistency_window_ms: 5000,
-            sync_port: 3780,
-            overlay_port: 4789,
+            sync_port: crate::contract::pair::SYNC_PORT,
+            overlay_port: crate::contract::pair::OVERLAY_PORT,
             conntrackd: PathBuf::from("conntrackd"),
             state_dir: PathBuf::from("/run/natd"),
         }
@@ -195,6 +200,16 @@ impl Default for Config {
 }
 
 impl Config {
+    /// The part of the configuration natctl writes at boot.
+    pub fn boot(&self) -> crate::contract::boot::BootConfig {
+        crate::contract::boot::BootConfig {
+            stack: self.stack.clone(),
+            pair: self.pair,
+            egress_ips: self.pair.then_some(self.egress_ips),
+            require_eip: self.require_eip,
+        }
+    }
+
     /// Reads `path`. A missing file at the default path means "all defaults"; a missing
     /// file named explicitly is an error.
     pub fn load(path: &Path, explicit: bool) -> Result<Self, Error> {
@@ -228,8 +243,9 @@ impl Config {
             value,
             why,
         };
-        if let Err(e) = crate::contract::check_stack_name(&self.stack) {
-            return Err(bad("stack", format!("{:?}", self.stack), e.why.to_string()));
+        // What natctl writes at boot follows the contract's rules, checked here as there.
+        if let Err(e) = self.boot().validate() {
+            return Err(bad(e.key, e.value, e.why));
         }
         let numbers = [
             ("interval_secs", Some(self.interval_secs)),
@@ -435,6 +451,22 @@ mod tests {
     #[test]
     fn empty_file_is_all_defaults() {
         assert_eq!(parse("").expect("parses"), Config::default());
+    }
+
+    #[test]
+    fn what_natctl_writes_at_boot_natd_reads_as_written() {
+        use crate::contract::boot::BootConfig;
+        for b in [
+            BootConfig::single("dev", false),
+            BootConfig::single("dev", true),
+            BootConfig::pair("ha", 3),
+        ] {
+            let cfg = parse(&b.to_toml()).expect("natd reads it");
+            assert_eq!(cfg.boot(), b);
+        }
+        // And what the contract refuses, natd refuses, naming the key.
+        let e = parse(&BootConfig::pair("ha", 33).to_toml()).expect_err("refused");
+        assert!(e.to_string().contains("egress_ips = 33"), "{e}");
     }
 
     #[test]

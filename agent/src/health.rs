@@ -25,6 +25,8 @@
 //! - One report per failure run: once it landed (or natd found no group to report to),
 //!   natd does not repeat it unless the data plane recovers and fails again.
 
+use crate::contract::health::{Control, Data};
+
 /// Whether the Unhealthy report is needed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Report {
@@ -182,21 +184,21 @@ impl Health {
         self.report == Report::Due
     }
 
-    /// A short word for the data plane: `ok`, `failing`, `starting`.
-    pub fn data_word(&self) -> &'static str {
+    /// The data plane as the health report says it: ok, failing, starting.
+    pub fn data_state(&self) -> Data {
         match (self.data_failures, self.ever_forwarded) {
-            (0, true) => "ok",
-            (0, false) => "starting",
-            _ => "failing",
+            (0, true) => Data::Ok,
+            (0, false) => Data::Starting,
+            _ => Data::Failing,
         }
     }
 
-    /// A short word for the control plane: `ok` or `trouble`.
-    pub fn control_word(&self) -> &'static str {
+    /// The control plane as the health report says it: ok or trouble.
+    pub fn control_state(&self) -> Control {
         if self.control_failures == 0 {
-            "ok"
+            Control::Ok
         } else {
-            "trouble"
+            Control::Trouble
         }
     }
 }
@@ -362,12 +364,18 @@ mod tests {
     #[test]
     fn words() {
         let (h, _) = run(&[], 3);
-        assert_eq!((h.data_word(), h.control_word()), ("starting", "ok"));
+        assert_eq!(
+            (h.data_state().word(), h.control_state().word()),
+            ("starting", "ok")
+        );
         let (h, _) = run(&[DOk, CBad], 3);
-        assert_eq!((h.data_word(), h.control_word()), ("ok", "trouble"));
+        assert_eq!(
+            (h.data_state().word(), h.control_state().word()),
+            ("ok", "trouble")
+        );
         assert!(h.forwarding());
         let (h, _) = run(&[DOk, DBad], 3);
-        assert_eq!(h.data_word(), "failing");
+        assert_eq!(h.data_state().word(), "failing");
         assert!(!h.forwarding());
     }
 }

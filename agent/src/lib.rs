@@ -1,11 +1,13 @@
 //! natd, the NAT-instance agent, as a library: the binary in `main.rs` is a thin loop
-//! around [`agent::Agent`]; natctl uses [`contract`] for the tags and IAM policy.
+//! around [`agent::Agent`]; what natctl and natd share is the `natd-contract` crate.
+
+/// What natctl and natd both know (the `natd-contract` crate).
+pub use natd_contract as contract;
 
 pub mod agent;
 pub mod aws;
 pub mod cloud;
 pub mod config;
-pub mod contract;
 pub mod health;
 pub mod imds;
 pub mod kernel;

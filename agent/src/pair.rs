@@ -40,6 +40,7 @@
 use crate::aws::Cloud;
 pub use crate::aws::{Egress, Member};
 use crate::config::Config;
+use crate::contract::pair::{Beat, beat, parse_beat};
 use crate::routes::{Decision, Me, Table, Target};
 use ipnet::Ipv4Net;
 use std::net::{Ipv4Addr, SocketAddrV4};
@@ -95,9 +96,6 @@ const CONFIRM_WITHIN: Duration = Duration::from_secs(15);
 const CONFIRM_EVERY: Duration = Duration::from_millis(50);
 /// Longest a conntrackd control command may take.
 const CTL_TIMEOUT: Duration = Duration::from_secs(5);
-/// Heartbeat wire format: `natd-pair 1 <instance-id> <seq> <holder 0|1|2> <forwards 0|1>`
-/// (holder 2: holding, and handing over).
-const BEAT_MAGIC: &str = "natd-pair";
 
 /// The last takeover this instance made.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -575,73 +573,6 @@ pub fn judge_failed_check(
             }
         }
     }
-}
-
-/// What one heartbeat says.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Beat {
-    /// The sender.
-    pub instance: String,
-    /// It holds the address.
-    pub holder: bool,
-    /// It holds and hands over.
-    pub handing_over: bool,
-    /// Its data plane forwards.
-    pub forwards: bool,
-    /// Connections its conntrackd tracks (the internal cache: what a holder syncs to
-    /// the standby), when known. A field after those of the first format: a natd that
-    /// does not know it ignores it, and one that does reads `None` from an older one.
-    pub held: Option<u64>,
-}
-
-/// One heartbeat.
-fn beat(
-    instance: &str,
-    seq: u64,
-    holder: bool,
-    handing_over: bool,
-    forwards: bool,
-    held: Option<u64>,
-) -> String {
-    format!(
-        "{BEAT_MAGIC} 1 {instance} {seq} {} {} {}",
-        match (holder, handing_over) {
-            (true, true) => 2,
-            (true, false) => 1,
-            _ => 0,
-        },
-        u8::from(forwards),
-        held.map_or_else(|| "-".to_string(), |n| n.to_string())
-    )
-}
-
-/// Parses a heartbeat.
-fn parse_beat(s: &str) -> Option<Beat> {
-    let mut it = s.split_whitespace();
-    if it.next()? != BEAT_MAGIC || it.next()? != "1" {
-        return None;
-    }
-    let instance = it.next()?.to_string();
-    it.next()?.parse::<u64>().ok()?;
-    let (holder, handing_over) = match it.next()? {
-        "0" => (false, false),
-        "1" => (true, false),
-        "2" => (true, true),
-        _ => return None,
-    };
-    let forwards = match it.next()? {
-        "1" => true,
-        "0" => false,
-        _ => return None,
-    };
-    let held = it.next().and_then(|n| n.parse().ok());
-    Some(Beat {
-        instance,
-        holder,
-        handing_over,
-        forwards,
-        held,
-    })
 }
 
 /// How far the standby's copy of the holder's connections (its conntrackd's external
@@ -2336,48 +2267,6 @@ mod tests {
                 .values()
                 .all(|d| matches!(d, Decision::Replace { .. }))
         );
-    }
-
-    #[test]
-    fn heartbeats_round_trip_and_garbage_is_ignored() {
-        let b = |holder, handing_over, forwards, held| Beat {
-            instance: "i-a".into(),
-            holder,
-            handing_over,
-            forwards,
-            held,
-        };
-        assert_eq!(
-            parse_beat(&beat("i-a", 7, true, false, false, None)),
-            Some(b(true, false, false, None))
-        );
-        assert_eq!(
-            parse_beat(&beat("i-a", 8, true, true, true, Some(1200))),
-            Some(b(true, true, true, Some(1200)))
-        );
-        assert_eq!(
-            parse_beat(&beat("i-a", 9, false, true, true, Some(0))),
-            Some(b(false, false, true, Some(0))),
-            "only a holder hands over"
-        );
-        // A heartbeat of the first format (no count) still reads; one with fields it
-        // does not know yet too.
-        assert_eq!(
-            parse_beat("natd-pair 1 i-a 10 1 1"),
-            Some(b(true, false, true, None))
-        );
-        assert_eq!(
-            parse_beat("natd-pair 1 i-a 11 1 1 42 something-new"),
-            Some(b(true, false, true, Some(42)))
-        );
-        for bad in [
-            "",
-            "natd-pair 2 i-a 1 1 1",
-            "natd-pair 1 i-a x 1 1",
-            "hello",
-        ] {
-            assert_eq!(parse_beat(bad), None, "{bad}");
-        }
     }
 
     #[test]

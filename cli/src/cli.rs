@@ -110,7 +110,7 @@ pub enum SecretPolicy {
 
 /// A stack name, checked against the rule natd applies too.
 fn stack_name(s: &str) -> Result<String, String> {
-    natd::contract::check_stack_name(s)
+    natd_contract::check_stack_name(s)
         .map(|()| s.to_string())
         .map_err(|e| e.to_string())
 }
@@ -146,7 +146,7 @@ pub struct SetupArgs {
     pub vpc: String,
     /// Stack name: tags everything setup creates (natd:stack) and the route tables natd
     /// takes over (natd:egress). Lowercase letters, digits and '-', at most 32.
-    #[arg(long = "name", default_value = natd::contract::DEFAULT_STACK, value_parser = stack_name)]
+    #[arg(long = "name", default_value = natd_contract::DEFAULT_STACK, value_parser = stack_name)]
     pub stack: String,
     /// Which subnets to use.
     #[command(flatten)]
@@ -247,7 +247,7 @@ pub enum Cmd {
     /// Print the IAM policy the natd agent needs for a stack (JSON).
     Policy {
         /// Stack name (the value of the natd:egress tag on its route tables).
-        #[arg(long, default_value = natd::contract::DEFAULT_STACK, value_parser = stack_name)]
+        #[arg(long, default_value = natd_contract::DEFAULT_STACK, value_parser = stack_name)]
         stack: String,
     },
     /// Estimate the monthly cost of dev and prod egress, side by side.
@@ -288,7 +288,7 @@ pub enum Cmd {
     /// replaced. Run it after setup changed the AMI or instance type.
     Rotate {
         /// Stack name.
-        #[arg(long = "name", default_value = natd::contract::DEFAULT_STACK, value_parser = stack_name)]
+        #[arg(long = "name", default_value = natd_contract::DEFAULT_STACK, value_parser = stack_name)]
         stack: String,
     },
     /// Show a stack's egress: its NAT instances or gateways and each managed route
@@ -296,7 +296,7 @@ pub enum Cmd {
     /// such stack.
     Status {
         /// Stack name.
-        #[arg(long = "name", default_value = natd::contract::DEFAULT_STACK, value_parser = stack_name)]
+        #[arg(long = "name", default_value = natd_contract::DEFAULT_STACK, value_parser = stack_name)]
         stack: String,
     },
     /// Read a VPC the way AWS evaluates it and answer, for each VPC function: can it
@@ -318,7 +318,7 @@ pub enum Cmd {
     /// tag), in dependency order.
     Teardown {
         /// Stack name.
-        #[arg(long = "name", default_value = natd::contract::DEFAULT_STACK, value_parser = stack_name)]
+        #[arg(long = "name", default_value = natd_contract::DEFAULT_STACK, value_parser = stack_name)]
         stack: String,
         /// Show what would be removed, and remove nothing.
         #[arg(long)]

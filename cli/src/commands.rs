@@ -29,7 +29,7 @@ pub fn run(args: &Args) -> Result<(), Failure> {
         settle: Duration::from_secs(args.settle),
     };
     match &args.command {
-        Cmd::Policy { stack } => emit(&render::json(&natd::contract::agent_policy(stack))?),
+        Cmd::Policy { stack } => emit(&render::json(&natd_contract::agent_policy(stack))?),
         Cmd::Cost {
             env,
             azs,

@@ -13,7 +13,7 @@
 //! 3. The old holder, now the standby, is replaced the same way.
 
 use crate::aws::{Clients, Error, names::Names, read, wait};
-use natd::contract::{EGRESS_TAG, HANDOVER_TAG, HEALTH_TAG};
+use natd_contract::{EGRESS_TAG, HANDOVER_TAG, HEALTH_TAG};
 use serde::Serialize;
 use std::time::Duration;
 
@@ -83,7 +83,7 @@ fn tag<'a>(tags: &'a [aws_sdk_ec2::types::Tag], key: &str) -> Option<&'a str> {
 async fn members(c: &Clients, stack: &str) -> Result<(Vec<Member>, Option<String>), Error> {
     let name = Names(stack).nat();
     let mut out = Vec::new();
-    for group in [name.clone(), format!("{name}-b")] {
+    for group in [name.clone(), Names(stack).standby()] {
         let Some(g) = read::auto_scaling_group(c, &group).await? else {
             continue;
         };
@@ -211,12 +211,9 @@ pub async fn rotate(
     stack: &str,
     progress: &mut dyn FnMut(&str),
 ) -> Result<Outcome, Refused> {
-    let name = Names(stack).nat();
-    if read::auto_scaling_group(c, &format!("{name}-b"))
-        .await?
-        .is_none()
-    {
-        return Err(Refused::NotAPair(stack.into(), format!("{name}-b")));
+    let standby = Names(stack).standby();
+    if read::auto_scaling_group(c, &standby).await?.is_none() {
+        return Err(Refused::NotAPair(stack.into(), standby));
     }
     let (ms, lock) = members(c, stack).await?;
     let (holder, standby) = roles(&ms, lock.as_deref()).map_err(|why| Refused::NotReady {

@@ -839,7 +839,7 @@ mod tests {
                     cidrs: ["10.0.1.0/24".to_string()].into(),
                 }),
                 role: true,
-                role_policy: Some(natd::contract::agent_policy("s")),
+                role_policy: Some(natd_contract::agent_policy("s")),
                 instance_profile: Some(true),
                 launch_template: Some(nat_instance::Template {
                     id: "lt-1".into(),

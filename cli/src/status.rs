@@ -9,6 +9,7 @@ use crate::aws::names::{
 };
 use crate::aws::read;
 use crate::aws::{Clients, Error, found};
+use natd_contract::health::{Beats, HealthTag, Lag};
 use serde::Serialize;
 use std::collections::BTreeMap;
 
@@ -87,47 +88,44 @@ pub struct ApiOutage {
     pub ended: String,
 }
 
-/// Parses a `natd:health` tag value (`data=ok control=ok routes=1 at=...`) as of `now`.
-/// `None` when it is not one.
+/// Reads a `natd:health` tag value (`data=ok control=ok routes=1 at=...`, the
+/// contract's [`HealthTag`]) as of `now`. `None` when it is not one.
 pub fn parse_natd_health(value: &str, now: std::time::SystemTime) -> Option<NatdReport> {
-    let field = |k: &str| {
-        value
-            .split_whitespace()
-            .find_map(|w| w.strip_prefix(k)?.strip_prefix('='))
-    };
-    let at = field("at")?;
-    let written = humantime::parse_rfc3339(at).ok()?;
-    let age_secs = now.duration_since(written).unwrap_or_default().as_secs();
-    let api_outage = field("api-outage").and_then(|o| {
-        let (secs, ended) = o.split_once("s@")?;
-        Some(ApiOutage {
-            secs: secs.parse().ok()?,
-            ended: ended.to_string(),
-        })
-    });
-    // `lag=0`, or `lag=<entries>/<secs>s`.
-    let lag = field("lag").and_then(|l| match l.split_once('/') {
-        None => Some((l.parse().ok()?, 0)),
-        Some((e, secs)) => Some((e.parse().ok()?, secs.strip_suffix('s')?.parse().ok()?)),
-    });
+    let tag = HealthTag::parse(value)?;
+    let r = &tag.report;
+    let time = |t| humantime::format_rfc3339_seconds(t).to_string();
     Some(NatdReport {
-        data: field("data")?.to_string(),
-        control: field("control")?.to_string(),
-        failing: field("failing").map(str::to_string),
-        routes: field("routes").and_then(|r| r.parse().ok()),
-        reported_at: at.to_string(),
-        age_secs,
-        stale: age_secs > 2 * natd::contract::HEALTH_TAG_REFRESH_SECS,
-        api_outage,
-        pair: field("pair").map(|role| PairReport {
-            role: role.to_string(),
-            peer: field("peer").map(str::to_string),
-            heartbeats: field("beat").unwrap_or("never").to_string(),
-            synced_entries: field("synced").and_then(|n| n.parse().ok()),
-            held_entries: field("held").and_then(|n| n.parse().ok()),
-            behind_entries: lag.map(|l| l.0),
-            behind_secs: lag.map(|l| l.1),
-            last_takeover: field("takeover").map(str::to_string),
+        data: r.data.word().to_string(),
+        control: r.control.word().to_string(),
+        failing: r.failing.map(|f| format!("{}/{}", f.count, f.limit)),
+        routes: r.routes,
+        reported_at: time(tag.at),
+        age_secs: tag.age(now).as_secs(),
+        stale: tag.stale(now),
+        api_outage: r.api_outage.map(|o| ApiOutage {
+            secs: o.secs,
+            ended: time(o.ended),
+        }),
+        pair: r.pair.as_ref().map(|p| {
+            let lag = p.lag.map(|l| match l {
+                Lag::InStep => (0, 0),
+                Lag::Behind { entries, secs } => (entries, secs),
+            });
+            PairReport {
+                role: p.role.word().to_string(),
+                peer: p.peer.as_ref().map(|x| x.instance.clone()),
+                heartbeats: p
+                    .peer
+                    .as_ref()
+                    .map_or(Beats::Never, |x| x.beats)
+                    .word()
+                    .to_string(),
+                synced_entries: p.synced,
+                held_entries: p.held,
+                behind_entries: lag.map(|l| l.0),
+                behind_secs: lag.map(|l| l.1),
+                last_takeover: p.takeover.map(|t| t.words()),
+            }
         }),
     })
 }
@@ -356,8 +354,8 @@ pub fn assess(f: Facts) -> Status {
 pub async fn read(c: &Clients, stack: &str) -> Result<Facts, Error> {
     let name = Names(stack).nat();
     let mut instances = Vec::new();
-    // A hot standby pair's second group is `<name>-b`.
-    for group in [name.clone(), format!("{name}-b")] {
+    // A hot standby pair has a second group.
+    for group in [name.clone(), Names(stack).standby()] {
         let Some(g) = read::auto_scaling_group(c, &group).await? else {
             continue;
         };
@@ -401,7 +399,7 @@ pub async fn read(c: &Clients, stack: &str) -> Result<Facts, Error> {
                 .find(|m| Some(m.id.as_str()) == i.instance_id())
             {
                 mine.eni = eni.filter(|_| running).map(str::to_string);
-                mine.natd = tag_value(i.tags(), natd::contract::HEALTH_TAG)
+                mine.natd = tag_value(i.tags(), natd_contract::HEALTH_TAG)
                     .and_then(|v| parse_natd_health(v, std::time::SystemTime::now()));
             }
         }

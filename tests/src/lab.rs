@@ -965,7 +965,7 @@ impl Lab {
     /// The public addresses of the Elastic IPs tagged `natd:egress=<stack>` (the
     /// stack's egress addresses), in EC2's order.
     pub fn egress_ips(&self, stack: &str) -> Vec<String> {
-        let filter = format!("Name=tag:{},Values={stack}", natd::contract::EGRESS_TAG);
+        let filter = format!("Name=tag:{},Values={stack}", natd_contract::EGRESS_TAG);
         self.emu
             .aws(&["ec2", "describe-addresses", "--filters", &filter])["Addresses"]
             .as_array()
@@ -1062,6 +1062,8 @@ impl Lab {
                 "-c",
                 &format!("ip netns pids {ns} | xargs -r kill -9; ip netns del {ns}"),
             ])
+            // Best effort: the instance may already be gone (its group replaced it).
+            .stderr(std::process::Stdio::null())
             .status();
         self.shared
             .lock()
@@ -1311,7 +1313,7 @@ impl Fabric {
             let stack = i
                 .tags()
                 .iter()
-                .find(|t| t.key() == Some(natd::contract::STACK_TAG))
+                .find(|t| t.key() == Some(natd_contract::STACK_TAG))
                 .and_then(|t| t.value());
             let state = i.state().and_then(|s| s.name()).map(|s| s.as_str());
             if let (Some(stack), Some("running" | "pending")) = (stack, state) {

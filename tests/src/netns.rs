@@ -121,14 +121,20 @@ impl Drop for Netns {
         }
         // Kill what still runs inside, then delete; both are best effort so a failing
         // test still cleans up everything it can.
+        // A namespace deleted already (a killed instance's) has nothing left to stop.
+        if !std::path::Path::new(&format!("/run/netns/{}", self.name)).exists() {
+            return;
+        }
         let _ = Command::new("sh")
             .args([
                 "-c",
                 &format!("ip netns pids {} | xargs -r kill -9", self.name),
             ])
+            .stderr(std::process::Stdio::null())
             .status();
         let _ = Command::new("ip")
             .args(["netns", "del", &self.name])
+            .stderr(std::process::Stdio::null())
             .status();
     }
 }

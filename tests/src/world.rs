@@ -9,7 +9,7 @@ use aws_sdk_ec2::types::{
     Filter, NetworkInterfaceAttribute, RequestLaunchTemplateData, ResourceType, Tag,
     TagSpecification,
 };
-use natd::contract::{EGRESS_TAG, STACK_TAG};
+use natd_contract::{EGRESS_TAG, STACK_TAG};
 use std::path::PathBuf;
 use std::process::{Child, Output, Stdio};
 
@@ -320,7 +320,7 @@ impl World {
                 .put_lifecycle_hook()
                 .auto_scaling_group_name(&name)
                 .lifecycle_hook_name("natd-ready")
-                .lifecycle_transition(natd::contract::LAUNCHING_TRANSITION)
+                .lifecycle_transition(natd_contract::LAUNCHING_TRANSITION)
                 .heartbeat_timeout(300)
                 .default_result("ABANDON")
                 .send()

@@ -325,7 +325,7 @@ async fn tagged_elastic_ip_moves_to_the_nat_instance_once_it_forwards() {
                 .resource_type(aws_sdk_ec2::types::ResourceType::ElasticIp)
                 .tags(
                     aws_sdk_ec2::types::Tag::builder()
-                        .key(natd::contract::EGRESS_TAG)
+                        .key(natd_contract::EGRESS_TAG)
                         .value("dev")
                         .build(),
                 )

@@ -894,7 +894,7 @@ async fn doctor_says_where_packets_break_and_its_fix_lets_them_through() {
     // route, as doctor says; its fix (tag the table for natd) lets natd take it over
     // and b reaches again.
     let table_b = lab.world.route_table(None).await;
-    let tag = natd::contract::EGRESS_TAG;
+    let tag = natd_contract::EGRESS_TAG;
     let gone = lab.emu.aws(&[
         "ec2",
         "create-network-interface",

@@ -1,10 +1,10 @@
-//! natd does its whole job with exactly the policy `natd::contract::agent_policy`
+//! natd does its whole job with exactly the policy `natd_contract::agent_policy`
 //! grants (the one natctl puts on the instance role), with the emulator enforcing IAM,
 //! and that policy denies what natd has no business doing.
 
 #![allow(clippy::unwrap_used, missing_docs)]
 
-use natd::contract::agent_policy;
+use natd_contract::agent_policy;
 use natd_tests::emulator::{Emulator, TEST_KEY};
 use natd_tests::world::{NatHost, World, text};
 
@@ -77,7 +77,7 @@ async fn natd_works_with_exactly_its_policy_and_nothing_more() {
                 .resource_type(aws_sdk_ec2::types::ResourceType::ElasticIp)
                 .tags(
                     aws_sdk_ec2::types::Tag::builder()
-                        .key(natd::contract::EGRESS_TAG)
+                        .key(natd_contract::EGRESS_TAG)
                         .value("dev")
                         .build(),
                 )
@@ -132,7 +132,7 @@ async fn natd_works_with_exactly_its_policy_and_nothing_more() {
     let health = tags
         .tags()
         .iter()
-        .find(|t| t.key() == Some(natd::contract::HEALTH_TAG))
+        .find(|t| t.key() == Some(natd_contract::HEALTH_TAG))
         .and_then(|t| t.value())
         .unwrap_or_else(|| panic!("no natd:health tag: {tags:?}"));
     assert!(health.starts_with("data=ok control=ok"), "{health}");
@@ -143,7 +143,7 @@ async fn natd_works_with_exactly_its_policy_and_nothing_more() {
     // Tags: only natd:health, only on the stack's instances.
     for (resource, key_name, why) in [
         (nat.as_str(), "Name", "another tag key on its own instance"),
-        (nat.as_str(), natd::contract::STACK_TAG, "its stack tag"),
+        (nat.as_str(), natd_contract::STACK_TAG, "its stack tag"),
     ] {
         let denied = as_natd
             .create_tags()
@@ -162,7 +162,7 @@ async fn natd_works_with_exactly_its_policy_and_nothing_more() {
     let denied = as_natd
         .create_tags()
         .resources(&foreign)
-        .tags(tag(natd::contract::HEALTH_TAG))
+        .tags(tag(natd_contract::HEALTH_TAG))
         .send()
         .await
         .expect_err("another stack's instance");

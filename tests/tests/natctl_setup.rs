@@ -41,7 +41,7 @@ async fn setup_dev_builds_the_stack_and_a_rerun_changes_nothing() {
     ]);
     assert_eq!(
         hooks["LifecycleHooks"][0]["LifecycleTransition"],
-        natd::contract::LAUNCHING_TRANSITION
+        natd_contract::LAUNCHING_TRANSITION
     );
     // The launch template: IMDSv2 only, hop limit 1, the instance profile, the SG.
     let v = emu.aws(&[
@@ -78,7 +78,7 @@ async fn setup_dev_builds_the_stack_and_a_rerun_changes_nothing() {
         "--policy-name",
         "natd-dev1",
     ]);
-    assert_eq!(p["PolicyDocument"], natd::contract::agent_policy("dev1"));
+    assert_eq!(p["PolicyDocument"], natd_contract::agent_policy("dev1"));
     let ip = emu.aws(&[
         "iam",
         "get-instance-profile",

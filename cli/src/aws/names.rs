@@ -1,4 +1,4 @@
-//! Every name and tag natctl gives what it creates, built here and nowhere else, and
+//! The tags natctl gives what it creates (names and keys from `natd_contract`), and
 //! the filters that find them again.
 //!
 //! Tags: `natd:stack=STACK` on everything a stack creates (teardown removes exactly
@@ -8,26 +8,10 @@
 //! `natd:function` and `natd:previous-*` for the Lambda wiring.
 
 use aws_sdk_ec2::types::{Filter, ResourceType, Tag, TagSpecification};
-pub use natd::contract::{EGRESS_TAG, STACK_TAG};
-
-/// Tag on every route table whose default route a prod stack manages.
-pub const ROUTES_TAG: &str = "natd:routes";
-/// Tag naming the AZ of a gateway, its address, or a split table.
-pub const AZ_TAG: &str = "natd:az";
-/// Tag on a split table naming the table its subnets used before.
-pub const SPLIT_TAG: &str = "natd:split-from";
-/// Role tag: the function the Lambda execution role was made for.
-pub const FUNCTION_TAG: &str = "natd:function";
-/// Function tag: the role it had before the stack.
-pub const PREVIOUS_ROLE_TAG: &str = "natd:previous-role";
-/// Function tags: its VPC configuration before the stack, `subnets|groups` or `none`,
-/// cut into values of at most [`TAG_VALUE_MAX`] characters under this key, then
-/// `natd:previous-vpc-1`, `-2`, ...
-pub const PREVIOUS_VPC_TAG: &str = "natd:previous-vpc";
-/// Longest tag value Lambda (and EC2) accept.
-pub const TAG_VALUE_MAX: usize = 256;
-/// The `Name` tag.
-pub const NAME_TAG: &str = "Name";
+pub use natd_contract::{
+    AZ_TAG, EGRESS_TAG, FUNCTION_TAG, NAME_TAG, Names, PREVIOUS_ROLE_TAG, PREVIOUS_VPC_TAG,
+    ROUTES_TAG, SPLIT_TAG, STACK_TAG, TAG_VALUE_MAX,
+};
 
 /// Tags the user adds with `--tag KEY=VALUE` to everything natctl creates; set once,
 /// before anything is created ([`set_extra_tags`]).
@@ -82,34 +66,6 @@ pub fn set_extra_tags(tags: Vec<(String, String)>) {
 /// The `--tag` tags.
 pub fn extra_tags() -> &'static [(String, String)] {
     EXTRA_TAGS.get().map(Vec::as_slice).unwrap_or(&[])
-}
-
-/// The names of a stack's resources.
-#[derive(Debug, Clone, Copy)]
-pub struct Names<'a>(pub &'a str);
-
-impl Names<'_> {
-    /// The NAT instance's security group, role, instance profile, launch template and
-    /// Auto Scaling group.
-    pub fn nat(&self) -> String {
-        format!("natd-{}", self.0)
-    }
-    /// The NAT gateway, its address and split table of `az`.
-    pub fn in_az(&self, az: &str) -> String {
-        format!("natd-{}-{az}", self.0)
-    }
-    /// The Lambda execution role, and LambdaSG.
-    pub fn lambda(&self) -> String {
-        format!("natd-{}-lambda", self.0)
-    }
-    /// DatabaseSG.
-    pub fn database(&self) -> String {
-        format!("natd-{}-database", self.0)
-    }
-    /// SecretsManagerSG and the Secrets Manager endpoint.
-    pub fn secrets_manager(&self) -> String {
-        format!("natd-{}-secretsmanager", self.0)
-    }
 }
 
 /// The tags of a new EC2 resource: the stack, its name, and `extra`.

@@ -416,7 +416,7 @@ pub async fn delete_default_route(c: &Clients, table: &str) -> Result<(), Error>
         .ec2
         .delete_route()
         .route_table_id(table)
-        .destination_cidr_block(natd::contract::DEFAULT_ROUTE)
+        .destination_cidr_block(natd_contract::DEFAULT_ROUTE)
         .send()
         .await;
     found(r, "DeleteRoute", table)?;

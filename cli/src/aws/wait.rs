@@ -80,13 +80,15 @@ where
 
 /// Calls `call` until it succeeds, waiting (backoff with jitter, up to `limit`) while
 /// it fails with an error `transient` says time will fix, e.g. a role IAM has not
-/// propagated yet. Any other error ends it at once.
+/// propagated yet. `transient` says why, in words for a person (the progress line
+/// reads "waiting for WHAT: WHY (N s)", with AWS's error code at the end, not its
+/// message). Any other error ends it at once.
 pub async fn retry_while<T, F, Fut>(
     what: &'static str,
     target: &str,
     limit: Duration,
     progress: &mut dyn FnMut(&str),
-    transient: fn(&super::ApiFailure) -> bool,
+    transient: fn(&super::ApiFailure) -> Option<&'static str>,
     mut call: F,
 ) -> Result<T, Error>
 where
@@ -98,9 +100,13 @@ where
         async move {
             match attempt.await {
                 Ok(v) => Ok(Poll::Ready(v)),
-                Err(Error::Call { source, .. }) if transient(&source) => {
-                    Ok(Poll::Waiting(source.message))
-                }
+                Err(Error::Call { op, target, source }) => match transient(&source) {
+                    Some(why) => Ok(Poll::Waiting(match &source.code {
+                        Some(code) => format!("{why}; until then AWS answers {code}"),
+                        None => why.to_string(),
+                    })),
+                    None => Err(Error::Call { op, target, source }),
+                },
                 Err(e) => Err(e),
             }
         }
@@ -214,13 +220,15 @@ mod tests {
 
     #[tokio::test]
     async fn retries_only_what_time_fixes() {
-        let transient: fn(&crate::aws::ApiFailure) -> bool = |e| e.is("NotYet");
+        let transient: fn(&crate::aws::ApiFailure) -> Option<&'static str> =
+            |e| e.is("NotYet").then_some("it takes a moment");
         let mut n = 0;
+        let mut said = Vec::new();
         let v = retry_while(
             "x",
             "t",
             Duration::from_secs(30),
-            &mut |_| {},
+            &mut |m| said.push(m.to_string()),
             transient,
             || {
                 n += 1;
@@ -231,6 +239,13 @@ mod tests {
         .await
         .expect("succeeds once time fixed it");
         assert_eq!(v, 3);
+        // The wait is said in words, with AWS's code and without its message.
+        assert!(
+            said[0]
+                .starts_with("waiting for x: it takes a moment; until then AWS answers NotYet ("),
+            "{said:?}"
+        );
+        assert!(said.iter().all(|m| !m.contains("said AWS")), "{said:?}");
         let mut calls = 0;
         let e = retry_while::<(), _, _>(
             "x",

@@ -8,9 +8,9 @@
 
 use super::net::{End, Proto, acl_allows, admits, internet, lookup};
 use super::{Facts, Finding, Severity};
-use crate::parts::nat_instance::PAIR_PORTS;
 use crate::status::NatdReport;
 use ipnet::IpNet;
+use natd_contract::pair::{PORTS as PAIR_PORTS, SYNC_PORT};
 
 /// A standby's copy behind the holder for this long is a finding (natd asks for a full
 /// resync after 15 s, again every 30 s: a lag that outlives two asks is a broken sync
@@ -152,7 +152,8 @@ pub fn findings(f: &Facts) -> Vec<Finding> {
                 ),
                 evidence: vec![format!("running instances of {stack}: {}", p.members[0].instance)],
                 fix: format!(
-                    "if a replacement is launching, wait for it ({status}); else check the standby's Auto Scaling group natd-{stack}-b (its activity history says why it has no instance)"
+                    "if a replacement is launching, wait for it ({status}); else check the standby's Auto Scaling group {} (its activity history says why it has no instance)",
+                    crate::aws::names::Names(stack).standby()
                 ),
             }),
             _ => {}
@@ -162,7 +163,7 @@ pub fn findings(f: &Facts) -> Vec<Finding> {
         for a in &p.members {
             for b in p.members.iter().filter(|b| b.instance != a.instance) {
                 for (port, what) in PAIR_PORTS {
-                    if let Some(why) = blocked(f, a, b, port as u16) {
+                    if let Some(why) = blocked(f, a, b, port) {
                         closed.push(format!(
                             "{what} (UDP {port}), {} to {}: {why}",
                             a.instance, b.instance
@@ -182,7 +183,8 @@ pub fn findings(f: &Facts) -> Vec<Finding> {
                 ),
                 evidence: closed,
                 fix: format!(
-                    "natctl setup --env dev --ha --name {stack} restores the rule (UDP 4790, 3780, 4789 from the stack's security group itself); or add it by hand, and the matching network ACL rules when the pair spans two subnets"
+                    "natctl setup --env dev --ha --name {stack} restores the rule ({} from the stack's security group itself); or add it by hand, and the matching network ACL rules when the pair spans two subnets",
+                    natd_contract::pair::ports_in_words()
                 ),
             });
         }
@@ -215,7 +217,7 @@ pub fn findings(f: &Facts) -> Vec<Finding> {
                         "natd on {} (stack {stack}'s pair) has never reported: if it does not run, it takes nothing over",
                         m.instance
                     ),
-                    evidence: vec![format!("{}: no {} tag", m.instance, natd::contract::HEALTH_TAG)],
+                    evidence: vec![format!("{}: no {} tag", m.instance, natd_contract::HEALTH_TAG)],
                     fix: format!("systemctl status natd on {} (SSM Session Manager); a replacement: terminate it, its group launches another", m.instance),
                 }),
                 Some(n) if n.stale => out.push(Finding {
@@ -226,7 +228,7 @@ pub fn findings(f: &Facts) -> Vec<Finding> {
                         "natd on {} (stack {stack}'s pair) last reported {} s ago: it is stopped or cannot reach EC2",
                         m.instance, n.age_secs
                     ),
-                    evidence: vec![format!("{}: {} at={}", m.instance, natd::contract::HEALTH_TAG, n.reported_at)],
+                    evidence: vec![format!("{}: {} at={}", m.instance, natd_contract::HEALTH_TAG, n.reported_at)],
                     fix: format!("systemctl status natd on {} (SSM Session Manager)", m.instance),
                 }),
                 Some(_) => {}
@@ -249,7 +251,7 @@ pub fn findings(f: &Facts) -> Vec<Finding> {
                         m.instance, report.heartbeats
                     ),
                     evidence: vec![format!("{}: pair=standby beat={}", m.instance, report.heartbeats)],
-                    fix: "check that the security group admits the pair's UDP ports from itself (4790 heartbeats, 3780 state sync, 4789 forwarding check) and, across subnets, the network ACLs".into(),
+                    fix: format!("check that the security group admits the pair's UDP ports from itself ({}) and, across subnets, the network ACLs", natd_contract::pair::ports_in_words()),
                 });
             }
             if let (Some(entries), Some(secs)) = (report.behind_entries, report.behind_secs)
@@ -261,11 +263,11 @@ pub fn findings(f: &Facts) -> Vec<Finding> {
                     check: "pair_sync_behind",
                     resource: m.instance.clone(),
                     problem: format!(
-                        "the standby {} of stack {stack} has been missing about {entries} of the holder's connections for {secs} s or more: a failover now resets them (the state sync, UDP 3780, loses or delays updates; natd asks the holder for a full resync every 30 s while it lasts)",
+                        "the standby {} of stack {stack} has been missing about {entries} of the holder's connections for {secs} s or more: a failover now resets them (the state sync, UDP {SYNC_PORT}, loses or delays updates; natd asks the holder for a full resync every 30 s while it lasts)",
                         m.instance
                     ),
                     evidence: vec![format!("{}: pair=standby lag={entries}/{secs}s", m.instance)],
-                    fix: "check that the security group admits UDP 3780 from the pair itself (and, across subnets, the network ACLs), and natd's log on both members (journalctl -u natd: conntrackd trouble, resyncs)".into(),
+                    fix: format!("check that the security group admits UDP {SYNC_PORT} from the pair itself (and, across subnets, the network ACLs), and natd's log on both members (journalctl -u natd: conntrackd trouble, resyncs)"),
                 });
             }
             if m.source_dest_check {
@@ -406,7 +408,7 @@ mod tests {
             .iter()
             .map(|(p, _)| Rule {
                 proto: Proto::Udp,
-                ports: (*p as u16, *p as u16),
+                ports: (*p, *p),
                 peer: Peer::Group(SG.into()),
             })
             .collect()

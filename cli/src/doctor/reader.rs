@@ -235,7 +235,7 @@ pub async fn read(c: &Clients, vpc: &str, function: Option<&str>) -> Result<Fact
         .map(|d| d.as_secs() as i64)
         .unwrap_or(0);
     for t in &tables {
-        let Some(stack) = tag_value(t.tags(), natd::contract::EGRESS_TAG) else {
+        let Some(stack) = tag_value(t.tags(), natd_contract::EGRESS_TAG) else {
             continue;
         };
         let young = read::stack_instances(c, stack)
@@ -668,7 +668,7 @@ async fn pairs(
     use super::pairs::{Address, Member, Pair};
     let mut stacks: std::collections::BTreeMap<String, Vec<String>> = Default::default();
     for t in tables {
-        if let Some(stack) = tag_value(t.tags(), natd::contract::EGRESS_TAG) {
+        if let Some(stack) = tag_value(t.tags(), natd_contract::EGRESS_TAG) {
             stacks
                 .entry(stack.to_string())
                 .or_default()
@@ -677,7 +677,7 @@ async fn pairs(
     }
     let mut out = Vec::new();
     for (stack, tables) in stacks {
-        let standby = format!("{}-b", crate::aws::names::Names(&stack).nat());
+        let standby = crate::aws::names::Names(&stack).standby();
         // Without permission to read Auto Scaling, natd's own reports tell.
         let group = read::auto_scaling_group(c, &standby)
             .await
@@ -718,7 +718,7 @@ async fn pairs(
                     .filter_map(|g| g.group_id().map(str::to_string))
                     .collect(),
                 source_dest_check: n.source_dest_check() == Some(true),
-                natd: tag_value(i.tags(), natd::contract::HEALTH_TAG)
+                natd: tag_value(i.tags(), natd_contract::HEALTH_TAG)
                     .and_then(|v| crate::status::parse_natd_health(v, now)),
             });
         }
@@ -732,7 +732,7 @@ async fn pairs(
         let mut addresses: Vec<Address> = read::stack_addresses(c, &stack)
             .await?
             .iter()
-            .filter(|a| tag_value(a.tags(), natd::contract::EGRESS_TAG) == Some(stack.as_str()))
+            .filter(|a| tag_value(a.tags(), natd_contract::EGRESS_TAG) == Some(stack.as_str()))
             .map(|a| Address {
                 allocation: a.allocation_id().unwrap_or_default().to_string(),
                 public_ip: a.public_ip().unwrap_or_default().to_string(),

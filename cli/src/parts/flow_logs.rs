@@ -103,7 +103,7 @@ pub fn log_group(stack: &str) -> String {
 
 /// The delivery role.
 pub fn role(stack: &str) -> String {
-    format!("natd-{stack}-flow-logs")
+    crate::aws::names::Names(stack).flow_logs()
 }
 
 impl Spec {
@@ -419,7 +419,7 @@ pub async fn apply(
                     .tag_specifications(ec2_tags(
                         ResourceType::VpcFlowLog,
                         &spec.stack,
-                        &format!("natd-{}-flow-logs", spec.stack),
+                        &role(&spec.stack),
                         &[],
                     ));
                 req = match &spec.destination {

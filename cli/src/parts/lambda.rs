@@ -44,11 +44,26 @@ const ENI_RELEASE_WAIT: Duration = Duration::from_secs(60 * 60);
 /// endpoint's, Lambda's or a terminated instance's interfaces going away).
 pub(crate) const GROUP_IN_USE_WAIT: Duration = Duration::from_secs(5 * 60);
 
-/// What AWS answers while time will fix it: a role IAM has not propagated to Lambda
-/// yet, or another update of the function still in progress.
-fn update_not_yet(e: &ApiFailure) -> bool {
-    (e.is("InvalidParameterValueException") && e.message.contains("cannot be assumed by Lambda"))
-        || e.is("ResourceConflictException")
+/// What AWS answers while time will fix it, and why in words: a role IAM has not
+/// propagated to Lambda yet, or another update of the function still in progress.
+fn update_not_yet(e: &ApiFailure) -> Option<&'static str> {
+    if e.is("InvalidParameterValueException") && e.message.contains("cannot be assumed by Lambda") {
+        Some(
+            "the new execution role reaches Lambda once IAM has propagated it (seconds, sometimes a minute or two)",
+        )
+    } else if e.is("ResourceConflictException") {
+        Some("Lambda takes one update of a function at a time, and another is in progress")
+    } else {
+        None
+    }
+}
+
+/// What AWS answers while a security group is still in use by interfaces that are
+/// going away, in words.
+pub(crate) fn group_still_in_use(e: &ApiFailure) -> Option<&'static str> {
+    e.is("DependencyViolation").then_some(
+        "network interfaces that use it are still being deleted (an endpoint's, a function's or a terminated instance's)",
+    )
 }
 
 /// Waits until `function` is active and no update of it is in progress (the SDK's
@@ -1838,7 +1853,7 @@ pub async fn remove(
                     id,
                     GROUP_IN_USE_WAIT,
                     progress,
-                    |e| e.is("DependencyViolation"),
+                    group_still_in_use,
                     || async {
                         let r = c.ec2.delete_security_group().group_id(id).send().await;
                         found(r, "DeleteSecurityGroup", id).map(|_| ())

@@ -27,7 +27,7 @@ use crate::aws::read::{self, AddressState, Associations};
 use crate::aws::wait::{self, Poll};
 use crate::aws::{Clients, Error, err, found};
 use crate::topology::Topology;
-use natd::contract::DEFAULT_ROUTE;
+use natd_contract::DEFAULT_ROUTE;
 use serde::Serialize;
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;

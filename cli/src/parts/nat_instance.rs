@@ -18,7 +18,8 @@ use crate::aws::read::{self, AddressState};
 use crate::aws::wait::{self, Poll};
 use crate::aws::{Clients, Error, err, found};
 use crate::topology::Topology;
-use natd::contract::LAUNCHING_TRANSITION;
+use natd_contract::LAUNCHING_TRANSITION;
+use natd_contract::boot::BootConfig;
 use serde::Serialize;
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
@@ -82,12 +83,8 @@ pub struct Pair {
 }
 
 /// UDP ports the pair's security group admits from its own members: heartbeats,
-/// conntrackd's sync, the VXLAN link of the forwarding check (natd's defaults).
-pub const PAIR_PORTS: [(i32, &str); 3] = [
-    (4790, "natd pair heartbeats"),
-    (3780, "natd pair state sync (conntrackd)"),
-    (4789, "natd pair forwarding check (VXLAN)"),
-];
+/// conntrackd's sync, the VXLAN link of the forwarding check.
+pub use natd_contract::pair::PORTS as PAIR_PORTS;
 
 impl Spec {
     /// The spec for `topo`.
@@ -108,7 +105,7 @@ impl Spec {
 
     /// The standby's group (pair mode).
     pub fn standby_name(&self) -> String {
-        format!("{}-b", self.name())
+        Names(&self.stack).standby()
     }
 
     /// Where the (first) group launches.
@@ -349,7 +346,7 @@ pub fn plan(spec: &Spec, o: &Observed) -> Result<Vec<Action>, Refusal> {
     if !o.role {
         out.push(Action::CreateRole);
     }
-    if o.role_policy.as_ref() != Some(&natd::contract::agent_policy(&spec.stack)) {
+    if o.role_policy.as_ref() != Some(&natd_contract::agent_policy(&spec.stack)) {
         out.push(Action::PutRolePolicy);
     }
     if o.instance_profile != Some(true) {
@@ -492,8 +489,8 @@ pub async fn read(c: &Clients, spec: &Spec) -> Result<Observed, Error> {
         o.pair_rule = PAIR_PORTS.iter().all(|(port, _)| {
             g.ip_permissions().iter().any(|p| {
                 p.ip_protocol() == Some("udp")
-                    && p.from_port() == Some(*port)
-                    && p.to_port() == Some(*port)
+                    && p.from_port() == Some(i32::from(*port))
+                    && p.to_port() == Some(i32::from(*port))
                     && p.user_id_group_pairs()
                         .iter()
                         .any(|u| u.group_id() == Some(id.as_str()))
@@ -752,29 +749,27 @@ pub async fn validate(c: &Clients, ami: &str, instance_type: &str) -> Result<(),
     Ok(())
 }
 
-/// AWS's answer while a new instance profile has not propagated in IAM.
-fn profile_not_propagated(e: &crate::aws::ApiFailure) -> bool {
-    e.is("ValidationError") && e.message.contains("Invalid IAM Instance Profile")
+/// AWS's answer while a new instance profile has not propagated in IAM, and why in
+/// words.
+fn profile_not_propagated(e: &crate::aws::ApiFailure) -> Option<&'static str> {
+    (e.is("ValidationError") && e.message.contains("Invalid IAM Instance Profile")).then_some(
+        "Auto Scaling sees a new instance profile once IAM has propagated it (seconds, sometimes a minute or two)",
+    )
 }
 
-/// The cloud-config that tells natd its stack (written before network-online, so
-/// before natd.service starts).
-fn user_data(spec: &Spec) -> String {
-    let mut config = format!("stack = \"{}\"\n", spec.stack);
-    if let Some(p) = &spec.pair {
-        config.push_str(&format!(
-            "pair = true\negress_ips = {}\n",
-            p.egress_ips.unwrap_or(1)
-        ));
-    } else if spec.eip {
+/// natd's boot configuration for this stack (the contract's one struct).
+pub fn boot_config(spec: &Spec) -> BootConfig {
+    match &spec.pair {
+        Some(p) => BootConfig::pair(&spec.stack, p.egress_ips.unwrap_or(1)),
         // Egress only by the Elastic IP: nothing new leaves before it is on the instance.
-        config.push_str("require_eip = true\n");
+        None => BootConfig::single(&spec.stack, spec.eip),
     }
-    let cloud_config = format!(
-        "#cloud-config\nwrite_files:\n  - path: /etc/natd/natd.toml\n    permissions: '0644'\n    content: |\n      {}\n",
-        config.trim_end().replace('\n', "\n      ")
-    );
-    aws_smithy_types::base64::encode(cloud_config)
+}
+
+/// The user data that gives natd its boot configuration (written before
+/// network-online, so before natd.service starts).
+fn user_data(spec: &Spec) -> String {
+    aws_smithy_types::base64::encode(boot_config(spec).cloud_config())
 }
 
 /// Creates Auto Scaling group `group` (capacity 0: natd's hook must exist before the
@@ -1005,7 +1000,7 @@ pub async fn apply(
                     .put_role_policy()
                     .role_name(&name)
                     .policy_name(&name)
-                    .policy_document(natd::contract::agent_policy(&spec.stack).to_string())
+                    .policy_document(natd_contract::agent_policy(&spec.stack).to_string())
                     .send()
                     .await
                     .map_err(err("PutRolePolicy", &name))?;
@@ -1107,8 +1102,8 @@ pub async fn apply(
                     .map(|(port, what)| {
                         IpPermission::builder()
                             .ip_protocol("udp")
-                            .from_port(*port)
-                            .to_port(*port)
+                            .from_port(i32::from(*port))
+                            .to_port(i32::from(*port))
                             .user_id_group_pairs(
                                 aws_sdk_ec2::types::UserIdGroupPair::builder()
                                     .group_id(&sg)
@@ -1329,7 +1324,7 @@ pub async fn read_existing(c: &Clients, stack: &str) -> Result<Existing, Error> 
     e.group = read::auto_scaling_group(c, &name)
         .await?
         .is_some_and(|g| read::group_of_stack(&g, stack));
-    let standby = format!("{name}-b");
+    let standby = Names(stack).standby();
     e.standby_group = read::auto_scaling_group(c, &standby)
         .await?
         .is_some_and(|g| read::group_of_stack(&g, stack));
@@ -1410,7 +1405,7 @@ pub fn plan_remove(stack: &str, e: &Existing, taken: Option<&BTreeSet<String>>) 
     }
     if e.standby_group {
         out.push(Removal::DeleteGroup {
-            name: format!("{name}-b"),
+            name: Names(stack).standby(),
         });
     }
     let live: Vec<String> = e
@@ -1516,7 +1511,7 @@ pub async fn remove(
                     id,
                     super::lambda::GROUP_IN_USE_WAIT,
                     progress,
-                    |e| e.is("DependencyViolation"),
+                    super::lambda::group_still_in_use,
                     || async {
                         let r = c.ec2.delete_security_group().group_id(id).send().await;
                         found(r, "DeleteSecurityGroup", id).map(|_| ())
@@ -1573,7 +1568,7 @@ mod tests {
                 cidrs: s.private_cidrs.clone(),
             }),
             role: true,
-            role_policy: Some(natd::contract::agent_policy(&s.stack)),
+            role_policy: Some(natd_contract::agent_policy(&s.stack)),
             instance_profile: Some(true),
             launch_template: Some(Template {
                 id: "lt-1".into(),

@@ -22,18 +22,31 @@ fn say(s: &str) {
 }
 
 /// Runs natctl against the lab's emulator (killed if the demo is interrupted) and
-/// shows its output indented.
+/// shows its output indented, as it comes: its progress (stderr) between the plan and
+/// the result (stdout), in the order natctl wrote them.
 async fn natctl(lab: &Lab, args: &[&str]) -> bool {
+    use tokio::io::{AsyncBufReadExt, BufReader};
     say(&format!("   $ natctl {}", args.join(" ")));
     let mut cmd = tokio::process::Command::from(natd_tests::cli::command(&lab.emu, args));
-    let out = cmd.kill_on_drop(true).output().await.unwrap();
-    for line in String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .chain(String::from_utf8_lossy(&out.stderr).lines())
-    {
-        say(&format!("   | {line}"));
+    let mut child = cmd
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut out = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut err = BufReader::new(child.stderr.take().unwrap()).lines();
+    let (mut out_open, mut err_open) = (true, true);
+    while out_open || err_open {
+        let line = tokio::select! {
+            l = out.next_line(), if out_open => l.ok().flatten().or_else(|| { out_open = false; None }),
+            l = err.next_line(), if err_open => l.ok().flatten().or_else(|| { err_open = false; None }),
+        };
+        if let Some(line) = line {
+            say(&format!("   | {line}"));
+        }
     }
-    out.status.success()
+    child.wait().await.unwrap().success()
 }
 
 /// Waits, printing a dot every half second, until `f` returns `Some`.
