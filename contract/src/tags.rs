@@ -95,6 +95,9 @@ pub const PREVIOUS_ROLE_TAG: &str = "natd:previous-role";
 pub const PREVIOUS_VPC_TAG: &str = "natd:previous-vpc";
 /// Longest tag value Lambda (and EC2) accept.
 pub const TAG_VALUE_MAX: usize = 256;
+/// Tag on natd's AMI (packer/natd.pkr.hcl puts it on the image it bakes): natctl takes
+/// the newest image of the account that carries it when no `--ami` is given.
+pub const AMI_TAG: &str = "natd:ami";
 /// The `Name` tag.
 pub const NAME_TAG: &str = "Name";
 

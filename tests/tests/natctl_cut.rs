@@ -82,33 +82,61 @@ fn assert_no_duplicates(emu: &Emulator, vpc: &str, stack: &str, prod: bool, k: u
     }
 }
 
-async fn cut_at_every_mutating_call(prod: bool, args: impl Fn(&World) -> Vec<String> + Copy) {
+/// Cuts run at once: each has an emulator of its own, and most of a cut's time is
+/// natctl waiting (IAM propagation, the dead run's lock settling).
+const CONCURRENT_CUTS: usize = 3;
+
+/// Setup cut off after its `k`-th mutating call, run again, and once more.
+async fn cut_at(k: usize, prod: bool, args: impl Fn(&World) -> Vec<String>) {
+    let emu = Emulator::start();
+    let w = World::new(&emu.sdk()).await;
+    if prod {
+        w.public_subnet_b().await;
+    }
+    let a = args(&w);
+    let a: Vec<&str> = a.iter().map(String::as_str).collect();
+    emu.cut_after(Some(k));
+    // A run may need fewer calls than the measured one (fewer retries while IAM
+    // propagates): then a late cut leaves it whole, which is fine too.
+    let _cut = natctl(&emu, &a);
+    emu.cut_after(None);
+    let out = natctl(&emu, &a);
+    assert!(out.status.success(), "k={k}: {}", text(&out));
+    let again = natctl(&emu, &a);
+    assert_eq!(
+        stdout(&again).trim(),
+        "No changes necessary.",
+        "k={k}: {}",
+        text(&again)
+    );
+    assert_no_duplicates(&emu, &w.vpc, "cut", prod, k);
+}
+
+async fn cut_at_every_mutating_call(
+    prod: bool,
+    args: impl Fn(&World) -> Vec<String> + Copy + Sync,
+) {
     let total = mutating_calls(prod, args).await;
     assert!(total > 5, "a fresh setup makes changes: {total}");
-    for k in 0..total {
-        let emu = Emulator::start();
-        let w = World::new(&emu.sdk()).await;
-        if prod {
-            w.public_subnet_b().await;
+    // Every K, [`CONCURRENT_CUTS`] at a time (a panic in one fails the test).
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    std::thread::scope(|s| {
+        for _ in 0..CONCURRENT_CUTS {
+            s.spawn(|| {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .unwrap();
+                loop {
+                    let k = next.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    if k >= total {
+                        break;
+                    }
+                    rt.block_on(cut_at(k, prod, args));
+                }
+            });
         }
-        let a = args(&w);
-        let a: Vec<&str> = a.iter().map(String::as_str).collect();
-        emu.cut_after(Some(k));
-        // A run may need fewer calls than the measured one (fewer retries while IAM
-        // propagates): then a late cut leaves it whole, which is fine too.
-        let _cut = natctl(&emu, &a);
-        emu.cut_after(None);
-        let out = natctl(&emu, &a);
-        assert!(out.status.success(), "k={k}: {}", text(&out));
-        let again = natctl(&emu, &a);
-        assert_eq!(
-            stdout(&again).trim(),
-            "No changes necessary.",
-            "k={k}: {}",
-            text(&again)
-        );
-        assert_no_duplicates(&emu, &w.vpc, "cut", prod, k);
-    }
+    });
 }
 
 #[tokio::test]

@@ -1,208 +1,17 @@
-//! One handler per subcommand: each validates its input, reads, decides (through the
-//! pure functions of the other modules), acts, and hands data to `render`. Progress
-//! goes to stderr; results to stdout.
+//! `natctl setup` and `natctl plan`: input checked, the plan made, applied and read back.
 
-use crate::aws::{self, Clients, Settings};
-use crate::cli::{Args, Cmd, Env, Gateway, Output, SetupArgs, SubnetLists};
+use super::subnets::topology_of;
+use super::*;
+use crate::aws::{self, Clients};
+use crate::cli::{Env, Gateway, SetupArgs};
 use crate::error::Failure;
 use crate::parts::{lambda, nat_gateways, nat_instance};
 use crate::stack::{self, Egress, Request};
-use crate::{cost, doctor, render, status, topology};
-use clap::CommandFactory;
-use std::io::Write;
-use std::time::Duration;
-
-/// Runs the command `args` names.
-pub fn run(args: &Args) -> Result<(), Failure> {
-    let settings = Settings {
-        region: args.region.clone(),
-        profile: args.profile.clone(),
-        endpoint_url: args.endpoint_url.clone(),
-        connect_timeout: Duration::from_secs(args.connect_timeout),
-        read_timeout: Duration::from_secs(args.read_timeout),
-        call_timeout: Duration::from_secs(args.call_timeout),
-    };
-    let ctx = Ctx {
-        output: args.output,
-        settings,
-        lock_wait: Duration::from_secs(args.lock_wait),
-        settle: Duration::from_secs(args.settle),
-    };
-    match &args.command {
-        Cmd::Policy { stack } => emit(&render::json(&natd_contract::agent_policy(stack))?),
-        Cmd::Cost {
-            env,
-            azs,
-            gb_per_month,
-            prices,
-        } => cost(&ctx, *env, *azs, *gb_per_month, prices),
-        Cmd::Subnets { vpc, env, subnets } => ctx.block_on(subnets_cmd(&ctx, vpc, *env, subnets)),
-        Cmd::Setup(a) => ctx.block_on(setup(&ctx, a, a.dry_run)),
-        Cmd::Plan(a) => ctx.block_on(setup(&ctx, a, true)),
-        Cmd::Status { stack } => ctx.block_on(status_cmd(&ctx, stack)),
-        Cmd::Rotate { stack } => ctx.block_on(rotate_cmd(&ctx, stack)),
-        Cmd::Doctor {
-            vpc,
-            lambda,
-            strict,
-        } => ctx.block_on(doctor_cmd(&ctx, vpc, lambda.as_deref(), *strict)),
-        Cmd::Teardown { stack, dry_run } => ctx.block_on(teardown(&ctx, stack, *dry_run)),
-        Cmd::Completions { shell } => {
-            let mut buf = Vec::new();
-            clap_complete::generate(*shell, &mut Args::command(), "natctl", &mut buf);
-            emit(&String::from_utf8_lossy(&buf))
-        }
-        Cmd::Man { subcommand } => emit(&crate::man::page(subcommand.as_deref())?),
-    }
-}
-
-/// What every handler needs.
-struct Ctx {
-    output: Output,
-    settings: Settings,
-    lock_wait: Duration,
-    settle: Duration,
-}
-
-impl Ctx {
-    fn block_on<F: std::future::Future<Output = Result<(), Failure>>>(
-        &self,
-        f: F,
-    ) -> Result<(), Failure> {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .map_err(|e| Failure::Internal(format!("cannot start the runtime: {e}")))?
-            .block_on(f)
-    }
-
-    async fn clients(&self) -> Result<Clients, Failure> {
-        if let Some(p) = aws::missing_profile(&self.settings).await {
-            return Err(Failure::BadInput(format!(
-                "the config profile ({p}) could not be found in ~/.aws/config or ~/.aws/credentials (--profile, AWS_PROFILE)"
-            )));
-        }
-        Ok(Clients::connect(&self.settings).await)
-    }
-
-    fn aws(&self) -> impl Fn(aws::Error) -> Failure + '_ {
-        move |e| Failure::aws(e, &self.settings)
-    }
-
-    fn json(&self) -> bool {
-        self.output == Output::Json
-    }
-
-    /// Runs `work` holding the stack's lock: two natctl on one stack never change it at
-    /// once. The lock goes when `work` ends, however it ends.
-    async fn locked<T>(
-        &self,
-        c: &Clients,
-        stack: &str,
-        work: impl std::future::Future<Output = Result<T, Failure>>,
-    ) -> Result<T, Failure> {
-        let lock = aws::lock::Lock::acquire(c, stack, self.lock_wait, &mut progress)
-            .await
-            .map_err(self.aws())?;
-        if lock.taken_over() && !self.settle.is_zero() {
-            // The dead run's last changes may not show in reads yet (eventual
-            // consistency): reading at once could plan them again.
-            progress(&format!(
-                "the last run on this stack stopped mid-way; giving AWS {} s to show its changes (--settle)",
-                self.settle.as_secs()
-            ));
-            tokio::time::sleep(self.settle).await;
-        }
-        let result = work.await;
-        let released = lock.release().await.map_err(self.aws());
-        let value = result?;
-        released?;
-        Ok(value)
-    }
-}
-
-/// Prints `s` on stdout. A closed pipe (`natctl ... | head`) is not worth reporting.
-fn emit(s: &str) -> Result<(), Failure> {
-    let _ = writeln!(std::io::stdout().lock(), "{s}");
-    Ok(())
-}
-
-/// Progress, on stderr.
-fn progress(m: &str) {
-    eprintln!("natctl: {m}");
-}
-
-fn cost(ctx: &Ctx, env: Option<Env>, azs: u32, gb: f64, prices: &[String]) -> Result<(), Failure> {
-    if !gb.is_finite() || gb < 0.0 {
-        return Err(Failure::BadInput(format!(
-            "--gb-per-month {gb}: must be a non-negative number"
-        )));
-    }
-    let mut p = cost::Prices::default();
-    for assignment in prices {
-        p.set(assignment).map_err(Failure::BadInput)?;
-    }
-    let dev = cost::dev(&p, azs, gb);
-    let dev_ha = cost::dev_ha(&p, azs, gb, 1);
-    let prod = cost::prod(&p, azs, gb);
-    let regional = cost::prod_regional(&p, azs, gb);
-    if ctx.json() {
-        let mut v = render::cost_json(&dev, &prod, &regional, azs, gb, &p);
-        v["dev_ha"] = serde_json::to_value(&dev_ha).unwrap_or_default();
-        emit(&render::json(&v)?)
-    } else {
-        let highlight = env.map(|e| match e {
-            Env::Dev => "dev",
-            Env::Prod => "prod",
-        });
-        emit(&render::cost_text(
-            &[&dev, &dev_ha, &prod, &regional],
-            highlight,
-            azs,
-            gb,
-            &p,
-        ))
-    }
-}
-
-/// The VPC's topology for `env`, or the bad input that prevents it.
-async fn topology_of(
-    ctx: &Ctx,
-    c: &Clients,
-    vpc: &str,
-    need: topology::PublicNeed,
-    subnets: &SubnetLists,
-) -> Result<topology::Topology, Failure> {
-    let facts = topology::read(c, vpc)
-        .await
-        .map_err(ctx.aws())?
-        .ok_or_else(|| Failure::BadInput(format!("VPC {vpc} not found")))?;
-    topology::classify(
-        &facts,
-        subnets.private_subnets.as_deref(),
-        subnets.public_subnets.as_deref(),
-        need,
-    )
-    .map_err(|e| Failure::BadInput(e.to_string()))
-}
-
-async fn subnets_cmd(ctx: &Ctx, vpc: &str, env: Env, subnets: &SubnetLists) -> Result<(), Failure> {
-    let c = ctx.clients().await?;
-    let need = match env {
-        Env::Dev => topology::PublicNeed::Somewhere,
-        Env::Prod => topology::PublicNeed::PerAz,
-    };
-    let topo = topology_of(ctx, &c, vpc, need, subnets).await?;
-    if ctx.json() {
-        emit(&render::json(&topo)?)
-    } else {
-        emit(&render::subnets_text(&topo))
-    }
-}
+use crate::{render, topology};
 
 /// Where a pair's two instances go: the first public subnet (by AZ) for both, or with
 /// `spread` the first of the next AZ that has one for the second.
-fn pair_of(
+pub(super) fn pair_of(
     topo: &crate::topology::Topology,
     spread: bool,
     egress_ips: Option<u32>,
@@ -241,7 +50,7 @@ fn pair_of(
 
 /// setup and plan: validate everything before any change, then plan, render, apply,
 /// and read back.
-async fn setup(ctx: &Ctx, a: &SetupArgs, dry_run: bool) -> Result<(), Failure> {
+pub(super) async fn setup(ctx: &Ctx, a: &SetupArgs, dry_run: bool) -> Result<(), Failure> {
     if a.eip && a.env == Env::Prod {
         return Err(Failure::BadInput(
             "--eip is for --env dev (prod NAT gateways always get one Elastic IP per AZ)".into(),
@@ -485,7 +294,7 @@ const DEFAULT_INSTANCE_TYPE: &str = "t4g.micro";
 /// [`crate::limits`]): the Elastic IPs it allocates, the NAT gateways it adds per AZ,
 /// the interface endpoint it adds. Read before any change; nothing is read when the
 /// plan adds none of them.
-async fn check_limits(
+pub(super) async fn check_limits(
     ctx: &Ctx,
     c: &Clients,
     req: &Request,
@@ -559,7 +368,7 @@ async fn check_limits(
 }
 
 /// Reads the stack and plans `req`, reporting what the plan found but does not change.
-async fn plan_now(
+pub(super) async fn plan_now(
     ctx: &Ctx,
     c: &Clients,
     req: &Request,
@@ -573,7 +382,7 @@ async fn plan_now(
 }
 
 /// setup's plan, and unless `dry_run` its application and read-back.
-async fn plan_and_apply(
+pub(super) async fn plan_and_apply(
     ctx: &Ctx,
     c: &Clients,
     a: &SetupArgs,
@@ -618,15 +427,15 @@ async fn plan_and_apply(
 }
 
 /// The newest AMI of this account tagged `natd:ami` (as packer/natd.pkr.hcl tags it).
-async fn newest_natd_ami(ctx: &Ctx, c: &Clients) -> Result<String, Failure> {
+pub(super) async fn newest_natd_ami(ctx: &Ctx, c: &Clients) -> Result<String, Failure> {
     let images = c
         .ec2
         .describe_images()
         .owners("self")
-        .filters(aws::names::filter("tag-key", &["natd:ami"]))
+        .filters(aws::names::filter("tag-key", &[natd_contract::AMI_TAG]))
         .send()
         .await
-        .map_err(aws::err("DescribeImages", "natd:ami"))
+        .map_err(aws::err("DescribeImages", natd_contract::AMI_TAG))
         .map_err(ctx.aws())?;
     let mut found: Vec<(&str, &str)> = images
         .images()
@@ -639,136 +448,4 @@ async fn newest_natd_ami(ctx: &Ctx, c: &Clients) -> Result<String, Failure> {
             "no AMI tagged natd:ami in this account and region: build one (README, \"The AMI\") or pass --ami".into(),
         )
     })
-}
-
-async fn status_cmd(ctx: &Ctx, stack: &str) -> Result<(), Failure> {
-    let c = ctx.clients().await?;
-    let facts = status::read(&c, stack).await.map_err(ctx.aws())?;
-    if !facts.exists() {
-        return Err(Failure::BadInput(format!(
-            "stack {stack} not found: nothing carries its tags (natctl setup --name {stack} builds it)"
-        )));
-    }
-    let st = status::assess(facts);
-    if ctx.json() {
-        emit(&render::json(&st)?)?;
-    } else {
-        emit(&render::status_text(&st))?;
-    }
-    if st.healthy {
-        Ok(())
-    } else {
-        Err(Failure::Broken(format!("stack {stack}: egress is broken")))
-    }
-}
-
-async fn doctor_cmd(
-    ctx: &Ctx,
-    vpc: &str,
-    lambda: Option<&str>,
-    strict: bool,
-) -> Result<(), Failure> {
-    let c = ctx.clients().await?;
-    let facts = doctor::read(&c, vpc, lambda).await.map_err(|e| match e {
-        doctor::Invalid::Api(e) => Failure::aws(e, &ctx.settings),
-        other => Failure::BadInput(other.to_string()),
-    })?;
-    let d = doctor::diagnose(&facts);
-    let functions: Vec<String> = facts.functions.iter().map(|f| f.name.clone()).collect();
-    if ctx.json() {
-        emit(&render::json(&render::doctor_json(
-            vpc, &functions, &d, strict,
-        ))?)?;
-    } else {
-        emit(&render::doctor_text(vpc, functions.len(), &d))?;
-    }
-    let breaks = d.count(doctor::Severity::Breaks);
-    if breaks > 0 {
-        Err(Failure::Broken(format!("{breaks} thing(s) break")))
-    } else if strict && !d.findings.is_empty() {
-        Err(Failure::Broken(format!(
-            "{} finding(s) (--strict)",
-            d.findings.len()
-        )))
-    } else {
-        Ok(())
-    }
-}
-
-async fn rotate_cmd(ctx: &Ctx, stack: &str) -> Result<(), Failure> {
-    let c = ctx.clients().await?;
-    let outcome = ctx
-        .locked(&c, stack, async {
-            crate::rotate::rotate(&c, stack, &mut progress)
-                .await
-                .map_err(|e| match e {
-                    crate::rotate::Refused::Api(e) => Failure::aws(e, &ctx.settings),
-                    other => Failure::BadInput(other.to_string()),
-                })
-        })
-        .await?;
-    if ctx.json() {
-        emit(&render::json(&outcome)?)
-    } else {
-        emit(&format!(
-            "Rotated {}: replaced {}; {} holds the routes and the egress address (handover {:.1} s after the request), no connection moved off a live instance.",
-            outcome.stack,
-            outcome.replaced.join(" and "),
-            outcome.holder_after,
-            outcome.handover_secs
-        ))
-    }
-}
-
-async fn teardown(ctx: &Ctx, stack: &str, dry_run: bool) -> Result<(), Failure> {
-    let c = ctx.clients().await?;
-    let left = stack::read_leftovers(&c, stack).await.map_err(ctx.aws())?;
-    let steps = stack::plan_teardown(stack, &left);
-    if steps.is_empty() && !dry_run {
-        aws::lock::Lock::clear_stale(&c, stack)
-            .await
-            .map_err(ctx.aws())?;
-    }
-    if dry_run || steps.is_empty() {
-        return show_teardown(ctx, stack, &steps, false, dry_run);
-    }
-    // Under the lock, from what is there now.
-    ctx.locked(&c, stack, async {
-        let left = stack::read_leftovers(&c, stack).await.map_err(ctx.aws())?;
-        let steps = stack::plan_teardown(stack, &left);
-        stack::teardown(&c, &steps, &mut progress)
-            .await
-            .map_err(ctx.aws())?;
-        let still = stack::left_after_teardown(&c, stack, &mut progress)
-            .await
-            .map_err(ctx.aws())?;
-        if !still.is_empty() {
-            return Err(Failure::Internal(format!(
-                "after removing, these are still there: {}",
-                still
-                    .iter()
-                    .map(|s| render::step(None, s))
-                    .collect::<Vec<_>>()
-                    .join("; ")
-            )));
-        }
-        show_teardown(ctx, stack, &steps, !steps.is_empty(), false)
-    })
-    .await
-}
-
-fn show_teardown(
-    ctx: &Ctx,
-    stack: &str,
-    steps: &[stack::Step],
-    applied: bool,
-    dry_run: bool,
-) -> Result<(), Failure> {
-    if ctx.json() {
-        emit(&render::json(&render::teardown_json(
-            stack, steps, applied,
-        ))?)
-    } else {
-        emit(&render::teardown_text(stack, steps, dry_run))
-    }
 }
