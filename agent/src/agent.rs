@@ -458,7 +458,7 @@ pub struct ControlInput {
     /// The Unhealthy report is due.
     pub report_unhealthy: bool,
     /// The health report to publish (without its timestamp).
-    pub health: Option<HealthReport>,
+    pub health: HealthReport,
     /// This pass reads EC2 and Auto Scaling (else IMDS only).
     pub aws: bool,
 }
@@ -555,10 +555,8 @@ impl ControlPlane {
         if report.problems.is_empty() && input.forwards {
             self.ever_ready = true;
         }
-        if self.cfg.publish_health
-            && let Some(health) = &input.health
-        {
-            self.publish(health, report).await;
+        if self.cfg.publish_health {
+            self.publish(&input.health, report).await;
         }
     }
 
@@ -1517,7 +1515,8 @@ impl Agent {
         // IMDS (the VPC's CIDRs) is read at every pass: it is local and not throttled
         // per account. EC2 and Auto Scaling only when the drift cadence says so, or at
         // once when something needs them.
-        let shape = Some(self.health_summary().shape());
+        let health = self.health_summary();
+        let shape = Some(health.shape());
         let urgent = self.health.report_due()
             || self.health.forwarding() != self.last_forwards
             || shape != self.last_shape
@@ -1534,7 +1533,7 @@ impl Agent {
             forwards: self.health.forwarding(),
             egress_open: self.data.open_applied,
             report_unhealthy: self.health.report_due(),
-            health: Some(self.health_summary()),
+            health,
             aws,
         };
         Some(control_pass(cp, input, self.cfg.control_deadline()))

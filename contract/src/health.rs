@@ -13,9 +13,10 @@ use std::fmt;
 use std::time::{Duration, SystemTime};
 
 /// The data plane: does the instance forward?
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Data {
     /// It has not forwarded yet.
+    #[default]
     Starting,
     /// It forwards.
     Ok,
@@ -24,9 +25,10 @@ pub enum Data {
 }
 
 /// The control plane: does natd reach AWS?
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Control {
     /// AWS answered everything.
+    #[default]
     Ok,
     /// Some calls failed.
     Trouble,
@@ -121,8 +123,9 @@ pub struct Outage {
     pub ended: SystemTime,
 }
 
-/// natd's account of its instance, without the time it is written.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// natd's account of its instance, without the time it is written. The default: a natd
+/// starting, that has not forwarded yet.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct HealthReport {
     /// The data plane.
     pub data: Data,

@@ -1057,14 +1057,8 @@ impl Lab {
             self.vpc.sh_status(&format!("ip link del {link}"));
         }
         let at = Instant::now();
-        let _ = std::process::Command::new("sh")
-            .args([
-                "-c",
-                &format!("ip netns pids {ns} | xargs -r kill -9; ip netns del {ns}"),
-            ])
-            // Best effort: the instance may already be gone (its group replaced it).
-            .stderr(std::process::Stdio::null())
-            .status();
+        // Best effort: the instance may already be gone (its group replaced it).
+        crate::netns::kill_and_delete(&ns);
         self.shared
             .lock()
             .unwrap()

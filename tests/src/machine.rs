@@ -199,15 +199,9 @@ impl Machine {
 
     /// Kills everything in the instance at once (as a machine dies) and reaps nspawn.
     pub fn kill(&mut self) {
-        // The namespace may be gone already (a crashed instance's): its processes went
-        // with it, and nspawn is reaped below.
-        let _ = Command::new("sh")
-            .args([
-                "-c",
-                &format!("ip netns pids {} | xargs -r kill -9", self.ns),
-            ])
-            .stderr(Stdio::null())
-            .status();
+        // The namespace may be gone already (a crashed instance's); nspawn is reaped
+        // below either way.
+        crate::netns::kill_all_in(&self.ns);
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline {
             if let Ok(Some(_)) = self.nspawn.try_wait() {

@@ -119,24 +119,33 @@ impl Drop for Netns {
         if !self.owned {
             return;
         }
-        // Kill what still runs inside, then delete; both are best effort so a failing
-        // test still cleans up everything it can.
-        // A namespace deleted already (a killed instance's) has nothing left to stop.
-        if !std::path::Path::new(&format!("/run/netns/{}", self.name)).exists() {
-            return;
-        }
-        let _ = Command::new("sh")
-            .args([
-                "-c",
-                &format!("ip netns pids {} | xargs -r kill -9", self.name),
-            ])
-            .stderr(std::process::Stdio::null())
-            .status();
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.name])
-            .stderr(std::process::Stdio::null())
-            .status();
+        // Best effort, so a failing test still cleans up everything it can.
+        kill_and_delete(&self.name);
     }
+}
+
+/// Kills (SIGKILL) every process in namespace `name`, as a machine dies: best effort,
+/// and silent when the namespace is gone already (a killed instance's).
+pub fn kill_all_in(name: &str) {
+    if !std::path::Path::new(&format!("/run/netns/{name}")).exists() {
+        return;
+    }
+    let _ = Command::new("sh")
+        .args(["-c", &format!("ip netns pids {name} | xargs -r kill -9")])
+        .stderr(std::process::Stdio::null())
+        .status();
+}
+
+/// [`kill_all_in`], then deletes the namespace (best effort, silent).
+pub fn kill_and_delete(name: &str) {
+    kill_all_in(name);
+    if !std::path::Path::new(&format!("/run/netns/{name}")).exists() {
+        return;
+    }
+    let _ = Command::new("ip")
+        .args(["netns", "del", name])
+        .stderr(std::process::Stdio::null())
+        .status();
 }
 
 fn pipe(a: TcpStream, b: TcpStream) {

@@ -8,15 +8,21 @@ use natd_tests::cli::{natctl, stdout};
 use natd_tests::emulator::{Emulator, is_mutating};
 use natd_tests::world::{IMAGE, World, text};
 
-/// How many mutating calls `args` makes on a fresh VPC (`prod`: with a public subnet
-/// in each AZ).
-async fn mutating_calls(prod: bool, args: impl Fn(&World) -> Vec<String>) -> usize {
+/// A fresh emulator and VPC (`prod`: with a public subnet in each AZ), and the
+/// arguments of the setup to run there.
+async fn fresh(prod: bool, args: impl Fn(&World) -> Vec<String>) -> (Emulator, World, Vec<String>) {
     let emu = Emulator::start();
     let w = World::new(&emu.sdk()).await;
     if prod {
         w.public_subnet_b().await;
     }
     let a = args(&w);
+    (emu, w, a)
+}
+
+/// How many mutating calls `args` makes on a fresh VPC.
+async fn mutating_calls(prod: bool, args: impl Fn(&World) -> Vec<String>) -> usize {
+    let (emu, _w, a) = fresh(prod, args).await;
     let a: Vec<&str> = a.iter().map(String::as_str).collect();
     let before = emu.calls().len();
     let out = natctl(&emu, &a);
@@ -88,12 +94,7 @@ const CONCURRENT_CUTS: usize = 3;
 
 /// Setup cut off after its `k`-th mutating call, run again, and once more.
 async fn cut_at(k: usize, prod: bool, args: impl Fn(&World) -> Vec<String>) {
-    let emu = Emulator::start();
-    let w = World::new(&emu.sdk()).await;
-    if prod {
-        w.public_subnet_b().await;
-    }
-    let a = args(&w);
+    let (emu, w, a) = fresh(prod, args).await;
     let a: Vec<&str> = a.iter().map(String::as_str).collect();
     emu.cut_after(Some(k));
     // A run may need fewer calls than the measured one (fewer retries while IAM

@@ -482,53 +482,6 @@ pub fn judge_failed_check(
     }
 }
 
-/// What a check through the holder found.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Check {
-    /// A connection through the holder opened: it forwards.
-    Passed,
-    /// No connection through the holder, with what else was learnt in the same moment.
-    Failed(Evidence),
-}
-
-/// What the standby does about the holder, given its view, the clock and, when a check
-/// is due, what the check found.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Verdict {
-    /// No check is due: nothing to do.
-    Nothing,
-    /// The holder forwards: stay standby.
-    Stay,
-    /// Take the routes and the egress addresses, for this reason.
-    TakeOver(Due),
-    /// The check failed, but that is not enough to act: why.
-    Wait(NotActed),
-}
-
-/// The standby's whole decision for one moment: [`check_due`], then what the check
-/// found ([`judge_failed_check`]). `check` is asked only when a check is due (a
-/// handover needs none).
-pub fn decide(
-    view: &View,
-    now: Instant,
-    cfg: &Config,
-    check: impl FnOnce(&Due) -> Check,
-) -> Verdict {
-    let Some(due) = check_due(view, now, cfg) else {
-        return Verdict::Nothing;
-    };
-    if due == Due::Handover {
-        return Verdict::TakeOver(due);
-    }
-    match check(&due) {
-        Check::Passed => Verdict::Stay,
-        Check::Failed(evidence) => match judge_failed_check(&due, view, evidence, now) {
-            Ok(()) => Verdict::TakeOver(due),
-            Err(why) => Verdict::Wait(why),
-        },
-    }
-}
-
 /// How far the standby's copy of the holder's connections (its conntrackd's external
 /// cache) is behind the holder's table (the holder's internal cache, from its
 /// heartbeats).
@@ -1252,6 +1205,54 @@ mod tests {
         assert!(resync_due(behind, Some(asked), asked + RESYNC_SPACING));
         assert!(!resync_due(SyncLag::InStep, None, t0 + s(600)));
         assert!(!resync_due(SyncLag::Unknown, None, t0 + s(600)));
+    }
+
+    /// What a check through the holder found.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    enum Check {
+        /// A connection through the holder opened: it forwards.
+        Passed,
+        /// No connection through the holder, with what else was learnt in the same moment.
+        Failed(Evidence),
+    }
+
+    /// What the standby does about the holder, given its view, the clock and, when a check
+    /// is due, what the check found.
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    enum Verdict {
+        /// No check is due: nothing to do.
+        Nothing,
+        /// The holder forwards: stay standby.
+        Stay,
+        /// Take the routes and the egress addresses, for this reason.
+        TakeOver(Due),
+        /// The check failed, but that is not enough to act: why.
+        Wait(NotActed),
+    }
+
+    /// The standby's whole decision for one moment, composed as the pair's loop composes
+    /// it (`check_and_take_over`): [`check_due`], then what the check found
+    /// ([`judge_failed_check`]). `check` is asked only when a check is due (a handover
+    /// needs none).
+    fn decide(
+        view: &View,
+        now: Instant,
+        cfg: &Config,
+        check: impl FnOnce(&Due) -> Check,
+    ) -> Verdict {
+        let Some(due) = check_due(view, now, cfg) else {
+            return Verdict::Nothing;
+        };
+        if due == Due::Handover {
+            return Verdict::TakeOver(due);
+        }
+        match check(&due) {
+            Check::Passed => Verdict::Stay,
+            Check::Failed(evidence) => match judge_failed_check(&due, view, evidence, now) {
+                Ok(()) => Verdict::TakeOver(due),
+                Err(why) => Verdict::Wait(why),
+            },
+        }
     }
 
     /// Every situation the module's documentation describes, as a table: the view, the
