@@ -1370,3 +1370,44 @@ async fn natds_reads_see_a_change_only_after_the_consistency_window() {
         changed.elapsed()
     );
 }
+
+#[tokio::test]
+async fn a_name_unique_create_succeeds_once_however_many_ask_at_once() {
+    // natctl's stack lock is a launch template's name: AWS lets one of any number of
+    // concurrent CreateLaunchTemplate calls with that name succeed. Each round sends
+    // eight at once, from eight clients (eight connections).
+    let emu = Emulator::start();
+    let clients: Vec<_> = (0..8)
+        .map(|_| aws_sdk_ec2::Client::new(&emu.sdk()))
+        .collect();
+    for round in 0..25 {
+        let name = format!("natd-race-{round}-lock");
+        let tries: Vec<_> = clients
+            .iter()
+            .map(|c| {
+                let (c, name) = (c.clone(), name.clone());
+                tokio::spawn(async move {
+                    let r = c
+                        .create_launch_template()
+                        .launch_template_name(name)
+                        .launch_template_data(
+                            aws_sdk_ec2::types::RequestLaunchTemplateData::builder()
+                                .disable_api_termination(false)
+                                .build(),
+                        )
+                        .send()
+                        .await;
+                    code(&r)
+                })
+            })
+            .collect();
+        let mut won = 0;
+        for t in tries {
+            match t.await.unwrap().as_str() {
+                "ok" => won += 1,
+                c => assert!(c.contains("AlreadyExists"), "round {round}: {c}"),
+            }
+        }
+        assert_eq!(won, 1, "round {round}: {won} creates of {name} succeeded");
+    }
+}

@@ -437,8 +437,8 @@ async fn two_setups_at_once_build_one_stack_not_two() {
     };
     let (a, b) = (spawn(), spawn());
     let (a, b) = (a.wait_with_output().unwrap(), b.wait_with_output().unwrap());
-    assert!(a.status.success(), "{}", text(&a));
-    assert!(b.status.success(), "{}", text(&b));
+    let both = format!("first run:\n{}\nsecond run:\n{}", text(&a), text(&b));
+    assert!(a.status.success() && b.status.success(), "{both}");
     // (One of them usually waits for the other's lock; on a slow machine the second
     // may start after the first is done and find nothing to do. Either way, one stack.)
     assert_eq!(gateways(&emu, "twice").len(), 2, "one gateway per AZ");
