@@ -1292,6 +1292,8 @@ pub struct Agent {
     /// once (`natctl status` and `doctor` read the tag).
     last_shape: Option<health_report::Shape>,
     metrics: Option<Metrics>,
+    /// What the CloudWatch publisher reads each minute, when it runs.
+    cloudwatch: Option<tokio::sync::watch::Sender<crate::cloudwatch::Sample>>,
 }
 
 /// The outcome of [`Agent::finish_control`].
@@ -1415,6 +1417,25 @@ impl Agent {
             );
         }
         let rules = kernel::ruleset(&facts);
+        let cloudwatch = cfg.cloudwatch_metrics.then(|| {
+            let (tx, rx) = tokio::sync::watch::channel(crate::cloudwatch::Sample::default());
+            tokio::spawn(crate::cloudwatch::run(
+                aws_sdk_cloudwatch::Client::new(&sdk),
+                crate::cloudwatch::Settings {
+                    stack: cfg.stack.clone(),
+                    instance: cfg.pair.then(|| id.instance_id.clone()),
+                    buffer_minutes: cfg.cloudwatch_buffer_minutes as usize,
+                    period: Duration::from_secs(cfg.cloudwatch_period_secs),
+                },
+                crate::cloudwatch::Sources {
+                    kernel: kernel_io.clone(),
+                    interface: facts.egress_interface.clone(),
+                    ena_file: cfg.ena_stats_file.clone(),
+                },
+                rx,
+            ));
+            tx
+        });
         info!(
             interface = %facts.egress_interface,
             cidrs = %cidr_list(&facts.vpc_cidrs),
@@ -1459,6 +1480,7 @@ impl Agent {
         };
         Ok(Self {
             metrics: cfg.metrics_file.clone().map(Metrics::new),
+            cloudwatch,
             cfg,
             id,
             data,
@@ -1832,7 +1854,9 @@ impl Agent {
     }
 
     async fn write_metrics(&mut self) {
-        let Some(m) = &self.metrics else { return };
+        if self.metrics.is_none() && self.cloudwatch.is_none() {
+            return;
+        }
         let k = &self.data.kernel;
         let num = |key: &str| k.read_sysctl(key).ok().and_then(|v| v.parse::<i64>().ok());
         let nat = match k.nat_connections().await {
@@ -1874,7 +1898,39 @@ impl Agent {
             }),
             unhealthy_reported: self.health.report == crate::health::Report::Sent,
         };
-        if let Err(e) = m.write(&snap) {
+        if let Some(tx) = &self.cloudwatch {
+            let limit = self.cfg.heartbeat_interval() * self.cfg.heartbeat_misses;
+            let (standby_ready, pair_takeover) = match &self.data.pair {
+                Some(p) => {
+                    let v = p.view.lock().expect("pair view");
+                    let now = Instant::now();
+                    let heard = v.silence(now).is_some_and(|d| d < limit);
+                    let in_step = v.lag.amount(now).is_none_or(|(entries, _)| entries == 0);
+                    let ready = if v.holder { heard } else { heard && in_step };
+                    let took = v
+                        .last_takeover
+                        .as_ref()
+                        .map(|t| (t.at, Some(t.confirmed.unwrap_or(t.took).as_millis() as u64)));
+                    (Some(ready), took)
+                }
+                None => (None, None),
+            };
+            let sample = crate::cloudwatch::Sample {
+                nat_connections: nat.as_ref().map(|n| n.total as u64),
+                busiest_destination: nat.as_ref().map(|n| n.busiest as u64),
+                conntrack: snap
+                    .conntrack_entries
+                    .zip(snap.conntrack_max)
+                    .map(|(e, m)| (e.max(0) as u64, m.max(0) as u64)),
+                forwarding: snap.forwarding,
+                standby_ready,
+                takeover: pair_takeover.or(self.view.last_takeover.map(|t| (t, None))),
+            };
+            tx.send_replace(sample);
+        }
+        if let Some(m) = &self.metrics
+            && let Err(e) = m.write(&snap)
+        {
             warn!("cannot write metrics: {e}");
         }
     }

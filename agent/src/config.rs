@@ -63,6 +63,8 @@ pub const BOUNDS: &[(&str, u64, u64, &str)] = &[
     ("heartbeat_interval_ms", 20, 1000, "milliseconds"),
     ("heartbeat_misses", 2, 50, "beats"),
     ("consistency_window_ms", 0, 60_000, "milliseconds"),
+    ("cloudwatch_period_secs", 1, 60, "seconds"),
+    ("cloudwatch_buffer_minutes", 1, 1440, "minutes"),
 ];
 
 /// The whole configuration, with defaults filled in.
@@ -119,6 +121,18 @@ pub struct Config {
     /// Where natd writes its metrics in Prometheus text format, every pass (atomically,
     /// mode 0644; node_exporter's textfile collector reads it). Off when absent.
     pub metrics_file: Option<PathBuf>,
+    /// Publish natd's metrics to CloudWatch (namespace `natd`, one point a minute per
+    /// metric; see `natd_contract::metrics`). natctl turns it on in the boot
+    /// configuration.
+    pub cloudwatch_metrics: bool,
+    /// Seconds between published points (60: CloudWatch's standard resolution).
+    pub cloudwatch_period_secs: u64,
+    /// While CloudWatch does not take the points, how many minutes of them natd keeps
+    /// (then it drops the oldest, and counts them in `PublishDropped`).
+    pub cloudwatch_buffer_minutes: u64,
+    /// The ENA driver's statistics are read with `ethtool -S IFACE`; with this set,
+    /// from this file instead (the same format).
+    pub ena_stats_file: Option<PathBuf>,
     /// Whether natd publishes its health in the `natd:health` tag of its instance, which
     /// `natctl status` reads.
     pub publish_health: bool,
@@ -183,6 +197,10 @@ impl Default for Config {
             control_backoff_max_secs: 60,
             drift_check_secs: 60,
             metrics_file: None,
+            cloudwatch_metrics: false,
+            cloudwatch_period_secs: 60,
+            cloudwatch_buffer_minutes: 60,
+            ena_stats_file: None,
             publish_health: true,
             pair: false,
             egress_ips: 1,
@@ -207,6 +225,7 @@ impl Config {
             pair: self.pair,
             egress_ips: self.pair.then_some(self.egress_ips),
             require_eip: self.require_eip,
+            cloudwatch_metrics: self.cloudwatch_metrics,
         }
     }
 
@@ -263,6 +282,11 @@ impl Config {
             ("heartbeat_interval_ms", Some(self.heartbeat_interval_ms)),
             ("heartbeat_misses", Some(u64::from(self.heartbeat_misses))),
             ("consistency_window_ms", Some(self.consistency_window_ms)),
+            ("cloudwatch_period_secs", Some(self.cloudwatch_period_secs)),
+            (
+                "cloudwatch_buffer_minutes",
+                Some(self.cloudwatch_buffer_minutes),
+            ),
         ];
         for (key, value) in numbers {
             let Some(value) = value else { continue };

@@ -7,6 +7,7 @@ pub use natd_contract as contract;
 pub mod agent;
 pub mod aws;
 pub mod cloud;
+pub mod cloudwatch;
 pub mod config;
 pub mod health;
 pub mod imds;

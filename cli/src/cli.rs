@@ -229,6 +229,11 @@ pub struct SetupArgs {
     /// 1, 3, 5, 7, 14, 30, 60, 90, 120, 150, 180, 365, ...).
     #[arg(long, value_name = "DAYS", default_value_t = 90)]
     pub flow_logs_retention: u32,
+    /// An SNS topic the stack's CloudWatch alarms notify on ALARM and on OK (dev: the
+    /// alarms on natd's metrics), `arn:aws:sns:REGION:ACCOUNT:TOPIC`; `none` stops
+    /// notifying. Without the flag the alarms keep the topic they have.
+    #[arg(long, value_name = "SNS_TOPIC_ARN|none")]
+    pub alarm_topic: Option<String>,
     /// When switching between dev and prod: seconds the old egress stays after the
     /// routes moved (route changes propagate, open connections finish).
     #[arg(long, value_name = "SECS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(0..=3600))]

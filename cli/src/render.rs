@@ -40,6 +40,7 @@ pub fn step(req: Option<&Request>, s: &Step) -> String {
             Some(crate::stack::FlowLogs::On(spec)) => flow_logs_action(a, spec),
             _ => format!("{a:?}"),
         },
+        Step::Build(Build::Alarms(a)) => alarms_action(a),
         Step::Drain { secs } => format!(
             "keep the old egress {secs} s after the routes moved, for open connections and route propagation"
         ),
@@ -53,6 +54,39 @@ pub fn step(req: Option<&Request>, s: &Step) -> String {
                 (Some(_), Remove::NatGateways(_)) => format!("remove the prod egress: {what}"),
                 _ => what,
             }
+        }
+    }
+}
+
+fn alarms_action(a: &crate::parts::alarms::Action) -> String {
+    use crate::parts::alarms::Action;
+    match a {
+        Action::Put { name, exists } => {
+            let what = natd_contract::metrics::ALARMS
+                .iter()
+                .find(|d| name.ends_with(&format!("-{}", d.suffix)))
+                .map(|d| {
+                    format!(
+                        " ({} {} {} {} for {} min)",
+                        d.metric,
+                        d.statistic,
+                        match d.compare {
+                            natd_contract::metrics::Compare::Above => ">",
+                            natd_contract::metrics::Compare::Below => "<",
+                        },
+                        d.threshold,
+                        d.minutes
+                    )
+                })
+                .unwrap_or_default();
+            if *exists {
+                format!("update CloudWatch alarm {name}{what}")
+            } else {
+                format!("CloudWatch alarm {name}{what}")
+            }
+        }
+        Action::Delete { name } => {
+            format!("delete CloudWatch alarm {name} (no longer part of the stack)")
         }
     }
 }
@@ -365,6 +399,9 @@ pub fn removal(r: &Remove) -> String {
                     address.allocation_id, address.public_ip
                 ),
             }
+        }
+        Remove::Alarms(crate::parts::alarms::Removal::Alarm { name }) => {
+            format!("CloudWatch alarm {name}")
         }
         Remove::FlowLogs(r) => match r {
             flow_logs::Removal::FlowLog { id } => format!("flow log {id}"),

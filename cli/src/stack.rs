@@ -6,7 +6,7 @@
 
 use crate::aws::wait::{self, Poll};
 use crate::aws::{Clients, Error};
-use crate::parts::{Progress, flow_logs, lambda, nat_gateways, nat_instance};
+use crate::parts::{Progress, alarms, flow_logs, lambda, nat_gateways, nat_instance};
 use serde::Serialize;
 use std::time::Duration;
 
@@ -34,6 +34,9 @@ pub struct Request {
     pub drain_secs: u64,
     /// The VPC's flow logs.
     pub flow_logs: FlowLogs,
+    /// The CloudWatch alarms on natd's metrics (a NAT-instance stack); `None`: the
+    /// stack has none (its existing ones go).
+    pub alarms: Option<alarms::Spec>,
 }
 
 /// What setup does with the stack's flow logs.
@@ -88,6 +91,8 @@ pub enum Build {
     Lambda(lambda::Action),
     /// The VPC's flow logs.
     FlowLogs(flow_logs::Action),
+    /// The alarms on natd's metrics.
+    Alarms(alarms::Action),
 }
 
 /// A removal of one part.
@@ -102,6 +107,8 @@ pub enum Remove {
     Lambda(lambda::Removal),
     /// The VPC's flow logs.
     FlowLogs(flow_logs::Removal),
+    /// The alarms on natd's metrics.
+    Alarms(alarms::Removal),
 }
 
 /// One step of setup, a switch, or teardown.
@@ -170,6 +177,8 @@ pub struct Observed {
     pub flow_logs_existing: Option<flow_logs::Existing>,
     /// The other egress.
     pub other: Other,
+    /// The stack's alarms.
+    pub alarms: alarms::Observed,
 }
 
 /// The steps that build `req` from `o`: the new egress, the Lambda wiring, then (when
@@ -211,6 +220,20 @@ pub fn plan(req: &Request, o: &Observed) -> Result<Vec<Step>, Refusal> {
                 .into_iter()
                 .map(|r| Step::Remove(Remove::FlowLogs(r))),
         );
+    }
+    match &req.alarms {
+        Some(spec) => out.extend(
+            alarms::plan(spec, &o.alarms)
+                .into_iter()
+                .map(|a| Step::Build(Build::Alarms(a))),
+        ),
+        None => out.extend(
+            alarms::plan_remove(&alarms::Existing {
+                alarms: o.alarms.alarms.iter().map(|a| a.name.clone()).collect(),
+            })
+            .into_iter()
+            .map(|r| Step::Remove(Remove::Alarms(r))),
+        ),
     }
     let taken = req.tables_taken();
     let mut removal: Vec<Remove> = match &o.other {
@@ -293,6 +316,7 @@ pub async fn read(c: &Clients, req: &Request) -> Result<Observed, Error> {
         flow_logs,
         flow_logs_existing,
         other,
+        alarms: alarms::read(c, &req.stack).await?,
     })
 }
 
@@ -357,6 +381,22 @@ pub async fn apply(
                         .collect();
                     flow_logs::apply(c, spec, obs, &actions, progress).await?;
                 }
+            }
+            (Step::Build(Build::Alarms(_)), ..) => {
+                if let Some(spec) = &req.alarms {
+                    let actions: Vec<_> = slice
+                        .iter()
+                        .filter_map(|s| match s {
+                            Step::Build(Build::Alarms(a)) => Some(a.clone()),
+                            _ => None,
+                        })
+                        .collect();
+                    alarms::apply(c, spec, &o.alarms, &actions, progress).await?;
+                }
+            }
+            (Step::Remove(Remove::Alarms(_)), ..) => {
+                let e = alarms::read_existing(c, &req.stack).await?;
+                alarms::remove(c, &alarms::plan_remove(&e), progress).await?;
             }
             (Step::Remove(Remove::FlowLogs(_)), ..) => {
                 let e = flow_logs::read_existing(c, &req.stack).await?;
@@ -514,6 +554,8 @@ pub struct Leftovers {
     pub nat_gateways: nat_gateways::Existing,
     /// The flow logs.
     pub flow_logs: flow_logs::Existing,
+    /// The alarms.
+    pub alarms: alarms::Existing,
 }
 
 /// Reads what is left of `stack`.
@@ -523,6 +565,7 @@ pub async fn read_leftovers(c: &Clients, stack: &str) -> Result<Leftovers, Error
         nat_instance: nat_instance::read_existing(c, stack).await?,
         nat_gateways: nat_gateways::read_existing(c, stack).await?,
         flow_logs: flow_logs::read_existing(c, stack).await?,
+        alarms: alarms::read_existing(c, stack).await?,
     })
 }
 
@@ -550,6 +593,11 @@ pub fn plan_teardown(stack: &str, l: &Leftovers) -> Vec<Step> {
             .into_iter()
             .map(|r| Step::Remove(Remove::FlowLogs(r))),
     );
+    out.extend(
+        alarms::plan_remove(&l.alarms)
+            .into_iter()
+            .map(|r| Step::Remove(Remove::Alarms(r))),
+    );
     out
 }
 
@@ -559,8 +607,10 @@ pub async fn teardown(c: &Clients, steps: &[Step], progress: Progress<'_>) -> Re
     let mut instance_r = Vec::new();
     let mut gateway_r = Vec::new();
     let mut flow_r = Vec::new();
+    let mut alarm_r = Vec::new();
     for s in steps {
         match s {
+            Step::Remove(Remove::Alarms(r)) => alarm_r.push(r.clone()),
             Step::Remove(Remove::FlowLogs(r)) => flow_r.push(r.clone()),
             Step::Remove(Remove::Lambda(r)) => lambda_r.push(r.clone()),
             Step::Remove(Remove::NatInstance(r)) => instance_r.push(r.clone()),
@@ -572,6 +622,7 @@ pub async fn teardown(c: &Clients, steps: &[Step], progress: Progress<'_>) -> Re
     nat_instance::remove(c, &instance_r, progress).await?;
     nat_gateways::remove(c, &gateway_r, progress).await?;
     flow_logs::remove(c, &flow_r, progress).await?;
+    alarms::remove(c, &alarm_r, progress).await?;
     Ok(())
 }
 
@@ -597,6 +648,7 @@ mod tests {
             lambda: None,
             drain_secs: 30,
             flow_logs: FlowLogs::Leave,
+            alarms: None,
         }
     }
 
@@ -623,6 +675,7 @@ mod tests {
             lambda: None,
             drain_secs: 30,
             flow_logs: FlowLogs::Leave,
+            alarms: None,
         }
     }
 
@@ -664,6 +717,7 @@ mod tests {
             flow_logs: None,
             flow_logs_existing: None,
             other: Other::NatInstance(dev_stack()),
+            alarms: alarms::Observed::default(),
         };
         let steps = plan(&req, &o).expect("plan");
         let pos = |f: &dyn Fn(&Step) -> bool| steps.iter().position(f).expect("present");
@@ -744,6 +798,7 @@ mod tests {
             flow_logs: None,
             flow_logs_existing: None,
             other: Other::NatInstance(nat_instance::Existing::default()),
+            alarms: alarms::Observed::default(),
         };
         let steps = plan(&req, &o).expect("plan");
         let pos = |f: &dyn Fn(&Step) -> bool| steps.iter().position(f).expect("present");
@@ -795,6 +850,7 @@ mod tests {
             flow_logs: None,
             flow_logs_existing: None,
             other: Other::NatGateways(gateways),
+            alarms: alarms::Observed::default(),
         };
         let steps = plan(&req, &o).expect("plan");
         let tag = steps
@@ -872,6 +928,7 @@ mod tests {
             flow_logs: None,
             flow_logs_existing: None,
             other: Other::NatGateways(nat_gateways::Existing::default()),
+            alarms: alarms::Observed::default(),
         };
         assert_eq!(plan(&req, &o).expect("plan"), vec![]);
     }
@@ -897,6 +954,9 @@ mod tests {
                 log_group: Some(flow_logs::log_group("s")),
                 role: Some(flow_logs::role("s")),
             },
+            alarms: alarms::Existing {
+                alarms: vec!["natd-s-failover".into()],
+            },
         };
         let steps = plan_teardown("s", &l);
         let part = |s: &Step| match s {
@@ -904,12 +964,13 @@ mod tests {
             Step::Remove(Remove::NatInstance(_)) => 1,
             Step::Remove(Remove::NatGateways(_)) => 2,
             Step::Remove(Remove::FlowLogs(_)) => 3,
+            Step::Remove(Remove::Alarms(_)) => 4,
             _ => 9,
         };
         let parts: Vec<u8> = steps.iter().map(part).collect();
         assert!(parts.windows(2).all(|w| w[0] <= w[1]), "{parts:?}");
         assert_eq!(parts.first(), Some(&0));
-        assert_eq!(parts.last(), Some(&3));
+        assert_eq!(parts.last(), Some(&4));
         // The instance's routes are untagged and deleted, not left as blackholes.
         assert!(steps.contains(&Step::Remove(Remove::NatInstance(
             nat_instance::Removal::DeleteRoute {

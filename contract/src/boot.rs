@@ -27,6 +27,10 @@ pub struct BootConfig {
     /// before the address is on the instance.
     #[serde(default, skip_serializing_if = "is_false")]
     pub require_eip: bool,
+    /// Publish natd's metrics to CloudWatch (namespace [`crate::metrics::NAMESPACE`]);
+    /// natctl turns it on.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub cloudwatch_metrics: bool,
 }
 
 fn is_false(b: &bool) -> bool {
@@ -53,6 +57,7 @@ impl BootConfig {
             pair: false,
             egress_ips: None,
             require_eip,
+            cloudwatch_metrics: true,
         }
     }
 
@@ -63,6 +68,7 @@ impl BootConfig {
             pair: true,
             egress_ips: Some(egress_ips),
             require_eip: false,
+            cloudwatch_metrics: true,
         }
     }
 
@@ -118,7 +124,7 @@ mod tests {
         }
         assert_eq!(
             BootConfig::single("dev", false).to_toml(),
-            "stack = \"dev\"\n"
+            "stack = \"dev\"\ncloudwatch_metrics = true\n"
         );
         let e = BootConfig::single("Dev", false)
             .validate()

@@ -9,6 +9,7 @@
 //! - [`policy`]: natd's IAM policy.
 //! - [`boot`]: the boot configuration natctl writes into user data and natd reads.
 //! - [`health`]: the report natd publishes in its `natd:health` tag.
+//! - [`metrics`]: the CloudWatch metrics natd publishes and the alarms on them.
 //! - [`pair`]: the hot standby pair's ports and heartbeat format.
 //! - [`error`]: one conversion of AWS SDK errors.
 //!
@@ -18,6 +19,7 @@
 pub mod boot;
 pub mod error;
 pub mod health;
+pub mod metrics;
 pub mod names;
 pub mod pair;
 pub mod policy;

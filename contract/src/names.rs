@@ -30,6 +30,14 @@ impl Names<'_> {
     pub fn secrets_manager(&self) -> String {
         format!("natd-{}-secretsmanager", self.0)
     }
+    /// One of the stack's CloudWatch alarms ([`crate::metrics::ALARMS`]).
+    pub fn alarm(&self, suffix: &str) -> String {
+        format!("natd-{}-{suffix}", self.0)
+    }
+    /// The prefix of every alarm of the stack.
+    pub fn alarm_prefix(&self) -> String {
+        format!("natd-{}-", self.0)
+    }
     /// The flow logs' role and log group.
     pub fn flow_logs(&self) -> String {
         format!("natd-{}-flow-logs", self.0)
@@ -50,5 +58,6 @@ mod tests {
         assert_eq!(n.database(), "natd-dev-database");
         assert_eq!(n.secrets_manager(), "natd-dev-secretsmanager");
         assert_eq!(n.flow_logs(), "natd-dev-flow-logs");
+        assert_eq!(n.alarm("failover"), "natd-dev-failover");
     }
 }

@@ -80,6 +80,15 @@ pub fn agent_policy(stack: &str) -> Value {
                 }
             },
             {
+                // PutMetricData takes no resource (Service Authorization Reference,
+                // CloudWatch): it is scoped by the namespace natd publishes in.
+                "Sid": "PublishMetricsInNatdNamespace",
+                "Effect": "Allow",
+                "Action": "cloudwatch:PutMetricData",
+                "Resource": "*",
+                "Condition": {"StringEquals": {"cloudwatch:namespace": crate::metrics::NAMESPACE}}
+            },
+            {
                 "Sid": "ReportToOwnGroup",
                 "Effect": "Allow",
                 "Action": ["autoscaling:CompleteLifecycleAction", "autoscaling:SetInstanceHealth"],
@@ -106,6 +115,13 @@ mod tests {
             };
             let read_only = actions.iter().all(|a| a.contains(":Describe"));
             if read_only {
+                continue;
+            }
+            if actions == ["cloudwatch:PutMetricData"] {
+                assert_eq!(
+                    s["Condition"]["StringEquals"]["cloudwatch:namespace"], "natd",
+                    "{s}"
+                );
                 continue;
             }
             assert_ne!(s["Resource"], "*", "mutating statement on *: {s}");

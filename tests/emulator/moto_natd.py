@@ -3,6 +3,10 @@
 Run as: python moto_natd.py [-H 127.0.0.1] [-p 0]   (the same arguments as moto_server)
 
 Extensions, each matching documented AWS behaviour:
+- CloudWatch speaks Smithy RPC v2 CBOR, as the AWS SDKs call it (moto reads JSON and
+  query only; see "CloudWatch: Smithy RPC v2 CBOR"); PutMetricData enforces AWS's
+  limits (1,000 metrics and 1 MB per request, 30 dimensions, time stamps within two
+  weeks back and two hours ahead).
 - Each request is applied atomically, as AWS applies it: of concurrent creates of one
   unique name (a launch template, natctl's stack lock) exactly one succeeds; moto alone
   checks and inserts in separate steps on its request threads.
@@ -1424,6 +1428,10 @@ def _resources(req):
         return out
     if action in ("autoscaling:CompleteLifecycleAction", "autoscaling:SetInstanceHealth"):
         return [_asg_resource(region, account, _param(data, "AutoScalingGroupName"), _param(data, "InstanceId"))]
+    if action == "cloudwatch:PutMetricData":
+        # PutMetricData has no resource; its condition key is the namespace.
+        doc = getattr(_raw, "cbor_doc", None) or {}
+        return [("*", {"cloudwatch:namespace": doc.get("Namespace", "")})]
     return [("*", {})]
 
 
@@ -1503,6 +1511,15 @@ _orig_create_aws_request = access_control.IAMRequestBase._create_aws_request
 
 def _create_aws_request(self):
     body = getattr(_raw, "body", b"")
+    original = getattr(_raw, "cbor", None)
+    if original is not None:
+        # A Smithy RPC v2 CBOR request translated for moto: the signature is over the
+        # request as the client sent it.
+        self._path, self._body = original["path"], original["body"]
+        headers = {k: v for k, v in dict(self._headers).items() if k.lower() not in ("content-type", "content-length")}
+        headers.update(original["headers"])
+        self._headers = headers
+        return _orig_create_aws_request(self)
     if not self._body and body:
         self._body = body
     return _orig_create_aws_request(self)
@@ -1867,6 +1884,9 @@ def _consistent(self, environ, start_response, op, body, agent):
     """Dispatches a request, answering the reads named above up to the window late."""
     service = _service(environ)
     kind = "iam" if service == "iam" else "ec2"
+    if service == "monitoring":
+        # CloudWatch's metrics and alarms never show in EC2's or IAM's reads.
+        return _apply(self, environ, start_response)
     if _mutating(op):
         with _stale_lock:
             _mutations[kind].append(time.monotonic())
@@ -1902,7 +1922,202 @@ def _consistent(self, environ, start_response, op, body, agent):
     return [answer[2]]
 
 
+# --- CloudWatch: Smithy RPC v2 CBOR -----------------------------------------------------
+# The AWS SDKs call CloudWatch with the Smithy RPC v2 CBOR protocol (POST
+# /service/GraniteServiceVersion20100801/operation/OPERATION, `smithy-protocol:
+# rpc-v2-cbor`, a CBOR body), one of the three its model lists beside AWS JSON 1.0 and
+# query. moto 5.2.5 reads JSON and query only: a CBOR request is translated into the
+# same request in AWS JSON 1.0, and moto's answer back into CBOR (timestamps as CBOR tag
+# 1, epoch seconds, as the protocol requires; errors as a map with `__type`). The
+# signature is checked over the request as sent.
+import re as _re  # noqa: E402
+
+import botocore.session as _botocore_session  # noqa: E402
+import cbor2  # noqa: E402
+
+_CBOR_PATH = _re.compile(r"^/service/([^/]+)/operation/([^/]+)$")
+_cw_model = None
+
+
+def _cloudwatch_model():
+    global _cw_model
+    if _cw_model is None:
+        _cw_model = _botocore_session.get_session().get_service_model("cloudwatch")
+    return _cw_model
+
+
+def _jsonable(v):
+    if isinstance(v, dict):
+        return {k: _jsonable(x) for k, x in v.items()}
+    if isinstance(v, list):
+        return [_jsonable(x) for x in v]
+    if hasattr(v, "timestamp"):
+        return v.timestamp()
+    if isinstance(v, (bytes, bytearray)):
+        import base64
+
+        return base64.b64encode(v).decode()
+    return v
+
+
+def _to_cbor_value(shape, v):
+    """A JSON value of `shape` as the CBOR protocol writes it."""
+    import datetime
+
+    if shape is None or v is None:
+        return v
+    t = shape.type_name
+    if t == "structure":
+        return {k: _to_cbor_value(shape.members.get(k), x) for k, x in v.items() if k in shape.members}
+    if t == "list":
+        return [_to_cbor_value(shape.member, x) for x in v]
+    if t == "map":
+        return {k: _to_cbor_value(shape.value, x) for k, x in v.items()}
+    if t == "timestamp":
+        if isinstance(v, str):
+            try:
+                when = datetime.datetime.fromisoformat(v.replace("Z", "+00:00"))
+            except ValueError:
+                return v
+            if when.tzinfo is None:
+                when = when.replace(tzinfo=datetime.timezone.utc)
+            secs = when.timestamp()
+        else:
+            secs = float(v)
+        return cbor2.CBORTag(1, secs)
+    if t in ("double", "float"):
+        return float(v)
+    if t in ("integer", "long"):
+        return int(v)
+    return v
+
+
+def _cbor_request(environ, body):
+    """Rewrites a CBOR request in place as AWS JSON 1.0; returns the operation, or None."""
+    if environ.get("HTTP_SMITHY_PROTOCOL", "").lower() != "rpc-v2-cbor":
+        return None
+    m = _CBOR_PATH.match(environ.get("PATH_INFO", ""))
+    if not m:
+        return None
+    service, op = m.groups()
+    doc = _jsonable(cbor2.loads(body)) if body else {}
+    _raw.cbor = {
+        "path": environ.get("PATH_INFO", ""),
+        "body": body,
+        "headers": {
+            "Content-Type": environ.get("CONTENT_TYPE", ""),
+            "Content-Length": environ.get("CONTENT_LENGTH", ""),
+        },
+    }
+    _raw.cbor_doc = doc
+    new = json.dumps(doc).encode()
+    environ["PATH_INFO"] = "/"
+    environ["CONTENT_TYPE"] = "application/x-amz-json-1.0"
+    environ["CONTENT_LENGTH"] = str(len(new))
+    environ["HTTP_X_AMZ_TARGET"] = f"{service}.{op}"
+    environ["wsgi.input"] = io.BytesIO(new)
+    _raw.body = new
+    return op, new
+
+
+def _cbor_answer(op, status, headers, body):
+    """moto's JSON answer to a translated request, in CBOR."""
+    try:
+        doc = json.loads(body) if body.strip() else {}
+    except ValueError:
+        doc = {}
+    if status.startswith("2"):
+        try:
+            shape = _cloudwatch_model().operation_model(op).output_shape
+        except Exception:
+            shape = None
+        out = _to_cbor_value(shape, doc) if shape is not None else {}
+    else:
+        code = doc.get("__type") or doc.get("code") or "InternalFailure"
+        out = {"__type": code.rsplit("#", 1)[-1], "message": doc.get("message") or doc.get("Message") or ""}
+    data = cbor2.dumps(out)
+    kept = [(k, v) for k, v in headers if k.lower() not in ("content-type", "content-length")]
+    kept += [("Content-Type", "application/cbor"), ("Content-Length", str(len(data))), ("smithy-protocol", "rpc-v2-cbor")]
+    return status, kept, data
+
+
+# PutMetricData's limits (CloudWatch API Reference, PutMetricData: "Each PutMetricData
+# request is limited to 1 MB in size for HTTP POST requests. You can send a payload
+# compressed by gzip. Each request is also limited to no more than 1000 different
+# metrics"; MetricDatum: up to 30 dimensions, up to 150 values; "Data points with time
+# stamps from 24 hours ago or longer can take at least 48 hours to become available"
+# and time stamps more than two weeks old or two hours in the future are refused).
+# moto enforces none of them.
+from moto.cloudwatch import responses as _cw_responses  # noqa: E402
+from moto.cloudwatch.exceptions import InvalidParameterValue as _CwInvalid  # noqa: E402
+
+_PUT_METRIC_MAX = 1000
+_PUT_METRIC_BYTES = 1024 * 1024
+_orig_put_metric_data = _cw_responses.CloudWatchResponse.put_metric_data
+
+
+def _put_metric_data(self):
+    import datetime
+
+    data = self._get_param("MetricData", [])
+    size = len(getattr(_raw, "cbor", None) and _raw.cbor["body"] or self.body or b"")
+    if size > _PUT_METRIC_BYTES:
+        raise _CwInvalid(f"The request is {size} bytes; PutMetricData accepts at most {_PUT_METRIC_BYTES}.")
+    if len(data) > _PUT_METRIC_MAX:
+        raise _CwInvalid(
+            f"The collection MetricData must not have a size greater than {_PUT_METRIC_MAX}."
+        )
+    now = datetime.datetime.now(datetime.timezone.utc)
+    for i, d in enumerate(data, 1):
+        if len(d.get("Dimensions") or []) > 30:
+            raise _CwInvalid(f"The collection MetricData.member.{i}.Dimensions must not have a size greater than 30.")
+        if len(d.get("Values") or []) > 150:
+            raise _CwInvalid(f"The collection MetricData.member.{i}.Values must not have a size greater than 150.")
+        ts = d.get("Timestamp")
+        if ts is not None:
+            when = ts if isinstance(ts, datetime.datetime) else None
+            if when is None:
+                try:
+                    when = datetime.datetime.fromtimestamp(float(ts), datetime.timezone.utc)
+                except (TypeError, ValueError):
+                    when = datetime.datetime.fromisoformat(str(ts).replace("Z", "+00:00"))
+            if when.tzinfo is None:
+                when = when.replace(tzinfo=datetime.timezone.utc)
+            if when < now - datetime.timedelta(days=14) or when > now + datetime.timedelta(hours=2):
+                raise _CwInvalid(
+                    f"The parameter MetricData.member.{i}.Timestamp must specify a time no more than two weeks in the past and no more than two hours in the future."
+                )
+    return _orig_put_metric_data(self)
+
+
+_cw_responses.CloudWatchResponse.put_metric_data = _put_metric_data
+
+
 def _dispatch(self, environ, start_response):
+    _raw.cbor = None
+    _raw.cbor_doc = None
+    cbor_op = None
+    if environ.get("HTTP_SMITHY_PROTOCOL"):
+        length = int(environ.get("CONTENT_LENGTH") or 0)
+        raw = environ["wsgi.input"].read(length) if length else b""
+        environ["wsgi.input"] = io.BytesIO(raw)
+        translated = _cbor_request(environ, raw)
+        if translated is not None:
+            cbor_op = translated[0]
+            got = {}
+
+            def capture(status, headers, exc_info=None):
+                got["status"], got["headers"] = status, headers
+                return lambda data: None
+
+            body = b"".join(_dispatch_inner(self, environ, capture))
+            status, headers, data = _cbor_answer(cbor_op, got["status"], got["headers"], body)
+            start_response(status, headers)
+            return [data]
+    return _dispatch_inner(self, environ, start_response)
+
+
+def _dispatch_inner(self, environ, start_response):
     path = environ.get("PATH_INFO", "")
     if path == "/natd-test/calls":
         agent = urllib.parse.parse_qs(environ.get("QUERY_STRING", "")).get("agent", [None])[0]

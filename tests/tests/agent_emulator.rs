@@ -393,3 +393,129 @@ async fn speaks_the_systemd_notify_protocol() {
         "status before READY: {seen:?}"
     );
 }
+
+/// natd publishes its metrics to CloudWatch itself: levels every period, an ENA
+/// allowance counter's growth as its metric and in AllowanceExceeded, and while
+/// CloudWatch (with every AWS endpoint) refuses natd, the points wait and arrive after.
+#[tokio::test]
+async fn metrics_reach_cloudwatch_and_wait_out_an_outage() {
+    let emu = Emulator::start();
+    let w = World::new(&emu.sdk()).await;
+    let nat = w.instance("dev").await;
+    w.route_table(Some("dev")).await;
+    let mut host = NatHost::new(&emu, &w, &nat).await;
+    host.uplink_egress();
+    let dir = tempfile::tempdir().unwrap();
+    let ena = dir.path().join("ena.txt");
+    let counters = |bw_in: u64| {
+        std::fs::write(
+            &ena,
+            format!(
+                "NIC statistics:\n     bw_in_allowance_exceeded: {bw_in}\n     bw_out_allowance_exceeded: 0\n     pps_allowance_exceeded: 0\n     conntrack_allowance_exceeded: 0\n     linklocal_allowance_exceeded: 0\n     conntrack_allowance_available: 4000\n"
+            ),
+        )
+        .unwrap()
+    };
+    counters(0);
+    let natd = host.spawn(&host.config(
+        "dev",
+        &format!(
+            "cloudwatch_metrics = true\ncloudwatch_period_secs = 1\nena_stats_file = {:?}\n",
+            ena.to_str().unwrap()
+        ),
+    ));
+    let cw = aws_sdk_cloudwatch::Client::new(&emu.sdk());
+    let names = || async {
+        let r = cw
+            .list_metrics()
+            .namespace(natd_contract::metrics::NAMESPACE)
+            .send()
+            .await
+            .unwrap();
+        r.metrics()
+            .iter()
+            .filter(|m| {
+                m.dimensions()
+                    .iter()
+                    .any(|d| d.name() == Some("StackName") && d.value() == Some("dev"))
+            })
+            .filter_map(|m| m.metric_name().map(str::to_string))
+            .collect::<Vec<_>>()
+    };
+    eventually(Duration::from_secs(30), "levels published", || async {
+        let n = names().await;
+        (n.contains(&"DataPlaneOk".to_string())
+            && n.contains(&"ConntrackAllowanceAvailable".to_string())
+            && n.contains(&"BytesOutToDestination".to_string()))
+        .then_some(())
+    })
+    .await;
+    assert!(
+        !names().await.contains(&"BwInAllowanceExceeded".to_string()),
+        "a quiet counter at zero is not published (nor billed)"
+    );
+    let sum = |metric: &'static str, from: std::time::SystemTime| {
+        let cw = cw.clone();
+        async move {
+            let r = cw
+                .get_metric_statistics()
+                .namespace("natd")
+                .metric_name(metric)
+                .dimensions(
+                    aws_sdk_cloudwatch::types::Dimension::builder()
+                        .name("StackName")
+                        .value("dev")
+                        .build(),
+                )
+                .start_time(aws_sdk_cloudwatch::primitives::DateTime::from(from))
+                .end_time(aws_sdk_cloudwatch::primitives::DateTime::from(
+                    std::time::SystemTime::now() + Duration::from_secs(60),
+                ))
+                .period(60)
+                .statistics(aws_sdk_cloudwatch::types::Statistic::Sum)
+                .send()
+                .await
+                .unwrap();
+            r.datapoints().iter().filter_map(|d| d.sum()).sum::<f64>()
+        }
+    };
+    // The stand-in allowance counter grows by 7: its metric and the sum of all say so.
+    let start = std::time::SystemTime::now() - Duration::from_secs(120);
+    counters(7);
+    eventually(Duration::from_secs(30), "allowance published", || async {
+        (sum("BwInAllowanceExceeded", start).await >= 7.0
+            && sum("AllowanceExceeded", start).await >= 7.0)
+            .then_some(())
+    })
+    .await;
+    // CloudWatch refuses natd for 6 s; the counter grows meanwhile. Its points wait in
+    // natd's buffer and arrive, with the times they were taken, once it answers again.
+    let before = sum("BwInAllowanceExceeded", start).await;
+    let outage_start = std::time::SystemTime::now();
+    emu.natd_outage(6.0, false);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    counters(10);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let during = sum("BwInAllowanceExceeded", start).await;
+    assert_eq!(
+        during, before,
+        "nothing reaches CloudWatch during the outage"
+    );
+    eventually(
+        Duration::from_secs(30),
+        "buffered points arrive",
+        || async { (sum("BwInAllowanceExceeded", outage_start).await >= 3.0).then_some(()) },
+    )
+    .await;
+    eventually(Duration::from_secs(10), "natd says so", || async {
+        natd.log()
+            .contains("CloudWatch takes metrics again")
+            .then_some(())
+    })
+    .await;
+    assert!(
+        natd.log().contains("cannot publish metrics to CloudWatch"),
+        "{}",
+        natd.log()
+    );
+}

@@ -161,10 +161,21 @@ pub fn ruleset(facts: &Facts) -> Ruleset {
             }
         }
     }
-    let mut filter = vec![
-        "-m conntrack --ctstate INVALID -j DROP".to_string(),
-        "-m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT".to_string(),
-    ];
+    // Replies and the rest of open connections, counted by direction (natd's
+    // CloudWatch metrics read these counters): from the VPC out, back to the VPC, and
+    // any other (as before the split, accepted).
+    let mut filter = vec!["-m conntrack --ctstate INVALID -j DROP".to_string()];
+    for c in &sources {
+        filter.push(format!(
+            "-s {c} -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT"
+        ));
+    }
+    for c in &sources {
+        filter.push(format!(
+            "-d {c} -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT"
+        ));
+    }
+    filter.push("-m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT".to_string());
     for c in opened {
         filter.push(format!("-s {c} -o {o} -j ACCEPT"));
     }
@@ -183,6 +194,56 @@ pub fn forwarded_packets(save: &str) -> u64 {
         })
         .filter_map(|c| c.split(':').next()?.parse::<u64>().ok())
         .sum()
+}
+
+/// natd's forward chain's counters, by direction: what its CloudWatch metrics report.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Traffic {
+    /// Packets from the VPC forwarded out (new connections and the rest of open ones).
+    pub out_packets: u64,
+    /// Their bytes.
+    pub out_bytes: u64,
+    /// Packets forwarded back into the VPC (replies).
+    pub back_packets: u64,
+    /// Their bytes.
+    pub back_bytes: u64,
+    /// First packets of new connections from the VPC.
+    pub new_packets: u64,
+    /// Packets dropped (invalid, or neither from the VPC nor a reply).
+    pub dropped_packets: u64,
+}
+
+/// [`Traffic`] from `iptables-save -c` output.
+pub fn traffic(save: &str) -> Traffic {
+    let prefix = format!("-A {FILTER_CHAIN} ");
+    let mut t = Traffic::default();
+    for l in save.lines() {
+        let Some((counters, rule)) = l.strip_prefix('[').and_then(|l| l.split_once("] ")) else {
+            continue;
+        };
+        let Some(rule) = rule.strip_prefix(&prefix) else {
+            continue;
+        };
+        let Some((p, b)) = counters.split_once(':') else {
+            continue;
+        };
+        let (p, b) = (p.parse::<u64>().unwrap_or(0), b.parse::<u64>().unwrap_or(0));
+        let open = rule.contains("--ctstate RELATED,ESTABLISHED");
+        if rule.ends_with("-j DROP") {
+            t.dropped_packets += p;
+        } else if open && rule.starts_with("-s ") {
+            t.out_packets += p;
+            t.out_bytes += b;
+        } else if open && rule.starts_with("-d ") {
+            t.back_packets += p;
+            t.back_bytes += b;
+        } else if rule.starts_with("-s ") && rule.ends_with("-j ACCEPT") {
+            t.out_packets += p;
+            t.out_bytes += b;
+            t.new_packets += p;
+        }
+    }
+    t
 }
 
 /// What `iptables-save` shows of natd's chains and the jumps into them.
@@ -260,7 +321,7 @@ pub fn left_by_previous_run(observed: &Observed) -> (Vec<std::net::Ipv4Addr>, bo
         .get(FILTER_CHAIN)
         .into_iter()
         .flatten()
-        .any(|r| r.starts_with("-s ") && r.ends_with("-j ACCEPT"));
+        .any(|r| r.starts_with("-s ") && !r.contains("--ctstate") && r.ends_with("-j ACCEPT"));
     (ips, open)
 }
 
@@ -436,7 +497,10 @@ mod tests {
                 .any(|r| r.contains("SNAT") || r.contains("MASQUERADE"))
         );
         assert!(
-            !held.filter.iter().any(|r| r.starts_with("-s ")),
+            !held
+                .filter
+                .iter()
+                .any(|r| r.starts_with("-s ") && !r.contains("--ctstate")),
             "{:?}",
             held.filter
         );
@@ -585,6 +649,43 @@ COMMIT
 ";
         assert_eq!(forwarded_packets(save), 42);
         assert_eq!(forwarded_packets(""), 0);
+    }
+
+    #[test]
+    fn traffic_is_counted_by_direction_from_natds_chain() {
+        let rules = ruleset(&facts());
+        assert!(
+            rules
+                .filter
+                .iter()
+                .any(|r| r.starts_with("-s ") && r.contains("ESTABLISHED")),
+            "{:?}",
+            rules.filter
+        );
+        let save = "\
+*filter
+:NATD-FORWARD - [0:0]
+[3:180] -A NATD-FORWARD -m conntrack --ctstate INVALID -j DROP
+[50:40000] -A NATD-FORWARD -s 10.20.0.0/16 -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT
+[80:900000] -A NATD-FORWARD -d 10.20.0.0/16 -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT
+[1:60] -A NATD-FORWARD -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT
+[2:120] -A NATD-FORWARD -s 10.20.0.0/16 -o ens5 -j ACCEPT
+[7:420] -A NATD-FORWARD -j DROP
+[5:300] -A OTHER -j ACCEPT
+COMMIT
+";
+        assert_eq!(
+            traffic(save),
+            Traffic {
+                out_packets: 52,
+                out_bytes: 40120,
+                back_packets: 80,
+                back_bytes: 900000,
+                new_packets: 2,
+                dropped_packets: 10,
+            }
+        );
+        assert_eq!(forwarded_packets(save), 133);
     }
 
     #[test]

@@ -82,6 +82,8 @@ pub struct Clients {
     pub rds: aws_sdk_rds::Client,
     /// CloudWatch Logs.
     pub logs: aws_sdk_cloudwatchlogs::Client,
+    /// CloudWatch (alarms, metrics).
+    pub cw: aws_sdk_cloudwatch::Client,
     /// CloudTrail.
     pub cloudtrail: aws_sdk_cloudtrail::Client,
     /// GuardDuty.
@@ -131,6 +133,7 @@ impl Clients {
             secrets: aws_sdk_secretsmanager::Client::new(sdk),
             rds: aws_sdk_rds::Client::new(sdk),
             logs: aws_sdk_cloudwatchlogs::Client::new(sdk),
+            cw: aws_sdk_cloudwatch::Client::new(sdk),
             cloudtrail: aws_sdk_cloudtrail::Client::new(sdk),
             guardduty: aws_sdk_guardduty::Client::new(sdk),
             quotas: aws_sdk_servicequotas::Client::new(sdk),

@@ -87,6 +87,15 @@ pub(super) async fn setup(ctx: &Ctx, a: &SetupArgs, dry_run: bool) -> Result<(),
                 .map_err(Failure::BadInput)?,
         )),
     };
+    let alarm_topic = match a.alarm_topic.as_deref() {
+        None => crate::parts::alarms::Topic::Keep,
+        Some(t) => crate::parts::alarms::parse_topic(t).map_err(Failure::BadInput)?,
+    };
+    if a.alarm_topic.is_some() && a.env == Env::Prod {
+        return Err(Failure::BadInput(
+            "--alarm-topic is for --env dev (the alarms watch natd's metrics; a NAT gateway's are AWS's)".into(),
+        ));
+    }
     if a.secret_policy.is_some() && a.secret.is_none() {
         return Err(Failure::BadInput(
             "--secret-policy is a policy on the function's secret: name it with --secret".into(),
@@ -257,12 +266,21 @@ pub(super) async fn setup(ctx: &Ctx, a: &SetupArgs, dry_run: bool) -> Result<(),
             })
         }
     };
+    let alarms = match &egress {
+        Egress::Dev(spec) => Some(crate::parts::alarms::Spec {
+            stack: a.stack.clone(),
+            pair: spec.pair.is_some(),
+            topic: alarm_topic,
+        }),
+        Egress::Prod(_) => None,
+    };
     let req = Request {
         stack: a.stack.clone(),
         egress,
         lambda,
         drain_secs: a.drain_seconds,
         flow_logs,
+        alarms,
     };
     let (_, steps) = plan_now(ctx, &c, &req).await?;
     check_limits(ctx, &c, &req, &steps).await?;

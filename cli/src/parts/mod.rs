@@ -3,6 +3,7 @@
 //! `apply`, and what it leaves behind (`Existing`) with its pure `plan_remove` and
 //! `remove`. A part never imports another part; `crate::stack` composes them.
 
+pub mod alarms;
 pub mod flow_logs;
 pub mod lambda;
 pub mod nat_gateways;
