@@ -29,6 +29,12 @@ pub struct Prices {
     /// Inter-AZ transfer, per GB in each direction: dev's single NAT instance carries
     /// the other AZs' traffic across AZs.
     pub cross_az_gb: f64,
+    /// CloudWatch custom metric, per metric-month (the first 10,000 tier).
+    pub metric_month: f64,
+    /// CloudWatch PutMetricData, per 1,000 requests.
+    pub metric_requests_1000: f64,
+    /// CloudWatch alarm (standard resolution), per alarm-month.
+    pub alarm_month: f64,
 }
 
 impl Default for Prices {
@@ -42,6 +48,9 @@ impl Default for Prices {
             ebs_gb_month: 0.08,
             ebs_gb: 8.0,
             cross_az_gb: 0.01,
+            metric_month: 0.30,
+            metric_requests_1000: 0.01,
+            alarm_month: 0.10,
         }
     }
 }
@@ -68,9 +77,12 @@ impl Prices {
             "ebs_gb_month" => &mut self.ebs_gb_month,
             "ebs_gb" => &mut self.ebs_gb,
             "cross_az_gb" => &mut self.cross_az_gb,
+            "metric_month" => &mut self.metric_month,
+            "metric_requests_1000" => &mut self.metric_requests_1000,
+            "alarm_month" => &mut self.alarm_month,
             other => {
                 return Err(format!(
-                    "unknown price {other:?}; known: nat_gateway_hour, nat_gateway_gb, regional_nat_gateway_az_hour, public_ipv4_hour, instance_hour, ebs_gb_month, ebs_gb, cross_az_gb"
+                    "unknown price {other:?}; known: nat_gateway_hour, nat_gateway_gb, regional_nat_gateway_az_hour, public_ipv4_hour, instance_hour, ebs_gb_month, ebs_gb, cross_az_gb, metric_month, metric_requests_1000, alarm_month"
                 ));
             }
         };
@@ -135,8 +147,42 @@ pub fn dev(p: &Prices, azs: u32, gb: f64) -> Estimate {
                 item: "cross-AZ transfer".into(),
                 usd: gb * other_az_share * p.cross_az_gb * 2.0,
             },
-        ],
+        ]
+        .into_iter()
+        .chain(monitoring(p, 1))
+        .collect(),
     )
+}
+
+/// Minutes in an average month: natd publishes once a minute per instance.
+const MINUTES_PER_MONTH: f64 = HOURS_PER_MONTH * 60.0;
+
+/// natd's CloudWatch metrics and the stack's alarms, for `instances` instances (a
+/// pair: 2): the metrics billed while all is well (natd_contract::metrics::
+/// billed_metrics; the quiet error counters add only in the hours they count), one
+/// PutMetricData request per instance and minute, and the alarms natctl creates.
+/// natd publishes with PutMetricData rather than the embedded metric format through
+/// CloudWatch Logs: both bill the same custom metrics, and at one request a minute
+/// the requests cost about as much as ingesting the same points as logs, without a
+/// log group to keep.
+fn monitoring(p: &Prices, instances: u32) -> Vec<Line> {
+    let pair = instances > 1;
+    let metrics = natd_contract::metrics::billed_metrics(pair);
+    let alarms = natd_contract::metrics::alarms(pair).count();
+    vec![
+        Line {
+            item: format!("CloudWatch metrics ({metrics})"),
+            usd: f64::from(metrics) * p.metric_month,
+        },
+        Line {
+            item: "CloudWatch requests".into(),
+            usd: f64::from(instances) * MINUTES_PER_MONTH / 1000.0 * p.metric_requests_1000,
+        },
+        Line {
+            item: format!("CloudWatch alarms ({alarms})"),
+            usd: alarms as f64 * p.alarm_month,
+        },
+    ]
 }
 
 /// Dev with a hot standby (`--ha`): two NAT instances in one AZ, each with its own public
@@ -158,6 +204,8 @@ pub fn dev_ha(p: &Prices, azs: u32, gb: f64, egress_ips: u32) -> Estimate {
         item: format!("public IPv4 ({addresses})"),
         usd: f64::from(addresses) * p.public_ipv4_hour * HOURS_PER_MONTH,
     };
+    e.lines.truncate(5);
+    e.lines.extend(monitoring(p, 2));
     estimate("dev-ha", e.lines)
 }
 
@@ -215,6 +263,20 @@ fn gateways(env: &'static str, item: String, hour: f64, p: &Prices, azs: u32, gb
                 item: "cross-AZ transfer".into(),
                 usd: 0.0,
             },
+            // A NAT gateway's metrics (AWS/NATGateway) are free; natctl creates no
+            // alarms for it.
+            Line {
+                item: "CloudWatch metrics (0)".into(),
+                usd: 0.0,
+            },
+            Line {
+                item: "CloudWatch requests".into(),
+                usd: 0.0,
+            },
+            Line {
+                item: "CloudWatch alarms (0)".into(),
+                usd: 0.0,
+            },
         ],
     )
 }
@@ -262,11 +324,24 @@ mod tests {
         let one = dev(&p, 1, 100.0);
         let two = dev(&p, 2, 100.0);
         assert!((two.total_usd - one.total_usd - 100.0 * 0.5 * 0.01 * 2.0).abs() < 1e-9);
-        // 0.0084 x 730 + 0.08 x 8 + 0.005 x 730
+        // 0.0084 x 730 + 0.08 x 8 + 0.005 x 730, and CloudWatch: 15 metrics x 0.30,
+        // 43,800 requests x 0.01 / 1000, 5 alarms x 0.10.
         assert!(
-            (one.total_usd - (6.132 + 0.64 + 3.65)).abs() < 1e-9,
+            (one.total_usd - (6.132 + 0.64 + 3.65 + 4.5 + 0.438 + 0.5)).abs() < 1e-9,
             "{one:?}"
         );
+        let pair = dev_ha(&p, 1, 0.0, 1);
+        let line = |e: &Estimate, what: &str| {
+            e.lines
+                .iter()
+                .find(|l| l.item.starts_with(what))
+                .map(|l| l.usd)
+                .expect(what)
+        };
+        // A pair: the stack's and each member's metrics, two publishers, six alarms.
+        assert!((line(&pair, "CloudWatch metrics (48)") - 14.4).abs() < 1e-9);
+        assert!((line(&pair, "CloudWatch requests") - 0.876).abs() < 1e-9);
+        assert!((line(&pair, "CloudWatch alarms (6)") - 0.6).abs() < 1e-9);
     }
 
     #[test]

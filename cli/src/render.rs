@@ -647,6 +647,47 @@ pub fn status_text(st: &Status) -> String {
             if l.endpoint_private_dns { " with private DNS" } else { " WITHOUT private DNS" },
         ));
     }
+    if !st.metrics.is_empty() {
+        let shown: Vec<String> = st
+            .metrics
+            .iter()
+            .map(|m| {
+                let v = if m.metric.starts_with("Bytes") {
+                    bytes(m.value)
+                } else if m.metric.ends_with("Percent") {
+                    format!("{:.1} %", m.value)
+                } else {
+                    format!("{}", m.value.round() as i64)
+                };
+                format!("{} {v}", m.metric)
+            })
+            .collect();
+        let at = st.metrics.iter().map(|m| m.at.as_str()).max().unwrap_or("");
+        s.push_str(&format!(
+            "  metrics (newest minute, {at}): {}\n",
+            shown.join(", ")
+        ));
+    }
+    if !st.alarms.is_empty() {
+        let firing: Vec<&str> = st
+            .alarms
+            .iter()
+            .filter(|a| a.state == "ALARM")
+            .map(|a| a.name.as_str())
+            .collect();
+        if firing.is_empty() {
+            s.push_str(&format!(
+                "  alarms: {} set, none in ALARM\n",
+                st.alarms.len()
+            ));
+        } else {
+            s.push_str(&format!(
+                "  alarms: {} set, IN ALARM: {}\n",
+                st.alarms.len(),
+                firing.join(", ")
+            ));
+        }
+    }
     if st.route_tables.is_empty() {
         s.push_str(&format!(
             "  no route table tagged {EGRESS_TAG}={0} or {ROUTES_TAG}={0}\n",
@@ -654,6 +695,22 @@ pub fn status_text(st: &Status) -> String {
         ));
     }
     s.trim_end().to_string()
+}
+
+/// A byte count for people (decimal units, as CloudWatch's console shows them).
+fn bytes(b: f64) -> String {
+    let units = ["B", "kB", "MB", "GB", "TB"];
+    let mut v = b;
+    let mut i = 0;
+    while v >= 1000.0 && i + 1 < units.len() {
+        v /= 1000.0;
+        i += 1;
+    }
+    if i == 0 {
+        format!("{} B", v.round() as i64)
+    } else {
+        format!("{v:.1} {}", units[i])
+    }
 }
 
 /// One answer, in a few words.
@@ -795,7 +852,9 @@ pub fn cost_text(
     s.pop();
     s.push_str(&format!(
         "\nPrices used (override with --price KEY=VALUE): nat_gateway_hour={} nat_gateway_gb={} \
-regional_nat_gateway_az_hour={} public_ipv4_hour={} instance_hour={} ebs_gb_month={} ebs_gb={} cross_az_gb={}\n\
+regional_nat_gateway_az_hour={} public_ipv4_hour={} instance_hour={} ebs_gb_month={} ebs_gb={} cross_az_gb={} \
+metric_month={} metric_requests_1000={} alarm_month={}\n\
+CloudWatch: natd publishes its metrics itself (a pair: per stack and per member; error counters are billed only in hours they count) and natctl sets its alarms; a NAT gateway's metrics are free.\n\
 A regional NAT gateway is billed per hour in each AZ it is active in, with an AWS-provided address per AZ.\n\
 dev-ha is the hot standby pair (setup --env dev --ha; one egress address, add one public IPv4 per --egress-ips): failover in about a second, open connections kept.\n\
 Internet data transfer out is charged the same for all and not included.",
@@ -806,7 +865,10 @@ Internet data transfer out is charged the same for all and not included.",
         p.instance_hour,
         p.ebs_gb_month,
         p.ebs_gb,
-        p.cross_az_gb
+        p.cross_az_gb,
+        p.metric_month,
+        p.metric_requests_1000,
+        p.alarm_month
     ));
     s
 }

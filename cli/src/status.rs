@@ -268,6 +268,114 @@ pub struct Facts {
     pub tables: Vec<TableFacts>,
     /// The Lambda wiring.
     pub lambda: Option<Wiring>,
+    /// natd's latest published values (a NAT-instance stack).
+    pub metrics: Vec<MetricValue>,
+    /// The stack's alarms and their states.
+    pub alarms: Vec<AlarmSummary>,
+}
+
+/// A metric's latest value in CloudWatch (the stack's dimension, one-minute points).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct MetricValue {
+    /// The metric (natd_contract::metrics).
+    pub metric: String,
+    /// Its latest minute's value (Sum of a count, Maximum of a level, Minimum of a 0/1
+    /// flag).
+    pub value: f64,
+    /// That minute, RFC 3339.
+    pub at: String,
+}
+
+impl Eq for MetricValue {}
+
+/// One of the stack's alarms.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct AlarmSummary {
+    /// Its name.
+    pub name: String,
+    /// OK, ALARM or INSUFFICIENT_DATA.
+    pub state: String,
+}
+
+/// The metrics `status` shows, with the statistic of one minute.
+pub const SHOWN: [(&str, &str); 9] = [
+    (natd_contract::metrics::ACTIVE_CONNECTIONS, "Maximum"),
+    (natd_contract::metrics::BYTES_OUT_TO_DESTINATION, "Sum"),
+    (natd_contract::metrics::BYTES_IN_FROM_DESTINATION, "Sum"),
+    (natd_contract::metrics::CONNTRACK_USED_PERCENT, "Maximum"),
+    (natd_contract::metrics::PORTS_BUSIEST_DESTINATION, "Maximum"),
+    (natd_contract::metrics::ERROR_PORT_ALLOCATION, "Sum"),
+    (natd_contract::metrics::ALLOWANCE_EXCEEDED, "Sum"),
+    (natd_contract::metrics::DATA_PLANE_OK, "Minimum"),
+    (natd_contract::metrics::STANDBY_READY, "Minimum"),
+];
+
+/// natd's latest values for `stack`: each shown metric's newest minute within the last
+/// 15 minutes (a quiet counter with no point there is left out: it counted nothing).
+pub async fn latest_metrics(c: &Clients, stack: &str) -> Result<Vec<MetricValue>, Error> {
+    use aws_sdk_cloudwatch::types::{Dimension, Metric, MetricDataQuery, MetricStat};
+    let now = std::time::SystemTime::now();
+    let mut req =
+        c.cw.get_metric_data()
+            .start_time(aws_sdk_cloudwatch::primitives::DateTime::from(
+                now - std::time::Duration::from_secs(15 * 60),
+            ))
+            .end_time(aws_sdk_cloudwatch::primitives::DateTime::from(
+                now + std::time::Duration::from_secs(60),
+            ))
+            .scan_by(aws_sdk_cloudwatch::types::ScanBy::TimestampDescending);
+    for (i, (metric, stat)) in SHOWN.iter().enumerate() {
+        req = req.metric_data_queries(
+            MetricDataQuery::builder()
+                .id(format!("m{i}"))
+                .metric_stat(
+                    MetricStat::builder()
+                        .metric(
+                            Metric::builder()
+                                .namespace(natd_contract::metrics::NAMESPACE)
+                                .metric_name(*metric)
+                                .dimensions(
+                                    Dimension::builder()
+                                        .name(natd_contract::metrics::STACK_DIMENSION)
+                                        .value(stack)
+                                        .build(),
+                                )
+                                .build(),
+                        )
+                        .period(natd_contract::metrics::PERIOD_SECS)
+                        .stat(*stat)
+                        .build(),
+                )
+                .return_data(true)
+                .build(),
+        );
+    }
+    let r = req
+        .send()
+        .await
+        .map_err(crate::aws::err("GetMetricData", stack))?;
+    let mut out = Vec::new();
+    for (i, (metric, _)) in SHOWN.iter().enumerate() {
+        let id = format!("m{i}");
+        let Some(res) = r.metric_data_results().iter().find(|x| x.id() == Some(&id)) else {
+            continue;
+        };
+        let newest = res
+            .timestamps()
+            .iter()
+            .zip(res.values())
+            .max_by_key(|(t, _)| t.secs());
+        if let Some((t, v)) = newest {
+            out.push(MetricValue {
+                metric: metric.to_string(),
+                value: *v,
+                at: t
+                    .fmt(aws_smithy_types::date_time::Format::DateTime)
+                    .unwrap_or_default(),
+            });
+        }
+    }
+    Ok(out)
 }
 
 impl Facts {
@@ -293,6 +401,10 @@ pub struct Status {
     pub route_tables: Vec<RouteTable>,
     /// The Lambda wiring, when the stack has one.
     pub lambda: Option<Wiring>,
+    /// natd's latest published values.
+    pub metrics: Vec<MetricValue>,
+    /// The stack's alarms.
+    pub alarms: Vec<AlarmSummary>,
     /// Egress works for every table (and there is at least one).
     pub healthy: bool,
 }
@@ -346,6 +458,8 @@ pub fn assess(f: Facts) -> Status {
         gateways: f.gateways,
         route_tables,
         lambda: f.lambda,
+        metrics: f.metrics,
+        alarms: f.alarms,
         healthy,
     }
 }
@@ -473,12 +587,35 @@ pub async fn read(c: &Clients, stack: &str) -> Result<Facts, Error> {
             }
         })
         .collect();
+    // natd's numbers and the alarms, where CloudWatch lets us read them (a caller
+    // without cloudwatch:GetMetricData still sees the rest).
+    let (metrics, alarms) = if instances.is_empty() {
+        (Vec::new(), Vec::new())
+    } else {
+        (
+            latest_metrics(c, stack).await.unwrap_or_default(),
+            crate::parts::alarms::read(c, stack)
+                .await
+                .map(|o| {
+                    o.alarms
+                        .into_iter()
+                        .map(|a| AlarmSummary {
+                            name: a.name,
+                            state: a.state,
+                        })
+                        .collect()
+                })
+                .unwrap_or_default(),
+        )
+    };
     Ok(Facts {
         stack: stack.to_string(),
         instances,
         gateways,
         tables,
         lambda: wiring(c, stack).await?,
+        metrics,
+        alarms,
     })
 }
 
@@ -839,6 +976,8 @@ mod tests {
             gateways: vec![],
             tables,
             lambda: None,
+            metrics: vec![],
+            alarms: vec![],
         };
         assert!(!assess(facts(vec![])).healthy, "no table: nothing routed");
         assert!(assess(facts(vec![table(Some("eni-1"), Some("active"))])).healthy);

@@ -10,6 +10,7 @@
 //! works, but wider open or more fragile than it needs to be; **advice** — a best
 //! practice with its reason. `--strict` makes any finding exit 3.
 
+pub mod alarms;
 pub mod iam;
 pub mod net;
 pub mod pairs;
@@ -184,6 +185,8 @@ pub struct Facts {
     pub natd_pending: BTreeMap<String, String>,
     /// The hot standby pairs whose route tables are in the VPC.
     pub pairs: Vec<pairs::Pair>,
+    /// The NAT-instance stacks whose route tables are in the VPC, with their alarms.
+    pub stack_alarms: Vec<alarms::StackAlarms>,
     /// What the account and region say about logging and capacity, where doctor could
     /// read it.
     pub region: RegionFacts,
@@ -1157,6 +1160,7 @@ pub fn diagnose(f: &Facts) -> Diagnosis {
     }
     out.extend(vpc_findings(f));
     out.extend(pairs::findings(f));
+    out.extend(alarms::findings(&f.stack_alarms));
     // One finding per (check, resource, problem).
     let mut seen = BTreeSet::new();
     out.retain(|x| seen.insert((x.check, x.resource.clone(), x.problem.clone())));

@@ -259,6 +259,7 @@ pub async fn read(c: &Clients, vpc: &str, function: Option<&str>) -> Result<Fact
         }
     }
     f.pairs = pairs(c, &tables).await?;
+    f.stack_alarms = stack_alarms(c, &tables).await;
     let acls = c
         .ec2
         .describe_network_acls()
@@ -657,6 +658,33 @@ async fn region_facts(c: &Clients, vpc: &str, subnets: &[String]) -> RegionFacts
         }
     }
     r
+}
+
+/// The alarms of the NAT-instance stacks whose tables are tagged in the VPC; a stack
+/// whose alarms CloudWatch does not show (no permission) has `None`.
+async fn stack_alarms(
+    c: &Clients,
+    tables: &[aws_sdk_ec2::types::RouteTable],
+) -> Vec<super::alarms::StackAlarms> {
+    let stacks: std::collections::BTreeSet<String> = tables
+        .iter()
+        .filter_map(|t| tag_value(t.tags(), natd_contract::EGRESS_TAG).map(str::to_string))
+        .collect();
+    let mut out = Vec::new();
+    for stack in stacks {
+        let alarms = crate::parts::alarms::read(c, &stack).await.ok().map(|o| {
+            o.alarms
+                .into_iter()
+                .map(|a| super::alarms::AlarmState {
+                    name: a.name,
+                    state: a.state,
+                    reason: a.reason,
+                })
+                .collect()
+        });
+        out.push(super::alarms::StackAlarms { stack, alarms });
+    }
+    out
 }
 
 /// The hot standby pairs of the stacks whose tables are tagged in the VPC: a stack is a

@@ -203,6 +203,7 @@ fn good() -> Facts {
         .into(),
         natd_pending: BTreeMap::new(),
         pairs: Vec::new(),
+        stack_alarms: Vec::new(),
         region: RegionFacts {
             flow_logs: Some(true),
             trail_logging: Some(true),
