@@ -7,6 +7,10 @@ Extensions, each matching documented AWS behaviour:
   query only; see "CloudWatch: Smithy RPC v2 CBOR"); PutMetricData enforces AWS's
   limits (1,000 metrics and 1 MB per request, 30 dimensions, time stamps within two
   weeks back and two hours ahead).
+- CloudWatch evaluates metric alarms, as AWS does once a period (moto never does):
+  see "CloudWatch alarms are evaluated"; NATD_EMU_ALARM_EVAL_SECS (default 60).
+- An outage can be limited to one service (`/natd-test/outage?...&service=monitoring`:
+  CloudWatch alone refuses natd).
 - Each request is applied atomically, as AWS applies it: of concurrent creates of one
   unique name (a launch template, natctl's stack lock) exactly one succeeds; moto alone
   checks and inserts in separate steps on its request threads.
@@ -1516,7 +1520,9 @@ def _create_aws_request(self):
         # A Smithy RPC v2 CBOR request translated for moto: the signature is over the
         # request as the client sent it.
         self._path, self._body = original["path"], original["body"]
-        headers = {k: v for k, v in dict(self._headers).items() if k.lower() not in ("content-type", "content-length")}
+        headers = {
+            k: v for k, v in dict(self._headers).items() if k.lower() not in ("content-type", "content-length", "content-encoding")
+        }
         headers.update(original["headers"])
         self._headers = headers
         return _orig_create_aws_request(self)
@@ -1526,6 +1532,24 @@ def _create_aws_request(self):
 
 
 access_control.IAMRequestBase._create_aws_request = _create_aws_request
+
+# IAM names an action by its service prefix, which is not always the signing name:
+# CloudWatch signs as "monitoring" and its actions are "cloudwatch:..." (Service
+# Authorization Reference, Amazon CloudWatch: "service prefix: cloudwatch"). moto
+# derives the action from the signing name, so a policy granting
+# cloudwatch:PutMetricData would never match.
+_ACTION_PREFIX = {"monitoring": "cloudwatch"}
+_orig_iam_request_init = access_control.IAMRequestBase.__init__
+
+
+def _iam_request_init(self, *args, **kwargs):
+    _orig_iam_request_init(self, *args, **kwargs)
+    service, _, action = self._action.partition(":")
+    if service in _ACTION_PREFIX:
+        self._action = f"{_ACTION_PREFIX[service]}:{action}"
+
+
+access_control.IAMRequestBase.__init__ = _iam_request_init
 
 
 # --- Limits AWS enforces ----------------------------------------------------------------
@@ -1827,7 +1851,7 @@ _cut = {"left": None}
 # `agent` (natd sends "app/natd") fail for `secs` seconds, either at once with 503
 # ("refuse", as an overloaded or unreachable service answers) or only after hanging
 # until the outage ends ("hang", as a black-holed endpoint behaves).
-_outage = {"until": 0.0, "mode": "refuse", "agent": "app/natd"}
+_outage = {"until": 0.0, "mode": "refuse", "agent": "app/natd", "service": ""}
 
 
 def _mutating(op):
@@ -2000,14 +2024,26 @@ def _cbor_request(environ, body):
     if not m:
         return None
     service, op = m.groups()
-    doc = _jsonable(cbor2.loads(body)) if body else {}
+    # The SDKs gzip a PutMetricData body above 10 KiB (the operation's
+    # requestCompression trait); the signature covers the compressed bytes.
+    encoding = environ.get("HTTP_CONTENT_ENCODING", "")
+    plain = body
+    if "gzip" in encoding.lower() and body:
+        import gzip
+
+        plain = gzip.decompress(body)
+    doc = _jsonable(cbor2.loads(plain)) if plain else {}
+    headers = {
+        "Content-Type": environ.get("CONTENT_TYPE", ""),
+        "Content-Length": environ.get("CONTENT_LENGTH", ""),
+    }
+    if encoding:
+        headers["Content-Encoding"] = encoding
+        environ.pop("HTTP_CONTENT_ENCODING", None)
     _raw.cbor = {
         "path": environ.get("PATH_INFO", ""),
         "body": body,
-        "headers": {
-            "Content-Type": environ.get("CONTENT_TYPE", ""),
-            "Content-Length": environ.get("CONTENT_LENGTH", ""),
-        },
+        "headers": headers,
     }
     _raw.cbor_doc = doc
     new = json.dumps(doc).encode()
@@ -2022,6 +2058,10 @@ def _cbor_request(environ, body):
 
 def _cbor_answer(op, status, headers, body):
     """moto's JSON answer to a translated request, in CBOR."""
+    # NATD_EMU_DEBUG_CBOR=FILE: every translated answer, as moto gave it, for debugging.
+    if os.environ.get("NATD_EMU_DEBUG_CBOR"):
+        with open(os.environ["NATD_EMU_DEBUG_CBOR"], "a") as f:
+            f.write(f"{op} {status} {headers} {body!r}\n")
     try:
         doc = json.loads(body) if body.strip() else {}
     except ValueError:
@@ -2033,6 +2073,18 @@ def _cbor_answer(op, status, headers, body):
             shape = None
         out = _to_cbor_value(shape, doc) if shape is not None else {}
     else:
+        if not doc and body.lstrip().startswith(b"<"):
+            # moto's authorization errors are XML whatever the protocol.
+            import xml.etree.ElementTree as ET
+
+            try:
+                root = ET.fromstring(body)
+                doc = {
+                    "__type": root.findtext(".//Code") or "",
+                    "message": root.findtext(".//Message") or "",
+                }
+            except ET.ParseError:
+                doc = {}
         code = doc.get("__type") or doc.get("code") or "InternalFailure"
         out = {"__type": code.rsplit("#", 1)[-1], "message": doc.get("message") or doc.get("Message") or ""}
     data = cbor2.dumps(out)
@@ -2139,6 +2191,7 @@ def _dispatch_inner(self, environ, start_response):
             until=time.monotonic() + float(q.get("secs", ["0"])[0]),
             mode=q.get("mode", ["refuse"])[0],
             agent=q.get("agent", ["app/natd"])[0],
+            service=q.get("service", [""])[0],
         )
         return _answer(start_response, "200 OK", b"{}")
     if not path.startswith("/moto-api"):
@@ -2165,7 +2218,7 @@ def _dispatch_inner(self, environ, start_response):
             return [answer]
         agent = environ.get("HTTP_USER_AGENT", "") + " " + environ.get("HTTP_X_AMZ_USER_AGENT", "")
         left = _outage["until"] - time.monotonic()
-        if left > 0 and _outage["agent"] in agent:
+        if left > 0 and _outage["agent"] in agent and _outage["service"] in ("", _service(environ)):
             if _outage["mode"] == "hang":
                 time.sleep(left)
             return _answer(
@@ -2179,6 +2232,125 @@ def _dispatch_inner(self, environ, start_response):
             _cut["left"] -= 1
         return _consistent(self, environ, start_response, op, body, agent)
     return _apply(self, environ, start_response)
+
+
+# --- CloudWatch alarms are evaluated ----------------------------------------------------
+# AWS evaluates a metric alarm once a period: the statistic of each of its last
+# EvaluationPeriods periods against the threshold, ALARM when DatapointsToAlarm of them
+# breach, a period without data counted as TreatMissingData says (breaching,
+# notBreaching, ignore: the state stays, missing: INSUFFICIENT_DATA when all are)
+# ("Using Amazon CloudWatch alarms", "Evaluating an alarm", "Configuring how CloudWatch
+# alarms treat missing data"). SetAlarmState sets a state "temporarily ... the alarm
+# returns to its actual state" at its next evaluation. moto never evaluates: an alarm
+# stays OK whatever its metric does. Here each alarm is evaluated when read
+# (DescribeAlarms) or after PutMetricData, at most once per NATD_EMU_ALARM_EVAL_SECS
+# (default 60, AWS's cadence for one-minute alarms) since its last evaluation or state
+# change.
+from moto.cloudwatch import models as _cw_models  # noqa: E402
+
+ALARM_EVAL_SECS = float(os.environ.get("NATD_EMU_ALARM_EVAL_SECS", "60"))
+_alarm_evaluated = {}
+
+
+def _stat(values, stat):
+    if stat == "Sum":
+        return sum(values)
+    if stat == "Maximum":
+        return max(values)
+    if stat == "Minimum":
+        return min(values)
+    if stat == "SampleCount":
+        return float(len(values))
+    return sum(values) / len(values)
+
+
+def _breaches(op, value, threshold):
+    return {
+        "GreaterThanThreshold": value > threshold,
+        "GreaterThanOrEqualToThreshold": value >= threshold,
+        "LessThanThreshold": value < threshold,
+        "LessThanOrEqualToThreshold": value <= threshold,
+    }.get(op, False)
+
+
+def _evaluate(backend, alarm, now):
+    import datetime
+
+    if alarm.rule is not None or not alarm.metric_name or alarm.metric_data_queries:
+        return
+    key = (id(backend), alarm.name)
+    last = max(_alarm_evaluated.get(key, 0.0), alarm.state_updated_timestamp.replace(tzinfo=datetime.timezone.utc).timestamp() if alarm.state_updated_timestamp.tzinfo is None else alarm.state_updated_timestamp.timestamp())
+    if now - last < ALARM_EVAL_SECS:
+        return
+    _alarm_evaluated[key] = now
+    period = int(alarm.period or 60)
+    periods = int(alarm.evaluation_periods or 1)
+    needed = int(alarm.datapoints_to_alarm or periods)
+    want = sorted((d.name, d.value) for d in alarm.dimensions)
+    points = []
+    for d in backend.metric_data:
+        if d.namespace != alarm.namespace or d.name != alarm.metric_name or not hasattr(d, "value"):
+            continue
+        if sorted((x.name, x.value) for x in d.dimensions) != want:
+            continue
+        ts = d.timestamp
+        if isinstance(ts, str):
+            ts = datetime.datetime.fromisoformat(ts.replace("Z", "+00:00"))
+        if ts.tzinfo is None:
+            ts = ts.replace(tzinfo=datetime.timezone.utc)
+        points.append((ts.timestamp(), float(d.value)))
+    breaching, missing, seen = 0, 0, []
+    for i in range(periods):
+        hi, lo = now - i * period, now - (i + 1) * period
+        values = [v for t, v in points if lo < t <= hi]
+        if not values:
+            missing += 1
+            if alarm.treat_missing_data == "breaching":
+                breaching += 1
+            continue
+        v = _stat(values, alarm.statistic or "Average")
+        seen.append(v)
+        if _breaches(alarm.comparison_operator, v, float(alarm.threshold)):
+            breaching += 1
+    treat = alarm.treat_missing_data or "missing"
+    if missing == periods and treat in ("missing", "ignore"):
+        state = "INSUFFICIENT_DATA" if treat == "missing" else alarm.state_value
+    else:
+        state = "ALARM" if breaching >= needed else "OK"
+    if state != alarm.state_value:
+        shown = ", ".join(f"{v:g}" for v in seen) or "no datapoints"
+        verb = "Crossed" if state == "ALARM" else "Not Crossed" if state == "OK" else "Insufficient Data"
+        alarm.update_state(
+            f"Threshold {verb}: {len(seen)} datapoint(s) [{shown}] compared with the threshold ({float(alarm.threshold):g}).",
+            json.dumps({"version": "1.0", "evaluatedDatapoints": seen}),
+            state,
+        )
+
+
+def _evaluate_all(backend):
+    now = time.time()
+    for alarm in list(backend.alarms.values()):
+        _evaluate(backend, alarm, now)
+
+
+_orig_describe_alarms_response = _cw_responses.CloudWatchResponse.describe_alarms
+
+
+def _describe_alarms_evaluated(self):
+    _evaluate_all(self.cloudwatch_backend)
+    return _orig_describe_alarms_response(self)
+
+
+_cw_responses.CloudWatchResponse.describe_alarms = _describe_alarms_evaluated
+_orig_cw_put = _cw_models.CloudWatchBackend.put_metric_data
+
+
+def _put_metric_data_evaluated(self, namespace, metric_data):
+    _orig_cw_put(self, namespace, metric_data)
+    _evaluate_all(self)
+
+
+_cw_models.CloudWatchBackend.put_metric_data = _put_metric_data_evaluated
 
 
 DomainDispatcherApplication.__call__ = _dispatch

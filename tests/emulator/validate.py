@@ -402,7 +402,10 @@ def _query_error(e):
 
 
 def _json_error(service, e):
-    code = "InvalidParameterException" if service == "logs" else "ValidationException"
+    # CloudWatch is query-compatible (awsQueryCompatible): it answers a constraint
+    # violation with the query protocol's InvalidParameterValue, whichever protocol
+    # carried the request.
+    code = {"logs": "InvalidParameterException", "cloudwatch": "InvalidParameterValue"}.get(service, "ValidationException")
     body = json.dumps({"__type": code, "message": e.message})
     return "400 Bad Request", "application/x-amz-json-1.1", body.encode(), code
 

@@ -187,8 +187,10 @@ impl Emulator {
 
     /// An emulator for the lab: natctl's and natd's reads are eventually consistent, as
     /// in every test (the pair's decisions allow for it: `consistency_window_ms`).
+    /// CloudWatch evaluates the alarms every 5 s instead of every minute
+    /// (`NATD_EMU_ALARM_EVAL_SECS`), so a lab test sees an alarm fire in seconds.
     pub fn for_lab() -> Self {
-        Self::start()
+        Self::start_env(None, &[("NATD_EMU_ALARM_EVAL_SECS", "5")])
     }
 
     /// How many reads the emulator answered from an older state (eventual consistency,
@@ -238,6 +240,14 @@ impl Emulator {
     pub fn natd_outage(&self, secs: f64, hang: bool) {
         let mode = if hang { "hang" } else { "refuse" };
         self.get(&format!("/natd-test/outage?secs={secs}&mode={mode}"));
+    }
+
+    /// Makes CloudWatch alone unavailable to natd for `secs` seconds (answered 503):
+    /// EC2, Auto Scaling and IMDS answer as usual.
+    pub fn cloudwatch_outage(&self, secs: f64) {
+        self.get(&format!(
+            "/natd-test/outage?secs={secs}&mode=refuse&service=monitoring"
+        ));
     }
 
     fn get(&self, path: &str) -> String {

@@ -1079,6 +1079,23 @@ impl Lab {
             .unwrap();
     }
 
+    /// Sets the ENA driver's counters natd reads on `instance` (the rest stay 0, and
+    /// `conntrack_allowance_available` at its stand-in value unless given).
+    pub fn set_ena(&self, instance: &str, counters: &[(&str, u64)]) {
+        let values: BTreeMap<String, u64> =
+            counters.iter().map(|(k, v)| (k.to_string(), *v)).collect();
+        // Beside the instance's log and configuration (`{id}.ena`).
+        let log = self
+            .shared
+            .lock()
+            .unwrap()
+            .instances
+            .get(instance)
+            .map(|(_, l)| l.clone())
+            .unwrap_or_else(|| panic!("no instance {instance}"));
+        std::fs::write(log.with_extension("ena"), ena_stats(&values)).unwrap();
+    }
+
     /// Kills (SIGKILL) natd on `instance`, as a crash would.
     pub fn kill_natd(&self, instance: &str) {
         for p in self.natd_pids(instance) {
@@ -2149,17 +2166,26 @@ impl Fabric {
         ns.forward_loopback(imds.port);
         let config = self.dir.path().join(format!("{id}.toml"));
         let systemd = self.shared.lock().unwrap().systemd;
+        // The ENA driver's statistics, as `ethtool -S` prints them: a stand-in file the
+        // tests raise (Lab::set_ena); natd reads it instead of running ethtool.
+        let ena = config.with_extension("ena");
+        std::fs::write(&ena, ena_stats(&BTreeMap::new())).unwrap();
+        let ena_in_natd = if systemd {
+            crate::machine::ENA_IN_MACHINE.to_string()
+        } else {
+            ena.display().to_string()
+        };
         std::fs::write(
             &config,
             format!(
-                "stack = \"{stack}\"\nimds_endpoint = \"http://127.0.0.1:{}\"\naws_endpoint_url = \"http://{INTERNET}:{}\"\n{}{}{user_config}",
+                "stack = \"{stack}\"\nimds_endpoint = \"http://127.0.0.1:{}\"\naws_endpoint_url = \"http://{INTERNET}:{}\"\nena_stats_file = \"{ena_in_natd}\"\n{}{}{user_config}",
                 imds.port,
                 self.emu.port,
                 if self.shared.lock().unwrap().as_deployed {
                     String::new()
                 } else {
                     format!(
-                        "interval_secs = 1\nunhealthy_after = 3\nprobe_targets = [\"{SERVER}\"]\nprobe_timeout_ms = 500\nstartup_attempts = 5\n"
+                        "interval_secs = 1\nunhealthy_after = 3\nprobe_targets = [\"{SERVER}\"]\nprobe_timeout_ms = 500\nstartup_attempts = 5\ncloudwatch_period_secs = 5\n"
                     )
                 },
                 if systemd {
@@ -2358,4 +2384,20 @@ fn start_natd(i: &mut Instance) {
             .spawn()
             .unwrap();
     i.natd = Some(child);
+}
+
+/// `ethtool -S` output of an ENA interface with `values` (the allowance counters natd
+/// reads; those not given are 0, `conntrack_allowance_available` 100,000).
+fn ena_stats(values: &BTreeMap<String, u64>) -> String {
+    let mut out = String::from("NIC statistics:\n     tx_timeout: 0\n");
+    for (driver, _) in natd_contract::metrics::ENA_ALLOWANCES {
+        let default = if driver == "conntrack_allowance_available" {
+            100_000
+        } else {
+            0
+        };
+        let v = values.get(driver).copied().unwrap_or(default);
+        out.push_str(&format!("     {driver}: {v}\n"));
+    }
+    out
 }

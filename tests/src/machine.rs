@@ -21,6 +21,9 @@ use std::time::{Duration, Instant};
 
 /// The units' binary path inside the container.
 const NATD_IN_MACHINE: &str = "/opt/natd/natd";
+/// Where natd reads the lab's stand-in for the ENA driver's statistics inside the
+/// container (the instance's `.ena` file beside its configuration).
+pub const ENA_IN_MACHINE: &str = "/etc/natd/ena-stats";
 
 /// What the lab's log follower and target add to the shipped units.
 const LAB_TARGET: &str = "[Unit]\n\
@@ -119,6 +122,10 @@ impl Machine {
             ),
             format!("--bind-ro={}:{NATD_IN_MACHINE}", natd.display()),
             format!("--bind-ro={}:/etc/natd/natd.toml", config.display()),
+            format!(
+                "--bind-ro={}:{ENA_IN_MACHINE}",
+                config.with_extension("ena").display()
+            ),
             format!("--bind={}:/var/log/natd-lab.log", log.display()),
         ];
         for name in ["natd.service", "natd-unhealthy.service"] {

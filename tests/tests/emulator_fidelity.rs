@@ -441,7 +441,10 @@ async fn lambda_holds_its_network_interfaces_for_a_while_after_leaving_a_vpc() {
 
 #[tokio::test]
 async fn security_groups_are_set_as_ec2_sets_them() {
-    let emu = Emulator::start();
+    // The terminated instance's interface holds its group 8 s here (2 by default):
+    // long enough for the two AWS CLI processes between the termination and the first
+    // delete on a loaded machine.
+    let emu = Emulator::start_env(None, &[("NATD_EMU_INSTANCE_ENI_RELEASE_SECS", "8")]);
     let w = World::new(&emu.sdk()).await;
     // The VPC's default group admits its own members.
     let filter = format!("Name=vpc-id,Values={}", w.vpc);
@@ -1410,4 +1413,122 @@ async fn a_name_unique_create_succeeds_once_however_many_ask_at_once() {
         }
         assert_eq!(won, 1, "round {round}: {won} creates of {name} succeeded");
     }
+}
+
+fn datum(name: &str, dims: usize) -> aws_sdk_cloudwatch::types::MetricDatum {
+    let mut d = aws_sdk_cloudwatch::types::MetricDatum::builder()
+        .metric_name(name)
+        .value(1.0);
+    for i in 0..dims {
+        d = d.dimensions(
+            aws_sdk_cloudwatch::types::Dimension::builder()
+                .name(format!("D{i}"))
+                .value("v")
+                .build(),
+        );
+    }
+    d.build()
+}
+
+/// CloudWatch through the Rust SDK (Smithy RPC v2 CBOR, as it calls CloudWatch):
+/// PutMetricData's limits are AWS's (1,000 metrics a request, 30 dimensions, no point
+/// older than two weeks), and alarms are evaluated on their metric: a breaching sum
+/// fires one, a quiet one stays OK, and a state set by hand lasts until the next
+/// evaluation.
+#[tokio::test]
+async fn cloudwatch_refuses_what_aws_refuses_and_evaluates_alarms() {
+    let emu = Emulator::start_env(None, &[("NATD_EMU_ALARM_EVAL_SECS", "2")]);
+    let cw = aws_sdk_cloudwatch::Client::new(&emu.sdk());
+    let put = |data: Vec<aws_sdk_cloudwatch::types::MetricDatum>| {
+        cw.put_metric_data()
+            .namespace("natd")
+            .set_metric_data(Some(data))
+            .send()
+    };
+    put((0..1000).map(|_| datum("A", 1)).collect())
+        .await
+        .expect("1,000 metrics in one request");
+    let r = put((0..1001).map(|_| datum("A", 1)).collect()).await;
+    assert_eq!(code(&r), "InvalidParameterValue");
+    put(vec![datum("A", 30)]).await.expect("30 dimensions");
+    assert_eq!(
+        code(&put(vec![datum("A", 31)]).await),
+        "InvalidParameterValue"
+    );
+    let old = aws_sdk_cloudwatch::types::MetricDatum::builder()
+        .metric_name("A")
+        .value(1.0)
+        .timestamp(aws_sdk_cloudwatch::primitives::DateTime::from(
+            std::time::SystemTime::now() - Duration::from_secs(15 * 24 * 3600),
+        ))
+        .build();
+    assert_eq!(code(&put(vec![old]).await), "InvalidParameterValue");
+
+    let alarm = |name: &'static str, metric: &'static str| {
+        cw.put_metric_alarm()
+            .alarm_name(name)
+            .namespace("natd")
+            .metric_name(metric)
+            .statistic(aws_sdk_cloudwatch::types::Statistic::Sum)
+            .comparison_operator(
+                aws_sdk_cloudwatch::types::ComparisonOperator::GreaterThanThreshold,
+            )
+            .threshold(0.0)
+            .period(60)
+            .evaluation_periods(1)
+            .treat_missing_data("notBreaching")
+            .dimensions(
+                aws_sdk_cloudwatch::types::Dimension::builder()
+                    .name("StackName")
+                    .value("s")
+                    .build(),
+            )
+            .send()
+    };
+    alarm("fires", "ErrorPortAllocation").await.unwrap();
+    alarm("quiet", "AllowanceExceeded").await.unwrap();
+    let state = |name: &'static str| {
+        let cw = cw.clone();
+        async move {
+            cw.describe_alarms()
+                .alarm_names(name)
+                .send()
+                .await
+                .unwrap()
+                .metric_alarms()[0]
+                .state_value()
+                .map(|s| s.as_str().to_string())
+                .unwrap_or_default()
+        }
+    };
+    let errors = aws_sdk_cloudwatch::types::MetricDatum::builder()
+        .metric_name("ErrorPortAllocation")
+        .value(3.0)
+        .dimensions(
+            aws_sdk_cloudwatch::types::Dimension::builder()
+                .name("StackName")
+                .value("s")
+                .build(),
+        )
+        .build();
+    put(vec![errors]).await.unwrap();
+    natd_tests::eventually(Duration::from_secs(10), "the alarm fires", || async {
+        (state("fires").await == "ALARM").then_some(())
+    })
+    .await;
+    assert_eq!(state("quiet").await, "OK");
+    cw.set_alarm_state()
+        .alarm_name("quiet")
+        .state_value(aws_sdk_cloudwatch::types::StateValue::Alarm)
+        .state_reason("testing")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(state("quiet").await, "ALARM", "set by hand");
+    natd_tests::eventually(
+        Duration::from_secs(10),
+        "back to its actual state",
+        || async { (state("quiet").await == "OK").then_some(()) },
+    )
+    .await;
 }

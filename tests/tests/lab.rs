@@ -1909,3 +1909,188 @@ async fn a_broken_sync_channel_is_found_reported_and_healed_and_the_copy_keeps_e
     assert_eq!(before, after, "translations changed at the failover");
     lab.shutdown();
 }
+
+/// The stack's metrics in CloudWatch for `dimensions` (name, value): metric names.
+fn metric_names(lab: &Lab, dimensions: &[(&str, &str)]) -> Vec<String> {
+    let v = lab
+        .emu
+        .aws(&["cloudwatch", "list-metrics", "--namespace", "natd"]);
+    v["Metrics"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|m| {
+            let d = m["Dimensions"].as_array().unwrap();
+            d.len() == dimensions.len()
+                && dimensions
+                    .iter()
+                    .all(|(k, val)| d.iter().any(|x| x["Name"] == *k && x["Value"] == *val))
+        })
+        .filter_map(|m| m["MetricName"].as_str().map(str::to_string))
+        .collect()
+}
+
+/// The sum of `metric`'s points for `dimensions` over the last ten minutes.
+fn metric_sum(lab: &Lab, metric: &str, dimensions: &[(&str, &str)]) -> f64 {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let dims: Vec<String> = dimensions
+        .iter()
+        .map(|(k, v)| format!("Name={k},Value={v}"))
+        .collect();
+    let mut args = vec![
+        "cloudwatch".to_string(),
+        "get-metric-statistics".into(),
+        "--namespace".into(),
+        "natd".into(),
+        "--metric-name".into(),
+        metric.into(),
+        "--start-time".into(),
+        (now - 600).to_string(),
+        "--end-time".into(),
+        (now + 60).to_string(),
+        "--period".into(),
+        "60".into(),
+        "--statistics".into(),
+        "Sum".into(),
+        "--dimensions".into(),
+    ];
+    args.extend(dims);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let v = lab.emu.aws(&args);
+    v["Datapoints"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|d| d["Sum"].as_f64())
+        .sum()
+}
+
+fn alarm_state(lab: &Lab, name: &str) -> String {
+    let v = lab
+        .emu
+        .aws(&["cloudwatch", "describe-alarms", "--alarm-names", name]);
+    v["MetricAlarms"][0]["StateValue"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string()
+}
+
+/// A pair publishes like a NAT gateway, per stack and per member; an ENA allowance
+/// counter that rises moves its metric and sets the stack's alarm; with CloudWatch
+/// refusing natd for 30 s, forwarding and a failover go on, and the points of that
+/// time (the failover with its gap among them) arrive afterwards.
+#[tokio::test]
+async fn a_pair_is_watched_like_a_nat_gateway_and_a_cloudwatch_outage_changes_nothing() {
+    let _turn = beside().await;
+    let (mut lab, holder, standby) = systemd_pair(&[]).await;
+    let eip = stack_eip(&lab);
+    let stack = [("StackName", "lab")];
+    until("the pair's metrics", Duration::from_secs(60), async || {
+        let n = metric_names(&lab, &stack);
+        [
+            "ActiveConnectionCount",
+            "BytesOutToDestination",
+            "DataPlaneOk",
+            "StandbyReady",
+        ]
+        .iter()
+        .all(|m| n.contains(&m.to_string()))
+        .then_some(())
+    })
+    .await;
+    for member in [&holder, &standby] {
+        let per = [("StackName", "lab"), ("InstanceId", member.as_str())];
+        until("per member", Duration::from_secs(30), async || {
+            metric_names(&lab, &per)
+                .contains(&"DataPlaneOk".to_string())
+                .then_some(())
+        })
+        .await;
+    }
+    assert!(
+        lab.fetch_async(0).await.is_ok_and(|ip| ip == eip),
+        "egress by the Elastic IP"
+    );
+    until("traffic counted", Duration::from_secs(30), async || {
+        (metric_sum(&lab, "BytesOutToDestination", &stack) > 0.0).then_some(())
+    })
+    .await;
+
+    // The holder's instance runs into its packets-per-second allowance.
+    assert_ne!(alarm_state(&lab, "natd-lab-allowance-exceeded"), "ALARM");
+    lab.set_ena(&holder, &[("pps_allowance_exceeded", 40)]);
+    let (mut before, mut raised) = (0.0, 0.0);
+    until(
+        "the counter's growth published",
+        Duration::from_secs(30),
+        async || {
+            raised = metric_sum(&lab, "PpsAllowanceExceeded", &stack);
+            (raised > 0.0).then_some(())
+        },
+    )
+    .await;
+    // natd publishes the growth since its first reading (the file started at 0).
+    assert_eq!(raised, 40.0);
+    assert_eq!(metric_sum(&lab, "AllowanceExceeded", &stack), 40.0);
+    until("the alarm fires", Duration::from_secs(30), async || {
+        (alarm_state(&lab, "natd-lab-allowance-exceeded") == "ALARM").then_some(())
+    })
+    .await;
+
+    // CloudWatch refuses natd for 30 s; meanwhile the holder dies.
+    before += metric_sum(&lab, "FailoverCount", &stack);
+    lab.emu.cloudwatch_outage(30.0);
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    assert!(
+        lab.fetch_async(0).await.is_ok_and(|ip| ip == eip),
+        "forwarding goes on while CloudWatch refuses"
+    );
+    lab.crash(&holder);
+    until(
+        "egress after the failover",
+        Duration::from_secs(20),
+        async || (lab.fetch_async(0).await.ok()? == eip).then_some(()),
+    )
+    .await;
+    assert_eq!(holders(&lab), vec![standby.clone(), standby.clone()]);
+    assert_eq!(
+        metric_sum(&lab, "FailoverCount", &stack),
+        before,
+        "nothing reaches CloudWatch during the outage"
+    );
+    // After the outage the buffered points arrive: the failover, and the gap natd
+    // measured, on the stack and on the member that took over.
+    let member = [("StackName", "lab"), ("InstanceId", standby.as_str())];
+    until(
+        "the failover published",
+        Duration::from_secs(60),
+        async || {
+            (metric_sum(&lab, "FailoverCount", &member) >= 1.0
+                && metric_names(&lab, &member).contains(&"FailoverGapMilliseconds".to_string()))
+            .then_some(())
+        },
+    )
+    .await;
+    assert!(
+        lab.natd_log(&standby)
+            .contains("cannot publish metrics to CloudWatch"),
+        "{}",
+        lab.natd_log(&standby)
+    );
+    until_logged(
+        &lab,
+        &standby,
+        "CloudWatch takes metrics again",
+        "natd says the points went",
+        Duration::from_secs(30),
+    )
+    .await;
+    until("the failover alarm", Duration::from_secs(30), async || {
+        (alarm_state(&lab, "natd-lab-failover") == "ALARM").then_some(())
+    })
+    .await;
+    lab.shutdown();
+}

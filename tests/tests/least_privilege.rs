@@ -212,6 +212,25 @@ async fn natd_works_with_exactly_its_policy_and_nothing_more() {
         Some("AccessDenied")
     );
     assert!(w.source_dest_check(&other_eni).await);
+    // Metrics: natd may publish in its namespace, and in no other.
+    let cw = aws_sdk_cloudwatch::Client::new(&emu.sdk_with((&key.0, &key.1)));
+    let put = |namespace: &'static str| {
+        cw.put_metric_data()
+            .namespace(namespace)
+            .metric_data(
+                aws_sdk_cloudwatch::types::MetricDatum::builder()
+                    .metric_name("DataPlaneOk")
+                    .value(1.0)
+                    .build(),
+            )
+            .send()
+    };
+    put(natd_contract::metrics::NAMESPACE)
+        .await
+        .expect("natd publishes in its namespace");
+    let denied = put("AWS/NATGateway").await.expect_err("another namespace");
+    let code = natd::cloud::ApiError::from(denied).code.unwrap_or_default();
+    assert!(code.starts_with("AccessDenied"), "{code}");
 
     // Telling the group it is unhealthy works under the same policy, and the group
     // replaces the instance.

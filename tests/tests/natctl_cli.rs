@@ -30,7 +30,13 @@ fn policy_is_natds_contract() {
             other => panic!("Action {other}"),
         };
         let mutating = list.iter().any(|a| !a.contains(":Describe"));
-        if mutating {
+        if list == ["cloudwatch:PutMetricData"] {
+            // PutMetricData takes no resource: it is scoped by its namespace.
+            assert_eq!(
+                s["Condition"]["StringEquals"]["cloudwatch:namespace"], "natd",
+                "{s}"
+            );
+        } else if mutating {
             assert_ne!(s["Resource"], "*", "a mutating statement on *: {s}");
         }
         // Routes, the Elastic IP and the Auto Scaling calls only for the stack "dev".
@@ -72,6 +78,8 @@ fn policy_is_natds_contract() {
             "autoscaling:DescribeAutoScalingInstances",
             "autoscaling:DescribeLifecycleHooks",
             "autoscaling:SetInstanceHealth",
+            // In its own namespace only (a condition on cloudwatch:namespace).
+            "cloudwatch:PutMetricData",
             "ec2:AssignPrivateIpAddresses",
             "ec2:AssociateAddress",
             "ec2:CreateRoute",
