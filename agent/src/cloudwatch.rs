@@ -103,7 +103,7 @@ impl Sources {
     pub async fn read(&self) -> Counters {
         let traffic = self
             .kernel
-            .iptables_save()
+            .iptables_save_counters()
             .await
             .ok()
             .map(|s| crate::kernel::traffic(&s));

@@ -7,6 +7,8 @@ Extensions, each matching documented AWS behaviour:
   query only; see "CloudWatch: Smithy RPC v2 CBOR"); PutMetricData enforces AWS's
   limits (1,000 metrics and 1 MB per request, 30 dimensions, time stamps within two
   weeks back and two hours ahead).
+- GetMetricStatistics reads exactly the dimensions given, as AWS does (moto also
+  counts points published with more dimensions).
 - CloudWatch evaluates metric alarms, as AWS does once a period (moto never does):
   see "CloudWatch alarms are evaluated"; NATD_EMU_ALARM_EVAL_SECS (default 60).
 - An outage can be limited to one service (`/natd-test/outage?...&service=monitoring`:
@@ -2333,6 +2335,24 @@ def _evaluate_all(backend):
         _evaluate(backend, alarm, now)
 
 
+# GetMetricStatistics reads the metric of exactly the dimensions given ("you must
+# specify the same dimensions that were used when the metrics were created",
+# GetMetricStatistics); moto also counts points published with more dimensions, so a
+# pair member's per-instance points would be counted again in its stack's.
+_orig_get_metric_statistics = _cw_models.CloudWatchBackend.get_metric_statistics
+
+
+def _get_metric_statistics_exact(self, namespace, metric_name, start_time, end_time, period, stats, dimensions, unit=None):
+    want = sorted((d["Name"], d.get("Value")) for d in (dimensions or []))
+    everything = self.get_all_metrics
+    self.get_all_metrics = lambda: [md for md in everything() if sorted((x.name, x.value) for x in md.dimensions) == want]
+    try:
+        return _orig_get_metric_statistics(self, namespace, metric_name, start_time, end_time, period, stats, dimensions, unit)
+    finally:
+        del self.get_all_metrics
+
+
+_cw_models.CloudWatchBackend.get_metric_statistics = _get_metric_statistics_exact
 _orig_describe_alarms_response = _cw_responses.CloudWatchResponse.describe_alarms
 
 

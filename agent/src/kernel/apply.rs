@@ -198,7 +198,17 @@ impl Kernel {
 
     /// Runs `iptables-save` and returns its output.
     pub async fn iptables_save(&self) -> Result<String, Error> {
+        self.save(&[]).await
+    }
+
+    /// `iptables-save -c`: every rule with its `[packets:bytes]` counters.
+    pub async fn iptables_save_counters(&self) -> Result<String, Error> {
+        self.save(&["-c"]).await
+    }
+
+    async fn save(&self, args: &[&str]) -> Result<String, Error> {
         let out = Command::new("iptables-save")
+            .args(args)
             .output()
             .await
             .map_err(|source| Error::Spawn {
