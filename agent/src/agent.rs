@@ -1420,7 +1420,7 @@ impl Agent {
         let cloudwatch = cfg.cloudwatch_metrics.then(|| {
             let (tx, rx) = tokio::sync::watch::channel(crate::cloudwatch::Sample::default());
             tokio::spawn(crate::cloudwatch::run(
-                aws_sdk_cloudwatch::Client::new(&sdk),
+                crate::cloudwatch::client(&sdk),
                 crate::cloudwatch::Settings {
                     stack: cfg.stack.clone(),
                     instance: cfg.pair.then(|| id.instance_id.clone()),

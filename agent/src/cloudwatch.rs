@@ -355,6 +355,22 @@ fn datum(p: &Point, dims: &[Dimension]) -> MetricDatum {
         .build()
 }
 
+/// The publisher's CloudWatch client: two attempts per request and 10 s at most, not
+/// the control plane's five (about 15 s of retries): points that do not go wait in the
+/// buffer for the next period instead.
+pub fn client(sdk: &aws_config::SdkConfig) -> aws_sdk_cloudwatch::Client {
+    let config = aws_sdk_cloudwatch::config::Builder::from(sdk)
+        .retry_config(aws_config::retry::RetryConfig::standard().with_max_attempts(2))
+        .timeout_config(
+            aws_config::timeout::TimeoutConfig::builder()
+                .operation_timeout(Duration::from_secs(10))
+                .connect_timeout(Duration::from_secs(3))
+                .build(),
+        )
+        .build();
+    aws_sdk_cloudwatch::Client::from_conf(config)
+}
+
 /// The publisher's settings.
 #[derive(Debug, Clone)]
 pub struct Settings {
