@@ -1922,7 +1922,9 @@ impl Agent {
                     .conntrack_entries
                     .zip(snap.conntrack_max)
                     .map(|(e, m)| (e.max(0) as u64, m.max(0) as u64)),
-                forwarding: snap.forwarding,
+                // Not forwarding without a failed check yet: starting, not broken.
+                forwarding: (snap.forwarding || self.health.data_failures > 0)
+                    .then_some(snap.forwarding),
                 standby_ready,
                 takeover: pair_takeover.or(self.view.last_takeover.map(|t| (t, None))),
             };

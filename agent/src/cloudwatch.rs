@@ -26,8 +26,9 @@ pub struct Sample {
     pub busiest_destination: Option<u64>,
     /// Connection-table entries and size.
     pub conntrack: Option<(u64, u64)>,
-    /// The data plane forwards.
-    pub forwarding: bool,
+    /// The data plane forwards; `None` until natd's first data-plane check (nothing
+    /// is said of it before natd knows).
+    pub forwarding: Option<bool>,
     /// A pair: its standby is ready (on the holder: a peer heard; on the standby: itself
     /// in step). `None` outside a pair.
     pub standby_ready: Option<bool>,
@@ -177,7 +178,9 @@ impl Minutes {
                 ));
             }
         }
-        v.push((catalog::DATA_PLANE_OK, if s.forwarding { 1.0 } else { 0.0 }));
+        if let Some(f) = s.forwarding {
+            v.push((catalog::DATA_PLANE_OK, if f { 1.0 } else { 0.0 }));
+        }
         if let Some(r) = s.standby_ready {
             v.push((catalog::STANDBY_READY, if r { 1.0 } else { 0.0 }));
         }
@@ -531,9 +534,15 @@ mod tests {
             nat_connections: Some(40),
             busiest_destination: Some(12),
             conntrack: Some((50, 1000)),
-            forwarding: true,
+            forwarding: Some(true),
             ..Sample::default()
         };
+        let mut m = Minutes::default();
+        assert!(
+            !names(&m.points(at, &Sample::default(), &Counters::default()))
+                .contains(&"DataPlaneOk"),
+            "nothing said of the data plane before natd checked it"
+        );
         let mut m = Minutes::default();
         let first = m.points(at, &s, &counters(100, 7, 3));
         assert_eq!(value(&first, "ActiveConnectionCount"), Some(40.0));

@@ -269,6 +269,11 @@ pub enum Cmd {
         /// Override a price, e.g. `--price instance_hour=0.0042` (t4g.nano); repeatable.
         #[arg(long = "price", value_name = "KEY=VALUE")]
         prices: Vec<String>,
+        /// Estimate each option with this share (percent) of the traffic leaving by IPv6
+        /// through an egress-only internet gateway instead of NAT (destinations that
+        /// speak IPv6).
+        #[arg(long, value_name = "PERCENT")]
+        ipv6_share: Option<f64>,
     },
     /// Show a VPC's public and private subnets per AZ, as setup will use them.
     Subnets {

@@ -281,9 +281,76 @@ fn gateways(env: &'static str, item: String, hour: f64, p: &Prices, azs: u32, gb
     )
 }
 
+/// IPv6 egress through an egress-only internet gateway: no hourly charge, no data
+/// processing, no public IPv4 address, no instance; the traffic stays in its AZ. It
+/// serves destinations that speak IPv6 only: IPv4-only ones still need one of the NAT
+/// options (see [`with_ipv6_share`]).
+pub fn ipv6_only() -> Estimate {
+    let zero = |item: &str| Line {
+        item: item.to_string(),
+        usd: 0.0,
+    };
+    estimate(
+        "ipv6-only",
+        vec![
+            zero("egress-only internet gateway"),
+            zero("root volume"),
+            zero("public IPv4 (0)"),
+            zero("data processing"),
+            zero("cross-AZ transfer"),
+            zero("CloudWatch metrics (0)"),
+            zero("CloudWatch requests"),
+            zero("CloudWatch alarms (0)"),
+        ],
+    )
+}
+
+/// `e` with `share` (0 to 1) of its traffic leaving by IPv6 through an egress-only
+/// internet gateway instead: what is billed per GB through NAT (data processing, and
+/// dev's cross-AZ transfer) shrinks by that share; the hourly lines stay, since IPv4
+/// destinations still need the NAT.
+pub fn with_ipv6_share(e: &Estimate, share: f64) -> Estimate {
+    let share = share.clamp(0.0, 1.0);
+    let lines = e
+        .lines
+        .iter()
+        .map(|l| Line {
+            item: l.item.clone(),
+            usd: if l.item == "data processing" || l.item == "cross-AZ transfer" {
+                l.usd * (1.0 - share)
+            } else {
+                l.usd
+            },
+        })
+        .collect();
+    estimate(e.env, lines)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ipv6_costs_nothing_and_a_share_of_it_saves_only_the_per_gb_lines() {
+        let p = Prices::default();
+        assert_eq!(ipv6_only().total_usd, 0.0);
+        assert_eq!(ipv6_only().lines.len(), dev(&p, 2, 100.0).lines.len());
+        let prod = prod(&p, 2, 100.0);
+        let half = with_ipv6_share(&prod, 0.5);
+        // Half of 100 GB x 0.045 no longer processed.
+        assert!(
+            (prod.total_usd - half.total_usd - 2.25).abs() < 1e-9,
+            "{half:?}"
+        );
+        let dev = dev(&p, 2, 100.0);
+        let all = with_ipv6_share(&dev, 1.0);
+        // Dev's cross-AZ transfer goes; its instance stays.
+        assert!(
+            (dev.total_usd - all.total_usd - 1.0).abs() < 1e-9,
+            "{all:?}"
+        );
+        assert_eq!(with_ipv6_share(&dev, 0.0), dev);
+    }
 
     #[test]
     fn prod_is_per_az_and_per_gb() {

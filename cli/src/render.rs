@@ -713,6 +713,26 @@ fn bytes(b: f64) -> String {
     }
 }
 
+/// The estimates again with `percent` of the traffic over IPv6, and what that saves.
+pub fn ipv6_share_text(
+    percent: f64,
+    before: &[&cost::Estimate],
+    after: &[cost::Estimate],
+) -> String {
+    let mut s = format!(
+        "\n\nWith {percent} % of the traffic over IPv6 (egress-only internet gateway), per month:\n"
+    );
+    for (b, a) in before.iter().zip(after) {
+        s.push_str(&format!(
+            "  {:<15} {:>10.2}  (saves {:.2})\n",
+            a.env,
+            a.total_usd,
+            b.total_usd - a.total_usd
+        ));
+    }
+    s.trim_end().to_string()
+}
+
 /// One answer, in a few words.
 fn answer_text(a: &Answer) -> String {
     if a.ok {
@@ -857,6 +877,7 @@ metric_month={} metric_requests_1000={} alarm_month={}\n\
 CloudWatch: natd publishes its metrics itself (a pair: per stack and per member; error counters are billed only in hours they count) and natctl sets its alarms; a NAT gateway's metrics are free.\n\
 A regional NAT gateway is billed per hour in each AZ it is active in, with an AWS-provided address per AZ.\n\
 dev-ha is the hot standby pair (setup --env dev --ha; one egress address, add one public IPv4 per --egress-ips): failover in about a second, open connections kept.\n\
+ipv6-only is an egress-only internet gateway (free: no hours, no data processing) for destinations that speak IPv6; IPv4-only destinations still need NAT (--ipv6-share P prices a mix).\n\
 Internet data transfer out is charged the same for all and not included.",
         p.nat_gateway_hour,
         p.nat_gateway_gb,

@@ -140,6 +140,36 @@ fn cost_compares_dev_and_prod_with_stated_prices() {
         t.contains("dev *") && t.contains("instance_hour=0.0042"),
         "{t}"
     );
+    assert!(
+        t.contains("ipv6-only") && t.contains("CloudWatch metrics"),
+        "{t}"
+    );
+}
+
+#[test]
+fn cost_prices_ipv6_egress_and_a_share_of_traffic_moved_to_it() {
+    let out = natctl(&[
+        "cost",
+        "--azs",
+        "2",
+        "--gb-per-month",
+        "1000",
+        "--ipv6-share",
+        "50",
+        "--output",
+        "json",
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["ipv6_only"]["total_usd"], 0.0, "{v}");
+    let shared = v["ipv6_share"]["estimates"].as_array().unwrap();
+    let prod = shared.iter().find(|e| e["env"] == "prod").unwrap();
+    // Half of 1,000 GB no longer processed by the gateways: 500 x 0.045 saved.
+    let saved = v["prod"]["total_usd"].as_f64().unwrap() - prod["total_usd"].as_f64().unwrap();
+    assert!((saved - 22.5).abs() < 1e-6, "{saved}");
+    let bad = natctl(&["cost", "--ipv6-share", "120"]);
+    assert_eq!(bad.status.code(), Some(2), "{}", text(&bad));
+    assert!(text(&bad).contains("120"), "{}", text(&bad));
 }
 
 #[test]

@@ -243,6 +243,42 @@ async fn lambda_wiring_is_exactly_as_stated_and_teardown_restores_the_function()
         "{v}"
     );
     assert_eq!(d.status.code(), Some(0));
+    assert!(
+        !v["findings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|f| f["check"] == "function_outscales_database"),
+        "no reserved concurrency, and Lambda does not say the account's: nothing said: {v}"
+    );
+    // The function may run 500 copies at once; its database (PostgreSQL on
+    // db.t4g.micro) accepts about 112 connections: advice, with the fix.
+    emu.aws(&[
+        "lambda",
+        "put-function-concurrency",
+        "--function-name",
+        "app",
+        "--reserved-concurrent-executions",
+        "500",
+    ]);
+    let d = natctl(
+        &emu,
+        &[
+            "doctor", "--vpc", &w.vpc, "--lambda", "app", "--output", "json",
+        ],
+    );
+    let v: serde_json::Value = serde_json::from_slice(&d.stdout).unwrap();
+    let f = v["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["check"] == "function_outscales_database")
+        .unwrap_or_else(|| panic!("{v}"));
+    assert_eq!(f["severity"], "advice");
+    let problem = f["problem"].as_str().unwrap();
+    assert!(problem.contains("500") && problem.contains("112"), "{f}");
+    assert!(f["fix"].as_str().unwrap().contains("RDS Proxy"), "{f}");
+    assert_eq!(d.status.code(), Some(0), "advice only");
 
     // Teardown: the function has its role and VPC config back; the VPC is as before.
     // LambdaSG goes only once Lambda has released the function's network interfaces.

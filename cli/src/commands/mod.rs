@@ -40,7 +40,8 @@ pub fn run(args: &Args) -> Result<(), Failure> {
             azs,
             gb_per_month,
             prices,
-        } => cost::cost(&ctx, *env, *azs, *gb_per_month, prices),
+            ipv6_share,
+        } => cost::cost(&ctx, *env, *azs, *gb_per_month, prices, *ipv6_share),
         Cmd::Subnets { vpc, env, subnets } => {
             ctx.block_on(subnets::subnets_cmd(&ctx, vpc, *env, subnets))
         }

@@ -11,6 +11,7 @@
 //! practice with its reason. `--strict` makes any finding exit 3.
 
 pub mod alarms;
+pub mod capacity;
 pub mod iam;
 pub mod net;
 pub mod pairs;
@@ -112,6 +113,10 @@ pub struct Database {
     pub backup_days: i32,
     /// Multi-AZ.
     pub multi_az: bool,
+    /// Its default connection limit, estimated from its engine and class (and how).
+    pub max_connections: Option<(u64, String)>,
+    /// The latest time it can be restored to (RFC 3339), when it has one.
+    pub latest_restorable: Option<String>,
 }
 
 /// A secret a function's role names.
@@ -144,6 +149,9 @@ pub struct Function {
     pub statements: Vec<serde_json::Value>,
     /// The statements of its permissions boundary, if it has one.
     pub boundary: Option<Vec<serde_json::Value>>,
+    /// How many copies of it can run at once, and why (its reserved concurrency, or
+    /// the account's unreserved concurrency); `None` when Lambda did not say.
+    pub concurrency: Option<(u64, String)>,
 }
 
 /// Everything the diagnosis looks at.
@@ -1151,6 +1159,12 @@ pub fn diagnose(f: &Facts) -> Diagnosis {
                 fix: "grant only what the function uses: secretsmanager:GetSecretValue on its secret's ARN, the network-interface actions, its own log group (natctl setup --lambda writes that policy)".into(),
             });
         }
+        let reached: Vec<&Database> = f
+            .databases
+            .iter()
+            .filter(|d| databases.get(&d.id).is_some_and(|a| a.ok))
+            .collect();
+        out.extend(capacity::findings(func, &reached));
         answers.push(Answers {
             function: func.name.clone(),
             secret,
@@ -1547,6 +1561,7 @@ fn vpc_findings(f: &Facts) -> Vec<Finding> {
                 fix: format!("aws rds modify-db-instance --db-instance-identifier {} --backup-retention-period 7", d.id),
             });
         }
+        out.extend(capacity::restore_findings(d));
         if !d.multi_az {
             out.push(Finding {
                 severity: Severity::Advice,

@@ -478,6 +478,13 @@ pub async fn read(c: &Clients, vpc: &str, function: Option<&str>) -> Result<Fact
             public: d.publicly_accessible() == Some(true),
             backup_days: d.backup_retention_period().unwrap_or(0),
             multi_az: d.multi_az() == Some(true),
+            max_connections: d
+                .engine()
+                .zip(d.db_instance_class())
+                .and_then(|(e, c)| super::capacity::default_max_connections(e, c)),
+            latest_restorable: d
+                .latest_restorable_time()
+                .and_then(|t| t.fmt(aws_smithy_types::date_time::Format::DateTime).ok()),
         });
     }
     // The functions: the one named, else every function with a subnet in the VPC.
@@ -501,6 +508,7 @@ pub async fn read(c: &Clients, vpc: &str, function: Option<&str>) -> Result<Fact
             .await
             .map_err(err("ListFunctions", vpc))?,
     };
+    let mut account_concurrency = None;
     for conf in configs {
         let subnets: Vec<String> = conf
             .vpc_config()
@@ -512,7 +520,10 @@ pub async fn read(c: &Clients, vpc: &str, function: Option<&str>) -> Result<Fact
         let role_arn = conf.role().unwrap_or_default().to_string();
         let role = role_arn.rsplit('/').next().unwrap_or_default().to_string();
         let (statements, boundary) = role_statements(c, &role).await?;
+        let name = conf.function_name().unwrap_or_default().to_string();
+        let concurrency = function_concurrency(c, &name, &mut account_concurrency).await;
         f.functions.push(Function {
+            concurrency,
             name: conf.function_name().unwrap_or_default().to_string(),
             subnets,
             groups: conf
@@ -658,6 +669,43 @@ async fn region_facts(c: &Clients, vpc: &str, subnets: &[String]) -> RegionFacts
         }
     }
     r
+}
+
+/// How many copies of `function` can run at once: its reserved concurrency, else the
+/// account's unreserved concurrency (read once, into `account`); `None` when Lambda
+/// answers neither.
+async fn function_concurrency(
+    c: &Clients,
+    function: &str,
+    account: &mut Option<Option<u64>>,
+) -> Option<(u64, String)> {
+    if let Ok(r) = c
+        .lambda
+        .get_function_concurrency()
+        .function_name(function)
+        .send()
+        .await
+        && let Some(n) = r.reserved_concurrent_executions()
+    {
+        return Some((n.max(0) as u64, "its reserved concurrency".into()));
+    }
+    if account.is_none() {
+        *account = Some(
+            c.lambda
+                .get_account_settings()
+                .send()
+                .await
+                .ok()
+                .and_then(|s| s.account_limit()?.unreserved_concurrent_executions())
+                .map(|n| n.max(0) as u64),
+        );
+    }
+    account.flatten().map(|n| {
+        (
+            n,
+            "no reserved concurrency: the account's unreserved concurrency".into(),
+        )
+    })
 }
 
 /// The alarms of the NAT-instance stacks whose tables are tagged in the VPC; a stack

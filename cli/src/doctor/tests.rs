@@ -181,6 +181,8 @@ fn good() -> Facts {
             public: false,
             backup_days: 7,
             multi_az: true,
+            max_connections: Some((1722, "PostgreSQL's default on db.r6g.large".into())),
+            latest_restorable: Some("2026-12-07T10:00:00Z".into()),
         }],
         functions: vec![Function {
             name: "app".into(),
@@ -190,6 +192,7 @@ fn good() -> Facts {
             role_arn: ROLE.into(),
             statements: good_policy(),
             boundary: None,
+            concurrency: Some((100, "its reserved concurrency".into())),
         }],
         secrets: [(
             SECRET.to_string(),
