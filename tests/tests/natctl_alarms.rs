@@ -17,6 +17,20 @@ fn alarms(emu: &Emulator, stack: &str) -> Vec<serde_json::Value> {
     emu.aws(&args)["MetricAlarms"].as_array().unwrap().clone()
 }
 
+/// doctor's finding `check` on `vpc` (it must be there).
+fn doctor_finding(emu: &Emulator, vpc: &str, check: &str) -> serde_json::Value {
+    let out = natctl(emu, &["doctor", "--vpc", vpc, "--output", "json"]);
+    let d: serde_json::Value =
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|_| panic!("{}", text(&out)));
+    d["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["check"] == check)
+        .cloned()
+        .unwrap_or_else(|| panic!("no {check} finding: {d}"))
+}
+
 #[tokio::test]
 async fn a_dev_stack_has_its_alarms_from_setup_to_teardown() {
     let emu = Emulator::start();
@@ -117,15 +131,7 @@ async fn a_dev_stack_has_its_alarms_from_setup_to_teardown() {
         "--state-reason",
         "Threshold Crossed: 1 datapoint [12.0] was greater than the threshold (0.0).",
     ]);
-    let doctor = natctl(&emu, &["doctor", "--vpc", &w.vpc, "--output", "json"]);
-    let d: serde_json::Value =
-        serde_json::from_slice(&doctor.stdout).unwrap_or_else(|_| panic!("{}", text(&doctor)));
-    let firing = d["findings"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|f| f["check"] == "alarm_in_alarm")
-        .unwrap_or_else(|| panic!("{d}"));
+    let firing = doctor_finding(&emu, &w.vpc, "alarm_in_alarm");
     assert_eq!(firing["resource"], "natd-al-port-allocation-errors");
     assert!(
         firing["evidence"][0]
@@ -163,15 +169,7 @@ async fn a_stack_without_alarms_gets_advice_and_prod_refuses_an_alarm_topic() {
         .collect();
     args.extend(names.iter().map(String::as_str));
     emu.aws(&args);
-    let doctor = natctl(&emu, &["doctor", "--vpc", &w.vpc, "--output", "json"]);
-    let d: serde_json::Value =
-        serde_json::from_slice(&doctor.stdout).unwrap_or_else(|_| panic!("{}", text(&doctor)));
-    let advice = d["findings"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|f| f["check"] == "stack_without_alarms")
-        .unwrap_or_else(|| panic!("{d}"));
+    let advice = doctor_finding(&emu, &w.vpc, "stack_without_alarms");
     assert_eq!(advice["severity"], "advice");
     assert!(advice["fix"].as_str().unwrap().contains("natctl setup"));
     // A re-run puts them back.
