@@ -1961,7 +1961,19 @@ fn joined<T: std::fmt::Display>(items: &[T], sep: &str) -> String {
 }
 
 fn describe_kernel_changes(c: &kapply::Changes) -> String {
-    let mut parts = c.sysctls.clone();
+    let mut parts: Vec<String> = c
+        .sysctls
+        .iter()
+        .map(|s| {
+            if s == &format!("{}=0", kernel::IPV6_FORWARDING) {
+                format!(
+                    "{s} (IPv6 forwarding was on: a NAT instance routes no IPv6, which would be a door into the VPC; IPv6 egress is the egress-only internet gateway's)"
+                )
+            } else {
+                s.clone()
+            }
+        })
+        .collect();
     if c.ruleset.is_some() {
         // Only misplaced or doubled jumps (natd's chains in place) are worth their own
         // words; missing jumps come with missing chains, on first start or after a flush.

@@ -86,6 +86,8 @@ async fn new_connections_from_outside_are_dropped() {
     l.internet.sh("ip route add 10.20.0.0/16 via 198.51.100.2");
     // Control: with plain forwarding and no natd, the private server is reachable.
     l.host.ns.sh("sysctl -qw net.ipv4.ip_forward=1");
+    // IPv6 routing on, as a host tool might leave it.
+    l.host.ns.sh("sysctl -qw net.ipv6.conf.all.forwarding=1");
     assert_eq!(
         fetch(&l.internet, PRIVATE).unwrap(),
         "198.51.100.1",
@@ -94,6 +96,19 @@ async fn new_connections_from_outside_are_dropped() {
 
     let out = l.host.once(&l.host.config("dev", ""));
     assert!(out.status.success(), "{}", text(&out));
+    // No IPv6 door either: the instance routes no IPv6, and natd says what it found.
+    assert_eq!(
+        l.host
+            .ns
+            .sh("sysctl -n net.ipv6.conf.all.forwarding")
+            .trim(),
+        "0"
+    );
+    assert!(
+        text(&out).contains("IPv6 forwarding was on"),
+        "{}",
+        text(&out)
+    );
     let e = fetch(&l.internet, PRIVATE).expect_err("inbound must be refused");
     assert!(!e.is_empty());
     // Replies to connections from inside still pass.

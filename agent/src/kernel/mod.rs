@@ -108,8 +108,21 @@ pub fn sysctl_plan(facts: &Facts, port_range: (u16, u16), conntrack: Option<u64>
                 .to_string(),
             required: false,
         },
+        // IPv6 through a NAT instance is not NAT: forwarded, it would be plain routing,
+        // a door from the internet into the VPC's IPv6 addresses. The VPC's IPv6 egress
+        // is an egress-only internet gateway, not this instance, so the instance routes
+        // no IPv6 at all (kept so on every pass; logged when natd finds it on). Not
+        // required: a host without IPv6 has no such key.
+        Sysctl {
+            key: IPV6_FORWARDING.into(),
+            value: "0".into(),
+            required: false,
+        },
     ]
 }
+
+/// The switch that makes the host route IPv6 between its interfaces.
+pub const IPV6_FORWARDING: &str = "net/ipv6/conf/all/forwarding";
 
 /// natd's rules, per table, in the exact form `iptables-save` prints them, so that the
 /// rules read back can be compared with these line by line.
@@ -629,6 +642,11 @@ mod tests {
             .find(|s| s.key.ends_with("conntrack_max"))
             .expect("ct");
         assert!(!ct.required);
+        let v6 = plan
+            .iter()
+            .find(|s| s.key == IPV6_FORWARDING)
+            .expect("IPv6 forwarding");
+        assert_eq!((v6.value.as_str(), v6.required), ("0", false));
         let fixed = sysctl_plan(&facts(), (1024, 65535), Some(500_000));
         assert!(fixed.iter().any(|s| s.value == "500000"));
     }
