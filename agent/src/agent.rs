@@ -1854,9 +1854,10 @@ impl Agent {
     }
 
     async fn write_metrics(&mut self) {
-        if self.metrics.is_none() && self.cloudwatch.is_none() {
-            return;
+        if let Some(tx) = &self.cloudwatch {
+            tx.send_replace(self.cloudwatch_sample());
         }
+        let Some(m) = &self.metrics else { return };
         let k = &self.data.kernel;
         let num = |key: &str| k.read_sysctl(key).ok().and_then(|v| v.parse::<i64>().ok());
         let nat = match k.nat_connections().await {
@@ -1898,42 +1899,34 @@ impl Agent {
             }),
             unhealthy_reported: self.health.report == crate::health::Report::Sent,
         };
-        if let Some(tx) = &self.cloudwatch {
-            let limit = self.cfg.heartbeat_interval() * self.cfg.heartbeat_misses;
-            let (standby_ready, pair_takeover) = match &self.data.pair {
-                Some(p) => {
-                    let v = p.view.lock().expect("pair view");
-                    let now = Instant::now();
-                    let heard = v.silence(now).is_some_and(|d| d < limit);
-                    let in_step = v.lag.amount(now).is_none_or(|(entries, _)| entries == 0);
-                    let ready = if v.holder { heard } else { heard && in_step };
-                    let took = v
-                        .last_takeover
-                        .as_ref()
-                        .map(|t| (t.at, Some(t.confirmed.unwrap_or(t.took).as_millis() as u64)));
-                    (Some(ready), took)
-                }
-                None => (None, None),
-            };
-            let sample = crate::cloudwatch::Sample {
-                nat_connections: nat.as_ref().map(|n| n.total as u64),
-                busiest_destination: nat.as_ref().map(|n| n.busiest as u64),
-                conntrack: snap
-                    .conntrack_entries
-                    .zip(snap.conntrack_max)
-                    .map(|(e, m)| (e.max(0) as u64, m.max(0) as u64)),
-                // Not forwarding without a failed check yet: starting, not broken.
-                forwarding: (snap.forwarding || self.health.data_failures > 0)
-                    .then_some(snap.forwarding),
-                standby_ready,
-                takeover: pair_takeover.or(self.view.last_takeover.map(|t| (t, None))),
-            };
-            tx.send_replace(sample);
-        }
-        if let Some(m) = &self.metrics
-            && let Err(e) = m.write(&snap)
-        {
+        if let Err(e) = m.write(&snap) {
             warn!("cannot write metrics: {e}");
+        }
+    }
+
+    /// What the CloudWatch publisher needs of the agent's conclusions: the data plane
+    /// (nothing said before the first check), a pair's standby readiness (the holder
+    /// hears the standby; the standby hears the holder and is in step) and the last
+    /// takeover, from the same summary the health report is made of.
+    fn cloudwatch_sample(&self) -> crate::cloudwatch::Sample {
+        use health_report::{Beats, Lag, Role};
+        let pair = self.pair_summary();
+        let standby_ready = pair.as_ref().map(|p| {
+            let heard = p.peer.as_ref().is_some_and(|peer| peer.beats == Beats::Ok);
+            match p.role {
+                Role::Holder => heard,
+                Role::Standby => heard && p.lag.is_none_or(|l| l == Lag::InStep),
+            }
+        });
+        let forwards = self.health.forwarding();
+        crate::cloudwatch::Sample {
+            // Not forwarding without a failed check yet: starting, not broken.
+            forwarding: (forwards || self.health.data_failures > 0).then_some(forwards),
+            standby_ready,
+            takeover: pair
+                .and_then(|p| p.takeover)
+                .map(|t| (t.at, Some(t.ms)))
+                .or(self.view.last_takeover.map(|t| (t, None))),
         }
     }
 }

@@ -17,15 +17,10 @@ use std::path::PathBuf;
 use std::time::{Duration, SystemTime};
 use tracing::{info, warn};
 
-/// What the agent concluded at its last pass.
+/// What the agent concluded at its last pass (the kernel's numbers the publisher reads
+/// itself, once a period: [`Sources::read`]).
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Sample {
-    /// Masqueraded connections tracked.
-    pub nat_connections: Option<u64>,
-    /// Connections to the busiest destination.
-    pub busiest_destination: Option<u64>,
-    /// Connection-table entries and size.
-    pub conntrack: Option<(u64, u64)>,
     /// The data plane forwards; `None` until natd's first data-plane check (nothing
     /// is said of it before natd knows).
     pub forwarding: Option<bool>,
@@ -47,6 +42,10 @@ pub struct Counters {
     pub conntrack: Option<ConntrackStats>,
     /// The ENA driver's statistics, by name.
     pub ena: BTreeMap<String, u64>,
+    /// Masqueraded connections tracked, and those to the busiest destination.
+    pub nat: Option<(u64, u64)>,
+    /// The connection table's entries and size.
+    pub table: Option<(u64, u64)>,
 }
 
 /// `/proc/net/stat/nf_conntrack`, summed over CPUs.
@@ -126,10 +125,26 @@ impl Sources {
                 .map(|o| parse_ethtool(&String::from_utf8_lossy(&o.stdout)))
                 .unwrap_or_default(),
         };
+        let nat = self
+            .kernel
+            .nat_connections()
+            .await
+            .ok()
+            .map(|n| (n.total as u64, n.busiest as u64));
+        let sysctl = |key| {
+            self.kernel
+                .read_sysctl(key)
+                .ok()
+                .and_then(|v| v.parse::<u64>().ok())
+        };
+        let table = sysctl("net/netfilter/nf_conntrack_count")
+            .zip(sysctl("net/netfilter/nf_conntrack_max"));
         Counters {
             traffic,
             conntrack,
             ena,
+            nat,
+            table,
         }
     }
 }
@@ -163,13 +178,11 @@ impl Minutes {
     /// minute after natd starts has levels only.
     pub fn points(&mut self, at: SystemTime, s: &Sample, c: &Counters) -> Vec<Point> {
         let mut v: Vec<(&'static str, f64)> = Vec::new();
-        if let Some(n) = s.nat_connections {
-            v.push((catalog::ACTIVE_CONNECTIONS, n as f64));
+        if let Some((total, busiest)) = c.nat {
+            v.push((catalog::ACTIVE_CONNECTIONS, total as f64));
+            v.push((catalog::PORTS_BUSIEST_DESTINATION, busiest as f64));
         }
-        if let Some(n) = s.busiest_destination {
-            v.push((catalog::PORTS_BUSIEST_DESTINATION, n as f64));
-        }
-        if let Some((entries, max)) = s.conntrack {
+        if let Some((entries, max)) = c.table {
             v.push(("ConntrackEntries", entries as f64));
             if max > 0 {
                 v.push((
@@ -524,6 +537,8 @@ mod tests {
             ]
             .into_iter()
             .collect(),
+            nat: Some((40, 12)),
+            table: Some((50, 1000)),
         }
     }
 
@@ -531,9 +546,6 @@ mod tests {
     fn a_minute_has_levels_and_the_growth_of_counters_and_quiet_ones_only_when_they_count() {
         let at = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
         let s = Sample {
-            nat_connections: Some(40),
-            busiest_destination: Some(12),
-            conntrack: Some((50, 1000)),
             forwarding: Some(true),
             ..Sample::default()
         };
