@@ -1431,6 +1431,8 @@ impl Agent {
                     kernel: kernel_io.clone(),
                     interface: facts.egress_interface.clone(),
                     ena_file: cfg.ena_stats_file.clone(),
+                    horizon: cfg.cloudwatch_period_secs,
+                    watched: Default::default(),
                 },
                 rx,
             ));

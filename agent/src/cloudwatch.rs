@@ -12,7 +12,7 @@
 
 use crate::contract::metrics as catalog;
 use aws_sdk_cloudwatch::types::{Dimension, MetricDatum, StandardUnit};
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime};
 use tracing::{info, warn};
@@ -44,6 +44,8 @@ pub struct Counters {
     pub ena: BTreeMap<String, u64>,
     /// Masqueraded connections tracked, and those to the busiest destination.
     pub nat: Option<(u64, u64)>,
+    /// Open connections that timed out idle since the last reading (not closed).
+    pub idle_timeouts: u64,
     /// The connection table's entries and size.
     pub table: Option<(u64, u64)>,
 }
@@ -96,11 +98,16 @@ pub struct Sources {
     pub interface: String,
     /// A file in `ethtool -S` form read instead of running ethtool (`ena_stats_file`).
     pub ena_file: Option<PathBuf>,
+    /// Seconds between readings: open connections whose timeout ends sooner are
+    /// watched until the next one.
+    pub horizon: u64,
+    /// The open connections of the last reading that were about to time out.
+    pub watched: BTreeSet<String>,
 }
 
 impl Sources {
     /// Reads every counter it can; one that cannot be read is left out.
-    pub async fn read(&self) -> Counters {
+    pub async fn read(&mut self) -> Counters {
         let traffic = self
             .kernel
             .iptables_save_counters()
@@ -125,12 +132,21 @@ impl Sources {
                 .map(|o| parse_ethtool(&String::from_utf8_lossy(&o.stdout)))
                 .unwrap_or_default(),
         };
-        let nat = self
+        // A connection about to time out at the last reading and gone now timed out
+        // idle: a packet would have restarted its timeout, a close would have left it
+        // in the table (closing states keep an entry for seconds to minutes).
+        let (nat, idle_timeouts) = match self
             .kernel
-            .nat_connections()
+            .nat_connections_within(Some(self.horizon), &self.watched)
             .await
-            .ok()
-            .map(|n| (n.total as u64, n.busiest as u64));
+        {
+            Ok(n) => {
+                let gone = self.watched.difference(&n.present).count() as u64;
+                self.watched = n.expiring;
+                (Some((n.total as u64, n.busiest as u64)), gone)
+            }
+            Err(_) => (None, 0),
+        };
         let sysctl = |key| {
             self.kernel
                 .read_sysctl(key)
@@ -144,6 +160,7 @@ impl Sources {
             conntrack,
             ena,
             nat,
+            idle_timeouts,
             table,
         }
     }
@@ -232,7 +249,14 @@ impl Minutes {
                         catalog::CONNECTION_ATTEMPTS,
                         delta(t.new_packets, b.new_packets) as f64,
                     ),
+                    (
+                        catalog::CONNECTIONS_ESTABLISHED,
+                        delta(t.established, b.established) as f64,
+                    ),
                 ]);
+            }
+            if c.nat.is_some() {
+                v.push((catalog::IDLE_TIMEOUTS, c.idle_timeouts as f64));
             }
             let mut dropped = c
                 .traffic
@@ -405,7 +429,7 @@ pub struct Settings {
 pub async fn run(
     client: aws_sdk_cloudwatch::Client,
     settings: Settings,
-    sources: Sources,
+    mut sources: Sources,
     sample: tokio::sync::watch::Receiver<Sample>,
 ) {
     let mut minutes = Minutes::default();
@@ -526,6 +550,7 @@ mod tests {
                 back_bytes: out * 1000,
                 new_packets: out / 10,
                 dropped_packets: 0,
+                established: out / 20,
             }),
             conntrack: Some(ConntrackStats {
                 insert_failed: fail,
@@ -538,6 +563,7 @@ mod tests {
             .into_iter()
             .collect(),
             nat: Some((40, 12)),
+            idle_timeouts: fail / 3,
             table: Some((50, 1000)),
         }
     }
@@ -574,6 +600,8 @@ mod tests {
         assert_eq!(value(&second, "PacketsInFromDestination"), Some(120.0));
         assert_eq!(value(&second, "BytesOutToSource"), Some(60000.0));
         assert_eq!(value(&second, "ConnectionAttemptCount"), Some(6.0));
+        assert_eq!(value(&second, "ConnectionEstablishedCount"), Some(3.0));
+        assert_eq!(value(&second, "IdleTimeoutCount"), Some(2.0));
         for quiet in [
             "ErrorPortAllocation",
             "AllowanceExceeded",
@@ -589,6 +617,7 @@ mod tests {
         }
         let third = m.points(at, &s, &counters(160, 9, 10));
         assert_eq!(value(&third, "ErrorPortAllocation"), Some(2.0));
+        assert_eq!(value(&third, "IdleTimeoutCount"), Some(3.0));
         assert_eq!(value(&third, "PacketsDropCount"), Some(2.0));
         assert_eq!(value(&third, "BwInAllowanceExceeded"), Some(7.0));
         assert_eq!(value(&third, "AllowanceExceeded"), Some(7.0));

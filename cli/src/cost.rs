@@ -391,10 +391,10 @@ mod tests {
         let one = dev(&p, 1, 100.0);
         let two = dev(&p, 2, 100.0);
         assert!((two.total_usd - one.total_usd - 100.0 * 0.5 * 0.01 * 2.0).abs() < 1e-9);
-        // 0.0084 x 730 + 0.08 x 8 + 0.005 x 730, and CloudWatch: 15 metrics x 0.30,
+        // 0.0084 x 730 + 0.08 x 8 + 0.005 x 730, and CloudWatch: 16 metrics x 0.30,
         // 43,800 requests x 0.01 / 1000, 5 alarms x 0.10.
         assert!(
-            (one.total_usd - (6.132 + 0.64 + 3.65 + 4.5 + 0.438 + 0.5)).abs() < 1e-9,
+            (one.total_usd - (6.132 + 0.64 + 3.65 + 4.8 + 0.438 + 0.5)).abs() < 1e-9,
             "{one:?}"
         );
         let pair = dev_ha(&p, 1, 0.0, 1);
@@ -406,7 +406,7 @@ mod tests {
                 .expect(what)
         };
         // A pair: the stack's and each member's metrics, two publishers, six alarms.
-        assert!((line(&pair, "CloudWatch metrics (48)") - 14.4).abs() < 1e-9);
+        assert!((line(&pair, "CloudWatch metrics (51)") - 15.3).abs() < 1e-9);
         assert!((line(&pair, "CloudWatch requests") - 0.876).abs() < 1e-9);
         assert!((line(&pair, "CloudWatch alarms (6)") - 0.6).abs() < 1e-9);
     }

@@ -87,6 +87,10 @@ const fn q(name: &'static str, as_gateway: bool, what: &'static str) -> Metric {
 pub const ACTIVE_CONNECTIONS: &str = "ActiveConnectionCount";
 /// New connections attempted.
 pub const CONNECTION_ATTEMPTS: &str = "ConnectionAttemptCount";
+/// Connections established (the destination answered).
+pub const CONNECTIONS_ESTABLISHED: &str = "ConnectionEstablishedCount";
+/// Open connections that timed out idle.
+pub const IDLE_TIMEOUTS: &str = "IdleTimeoutCount";
 /// Connections that could not get a source port.
 pub const ERROR_PORT_ALLOCATION: &str = "ErrorPortAllocation";
 /// Packets dropped.
@@ -137,7 +141,7 @@ pub const ENA_ALLOWANCES: [(&str, &str); 6] = [
 ];
 
 /// Every metric natd publishes.
-pub const METRICS: [Metric; 27] = [
+pub const METRICS: [Metric; 29] = [
     m(
         ACTIVE_CONNECTIONS,
         "Count",
@@ -151,6 +155,18 @@ pub const METRICS: [Metric; 27] = [
         Kind::Count,
         true,
         "new connections from the VPC forwarded out (first packets, retries included)",
+    ),
+    m(
+        CONNECTIONS_ESTABLISHED,
+        "Count",
+        Kind::Count,
+        true,
+        "connections the destination answered (the first reply of each, forwarded back)",
+    ),
+    q(
+        IDLE_TIMEOUTS,
+        true,
+        "open connections (TCP established, UDP streams) that the kernel forgot after its idle timeout, not closed (Linux keeps an idle TCP connection 5 days, a NAT gateway 350 s)",
     ),
     q(
         ERROR_PORT_ALLOCATION,
@@ -481,9 +497,9 @@ mod tests {
         assert!(alarms(true).any(|a| a.suffix == "no-standby"));
         assert!(!alarms(false).any(|a| a.suffix == "no-standby"));
         // Levels: connections, conntrack available/entries/percent, ports, data plane;
-        // counts: attempts and the eight bytes and packets.
-        assert_eq!(billed_metrics(false), 6 + 9);
-        assert_eq!(billed_metrics(true), (7 + 9) * 3);
+        // counts: attempts, established and the eight bytes and packets.
+        assert_eq!(billed_metrics(false), 6 + 10);
+        assert_eq!(billed_metrics(true), (7 + 10) * 3);
         assert!(
             METRICS
                 .iter()

@@ -2094,3 +2094,111 @@ async fn a_pair_is_watched_like_a_nat_gateway_and_a_cloudwatch_outage_changes_no
     .await;
     lab.shutdown();
 }
+
+/// A single NAT instance counts connections as a gateway does: established ones, idle
+/// ones the kernel forgets (the instance's idle timeout shortened to 6 s for the test),
+/// and, when 66,000 connections go to one destination through its one address (64,512
+/// source ports), the ones that found no free port: ErrorPortAllocation, and the
+/// stack's port-allocation alarm.
+#[tokio::test]
+async fn one_address_runs_out_of_ports_to_one_destination_and_says_so_like_a_gateway() {
+    const ONE_ADDRESS: u64 = 64_512;
+    const HOSTS: usize = 4;
+    const PER_HOST: usize = 16_500;
+    let _turn = alone().await;
+    let mut lab = Lab::new(Arc::new(Emulator::for_lab())).await;
+    let id = dev(&lab, true).await;
+    let stack = [("StackName", "lab")];
+    until("the stack's metrics", Duration::from_secs(60), async || {
+        metric_names(&lab, &stack)
+            .contains(&"ActiveConnectionCount".to_string())
+            .then_some(())
+    })
+    .await;
+    assert_ne!(
+        alarm_state(&lab, "natd-lab-port-allocation-errors"),
+        "ALARM"
+    );
+
+    // Three connections answered, then left idle past the (shortened) timeout.
+    lab.exec(
+        &id,
+        "sysctl -qw net.netfilter.nf_conntrack_tcp_timeout_established=6",
+    )
+    .unwrap();
+    let established = metric_sum(&lab, "ConnectionEstablishedCount", &stack);
+    let streams = lab.streams(0, 3).unwrap();
+    until(
+        "three connections established",
+        Duration::from_secs(30),
+        async || {
+            (metric_sum(&lab, "ConnectionEstablishedCount", &stack) >= established + 3.0)
+                .then_some(())
+        },
+    )
+    .await;
+    let idle = until("idle timeouts", Duration::from_secs(40), async || {
+        let n = metric_sum(&lab, "IdleTimeoutCount", &stack);
+        (n >= 3.0).then_some(n)
+    })
+    .await;
+    assert_eq!(idle, 3.0, "the three idle connections, nothing else");
+    drop(streams);
+    lab.exec(
+        &id,
+        "sysctl -qw net.netfilter.nf_conntrack_tcp_timeout_established=432000",
+    )
+    .unwrap();
+
+    assert_eq!(metric_sum(&lab, "ErrorPortAllocation", &stack), 0.0);
+    let hosts = lab.flow_hosts(0, HOSTS);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let internet = lab.internet.name.clone();
+    let names: Vec<natd_tests::netns::Netns> = hosts
+        .iter()
+        .map(|h| natd_tests::netns::Netns::named(&h.name))
+        .collect();
+    let flows = tokio::task::spawn_blocking(move || {
+        natd_tests::flows::Flows::open(&internet, &names, PER_HOST)
+    })
+    .await
+    .unwrap();
+    let asked = (HOSTS * PER_HOST) as u64;
+    assert!(
+        flows.open <= ONE_ADDRESS && flows.failed >= asked - ONE_ADDRESS,
+        "open {}, failed {}: {:?}",
+        flows.open,
+        flows.failed,
+        flows.errors
+    );
+    // Each connection that found no port had its first SYN (and its retries) dropped
+    // at the conntrack insert: at least one error per failed connection.
+    let errors = until(
+        "ErrorPortAllocation published",
+        Duration::from_secs(60),
+        async || {
+            let n = metric_sum(&lab, "ErrorPortAllocation", &stack);
+            (n >= flows.failed as f64).then_some(n)
+        },
+    )
+    .await;
+    assert!(errors > 0.0);
+    until(
+        "the port-allocation alarm",
+        Duration::from_secs(40),
+        async || (alarm_state(&lab, "natd-lab-port-allocation-errors") == "ALARM").then_some(()),
+    )
+    .await;
+    let doctor = natctl(
+        &lab.emu,
+        &["doctor", "--vpc", &lab.world.vpc, "--output", "json"],
+    );
+    assert!(
+        text(&doctor).contains("natd-lab-port-allocation-errors"),
+        "doctor names the alarm: {}",
+        text(&doctor)
+    );
+    drop(flows);
+    drop(hosts);
+    lab.shutdown();
+}

@@ -1,7 +1,7 @@
 //! The thin part that reads and writes the real kernel: /proc/sys, netlink,
 //! iptables-save and iptables-restore. It decides nothing; see the parent module.
 
-use super::{Facts, NatUse, Ruleset, Sysctl, hook_drift, nat_use, observe, restore_input};
+use super::{Facts, NatUse, Ruleset, Sysctl, hook_drift, nat_use_within, observe, restore_input};
 use std::path::PathBuf;
 use std::process::Stdio;
 use tokio::io::AsyncWriteExt;
@@ -254,6 +254,18 @@ impl Kernel {
     /// Masqueraded connections and the busiest destination's share of NAT ports, from
     /// `conntrack -L --src-nat` (conntrack-tools).
     pub async fn nat_connections(&self) -> Result<NatUse, Error> {
+        self.nat_connections_within(None, &std::collections::BTreeSet::new())
+            .await
+    }
+
+    /// [`Self::nat_connections`] that also finds the open connections whose timeout
+    /// ends within `horizon` seconds and which of `watched` are still tracked
+    /// ([`super::nat_use_within`]).
+    pub async fn nat_connections_within(
+        &self,
+        horizon: Option<u64>,
+        watched: &std::collections::BTreeSet<String>,
+    ) -> Result<NatUse, Error> {
         let out = Command::new("conntrack")
             .args(["-L", "--src-nat"])
             .stdin(Stdio::null())
@@ -270,7 +282,11 @@ impl Kernel {
                 stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
             });
         }
-        Ok(nat_use(&String::from_utf8_lossy(&out.stdout)))
+        Ok(nat_use_within(
+            &String::from_utf8_lossy(&out.stdout),
+            horizon,
+            watched,
+        ))
     }
 
     /// Brings the kernel to `plan` and `ruleset`, changing only what differs, and

@@ -5,7 +5,7 @@
 pub mod apply;
 
 use ipnet::Ipv4Net;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 /// natd's chain in the `nat` table, jumped to from POSTROUTING.
 pub const NAT_CHAIN: &str = "NATD-POSTROUTING";
@@ -178,6 +178,12 @@ pub fn ruleset(facts: &Facts) -> Ruleset {
     // CloudWatch metrics read these counters): from the VPC out, back to the VPC, and
     // any other (as before the split, accepted).
     let mut filter = vec!["-m conntrack --ctstate INVALID -j DROP".to_string()];
+    // Counts, without deciding anything, the first reply of each connection back to
+    // the VPC: a connection established (ConnectionEstablishedCount). The connbytes
+    // match turns on the kernel's per-connection accounting.
+    for c in &sources {
+        filter.push(format!("-d {c} {ESTABLISHED_COUNTER}"));
+    }
     for c in &sources {
         filter.push(format!(
             "-s {c} -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT"
@@ -195,6 +201,11 @@ pub fn ruleset(facts: &Facts) -> Ruleset {
     filter.push("-j DROP".to_string());
     Ruleset { nat, filter }
 }
+
+/// The match of the rule (one per VPC range, `-d` the range, no target) counting each
+/// connection's first reply: its packet counter is the number of connections
+/// established. As `iptables-save` prints it.
+const ESTABLISHED_COUNTER: &str = "-m conntrack --ctstate ESTABLISHED --ctdir REPLY -m connbytes --connbytes 1:1 --connbytes-mode packets --connbytes-dir reply";
 
 /// Packets accepted by natd's forward chain, from `iptables-save -c` output: the sum of
 /// the counters of its ACCEPT rules (every forwarded packet passes one of them).
@@ -224,6 +235,8 @@ pub struct Traffic {
     pub new_packets: u64,
     /// Packets dropped (invalid, or neither from the VPC nor a reply).
     pub dropped_packets: u64,
+    /// Connections established: first replies forwarded back into the VPC.
+    pub established: u64,
 }
 
 /// [`Traffic`] from `iptables-save -c` output.
@@ -242,7 +255,9 @@ pub fn traffic(save: &str) -> Traffic {
         };
         let (p, b) = (p.parse::<u64>().unwrap_or(0), b.parse::<u64>().unwrap_or(0));
         let open = rule.contains("--ctstate RELATED,ESTABLISHED");
-        if rule.ends_with("-j DROP") {
+        if rule.ends_with(ESTABLISHED_COUNTER) {
+            t.established += p;
+        } else if rule.ends_with("-j DROP") {
             t.dropped_packets += p;
         } else if open && rule.starts_with("-s ") {
             t.out_packets += p;
@@ -403,19 +418,47 @@ pub fn hook_drift(observed: &Observed) -> Vec<String> {
 /// How masquerading uses source ports: the kernel picks a source port per connection
 /// *per destination* (protocol, address, port), so the busiest destination is what
 /// runs out first, at the size of `ip_local_port_range`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct NatUse {
     /// Masqueraded connections tracked.
     pub total: usize,
     /// Connections to the busiest single destination.
     pub busiest: usize,
+    /// Open connections (TCP established, UDP streams) whose timeout ends within the
+    /// horizon asked for, by their original tuple: those still idle at the next look
+    /// are gone by timeout, not closed (a NAT gateway's IdleTimeoutCount).
+    pub expiring: BTreeSet<String>,
+    /// Every connection's original tuple, when asked for (to tell which expiring ones
+    /// went).
+    pub present: BTreeSet<String>,
+}
+
+/// A connection's original tuple in a `conntrack -L` line: protocol and the first
+/// `src=`, `dst=`, `sport=`, `dport=`.
+fn tuple(line: &str) -> String {
+    let mut t = line.split_whitespace().next().unwrap_or("").to_string();
+    for name in ["src=", "dst=", "sport=", "dport="] {
+        if let Some(w) = line.split_whitespace().find(|w| w.starts_with(name)) {
+            t.push(' ');
+            t.push_str(w);
+        }
+    }
+    t
 }
 
 /// Reads `conntrack -L --src-nat` output (one entry per line, the original direction's
 /// `dst=` and `dport=` first).
 pub fn nat_use(listing: &str) -> NatUse {
+    nat_use_within(listing, None, &BTreeSet::new())
+}
+
+/// [`nat_use`], also listing the open connections whose timeout ends within `horizon`
+/// seconds, and which of `watched` (the last look's expiring ones) are still present.
+pub fn nat_use_within(listing: &str, horizon: Option<u64>, watched: &BTreeSet<String>) -> NatUse {
     let mut per: BTreeMap<(String, String, String), usize> = BTreeMap::new();
     let mut total = 0;
+    let mut expiring = BTreeSet::new();
+    let mut present = BTreeSet::new();
     for line in listing.lines() {
         let mut words = line.split_whitespace();
         let Some(proto) = words.next() else { continue };
@@ -430,12 +473,33 @@ pub fn nat_use(listing: &str) -> NatUse {
             continue;
         }
         total += 1;
+        if let Some(horizon) = horizon {
+            // `tcp 6 <timeout> <state> ...`, `udp 17 <timeout> src=... [ASSURED]`.
+            let mut w = line.split_whitespace().skip(2);
+            let timeout = w.next().and_then(|t| t.parse::<u64>().ok());
+            let open = match proto {
+                "tcp" => w.next() == Some("ESTABLISHED"),
+                "udp" => line.contains("[ASSURED]"),
+                _ => false,
+            };
+            let key = (!watched.is_empty() || open).then(|| tuple(line));
+            if let Some(key) = key {
+                if open && timeout.is_some_and(|t| t <= horizon) {
+                    expiring.insert(key.clone());
+                }
+                if watched.contains(&key) {
+                    present.insert(key);
+                }
+            }
+        }
         *per.entry((proto.to_string(), dst, field("dport=")))
             .or_default() += 1;
     }
     NatUse {
         total,
         busiest: per.values().copied().max().unwrap_or(0),
+        expiring,
+        present,
     }
 }
 
@@ -684,6 +748,7 @@ COMMIT
 *filter
 :NATD-FORWARD - [0:0]
 [3:180] -A NATD-FORWARD -m conntrack --ctstate INVALID -j DROP
+[4:240] -A NATD-FORWARD -d 10.20.0.0/16 -m conntrack --ctstate ESTABLISHED --ctdir REPLY -m connbytes --connbytes 1:1 --connbytes-mode packets --connbytes-dir reply
 [50:40000] -A NATD-FORWARD -s 10.20.0.0/16 -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT
 [80:900000] -A NATD-FORWARD -d 10.20.0.0/16 -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT
 [1:60] -A NATD-FORWARD -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT
@@ -701,6 +766,7 @@ COMMIT
                 back_bytes: 900000,
                 new_packets: 2,
                 dropped_packets: 10,
+                established: 4,
             }
         );
         assert_eq!(forwarded_packets(save), 133);
@@ -727,10 +793,44 @@ icmp     1 29 src=10.20.1.10 dst=198.51.100.9 type=8 code=0 id=7 src=198.51.100.
             nat_use(listing),
             NatUse {
                 total: 5,
-                busiest: 2
+                busiest: 2,
+                ..NatUse::default()
             }
         );
         assert_eq!(nat_use(""), NatUse::default());
+    }
+
+    #[test]
+    fn connections_about_to_time_out_are_watched_until_gone() {
+        let first = "\
+tcp      6 40 ESTABLISHED src=10.20.1.10 dst=198.51.100.1 sport=40000 dport=443 src=198.51.100.1 dst=198.51.100.2 sport=443 dport=40000 [ASSURED] mark=0 use=1
+tcp      6 431999 ESTABLISHED src=10.20.1.11 dst=198.51.100.1 sport=40001 dport=443 src=198.51.100.1 dst=198.51.100.2 sport=443 dport=40001 [ASSURED] mark=0 use=1
+tcp      6 20 TIME_WAIT src=10.20.1.10 dst=198.51.100.1 sport=40002 dport=80 src=198.51.100.1 dst=198.51.100.2 sport=80 dport=40002 mark=0 use=1
+udp      17 50 src=10.20.1.10 dst=198.51.100.1 sport=5353 dport=53 src=198.51.100.1 dst=198.51.100.2 sport=53 dport=5353 [ASSURED] mark=0 use=1
+udp      17 10 src=10.20.1.10 dst=198.51.100.1 sport=5354 dport=53 [UNREPLIED] src=198.51.100.1 dst=198.51.100.2 sport=53 dport=5354 mark=0 use=1
+";
+        // Established with 40 s left and the UDP stream with 50 s left end within a
+        // minute; the long-lived one, a closing one and an unanswered one do not count.
+        let seen = nat_use_within(first, Some(60), &BTreeSet::new());
+        assert_eq!(
+            seen.expiring,
+            BTreeSet::from([
+                "tcp src=10.20.1.10 dst=198.51.100.1 sport=40000 dport=443".to_string(),
+                "udp src=10.20.1.10 dst=198.51.100.1 sport=5353 dport=53".to_string(),
+            ])
+        );
+        // A minute later the TCP one is gone; the UDP one was used again (its timeout
+        // restarted) and is still there.
+        let second = "\
+udp      17 179 src=10.20.1.10 dst=198.51.100.1 sport=5353 dport=53 src=198.51.100.1 dst=198.51.100.2 sport=53 dport=5353 [ASSURED] mark=0 use=1
+";
+        let later = nat_use_within(second, Some(60), &seen.expiring);
+        assert_eq!(
+            later.present,
+            BTreeSet::from(["udp src=10.20.1.10 dst=198.51.100.1 sport=5353 dport=53".to_string()])
+        );
+        assert_eq!(seen.expiring.difference(&later.present).count(), 1);
+        assert!(later.expiring.is_empty());
     }
 
     #[test]
