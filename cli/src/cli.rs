@@ -234,6 +234,20 @@ pub struct SetupArgs {
     /// notifying. Without the flag the alarms keep the topic they have.
     #[arg(long, value_name = "SNS_TOPIC_ARN|none")]
     pub alarm_topic: Option<String>,
+    /// IPv6 egress beside the NAT, with no NAT at all: an egress-only internet gateway
+    /// (free: no hourly or per-GB charge), `::/0` to it in the private route tables,
+    /// the function's Ipv6AllowedForDualStack, LambdaSG's IPv6 egress. Destinations
+    /// that answer on IPv6 are reached that way; IPv4 still goes through the NAT.
+    /// Without the flag, what a previous run built is left as it is; teardown removes
+    /// it.
+    #[arg(long)]
+    pub ipv6: bool,
+    /// With --ipv6: associate an Amazon-provided IPv6 /56 with the VPC and a /64 with
+    /// each private subnet that has none (it changes your network; the plan lists each
+    /// association; teardown disassociates only those). Without it, setup refuses a VPC
+    /// or private subnet without IPv6, naming it.
+    #[arg(long, requires = "ipv6")]
+    pub add_ipv6_cidrs: bool,
     /// When switching between dev and prod: seconds the old egress stays after the
     /// routes moved (route changes propagate, open connections finish).
     #[arg(long, value_name = "SECS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(0..=3600))]

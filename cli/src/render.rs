@@ -41,6 +41,10 @@ pub fn step(req: Option<&Request>, s: &Step) -> String {
             _ => format!("{a:?}"),
         },
         Step::Build(Build::Alarms(a)) => alarms_action(a),
+        Step::Build(Build::Ipv6(a)) => match req.and_then(|r| r.ipv6.as_ref()) {
+            Some(spec) => ipv6_action(a, spec),
+            None => format!("{a:?}"),
+        },
         Step::Drain { secs } => format!(
             "keep the old egress {secs} s after the routes moved, for open connections and route propagation"
         ),
@@ -54,6 +58,26 @@ pub fn step(req: Option<&Request>, s: &Step) -> String {
                 (Some(_), Remove::NatGateways(_)) => format!("remove the prod egress: {what}"),
                 _ => what,
             }
+        }
+    }
+}
+
+fn ipv6_action(a: &crate::parts::ipv6::Action, spec: &crate::parts::ipv6::Spec) -> String {
+    use crate::parts::ipv6::Action;
+    match a {
+        Action::AssociateVpcBlock => format!(
+            "associate an Amazon-provided IPv6 /56 with {} (--add-ipv6-cidrs; teardown disassociates it)",
+            spec.vpc
+        ),
+        Action::AssociateSubnetBlock { subnet } => format!(
+            "associate the next free IPv6 /64 of the VPC's block with {subnet} (--add-ipv6-cidrs; teardown disassociates it)"
+        ),
+        Action::CreateGateway => format!(
+            "create an egress-only internet gateway in {} (IPv6 out, nothing in; no hourly or per-GB charge)",
+            spec.vpc
+        ),
+        Action::CreateRoute { table } => {
+            format!("route ::/0 in {table} to the egress-only internet gateway")
         }
     }
 }
@@ -336,10 +360,18 @@ fn lambda_action(a: &lambda::Action, spec: &lambda::Spec) -> String {
             spec.function
         ),
         Action::UpdateFunction => format!(
-            "{}: role {}, subnets {}, LambdaSG",
+            "{}: role {}, subnets {}, LambdaSG{}",
             spec.function,
             spec.role(),
-            list(&spec.subnets)
+            list(&spec.subnets),
+            match spec.ipv6 {
+                Some(true) => ", Ipv6AllowedForDualStack",
+                _ => "",
+            }
+        ),
+        Action::AllowIpv6Egress => format!(
+            "{}: let everything out to ::/0 (IPv6 egress)",
+            sg(Group::Lambda)
         ),
     }
 }
@@ -402,6 +434,17 @@ pub fn removal(r: &Remove) -> String {
         }
         Remove::Alarms(crate::parts::alarms::Removal::Alarm { name }) => {
             format!("CloudWatch alarm {name}")
+        }
+        Remove::Ipv6(r) => {
+            use crate::parts::ipv6::Removal;
+            match r {
+                Removal::Route { table } => format!("{table}'s ::/0 route (IPv6 egress)"),
+                Removal::Gateway { id } => format!("egress-only internet gateway {id}"),
+                Removal::SubnetBlock { subnet, .. } => {
+                    format!("the IPv6 block setup gave {subnet}")
+                }
+                Removal::VpcBlock { vpc, .. } => format!("the IPv6 block setup gave {vpc}"),
+            }
         }
         Remove::FlowLogs(r) => match r {
             flow_logs::Removal::FlowLog { id } => format!("flow log {id}"),

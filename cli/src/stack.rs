@@ -6,7 +6,7 @@
 
 use crate::aws::wait::{self, Poll};
 use crate::aws::{Clients, Error};
-use crate::parts::{Progress, alarms, flow_logs, lambda, nat_gateways, nat_instance};
+use crate::parts::{Progress, alarms, flow_logs, ipv6, lambda, nat_gateways, nat_instance};
 use serde::Serialize;
 use std::time::Duration;
 
@@ -37,6 +37,8 @@ pub struct Request {
     /// The CloudWatch alarms on natd's metrics (a NAT-instance stack); `None`: the
     /// stack has none (its existing ones go).
     pub alarms: Option<alarms::Spec>,
+    /// IPv6 egress by an egress-only internet gateway (`--ipv6`); `None`: left as it is.
+    pub ipv6: Option<ipv6::Spec>,
 }
 
 /// What setup does with the stack's flow logs.
@@ -93,6 +95,8 @@ pub enum Build {
     FlowLogs(flow_logs::Action),
     /// The alarms on natd's metrics.
     Alarms(alarms::Action),
+    /// IPv6 egress.
+    Ipv6(ipv6::Action),
 }
 
 /// A removal of one part.
@@ -109,6 +113,8 @@ pub enum Remove {
     FlowLogs(flow_logs::Removal),
     /// The alarms on natd's metrics.
     Alarms(alarms::Removal),
+    /// IPv6 egress.
+    Ipv6(ipv6::Removal),
 }
 
 /// One step of setup, a switch, or teardown.
@@ -141,6 +147,9 @@ pub enum Refusal {
     /// The flow logs part refuses (a same-named resource that is not the stack's).
     #[error(transparent)]
     FlowLogs(#[from] crate::parts::Foreign),
+    /// The IPv6 part refuses.
+    #[error(transparent)]
+    Ipv6(#[from] ipv6::Refusal),
 }
 
 /// What the egress part observes.
@@ -179,6 +188,8 @@ pub struct Observed {
     pub other: Other,
     /// The stack's alarms.
     pub alarms: alarms::Observed,
+    /// The IPv6 part, when asked for.
+    pub ipv6: Option<ipv6::Observed>,
 }
 
 /// The steps that build `req` from `o`: the new egress, the Lambda wiring, then (when
@@ -199,6 +210,15 @@ pub fn plan(req: &Request, o: &Observed) -> Result<Vec<Step>, Refusal> {
         ),
         // read() observes the part the request names.
         _ => {}
+    }
+    // Before the function: Lambda takes Ipv6AllowedForDualStack only on dual-stack
+    // subnets.
+    if let (Some(spec), Some(obs)) = (&req.ipv6, &o.ipv6) {
+        out.extend(
+            ipv6::plan(spec, obs)?
+                .into_iter()
+                .map(|a| Step::Build(Build::Ipv6(a))),
+        );
     }
     if let (Some(spec), Some(obs)) = (&req.lambda, &o.lambda) {
         out.extend(
@@ -317,6 +337,10 @@ pub async fn read(c: &Clients, req: &Request) -> Result<Observed, Error> {
         flow_logs_existing,
         other,
         alarms: alarms::read(c, &req.stack).await?,
+        ipv6: match &req.ipv6 {
+            Some(spec) => Some(ipv6::read(c, spec).await?),
+            None => None,
+        },
     })
 }
 
@@ -392,6 +416,18 @@ pub async fn apply(
                         })
                         .collect();
                     alarms::apply(c, spec, &o.alarms, &actions, progress).await?;
+                }
+            }
+            (Step::Build(Build::Ipv6(_)), ..) => {
+                if let (Some(spec), Some(obs)) = (&req.ipv6, &o.ipv6) {
+                    let actions: Vec<_> = slice
+                        .iter()
+                        .filter_map(|s| match s {
+                            Step::Build(Build::Ipv6(a)) => Some(a.clone()),
+                            _ => None,
+                        })
+                        .collect();
+                    ipv6::apply(c, spec, obs, &actions, progress).await?;
                 }
             }
             (Step::Remove(Remove::Alarms(_)), ..) => {
@@ -556,6 +592,8 @@ pub struct Leftovers {
     pub flow_logs: flow_logs::Existing,
     /// The alarms.
     pub alarms: alarms::Existing,
+    /// IPv6 egress.
+    pub ipv6: ipv6::Existing,
 }
 
 /// Reads what is left of `stack`.
@@ -566,13 +604,15 @@ pub async fn read_leftovers(c: &Clients, stack: &str) -> Result<Leftovers, Error
         nat_gateways: nat_gateways::read_existing(c, stack).await?,
         flow_logs: flow_logs::read_existing(c, stack).await?,
         alarms: alarms::read_existing(c, stack).await?,
+        ipv6: ipv6::read_existing(c, stack).await?,
     })
 }
 
 /// Teardown's steps: the Lambda wiring first (the function goes back to its previous
 /// configuration before its groups and role go), then the NAT instance (routes
 /// released before the instance goes), then the NAT gateways (split tables put back,
-/// gateways deleted before their addresses).
+/// gateways deleted before their addresses), then IPv6 egress (after the function let
+/// go of its dual-stack subnets).
 pub fn plan_teardown(stack: &str, l: &Leftovers) -> Vec<Step> {
     let mut out: Vec<Step> = lambda::plan_remove(&l.lambda)
         .into_iter()
@@ -598,6 +638,11 @@ pub fn plan_teardown(stack: &str, l: &Leftovers) -> Vec<Step> {
             .into_iter()
             .map(|r| Step::Remove(Remove::Alarms(r))),
     );
+    out.extend(
+        ipv6::plan_remove(&l.ipv6)
+            .into_iter()
+            .map(|r| Step::Remove(Remove::Ipv6(r))),
+    );
     out
 }
 
@@ -608,8 +653,10 @@ pub async fn teardown(c: &Clients, steps: &[Step], progress: Progress<'_>) -> Re
     let mut gateway_r = Vec::new();
     let mut flow_r = Vec::new();
     let mut alarm_r = Vec::new();
+    let mut ipv6_r = Vec::new();
     for s in steps {
         match s {
+            Step::Remove(Remove::Ipv6(r)) => ipv6_r.push(r.clone()),
             Step::Remove(Remove::Alarms(r)) => alarm_r.push(r.clone()),
             Step::Remove(Remove::FlowLogs(r)) => flow_r.push(r.clone()),
             Step::Remove(Remove::Lambda(r)) => lambda_r.push(r.clone()),
@@ -623,6 +670,7 @@ pub async fn teardown(c: &Clients, steps: &[Step], progress: Progress<'_>) -> Re
     nat_gateways::remove(c, &gateway_r, progress).await?;
     flow_logs::remove(c, &flow_r, progress).await?;
     alarms::remove(c, &alarm_r, progress).await?;
+    ipv6::remove(c, &ipv6_r, progress).await?;
     Ok(())
 }
 
@@ -649,6 +697,7 @@ mod tests {
             drain_secs: 30,
             flow_logs: FlowLogs::Leave,
             alarms: None,
+            ipv6: None,
         }
     }
 
@@ -676,6 +725,7 @@ mod tests {
             drain_secs: 30,
             flow_logs: FlowLogs::Leave,
             alarms: None,
+            ipv6: None,
         }
     }
 
@@ -718,6 +768,7 @@ mod tests {
             flow_logs_existing: None,
             other: Other::NatInstance(dev_stack()),
             alarms: alarms::Observed::default(),
+            ipv6: None,
         };
         let steps = plan(&req, &o).expect("plan");
         let pos = |f: &dyn Fn(&Step) -> bool| steps.iter().position(f).expect("present");
@@ -799,6 +850,7 @@ mod tests {
             flow_logs_existing: None,
             other: Other::NatInstance(nat_instance::Existing::default()),
             alarms: alarms::Observed::default(),
+            ipv6: None,
         };
         let steps = plan(&req, &o).expect("plan");
         let pos = |f: &dyn Fn(&Step) -> bool| steps.iter().position(f).expect("present");
@@ -851,6 +903,7 @@ mod tests {
             flow_logs_existing: None,
             other: Other::NatGateways(gateways),
             alarms: alarms::Observed::default(),
+            ipv6: None,
         };
         let steps = plan(&req, &o).expect("plan");
         let tag = steps
@@ -929,6 +982,7 @@ mod tests {
             flow_logs_existing: None,
             other: Other::NatGateways(nat_gateways::Existing::default()),
             alarms: alarms::Observed::default(),
+            ipv6: None,
         };
         assert_eq!(plan(&req, &o).expect("plan"), vec![]);
     }
@@ -954,6 +1008,11 @@ mod tests {
                 log_group: Some(flow_logs::log_group("s")),
                 role: Some(flow_logs::role("s")),
             },
+            ipv6: ipv6::Existing {
+                routes: vec!["rtb-1".into()],
+                gateway: Some("eigw-1".into()),
+                ..Default::default()
+            },
             alarms: alarms::Existing {
                 alarms: vec!["natd-s-failover".into()],
             },
@@ -965,12 +1024,14 @@ mod tests {
             Step::Remove(Remove::NatGateways(_)) => 2,
             Step::Remove(Remove::FlowLogs(_)) => 3,
             Step::Remove(Remove::Alarms(_)) => 4,
+            Step::Remove(Remove::Ipv6(_)) => 5,
             _ => 9,
         };
         let parts: Vec<u8> = steps.iter().map(part).collect();
         assert!(parts.windows(2).all(|w| w[0] <= w[1]), "{parts:?}");
         assert_eq!(parts.first(), Some(&0));
-        assert_eq!(parts.last(), Some(&4));
+        // IPv6 egress goes after the function let go of its dual-stack subnets.
+        assert_eq!(parts.last(), Some(&5));
         // The instance's routes are untagged and deleted, not left as blackholes.
         assert!(steps.contains(&Step::Remove(Remove::NatInstance(
             nat_instance::Removal::DeleteRoute {

@@ -75,6 +75,14 @@ pub fn check_stack_name(name: &str) -> Result<(), BadStackName> {
 
 /// Destination natd owns in the tagged route tables.
 pub const DEFAULT_ROUTE: &str = "0.0.0.0/0";
+/// The IPv6 default route (`setup --ipv6` points it at an egress-only internet gateway).
+pub const IPV6_DEFAULT_ROUTE: &str = "::/0";
+/// Tag on a private route table whose `::/0` route the stack made (teardown removes
+/// that route and nothing else of the table).
+pub const IPV6_ROUTE_TAG: &str = "natd:ipv6-route";
+/// Tag on a VPC or subnet whose IPv6 CIDR block the stack associated
+/// (`--add-ipv6-cidrs`): teardown disassociates it.
+pub const IPV6_CIDR_TAG: &str = "natd:ipv6-cidr";
 
 /// The lifecycle transition whose hook natd completes once it forwards.
 pub const LAUNCHING_TRANSITION: &str = "autoscaling:EC2_INSTANCE_LAUNCHING";

@@ -164,6 +164,7 @@ pub(super) async fn setup(ctx: &Ctx, a: &SetupArgs, dry_run: bool) -> Result<(),
                 crate::cli::EndpointAccess::Vpc => lambda::EndpointAccess::Vpc,
             };
             let mut spec = lambda::Spec::new(&a.stack, &topo, &region, function, r, access);
+            spec.ipv6 = a.ipv6.then_some(true);
             spec.endpoint_policy = match a.endpoint_policy {
                 crate::cli::EndpointPolicy::Stack => lambda::EndpointPolicy::Stack,
                 crate::cli::EndpointPolicy::Account => lambda::EndpointPolicy::Account,
@@ -274,6 +275,17 @@ pub(super) async fn setup(ctx: &Ctx, a: &SetupArgs, dry_run: bool) -> Result<(),
         }),
         Egress::Prod(_) => None,
     };
+    let ipv6 = a.ipv6.then(|| crate::parts::ipv6::Spec {
+        stack: a.stack.clone(),
+        vpc: a.vpc.clone(),
+        private: topo
+            .subnets
+            .iter()
+            .filter(|(_, s)| !s.public)
+            .map(|(id, s)| (id.clone(), s.table.clone()))
+            .collect(),
+        add_cidrs: a.add_ipv6_cidrs,
+    });
     let req = Request {
         stack: a.stack.clone(),
         egress,
@@ -281,6 +293,7 @@ pub(super) async fn setup(ctx: &Ctx, a: &SetupArgs, dry_run: bool) -> Result<(),
         drain_secs: a.drain_seconds,
         flow_logs,
         alarms,
+        ipv6,
     };
     let (_, steps) = plan_now(ctx, &c, &req).await?;
     check_limits(ctx, &c, &req, &steps).await?;

@@ -204,6 +204,9 @@ pub struct Spec {
     pub secret_policy: Option<SecretPolicy>,
     /// The execution role of the secret's rotation function, when it rotates.
     pub rotation_role: Option<String>,
+    /// IPv6 egress for the function (`--ipv6`): its Ipv6AllowedForDualStack, and
+    /// LambdaSG's outbound `::/0`. `None`: the function keeps the setting it has.
+    pub ipv6: Option<bool>,
 }
 
 /// What the stack's Secrets Manager endpoint allows (its policy). An endpoint policy
@@ -285,6 +288,7 @@ impl Spec {
             endpoint_policy: EndpointPolicy::Stack,
             secret_policy: None,
             rotation_role: r.rotation_role,
+            ipv6: None,
         }
     }
 
@@ -485,6 +489,8 @@ pub struct SgObs {
     pub ingress: BTreeSet<(String, i32, String)>,
     /// (protocol, from port, source CIDR).
     pub cidr_ingress: BTreeSet<(String, i32, String)>,
+    /// It lets everything out to `::/0`.
+    pub ipv6_egress: bool,
 }
 
 /// The function as read.
@@ -498,6 +504,8 @@ pub struct FunctionObs {
     pub groups: BTreeSet<String>,
     /// Its tags.
     pub tags: BTreeMap<String, String>,
+    /// Its VPC configuration's Ipv6AllowedForDualStack.
+    pub ipv6: bool,
 }
 
 /// What exists now.
@@ -578,6 +586,9 @@ pub enum Action {
         /// The instance.
         db_instance: String,
     },
+    /// Let LambdaSG send anything to `::/0` (IPv6 egress; AWS gives a new group
+    /// outbound IPv4 only when its VPC had no IPv6 block).
+    AllowIpv6Egress,
     /// Record the function's role and VPC configuration before the first change.
     RecordPrevious,
     /// Set the function's role and VPC configuration.
@@ -748,6 +759,9 @@ pub fn plan(spec: &Spec, o: &Observed) -> Result<Vec<Action>, Refusal> {
             None => {}
         }
     }
+    if spec.ipv6 == Some(true) && !o.groups.get(&Group::Lambda).is_some_and(|g| g.ipv6_egress) {
+        out.push(Action::AllowIpv6Egress);
+    }
     if !o.function.tags.contains_key(PREVIOUS_ROLE_TAG) {
         out.push(Action::RecordPrevious);
     }
@@ -755,7 +769,8 @@ pub fn plan(spec: &Spec, o: &Observed) -> Result<Vec<Action>, Refusal> {
     let vpc_ok = o.function.subnets == spec.subnets
         && lambda_sg
             .as_ref()
-            .is_some_and(|l| o.function.groups.contains(l));
+            .is_some_and(|l| o.function.groups.contains(l))
+        && spec.ipv6.is_none_or(|v| v == o.function.ipv6);
     if !role_ok || !vpc_ok {
         out.push(Action::UpdateFunction);
     }
@@ -1001,12 +1016,19 @@ async fn stack_groups(
                 })
             })
             .collect();
+        let ipv6_egress = g.ip_permissions_egress().iter().any(|p| {
+            p.ip_protocol() == Some("-1")
+                && p.ipv6_ranges()
+                    .iter()
+                    .any(|r| r.cidr_ipv6() == Some(natd_contract::IPV6_DEFAULT_ROUTE))
+        });
         out.insert(
             kind,
             SgObs {
                 id,
                 ingress,
                 cidr_ingress,
+                ipv6_egress,
             },
         );
     }
@@ -1047,6 +1069,9 @@ async fn function(c: &Clients, name: &str) -> Result<Option<(FunctionObs, String
                 .tags()
                 .map(|t| t.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
                 .unwrap_or_default(),
+            ipv6: vpc
+                .and_then(|v| v.ipv6_allowed_for_dual_stack())
+                .unwrap_or(false),
         },
         conf.and_then(|c| c.function_arn())
             .unwrap_or_default()
@@ -1181,11 +1206,16 @@ fn vpc_record(f: &FunctionObs) -> String {
         return "none".to_string();
     }
     let join = |s: &BTreeSet<String>| s.iter().cloned().collect::<Vec<_>>().join(",");
-    format!("{}|{}", join(&f.subnets), join(&f.groups))
+    let ipv6 = if f.ipv6 { "|ipv6" } else { "" };
+    format!("{}|{}{ipv6}", join(&f.subnets), join(&f.groups))
 }
 
-/// The subnets and groups of a [`vpc_record`].
-fn parse_vpc_record(s: &str) -> (Vec<String>, Vec<String>) {
+/// The subnets and groups of a [`vpc_record`], and whether it allowed IPv6.
+fn parse_vpc_record(s: &str) -> (Vec<String>, Vec<String>, bool) {
+    let (s, ipv6) = match s.strip_suffix("|ipv6") {
+        Some(rest) => (rest, true),
+        None => (s, false),
+    };
     let (subnets, groups) = s.split_once('|').unwrap_or(("", ""));
     let split = |s: &str| -> Vec<String> {
         s.split(',')
@@ -1193,7 +1223,7 @@ fn parse_vpc_record(s: &str) -> (Vec<String>, Vec<String>) {
             .map(str::to_string)
             .collect()
     };
-    (split(subnets), split(groups))
+    (split(subnets), split(groups), ipv6)
 }
 
 /// Removes the resource policy the stack put on `secret`, and its tag.
@@ -1261,6 +1291,37 @@ pub async fn apply(
                     .await
                     .map_err(err("CreateSecurityGroup", &name))?;
                 groups.insert(*group, r.group_id().unwrap_or_default().to_string());
+            }
+            Action::AllowIpv6Egress => {
+                let id = groups.get(&Group::Lambda).cloned().unwrap_or_default();
+                let r = c
+                    .ec2
+                    .authorize_security_group_egress()
+                    .group_id(&id)
+                    .ip_permissions(
+                        IpPermission::builder()
+                            .ip_protocol("-1")
+                            .ipv6_ranges(
+                                aws_sdk_ec2::types::Ipv6Range::builder()
+                                    .cidr_ipv6(natd_contract::IPV6_DEFAULT_ROUTE)
+                                    .description("IPv6 egress (egress-only internet gateway)")
+                                    .build(),
+                            )
+                            .build(),
+                    )
+                    .send()
+                    .await;
+                // AWS added it itself (a group made in a VPC with IPv6): it is there.
+                if let Err(e) = r {
+                    let e = crate::aws::ApiFailure::from(e);
+                    if !e.is("InvalidPermission.Duplicate") {
+                        return Err(Error::Call {
+                            op: "AuthorizeSecurityGroupEgress",
+                            target: id,
+                            source: e,
+                        });
+                    }
+                }
             }
             Action::AdmitFromLambda { group, port } => {
                 let id = groups.get(group).cloned().unwrap_or_default();
@@ -1489,6 +1550,7 @@ pub async fn apply(
                     aws_sdk_lambda::types::VpcConfig::builder()
                         .set_subnet_ids(Some(spec.subnets.iter().cloned().collect()))
                         .security_group_ids(lambda)
+                        .ipv6_allowed_for_dual_stack(spec.ipv6.unwrap_or(o.function.ipv6))
                         .build(),
                     progress,
                 )
@@ -1512,6 +1574,9 @@ pub struct Wired {
     pub previous_subnets: Vec<String>,
     /// Its security groups before the stack.
     pub previous_groups: Vec<String>,
+    /// Its Ipv6AllowedForDualStack before the stack.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub previous_ipv6: bool,
     /// The tags the stack put on it.
     pub tag_keys: Vec<String>,
 }
@@ -1609,7 +1674,7 @@ pub async fn read_existing(c: &Clients, stack: &str) -> Result<Existing, Error> 
             && let Some(previous_role) = f.tags.get(PREVIOUS_ROLE_TAG)
         {
             let record = joined_tag(&f.tags, PREVIOUS_VPC_TAG).unwrap_or_else(|| "none".into());
-            let (previous_subnets, previous_groups) = parse_vpc_record(&record);
+            let (previous_subnets, previous_groups, previous_ipv6) = parse_vpc_record(&record);
             let mut tag_keys = split_tag_keys(&f.tags, PREVIOUS_VPC_TAG);
             tag_keys.push(PREVIOUS_ROLE_TAG.to_string());
             if f.tags.contains_key(STACK_TAG) {
@@ -1622,6 +1687,7 @@ pub async fn read_existing(c: &Clients, stack: &str) -> Result<Existing, Error> 
                 previous_role: previous_role.clone(),
                 previous_subnets,
                 previous_groups,
+                previous_ipv6,
                 tag_keys,
             });
         }
@@ -1758,6 +1824,7 @@ pub async fn remove(
                     aws_sdk_lambda::types::VpcConfig::builder()
                         .set_subnet_ids(Some(f.previous_subnets.clone()))
                         .set_security_group_ids(Some(f.previous_groups.clone()))
+                        .ipv6_allowed_for_dual_stack(f.previous_ipv6)
                         .build(),
                     progress,
                 )
@@ -1927,6 +1994,7 @@ mod tests {
             endpoint_policy: EndpointPolicy::Stack,
             secret_policy: None,
             rotation_role: None,
+            ipv6: None,
         }
     }
 
@@ -1941,6 +2009,7 @@ mod tests {
                         id: lambda.clone(),
                         ingress: BTreeSet::new(),
                         cidr_ingress: BTreeSet::new(),
+                        ipv6_egress: false,
                     },
                 ),
                 (
@@ -1949,6 +2018,7 @@ mod tests {
                         id: "sg-d".into(),
                         ingress: rule(5432),
                         cidr_ingress: BTreeSet::new(),
+                        ipv6_egress: false,
                     },
                 ),
                 (
@@ -1957,6 +2027,7 @@ mod tests {
                         id: "sg-s".into(),
                         ingress: rule(443),
                         cidr_ingress: BTreeSet::new(),
+                        ipv6_egress: false,
                     },
                 ),
             ]
@@ -1974,6 +2045,7 @@ mod tests {
                 subnets: s.subnets.clone(),
                 groups: [lambda].into(),
                 tags: [(PREVIOUS_ROLE_TAG.to_string(), "arn:old".to_string())].into(),
+                ipv6: false,
             },
             db_groups: ["sg-d".to_string(), "sg-default".to_string()].into(),
             wired: Some("f".into()),
@@ -2076,16 +2148,22 @@ mod tests {
             subnets: (0..16).map(|i| format!("subnet-{i:017x}")).collect(),
             groups: (0..5).map(|i| format!("sg-{i:017x}")).collect(),
             tags: BTreeMap::new(),
+            ipv6: true,
         };
         let record = vpc_record(&f);
         assert!(record.len() > crate::aws::names::TAG_VALUE_MAX);
         let tags: BTreeMap<String, String> =
             split_tag(PREVIOUS_VPC_TAG, &record).into_iter().collect();
-        let (subnets, groups) =
+        let (subnets, groups, ipv6) =
             parse_vpc_record(&joined_tag(&tags, PREVIOUS_VPC_TAG).expect("tag"));
         assert_eq!(subnets, f.subnets.iter().cloned().collect::<Vec<_>>());
         assert_eq!(groups, f.groups.iter().cloned().collect::<Vec<_>>());
-        assert_eq!(parse_vpc_record("none"), (vec![], vec![]));
+        assert!(ipv6, "the function allowed IPv6 before the stack");
+        assert_eq!(parse_vpc_record("none"), (vec![], vec![], false));
+        assert_eq!(
+            parse_vpc_record("subnet-1|sg-1"),
+            (vec!["subnet-1".into()], vec!["sg-1".into()], false)
+        );
     }
 
     #[test]
@@ -2097,6 +2175,7 @@ mod tests {
                 previous_role: "arn:old".into(),
                 previous_subnets: vec![],
                 previous_groups: vec![],
+                previous_ipv6: false,
                 tag_keys: vec![STACK_TAG.into()],
             }),
             databases: vec![("db1".into(), vec!["sg-default".into()])],

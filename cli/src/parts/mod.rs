@@ -5,6 +5,7 @@
 
 pub mod alarms;
 pub mod flow_logs;
+pub mod ipv6;
 pub mod lambda;
 pub mod nat_gateways;
 pub mod nat_instance;
