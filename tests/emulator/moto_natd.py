@@ -98,6 +98,12 @@ Extensions, each matching documented AWS behaviour:
   default 5), NAT gateways per AZ (NatGatewayLimitExceeded, 5), interface endpoints per
   VPC (VpcEndpointLimitExceeded, 50); rules per security group moto enforces itself.
 - Auto Scaling groups keep their InstanceMaintenancePolicy and answer it (moto ignores it).
+- DescribeSubnets answers an IPv6 block's state as AWS does (moto nests a record there).
+- IPv6 as AWS enforces it: a function's VpcConfig with Ipv6AllowedForDualStack needs
+  every subnet dual-stack (InvalidParameterValueException), and its network interfaces
+  then hold IPv6 addresses; a subnet's IPv6 block is not disassociated while an
+  interface in it holds one, nor a VPC's while a subnet has a block within it
+  (InvalidCidrBlock.InUse, "The vpc ... currently has a subnet within CIDR block ...").
 - CreateLaunchTemplate honours ClientToken: a retry with the same token answers the
   template the first request created (moto ignores the token).
 - Every request is checked against the service's API model before it is acted on, as
@@ -2374,6 +2380,110 @@ _cw_models.CloudWatchBackend.put_metric_data = _put_metric_data_evaluated
 
 
 DomainDispatcherApplication.__call__ = _dispatch
+
+
+# --- IPv6: dual-stack functions and blocks in use --------------------------------------
+
+from moto.ec2.models.subnets import Subnet, SubnetBackend  # noqa: E402
+
+
+def _subnet_ipv6_set(self):
+    # DescribeSubnets answers each association's Ipv6CidrBlockState.State as a string
+    # ("associated"), as AWS does; moto nests its whole state record there.
+    return [
+        {
+            "ipv6CidrBlock": a["ipv6CidrBlock"],
+            "associationId": a["associationId"],
+            "ipv6CidrBlockState": {"state": a["ipv6CidrBlockState"]["State"]},
+        }
+        for a in self.ipv6_cidr_block_associations.values()
+        if a["ipv6CidrBlockState"]["State"] == "associated"
+    ]
+
+
+Subnet.ipv6_cidr_block_association_set = property(_subnet_ipv6_set)
+
+
+def _subnet_ipv6(ec2, subnet_id):
+    subnet = ec2.get_subnet(subnet_id)
+    return [
+        a["ipv6CidrBlock"]
+        for a in subnet.ipv6_cidr_block_associations.values()
+        if a.get("ipv6CidrBlockState", {}).get("State") == "associated"
+    ]
+
+
+_update_configuration_ipv6_inner = lambda_models.LambdaFunction.update_configuration
+
+
+def _update_configuration_ipv6(self, config_updates):
+    vpc = config_updates.get("VpcConfig")
+    if vpc is not None and vpc.get("Ipv6AllowedForDualStack"):
+        ec2 = ec2_backends[self.account_id][self.region]
+        bare = [s for s in vpc.get("SubnetIds") or [] if not _subnet_ipv6(ec2, s)]
+        if bare:
+            # Lambda Developer Guide, "Enabling IPv6 access for Lambda functions": the
+            # function's subnets must be dual-stack.
+            raise InvalidParameterValueException(
+                "Ipv6AllowedForDualStack requires dual-stack subnets; these have no IPv6 CIDR block: "
+                + ", ".join(bare)
+            )
+    before = set(getattr(self, "_natd_enis", []))
+    result = _update_configuration_ipv6_inner(self, config_updates)
+    if vpc is not None:
+        ipv6 = bool(vpc.get("Ipv6AllowedForDualStack"))
+        ec2 = ec2_backends[self.account_id][self.region]
+        for eni_id in getattr(self, "_natd_enis", []):
+            if eni_id in ec2.enis and (eni_id not in before or ipv6 != getattr(ec2.enis[eni_id], "_natd_ipv6", False)):
+                ec2.enis[eni_id]._natd_ipv6 = ipv6
+    return result
+
+
+lambda_models.LambdaFunction.update_configuration = _update_configuration_ipv6
+
+_orig_disassociate_subnet_block = SubnetBackend.disassociate_subnet_cidr_block
+
+
+def _disassociate_subnet_block(self, association_id):
+    _reap_lambda_enis(self)
+    subnet = self.get_subnet_from_ipv6_association(association_id)
+    if subnet is not None:
+        holders = [
+            e.id
+            for e in self.enis.values()
+            if getattr(e.subnet, "id", None) == subnet.id and getattr(e, "_natd_ipv6", False)
+        ]
+        if holders:
+            raise _EC2ClientError(
+                "InvalidCidrBlock.InUse",
+                f"The subnet IPv6 CIDR block with association ID {association_id} may not be disassociated, "
+                f"because network interfaces in the subnet hold IPv6 addresses: {', '.join(holders)}",
+            )
+    return _orig_disassociate_subnet_block(self, association_id)
+
+
+SubnetBackend.disassociate_subnet_cidr_block = _disassociate_subnet_block
+
+_orig_disassociate_vpc_block = VPCBackend.disassociate_vpc_cidr_block
+
+
+def _disassociate_vpc_block(self, association_id):
+    for vpc in self.vpcs.values():
+        entry = vpc._cidr_block_association_set.get(association_id)
+        if not entry or "::/" not in (entry.get("cidr_block") or ""):
+            continue
+        block = _ipaddress.ip_network(entry["cidr_block"])
+        for subnet in [s for az in self.subnets.values() for s in az.values() if s.vpc_id == vpc.id]:
+            for b in _subnet_ipv6(self, subnet.id):
+                if _ipaddress.ip_network(b).subnet_of(block):
+                    raise _EC2ClientError(
+                        "InvalidCidrBlock.InUse",
+                        f"The vpc {vpc.id} currently has a subnet within CIDR block {entry['cidr_block']}",
+                    )
+    return _orig_disassociate_vpc_block(self, association_id)
+
+
+VPCBackend.disassociate_vpc_cidr_block = _disassociate_vpc_block
 
 
 if __name__ == "__main__":

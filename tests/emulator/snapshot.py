@@ -1,6 +1,7 @@
 """Prints, as one JSON document, everything natctl setup could create or change in a
 VPC, read with botocore (the AWS CLI's client library, independent of natctl) in one
-process: the VPC's route tables, security groups and endpoints, launch templates,
+process: the VPC with its IPv6 blocks, its subnets with theirs, its egress-only
+internet gateways, its route tables, security groups and endpoints, launch templates,
 Auto Scaling groups, IAM roles and instance profiles, NAT gateways and endpoints that
 are not deleted, Elastic IPs, Lambda functions' VPC configuration, role and tags, and
 RDS instances' security groups.
@@ -52,7 +53,30 @@ def main(endpoint, region, vpc):
         for e in ec2.describe_vpc_endpoints(Filters=in_vpc)["VpcEndpoints"]
         if e["State"].lower() not in ("deleted", "deleting")
     ]
+    def associated(blocks):
+        return sorted(
+            b.get("Ipv6CidrBlock")
+            for b in blocks
+            if (b.get("Ipv6CidrBlockState") or {}).get("State") == "associated"
+        )
+
+    vpcs = [
+        {"VpcId": v["VpcId"], "Ipv6": associated(v.get("Ipv6CidrBlockAssociationSet", [])), "Tags": sorted(v.get("Tags", []), key=lambda t: t["Key"])}
+        for v in ec2.describe_vpcs(VpcIds=[vpc])["Vpcs"]
+    ]
+    subnets = [
+        {"SubnetId": s["SubnetId"], "Ipv6": associated(s.get("Ipv6CidrBlockAssociationSet", [])), "Tags": sorted(s.get("Tags", []), key=lambda t: t["Key"])}
+        for s in ec2.describe_subnets(Filters=in_vpc)["Subnets"]
+    ]
+    eigws = [
+        g
+        for g in ec2.describe_egress_only_internet_gateways()["EgressOnlyInternetGateways"]
+        if any(a.get("VpcId") == vpc for a in g.get("Attachments", []))
+    ]
     state = {
+        "vpcs": vpcs,
+        "subnets": subnets,
+        "egress_only_internet_gateways": eigws,
         "route_tables": ec2.describe_route_tables(Filters=in_vpc)["RouteTables"],
         "security_groups": ec2.describe_security_groups(Filters=in_vpc)["SecurityGroups"],
         "launch_templates": ec2.describe_launch_templates()["LaunchTemplates"],
