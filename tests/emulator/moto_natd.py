@@ -103,7 +103,9 @@ Extensions, each matching documented AWS behaviour:
   every subnet dual-stack (InvalidParameterValueException), and its network interfaces
   then hold IPv6 addresses; a subnet's IPv6 block is not disassociated while an
   interface in it holds one, nor a VPC's while a subnet has a block within it
-  (InvalidCidrBlock.InUse, "The vpc ... currently has a subnet within CIDR block ...").
+  (InvalidCidrBlock.InUse, "The vpc ... currently has a subnet within CIDR block ...");
+  an IPv6 block associated with a VPC adds rules 101 (all IPv6 in and out) to its
+  default network ACL.
 - CreateLaunchTemplate honours ClientToken: a retry with the same token answers the
   template the first request created (moto ignores the token).
 - Every request is checked against the service's API model before it is acted on, as
@@ -2484,6 +2486,39 @@ def _disassociate_vpc_block(self, association_id):
 
 
 VPCBackend.disassociate_vpc_cidr_block = _disassociate_vpc_block
+
+_orig_associate_vpc_block = VPCBackend.associate_vpc_cidr_block
+
+
+def _associate_vpc_block(self, vpc_id, cidr_block, amazon_provided_ipv6_cidr_block):
+    # "If you associate an IPv6 CIDR block with your VPC, we automatically add rules
+    # that allow all inbound and outbound IPv6 traffic" to its default network ACL
+    # (VPC User Guide, "Default network ACL": rules 101, ::/0).
+    result = _orig_associate_vpc_block(self, vpc_id, cidr_block, amazon_provided_ipv6_cidr_block)
+    if amazon_provided_ipv6_cidr_block:
+        for acl in list(self.network_acls.values()):
+            if acl.vpc_id != vpc_id or not acl.default:
+                continue
+            for egress in (False, True):
+                if any(e.egress == egress and e.rule_number == 101 for e in acl.network_acl_entries):
+                    continue
+                self.create_network_acl_entry(
+                    network_acl_id=acl.id,
+                    rule_number=101,
+                    protocol="-1",
+                    rule_action="allow",
+                    egress=egress,
+                    cidr_block=None,
+                    icmp_code=None,
+                    icmp_type=None,
+                    port_range_from=None,
+                    port_range_to=None,
+                    ipv6_cidr_block="::/0",
+                )
+    return result
+
+
+VPCBackend.associate_vpc_cidr_block = _associate_vpc_block
 
 
 if __name__ == "__main__":

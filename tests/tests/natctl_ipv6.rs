@@ -7,7 +7,7 @@
 #![allow(clippy::unwrap_used, missing_docs)]
 
 use natd_tests::app::{WIRING, application};
-use natd_tests::cli::{natctl, snapshot, stdout};
+use natd_tests::cli::{doctor_json, natctl, snapshot, stdout};
 use natd_tests::emulator::Emulator;
 use natd_tests::world::{IMAGE, World, text};
 
@@ -207,6 +207,42 @@ async fn ipv6_egress_is_refused_without_blocks_built_with_them_and_torn_down_to_
         "No changes necessary.",
         "{}",
         text(&again)
+    );
+
+    // doctor evaluates the IPv6 path as it does IPv4: yes; and with the route gone, it
+    // names the table.
+    emu.settle().await;
+    let d = doctor_json(&emu, &w.vpc, "app").expect("doctor answers in JSON");
+    assert_eq!(d["answers"][0]["ipv6"]["ok"], true, "{d}");
+    assert!(
+        d["answers"][0]["ipv6"]["via"].to_string().contains(eigw),
+        "{d}"
+    );
+    let table = table_of(&emu, &w.vpc, &w.private_subnets[0]);
+    emu.aws(&[
+        "ec2",
+        "delete-route",
+        "--route-table-id",
+        &table,
+        "--destination-ipv6-cidr-block",
+        "::/0",
+    ]);
+    emu.settle().await;
+    let d = doctor_json(&emu, &w.vpc, "app").expect("doctor answers in JSON");
+    let f = d["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["check"] == "ipv6_unreachable")
+        .unwrap_or_else(|| panic!("no ipv6_unreachable: {d}"));
+    assert!(f["problem"].to_string().contains(&table), "{f}");
+    // setup puts the route back (it is the stack's, tagged on the table).
+    let out = natctl(&emu, &setup);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        stdout(&out).contains(&format!("route ::/0 in {table}")),
+        "{}",
+        text(&out)
     );
 
     // Teardown removes the gateway, the routes, the blocks setup associated, and puts

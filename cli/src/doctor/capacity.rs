@@ -168,6 +168,7 @@ mod tests {
             statements: vec![],
             boundary: None,
             concurrency: concurrency.map(|c| (c, "reserved concurrency".to_string())),
+            ipv6: false,
         }
     }
 

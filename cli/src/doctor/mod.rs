@@ -13,6 +13,7 @@
 pub mod alarms;
 pub mod capacity;
 pub mod iam;
+pub mod ipv6;
 pub mod net;
 pub mod pairs;
 mod reader;
@@ -35,6 +36,8 @@ pub struct Subnet {
     pub table: Option<String>,
     /// Its network ACL.
     pub acl: Option<String>,
+    /// Its IPv6 range, when it has one.
+    pub ipv6: Option<ipnet::Ipv6Net>,
 }
 
 /// A NAT gateway.
@@ -152,6 +155,8 @@ pub struct Function {
     /// How many copies of it can run at once, and why (its reserved concurrency, or
     /// the account's unreserved concurrency); `None` when Lambda did not say.
     pub concurrency: Option<(u64, String)>,
+    /// Its VPC configuration allows IPv6 (Ipv6AllowedForDualStack).
+    pub ipv6: bool,
 }
 
 /// Everything the diagnosis looks at.
@@ -276,6 +281,9 @@ pub struct Answers {
     pub databases: BTreeMap<String, Answer>,
     /// The internet.
     pub internet: Answer,
+    /// The internet over IPv6, when the function is allowed IPv6.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ipv6: Option<Answer>,
 }
 
 /// The diagnosis.
@@ -1165,11 +1173,25 @@ pub fn diagnose(f: &Facts) -> Diagnosis {
             .filter(|d| databases.get(&d.id).is_some_and(|a| a.ok))
             .collect();
         out.extend(capacity::findings(func, &reached));
+        let ipv6 = if func.ipv6 {
+            let (a, hops) = ask(func, |s| f.ipv6_path(s, &func.groups, &who));
+            out.extend(broken(
+                "ipv6_unreachable",
+                func,
+                "the internet over IPv6",
+                hops,
+            ));
+            Some(a)
+        } else {
+            out.extend(ipv6::could_leave_by_ipv6(f, func, &internet));
+            None
+        };
         answers.push(Answers {
             function: func.name.clone(),
             secret,
             databases,
             internet,
+            ipv6,
         });
     }
     out.extend(vpc_findings(f));

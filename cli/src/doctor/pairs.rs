@@ -425,6 +425,7 @@ mod tests {
                 cidr: net("10.0.0.0/24"),
                 table: Some("rtb-pub".into()),
                 acl: None,
+                ipv6: None,
             },
         );
         f.groups.insert(
@@ -525,6 +526,7 @@ mod tests {
                 cidr: net("10.0.1.0/24"),
                 table: Some("rtb-pub".into()),
                 acl: Some("acl-b".into()),
+                ipv6: None,
             },
         );
         f.pairs[0].members[1].subnet = "subnet-pub-b".into();

@@ -215,6 +215,7 @@ pub async fn read(c: &Clients, vpc: &str, function: Option<&str>) -> Result<Fact
                     .or(r.destination_ipv6_cidr_block())
                     .and_then(|d| d.parse().ok()),
                 target: natd::aws::route_target(r)
+                    .or(r.egress_only_internet_gateway_id())
                     .or(r.gateway_id())
                     .or(r.transit_gateway_id())
                     .or(r.vpc_peering_connection_id())
@@ -315,6 +316,15 @@ pub async fn read(c: &Clients, vpc: &str, function: Option<&str>) -> Result<Fact
                 cidr,
                 table: associations.table_of(&id).map(str::to_string),
                 acl: acl_of.get(&id).cloned().or(default_acl.clone()),
+                ipv6: s
+                    .ipv6_cidr_block_association_set()
+                    .iter()
+                    .filter(|a| {
+                        a.ipv6_cidr_block_state()
+                            .and_then(|s| s.state())
+                            .is_some_and(|s| s.as_str() == "associated")
+                    })
+                    .find_map(|a| a.ipv6_cidr_block()?.parse().ok()),
             },
         );
     }
@@ -534,6 +544,10 @@ pub async fn read(c: &Clients, vpc: &str, function: Option<&str>) -> Result<Fact
             boundary,
             role,
             role_arn,
+            ipv6: conf
+                .vpc_config()
+                .and_then(|v| v.ipv6_allowed_for_dual_stack())
+                .unwrap_or(false),
         });
     }
     // The secrets the roles name.

@@ -100,6 +100,7 @@ fn good() -> Facts {
         cidr: net(cidr),
         table: Some(table.into()),
         acl: Some("acl-default".into()),
+        ipv6: None,
     };
     let local = route("10.0.0.0/16", "local");
     Facts {
@@ -193,6 +194,7 @@ fn good() -> Facts {
             statements: good_policy(),
             boundary: None,
             concurrency: Some((100, "its reserved concurrency".into())),
+            ipv6: false,
         }],
         secrets: [(
             SECRET.to_string(),
@@ -236,6 +238,41 @@ fn dev() -> Facts {
     f
 }
 
+/// The good shape, dual-stack: the function allowed IPv6, its subnets with IPv6
+/// blocks, `::/0` to an egress-only gateway, LambdaSG and the ACL letting IPv6 out.
+fn dual_stack() -> Facts {
+    let mut f = good();
+    for (s, block) in [
+        ("priv-a", "2600:1f18:1:a00::/64"),
+        ("priv-b", "2600:1f18:1:a01::/64"),
+    ] {
+        f.subnets.get_mut(s).expect("subnet").ipv6 = Some(block.parse().expect("v6"));
+    }
+    for t in ["rtb-a", "rtb-b"] {
+        f.tables
+            .get_mut(t)
+            .expect("table")
+            .push(route("::/0", "eigw-1"));
+    }
+    f.groups
+        .get_mut("sg-lambda")
+        .expect("group")
+        .egress
+        .push(all_from("::/0"));
+    for egress in [false, true] {
+        f.acls.get_mut("acl-default").expect("acl").push(AclEntry {
+            number: 101,
+            egress,
+            proto: Proto::All,
+            ports: None,
+            cidr: net("::/0"),
+            allow: true,
+        });
+    }
+    f.functions[0].ipv6 = true;
+    f
+}
+
 fn checks(f: &Facts) -> BTreeSet<(Severity, &'static str)> {
     diagnose(f)
         .findings
@@ -273,7 +310,11 @@ type Case = (
 
 #[test]
 fn the_good_shapes_have_no_findings_and_every_answer_is_yes() {
-    for (name, f) in [("prod", good()), ("dev", dev())] {
+    for (name, f) in [
+        ("prod", good()),
+        ("dev", dev()),
+        ("dual-stack", dual_stack()),
+    ] {
         let d = diagnose(&f);
         assert_eq!(d.findings, vec![], "{name}");
         let a = &d.answers[0];
@@ -285,6 +326,18 @@ fn the_good_shapes_have_no_findings_and_every_answer_is_yes() {
             vec!["endpoint vpce-sm in priv-a", "endpoint vpce-sm in priv-b"]
         );
     }
+    let d = diagnose(&dual_stack());
+    let v6 = d.answers[0]
+        .ipv6
+        .as_ref()
+        .expect("asked of a dual-stack function");
+    assert!(v6.ok, "{v6:?}");
+    assert_eq!(v6.via, vec!["egress-only internet gateway eigw-1"]);
+    assert_eq!(
+        diagnose(&good()).answers[0].ipv6,
+        None,
+        "not asked of IPv4 only"
+    );
     // Without functions, databases or endpoints: still nothing.
     let mut bare = good();
     bare.functions.clear();
@@ -960,6 +1013,62 @@ fn each_mistake_is_found_with_its_severity() {
             good,
             Box::new(|f| f.region.enis = Some((4100, 10000))),
             vec![],
+        ),
+        // IPv6, evaluated as IPv4 is.
+        (
+            "dual-stack function without an IPv6 route",
+            dual_stack,
+            Box::new(|f| {
+                f.tables.get_mut("rtb-b").expect("t").pop();
+            }),
+            vec![(Breaks, "ipv6_unreachable")],
+        ),
+        (
+            "IPv6 route to a gateway that is gone",
+            dual_stack,
+            Box::new(|f| {
+                f.tables.get_mut("rtb-a").expect("t")[2].state = "blackhole".into();
+            }),
+            vec![(Breaks, "ipv6_unreachable")],
+        ),
+        (
+            "::/0 to the NAT instance",
+            dual_stack,
+            Box::new(|f| {
+                f.tables.get_mut("rtb-a").expect("t")[2].target = "i-nat".into();
+            }),
+            vec![(Breaks, "ipv6_unreachable")],
+        ),
+        (
+            "LambdaSG lets no IPv6 out",
+            dual_stack,
+            Box::new(|f| {
+                f.groups.get_mut("sg-lambda").expect("g").egress.pop();
+            }),
+            vec![(Breaks, "ipv6_unreachable")],
+        ),
+        (
+            "network ACL denies IPv6 replies",
+            dual_stack,
+            Box::new(|f| {
+                let acl = f.acls.get_mut("acl-default").expect("acl");
+                acl.push(acl_entry(50, false, Some((1024, 65535)), "::/0", false));
+            }),
+            vec![(Breaks, "ipv6_unreachable")],
+        ),
+        (
+            "a subnet of the dual-stack function without IPv6",
+            dual_stack,
+            Box::new(|f| {
+                f.subnets.get_mut("priv-b").expect("s").ipv6 = None;
+            }),
+            vec![(Breaks, "ipv6_unreachable")],
+        ),
+        (
+            "a dual-stack VPC whose function goes by NAT only",
+            dual_stack,
+            Box::new(|f| f.functions[0].ipv6 = false),
+            vec![(Advice, "could_leave_by_ipv6")],
         ),
         (
             "rotation off",
