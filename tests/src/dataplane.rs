@@ -82,8 +82,12 @@ pub fn fetch_from(ns: &Netns, src: Option<&str>, addr: &str) -> Result<String, S
     let addr: SocketAddr = addr.parse().expect("address");
     let src: Option<SocketAddr> = src.map(|s| format!("{s}:0").parse().expect("source"));
     ns.run(move || {
-        let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
-            .map_err(|e| e.to_string())?;
+        let sock = socket2::Socket::new(
+            socket2::Domain::for_address(addr),
+            socket2::Type::STREAM,
+            None,
+        )
+        .map_err(|e| e.to_string())?;
         if let Some(src) = src {
             sock.bind(&src.into())
                 .map_err(|e| format!("bind {src}: {e}"))?;

@@ -65,6 +65,14 @@ pub const DATAPLANE_DELAY: Duration = Duration::from_millis(500);
 pub const INTERNET: &str = "198.51.100.1";
 /// The server in the internet namespace.
 pub const SERVER: &str = "198.51.100.1:8080";
+/// The internet's IPv6 address (documentation range).
+pub const INTERNET6: &str = "2001:db8:ffff::1";
+/// The server in the internet namespace, over IPv6.
+pub const SERVER6: &str = "[2001:db8:ffff::1]:8080";
+/// The internet gateway's IPv6 address on the internet.
+const IGW_OUTSIDE6: &str = "2001:db8:ffff::2";
+/// The VPC router's and the internet gateway's IPv6 addresses on their link.
+const ROUTER_IGW6: (&str, &str) = ("fd00:ffff::1", "fd00:ffff::2");
 /// The internet's echo server for long-lived connections ([`Lab::streams`]).
 pub const ECHO: &str = "198.51.100.1:7000";
 /// Secrets Manager's regional name, as the function's SDK resolves it.
@@ -489,7 +497,11 @@ impl Lab {
             // NATs come and go and strands the neighbours' ARP entries.
             "ip link add br0 address 02:00:00:00:00:01 type bridge && ip addr add {INTERNET}/24 dev br0 && ip link set br0 up"
         ));
+        internet.sh(&format!(
+            "ip -6 addr add {INTERNET6}/64 dev br0 nodad && ip -6 route add default via {IGW_OUTSIDE6}"
+        ));
         crate::dataplane::serve_peer_address(&internet, SERVER);
+        crate::dataplane::serve_peer_address(&internet, SERVER6);
         crate::dataplane::serve_echo(&internet, ECHO);
         let api: SocketAddr = format!("{INTERNET}:{}", emu.port).parse().unwrap();
         internet.forward(api, emu.port);
@@ -517,6 +529,22 @@ impl Lab {
         ));
         internet.sh(&format!(
             "ip link set igw1 master br0 && ip link set igw1 up && ip route add default via {IGW_OUTSIDE}"
+        ));
+        // IPv6: the gateway is also the VPC's egress-only internet gateway stand-in. It
+        // forwards IPv6 untranslated, out from the VPC and back only as replies:
+        // nothing new comes in. The router sends a subnet's IPv6 to it when the
+        // subnet's route table has ::/0 to an egress-only gateway (the fabric).
+        let (r6, g6) = ROUTER_IGW6;
+        igw.sh(&format!(
+            "sysctl -qw net.ipv6.conf.all.forwarding=1\n\
+             ip -6 addr add {IGW_OUTSIDE6}/64 dev eth1 nodad && ip -6 addr add {g6}/64 dev in0 nodad\n\
+             ip -6 route add default via {r6} dev in0\n\
+             ip6tables -A FORWARD -i in0 -o eth1 -j ACCEPT\n\
+             ip6tables -A FORWARD -i eth1 -o in0 -m conntrack --ctstate ESTABLISHED,RELATED -j ACCEPT\n\
+             ip6tables -A FORWARD -j DROP"
+        ));
+        vpc.sh(&format!(
+            "sysctl -qw net.ipv6.conf.all.forwarding=1 && ip -6 addr add {r6}/64 dev igw0 nodad"
         ));
         vpc.sh(&format!(
             "ip route add default via {IGW_INSIDE} dev igw0 onlink table {IGW_TABLE}"
@@ -551,6 +579,7 @@ impl Lab {
             let (emu, shared, stop) = (emu.clone(), shared.clone(), stop.clone());
             let names = (vpc.name.clone(), igw.name.clone());
             let subnets: Vec<String> = world.private_subnets.clone();
+            let private_ns: Vec<String> = private.iter().map(|(_, ns)| ns.name.clone()).collect();
             let vpc_id = world.vpc.clone();
             std::thread::spawn(move || {
                 let rt = tokio::runtime::Builder::new_current_thread()
@@ -558,6 +587,7 @@ impl Lab {
                     .build()
                     .unwrap();
                 let mut fabric = Fabric::new(emu, shared, vpc_id, names, subnets);
+                fabric.private_ns = private_ns;
                 fabric.boot_delay = boot_delay;
                 fabric.propagation = Propagation::new(dataplane);
                 rt.block_on(fabric.run(stop));
@@ -1196,6 +1226,10 @@ struct Fabric {
     endpoints: BTreeMap<String, (Netns, String)>,
     /// Namespace -> the hosts file written for it (private DNS).
     resolved: BTreeMap<String, String>,
+    /// The private subnets' hosts' namespaces, in the order of `subnets`.
+    private_ns: Vec<String>,
+    /// Private subnet -> (its IPv6 block, the IPv6 hop programmed: "eigw" or "none").
+    ipv6: BTreeMap<String, (String, String)>,
 }
 
 fn borrowed(name: &str) -> Netns {
@@ -1237,6 +1271,8 @@ impl Fabric {
             policy: Default::default(),
             endpoints: BTreeMap::new(),
             resolved: BTreeMap::new(),
+            private_ns: Vec::new(),
+            ipv6: BTreeMap::new(),
         }
     }
 
@@ -1641,7 +1677,123 @@ impl Fabric {
                 }
             }
         }
+        self.follow_ipv6(&subnets, tables);
         self.enforce().await
+    }
+
+    /// IPv6 for the private subnets: a subnet that has an IPv6 block gets its host an
+    /// address in it (`::10`, the router `::1`), and its IPv6 routes by its route table:
+    /// `::/0` to an egress-only gateway goes to the internet gateway's stand-in,
+    /// anything else nowhere. The VPC's IPv6 is not translated: the internet sees the
+    /// host's own address.
+    fn follow_ipv6(
+        &mut self,
+        subnets: &aws_sdk_ec2::operation::describe_subnets::DescribeSubnetsOutput,
+        tables: &[aws_sdk_ec2::types::RouteTable],
+    ) {
+        for (i, subnet) in self.subnets.clone().iter().enumerate() {
+            let n = i + 1;
+            let table_no = 100 + n;
+            let block = subnets
+                .subnets()
+                .iter()
+                .find(|s| s.subnet_id() == Some(subnet))
+                .and_then(|s| {
+                    s.ipv6_cidr_block_association_set().iter().find(|a| {
+                        a.ipv6_cidr_block_state()
+                            .and_then(|s| s.state())
+                            .is_some_and(|s| s.as_str() == "associated")
+                    })
+                })
+                .and_then(|a| a.ipv6_cidr_block())
+                .and_then(|b| b.parse::<ipnet::Ipv6Net>().ok());
+            let Some(ns) = self.private_ns.get(i).map(|n| borrowed(n)) else {
+                continue;
+            };
+            let had = self.ipv6.get(subnet).cloned();
+            if had.as_ref().map(|h| h.0.as_str()) != block.map(|b| b.to_string()).as_deref()
+                && let Some((old, _)) = had
+                && let Ok(old) = old.parse::<ipnet::Ipv6Net>()
+            {
+                let base = u128::from(old.network());
+                let (host, router) = (
+                    std::net::Ipv6Addr::from(base + 0x10),
+                    std::net::Ipv6Addr::from(base + 1),
+                );
+                ns.sh_status(&format!("ip -6 addr del {host}/64 dev eth0"));
+                self.vpc.sh_status(&format!(
+                    "ip -6 addr del {router}/64 dev s{n}; ip -6 rule del from {old} lookup {table_no}; ip -6 route flush table {table_no}"
+                ));
+                self.ipv6.remove(subnet);
+            }
+            let Some(block) = block else { continue };
+            if !self.ipv6.contains_key(subnet) {
+                let base = u128::from(block.network());
+                let (host, router) = (
+                    std::net::Ipv6Addr::from(base + 0x10),
+                    std::net::Ipv6Addr::from(base + 1),
+                );
+                let ok = self
+                    .vpc
+                    .sh_status(&format!(
+                        "ip -6 addr add {router}/64 dev s{n} nodad && ip -6 rule add from {block} lookup {table_no} priority 1000"
+                    ))
+                    .status
+                    .success()
+                    && ns
+                        .sh_status(&format!(
+                            "ip -6 addr add {host}/64 dev eth0 nodad && ip -6 route add default via {router}"
+                        ))
+                        .status
+                        .success();
+                if !ok {
+                    continue;
+                }
+                self.ipv6
+                    .insert(subnet.clone(), (block.to_string(), "none".into()));
+            }
+            let table = tables
+                .iter()
+                .find(|t| {
+                    t.associations()
+                        .iter()
+                        .any(|a| a.subnet_id() == Some(subnet.as_str()))
+                })
+                .or_else(|| {
+                    tables
+                        .iter()
+                        .find(|t| t.associations().iter().any(|a| a.main() == Some(true)))
+                });
+            let hop = table
+                .and_then(|t| {
+                    t.routes().iter().find(|r| {
+                        r.destination_ipv6_cidr_block() == Some(natd_contract::IPV6_DEFAULT_ROUTE)
+                    })
+                })
+                .filter(|r| r.state().is_none_or(|s| s.as_str() != "blackhole"))
+                .and_then(|r| r.egress_only_internet_gateway_id())
+                .map_or("none", |_| "eigw");
+            if self.ipv6.get(subnet).map(|h| h.1.as_str()) == Some(hop)
+                || !self
+                    .propagation
+                    .due(&format!("route6 {subnet}"), hop, Instant::now())
+            {
+                continue;
+            }
+            let cmd = if hop == "eigw" {
+                format!(
+                    "ip -6 route replace default via {} dev igw0 table {table_no}",
+                    ROUTER_IGW6.1
+                )
+            } else {
+                format!("ip -6 route flush table {table_no}")
+            };
+            if self.vpc.sh_status(&cmd).status.success()
+                && let Some(h) = self.ipv6.get_mut(subnet)
+            {
+                h.1 = hop.to_string();
+            }
+        }
     }
 
     /// Security groups and network ACLs from the emulator, enforced by the router

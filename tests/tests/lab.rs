@@ -2202,3 +2202,136 @@ async fn one_address_runs_out_of_ports_to_one_destination_and_says_so_like_a_gat
     drop(hosts);
     lab.shutdown();
 }
+
+/// The doctor's answer on the internet over IPv6 for the function.
+fn doctor_ipv6(lab: &Lab) -> serde_json::Value {
+    doctor_answers(lab)["ipv6"].clone()
+}
+
+/// IPv6 egress with no NAT: `setup --ipv6 --add-ipv6-cidrs` gives the private subnets
+/// IPv6 and `::/0` to an egress-only gateway; the function's hosts reach an IPv6 server
+/// by their own addresses (no translation), their IPv4 still leaves through natd, and
+/// nothing from the internet opens a connection to them. doctor's IPv6 verdict follows
+/// the packets: the route gone, both say no; setup again, both say yes. Teardown takes
+/// the IPv6 away.
+#[tokio::test]
+async fn ipv6_leaves_without_nat_while_ipv4_goes_through_natd_and_doctor_agrees_with_the_packets() {
+    let _turn = beside().await;
+    let mut lab = Lab::new(Arc::new(Emulator::for_lab())).await;
+    application(&lab.emu, &lab.world);
+    let setup: Vec<&str> = [
+        "setup",
+        "--env",
+        "dev",
+        "--vpc",
+        &lab.world.vpc,
+        "--name",
+        "app",
+        "--ami",
+        IMAGE,
+        "--ipv6",
+        "--add-ipv6-cidrs",
+    ]
+    .into_iter()
+    .chain(WIRING)
+    .collect();
+    let out = natctl(&lab.emu, &setup);
+    assert!(out.status.success(), "{}", text(&out));
+    let nat = egress(&lab, Duration::from_secs(90)).await;
+    let six = |i: usize| {
+        let name = lab.private[i].1.name.clone();
+        async move {
+            tokio::task::spawn_blocking(move || {
+                natd_tests::dataplane::fetch(
+                    &natd_tests::netns::Netns::named(&name),
+                    natd_tests::lab::SERVER6,
+                )
+            })
+            .await
+            .unwrap()
+        }
+    };
+    for i in 0..lab.private.len() {
+        let seen = until("IPv6 egress", Duration::from_secs(30), async || {
+            six(i).await.ok()
+        })
+        .await;
+        // The server sees the host's own address in its subnet's block: no NAT.
+        let own = lab.private[i]
+            .1
+            .sh("ip -6 -o addr show dev eth0 scope global | awk '{print $4}' | cut -d/ -f1");
+        assert_eq!(seen, own.trim(), "subnet {i}");
+        assert_eq!(
+            lab.fetch_async(i).await,
+            Ok(nat.clone()),
+            "IPv4 still by natd"
+        );
+    }
+    // Egress only: a connection from the internet to the host's address does not open.
+    let own = lab.private[0]
+        .1
+        .sh("ip -6 -o addr show dev eth0 scope global | awk '{print $4}' | cut -d/ -f1");
+    let target = format!("[{}]:8181", own.trim());
+    natd_tests::dataplane::serve_peer_address(&lab.private[0].1, &target);
+    assert!(
+        natd_tests::dataplane::fetch(&lab.internet, &target).is_err(),
+        "nothing new comes in"
+    );
+    let v6 = doctor_ipv6(&lab);
+    assert_eq!(v6["ok"], true, "{v6}");
+
+    // The route gone from the first subnet's table: packets and doctor both say no,
+    // naming the table.
+    let table_by = |filter: String| {
+        lab.emu.aws(&[
+            "ec2",
+            "describe-route-tables",
+            "--filters",
+            &filter,
+            &format!("Name=vpc-id,Values={}", lab.world.vpc),
+        ])["RouteTables"][0]["RouteTableId"]
+            .as_str()
+            .map(str::to_string)
+    };
+    // The subnet's own table, else the VPC's main table.
+    let table = table_by(format!(
+        "Name=association.subnet-id,Values={}",
+        lab.private[0].0
+    ))
+    .or_else(|| table_by("Name=association.main,Values=true".into()))
+    .unwrap();
+    lab.emu.aws(&[
+        "ec2",
+        "delete-route",
+        "--route-table-id",
+        &table,
+        "--destination-ipv6-cidr-block",
+        "::/0",
+    ]);
+    until("IPv6 cut", Duration::from_secs(10), async || {
+        six(0).await.is_err().then_some(())
+    })
+    .await;
+    let v6 = doctor_ipv6(&lab);
+    assert_eq!(v6["ok"], false, "{v6}");
+    assert!(v6["broken"].to_string().contains(&table), "{v6}");
+    assert_eq!(lab.fetch_async(0).await, Ok(nat.clone()), "IPv4 untouched");
+
+    // setup puts the stack's route back: both say yes again.
+    let out = natctl(&lab.emu, &setup);
+    assert!(out.status.success(), "{}", text(&out));
+    until("IPv6 back", Duration::from_secs(10), async || {
+        six(0).await.ok()
+    })
+    .await;
+    assert_eq!(doctor_ipv6(&lab)["ok"], true);
+
+    // Teardown: the blocks setup added go, and with them the hosts' IPv6.
+    let out = natctl(&lab.emu, &["teardown", "--name", "app"]);
+    assert!(out.status.success(), "{}", text(&out));
+    until("IPv6 gone", Duration::from_secs(20), async || {
+        six(1).await.is_err().then_some(())
+    })
+    .await;
+    lab.shutdown();
+}
