@@ -9,6 +9,7 @@
 
 use super::net::{self, End};
 use super::{Answer, Facts, Finding, Function, Hop, Severity, hop};
+
 use ipnet::IpNet;
 
 /// `::/0`.
@@ -157,6 +158,48 @@ pub fn could_leave_by_ipv6(f: &Facts, func: &Function, internet: &Answer) -> Opt
             } else {
                 " --add-ipv6-cidrs"
             }
+        ),
+    })
+}
+
+/// An endpoint whose private DNS name answers IPv6 addresses only, for a function that
+/// has no IPv6: its calls to the service resolve to addresses it cannot reach. The
+/// function's Secrets Manager answer turns to no.
+pub fn endpoint_dns(f: &Facts, func: &Function, secret: &mut Answer) -> Option<Finding> {
+    let e = f.secrets_endpoint()?;
+    if !e.private_dns || !e.dns_ipv6_only || func.subnets.is_empty() {
+        return None;
+    }
+    let v6 = func.ipv6
+        && func
+            .subnets
+            .iter()
+            .all(|s| f.subnets.get(s).is_some_and(|x| x.ipv6.is_some()));
+    if v6 {
+        return None;
+    }
+    let what = format!(
+        "Secrets Manager endpoint {} answers its private DNS name with IPv6 addresses only (DnsRecordIpType ipv6), and function {} has no IPv6{}",
+        e.id,
+        func.name,
+        if func.ipv6 {
+            " in every subnet"
+        } else {
+            " (Ipv6AllowedForDualStack off)"
+        }
+    );
+    secret.ok = false;
+    secret.via.retain(|v| !v.contains(&e.id));
+    secret.broken.push(what.clone());
+    Some(Finding {
+        severity: Severity::Breaks,
+        check: "endpoint_dns_ipv6_only",
+        resource: e.id.clone(),
+        problem: format!("{what}: its Secrets Manager calls fail"),
+        evidence: vec![format!("{}: DnsRecordIpType=ipv6", e.id)],
+        fix: format!(
+            "aws ec2 modify-vpc-endpoint --vpc-endpoint-id {} --dns-options DnsRecordIpType=dualstack (IPv4 and IPv6 answers), or give the function IPv6: natctl setup --ipv6",
+            e.id
         ),
     })
 }

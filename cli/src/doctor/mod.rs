@@ -84,6 +84,8 @@ pub struct Endpoint {
     pub subnets: Vec<String>,
     /// The statements of its policy; `None` is AWS's default, full access for anyone.
     pub policy: Option<Vec<serde_json::Value>>,
+    /// Its private DNS name answers IPv6 addresses only (DnsRecordIpType ipv6).
+    pub dns_ipv6_only: bool,
 }
 
 /// A security group.
@@ -981,8 +983,9 @@ pub fn diagnose(f: &Facts) -> Diagnosis {
         let get = "secretsmanager:GetSecretValue";
         let mut secret = None;
         if iam::mentions(&func.statements, get) {
-            let (a, hops) = ask(func, |s| f.secret_path(s, &func.groups, &who));
+            let (mut a, hops) = ask(func, |s| f.secret_path(s, &func.groups, &who));
             out.extend(broken("secret_unreachable", func, "Secrets Manager", hops));
+            out.extend(ipv6::endpoint_dns(f, func, &mut a));
             secret = Some(a);
         }
         if let Some(secret) = secret

@@ -427,6 +427,10 @@ pub async fn read(c: &Clients, vpc: &str, function: Option<&str>) -> Result<Fact
             id: e.vpc_endpoint_id().unwrap_or_default().to_string(),
             service: e.service_name().unwrap_or_default().to_string(),
             private_dns: e.private_dns_enabled().unwrap_or(false),
+            dns_ipv6_only: e
+                .dns_options()
+                .and_then(|d| d.dns_record_ip_type())
+                .is_some_and(|t| t.as_str() == "ipv6"),
             groups: e
                 .groups()
                 .iter()

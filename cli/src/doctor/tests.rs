@@ -150,6 +150,7 @@ fn good() -> Facts {
             groups: vec!["sg-sm".into()],
             subnets: vec!["priv-a".into(), "priv-b".into()],
             policy: Some(stack_endpoint_policy()),
+            dns_ipv6_only: false,
         }],
         groups: [
             ("sg-lambda", group("app-lambda", vec![])),
@@ -1063,6 +1064,18 @@ fn each_mistake_is_found_with_its_severity() {
                 f.subnets.get_mut("priv-b").expect("s").ipv6 = None;
             }),
             vec![(Breaks, "ipv6_unreachable")],
+        ),
+        (
+            "an endpoint answering IPv6 only to a function without IPv6",
+            good,
+            Box::new(|f| f.endpoints[0].dns_ipv6_only = true),
+            vec![(Breaks, "endpoint_dns_ipv6_only")],
+        ),
+        (
+            "an endpoint answering IPv6 only to a dual-stack function",
+            dual_stack,
+            Box::new(|f| f.endpoints[0].dns_ipv6_only = true),
+            vec![],
         ),
         (
             "a dual-stack VPC whose function goes by NAT only",
