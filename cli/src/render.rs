@@ -731,6 +731,24 @@ pub fn status_text(st: &Status) -> String {
             ));
         }
     }
+    if let Some(v6) = &st.ipv6 {
+        s.push_str(&format!(
+            "  IPv6 (no NAT): {}\n",
+            v6.gateway
+                .as_deref()
+                .map_or("the VPC's egress-only internet gateway".to_string(), |g| {
+                    format!("egress-only internet gateway {g}")
+                })
+        ));
+        for (table, target) in &v6.routes {
+            let ok = target.as_deref().is_some_and(|t| t.starts_with("eigw-"));
+            s.push_str(&format!(
+                "    {table}: ::/0 -> {} {}\n",
+                target.as_deref().unwrap_or("none"),
+                if ok { "ok" } else { "BROKEN" }
+            ));
+        }
+    }
     if st.route_tables.is_empty() {
         s.push_str(&format!(
             "  no route table tagged {EGRESS_TAG}={0} or {ROUTES_TAG}={0}\n",

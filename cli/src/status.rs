@@ -272,6 +272,20 @@ pub struct Facts {
     pub metrics: Vec<MetricValue>,
     /// The stack's alarms and their states.
     pub alarms: Vec<AlarmSummary>,
+    /// Its IPv6 egress, when `setup --ipv6` built one.
+    pub ipv6: Option<Ipv6Egress>,
+}
+
+/// A stack's IPv6 egress (no NAT): its egress-only gateway and the `::/0` route of each
+/// table setup routed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Ipv6Egress {
+    /// The stack's egress-only internet gateway (`None`: gone, or the VPC's own).
+    pub gateway: Option<String>,
+    /// Each table whose `::/0` the stack routes, and where `::/0` goes now.
+    pub routes: Vec<(String, Option<String>)>,
+    /// Every route goes to an egress-only gateway.
+    pub ok: bool,
 }
 
 /// A metric's latest value in CloudWatch (the stack's dimension, one-minute points).
@@ -385,6 +399,7 @@ impl Facts {
             || !self.gateways.is_empty()
             || !self.tables.is_empty()
             || self.lambda.is_some()
+            || self.ipv6.is_some()
     }
 }
 
@@ -405,7 +420,10 @@ pub struct Status {
     pub metrics: Vec<MetricValue>,
     /// The stack's alarms.
     pub alarms: Vec<AlarmSummary>,
-    /// Egress works for every table (and there is at least one).
+    /// Its IPv6 egress, when it has one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ipv6: Option<Ipv6Egress>,
+    /// Egress works for every table (and there is at least one), IPv6 included.
     pub healthy: bool,
 }
 
@@ -451,7 +469,9 @@ pub fn assess(f: Facts) -> Status {
         })
         .collect();
     route_tables.sort_by(|a, b| a.id.cmp(&b.id));
-    let healthy = !route_tables.is_empty() && route_tables.iter().all(|t| t.ok);
+    let healthy = !route_tables.is_empty()
+        && route_tables.iter().all(|t| t.ok)
+        && f.ipv6.as_ref().is_none_or(|v| v.ok);
     Status {
         stack: f.stack,
         instances: f.instances,
@@ -460,6 +480,7 @@ pub fn assess(f: Facts) -> Status {
         lambda: f.lambda,
         metrics: f.metrics,
         alarms: f.alarms,
+        ipv6: f.ipv6,
         healthy,
     }
 }
@@ -616,7 +637,29 @@ pub async fn read(c: &Clients, stack: &str) -> Result<Facts, Error> {
         lambda: wiring(c, stack).await?,
         metrics,
         alarms,
+        ipv6: ipv6_egress(c, stack).await?,
     })
+}
+
+/// The stack's IPv6 egress, as it is.
+async fn ipv6_egress(c: &Clients, stack: &str) -> Result<Option<Ipv6Egress>, Error> {
+    let e = crate::parts::ipv6::read_existing(c, stack).await?;
+    if e.routes.is_empty() && e.gateway.is_none() {
+        return Ok(None);
+    }
+    let tables: std::collections::BTreeSet<String> = e.routes.iter().cloned().collect();
+    let routes: Vec<(String, Option<String>)> = crate::parts::ipv6::ipv6_routes(c, &tables)
+        .await?
+        .into_iter()
+        .collect();
+    let ok = routes
+        .iter()
+        .all(|(_, t)| t.as_deref().is_some_and(|t| t.starts_with("eigw-")));
+    Ok(Some(Ipv6Egress {
+        gateway: e.gateway,
+        routes,
+        ok,
+    }))
 }
 
 /// Reads the stack's Lambda wiring: the function its execution role names.
@@ -978,8 +1021,16 @@ mod tests {
             lambda: None,
             metrics: vec![],
             alarms: vec![],
+            ipv6: None,
         };
         assert!(!assess(facts(vec![])).healthy, "no table: nothing routed");
+        let mut v6 = facts(vec![table(Some("eni-1"), Some("active"))]);
+        v6.ipv6 = Some(Ipv6Egress {
+            gateway: Some("eigw-1".into()),
+            routes: vec![("rtb-1".into(), None)],
+            ok: false,
+        });
+        assert!(!assess(v6).healthy, "IPv6 egress broken: not healthy");
         assert!(assess(facts(vec![table(Some("eni-1"), Some("active"))])).healthy);
         let mut broken = table(None, None);
         broken.id = "rtb-2".into();

@@ -199,6 +199,21 @@ async fn ipv6_egress_is_refused_without_blocks_built_with_them_and_torn_down_to_
         "LambdaSG lets IPv6 out: {lambda_sg}"
     );
 
+    // status shows the IPv6 egress.
+    let st = natctl(&emu, &["status", "--name", "v6"]);
+    assert!(
+        stdout(&st).contains(&format!(
+            "IPv6 (no NAT): egress-only internet gateway {eigw}"
+        )),
+        "{}",
+        text(&st)
+    );
+    assert!(
+        stdout(&st).contains(&format!("::/0 -> {eigw} ok")),
+        "{}",
+        text(&st)
+    );
+
     // Again: nothing to do.
     let again = natctl(&emu, &setup);
     assert!(again.status.success(), "{}", text(&again));
@@ -236,6 +251,12 @@ async fn ipv6_egress_is_refused_without_blocks_built_with_them_and_torn_down_to_
         .find(|f| f["check"] == "ipv6_unreachable")
         .unwrap_or_else(|| panic!("no ipv6_unreachable: {d}"));
     assert!(f["problem"].to_string().contains(&table), "{f}");
+    let st = natctl(&emu, &["status", "--name", "v6"]);
+    assert!(
+        stdout(&st).contains(&format!("{table}: ::/0 -> none BROKEN")),
+        "{}",
+        text(&st)
+    );
     // setup puts the route back (it is the stack's, tagged on the table).
     let out = natctl(&emu, &setup);
     assert!(out.status.success(), "{}", text(&out));

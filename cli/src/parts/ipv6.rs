@@ -245,7 +245,7 @@ async fn gateways(c: &Clients, vpc: &str, stack: &str) -> Result<Vec<Gateway>, E
 }
 
 /// Each table's `::/0` target.
-async fn ipv6_routes(
+pub async fn ipv6_routes(
     c: &Clients,
     tables: &BTreeSet<String>,
 ) -> Result<BTreeMap<String, Option<String>>, Error> {
