@@ -1525,6 +1525,29 @@ async fn a_pair_spread_over_two_azs_fails_over_with_the_same_address() {
     lab.shutdown();
 }
 
+/// `per_host` connections from each of `hosts` new hosts of the first private subnet to
+/// one destination on the internet, held open: the hosts (they go when dropped) and
+/// what opening gave.
+async fn open_flows(
+    lab: &Lab,
+    hosts: usize,
+    per_host: usize,
+) -> (Vec<natd_tests::netns::Netns>, natd_tests::flows::Flows) {
+    let made = lab.flow_hosts(0, hosts);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let internet = lab.internet.name.clone();
+    let names: Vec<natd_tests::netns::Netns> = made
+        .iter()
+        .map(|h| natd_tests::netns::Netns::named(&h.name))
+        .collect();
+    let flows = tokio::task::spawn_blocking(move || {
+        natd_tests::flows::Flows::open(&internet, &names, per_host)
+    })
+    .await
+    .unwrap();
+    (made, flows)
+}
+
 #[tokio::test]
 async fn a_pair_with_two_egress_addresses_holds_more_connections_to_one_destination_than_one_address_allows()
  {
@@ -1542,18 +1565,7 @@ async fn a_pair_with_two_egress_addresses_holds_more_connections_to_one_destinat
         async || (lab.snat_addresses(&holder) == 2).then_some(()),
     )
     .await;
-    let hosts = lab.flow_hosts(0, HOSTS);
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let internet = lab.internet.name.clone();
-    let names: Vec<natd_tests::netns::Netns> = hosts
-        .iter()
-        .map(|h| natd_tests::netns::Netns::named(&h.name))
-        .collect();
-    let flows = tokio::task::spawn_blocking(move || {
-        natd_tests::flows::Flows::open(&internet, &names, PER_HOST)
-    })
-    .await
-    .unwrap();
+    let (hosts, flows) = open_flows(&lab, HOSTS, PER_HOST).await;
     let asked = (HOSTS * PER_HOST) as u64;
     assert!(asked > ONE_ADDRESS);
     assert_eq!(
@@ -2151,18 +2163,7 @@ async fn one_address_runs_out_of_ports_to_one_destination_and_says_so_like_a_gat
     .unwrap();
 
     assert_eq!(metric_sum(&lab, "ErrorPortAllocation", &stack), 0.0);
-    let hosts = lab.flow_hosts(0, HOSTS);
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let internet = lab.internet.name.clone();
-    let names: Vec<natd_tests::netns::Netns> = hosts
-        .iter()
-        .map(|h| natd_tests::netns::Netns::named(&h.name))
-        .collect();
-    let flows = tokio::task::spawn_blocking(move || {
-        natd_tests::flows::Flows::open(&internet, &names, PER_HOST)
-    })
-    .await
-    .unwrap();
+    let (hosts, flows) = open_flows(&lab, HOSTS, PER_HOST).await;
     let asked = (HOSTS * PER_HOST) as u64;
     assert!(
         flows.open <= ONE_ADDRESS && flows.failed >= asked - ONE_ADDRESS,
