@@ -331,13 +331,8 @@ pub async fn apply(
                     "associating an Amazon-provided IPv6 /56 with {}",
                     spec.vpc
                 ));
-                c.ec2
-                    .associate_vpc_cidr_block()
-                    .vpc_id(&spec.vpc)
-                    .amazon_provided_ipv6_cidr_block(true)
-                    .send()
-                    .await
-                    .map_err(err("AssociateVpcCidrBlock", &spec.vpc))?;
+                // The record first: a run cut between the two leaves a tag teardown
+                // clears, never a block nobody would remove.
                 c.ec2
                     .create_tags()
                     .resources(&spec.vpc)
@@ -345,6 +340,13 @@ pub async fn apply(
                     .send()
                     .await
                     .map_err(err("CreateTags", &spec.vpc))?;
+                c.ec2
+                    .associate_vpc_cidr_block()
+                    .vpc_id(&spec.vpc)
+                    .amazon_provided_ipv6_cidr_block(true)
+                    .send()
+                    .await
+                    .map_err(err("AssociateVpcCidrBlock", &spec.vpc))?;
                 let block = wait::until(
                     "the VPC's IPv6 block",
                     &spec.vpc,
@@ -379,19 +381,19 @@ pub async fn apply(
                 })?;
                 progress(&format!("associating IPv6 {block} with {subnet}"));
                 c.ec2
-                    .associate_subnet_cidr_block()
-                    .subnet_id(subnet)
-                    .ipv6_cidr_block(&block)
-                    .send()
-                    .await
-                    .map_err(err("AssociateSubnetCidrBlock", subnet))?;
-                c.ec2
                     .create_tags()
                     .resources(subnet)
                     .tags(ec2_tag(IPV6_CIDR_TAG, &spec.stack))
                     .send()
                     .await
                     .map_err(err("CreateTags", subnet))?;
+                c.ec2
+                    .associate_subnet_cidr_block()
+                    .subnet_id(subnet)
+                    .ipv6_cidr_block(&block)
+                    .send()
+                    .await
+                    .map_err(err("AssociateSubnetCidrBlock", subnet))?;
                 wait::until(
                     "the subnet's IPv6 block",
                     subnet,
