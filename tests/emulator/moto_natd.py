@@ -99,6 +99,10 @@ Extensions, each matching documented AWS behaviour:
   VPC (VpcEndpointLimitExceeded, 50); rules per security group moto enforces itself.
 - Auto Scaling groups keep their InstanceMaintenancePolicy and answer it (moto ignores it).
 - DescribeSubnets answers an IPv6 block's state as AWS does (moto nests a record there).
+- Lambda's GetAccountSettings (moto has none): the region's concurrency quota
+  (NATD_EMU_LAMBDA_CONCURRENCY, default 1,000, AWS's default "Concurrent executions"
+  quota) and what is left unreserved; PutFunctionConcurrency keeps at least 100
+  unreserved, as AWS does.
 - IPv6 as AWS enforces it: a function's VpcConfig with Ipv6AllowedForDualStack needs
   every subnet dual-stack (InvalidParameterValueException), and its network interfaces
   then hold IPv6 addresses; a subnet's IPv6 block is not disassociated while an
@@ -2240,8 +2244,39 @@ def _dispatch_inner(self, environ, start_response):
             if _cut["left"] == 0:
                 return _answer(start_response, "503 Service Unavailable", b'{"message": "cut off"}')
             _cut["left"] -= 1
+        if (
+            _service(environ) == "lambda"
+            and environ.get("REQUEST_METHOD") == "GET"
+            and environ.get("PATH_INFO", "").rstrip("/") == "/2016-08-19/account-settings"
+        ):
+            return _answer(start_response, "200 OK", json.dumps(_lambda_account_settings(environ)).encode())
         return _consistent(self, environ, start_response, op, body, agent)
     return _apply(self, environ, start_response)
+
+
+LAMBDA_CONCURRENCY = int(os.environ.get("NATD_EMU_LAMBDA_CONCURRENCY", "1000"))
+# moto enforces AWS's minimum of 100 unreserved against this quota when it is set.
+os.environ.setdefault("MOTO_LAMBDA_CONCURRENCY_QUOTA", str(LAMBDA_CONCURRENCY))
+
+
+def _lambda_account_settings(environ):
+    auth = environ.get("HTTP_AUTHORIZATION", "")
+    scope = auth.split("Credential=", 1)[1].split(",", 1)[0].split("/") if "Credential=" in auth else []
+    region = scope[2] if len(scope) >= 3 else "us-east-1"
+    from moto.core import DEFAULT_ACCOUNT_ID
+
+    functions = lambda_models.lambda_backends[DEFAULT_ACCOUNT_ID][region].list_functions()
+    reserved = sum(int(f.reserved_concurrency or 0) for f in functions)
+    return {
+        "AccountLimit": {
+            "TotalCodeSize": 80530636800,
+            "CodeSizeUnzipped": 262144000,
+            "CodeSizeZipped": 52428800,
+            "ConcurrentExecutions": LAMBDA_CONCURRENCY,
+            "UnreservedConcurrentExecutions": LAMBDA_CONCURRENCY - reserved,
+        },
+        "AccountUsage": {"TotalCodeSize": sum(int(getattr(f, "code_size", 0) or 0) for f in functions), "FunctionCount": len(functions)},
+    }
 
 
 # --- CloudWatch alarms are evaluated ----------------------------------------------------

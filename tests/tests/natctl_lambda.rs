@@ -206,7 +206,10 @@ async fn lambda_wiring_is_exactly_as_stated_and_teardown_restores_the_function()
     assert_eq!(v["lambda"]["function"], "app", "{v}");
     assert_eq!(v["lambda"]["endpoint_private_dns"], true, "{v}");
 
-    // doctor finds nothing wrong with what natctl built.
+    // doctor finds nothing wrong with what natctl built. (No natd runs in this tier:
+    // on a slow run the stack's data-plane alarm, missing data breaching, rightly fires
+    // once CloudWatch has gone minutes without natd's points; that finding is about
+    // the absent natd, not the wiring.)
     let d = natctl(
         &emu,
         &[
@@ -218,7 +221,7 @@ async fn lambda_wiring_is_exactly_as_stated_and_teardown_restores_the_function()
         .as_array()
         .unwrap()
         .iter()
-        .filter(|f| f["severity"] != "advice")
+        .filter(|f| f["severity"] != "advice" && f["check"] != "alarm_in_alarm")
         .collect();
     assert!(serious.is_empty(), "{v}");
     // Its three answers are yes: the secret through the endpoint, the database, the
@@ -243,13 +246,20 @@ async fn lambda_wiring_is_exactly_as_stated_and_teardown_restores_the_function()
         "{v}"
     );
     assert_eq!(d.status.code(), Some(0));
+    // No reserved concurrency: the function may take the account's unreserved
+    // concurrency (GetAccountSettings: 1,000, AWS's default quota) against the
+    // database's 112 connections.
+    let f = v["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["check"] == "function_outscales_database")
+        .unwrap_or_else(|| panic!("{v}"));
+    let problem = f["problem"].as_str().unwrap();
+    assert!(problem.contains("1000") && problem.contains("112"), "{f}");
     assert!(
-        !v["findings"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|f| f["check"] == "function_outscales_database"),
-        "no reserved concurrency, and Lambda does not say the account's: nothing said: {v}"
+        f.to_string().contains("unreserved concurrency"),
+        "says where the figure comes from: {f}"
     );
     // The function may run 500 copies at once; its database (PostgreSQL on
     // db.t4g.micro) accepts about 112 connections: advice, with the fix.
