@@ -1232,6 +1232,16 @@ struct Fabric {
     ipv6: BTreeMap<String, (String, String)>,
 }
 
+/// A private subnet's IPv6 addresses in the lab: its host's (`::10`) and the router's
+/// (`::1`).
+fn ipv6_hosts(block: ipnet::Ipv6Net) -> (std::net::Ipv6Addr, std::net::Ipv6Addr) {
+    let base = u128::from(block.network());
+    (
+        std::net::Ipv6Addr::from(base + 0x10),
+        std::net::Ipv6Addr::from(base + 1),
+    )
+}
+
 fn borrowed(name: &str) -> Netns {
     Netns::named(name)
 }
@@ -1715,11 +1725,7 @@ impl Fabric {
                 && let Some((old, _)) = had
                 && let Ok(old) = old.parse::<ipnet::Ipv6Net>()
             {
-                let base = u128::from(old.network());
-                let (host, router) = (
-                    std::net::Ipv6Addr::from(base + 0x10),
-                    std::net::Ipv6Addr::from(base + 1),
-                );
+                let (host, router) = ipv6_hosts(old);
                 ns.sh_status(&format!("ip -6 addr del {host}/64 dev eth0"));
                 self.vpc.sh_status(&format!(
                     "ip -6 addr del {router}/64 dev s{n}; ip -6 rule del from {old} lookup {table_no}; ip -6 route flush table {table_no}"
@@ -1728,11 +1734,7 @@ impl Fabric {
             }
             let Some(block) = block else { continue };
             if !self.ipv6.contains_key(subnet) {
-                let base = u128::from(block.network());
-                let (host, router) = (
-                    std::net::Ipv6Addr::from(base + 0x10),
-                    std::net::Ipv6Addr::from(base + 1),
-                );
+                let (host, router) = ipv6_hosts(block);
                 let ok = self
                     .vpc
                     .sh_status(&format!(

@@ -316,15 +316,7 @@ pub async fn read(c: &Clients, vpc: &str, function: Option<&str>) -> Result<Fact
                 cidr,
                 table: associations.table_of(&id).map(str::to_string),
                 acl: acl_of.get(&id).cloned().or(default_acl.clone()),
-                ipv6: s
-                    .ipv6_cidr_block_association_set()
-                    .iter()
-                    .filter(|a| {
-                        a.ipv6_cidr_block_state()
-                            .and_then(|s| s.state())
-                            .is_some_and(|s| s.as_str() == "associated")
-                    })
-                    .find_map(|a| a.ipv6_cidr_block()?.parse().ok()),
+                ipv6: crate::parts::ipv6::subnet_ipv6(&s).and_then(|(_, b)| b.parse().ok()),
             },
         );
     }

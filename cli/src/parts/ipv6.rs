@@ -164,6 +164,41 @@ pub fn plan(spec: &Spec, o: &Observed) -> Result<Vec<Action>, Refusal> {
     Ok(out)
 }
 
+/// A VPC's associated IPv6 block: (association id, block). EC2 lists blocks being or
+/// already disassociated too, for a while.
+pub fn vpc_ipv6(v: &aws_sdk_ec2::types::Vpc) -> Option<(String, String)> {
+    v.ipv6_cidr_block_association_set()
+        .iter()
+        .filter(|a| {
+            a.ipv6_cidr_block_state()
+                .and_then(|s| s.state())
+                .is_some_and(|s| s.as_str() == "associated")
+        })
+        .find_map(|a| {
+            Some((
+                a.association_id()?.to_string(),
+                a.ipv6_cidr_block()?.to_string(),
+            ))
+        })
+}
+
+/// A subnet's associated IPv6 block: (association id, block).
+pub fn subnet_ipv6(s: &aws_sdk_ec2::types::Subnet) -> Option<(String, String)> {
+    s.ipv6_cidr_block_association_set()
+        .iter()
+        .filter(|a| {
+            a.ipv6_cidr_block_state()
+                .and_then(|s| s.state())
+                .is_some_and(|s| s.as_str() == "associated")
+        })
+        .find_map(|a| {
+            Some((
+                a.association_id()?.to_string(),
+                a.ipv6_cidr_block()?.to_string(),
+            ))
+        })
+}
+
 /// The VPC's associated IPv6 block: (association id, block).
 async fn vpc_block(c: &Clients, vpc: &str) -> Result<Option<(String, String)>, Error> {
     let r = c
@@ -173,21 +208,7 @@ async fn vpc_block(c: &Clients, vpc: &str) -> Result<Option<(String, String)>, E
         .send()
         .await
         .map_err(err("DescribeVpcs", vpc))?;
-    Ok(r.vpcs().first().and_then(|v| {
-        v.ipv6_cidr_block_association_set()
-            .iter()
-            .filter(|a| {
-                a.ipv6_cidr_block_state()
-                    .and_then(|s| s.state())
-                    .is_some_and(|s| s.as_str() == "associated")
-            })
-            .find_map(|a| {
-                Some((
-                    a.association_id()?.to_string(),
-                    a.ipv6_cidr_block()?.to_string(),
-                ))
-            })
-    }))
+    Ok(r.vpcs().first().and_then(vpc_ipv6))
 }
 
 /// The IPv6 blocks of the VPC's subnets: subnet -> (association id, block).
@@ -204,20 +225,7 @@ async fn subnet_blocks(
         .map_err(err("DescribeSubnets", vpc))?;
     Ok(r.subnets()
         .iter()
-        .filter_map(|s| {
-            let a = s.ipv6_cidr_block_association_set().iter().find(|a| {
-                a.ipv6_cidr_block_state()
-                    .and_then(|s| s.state())
-                    .is_some_and(|s| s.as_str() == "associated")
-            })?;
-            Some((
-                s.subnet_id()?.to_string(),
-                (
-                    a.association_id()?.to_string(),
-                    a.ipv6_cidr_block()?.to_string(),
-                ),
-            ))
-        })
+        .filter_map(|s| Some((s.subnet_id()?.to_string(), subnet_ipv6(s)?)))
         .collect())
 }
 
@@ -531,15 +539,6 @@ pub async fn read_existing(c: &Clients, stack: &str) -> Result<Existing, Error> 
         .send()
         .await
         .map_err(err("DescribeVpcs", stack))?;
-    let live = |set: &[aws_sdk_ec2::types::SubnetIpv6CidrBlockAssociation]| {
-        set.iter()
-            .find(|a| {
-                a.ipv6_cidr_block_state()
-                    .and_then(|s| s.state())
-                    .is_some_and(|s| s.as_str() == "associated")
-            })
-            .and_then(|a| a.association_id().map(str::to_string))
-    };
     Ok(Existing {
         routes: tables
             .route_tables()
@@ -553,25 +552,12 @@ pub async fn read_existing(c: &Clients, stack: &str) -> Result<Existing, Error> 
         subnet_blocks: subnets
             .subnets()
             .iter()
-            .filter_map(|s| {
-                Some((
-                    s.subnet_id()?.to_string(),
-                    live(s.ipv6_cidr_block_association_set()),
-                ))
-            })
+            .filter_map(|s| Some((s.subnet_id()?.to_string(), subnet_ipv6(s).map(|(a, _)| a))))
             .collect(),
-        vpc_block: vpcs.vpcs().first().and_then(|v| {
-            let association = v
-                .ipv6_cidr_block_association_set()
-                .iter()
-                .find(|a| {
-                    a.ipv6_cidr_block_state()
-                        .and_then(|s| s.state())
-                        .is_some_and(|s| s.as_str() == "associated")
-                })
-                .and_then(|a| a.association_id().map(str::to_string));
-            Some((v.vpc_id()?.to_string(), association))
-        }),
+        vpc_block: vpcs
+            .vpcs()
+            .first()
+            .and_then(|v| Some((v.vpc_id()?.to_string(), vpc_ipv6(v).map(|(a, _)| a)))),
     })
 }
 
