@@ -131,7 +131,7 @@ pub fn put_in_vpc(emu: &Emulator, subnets: &[&str], groups: &[&str]) -> bool {
         subnets.join(","),
         groups.join(",")
     );
-    emu.aws_command(&[
+    emu.aws_output(&[
         "lambda",
         "update-function-configuration",
         "--function-name",
@@ -139,6 +139,6 @@ pub fn put_in_vpc(emu: &Emulator, subnets: &[&str], groups: &[&str]) -> bool {
         "--vpc-config",
         &config,
     ])
-    .output()
-    .is_ok_and(|o| o.status.success())
+    .status
+    .success()
 }

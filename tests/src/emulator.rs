@@ -18,6 +18,61 @@ pub fn is_mutating(op: &str) -> bool {
         .any(|p| op.starts_with(p))
 }
 
+/// A running `emulator/aws_cli_server.py`: the AWS CLI answering one command a line.
+struct CliServer {
+    _proc: Proc,
+    input: std::process::ChildStdin,
+    output: BufReader<std::process::ChildStdout>,
+}
+
+/// The test process's idle CLI servers: a call takes one (or starts one when all are
+/// busy, e.g. a test's threads calling at once) and puts it back.
+static CLI_SERVERS: std::sync::Mutex<Vec<CliServer>> = std::sync::Mutex::new(Vec::new());
+
+/// The AWS CLI with `args` (global options included) and the key `key`, run by a
+/// long-lived CLI process: its output and exit status, as a process of its own would
+/// give them. A fresh `aws` process costs about a second of CPU before its request.
+pub fn aws_cli(args: &[&str], key: (&str, &str)) -> std::process::Output {
+    use std::io::Write;
+    use std::os::unix::process::ExitStatusExt;
+    let idle = CLI_SERVERS.lock().unwrap().pop();
+    let mut server = idle.unwrap_or_else(|| {
+        let mut child = Command::new(crate::python())
+            .arg(crate::root().join("tests/emulator/aws_cli_server.py"))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            // Not the test's own stderr: the runner waits for it to close.
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start the AWS CLI server");
+        let input = child.stdin.take().unwrap();
+        let output = BufReader::new(child.stdout.take().unwrap());
+        CliServer {
+            _proc: Proc(child),
+            input,
+            output,
+        }
+    });
+    let request = serde_json::json!({"args": args, "key": [key.0, key.1]});
+    writeln!(server.input, "{request}").expect("send to the AWS CLI server");
+    let mut line = String::new();
+    let read = server
+        .output
+        .read_line(&mut line)
+        .expect("read from the AWS CLI server");
+    assert!(read > 0, "the AWS CLI server ended (aws {args:?})");
+    let answer: serde_json::Value = serde_json::from_str(&line)
+        .unwrap_or_else(|e| panic!("the AWS CLI server answered {line:?}: {e}"));
+    CLI_SERVERS.lock().unwrap().push(server);
+    let text = |k: &str| answer[k].as_str().unwrap_or_default().as_bytes().to_vec();
+    let rc = answer["rc"].as_i64().unwrap_or(255) as i32;
+    std::process::Output {
+        status: std::process::ExitStatus::from_raw((rc & 0xff) << 8),
+        stdout: text("stdout"),
+        stderr: text("stderr"),
+    }
+}
+
 /// A child process that is killed when dropped.
 #[derive(Debug)]
 pub struct Proc(pub Child);
@@ -141,31 +196,27 @@ impl Emulator {
     }
 
     /// The AWS CLI from the emulator's venv (an independent client), pointed at the
-    /// emulator with the admin key.
-    pub fn aws_command(&self, args: &[&str]) -> Command {
-        let cli = crate::python().with_file_name("aws");
-        let (id, secret) = self.admin.lock().unwrap().clone();
-        let mut cmd = Command::new(cli);
-        cmd.args([
+    /// emulator with the admin key: what it prints and its exit status, failures
+    /// included. One long-lived CLI process answers ([`aws_cli`]), not one per call.
+    pub fn aws_output(&self, args: &[&str]) -> std::process::Output {
+        let key = self.admin.lock().unwrap().clone();
+        let url = self.url();
+        let mut all = vec![
             "--endpoint-url",
-            &self.url(),
+            &url,
             "--region",
             REGION,
             "--output",
             "json",
-        ])
-        .args(args)
-        .env("AWS_ACCESS_KEY_ID", id)
-        .env("AWS_SECRET_ACCESS_KEY", secret)
-        .env("AWS_EC2_METADATA_DISABLED", "true")
-        .env_remove("AWS_PROFILE");
-        cmd
+        ];
+        all.extend_from_slice(args);
+        aws_cli(&all, (&key.0, &key.1))
     }
 
-    /// Runs the AWS CLI ([`Emulator::aws_command`]), asserts it succeeded, and returns
+    /// Runs the AWS CLI ([`Emulator::aws_output`]), asserts it succeeded, and returns
     /// its JSON output.
     pub fn aws(&self, args: &[&str]) -> serde_json::Value {
-        let out = self.aws_command(args).output().expect("run aws");
+        let out = self.aws_output(args);
         assert!(
             out.status.success(),
             "aws {args:?}: {}",

@@ -13,22 +13,17 @@ use std::time::Duration;
 
 /// The AWS CLI against the emulator, failures included.
 fn aws_raw(emu: &Emulator, args: &[&str]) -> Output {
-    Command::new(natd_tests::python().with_file_name("aws"))
-        .args([
-            "--endpoint-url",
-            &emu.url(),
-            "--region",
-            REGION,
-            "--output",
-            "json",
-        ])
-        .args(args)
-        .env("AWS_ACCESS_KEY_ID", TEST_KEY.0)
-        .env("AWS_SECRET_ACCESS_KEY", TEST_KEY.1)
-        .env("AWS_EC2_METADATA_DISABLED", "true")
-        .env_remove("AWS_PROFILE")
-        .output()
-        .unwrap()
+    let url = emu.url();
+    let mut all = vec![
+        "--endpoint-url",
+        &url,
+        "--region",
+        REGION,
+        "--output",
+        "json",
+    ];
+    all.extend_from_slice(args);
+    natd_tests::emulator::aws_cli(&all, TEST_KEY)
 }
 
 fn err(o: &Output) -> String {
