@@ -671,7 +671,8 @@ impl ControlPlane {
         let (members, egress, tables) = match tokio::try_join!(
             self.cloud.stack_instances(&self.id.vpc_id, &stack),
             self.cloud.egress_addresses(&stack),
-            self.cloud.tagged_tables(&self.id.vpc_id, &stack),
+            self.cloud
+                .egress_tables(&self.id.vpc_id, &stack, &self.cfg.route_tables),
         ) {
             Ok(r) => r,
             Err(e) => return self.note(report, "pair", &e),
@@ -963,7 +964,7 @@ impl ControlPlane {
         } else {
             let tables = match self
                 .cloud
-                .tagged_tables(&self.id.vpc_id, &self.cfg.stack)
+                .egress_tables(&self.id.vpc_id, &self.cfg.stack, &self.cfg.route_tables)
                 .await
             {
                 Ok(t) => t,

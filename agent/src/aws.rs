@@ -357,14 +357,43 @@ impl Cloud {
         Ok(())
     }
 
-    /// Route tables in `vpc` tagged `natd:egress=<stack>`, with their default route.
-    pub async fn tagged_tables(&self, vpc: &str, stack: &str) -> Result<Vec<Table>, Error> {
+    /// The route tables natd takes over in `vpc`: those tagged `natd:egress=<stack>`
+    /// and those its boot configuration names (`named`, by id), each with its default
+    /// route, sorted by id.
+    pub async fn egress_tables(
+        &self,
+        vpc: &str,
+        stack: &str,
+        named: &[String],
+    ) -> Result<Vec<Table>, Error> {
+        let mut out = self
+            .tables_where(vpc, stack, tag_filter(EGRESS_TAG, stack))
+            .await?;
+        if !named.is_empty() {
+            let by_id = Filter::builder()
+                .name("route-table-id")
+                .set_values(Some(named.to_vec()))
+                .build();
+            out.extend(self.tables_where(vpc, stack, by_id).await?);
+        }
+        out.sort_by(|a, b| a.id.cmp(&b.id));
+        out.dedup_by(|a, b| a.id == b.id);
+        Ok(out)
+    }
+
+    /// Route tables in `vpc` that pass `filter`, with their default route.
+    async fn tables_where(
+        &self,
+        vpc: &str,
+        stack: &str,
+        filter: Filter,
+    ) -> Result<Vec<Table>, Error> {
         let mut out = Vec::new();
         let mut pages = self
             .ec2
             .describe_route_tables()
             .filters(Filter::builder().name("vpc-id").values(vpc).build())
-            .filters(tag_filter(EGRESS_TAG, stack))
+            .filters(filter)
             .into_paginator()
             .send();
         while let Some(page) = pages.next().await {

@@ -74,6 +74,9 @@ pub struct Config {
     /// Stack name: natd takes over route tables (and an Elastic IP) tagged
     /// `natd:egress=<stack>`.
     pub stack: String,
+    /// Route tables to take over besides the tagged ones, by id: a template
+    /// (CloudFormation, CDK) names the tables it cannot tag.
+    pub route_tables: Vec<String>,
     /// Seconds between reconcile passes.
     pub interval_secs: u64,
     /// Consecutive failed passes (after repair was tried) before natd reports the
@@ -178,6 +181,7 @@ impl Default for Config {
     fn default() -> Self {
         Self {
             stack: crate::contract::DEFAULT_STACK.to_string(),
+            route_tables: Vec::new(),
             interval_secs: 5,
             unhealthy_after: 3,
             eip_allocation_id: None,
@@ -222,6 +226,7 @@ impl Config {
     pub fn boot(&self) -> crate::contract::boot::BootConfig {
         crate::contract::boot::BootConfig {
             stack: self.stack.clone(),
+            route_tables: self.route_tables.clone(),
             pair: self.pair,
             egress_ips: self.pair.then_some(self.egress_ips),
             require_eip: self.require_eip,
@@ -484,6 +489,7 @@ mod tests {
             BootConfig::single("dev", false),
             BootConfig::single("dev", true),
             BootConfig::pair("ha", 3),
+            BootConfig::single("cfn", true).with_route_tables(["rtb-1234abcd".to_string()]),
         ] {
             let cfg = parse(&b.to_toml()).expect("natd reads it");
             assert_eq!(cfg.boot(), b);
@@ -491,6 +497,8 @@ mod tests {
         // And what the contract refuses, natd refuses, naming the key.
         let e = parse(&BootConfig::pair("ha", 33).to_toml()).expect_err("refused");
         assert!(e.to_string().contains("egress_ips = 33"), "{e}");
+        let e = parse("stack = \"cfn\"\nroute_tables = [\"rtb-nothex!\"]\n").expect_err("refused");
+        assert!(e.to_string().contains("rtb-nothex!"), "{e}");
     }
 
     #[test]

@@ -76,6 +76,14 @@ pub enum Gateway {
     Regional,
 }
 
+/// A template format `natctl export` writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ExportFormat {
+    /// An AWS CloudFormation template (JSON), also for Terraform's
+    /// `aws_cloudformation_stack`.
+    Cloudformation,
+}
+
 /// Who may use the Secrets Manager endpoint.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum EndpointAccess {
@@ -306,6 +314,18 @@ pub enum Cmd {
     Setup(SetupArgs),
     /// Show what setup would change, and change nothing.
     Plan(SetupArgs),
+    /// Print the stack setup would build as an infrastructure-as-code template, and
+    /// change nothing: the same arguments as setup (the VPC is read as setup reads it).
+    /// natd's boot configuration names the private route tables (a template cannot tag
+    /// tables it does not own) and its policy grants routes in exactly those.
+    Export {
+        /// The template's format.
+        #[arg(long, value_enum)]
+        format: ExportFormat,
+        /// What to export: the stack, as setup takes it.
+        #[command(flatten)]
+        setup: SetupArgs,
+    },
     /// Hand a hot standby pair (setup --env dev --ha) over to new instances with no
     /// connection lost: the standby is replaced first, then the holder hands its
     /// connection state, egress address and routes to it, then the old holder is

@@ -32,6 +32,7 @@ pub mod commands;
 pub mod cost;
 pub mod doctor;
 pub mod error;
+pub mod export;
 pub mod limits;
 pub mod man;
 pub mod parts;

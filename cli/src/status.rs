@@ -4,9 +4,7 @@
 //! without I/O, which routes work and whether egress is healthy (exit status 3 when
 //! not).
 
-use crate::aws::names::{
-    AZ_TAG, EGRESS_TAG, FUNCTION_TAG, Names, ROUTES_TAG, STACK_TAG, tag_value,
-};
+use crate::aws::names::{AZ_TAG, FUNCTION_TAG, Names, ROUTES_TAG, STACK_TAG, tag_value};
 use crate::aws::read;
 use crate::aws::{Clients, Error, found};
 use natd_contract::health::{Beats, HealthTag, Lag};
@@ -561,8 +559,26 @@ pub async fn read(c: &Clients, stack: &str) -> Result<Facts, Error> {
             .filter(|s| !s.is_empty()),
         })
         .collect();
-    let mut tables = read::tables_tagged(c, EGRESS_TAG, stack).await?;
-    for t in read::tables_tagged(c, ROUTES_TAG, stack).await? {
+    // natd's tables (tagged, or named by its boot configuration when a template made
+    // the stack), the tables natctl routes to the stack's gateways, and the tables a
+    // template routes to them (it cannot tag them).
+    let mut tables = read::egress_tables(c, stack).await?;
+    let gateway_ids: Vec<&str> = gateways.iter().map(|g| g.id.as_str()).collect();
+    let mut more = read::tables_tagged(c, ROUTES_TAG, stack).await?;
+    if !gateway_ids.is_empty() {
+        more.extend(
+            read::route_tables(
+                c,
+                vec![crate::aws::names::filter(
+                    "route.nat-gateway-id",
+                    &gateway_ids,
+                )],
+                stack,
+            )
+            .await?,
+        );
+    }
+    for t in more {
         if !tables
             .iter()
             .any(|x| x.route_table_id() == t.route_table_id())

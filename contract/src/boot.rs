@@ -17,6 +17,11 @@ pub struct BootConfig {
     /// The stack: natd takes over route tables (and Elastic IPs) tagged
     /// `natd:egress=<stack>`.
     pub stack: String,
+    /// Route tables natd takes over besides the tagged ones, by id: how a template
+    /// (CloudFormation, CDK) that cannot tag tables it does not own hands them over.
+    /// natd's policy then names them ([`crate::policy::agent_policy_with_tables`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub route_tables: Vec<String>,
     /// A member of a hot standby pair.
     #[serde(default, skip_serializing_if = "is_false")]
     pub pair: bool,
@@ -37,6 +42,15 @@ fn is_false(b: &bool) -> bool {
     !b
 }
 
+/// A route table id as EC2 gives them: `rtb-` and 8 or 17 lowercase hex digits.
+pub fn is_route_table_id(id: &str) -> bool {
+    id.strip_prefix("rtb-").is_some_and(|h| {
+        (h.len() == 8 || h.len() == 17)
+            && h.bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    })
+}
+
 /// A boot configuration that breaks the rules, naming the key and the value.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{key} = {value}: {why}")]
@@ -54,6 +68,7 @@ impl BootConfig {
     pub fn single(stack: &str, require_eip: bool) -> Self {
         Self {
             stack: stack.to_string(),
+            route_tables: Vec::new(),
             pair: false,
             egress_ips: None,
             require_eip,
@@ -65,6 +80,7 @@ impl BootConfig {
     pub fn pair(stack: &str, egress_ips: u32) -> Self {
         Self {
             stack: stack.to_string(),
+            route_tables: Vec::new(),
             pair: true,
             egress_ips: Some(egress_ips),
             require_eip: false,
@@ -72,9 +88,24 @@ impl BootConfig {
         }
     }
 
-    /// The rules both sides apply: the stack-name rule, and 1 to [`EGRESS_IPS_MAX`]
-    /// egress addresses.
+    /// The same, taking over `tables` by id besides the tagged ones.
+    pub fn with_route_tables(mut self, tables: impl IntoIterator<Item = String>) -> Self {
+        self.route_tables = tables.into_iter().collect();
+        self.route_tables.sort();
+        self.route_tables.dedup();
+        self
+    }
+
+    /// The rules both sides apply: the stack-name rule, route tables by id
+    /// (`rtb-` and hex digits), and 1 to [`EGRESS_IPS_MAX`] egress addresses.
     pub fn validate(&self) -> Result<(), BadBoot> {
+        if let Some(bad) = self.route_tables.iter().find(|t| !is_route_table_id(t)) {
+            return Err(BadBoot {
+                key: "route_tables",
+                value: format!("{bad:?}"),
+                why: "a route table id is rtb- and 8 or 17 hex digits".into(),
+            });
+        }
         if let Err(e) = crate::check_stack_name(&self.stack) {
             return Err(BadBoot {
                 key: "stack",
@@ -108,6 +139,20 @@ impl BootConfig {
             self.to_toml().trim_end().replace('\n', "\n      ")
         )
     }
+
+    /// The boot configuration in user data [`BootConfig::cloud_config`] wrote (what
+    /// natctl and a template put in the launch template): how status and doctor learn
+    /// the tables a stack names. `None` when the text is not such user data.
+    pub fn from_cloud_config(text: &str) -> Option<Self> {
+        let (_, rest) = text.split_once(&format!("  - path: {PATH}\n"))?;
+        let (_, content) = rest.split_once("    content: |\n")?;
+        let toml_text: String = content
+            .lines()
+            .take_while(|l| l.starts_with("      ") || l.is_empty())
+            .map(|l| format!("{}\n", l.strip_prefix("      ").unwrap_or(l)))
+            .collect();
+        toml::from_str(&toml_text).ok()
+    }
 }
 
 #[cfg(test)]
@@ -121,6 +166,7 @@ mod tests {
             let back: BootConfig = toml::from_str(&b.to_toml()).expect("reads back");
             assert_eq!(back, b);
             assert!(b.cloud_config().contains(PATH));
+            assert_eq!(BootConfig::from_cloud_config(&b.cloud_config()), Some(b));
         }
         assert_eq!(
             BootConfig::single("dev", false).to_toml(),
@@ -133,5 +179,28 @@ mod tests {
         assert!(e.to_string().contains("\"Dev\""), "{e}");
         let e = BootConfig::pair("ha", 33).validate().expect_err("bad");
         assert!(e.to_string().starts_with("egress_ips = 33"), "{e}");
+    }
+
+    #[test]
+    fn route_tables_named_at_boot_read_back_sorted_and_are_checked() {
+        let b = BootConfig::single("dev", false).with_route_tables([
+            "rtb-0123456789abcdef0".to_string(),
+            "rtb-1234abcd".to_string(),
+            "rtb-0123456789abcdef0".to_string(),
+        ]);
+        assert_eq!(b.validate(), Ok(()));
+        assert_eq!(b.route_tables, ["rtb-0123456789abcdef0", "rtb-1234abcd"]);
+        let back: BootConfig = toml::from_str(&b.to_toml()).expect("reads back");
+        assert_eq!(back, b);
+        assert_eq!(BootConfig::from_cloud_config(&b.cloud_config()), Some(b));
+        assert_eq!(BootConfig::from_cloud_config("#!/bin/sh\necho hi\n"), None);
+        for bad in ["rtb-XYZ", "subnet-1234abcd", "rtb-123", ""] {
+            let e = BootConfig::single("dev", false)
+                .with_route_tables([bad.to_string()])
+                .validate()
+                .expect_err(bad);
+            assert_eq!(e.key, "route_tables");
+            assert!(e.to_string().contains(&format!("{bad:?}")), "{e}");
+        }
     }
 }

@@ -28,4 +28,5 @@ pub mod tags;
 pub use error::ApiFailure;
 pub use names::Names;
 pub use policy::agent_policy;
+pub use policy::agent_policy_with_tables;
 pub use tags::*;

@@ -17,7 +17,14 @@ use serde_json::{Value, json};
 /// pair moves its egress addresses (secondary private IPs) between its two ENIs, tagged
 /// alike.
 pub fn agent_policy(stack: &str) -> Value {
-    json!({
+    agent_policy_with_tables(stack, &[])
+}
+
+/// [`agent_policy`], and routes in `tables` by id: the route tables a boot
+/// configuration names ([`crate::boot::BootConfig::route_tables`]), for a stack made by
+/// a template that cannot tag the tables it hands over.
+pub fn agent_policy_with_tables(stack: &str, tables: &[String]) -> Value {
+    let mut policy = json!({
         "Version": "2012-10-17",
         "Statement": [
             {
@@ -96,7 +103,27 @@ pub fn agent_policy(stack: &str) -> Value {
                 "Condition": {"StringEquals": {format!("autoscaling:ResourceTag/{STACK_TAG}"): stack}}
             }
         ]
-    })
+    });
+    if !tables.is_empty() {
+        let arns: Vec<String> = tables.iter().map(|t| route_table_arn(t)).collect();
+        let named = json!({
+            "Sid": "TakeOverNamedRoutes",
+            "Effect": "Allow",
+            "Action": ["ec2:ReplaceRoute", "ec2:CreateRoute"],
+            "Resource": arns
+        });
+        // The statement list is built above as an array.
+        if let Some(list) = policy["Statement"].as_array_mut() {
+            list.insert(3, named);
+        }
+    }
+    policy
+}
+
+/// The ARN of route table `id` in any region and account of the partition `aws` (the
+/// policy's other statements name resources alike).
+pub fn route_table_arn(id: &str) -> String {
+    format!("arn:aws:ec2:*:*:route-table/{id}")
 }
 
 #[cfg(test)]
@@ -128,6 +155,9 @@ mod tests {
             for a in &actions {
                 assert!(!a.ends_with('*'), "wildcard action {a}");
             }
+            if s["Sid"] == "TakeOverNamedRoutes" {
+                continue;
+            }
             if actions
                 .iter()
                 .any(|a| a.contains("Route") || a.contains("Lifecycle"))
@@ -138,5 +168,28 @@ mod tests {
                 assert!(cond.values().all(|v| v == "dev1"), "{s}");
             }
         }
+    }
+
+    #[test]
+    fn named_tables_are_granted_by_arn_and_nothing_else_changes() {
+        assert_eq!(agent_policy_with_tables("dev1", &[]), agent_policy("dev1"));
+        let tables = ["rtb-1234abcd".to_string()];
+        let p = agent_policy_with_tables("dev1", &tables);
+        let s = p["Statement"].as_array().expect("statements");
+        let named: Vec<_> = s
+            .iter()
+            .filter(|s| s["Sid"] == "TakeOverNamedRoutes")
+            .collect();
+        assert_eq!(named.len(), 1);
+        assert_eq!(
+            named[0]["Resource"],
+            json!(["arn:aws:ec2:*:*:route-table/rtb-1234abcd"])
+        );
+        let others: Vec<_> = s
+            .iter()
+            .filter(|s| s["Sid"] != "TakeOverNamedRoutes")
+            .cloned()
+            .collect();
+        assert_eq!(json!(others), agent_policy("dev1")["Statement"]);
     }
 }

@@ -2556,6 +2556,143 @@ def _associate_vpc_block(self, vpc_id, cidr_block, amazon_provided_ipv6_cidr_blo
 VPCBackend.associate_vpc_cidr_block = _associate_vpc_block
 
 
+
+# --- CloudFormation: what natctl's templates use ---------------------------------------
+# moto 5.2.5 creates the resource types natctl export writes, with three gaps closed here:
+# - AWS::AutoScaling::AutoScalingGroup ignores LifecycleHookSpecificationList and
+#   InstanceMaintenancePolicy. CloudFormation creates the group's hooks with the group,
+#   before its first instance launches (AWS::AutoScaling::AutoScalingGroup,
+#   "LifecycleHookSpecificationList ... the lifecycle hooks are created along with the
+#   group"): here the group is made empty, its hooks put, then scaled to its capacity,
+#   so the first instance waits in Pending:Wait as it does on AWS.
+# - AWS::CloudWatch::Alarm is not modelled: it is, as PutMetricAlarm makes it (its
+#   alarms are evaluated as any other).
+# - A resource type moto does not model is skipped with a warning, and the stack ends
+#   CREATE_COMPLETE without it, which AWS never does: here the stack fails, naming it.
+from moto.cloudformation import parsing as _cfn_parsing  # noqa: E402
+from moto.cloudwatch import models as _cw_models  # noqa: E402
+from moto.core.common_models import CloudFormationModel as _CfnModel  # noqa: E402
+
+_orig_asg_from_cfn = asg_models.FakeAutoScalingGroup.create_from_cloudformation_json.__func__
+
+
+def _asg_from_cfn(cls, resource_name, cloudformation_json, account_id, region_name, **kwargs):
+    props = cloudformation_json["Properties"]
+    hooks = props.get("LifecycleHookSpecificationList") or []
+    empty = dict(cloudformation_json, Properties=dict(props, MinSize="0", DesiredCapacity="0"))
+    group = _orig_asg_from_cfn(cls, resource_name, empty, account_id, region_name, **kwargs)
+    backend = asg_models.autoscaling_backends[account_id][region_name]
+    for h in hooks:
+        backend.create_lifecycle_hook(
+            name=h["LifecycleHookName"],
+            as_name=group.name,
+            transition=h["LifecycleTransition"],
+            timeout=int(h.get("HeartbeatTimeout", 3600)),
+            result=h.get("DefaultResult", "ABANDON"),
+        )
+    policy = props.get("InstanceMaintenancePolicy")
+    if policy is not None:
+        group.instance_maintenance_policy = {k: int(v) for k, v in policy.items()}
+    group.min_size = int(props.get("MinSize", 0))
+    desired = props.get("DesiredCapacity", props.get("MinSize", 0))
+    group.set_desired_capacity(int(desired))
+    return group
+
+
+asg_models.FakeAutoScalingGroup.create_from_cloudformation_json = classmethod(_asg_from_cfn)
+
+
+class _CfnAlarm(_CfnModel):
+    """AWS::CloudWatch::Alarm, made as PutMetricAlarm makes it."""
+
+    # moto's model registry files a model under the service its module names.
+    __module__ = "moto.cloudwatch.models"
+
+    @staticmethod
+    def cloudformation_name_type():
+        return "AlarmName"
+
+    @staticmethod
+    def cloudformation_type():
+        return "AWS::CloudWatch::Alarm"
+
+    @classmethod
+    def create_from_cloudformation_json(cls, resource_name, cloudformation_json, account_id, region_name, **kwargs):
+        p = cloudformation_json["Properties"]
+        backend = _cw_models.cloudwatch_backends[account_id][region_name]
+        alarm = backend.put_metric_alarm(
+            name=p.get("AlarmName") or resource_name,
+            namespace=p.get("Namespace"),
+            metric_name=p.get("MetricName"),
+            comparison_operator=p["ComparisonOperator"],
+            evaluation_periods=int(p["EvaluationPeriods"]),
+            period=int(p.get("Period", 60)),
+            threshold=float(p.get("Threshold", 0)),
+            statistic=p.get("Statistic"),
+            description=p.get("AlarmDescription", ""),
+            dimensions=[{"name": d["Name"], "value": d["Value"]} for d in p.get("Dimensions", [])],
+            alarm_actions=p.get("AlarmActions", []),
+            ok_actions=p.get("OKActions", []),
+            insufficient_data_actions=p.get("InsufficientDataActions", []),
+            datapoints_to_alarm=p.get("DatapointsToAlarm"),
+            treat_missing_data=p.get("TreatMissingData"),
+            tags=p.get("Tags", []),
+        )
+        obj = cls()
+        obj.name = alarm.name
+        return obj
+
+    @classmethod
+    def delete_from_cloudformation_json(cls, resource_name, cloudformation_json, account_id, region_name):
+        _cw_models.cloudwatch_backends[account_id][region_name].delete_alarms([resource_name])
+
+    @property
+    def physical_resource_id(self):
+        return self.name
+
+    def delete(self, account_id, region_name):
+        _cw_models.cloudwatch_backends[account_id][region_name].delete_alarms([self.name])
+
+
+_cfn_parsing.get_model_map.cache_clear()
+_cfn_parsing.get_name_type_map.cache_clear()
+_orig_class_from_type = _cfn_parsing.resource_class_from_type
+
+
+def _class_from_type(resource_type):
+    found = _orig_class_from_type(resource_type)
+    if found is None and resource_type not in _cfn_parsing.NULL_MODELS:
+        raise ValueError(f"the emulator does not model CloudFormation resource type {resource_type}")
+    return found
+
+
+_cfn_parsing.resource_class_from_type = _class_from_type
+
+# A resource that fails fails its stack, and CloudFormation rolls back what it made
+# (stack status ROLLBACK_COMPLETE, the failure in the stack's events); moto lets the
+# error escape the CreateStack call and keeps what it made.
+from moto.cloudformation import models as _cfn_models  # noqa: E402
+
+_orig_create_resources = _cfn_models.Stack.create_resources
+
+
+def _create_resources(self):
+    try:
+        _orig_create_resources(self)
+    except Exception as e:  # any resource's failure, as CloudFormation reports it
+        self._add_stack_event("CREATE_FAILED", resource_status_reason=str(e))
+        self.status = "ROLLBACK_IN_PROGRESS"
+        try:
+            self.resource_map.delete()
+        except Exception as gone:  # noqa: BLE001 - what could not be made cannot go
+            print(f"emulator: rollback of {self.name}: {gone}", file=sys.stderr)
+        self.status = "ROLLBACK_COMPLETE"
+        self._add_stack_event("ROLLBACK_COMPLETE")
+
+
+_cfn_models.Stack.create_resources = _create_resources
+
+
 if __name__ == "__main__":
     from moto.server import main
 

@@ -89,6 +89,80 @@ pub async fn tables_tagged(c: &Clients, key: &str, value: &str) -> Result<Vec<Ro
     Ok(t)
 }
 
+/// The boot configuration of each natd launch template (one tagged `natd:stack`), by
+/// stack: what natd of that stack reads at boot, the route tables it names among it
+/// (a stack a template made hands its tables over this way, untagged).
+pub async fn boot_configs(
+    c: &Clients,
+) -> Result<BTreeMap<String, natd_contract::boot::BootConfig>, Error> {
+    let templates: Vec<LaunchTemplate> = c
+        .ec2
+        .describe_launch_templates()
+        .filters(
+            Filter::builder()
+                .name("tag-key")
+                .values(natd_contract::STACK_TAG)
+                .build(),
+        )
+        .into_paginator()
+        .items()
+        .send()
+        .collect::<Result<Vec<_>, _>>()
+        .await
+        .map_err(err("DescribeLaunchTemplates", natd_contract::STACK_TAG))?;
+    let mut out = BTreeMap::new();
+    for t in templates {
+        let Some(stack) = tag_value(t.tags(), natd_contract::STACK_TAG) else {
+            continue;
+        };
+        // natd's own template is named for its stack (the lock's is not).
+        if t.launch_template_name() != Some(super::names::Names(stack).nat().as_str()) {
+            continue;
+        }
+        let id = t.launch_template_id().unwrap_or_default();
+        let v = c
+            .ec2
+            .describe_launch_template_versions()
+            .launch_template_id(id)
+            .versions("$Default")
+            .send()
+            .await
+            .map_err(err("DescribeLaunchTemplateVersions", id))?;
+        let boot = v
+            .launch_template_versions()
+            .first()
+            .and_then(|v| v.launch_template_data())
+            .and_then(|d| d.user_data())
+            .and_then(|u| aws_smithy_types::base64::decode(u).ok())
+            .and_then(|b| String::from_utf8(b).ok())
+            .and_then(|text| natd_contract::boot::BootConfig::from_cloud_config(&text));
+        if let Some(b) = boot {
+            out.insert(stack.to_string(), b);
+        }
+    }
+    Ok(out)
+}
+
+/// The route tables of `stack`'s natd: those tagged `natd:egress=<stack>` and those
+/// its boot configuration names, once each.
+pub async fn egress_tables(c: &Clients, stack: &str) -> Result<Vec<RouteTable>, Error> {
+    let mut tables = tables_tagged(c, natd_contract::EGRESS_TAG, stack).await?;
+    let named: Vec<String> = boot_configs(c)
+        .await?
+        .remove(stack)
+        .map(|b| b.route_tables)
+        .unwrap_or_default();
+    let missing: Vec<&str> = named
+        .iter()
+        .map(String::as_str)
+        .filter(|id| !tables.iter().any(|t| t.route_table_id() == Some(*id)))
+        .collect();
+    if !missing.is_empty() {
+        tables.extend(route_tables(c, vec![filter("route-table-id", &missing)], stack).await?);
+    }
+    Ok(tables)
+}
+
 /// The subnets matching `filters`.
 pub async fn subnets(c: &Clients, filters: Vec<Filter>, what: &str) -> Result<Vec<Subnet>, Error> {
     c.ec2

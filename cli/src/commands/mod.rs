@@ -47,6 +47,7 @@ pub fn run(args: &Args) -> Result<(), Failure> {
         }
         Cmd::Setup(a) => ctx.block_on(setup::setup(&ctx, a, a.dry_run)),
         Cmd::Plan(a) => ctx.block_on(setup::setup(&ctx, a, true)),
+        Cmd::Export { format, setup: a } => ctx.block_on(setup::export(&ctx, *format, a)),
         Cmd::Status { stack } => ctx.block_on(status::status_cmd(&ctx, stack)),
         Cmd::Rotate { stack } => ctx.block_on(rotate::rotate_cmd(&ctx, stack)),
         Cmd::Doctor {

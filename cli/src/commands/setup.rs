@@ -50,7 +50,9 @@ pub(super) fn pair_of(
 
 /// setup and plan: validate everything before any change, then plan, render, apply,
 /// and read back.
-pub(super) async fn setup(ctx: &Ctx, a: &SetupArgs, dry_run: bool) -> Result<(), Failure> {
+/// The request `a` asks for, every name checked and the VPC read (no change made):
+/// what setup plans and applies, and what export writes as a template.
+pub(crate) async fn request(ctx: &Ctx, c: &Clients, a: &SetupArgs) -> Result<Request, Failure> {
     if a.eip && a.env == Env::Prod {
         return Err(Failure::BadInput(
             "--eip is for --env dev (prod NAT gateways always get one Elastic IP per AZ)".into(),
@@ -101,13 +103,12 @@ pub(super) async fn setup(ctx: &Ctx, a: &SetupArgs, dry_run: bool) -> Result<(),
             "--secret-policy is a policy on the function's secret: name it with --secret".into(),
         ));
     }
-    let c = ctx.clients().await?;
     // Without --gateway, prod keeps the kind of gateway the stack has (zonal for a new
     // one): re-running setup never switches it by omission.
     let regional = match (a.env, a.gateway) {
         (Env::Dev, _) => false,
         (Env::Prod, Some(g)) => g == Gateway::Regional,
-        (Env::Prod, None) => nat_gateways::is_regional(&c, &a.stack)
+        (Env::Prod, None) => nat_gateways::is_regional(c, &a.stack)
             .await
             .map_err(ctx.aws())?,
     };
@@ -116,9 +117,9 @@ pub(super) async fn setup(ctx: &Ctx, a: &SetupArgs, dry_run: bool) -> Result<(),
         (Env::Prod, false) => topology::PublicNeed::PerAz,
         (Env::Prod, true) => topology::PublicNeed::None,
     };
-    let topo = topology_of(ctx, &c, &a.vpc, need, &a.subnets).await?;
+    let topo = topology_of(ctx, c, &a.vpc, need, &a.subnets).await?;
     if regional
-        && !nat_gateways::has_internet_gateway(&c, &a.vpc)
+        && !nat_gateways::has_internet_gateway(c, &a.vpc)
             .await
             .map_err(ctx.aws())?
     {
@@ -132,7 +133,7 @@ pub(super) async fn setup(ctx: &Ctx, a: &SetupArgs, dry_run: bool) -> Result<(),
         None => None,
         Some(function) => {
             let r = lambda::resolve(
-                &c,
+                c,
                 &a.vpc,
                 function,
                 a.secret.as_deref(),
@@ -152,7 +153,7 @@ pub(super) async fn setup(ctx: &Ctx, a: &SetupArgs, dry_run: bool) -> Result<(),
                 .or_else(|| c.region())
                 .unwrap_or_default();
             if r.secret_arn.is_some() {
-                lambda::check_private_dns(&c, &a.vpc)
+                lambda::check_private_dns(c, &a.vpc)
                     .await
                     .map_err(|e| match e {
                         lambda::Invalid::Api(e) => Failure::aws(e, &ctx.settings),
@@ -182,13 +183,13 @@ pub(super) async fn setup(ctx: &Ctx, a: &SetupArgs, dry_run: bool) -> Result<(),
         Env::Dev => {
             let ami = match &a.ami {
                 Some(ami) => ami.clone(),
-                None => newest_natd_ami(ctx, &c).await?,
+                None => newest_natd_ami(ctx, c).await?,
             };
             let asked = a
                 .instance_type
                 .clone()
                 .unwrap_or_else(|| DEFAULT_INSTANCE_TYPE.to_string());
-            nat_instance::validate(&c, &ami, &asked)
+            nat_instance::validate(c, &ami, &asked)
                 .await
                 .map_err(|e| match e {
                     nat_instance::Invalid::Api(e) => Failure::aws(e, &ctx.settings),
@@ -198,12 +199,12 @@ pub(super) async fn setup(ctx: &Ctx, a: &SetupArgs, dry_run: bool) -> Result<(),
             let mut instance_type = asked.clone();
             if a.ha {
                 let mut p = pair_of(&topo, a.ha_spread, a.egress_ips)?;
-                let held = aws::read::stack_addresses(&c, &a.stack)
+                let held = aws::read::stack_addresses(c, &a.stack)
                     .await
                     .map_err(ctx.aws())?
                     .len();
                 let egress = p.egress_ips.map_or(held.max(1), |n| n as usize);
-                let chosen = crate::limits::type_limits(&c, &asked)
+                let chosen = crate::limits::type_limits(c, &asked)
                     .await
                     .map_err(ctx.aws())?
                     .ok_or_else(|| {
@@ -214,7 +215,7 @@ pub(super) async fn setup(ctx: &Ctx, a: &SetupArgs, dry_run: bool) -> Result<(),
                 let family = if chosen.ipv4_per_interface >= crate::limits::pair_need(egress) {
                     Vec::new()
                 } else {
-                    crate::limits::family_limits(&c, crate::limits::family(&asked))
+                    crate::limits::family_limits(c, crate::limits::family(&asked))
                         .await
                         .map_err(ctx.aws())?
                 };
@@ -222,7 +223,7 @@ pub(super) async fn setup(ctx: &Ctx, a: &SetupArgs, dry_run: bool) -> Result<(),
                     crate::limits::pair_type(&chosen, &family, egress, a.instance_type.is_some())
                         .map_err(|e| Failure::BadInput(e.to_string()))?;
                 if fits.name != asked {
-                    nat_instance::validate(&c, &ami, &fits.name)
+                    nat_instance::validate(c, &ami, &fits.name)
                         .await
                         .map_err(|e| match e {
                             nat_instance::Invalid::Api(e) => Failure::aws(e, &ctx.settings),
@@ -286,7 +287,7 @@ pub(super) async fn setup(ctx: &Ctx, a: &SetupArgs, dry_run: bool) -> Result<(),
             .collect(),
         add_cidrs: a.add_ipv6_cidrs,
     });
-    let req = Request {
+    Ok(Request {
         stack: a.stack.clone(),
         egress,
         lambda,
@@ -294,7 +295,12 @@ pub(super) async fn setup(ctx: &Ctx, a: &SetupArgs, dry_run: bool) -> Result<(),
         flow_logs,
         alarms,
         ipv6,
-    };
+    })
+}
+
+pub(super) async fn setup(ctx: &Ctx, a: &SetupArgs, dry_run: bool) -> Result<(), Failure> {
+    let c = ctx.clients().await?;
+    let req = request(ctx, &c, a).await?;
     let (_, steps) = plan_now(ctx, &c, &req).await?;
     check_limits(ctx, &c, &req, &steps).await?;
     if steps.is_empty() && !dry_run {
@@ -315,6 +321,22 @@ pub(super) async fn setup(ctx: &Ctx, a: &SetupArgs, dry_run: bool) -> Result<(),
     // never takes the lock, so it makes no mutating call at all.
     ctx.locked(&c, &a.stack, plan_and_apply(ctx, &c, a, &req))
         .await
+}
+
+/// `natctl export`: the template of the stack `a` asks for, on stdout.
+pub(super) async fn export(
+    ctx: &Ctx,
+    format: crate::cli::ExportFormat,
+    a: &SetupArgs,
+) -> Result<(), Failure> {
+    let c = ctx.clients().await?;
+    let req = request(ctx, &c, a).await?;
+    let template = match format {
+        crate::cli::ExportFormat::Cloudformation => {
+            crate::export::cloudformation(&req).map_err(|e| Failure::BadInput(e.to_string()))?
+        }
+    };
+    emit(&render::json(&template)?)
 }
 
 /// The instance type of a dev stack when `--instance-type` is not given (a pair's may

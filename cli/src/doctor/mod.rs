@@ -1375,7 +1375,7 @@ fn vpc_findings(f: &Facts) -> Vec<Finding> {
             problem: format!(
                 "route table {table} waits for NAT instance {i}, launched moments ago: its natd takes the table when it starts"
             ),
-            evidence: vec![format!("{table} is tagged {}", natd_contract::EGRESS_TAG)],
+            evidence: vec![format!("{table} is natd's: tagged {} or named in its boot configuration", natd_contract::EGRESS_TAG)],
             fix: "nothing yet: natctl status shows when natd holds it; if it does not within 10 minutes, natctl status --name STACK explains why".into(),
         });
     }

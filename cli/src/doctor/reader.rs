@@ -11,7 +11,7 @@ use crate::aws::names::{filter, tag_value};
 use crate::aws::read::{self, Associations};
 use crate::aws::{Clients, Error, err, found};
 use ipnet::IpNet;
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 /// Why doctor cannot run.
 #[derive(Debug, thiserror::Error)]
@@ -204,6 +204,7 @@ pub async fn read(c: &Clients, vpc: &str, function: Option<&str>) -> Result<Fact
         .collect();
     (f.dns_support, f.dns_hostnames) = vpc_dns(c, vpc).await?;
     let tables = read::vpc_tables(c, vpc).await?;
+    let named = named_tables(c).await?;
     let associations = Associations::from_tables(&tables);
     for t in &tables {
         let routes = t
@@ -236,7 +237,7 @@ pub async fn read(c: &Clients, vpc: &str, function: Option<&str>) -> Result<Fact
         .map(|d| d.as_secs() as i64)
         .unwrap_or(0);
     for t in &tables {
-        let Some(stack) = tag_value(t.tags(), natd_contract::EGRESS_TAG) else {
+        let Some(stack) = table_stack(t, &named) else {
             continue;
         };
         let young = read::stack_instances(c, stack)
@@ -259,8 +260,8 @@ pub async fn read(c: &Clients, vpc: &str, function: Option<&str>) -> Result<Fact
             );
         }
     }
-    f.pairs = pairs(c, &tables).await?;
-    f.stack_alarms = stack_alarms(c, &tables).await;
+    f.pairs = pairs(c, &tables, &named).await?;
+    f.stack_alarms = stack_alarms(c, &tables, &named).await;
     let acls = c
         .ec2
         .describe_network_acls()
@@ -720,13 +721,34 @@ async fn function_concurrency(
 
 /// The alarms of the NAT-instance stacks whose tables are tagged in the VPC; a stack
 /// whose alarms CloudWatch does not show (no permission) has `None`.
+/// The tables natd stacks name in their boot configuration (a template's stacks, which
+/// cannot tag them): table -> stack.
+async fn named_tables(c: &Clients) -> Result<BTreeMap<String, String>, Error> {
+    Ok(read::boot_configs(c)
+        .await?
+        .into_iter()
+        .flat_map(|(stack, b)| b.route_tables.into_iter().map(move |t| (t, stack.clone())))
+        .collect())
+}
+
+/// The natd stack that takes over `t`: by its `natd:egress` tag, or by a stack's boot
+/// configuration naming it.
+fn table_stack<'a>(
+    t: &'a aws_sdk_ec2::types::RouteTable,
+    named: &'a BTreeMap<String, String>,
+) -> Option<&'a str> {
+    tag_value(t.tags(), natd_contract::EGRESS_TAG)
+        .or_else(|| named.get(t.route_table_id()?).map(String::as_str))
+}
+
 async fn stack_alarms(
     c: &Clients,
     tables: &[aws_sdk_ec2::types::RouteTable],
+    named: &BTreeMap<String, String>,
 ) -> Vec<super::alarms::StackAlarms> {
     let stacks: std::collections::BTreeSet<String> = tables
         .iter()
-        .filter_map(|t| tag_value(t.tags(), natd_contract::EGRESS_TAG).map(str::to_string))
+        .filter_map(|t| table_stack(t, named).map(str::to_string))
         .collect();
     let mut out = Vec::new();
     for stack in stacks {
@@ -750,11 +772,12 @@ async fn stack_alarms(
 async fn pairs(
     c: &Clients,
     tables: &[aws_sdk_ec2::types::RouteTable],
+    named: &BTreeMap<String, String>,
 ) -> Result<Vec<super::pairs::Pair>, Invalid> {
     use super::pairs::{Address, Member, Pair};
     let mut stacks: std::collections::BTreeMap<String, Vec<String>> = Default::default();
     for t in tables {
-        if let Some(stack) = tag_value(t.tags(), natd_contract::EGRESS_TAG) {
+        if let Some(stack) = table_stack(t, named) {
             stacks
                 .entry(stack.to_string())
                 .or_default()

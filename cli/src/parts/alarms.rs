@@ -158,6 +158,18 @@ fn wanted(spec: &Spec, a: &Alarm, o: &Observed) -> AlarmObs {
     }
 }
 
+/// Every alarm `spec` wants, with its description, as setup puts them on a stack that
+/// has none yet (a template's alarms).
+pub fn wanted_all(spec: &Spec) -> Vec<(AlarmObs, String)> {
+    catalog::alarms(spec.pair)
+        .map(|a| (wanted(spec, a, &Observed::default()), description(spec, a)))
+        .collect()
+}
+
+fn description(spec: &Spec, a: &Alarm) -> String {
+    format!("natd stack {}: {}", spec.stack, a.what)
+}
+
 fn same(have: &AlarmObs, want: &AlarmObs) -> bool {
     AlarmObs {
         state: String::new(),
@@ -269,7 +281,7 @@ pub async fn apply(
                 let mut req =
                     c.cw.put_metric_alarm()
                         .alarm_name(&w.name)
-                        .alarm_description(format!("natd stack {}: {}", spec.stack, def.what))
+                        .alarm_description(description(spec, def))
                         .namespace(&w.namespace)
                         .metric_name(&w.metric)
                         .statistic(Statistic::from(w.statistic.as_str()))
