@@ -2630,7 +2630,7 @@ class _CfnAlarm(_CfnModel):
             threshold=float(p.get("Threshold", 0)),
             statistic=p.get("Statistic"),
             description=p.get("AlarmDescription", ""),
-            dimensions=[{"name": d["Name"], "value": d["Value"]} for d in p.get("Dimensions", [])],
+            dimensions=p.get("Dimensions", []),
             alarm_actions=p.get("AlarmActions", []),
             ok_actions=p.get("OKActions", []),
             insufficient_data_actions=p.get("InsufficientDataActions", []),
@@ -2653,6 +2653,137 @@ class _CfnAlarm(_CfnModel):
     def delete(self, account_id, region_name):
         _cw_models.cloudwatch_backends[account_id][region_name].delete_alarms([self.name])
 
+
+# AWS::EC2::SecurityGroup: an ingress rule for all protocols (IpProtocol -1) has no
+# ports ("FromPort ... If you specify -1 for the protocol, you don't need a port
+# range"); moto reads them unconditionally.
+from moto.ec2.models import security_groups as _sg_models  # noqa: E402
+
+_orig_sg_from_cfn = _sg_models.SecurityGroup.create_from_cloudformation_json.__func__
+
+
+def _sg_from_cfn(cls, resource_name, cloudformation_json, account_id, region_name, **kwargs):
+    props = cloudformation_json.get("Properties", {})
+    for rule in props.get("SecurityGroupIngress", []) + props.get("SecurityGroupEgress", []):
+        rule.setdefault("FromPort", None)
+        rule.setdefault("ToPort", None)
+    return _orig_sg_from_cfn(cls, resource_name, cloudformation_json, account_id, region_name, **kwargs)
+
+
+_sg_models.SecurityGroup.create_from_cloudformation_json = classmethod(_sg_from_cfn)
+
+# AWS::IAM::InstanceProfile: CloudFormation reports the profile created once IAM has
+# propagated it, so the stack's launch template and group can use it at once (the
+# time it takes is the stack's, as on AWS, where a new profile adds minutes).
+_orig_profile_from_cfn = iam_models.InstanceProfile.create_from_cloudformation_json.__func__
+
+
+def _profile_from_cfn(cls, resource_name, cloudformation_json, account_id, region_name, **kwargs):
+    profile = _orig_profile_from_cfn(cls, resource_name, cloudformation_json, account_id, region_name, **kwargs)
+    wait = getattr(profile, "_natd_usable_at", 0) - time.monotonic()
+    if wait > 0:
+        time.sleep(wait)
+    return profile
+
+
+iam_models.InstanceProfile.create_from_cloudformation_json = classmethod(_profile_from_cfn)
+
+# Deleting a stack: CloudFormation deletes in reverse dependency order and waits out
+# what AWS releases in the background (a terminated instance's network interface still
+# holds its security group for a while); it retries a DependencyViolation until the
+# dependency is gone (here: up to 60 s) instead of failing the delete at once.
+_orig_resources_delete = _cfn_parsing.ResourceMap.delete
+
+
+def _resources_delete(self):
+    give_up = time.monotonic() + 60
+    while True:
+        try:
+            return _orig_resources_delete(self)
+        except DependencyViolationError:
+            if time.monotonic() > give_up:
+                raise
+            time.sleep(0.5)
+
+
+_cfn_parsing.ResourceMap.delete = _resources_delete
+
+# AWS::IAM::Role Policies: IAM keeps each inline policy as the JSON document the
+# template gave (GetRolePolicy answers it); moto keeps the template's parsed object, which
+# GetRolePolicy then answers as Python's repr of it.
+_orig_role_from_cfn = iam_models.Role.create_from_cloudformation_json.__func__
+
+
+def _role_from_cfn(cls, resource_name, cloudformation_json, account_id, region_name, **kwargs):
+    props = cloudformation_json.get("Properties", {})
+    for policy in props.get("Policies", []):
+        if not isinstance(policy.get("PolicyDocument"), str):
+            policy["PolicyDocument"] = json.dumps(policy["PolicyDocument"])
+    return _orig_role_from_cfn(cls, resource_name, cloudformation_json, account_id, region_name, **kwargs)
+
+
+iam_models.Role.create_from_cloudformation_json = classmethod(_role_from_cfn)
+
+# AWS::EC2::EIP and AWS::EC2::NatGateway: their Tags are the resource's tags (moto
+# drops them, and natd finds the stack's addresses, natctl its gateways, by tag); a
+# NAT gateway resource is complete once the gateway is available (CloudFormation waits
+# for it: the same time CreateNatGateway takes here). A regional gateway made by a
+# template is not modelled (the stack fails, naming it).
+_orig_eip_from_cfn = ElasticAddress.create_from_cloudformation_json.__func__
+
+
+def _eip_from_cfn(cls, resource_name, cloudformation_json, account_id, region_name, **kwargs):
+    eip = _orig_eip_from_cfn(cls, resource_name, cloudformation_json, account_id, region_name, **kwargs)
+    tags = {t["Key"]: t["Value"] for t in (cloudformation_json.get("Properties") or {}).get("Tags", [])}
+    if tags:
+        eip.ec2_backend.create_tags([eip.allocation_id], tags)
+    return eip
+
+
+ElasticAddress.create_from_cloudformation_json = classmethod(_eip_from_cfn)
+
+
+def _natgw_from_cfn(cls, resource_name, cloudformation_json, account_id, region_name, **kwargs):
+    from moto.ec2.models import ec2_backends
+
+    p = cloudformation_json["Properties"]
+    if p.get("AvailabilityMode", "zonal") != "zonal":
+        raise ValueError("the emulator does not model a regional NAT gateway made by CloudFormation")
+    backend = ec2_backends[account_id][region_name]
+    tags = {t["Key"]: t["Value"] for t in p.get("Tags", [])}
+    gw = backend.create_nat_gateway(
+        p["SubnetId"], p.get("AllocationId"), tags=tags, connectivity_type=p.get("ConnectivityType", "public")
+    )
+    time.sleep(NAT_PENDING_SECS)
+    return gw
+
+
+NatGateway.create_from_cloudformation_json = classmethod(_natgw_from_cfn)
+
+
+# Deleting a stack deletes its addresses, gateways and routes (moto 5.2.5 keeps them):
+# a gateway is deleted, and CloudFormation waits until it is, before its address is
+# released.
+def _natgw_delete(self, account_id, region_name):
+    if self.state not in ("deleting", "deleted"):
+        self.ec2_backend.delete_nat_gateway(self.id)
+        time.sleep(NAT_DELETING_SECS)
+
+
+def _eip_delete(self, account_id, region_name):
+    if self.association_id:
+        self.ec2_backend.disassociate_address(association_id=self.association_id)
+    self.ec2_backend.release_address(allocation_id=self.allocation_id)
+
+
+def _route_delete(self, account_id, region_name):
+    backend = self.route_table.ec2_backend
+    backend.delete_route(self.route_table.id, self.destination_cidr_block)
+
+
+NatGateway.delete = _natgw_delete
+ElasticAddress.delete = _eip_delete
+Route.delete = _route_delete
 
 _cfn_parsing.get_model_map.cache_clear()
 _cfn_parsing.get_name_type_map.cache_clear()
@@ -2680,12 +2811,17 @@ def _create_resources(self):
     try:
         _orig_create_resources(self)
     except Exception as e:  # any resource's failure, as CloudFormation reports it
-        self._add_stack_event("CREATE_FAILED", resource_status_reason=str(e))
+        import traceback
+
+        traceback.print_exc()
+        self._add_stack_event("CREATE_FAILED", resource_status_reason=f"{type(e).__name__}: {e}")
         self.status = "ROLLBACK_IN_PROGRESS"
         try:
             self.resource_map.delete()
         except Exception as gone:  # noqa: BLE001 - what could not be made cannot go
             print(f"emulator: rollback of {self.name}: {gone}", file=sys.stderr)
+        # A rolled-back stack has no outputs (they name what is gone).
+        self.output_map = _cfn_parsing.OutputMap(self.resource_map, {}, self.stack_id)
         self.status = "ROLLBACK_COMPLETE"
         self._add_stack_event("ROLLBACK_COMPLETE")
 

@@ -39,6 +39,12 @@ async fn user_with_policy(
 }
 
 async fn enforced() -> (Emulator, aws_config::SdkConfig) {
+    let (emu, sdk, _) = enforced_with_key().await;
+    (emu, sdk)
+}
+
+/// As [`enforced`], with the admin's key (for natctl and the AWS CLI).
+async fn enforced_with_key() -> (Emulator, aws_config::SdkConfig, (String, String)) {
     let emu = Emulator::start_with(Some(BOOTSTRAP_CALLS));
     let bootstrap = aws_sdk_iam::Client::new(&emu.sdk_with(TEST_KEY));
     let admin_policy = serde_json::json!({
@@ -54,7 +60,7 @@ async fn enforced() -> (Emulator, aws_config::SdkConfig) {
         anonymous.describe_vpcs().send().await.is_err(),
         "IAM is enforced"
     );
-    (emu, sdk)
+    (emu, sdk, admin)
 }
 
 #[tokio::test]
@@ -275,4 +281,127 @@ async fn access_denied_is_a_clear_permanent_failure() {
         "{log}"
     );
     assert_eq!(w.default_route(&tagged).await, None);
+}
+
+/// A stack an exported CloudFormation template made: the private tables are not
+/// tagged (a template cannot tag tables it does not own); natd, given the boot
+/// configuration from the stack's launch template, takes over exactly the tables it
+/// names with the policy the template granted, completes its launch, and natctl status
+/// reads the stack as healthy.
+#[tokio::test]
+async fn natd_takes_over_the_untagged_tables_a_templates_boot_configuration_names() {
+    let (emu, admin, admin_key) = enforced_with_key().await;
+    let w = World::new(&admin).await;
+    let natctl = |args: &[&str]| {
+        natd_tests::cli::command(&emu, args)
+            .env("AWS_ACCESS_KEY_ID", &admin_key.0)
+            .env("AWS_SECRET_ACCESS_KEY", &admin_key.1)
+            .output()
+            .unwrap()
+    };
+    let out = natctl(&[
+        "export",
+        "--format",
+        "cloudformation",
+        "--env",
+        "dev",
+        "--vpc",
+        &w.vpc,
+        "--name",
+        "cfn",
+        "--ami",
+        natd_tests::world::IMAGE,
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    let template = natd_tests::cli::stdout(&out);
+    emu.aws(&[
+        "cloudformation",
+        "create-stack",
+        "--stack-name",
+        "natd-cfn",
+        "--template-body",
+        &template,
+        "--capabilities",
+        "CAPABILITY_NAMED_IAM",
+    ]);
+    let group = w.group_instances("natd-cfn").await;
+    assert_eq!(group[0].1, "Pending:Wait", "{group:?}");
+    let nat = group[0].0.clone();
+    // Another table of the VPC, not named: natd leaves it alone.
+    let other = w.route_table(None).await;
+
+    // natd's configuration as the instance gets it at boot: the launch template's.
+    let lt = emu.aws(&[
+        "ec2",
+        "describe-launch-template-versions",
+        "--launch-template-name",
+        "natd-cfn",
+        "--versions",
+        "$Default",
+    ]);
+    let user_data = lt["LaunchTemplateVersions"][0]["LaunchTemplateData"]["UserData"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let cloud_config =
+        String::from_utf8(aws_smithy_types::base64::decode(&user_data).unwrap()).unwrap();
+    let boot = natd_contract::boot::BootConfig::from_cloud_config(&cloud_config).unwrap();
+    // The private subnets route by the VPC's main table: the one table natd takes.
+    assert_eq!(boot.route_tables.len(), 1, "{boot:?}");
+    let boot_lines: String = boot
+        .to_toml()
+        .lines()
+        .filter(|l| !l.starts_with("stack ="))
+        .map(|l| format!("{l}\n"))
+        .collect();
+
+    // natd runs with exactly the policy the template gave its role.
+    let policy = emu.aws(&[
+        "iam",
+        "get-role-policy",
+        "--role-name",
+        "natd-cfn",
+        "--policy-name",
+        "natd-cfn",
+    ])["PolicyDocument"]
+        .clone();
+    let iam = aws_sdk_iam::Client::new(&admin);
+    let (id, secret) = user_with_policy(&iam, "natd-cfn-instance", &policy).await;
+
+    let mut host = NatHost::new(&emu, &w, &nat).await;
+    host.uplink_egress();
+    let cfg = host.config("cfn", &boot_lines);
+    let out = host.once_with(&cfg, (&id, &secret));
+    assert!(out.status.success(), "{}", text(&out));
+    for table in &boot.route_tables {
+        let tags = emu.aws(&["ec2", "describe-route-tables", "--route-table-ids", table]);
+        assert_eq!(
+            tags["RouteTables"][0]["Tags"]
+                .as_array()
+                .map_or(0, Vec::len),
+            0,
+            "{table} stays untagged"
+        );
+        assert_eq!(
+            w.default_route(table).await,
+            Some((host.eni.clone(), "active".into())),
+            "{table}"
+        );
+    }
+    assert_eq!(w.default_route(&other).await, None, "an unnamed table");
+    assert_eq!(
+        w.group_instances("natd-cfn").await[0].1,
+        "InService",
+        "lifecycle action completed"
+    );
+    let status = natctl(&["status", "--name", "cfn", "--output", "json"]);
+    let s: serde_json::Value =
+        serde_json::from_slice(&status.stdout).unwrap_or_else(|e| panic!("{e}: {}", text(&status)));
+    let held: Vec<bool> = s["route_tables"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["ok"] == true)
+        .collect();
+    assert_eq!(held, vec![true], "{s}");
 }

@@ -204,7 +204,9 @@ pub async fn read(c: &Clients, vpc: &str, function: Option<&str>) -> Result<Fact
         .collect();
     (f.dns_support, f.dns_hostnames) = vpc_dns(c, vpc).await?;
     let tables = read::vpc_tables(c, vpc).await?;
-    let named = named_tables(c).await?;
+    // Without permission to read launch templates, doctor attributes tables by their
+    // tag only (as before templates could name them).
+    let named = named_tables(c).await.unwrap_or_default();
     let associations = Associations::from_tables(&tables);
     for t in &tables {
         let routes = t
