@@ -341,18 +341,26 @@ fn zonal(spec: &nat_gateways::Spec, r: &mut Map<String, Value>, out: &mut Map<St
             gateway.clone(),
             json!({"Description": format!("the NAT gateway of {az}"), "Value": {"Ref": gateway}}),
         );
-        let mut tables: Vec<&str> = z.private.iter().map(|s| s.table.as_str()).collect();
-        tables.sort_unstable();
-        tables.dedup();
-        for t in tables {
-            r.insert(
-                logical("Route", t),
-                json!({
-                    "Type": "AWS::EC2::Route",
-                    "Properties": {"RouteTableId": t, "DestinationCidrBlock": DEFAULT_ROUTE, "NatGatewayId": {"Ref": gateway}}
-                }),
-            );
-        }
+        default_routes(r, z.private.iter().map(|s| s.table.as_str()), &gateway);
+    }
+}
+
+/// The default route of each of `tables` (once each) to the template's gateway
+/// `gateway` (its logical id).
+fn default_routes<'a>(
+    r: &mut Map<String, Value>,
+    tables: impl Iterator<Item = &'a str>,
+    gateway: &str,
+) {
+    let tables: std::collections::BTreeSet<&str> = tables.collect();
+    for t in tables {
+        r.insert(
+            logical("Route", t),
+            json!({
+                "Type": "AWS::EC2::Route",
+                "Properties": {"RouteTableId": t, "DestinationCidrBlock": DEFAULT_ROUTE, "NatGatewayId": {"Ref": gateway}}
+            }),
+        );
     }
 }
 
@@ -376,23 +384,12 @@ fn regional(spec: &nat_gateways::Spec, r: &mut Map<String, Value>, out: &mut Map
         "Gateway".into(),
         json!({"Description": "the regional NAT gateway", "Value": {"Ref": "Gateway"}}),
     );
-    let mut tables: Vec<&str> = spec
+    let tables = spec
         .azs
         .values()
         .flat_map(|z| &z.private)
-        .map(|s| s.table.as_str())
-        .collect();
-    tables.sort_unstable();
-    tables.dedup();
-    for t in tables {
-        r.insert(
-            logical("Route", t),
-            json!({
-                "Type": "AWS::EC2::Route",
-                "Properties": {"RouteTableId": t, "DestinationCidrBlock": DEFAULT_ROUTE, "NatGatewayId": {"Ref": "Gateway"}}
-            }),
-        );
-    }
+        .map(|s| s.table.as_str());
+    default_routes(r, tables, "Gateway");
 }
 
 #[cfg(test)]

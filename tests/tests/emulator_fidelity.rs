@@ -6,24 +6,14 @@
 
 #![allow(clippy::unwrap_used, missing_docs)]
 
-use natd_tests::emulator::{Emulator, REGION, TEST_KEY};
+use natd_tests::emulator::{Emulator, REGION};
 use natd_tests::world::{IMAGE, World};
 use std::process::{Command, Output};
 use std::time::Duration;
 
 /// The AWS CLI against the emulator, failures included.
 fn aws_raw(emu: &Emulator, args: &[&str]) -> Output {
-    let url = emu.url();
-    let mut all = vec![
-        "--endpoint-url",
-        &url,
-        "--region",
-        REGION,
-        "--output",
-        "json",
-    ];
-    all.extend_from_slice(args);
-    natd_tests::emulator::aws_cli(&all, TEST_KEY)
+    emu.aws_output(args)
 }
 
 fn err(o: &Output) -> String {
