@@ -112,9 +112,13 @@ pub fn agent_policy_with_tables(stack: &str, tables: &[String]) -> Value {
             "Action": ["ec2:ReplaceRoute", "ec2:CreateRoute"],
             "Resource": arns
         });
-        // The statement list is built above as an array.
+        // Beside the tagged tables' statement (the list is built above as an array).
         if let Some(list) = policy["Statement"].as_array_mut() {
-            list.insert(3, named);
+            let at = list
+                .iter()
+                .position(|s| s["Sid"] == "TakeOverTaggedRoutes")
+                .map_or(list.len(), |i| i + 1);
+            list.insert(at, named);
         }
     }
     policy

@@ -88,6 +88,42 @@ pub async fn take_over_like_natd(
     (instance, eni, first.expect("a tagged table"))
 }
 
+/// The data of launch template `name`'s default version, read with the AWS CLI.
+pub fn template_data(emu: &Emulator, name: &str) -> serde_json::Value {
+    emu.aws(&[
+        "ec2",
+        "describe-launch-template-versions",
+        "--launch-template-name",
+        name,
+        "--versions",
+        "$Default",
+    ])["LaunchTemplateVersions"][0]["LaunchTemplateData"]
+        .clone()
+}
+
+/// natd's boot configuration as an instance launched from template `name` gets it:
+/// decoded from the template's user data.
+pub fn template_boot(emu: &Emulator, name: &str) -> natd_contract::boot::BootConfig {
+    let data = template_data(emu, name);
+    let user_data = data["UserData"].as_str().expect("user data");
+    let bytes = aws_smithy_types::base64::decode(user_data).expect("base64 user data");
+    natd_contract::boot::BootConfig::from_cloud_config(&String::from_utf8(bytes).unwrap())
+        .expect("a boot configuration")
+}
+
+/// The inline policy of natd's role `name` (the role and its policy share the name).
+pub fn role_policy(emu: &Emulator, name: &str) -> serde_json::Value {
+    emu.aws(&[
+        "iam",
+        "get-role-policy",
+        "--role-name",
+        name,
+        "--policy-name",
+        name,
+    ])["PolicyDocument"]
+        .clone()
+}
+
 /// Everything setup could create or change, read by `emulator/snapshot.py` with
 /// botocore (the AWS CLI's client library) in one process: the VPC's route tables,
 /// security groups and endpoints, launch templates, groups, roles, instance profiles,

@@ -331,21 +331,7 @@ async fn natd_takes_over_the_untagged_tables_a_templates_boot_configuration_name
     let other = w.route_table(None).await;
 
     // natd's configuration as the instance gets it at boot: the launch template's.
-    let lt = emu.aws(&[
-        "ec2",
-        "describe-launch-template-versions",
-        "--launch-template-name",
-        "natd-cfn",
-        "--versions",
-        "$Default",
-    ]);
-    let user_data = lt["LaunchTemplateVersions"][0]["LaunchTemplateData"]["UserData"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let cloud_config =
-        String::from_utf8(aws_smithy_types::base64::decode(&user_data).unwrap()).unwrap();
-    let boot = natd_contract::boot::BootConfig::from_cloud_config(&cloud_config).unwrap();
+    let boot = natd_tests::cli::template_boot(&emu, "natd-cfn");
     // The private subnets route by the VPC's main table: the one table natd takes.
     assert_eq!(boot.route_tables.len(), 1, "{boot:?}");
     let boot_lines: String = boot
@@ -356,15 +342,7 @@ async fn natd_takes_over_the_untagged_tables_a_templates_boot_configuration_name
         .collect();
 
     // natd runs with exactly the policy the template gave its role.
-    let policy = emu.aws(&[
-        "iam",
-        "get-role-policy",
-        "--role-name",
-        "natd-cfn",
-        "--policy-name",
-        "natd-cfn",
-    ])["PolicyDocument"]
-        .clone();
+    let policy = natd_tests::cli::role_policy(&emu, "natd-cfn");
     let iam = aws_sdk_iam::Client::new(&admin);
     let (id, secret) = user_with_policy(&iam, "natd-cfn-instance", &policy).await;
 

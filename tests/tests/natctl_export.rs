@@ -5,7 +5,7 @@
 
 #![allow(clippy::unwrap_used, missing_docs)]
 
-use natd_tests::cli::{natctl, snapshot, stdout};
+use natd_tests::cli::{natctl, role_policy, snapshot, stdout, template_boot, template_data};
 use natd_tests::emulator::Emulator;
 use natd_tests::world::{IMAGE, World, text};
 use std::process::Command;
@@ -144,7 +144,7 @@ async fn every_kind_of_stack_exports_as_a_template_cfn_lint_passes_and_export_ch
     assert_eq!(mutating, Vec::<String>::new());
     assert_eq!(snapshot(&emu, &w.vpc), before);
 
-    // What a template cannot say yet is refused by name, before anything is read.
+    // What a template cannot say yet is refused by name (export changes nothing).
     let out = natctl(
         &emu,
         &[
@@ -219,21 +219,9 @@ async fn a_dev_template_deploys_to_what_setup_makes_and_its_deletion_leaves_noth
     assert_eq!(hooks["LifecycleHooks"][0]["HeartbeatTimeout"], 600);
     // The template's boot configuration names the private tables; the role's policy
     // is natd's, granting routes in exactly those.
-    let lt = emu.aws(&[
-        "ec2",
-        "describe-launch-template-versions",
-        "--launch-template-name",
-        "natd-cfn",
-        "--versions",
-        "$Default",
-    ])["LaunchTemplateVersions"][0]["LaunchTemplateData"]
-        .clone();
+    let lt = template_data(&emu, "natd-cfn");
     assert_eq!(lt["MetadataOptions"]["HttpTokens"], "required");
-    let user_data = lt["UserData"].as_str().unwrap();
-    let decoded =
-        String::from_utf8(aws_smithy_types::base64::decode(user_data).expect("base64 user data"))
-            .unwrap();
-    let boot = natd_contract::boot::BootConfig::from_cloud_config(&decoded).expect("boot config");
+    let boot = template_boot(&emu, "natd-cfn");
     let mut tables: Vec<String> = Vec::new();
     for s in &w.private_subnets {
         let f = format!("Name=association.subnet-id,Values={s}");
@@ -244,15 +232,7 @@ async fn a_dev_template_deploys_to_what_setup_makes_and_its_deletion_leaves_noth
     tables.dedup();
     assert_eq!(boot.route_tables, tables);
     assert!(boot.require_eip);
-    let policy = emu.aws(&[
-        "iam",
-        "get-role-policy",
-        "--role-name",
-        "natd-cfn",
-        "--policy-name",
-        "natd-cfn",
-    ])["PolicyDocument"]
-        .clone();
+    let policy = role_policy(&emu, "natd-cfn");
     assert_eq!(
         policy,
         natd_contract::agent_policy_with_tables("cfn", &tables)

@@ -89,9 +89,56 @@ pub async fn tables_tagged(c: &Clients, key: &str, value: &str) -> Result<Vec<Ro
     Ok(t)
 }
 
-/// The boot configuration of each natd launch template (one tagged `natd:stack`), by
-/// stack: what natd of that stack reads at boot, the route tables it names among it
-/// (a stack a template made hands its tables over this way, untagged).
+/// The data of launch template `id`'s default version.
+pub async fn default_template_data(
+    c: &Clients,
+    id: &str,
+) -> Result<Option<aws_sdk_ec2::types::ResponseLaunchTemplateData>, Error> {
+    let v = c
+        .ec2
+        .describe_launch_template_versions()
+        .launch_template_id(id)
+        .versions("$Default")
+        .send()
+        .await
+        .map_err(err("DescribeLaunchTemplateVersions", id))?;
+    Ok(v.launch_template_versions()
+        .first()
+        .and_then(|v| v.launch_template_data())
+        .cloned())
+}
+
+/// The boot configuration in a launch template's user data, as natctl and templates
+/// write it.
+fn boot_of(
+    data: &aws_sdk_ec2::types::ResponseLaunchTemplateData,
+) -> Option<natd_contract::boot::BootConfig> {
+    let bytes = aws_smithy_types::base64::decode(data.user_data()?).ok()?;
+    natd_contract::boot::BootConfig::from_cloud_config(&String::from_utf8(bytes).ok()?)
+}
+
+/// The boot configuration natd of `stack` reads: its launch template's (`natd-STACK`,
+/// tagged for the stack).
+pub async fn boot_config(
+    c: &Clients,
+    stack: &str,
+) -> Result<Option<natd_contract::boot::BootConfig>, Error> {
+    let name = super::names::Names(stack).nat();
+    for t in launch_templates_named(c, &name).await? {
+        if of_stack(t.tags(), stack) {
+            let id = t.launch_template_id().unwrap_or_default();
+            return Ok(default_template_data(c, id)
+                .await?
+                .as_ref()
+                .and_then(boot_of));
+        }
+    }
+    Ok(None)
+}
+
+/// The boot configuration of every natd launch template (`natd-STACK`, tagged
+/// `natd:stack=STACK`), by stack: how doctor learns the route tables a stack made by a
+/// template names (untagged).
 pub async fn boot_configs(
     c: &Clients,
 ) -> Result<BTreeMap<String, natd_contract::boot::BootConfig>, Error> {
@@ -120,23 +167,11 @@ pub async fn boot_configs(
             continue;
         }
         let id = t.launch_template_id().unwrap_or_default();
-        let v = c
-            .ec2
-            .describe_launch_template_versions()
-            .launch_template_id(id)
-            .versions("$Default")
-            .send()
-            .await
-            .map_err(err("DescribeLaunchTemplateVersions", id))?;
-        let boot = v
-            .launch_template_versions()
-            .first()
-            .and_then(|v| v.launch_template_data())
-            .and_then(|d| d.user_data())
-            .and_then(|u| aws_smithy_types::base64::decode(u).ok())
-            .and_then(|b| String::from_utf8(b).ok())
-            .and_then(|text| natd_contract::boot::BootConfig::from_cloud_config(&text));
-        if let Some(b) = boot {
+        if let Some(b) = default_template_data(c, id)
+            .await?
+            .as_ref()
+            .and_then(boot_of)
+        {
             out.insert(stack.to_string(), b);
         }
     }
@@ -147,9 +182,8 @@ pub async fn boot_configs(
 /// its boot configuration names, once each.
 pub async fn egress_tables(c: &Clients, stack: &str) -> Result<Vec<RouteTable>, Error> {
     let mut tables = tables_tagged(c, natd_contract::EGRESS_TAG, stack).await?;
-    let named: Vec<String> = boot_configs(c)
+    let named = boot_config(c, stack)
         .await?
-        .remove(stack)
         .map(|b| b.route_tables)
         .unwrap_or_default();
     let missing: Vec<&str> = named

@@ -48,8 +48,6 @@ pub(super) fn pair_of(
     })
 }
 
-/// setup and plan: validate everything before any change, then plan, render, apply,
-/// and read back.
 /// The request `a` asks for, every name checked and the VPC read (no change made):
 /// what setup plans and applies, and what export writes as a template.
 pub(crate) async fn request(ctx: &Ctx, c: &Clients, a: &SetupArgs) -> Result<Request, Failure> {
@@ -298,6 +296,8 @@ pub(crate) async fn request(ctx: &Ctx, c: &Clients, a: &SetupArgs) -> Result<Req
     })
 }
 
+/// setup and plan: validate everything before any change, then plan, render, apply,
+/// and read back.
 pub(super) async fn setup(ctx: &Ctx, a: &SetupArgs, dry_run: bool) -> Result<(), Failure> {
     let c = ctx.clients().await?;
     let req = request(ctx, &c, a).await?;

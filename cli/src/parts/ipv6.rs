@@ -167,36 +167,38 @@ pub fn plan(spec: &Spec, o: &Observed) -> Result<Vec<Action>, Refusal> {
 /// A VPC's associated IPv6 block: (association id, block). EC2 lists blocks being or
 /// already disassociated too, for a while.
 pub fn vpc_ipv6(v: &aws_sdk_ec2::types::Vpc) -> Option<(String, String)> {
-    v.ipv6_cidr_block_association_set()
-        .iter()
-        .filter(|a| {
+    associated(v.ipv6_cidr_block_association_set().iter().map(|a| {
+        (
             a.ipv6_cidr_block_state()
                 .and_then(|s| s.state())
-                .is_some_and(|s| s.as_str() == "associated")
-        })
-        .find_map(|a| {
-            Some((
-                a.association_id()?.to_string(),
-                a.ipv6_cidr_block()?.to_string(),
-            ))
-        })
+                .map(|s| s.as_str()),
+            a.association_id(),
+            a.ipv6_cidr_block(),
+        )
+    }))
 }
 
 /// A subnet's associated IPv6 block: (association id, block).
 pub fn subnet_ipv6(s: &aws_sdk_ec2::types::Subnet) -> Option<(String, String)> {
-    s.ipv6_cidr_block_association_set()
-        .iter()
-        .filter(|a| {
+    associated(s.ipv6_cidr_block_association_set().iter().map(|a| {
+        (
             a.ipv6_cidr_block_state()
                 .and_then(|s| s.state())
-                .is_some_and(|s| s.as_str() == "associated")
-        })
-        .find_map(|a| {
-            Some((
-                a.association_id()?.to_string(),
-                a.ipv6_cidr_block()?.to_string(),
-            ))
-        })
+                .map(|s| s.as_str()),
+            a.association_id(),
+            a.ipv6_cidr_block(),
+        )
+    }))
+}
+
+/// The first (association id, block) of `blocks` (state, id, block) in state
+/// `associated` (VPC and subnet associations are different SDK types).
+fn associated<'a>(
+    blocks: impl Iterator<Item = (Option<&'a str>, Option<&'a str>, Option<&'a str>)>,
+) -> Option<(String, String)> {
+    blocks
+        .filter(|(state, _, _)| *state == Some("associated"))
+        .find_map(|(_, id, block)| Some((id?.to_string(), block?.to_string())))
 }
 
 /// The VPC's associated IPv6 block: (association id, block).

@@ -533,18 +533,8 @@ pub async fn read(c: &Clients, spec: &Spec) -> Result<Observed, Error> {
                 .push(("launch template", format!("{name} ({id})")));
             continue;
         }
-        let v = c
-            .ec2
-            .describe_launch_template_versions()
-            .launch_template_id(&id)
-            .versions("$Default")
-            .send()
-            .await
-            .map_err(err("DescribeLaunchTemplateVersions", &id))?;
-        let data = v
-            .launch_template_versions()
-            .first()
-            .and_then(|v| v.launch_template_data());
+        let data = read::default_template_data(c, &id).await?;
+        let data = data.as_ref();
         o.launch_template = Some(Template {
             id,
             image: data
